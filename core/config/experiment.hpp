@@ -1,0 +1,98 @@
+#pragma once
+// An experiment as the engine sees it: every key of a YAML config, resolved and validated.
+// The YAML key of each field is given beside it; docs, CSV columns and code use the same names.
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ablate {
+
+struct LengthDist {                 // workload.prompt_len / workload.output_len
+  std::string dist = "fixed";       // fixed | uniform | normal | lognormal | trace
+  int value = 128;                  // fixed
+  int min = 1;                      // uniform, and the clip range of normal / lognormal
+  int max = 1024;
+  double mean = 128.0;              // normal, lognormal (mean of the lengths, not of their log)
+  double std = 32.0;                // normal, lognormal
+};
+
+struct TraceConfig {                // workload.trace
+  std::string path;                 // CSV with TIMESTAMP,ContextTokens,GeneratedTokens
+  double time_scale = 1.0;          // arrival gaps multiplied by this (0.5 = twice as fast)
+  int start_row = 0;                // first data row used (0-based, header excluded)
+  int max_prompt_len = 0;           // caps (0 = none); prompt cap leaves room for the output
+  int max_output_len = 0;
+};
+
+struct WorkloadConfig {             // workload
+  int requests = 16;                // workload.requests
+  std::string arrival = "offline";  // offline | poisson | gamma | trace
+  double rate = 1.0;                // requests per second (poisson, gamma)
+  double burstiness = 1.0;          // gamma shape; 1 = Poisson
+  LengthDist prompt_len;            // workload.prompt_len.*
+  LengthDist output_len;            // workload.output_len.*
+  TraceConfig trace;                // workload.trace.*
+};
+
+struct ModelConfig {                // model
+  std::string source = "synthetic"; // synthetic | llama2c
+  std::string preset = "tiny";      // synthetic shape (tiny | stories260k | smollm2-135m | llama2-7b)
+  std::string path;                 // llama2c checkpoint (.bin)
+  std::string tokenizer;            // llama2c tokenizer (.bin), optional
+  int seed = 0;                     // synthetic weights seed (model.seed)
+};
+
+struct SchedulerConfig {            // scheduler
+  int max_batch = 8;                // static: sequences per batch
+  int max_num_seqs = 64;            // continuous: sequences running at once
+  int max_batched_tokens = 2048;    // continuous: tokens per step
+  std::string prefill = "prefill_first";  // continuous: prefill_first | chunked
+};
+
+struct KvConfig {                   // kv
+  std::string layout = "contiguous";       // contiguous | paged
+  double memory_mb = 256;                  // KV budget, MiB, the same for every layout
+  std::string reserve = "max_seq_len";     // contiguous: max_seq_len | prompt_plus_max_new
+  int block_size = 16;                     // paged: tokens per block
+};
+
+struct SpeculativeConfig {          // speculative
+  std::string draft = "none";       // none | model | layer_skip | simulated
+  int k = 4;
+  double alpha = 0.8;               // simulated acceptance probability
+  std::string draft_preset;         // model: synthetic preset of the draft
+  int draft_layers = 1;             // layer_skip: target layers the draft uses
+};
+
+struct SamplingConfig {             // sampling
+  double temperature = 0.0;         // 0 = greedy
+  double top_p = 1.0;
+  bool stop_at_eos = false;         // real-model runs may stop at EOS; synthetic never do
+};
+
+struct SloConfig {                  // slo (0 = no limit); goodput counts requests within all
+  double ttft_ms = 0;
+  double tpot_ms = 0;
+  double e2el_ms = 0;
+};
+
+struct ExperimentConfig {
+  std::string experiment = "experiment";  // results/<experiment>/<run id>/
+  int seed = 0;                     // workload and sampling
+  int threads = 0;                  // 0 = all cores
+  std::string backend = "cpu";      // cpu | cuda
+  std::string batching = "static";  // static | continuous
+  std::string attention = "naive";  // naive | flash | flash_split
+  int max_seq_len = 0;              // 0 = the model's; caps prompt + output per sequence
+  ModelConfig model;
+  SchedulerConfig scheduler;
+  KvConfig kv;
+  SpeculativeConfig speculative;
+  SamplingConfig sampling;
+  WorkloadConfig workload;
+  SloConfig slo;
+  int repeat = 1;                   // timed runs per sweep point
+  int warmup = 0;                   // untimed runs per sweep point before them
+};
+
+}  // namespace ablate

@@ -1,0 +1,27 @@
+#pragma once
+// The backend axis: where the model's weights live and who runs the forward pass.
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "engine/forward_batch.hpp"
+#include "model/shape.hpp"
+
+namespace ablate {
+
+class Attention;
+class KvCache;
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;         // "cpu", "cuda"
+  virtual std::string device_name() const = 0;  // CPU model or GPU name, for provenance
+  virtual const ModelShape& shape() const = 0;
+  virtual std::size_t weights_bytes() const = 0;
+  // Run the batch, write its K/V into `kv`, and return logits row-major
+  // [batch.num_logit_rows()][vocab] in chunk order.
+  virtual const std::vector<float>& forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) = 0;
+};
+
+}  // namespace ablate

@@ -1,0 +1,70 @@
+#pragma once
+// What one run records: a row per request, a row per step, and facts about the run.
+// Names are the CSV column names (shared/reference/metrics.md).
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace ablate {
+
+struct RequestRecord {
+  int request_id = 0;
+  double arrival_s = 0;         // scheduled arrival, seconds since run start
+  double first_scheduled_s = 0;
+  double first_token_s = 0;
+  double last_token_s = 0;
+  int prompt_len = 0;
+  int output_len = 0;           // tokens actually emitted
+  int preemptions = 0;
+  std::vector<double> itl_s;    // gaps between consecutive emitting steps
+  // Derived (seconds): queue_time = first_scheduled - arrival, ttft = first_token - arrival,
+  // e2el = last_token - arrival, tpot = (e2el - ttft) / (output_len - 1) when output_len > 1.
+  double queue_time() const { return first_scheduled_s - arrival_s; }
+  double ttft() const { return first_token_s - arrival_s; }
+  double e2el() const { return last_token_s - arrival_s; }
+  bool has_tpot() const { return output_len > 1; }
+  double tpot() const { return has_tpot() ? (e2el() - ttft()) / (output_len - 1) : 0.0; }
+};
+
+struct StepRecord {
+  int step = 0;
+  double start_s = 0;           // since run start
+  double wall_s = 0;            // the whole step: schedule, forward, sample, bookkeeping
+  double forward_s = 0;         // the backend's forward pass alone
+  int batch_size = 0;           // sequences in the forward batch
+  int prefill_seqs = 0;         // sequences running prompt tokens this step
+  int decode_seqs = 0;          // sequences running one generated token (or 1 + k to verify)
+  int prefill_tokens = 0;
+  int decode_tokens = 0;
+  int padding_rows = 0;
+  int running = 0;              // after the step
+  int waiting = 0;
+  int preempted = 0;            // preemptions this step
+  std::size_t kv_reserved_bytes = 0;
+  std::size_t kv_used_bytes = 0;
+};
+
+// Facts about one run that are not per request or per step.
+struct RunFacts {
+  std::size_t weights_bytes = 0;
+  std::size_t kv_capacity_bytes = 0;
+  std::size_t peak_host_bytes = 0;    // process peak RSS
+  std::size_t peak_device_bytes = 0;  // 0 on the CPU backend
+  int peak_concurrency = 0;
+  double run_wall_s = 0;              // engine start to last completion
+  // Speculative decoding (zero without a drafter).
+  long long num_drafts = 0;
+  long long draft_tokens = 0;
+  long long accepted_tokens = 0;
+  std::vector<long long> accepted_at_pos;  // accepted at draft position i
+  double draft_s = 0;
+  double verify_s = 0;
+};
+
+struct RunRecords {
+  std::vector<RequestRecord> requests;  // in request id order
+  std::vector<StepRecord> steps;
+  RunFacts facts;
+};
+
+}  // namespace ablate

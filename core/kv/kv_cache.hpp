@@ -1,0 +1,57 @@
+#pragma once
+// The KV-cache axis. A cache owns the K and V storage of every layer and decides where each
+// sequence's tokens live. Attention never sees the policy, only a KvSeqView: a CSR-style
+// page list (FlashInfer's indptr/indices/last_page_len, one sequence at a time). A contiguous
+// reservation is simply one page as long as the reservation, so both layouts share one reader.
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "common/kv_view.hpp"
+
+namespace ablate {
+
+struct ModelShape;
+
+// Memory accounting at one instant (shared/reference/metrics.md).
+struct KvUsage {
+  std::size_t capacity_bytes = 0;  // the budget given to the cache
+  std::size_t reserved_bytes = 0;  // set aside for live sequences
+  std::size_t used_bytes = 0;      // holding real token state
+  int live_sequences = 0;
+};
+
+class KvCache {
+ public:
+  virtual ~KvCache() = default;
+  virtual std::string name() const = 0;
+
+  // Admission: take whatever the policy reserves up front for a sequence that will hold
+  // prompt_len + max_new tokens at most. False (and nothing taken) when it does not fit.
+  virtual bool admit(int seq, int prompt_len, int max_new) = 0;
+  // Make room for the sequence to hold `length` tokens (allocation on demand for paged layouts).
+  // False when memory ran out: the caller preempts someone or waits. Never shrinks.
+  virtual bool ensure(int seq, int length) = 0;
+  // Record that tokens [0, length) now hold real state (after a forward pass wrote them).
+  virtual void set_length(int seq, int length) = 0;
+  // Roll back to `length` tokens (rejected speculative tokens); frees what the policy can.
+  virtual void truncate(int seq, int length) = 0;
+  // Give everything back (finish or preemption).
+  virtual void release(int seq) = 0;
+
+  virtual int length(int seq) const = 0;
+  virtual bool holds(int seq) const = 0;
+  // The largest prompt_len + max_new a single sequence could ever be given (for validation).
+  virtual int max_tokens_per_sequence() const = 0;
+
+  // Storage: where the forward pass writes token `pos` of `seq` in `layer` (room must exist).
+  virtual float* k_slot(int layer, int seq, int pos) = 0;
+  virtual float* v_slot(int layer, int seq, int pos) = 0;
+  // Read view for attention over the first `length` tokens.
+  virtual KvSeqView view(int layer, int seq, int length) const = 0;
+
+  virtual KvUsage usage() const = 0;
+};
+
+}  // namespace ablate

@@ -1,0 +1,42 @@
+#pragma once
+// The batching axis: which sequences run at a step, with how many tokens each.
+#include <string>
+#include <vector>
+
+#include "engine/request.hpp"
+#include "kv/kv_cache.hpp"
+
+namespace ablate {
+
+struct ScheduledChunk {
+  Sequence* seq = nullptr;
+  int num_tokens = 0;  // run tokens [seq->num_computed, seq->num_computed + num_tokens) this step
+};
+
+struct SchedulePlan {
+  std::vector<ScheduledChunk> chunks;
+  // Rows pushed through every matmul only to be thrown away: static batching's padded prompts
+  // and finished members that the batch still carries. Counted so the waste is real work.
+  int padding_rows = 0;
+  std::vector<Sequence*> preempted;  // lost their KV this step; requeued for recompute
+  bool empty() const { return chunks.empty() && padding_rows == 0; }
+};
+
+class Scheduler {
+ public:
+  virtual ~Scheduler() = default;
+  virtual std::string name() const = 0;
+  // A request arrived: its sequence waits for admission.
+  virtual void add(Sequence* seq) = 0;
+  // Decide this step's batch; admission reserves and grows KV through `kv` (ensure() has been
+  // called for every token of every chunk when this returns).
+  virtual SchedulePlan schedule(KvCache& kv) = 0;
+  // A sequence emitted its last token. The policy decides when its KV is released
+  // (continuous: now; static: when the whole batch ends).
+  virtual void finished(Sequence* seq, KvCache& kv) = 0;
+  virtual int num_waiting() const = 0;
+  virtual int num_running() const = 0;
+  bool has_work() const { return num_waiting() + num_running() > 0; }
+};
+
+}  // namespace ablate
