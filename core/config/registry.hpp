@@ -1,0 +1,30 @@
+#pragma once
+// One registry from YAML names to implementations, for every axis.
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ablate {
+
+struct ExperimentConfig;
+class Attention;
+class Backend;
+class Drafter;
+class KvCache;
+class Scheduler;
+
+// Names a config may give for an axis key: "backend", "batching", "kv.layout", "attention",
+// "speculative.draft". Empty for any other key.
+const std::vector<std::string>& registered_names(std::string_view axis_key);
+// Same, but only those implemented in this build (e.g. "cuda" only with a CUDA build); the
+// rest are known names whose use is reported as not yet available.
+bool is_implemented(std::string_view axis_key, std::string_view name);
+
+std::unique_ptr<Backend> make_backend(const ExperimentConfig& cfg);
+std::unique_ptr<KvCache> make_kv_cache(const ExperimentConfig& cfg, const Backend& backend);
+std::unique_ptr<Scheduler> make_scheduler(const ExperimentConfig& cfg);
+std::unique_ptr<Attention> make_attention(const ExperimentConfig& cfg);
+std::unique_ptr<Drafter> make_drafter(const ExperimentConfig& cfg, const Backend& target);
+
+}  // namespace ablate
