@@ -1,0 +1,39 @@
+#include "config/registry.hpp"
+
+#include <map>
+
+namespace ablate {
+
+namespace {
+struct AxisNames {
+  std::vector<std::string> known;        // every name the project defines for the axis
+  std::vector<std::string> implemented;  // those this build can run
+};
+
+const std::map<std::string, AxisNames, std::less<>>& axes() {
+  static const std::map<std::string, AxisNames, std::less<>> table = {
+      {"backend", {{"cpu", "cuda"}, {"cpu"}}},
+      {"batching", {{"static", "continuous"}, {"static"}}},
+      {"kv.layout", {{"contiguous", "paged"}, {"contiguous"}}},
+      {"attention", {{"naive", "flash", "flash_split"}, {"naive"}}},
+      {"speculative.draft", {{"none", "model", "layer_skip", "simulated"}, {"none"}}},
+  };
+  return table;
+}
+}  // namespace
+
+const std::vector<std::string>& registered_names(std::string_view axis_key) {
+  static const std::vector<std::string> none;
+  auto it = axes().find(axis_key);
+  return it == axes().end() ? none : it->second.known;
+}
+
+bool is_implemented(std::string_view axis_key, std::string_view name) {
+  auto it = axes().find(axis_key);
+  if (it == axes().end()) return false;
+  for (const auto& n : it->second.implemented)
+    if (n == name) return true;
+  return false;
+}
+
+}  // namespace ablate
