@@ -21,6 +21,10 @@ const std::vector<std::string>& registered_names(std::string_view axis_key);
 // rest are known names whose use is reported as not yet available.
 bool is_implemented(std::string_view axis_key, std::string_view name);
 
+struct ModelShape;
+// The longest sequence a run allows: max_seq_len if set (capped by the model), else the model's.
+int effective_max_seq_len(const ExperimentConfig& cfg, const ModelShape& shape);
+
 std::unique_ptr<Backend> make_backend(const ExperimentConfig& cfg);
 std::unique_ptr<KvCache> make_kv_cache(const ExperimentConfig& cfg, const Backend& backend);
 std::unique_ptr<Scheduler> make_scheduler(const ExperimentConfig& cfg);

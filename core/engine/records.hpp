@@ -65,6 +65,7 @@ struct RunRecords {
   std::vector<RequestRecord> requests;  // in request id order
   std::vector<StepRecord> steps;
   RunFacts facts;
+  std::vector<std::vector<int>> output_tokens;  // generated tokens per request (tests compare them)
 };
 
 }  // namespace ablate

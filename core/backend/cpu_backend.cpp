@@ -1,0 +1,117 @@
+#include "backend/cpu_backend.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+
+#include "attention/attention.hpp"
+#include "cpu/kernels.hpp"
+#include "engine/nvtx.hpp"
+#include "kv/kv_cache.hpp"
+
+namespace ablate {
+
+CpuBackend::CpuBackend(Weights weights) : w_(std::move(weights)) {}
+
+std::string CpuBackend::device_name() const {
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown CPU";
+}
+
+const std::vector<float>& CpuBackend::forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) {
+  return forward_layers(batch, kv, attention, w_.shape.n_layers);
+}
+
+const std::vector<float>& CpuBackend::forward_layers(const ForwardBatch& batch, KvCache& kv, Attention& attention,
+                                                     int n_layers) {
+  const ModelShape& s = w_.shape;
+  const int dim = s.dim, kv_dim = s.kv_dim(), hd = s.head_dim(), hidden = s.hidden_dim;
+  const int n_real = batch.num_tokens();
+  const int T = n_real + batch.padding_rows;  // padding rows ride through every matmul, then are dropped
+  const auto sz = [](int rows, int cols) { return static_cast<std::size_t>(rows) * cols; };
+  for (auto* buf : {&x_, &xb_, &q_, &att_}) buf->resize(sz(T, dim));
+  k_.resize(sz(T, kv_dim));
+  v_.resize(sz(T, kv_dim));
+  h1_.resize(sz(T, hidden));
+  h3_.resize(sz(T, hidden));
+  positions_.resize(static_cast<std::size_t>(T));
+
+  // Embedding lookup; padding rows embed token 0 at position 0.
+  int row = 0;
+  for (const auto& c : batch.chunks)
+    for (std::size_t i = 0; i < c.tokens.size(); ++i, ++row) {
+      std::memcpy(&x_[sz(row, dim)], &w_.token_embedding[sz(c.tokens[i], dim)], sizeof(float) * dim);
+      positions_[static_cast<std::size_t>(row)] = c.pos0 + static_cast<int>(i);
+    }
+  for (; row < T; ++row) {
+    std::memcpy(&x_[sz(row, dim)], w_.token_embedding.data(), sizeof(float) * dim);
+    positions_[static_cast<std::size_t>(row)] = 0;
+  }
+  if (T > n_real) std::fill(att_.begin() + static_cast<std::ptrdiff_t>(sz(n_real, dim)), att_.end(), 0.0f);
+
+  std::vector<AttentionProblem> problems(batch.chunks.size());
+  for (int l = 0; l < n_layers; ++l) {
+    const LayerWeights& L = w_.layers[static_cast<std::size_t>(l)];
+    // Attention block: x += wo(attention(rope(wq xn), rope(wk xn), wv xn)).
+    cpu::rmsnorm(xb_.data(), x_.data(), L.rms_att.data(), T, dim, s.norm_eps);
+    cpu::matmul(q_.data(), xb_.data(), L.wq.data(), T, dim, dim);
+    cpu::matmul(k_.data(), xb_.data(), L.wk.data(), T, dim, kv_dim);
+    cpu::matmul(v_.data(), xb_.data(), L.wv.data(), T, dim, kv_dim);
+    cpu::rope(q_.data(), T, dim, s.n_heads, hd, positions_.data(), s.rope_theta);
+    cpu::rope(k_.data(), T, kv_dim, s.n_kv_heads, hd, positions_.data(), s.rope_theta);
+    row = 0;
+    for (std::size_t ci = 0; ci < batch.chunks.size(); ++ci) {
+      const auto& c = batch.chunks[ci];
+      const int n = static_cast<int>(c.tokens.size());
+      for (int i = 0; i < n; ++i) {
+        std::memcpy(kv.k_slot(l, c.seq, c.pos0 + i), &k_[sz(row + i, kv_dim)], sizeof(float) * kv_dim);
+        std::memcpy(kv.v_slot(l, c.seq, c.pos0 + i), &v_[sz(row + i, kv_dim)], sizeof(float) * kv_dim);
+      }
+      AttentionProblem& p = problems[ci];
+      p.q = &q_[sz(row, dim)];
+      p.out = &att_[sz(row, dim)];
+      p.q_stride = p.out_stride = dim;
+      p.n_q = n;
+      p.q_pos0 = c.pos0;
+      p.kv = kv.view(l, c.seq, c.pos0 + n);
+      p.n_heads = s.n_heads;
+      p.n_kv_heads = s.n_kv_heads;
+      p.head_dim = hd;
+      p.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+      row += n;
+    }
+    {
+      NVTX_RANGE("attention");
+      attention.forward(problems);
+    }
+    cpu::matmul(xb_.data(), att_.data(), L.wo.data(), T, dim, dim);
+    cpu::add(x_.data(), xb_.data(), sz(T, dim));
+    // FFN block: x += w2(silu(w1 xn) * w3 xn).
+    cpu::rmsnorm(xb_.data(), x_.data(), L.rms_ffn.data(), T, dim, s.norm_eps);
+    cpu::matmul(h1_.data(), xb_.data(), L.w1.data(), T, dim, hidden);
+    cpu::matmul(h3_.data(), xb_.data(), L.w3.data(), T, dim, hidden);
+    cpu::swiglu(h1_.data(), h3_.data(), sz(T, hidden));
+    cpu::matmul(xb_.data(), h1_.data(), L.w2.data(), T, hidden, dim);
+    cpu::add(x_.data(), xb_.data(), sz(T, dim));
+  }
+
+  // Final norm and LM head, only for the rows whose logits are wanted.
+  const int n_out = batch.num_logit_rows();
+  row = 0;
+  int out_row = 0;
+  for (const auto& c : batch.chunks) {
+    const int n = static_cast<int>(c.tokens.size());
+    const int first = c.all_logits ? 0 : n - 1;
+    for (int i = first; i < n; ++i, ++out_row)
+      std::memcpy(&xb_[sz(out_row, dim)], &x_[sz(row + i, dim)], sizeof(float) * dim);
+    row += n;
+  }
+  cpu::rmsnorm(xb_.data(), xb_.data(), w_.rms_final.data(), n_out, dim, s.norm_eps);
+  logits_.resize(sz(n_out, s.vocab_size));
+  cpu::matmul(logits_.data(), xb_.data(), w_.lm_head(), n_out, dim, s.vocab_size);
+  return logits_;
+}
+
+}  // namespace ablate

@@ -1,0 +1,226 @@
+#include "engine/engine.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "attention/attention.hpp"
+#include "backend/backend.hpp"
+#include "engine/nvtx.hpp"
+#include "engine/sampler.hpp"
+#include "kv/kv_cache.hpp"
+#include "sched/scheduler.hpp"
+#include "spec/drafter.hpp"
+
+namespace ablate {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+RequestRecord record_of(const Sequence& s) {
+  RequestRecord r;
+  r.request_id = s.id;
+  r.arrival_s = s.request->arrival_s;
+  r.first_scheduled_s = s.first_scheduled_s;
+  r.first_token_s = s.emit_times.empty() ? 0.0 : s.emit_times.front();
+  r.last_token_s = s.emit_times.empty() ? 0.0 : s.emit_times.back();
+  r.prompt_len = s.prompt_len();
+  r.output_len = s.num_generated();
+  r.preemptions = s.preemptions;
+  for (std::size_t i = 1; i < s.emit_times.size(); ++i) r.itl_s.push_back(s.emit_times[i] - s.emit_times[i - 1]);
+  return r;
+}
+
+}  // namespace
+
+RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, const EngineOptions& options) {
+  auto& [backend, kv, scheduler, attention, drafter] = parts;
+  const int n = static_cast<int>(requests.size());
+  const int vocab = backend.shape().vocab_size;
+  const Sampler sampler(options.temperature, options.top_p);
+  if (drafter.k() > 0 && !sampler.greedy())
+    throw std::invalid_argument("speculative decoding with temperature > 0 needs rejection sampling (not built yet)");
+
+  std::vector<Sequence> seqs(static_cast<std::size_t>(n));
+  std::vector<std::mt19937_64> rngs;
+  for (int i = 0; i < n; ++i) {
+    const Request& r = requests[static_cast<std::size_t>(i)];
+    if (r.id != i) throw std::invalid_argument("run_engine: request ids must be 0..n-1 in arrival order");
+    seqs[static_cast<std::size_t>(i)].request = &r;
+    seqs[static_cast<std::size_t>(i)].id = r.id;
+    seqs[static_cast<std::size_t>(i)].tokens = r.prompt;
+    rngs.push_back(Sampler::generator_for(options.seed, r.id));
+  }
+
+  RunRecords out;
+  const auto t0 = Clock::now();
+  const auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+  int next_arrival = 0, finished = 0;
+  long long tokens_out = 0;
+  int peak_concurrency = 0;
+
+  while (finished < n) {
+    double now = elapsed();
+    while (next_arrival < n && requests[static_cast<std::size_t>(next_arrival)].arrival_s <= now)
+      scheduler.add(&seqs[static_cast<std::size_t>(next_arrival++)]);
+    if (!scheduler.has_work()) {
+      if (next_arrival >= n) throw std::logic_error("engine: requests unfinished but none waiting or running");
+      std::this_thread::sleep_for(
+          std::chrono::duration<double>(requests[static_cast<std::size_t>(next_arrival)].arrival_s - now));
+      continue;
+    }
+    NVTX_RANGE("step");
+    StepRecord rec;
+    rec.step = static_cast<int>(out.steps.size());
+    rec.start_s = now;
+
+    SchedulePlan plan;
+    {
+      NVTX_RANGE("schedule");
+      plan = scheduler.schedule(kv);
+    }
+    for (Sequence* s : plan.preempted) {  // recompute: the sequence starts over from its tokens
+      s->num_computed = 0;
+      ++s->preemptions;
+      drafter.release(*s);
+    }
+    rec.preempted = static_cast<int>(plan.preempted.size());
+    if (plan.chunks.empty())
+      throw std::logic_error(fmt::format("engine: scheduler '{}' planned no work with {} waiting",
+                                         scheduler.name(), scheduler.num_waiting()));
+
+    // Draft: sequences about to decode get up to k proposed tokens, appended for verification.
+    std::vector<std::size_t> num_drafted(plan.chunks.size(), 0);
+    if (drafter.k() > 0) {
+      NVTX_RANGE("draft");
+      const double d0 = elapsed();
+      std::vector<Sequence*> decoding;
+      std::vector<std::size_t> where;
+      for (std::size_t i = 0; i < plan.chunks.size(); ++i) {
+        Sequence* s = plan.chunks[i].seq;
+        if (!s->in_prefill() && s->num_uncomputed() == 1 && s->request->output_len - s->num_generated() > 1) {
+          decoding.push_back(s);
+          where.push_back(i);
+        }
+      }
+      const auto drafts = drafter.propose(decoding);
+      for (std::size_t j = 0; j < decoding.size(); ++j) {
+        Sequence* s = decoding[j];
+        // Never draft past the output length (the bonus token needs one slot) or the KV space.
+        std::size_t take = std::min<std::size_t>(drafts[j].size(), s->request->output_len - s->num_generated() - 1);
+        while (take > 0 && !kv.ensure(s->id, static_cast<int>(s->tokens.size() + take))) --take;
+        s->tokens.insert(s->tokens.end(), drafts[j].begin(), drafts[j].begin() + static_cast<std::ptrdiff_t>(take));
+        num_drafted[where[j]] = take;
+      }
+      out.facts.draft_s += elapsed() - d0;
+    }
+
+    ForwardBatch batch;
+    batch.padding_rows = plan.padding_rows;
+    for (std::size_t i = 0; i < plan.chunks.size(); ++i) {
+      Sequence* s = plan.chunks[i].seq;
+      if (s->first_scheduled_s < 0) s->first_scheduled_s = now;
+      const int len = plan.chunks[i].num_tokens + static_cast<int>(num_drafted[i]);
+      batch.chunks.push_back({s->id, s->num_computed,
+                              std::span<const int>(s->tokens).subspan(static_cast<std::size_t>(s->num_computed),
+                                                                      static_cast<std::size_t>(len)),
+                              num_drafted[i] > 0});
+      const bool prefill = s->in_prefill() || plan.chunks[i].num_tokens > 1;
+      (prefill ? rec.prefill_seqs : rec.decode_seqs) += 1;
+      (prefill ? rec.prefill_tokens : rec.decode_tokens) += len;
+    }
+    rec.batch_size = static_cast<int>(batch.chunks.size());
+    rec.padding_rows = batch.padding_rows;
+
+    const double f0 = elapsed();
+    const std::vector<float>* logits = nullptr;
+    {
+      NVTX_RANGE("forward");
+      logits = &backend.forward(batch, kv, attention);
+    }
+    rec.forward_s = elapsed() - f0;
+    if (drafter.k() > 0) out.facts.verify_s += rec.forward_s;
+
+    // Sample (or verify), then advance every sequence.
+    std::vector<std::pair<Sequence*, int>> emitted;
+    {
+      NVTX_RANGE("sample");
+      std::size_t row = 0;
+      for (std::size_t i = 0; i < plan.chunks.size(); ++i) {
+        Sequence* s = plan.chunks[i].seq;
+        const std::size_t nd = num_drafted[i];
+        const std::size_t rows = nd > 0 ? plan.chunks[i].num_tokens + nd : 1;
+        const auto logit_row = [&](std::size_t r) {
+          return std::span<const float>(*logits).subspan((row + r) * static_cast<std::size_t>(vocab),
+                                                         static_cast<std::size_t>(vocab));
+        };
+        s->num_computed += plan.chunks[i].num_tokens;
+        if (s->num_computed + nd == s->tokens.size()) {  // caught up: the next token can be sampled
+          int accepted = 0;
+          if (nd > 0) {
+            // Greedy verification: keep drafts while they equal the target's choice; the target's
+            // token at the first mismatch (or after all k) is the bonus token.
+            const std::size_t base = rows - nd - 1;
+            while (static_cast<std::size_t>(accepted) < nd &&
+                   Sampler::argmax(logit_row(base + accepted)) == s->tokens[s->num_computed + accepted])
+              ++accepted;
+            s->tokens.resize(s->num_computed + accepted);
+            s->num_computed += accepted;
+            out.facts.num_drafts += 1;
+            out.facts.draft_tokens += static_cast<long long>(nd);
+            out.facts.accepted_tokens += accepted;
+            if (out.facts.accepted_at_pos.size() < nd) out.facts.accepted_at_pos.resize(nd, 0);
+            for (int a = 0; a < accepted; ++a) out.facts.accepted_at_pos[static_cast<std::size_t>(a)] += 1;
+            kv.truncate(s->id, s->num_computed);
+            drafter.rollback(*s, s->num_computed);
+          }
+          const int token = sampler.sample(logit_row(rows - 1 - (nd - static_cast<std::size_t>(accepted))),
+                                           rngs[static_cast<std::size_t>(s->id)]);
+          s->tokens.push_back(token);
+          if (options.eos_token >= 0 && token == options.eos_token) s->stopped_at_eos = true;
+          emitted.emplace_back(s, accepted + 1);
+        }
+        kv.set_length(s->id, s->num_computed);
+        row += rows;
+      }
+    }
+    const double t_emit = elapsed();
+    for (auto [s, count] : emitted) {
+      s->emit_times.push_back(t_emit);
+      s->emit_counts.push_back(count);
+      tokens_out += count;
+      if (s->done()) {
+        s->state = SeqState::Finished;
+        scheduler.finished(s, kv);
+        drafter.release(*s);
+        ++finished;
+      }
+    }
+
+    const KvUsage u = kv.usage();
+    rec.kv_reserved_bytes = u.reserved_bytes;
+    rec.kv_used_bytes = u.used_bytes;
+    rec.running = scheduler.num_running();
+    rec.waiting = scheduler.num_waiting();
+    rec.wall_s = elapsed() - rec.start_s;
+    peak_concurrency = std::max(peak_concurrency, rec.batch_size);
+    out.steps.push_back(rec);
+    if (options.on_step) options.on_step(finished, n, elapsed(), tokens_out);
+  }
+
+  out.facts.run_wall_s = elapsed();
+  out.facts.peak_concurrency = peak_concurrency;
+  out.facts.weights_bytes = backend.weights_bytes();
+  out.facts.kv_capacity_bytes = kv.usage().capacity_bytes;
+  for (const Sequence& s : seqs) {
+    out.requests.push_back(record_of(s));
+    out.output_tokens.emplace_back(s.tokens.begin() + s.prompt_len(), s.tokens.end());
+  }
+  return out;
+}
+
+}  // namespace ablate

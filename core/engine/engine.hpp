@@ -1,0 +1,40 @@
+#pragma once
+// The one decode loop every experiment runs: admit arrivals, schedule, draft, forward a ragged
+// batch of prefill and decode tokens, sample (verify), update caches, record.
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "engine/records.hpp"
+#include "engine/request.hpp"
+
+namespace ablate {
+
+class Attention;
+class Backend;
+class Drafter;
+class KvCache;
+class Scheduler;
+
+struct EngineParts {
+  Backend& backend;
+  KvCache& kv;
+  Scheduler& scheduler;
+  Attention& attention;
+  Drafter& drafter;
+};
+
+struct EngineOptions {
+  std::uint64_t seed = 0;          // sampling
+  double temperature = 0.0;
+  double top_p = 1.0;
+  int eos_token = -1;              // >= 0: a request stops early when it emits this token
+  // Called after every step: requests done, total, seconds elapsed, output tokens so far.
+  std::function<void(int, int, double, long long)> on_step;
+};
+
+// Runs the requests (sorted by arrival, ids 0..n-1) in real time: a request joins at its
+// arrival time, and the engine sleeps when it has nothing to do.
+RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, const EngineOptions& options);
+
+}  // namespace ablate

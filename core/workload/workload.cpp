@@ -1,0 +1,329 @@
+#include "workload/workload.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string_view>
+
+#include <fmt/format.h>
+
+#include "config/paths.hpp"
+
+namespace ablate {
+
+// ---------------------------------------------------------------------------------------------
+// Random numbers
+
+std::uint64_t stream_seed(std::uint64_t seed, std::uint64_t stream) {
+  auto splitmix = [](std::uint64_t z) {
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  };
+  return splitmix(splitmix(seed) ^ splitmix(stream + 0x5851f42d4c957f2dULL));
+}
+
+double Rng::uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
+
+std::int64_t Rng::uniform_int(std::int64_t lo, std::int64_t hi) {
+  if (hi < lo) throw std::invalid_argument("Rng::uniform_int: hi < lo");
+  const std::uint64_t range = static_cast<std::uint64_t>(hi) - static_cast<std::uint64_t>(lo) + 1;
+  if (range == 0) return static_cast<std::int64_t>(next());  // the full 64-bit range
+  // Reject the lowest (2^64 mod range) values so that every residue is equally likely.
+  const std::uint64_t threshold = (0 - range) % range;
+  std::uint64_t x = next();
+  while (x < threshold) x = next();
+  return static_cast<std::int64_t>(static_cast<std::uint64_t>(lo) + x % range);
+}
+
+double Rng::normal() {
+  // Marsaglia polar; the second variate is dropped to keep the generator stateless.
+  for (;;) {
+    const double u = 2.0 * uniform() - 1.0, v = 2.0 * uniform() - 1.0;
+    const double s = u * u + v * v;
+    if (s > 0.0 && s < 1.0) return u * std::sqrt(-2.0 * std::log(s) / s);
+  }
+}
+
+double Rng::exponential(double rate) { return -std::log(1.0 - uniform()) / rate; }  // 1-u in (0,1]
+
+double Rng::gamma(double shape, double scale) {
+  if (!(shape > 0.0) || !(scale > 0.0)) throw std::invalid_argument("Rng::gamma: shape and scale must be > 0");
+  if (shape < 1.0) {  // boost: G(a) = G(a+1) * U^(1/a)
+    const double g = gamma(shape + 1.0, 1.0);
+    return g * std::pow(1.0 - uniform(), 1.0 / shape) * scale;
+  }
+  const double d = shape - 1.0 / 3.0, c = 1.0 / std::sqrt(9.0 * d);
+  for (;;) {
+    double x, v;
+    do {
+      x = normal();
+      v = 1.0 + c * x;
+    } while (v <= 0.0);
+    v = v * v * v;
+    const double u = 1.0 - uniform();  // (0, 1]
+    if (u < 1.0 - 0.0331 * x * x * x * x) return d * v * scale;
+    if (std::log(u) < 0.5 * x * x + d * (1.0 - v + std::log(v))) return d * v * scale;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traces
+
+namespace {
+
+// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) {
+  y -= m <= 2;
+  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const unsigned yoe = static_cast<unsigned>(y - era * 400);
+  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + static_cast<std::int64_t>(doe) - 719468;
+}
+
+// "YYYY-MM-DD HH:MM:SS[.fffffffff]" (or 'T' between date and time) -> nanoseconds since the
+// epoch, in integers so that differences are exact. nullopt when malformed.
+std::optional<std::int64_t> parse_timestamp_ns(std::string_view s) {
+  auto num = [&](std::size_t pos, std::size_t len, int lo, int hi) -> std::optional<int> {
+    if (pos + len > s.size()) return std::nullopt;
+    int v = 0;
+    for (std::size_t i = pos; i < pos + len; ++i) {
+      if (s[i] < '0' || s[i] > '9') return std::nullopt;
+      v = v * 10 + (s[i] - '0');
+    }
+    if (v < lo || v > hi) return std::nullopt;
+    return v;
+  };
+  if (s.size() < 19 || s[4] != '-' || s[7] != '-' || (s[10] != ' ' && s[10] != 'T') || s[13] != ':' ||
+      s[16] != ':')
+    return std::nullopt;
+  const auto Y = num(0, 4, 0, 9999), M = num(5, 2, 1, 12), D = num(8, 2, 1, 31), h = num(11, 2, 0, 23),
+             mi = num(14, 2, 0, 59), sec = num(17, 2, 0, 60);
+  if (!Y || !M || !D || !h || !mi || !sec) return std::nullopt;
+  std::int64_t frac_ns = 0;
+  if (s.size() > 19) {
+    const std::size_t digits = s.size() - 20;
+    if (s[19] != '.' || digits == 0 || digits > 9) return std::nullopt;
+    const auto f = num(20, digits, 0, 999999999);
+    if (!f) return std::nullopt;
+    frac_ns = *f;
+    for (std::size_t i = digits; i < 9; ++i) frac_ns *= 10;
+  }
+  const std::int64_t days = days_from_civil(*Y, static_cast<unsigned>(*M), static_cast<unsigned>(*D));
+  return ((days * 24 + *h) * 60 + *mi) * 60 * 1'000'000'000LL + *sec * 1'000'000'000LL + frac_ns;
+}
+
+struct Field {
+  std::string_view text;
+  std::size_t column;  // 1-based
+};
+
+std::vector<Field> split_csv_line(std::string_view line) {
+  std::vector<Field> out;
+  std::size_t start = 0;
+  for (;;) {
+    const std::size_t comma = line.find(',', start);
+    std::string_view f = line.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
+    std::size_t col = start + 1;
+    while (!f.empty() && (f.front() == ' ' || f.front() == '\t')) f.remove_prefix(1), ++col;
+    while (!f.empty() && (f.back() == ' ' || f.back() == '\t')) f.remove_suffix(1);
+    out.push_back({f, col});
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(), [](unsigned char x, unsigned char y) { return std::tolower(x) == std::tolower(y); });
+}
+
+}  // namespace
+
+std::vector<TraceRow> read_trace(const std::string& path, int start_row, int count) {
+  if (start_row < 0) throw std::runtime_error(fmt::format("workload.trace.start_row must be >= 0 (got {})", start_row));
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error(fmt::format("cannot open trace '{}'", path));
+  auto fail = [&](long line, std::size_t col, const std::string& what) -> std::runtime_error {
+    return std::runtime_error(fmt::format("{}:{}:{}: {}", path, line, col, what));
+  };
+
+  std::string line;
+  long line_no = 0;
+  int idx[3] = {-1, -1, -1};  // TIMESTAMP, ContextTokens, GeneratedTokens
+  const char* names[3] = {"TIMESTAMP", "ContextTokens", "GeneratedTokens"};
+  std::size_t n_fields = 0;
+  bool have_header = false;
+  int row = -1;  // data row index
+  std::vector<TraceRow> out;
+  out.reserve(static_cast<std::size_t>(std::max(count, 0)));
+  std::int64_t t0 = 0, prev = 0;
+
+  while (static_cast<int>(out.size()) < count && std::getline(in, line)) {
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;  // blank lines are not rows
+    if (line_no == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);  // UTF-8 BOM
+    const auto fields = split_csv_line(line);
+    if (!have_header) {
+      for (int k = 0; k < 3; ++k) {
+        for (std::size_t i = 0; i < fields.size(); ++i)
+          if (iequals(fields[i].text, names[k])) idx[k] = static_cast<int>(i);
+        if (idx[k] < 0)
+          throw fail(line_no, 1, fmt::format("header has no column '{}' (expected TIMESTAMP,ContextTokens,GeneratedTokens)", names[k]));
+      }
+      n_fields = fields.size();
+      have_header = true;
+      continue;
+    }
+    if (++row < start_row) continue;  // rows before the window are not parsed
+    if (fields.size() != n_fields)
+      throw fail(line_no, 1, fmt::format("expected {} fields, found {}", n_fields, fields.size()));
+    const Field& ts = fields[idx[0]];
+    const auto ns = parse_timestamp_ns(ts.text);
+    if (!ns) throw fail(line_no, ts.column, fmt::format("bad timestamp '{}' (expected YYYY-MM-DD HH:MM:SS.fraction)", ts.text));
+    int lens[2];
+    for (int k = 1; k < 3; ++k) {
+      const Field& f = fields[idx[k]];
+      int v = -1;
+      const auto [p, ec] = std::from_chars(f.text.data(), f.text.data() + f.text.size(), v);
+      if (ec != std::errc() || p != f.text.data() + f.text.size() || v < 0)
+        throw fail(line_no, f.column, fmt::format("bad {} '{}' (expected a non-negative integer)", names[k], f.text));
+      lens[k - 1] = v;
+    }
+    if (out.empty()) t0 = prev = *ns;
+    if (*ns < prev) throw fail(line_no, ts.column, fmt::format("timestamp '{}' is earlier than the previous row's", ts.text));
+    prev = *ns;
+    out.push_back({static_cast<double>(*ns - t0) * 1e-9, lens[0], lens[1]});
+  }
+  if (!have_header) throw std::runtime_error(fmt::format("trace '{}' is empty (no header row)", path));
+  if (static_cast<int>(out.size()) < count)
+    throw std::runtime_error(fmt::format("trace '{}' has {} data rows; the workload needs rows [{}, {})", path,
+                                         row + 1, start_row, static_cast<long>(start_row) + count));
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workloads
+
+namespace {
+
+// Stream ids: fixed forever, so that a seed keeps meaning the same workload.
+enum : std::uint64_t { kArrivals = 1, kPromptLens = 2, kOutputLens = 3, kTokens = 4 };
+
+std::vector<int> sample_lengths(const LengthDist& d, const char* key, int n, Rng rng,
+                                const std::vector<TraceRow>& trace, bool prompt) {
+  auto bad = [&](const std::string& what) { return std::runtime_error(fmt::format("workload.{}: {}", key, what)); };
+  std::vector<int> out(static_cast<std::size_t>(n));
+  if (d.dist == "trace") {
+    for (int i = 0; i < n; ++i) out[i] = prompt ? trace[i].prompt_len : trace[i].output_len;
+    return out;
+  }
+  if (d.dist == "fixed") {
+    if (d.value < 1) throw bad(fmt::format("value must be >= 1 (got {})", d.value));
+    std::fill(out.begin(), out.end(), d.value);
+    return out;
+  }
+  if (d.min < 1 || d.max < d.min) throw bad(fmt::format("need 1 <= min <= max (got min {}, max {})", d.min, d.max));
+  auto clip = [&](double x) {  // round half away from zero, clipped to [min, max]
+    if (!(x >= d.min)) return d.min;  // also catches NaN
+    if (x >= d.max) return d.max;
+    return static_cast<int>(std::round(x));
+  };
+  if (d.dist == "uniform") {
+    for (auto& v : out) v = static_cast<int>(rng.uniform_int(d.min, d.max));
+  } else if (d.dist == "normal") {
+    if (!(d.std >= 0)) throw bad("std must be >= 0");
+    for (auto& v : out) v = clip(d.mean + d.std * rng.normal());
+  } else if (d.dist == "lognormal") {
+    if (!(d.mean > 0) || !(d.std >= 0)) throw bad("lognormal needs mean > 0 and std >= 0");
+    // Moments of the lengths -> parameters of their log.
+    const double sigma2 = std::log1p((d.std * d.std) / (d.mean * d.mean));
+    const double mu = std::log(d.mean) - 0.5 * sigma2, sigma = std::sqrt(sigma2);
+    for (auto& v : out) v = clip(std::exp(mu + sigma * rng.normal()));
+  } else {
+    throw bad(fmt::format("unknown dist '{}' (fixed | uniform | normal | lognormal | trace)", d.dist));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<Request> make_workload(const WorkloadConfig& w, std::uint64_t seed, int vocab_size, int max_seq_len) {
+  const int n = w.requests;
+  if (n < 0) throw std::runtime_error(fmt::format("workload.requests must be >= 0 (got {})", n));
+  if (vocab_size < 1) throw std::runtime_error(fmt::format("vocab_size must be >= 1 (got {})", vocab_size));
+  if (max_seq_len > 0 && max_seq_len < 2)
+    throw std::runtime_error(fmt::format("max_seq_len {} leaves no room for a prompt and an output token", max_seq_len));
+
+  std::vector<TraceRow> trace;
+  if (w.arrival == "trace" || w.prompt_len.dist == "trace" || w.output_len.dist == "trace") {
+    if (w.trace.path.empty()) throw std::runtime_error("workload.trace.path is required by a trace arrival or length");
+    trace = read_trace(expand_path(w.trace.path), w.trace.start_row, n);
+  }
+
+  // Arrivals.
+  std::vector<double> arrival(static_cast<std::size_t>(n), 0.0);
+  if (w.arrival == "poisson" || w.arrival == "gamma") {
+    if (!(w.rate > 0) || !std::isfinite(w.rate))
+      throw std::runtime_error(fmt::format("workload.rate must be a positive number (got {})", w.rate));
+    const double shape = w.arrival == "gamma" ? w.burstiness : 1.0;
+    if (!(shape > 0)) throw std::runtime_error(fmt::format("workload.burstiness must be > 0 (got {})", shape));
+    Rng rng(stream_seed(seed, kArrivals));
+    double t = 0;
+    for (int i = 0; i < n; ++i) {
+      t += w.arrival == "gamma" ? rng.gamma(shape, 1.0 / (w.rate * shape)) : rng.exponential(w.rate);
+      arrival[i] = t;
+    }
+    // Rescale so the span is exactly N/rate (vLLM's benchmark does the same).
+    if (n > 0) {
+      const double target = n / w.rate, factor = target / t;
+      for (auto& a : arrival) a = std::min(a * factor, target);
+      arrival.back() = target;
+    }
+  } else if (w.arrival == "trace") {
+    if (!(w.trace.time_scale > 0)) throw std::runtime_error("workload.trace.time_scale must be > 0");
+    for (int i = 0; i < n; ++i) arrival[i] = trace[i].time_s * w.trace.time_scale;
+  } else if (w.arrival != "offline") {
+    throw std::runtime_error(fmt::format("workload.arrival: unknown '{}' (offline | poisson | gamma | trace)", w.arrival));
+  }
+
+  // Lengths.
+  std::vector<int> plen = sample_lengths(w.prompt_len, "prompt_len", n, Rng(stream_seed(seed, kPromptLens)), trace, true);
+  std::vector<int> olen = sample_lengths(w.output_len, "output_len", n, Rng(stream_seed(seed, kOutputLens)), trace, false);
+  for (int i = 0; i < n; ++i) {
+    if (w.output_len.dist == "trace" && w.trace.max_output_len > 0) olen[i] = std::min(olen[i], w.trace.max_output_len);
+    if (w.prompt_len.dist == "trace" && w.trace.max_prompt_len > 0) plen[i] = std::min(plen[i], w.trace.max_prompt_len);
+    plen[i] = std::max(plen[i], 1);
+    olen[i] = std::max(olen[i], 1);
+    if (max_seq_len > 0 && plen[i] + olen[i] > max_seq_len) {
+      plen[i] = std::max(1, max_seq_len - olen[i]);
+      olen[i] = std::min(olen[i], max_seq_len - plen[i]);
+    }
+  }
+
+  // Requests; each one's token ids come from its own stream (seed, id), so they do not shift
+  // when another request's length changes.
+  std::vector<Request> out(static_cast<std::size_t>(n));
+  const std::uint64_t token_seed = stream_seed(seed, kTokens);
+  for (int i = 0; i < n; ++i) {
+    Request& r = out[i];
+    r.id = i;
+    r.arrival_s = arrival[i];
+    r.output_len = olen[i];
+    Rng rng(stream_seed(token_seed, static_cast<std::uint64_t>(i)));
+    r.prompt.resize(static_cast<std::size_t>(plen[i]));
+    for (auto& t : r.prompt) t = static_cast<int>(rng.uniform_int(0, vocab_size - 1));
+  }
+  return out;
+}
+
+}  // namespace ablate

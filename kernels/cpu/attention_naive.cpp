@@ -1,0 +1,93 @@
+#include <omp.h>
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "cpu/attention.hpp"
+
+namespace ablate::cpu {
+namespace {
+
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using StridedMap = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
+using ConstStridedMap = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
+
+// One KV head of one problem: its G query heads stacked as R = n_q * G rows (row i*G + j is
+// query i of head g*G + j), so each key page feeds one GEMM for the whole group.
+void attend_group(const AttentionProblem& p, int g, float* ws) {
+  const int G = p.n_heads / p.n_kv_heads, hd = p.head_dim, L = p.kv_len(), R = p.n_q * G;
+  const KvSeqView& kv = p.kv;
+  const int ps = kv.page_size;
+  float* qg = ws;                        // [R][hd]
+  float* s = qg + std::size_t(R) * hd;   // [R][L]
+  float* og = s + std::size_t(R) * L;    // [R][hd]
+
+  for (int i = 0; i < p.n_q; ++i)
+    std::copy_n(p.q + std::size_t(i) * p.q_stride + std::size_t(g) * G * hd, std::size_t(G) * hd,
+                qg + std::size_t(i) * G * hd);
+  Eigen::Map<const RowMat> q(qg, R, hd);
+
+  // Page p0 / ps of the sequence holds keys [p0, p0 + n); rows token_stride floats apart.
+  auto page = [&](const float* pool, int p0, int n) {
+    const std::size_t first = std::size_t(kv.indices[p0 / ps]) * ps;
+    return ConstStridedMap(pool + first * kv.token_stride + std::size_t(g) * hd, n, hd,
+                           Eigen::OuterStride<>(kv.token_stride));
+  };
+
+  // S = Q K^T, one column block per page.
+  for (int p0 = 0; p0 < L; p0 += ps) {
+    const int n = std::min(ps, L - p0);
+    StridedMap(s + p0, R, n, Eigen::OuterStride<>(L)).noalias() = q * page(kv.k_pool, p0, n).transpose();
+  }
+
+  // Causal row softmax of scale * S; masked entries become exact zeros for the PV product.
+  for (int r = 0; r < R; ++r) {
+    const int visible = p.q_pos0 + r / G + 1;
+    Eigen::Map<Eigen::ArrayXf> row(s + std::size_t(r) * L, visible);
+    row = ((row - row.maxCoeff()) * p.scale).exp();
+    row *= 1.0f / row.sum();
+    std::fill(s + std::size_t(r) * L + visible, s + std::size_t(r + 1) * L, 0.0f);
+  }
+
+  // O = P V, accumulated page by page.
+  Eigen::Map<RowMat> o(og, R, hd);
+  o.setZero();
+  for (int p0 = 0; p0 < L; p0 += ps) {
+    const int n = std::min(ps, L - p0);
+    o.noalias() += ConstStridedMap(s + p0, R, n, Eigen::OuterStride<>(L)) * page(kv.v_pool, p0, n);
+  }
+
+  for (int i = 0; i < p.n_q; ++i)
+    std::copy_n(og + std::size_t(i) * G * hd, std::size_t(G) * hd,
+                p.out + std::size_t(i) * p.out_stride + std::size_t(g) * G * hd);
+}
+
+}  // namespace
+
+std::size_t attention_naive_workspace_bytes(const AttentionProblem& p) {
+  const std::size_t rows = std::size_t(p.n_q) * (p.n_heads / p.n_kv_heads);
+  return rows * (std::size_t(p.kv_len()) + 2 * std::size_t(p.head_dim)) * sizeof(float);
+}
+
+void attention_naive(std::span<const AttentionProblem> problems) {
+  std::vector<std::pair<int, int>> tasks;  // (problem, kv head)
+  std::size_t flops = 0;
+  for (int i = 0; i < int(problems.size()); ++i) {
+    const AttentionProblem& p = problems[i];
+    for (int g = 0; g < p.n_kv_heads; ++g) tasks.emplace_back(i, g);
+    flops += 4 * std::size_t(p.n_q) * p.n_heads * p.kv_len() * p.head_dim;
+  }
+  const bool parallel = tasks.size() > 1 && flops >= (std::size_t{1} << 17) && !omp_in_parallel();
+#pragma omp parallel for schedule(dynamic) if (parallel)
+  for (std::size_t t = 0; t < tasks.size(); ++t) {
+    thread_local std::vector<float> ws;
+    const AttentionProblem& p = problems[tasks[t].first];
+    const std::size_t need = attention_naive_workspace_bytes(p) / sizeof(float);
+    if (ws.size() < need) ws.resize(need);
+    attend_group(p, tasks[t].second, ws.data());
+  }
+}
+
+}  // namespace ablate::cpu

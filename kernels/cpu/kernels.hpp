@@ -1,0 +1,33 @@
+#pragma once
+// CPU kernels of the forward pass (fp32, row-major, plain pointers). Each has a scalar twin in
+// cpu/reference.hpp that the tests compare it with.
+#include <cstddef>
+
+#include "cpu/attention.hpp"
+
+namespace ablate::cpu {
+
+// y[rows][out] = x[rows][in] * w[out][in]^T. The decode hot path: `out` is split into one
+// contiguous block per OpenMP thread so each thread streams its own rows of w; small products
+// (rows*in*out below kMatmulParallelMinWork) run on the calling thread.
+void matmul(float* y, const float* x, const float* w, int rows, int in, int out);
+inline constexpr std::size_t kMatmulParallelMinWork = std::size_t{1} << 16;
+
+// out = x / sqrt(mean(x^2) + eps) * weight, row by row; out may alias x.
+void rmsnorm(float* out, const float* x, const float* weight, int rows, int dim, float eps);
+
+// Rotary embedding in place, llama2.c convention: adjacent pairs (x[i], x[i+1]), i even within
+// each head, angle = positions[r] * theta^(-i/head_dim), computed in float exactly as llama2.c.
+// Row r holds n_heads heads of head_dim floats at x + r * row_stride.
+void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions, float theta);
+
+// Numerically stable softmax in place (llama2.c's arithmetic: max, expf, sequential sum).
+void softmax(float* x, int n);
+
+// gate[i] = silu(gate[i]) * up[i].
+void swiglu(float* gate, const float* up, std::size_t n);
+
+// x[i] += y[i] (the residual connection).
+void add(float* x, const float* y, std::size_t n);
+
+}  // namespace ablate::cpu

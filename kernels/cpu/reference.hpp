@@ -1,0 +1,103 @@
+#pragma once
+// Scalar references for the CPU kernels: straightforward loops, double accumulation where the
+// kernel reduces. Slow on purpose; tests (CPU and CUDA) compare the real kernels with these.
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <span>
+#include <vector>
+
+#include "common/attention_problem.hpp"
+
+namespace ablate::ref {
+
+inline void matmul(float* y, const float* x, const float* w, int rows, int in, int out) {
+  for (int r = 0; r < rows; ++r)
+    for (int o = 0; o < out; ++o) {
+      double acc = 0.0;
+      for (int i = 0; i < in; ++i) acc += double(x[std::size_t(r) * in + i]) * w[std::size_t(o) * in + i];
+      y[std::size_t(r) * out + o] = float(acc);
+    }
+}
+
+inline void rmsnorm(float* out, const float* x, const float* weight, int rows, int dim, float eps) {
+  for (int r = 0; r < rows; ++r) {
+    const float* xr = x + std::size_t(r) * dim;
+    float* o = out + std::size_t(r) * dim;
+    double ss = 0.0;
+    for (int j = 0; j < dim; ++j) ss += double(xr[j]) * xr[j];
+    const double inv = 1.0 / std::sqrt(ss / dim + eps);
+    for (int j = 0; j < dim; ++j) o[j] = float(weight[j] * (inv * xr[j]));
+  }
+}
+
+// llama2.c's loop (run.c, forward()), one row at a time, for any number of heads.
+inline void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions, float theta) {
+  for (int r = 0; r < rows; ++r) {
+    const int pos = positions[r];
+    float* vec = x + std::size_t(r) * row_stride;
+    for (int i = 0; i < n_heads * head_dim; i += 2) {
+      int hd = i % head_dim;
+      float freq = 1.0f / powf(theta, hd / (float)head_dim);
+      float val = pos * freq;
+      float fcr = cosf(val);
+      float fci = sinf(val);
+      float v0 = vec[i];
+      float v1 = vec[i + 1];
+      vec[i] = v0 * fcr - v1 * fci;
+      vec[i + 1] = v0 * fci + v1 * fcr;
+    }
+  }
+}
+
+inline void softmax(float* x, int n) {
+  double mx = x[0];
+  for (int i = 1; i < n; ++i) mx = std::max(mx, double(x[i]));
+  std::vector<double> e(n);
+  double sum = 0.0;
+  for (int i = 0; i < n; ++i) sum += e[i] = std::exp(x[i] - mx);
+  for (int i = 0; i < n; ++i) x[i] = float(e[i] / sum);
+}
+
+inline void swiglu(float* gate, const float* up, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) {
+    const double g = gate[i];
+    gate[i] = float(g / (1.0 + std::exp(-g)) * up[i]);
+  }
+}
+
+inline void add(float* x, const float* y, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+// Per query head and query: scores over keys [0, q_pos0 + i], softmax, weighted sum of V.
+inline void attention(std::span<const AttentionProblem> problems) {
+  for (const AttentionProblem& p : problems) {
+    const int group = p.n_heads / p.n_kv_heads;
+    const int hd = p.head_dim;
+    std::vector<double> s(p.kv_len()), o(hd);
+    for (int i = 0; i < p.n_q; ++i)
+      for (int h = 0; h < p.n_heads; ++h) {
+        const float* q = p.q + std::size_t(i) * p.q_stride + std::size_t(h) * hd;
+        const int kvh = h / group, n_keys = p.q_pos0 + i + 1;
+        double mx = -INFINITY, sum = 0.0;
+        for (int t = 0; t < n_keys; ++t) {
+          const float* k = p.kv.k(t, kvh, hd);
+          double dot = 0.0;
+          for (int d = 0; d < hd; ++d) dot += double(q[d]) * k[d];
+          s[t] = dot * p.scale;
+          mx = std::max(mx, s[t]);
+        }
+        for (int t = 0; t < n_keys; ++t) sum += s[t] = std::exp(s[t] - mx);
+        std::fill(o.begin(), o.end(), 0.0);
+        for (int t = 0; t < n_keys; ++t) {
+          const float* v = p.kv.v(t, kvh, hd);
+          for (int d = 0; d < hd; ++d) o[d] += s[t] / sum * v[d];
+        }
+        float* out = p.out + std::size_t(i) * p.out_stride + std::size_t(h) * hd;
+        for (int d = 0; d < hd; ++d) out[d] = float(o[d]);
+      }
+  }
+}
+
+}  // namespace ablate::ref
