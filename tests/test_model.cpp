@@ -1,4 +1,5 @@
 // The Llama forward pass: the stories260K golden output, batching invariance, KV consistency.
+#include <fstream>
 #include <catch2/catch.hpp>
 
 #include <cmath>

@@ -188,6 +188,10 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
         row += rows;
       }
     }
+    // Memory as the forward pass held it, before finished sequences give theirs back.
+    const KvUsage u = kv.usage();
+    rec.kv_reserved_bytes = u.reserved_bytes;
+    rec.kv_used_bytes = u.used_bytes;
     const double t_emit = elapsed();
     for (auto [s, count] : emitted) {
       s->emit_times.push_back(t_emit);
@@ -201,9 +205,6 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
       }
     }
 
-    const KvUsage u = kv.usage();
-    rec.kv_reserved_bytes = u.reserved_bytes;
-    rec.kv_used_bytes = u.used_bytes;
     rec.running = scheduler.num_running();
     rec.waiting = scheduler.num_waiting();
     rec.wall_s = elapsed() - rec.start_s;

@@ -152,6 +152,7 @@ std::vector<TraceRow> read_trace(const std::string& path, int start_row, int cou
   if (start_row < 0) throw std::runtime_error(fmt::format("workload.trace.start_row must be >= 0 (got {})", start_row));
   std::ifstream in(path);
   if (!in) throw std::runtime_error(fmt::format("cannot open trace '{}'", path));
+  if (count <= 0) return {};
   auto fail = [&](long line, std::size_t col, const std::string& what) -> std::runtime_error {
     return std::runtime_error(fmt::format("{}:{}:{}: {}", path, line, col, what));
   };

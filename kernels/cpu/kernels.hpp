@@ -21,7 +21,7 @@ void rmsnorm(float* out, const float* x, const float* weight, int rows, int dim,
 // Row r holds n_heads heads of head_dim floats at x + r * row_stride.
 void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions, float theta);
 
-// Numerically stable softmax in place (llama2.c's arithmetic: max, expf, sequential sum).
+// Numerically stable softmax in place: subtract the max, expf, normalise by a double sum.
 void softmax(float* x, int n);
 
 // gate[i] = silu(gate[i]) * up[i].

@@ -1,3 +1,5 @@
+// GCC 12 reports false -Wmaybe-uninitialized positives inside Eigen's AVX-512 packet code.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <omp.h>
 
 #include <Eigen/Core>

@@ -1,0 +1,113 @@
+#include "engine/runner.hpp"
+
+#include <omp.h>
+
+#include <memory>
+#include <optional>
+
+#include <fmt/format.h>
+
+#include "attention/attention.hpp"
+#include "backend/backend.hpp"
+#include "config/registry.hpp"
+#include "engine/engine.hpp"
+#include "kv/kv_cache.hpp"
+#include "model/tokenizer.hpp"
+#include "report/progress.hpp"
+#include "report/provenance.hpp"
+#include "report/results_writer.hpp"
+#include "report/table.hpp"
+#include "sched/scheduler.hpp"
+#include "spec/drafter.hpp"
+#include "workload/workload.hpp"
+
+namespace ablate {
+
+namespace {
+
+// One engine run of a sweep point: fresh cache, scheduler, attention and drafter every time, so
+// repeats are independent; the backend (weights) is shared by the point's runs.
+RunRecords run_once(const ExperimentConfig& cfg, Backend& backend, const std::vector<Request>& requests,
+                    Progress* progress) {
+  auto kv = make_kv_cache(cfg, backend);
+  auto scheduler = make_scheduler(cfg);
+  auto attention = make_attention(cfg);
+  auto drafter = make_drafter(cfg, backend);
+  EngineOptions eo;
+  eo.seed = static_cast<std::uint64_t>(cfg.seed);
+  eo.temperature = cfg.sampling.temperature;
+  eo.top_p = cfg.sampling.top_p;
+  // Synthetic weights have no meaningful EOS: their runs always generate exactly output_len.
+  eo.eos_token = cfg.sampling.stop_at_eos && cfg.model.source != "synthetic" ? Llama2cTokenizer::kEos : -1;
+  if (progress)
+    eo.on_step = [progress](int done, int total, double elapsed, long long tokens) {
+      progress->update(done, total, elapsed, elapsed > 0 ? static_cast<double>(tokens) / elapsed : 0.0);
+    };
+  RunRecords r = run_engine({backend, *kv, *scheduler, *attention, *drafter}, requests, eo);
+  r.facts.peak_host_bytes = peak_rss_bytes();
+  return r;
+}
+
+}  // namespace
+
+std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptions& opts, std::ostream& table) {
+  if (exp.points.empty()) throw std::invalid_argument(fmt::format("{}: no sweep points to run", exp.file));
+  const ExperimentConfig& first = exp.points.front().config;
+
+  std::string all_yaml;
+  for (const auto& p : exp.points)
+    all_yaml += exp.points.size() == 1 ? p.resolved_yaml
+                                       : fmt::format("# point {}\n---\n{}\n", p.index, p.resolved_yaml);
+
+  const int cores = omp_get_num_procs();
+  std::unique_ptr<Backend> backend;
+  std::string backend_key;  // the model and backend config that built `backend`
+  const auto backend_for = [&](const ExperimentConfig& cfg) -> Backend& {
+    const std::string key = fmt::format("{}|{}|{}|{}|{}|{}", cfg.backend, cfg.model.source, cfg.model.preset,
+                                        cfg.model.path, cfg.model.seed, cfg.model.tokenizer);
+    if (!backend || key != backend_key) {
+      backend.reset();  // free the old weights before loading new ones
+      backend = make_backend(cfg);
+      backend_key = key;
+    }
+    return *backend;
+  };
+
+  Backend& b0 = backend_for(first);
+  const int threads0 = first.threads > 0 ? first.threads : cores;
+  ResultsWriter writer({opts.results_root, first.experiment, opts.run_id, opts.force, all_yaml},
+                       collect_provenance(threads0, b0.name(), b0.device_name()));
+
+  const int total_runs = static_cast<int>(exp.points.size()) * (exp.warmup + exp.repeat);
+  int run_no = 0;
+  for (const SweepPoint& point : exp.points) {
+    const ExperimentConfig& cfg = point.config;
+    const int threads = cfg.threads > 0 ? cfg.threads : cores;
+    omp_set_num_threads(threads);
+    Backend& backend_ref = backend_for(cfg);
+    const std::vector<Request> requests =
+        make_workload(cfg.workload, static_cast<std::uint64_t>(cfg.seed), backend_ref.shape().vocab_size,
+                      effective_max_seq_len(cfg, backend_ref.shape()));
+    std::optional<Provenance> prov;
+    if (threads != threads0 || backend_ref.name() != b0.name())
+      prov = collect_provenance(threads, backend_ref.name(), backend_ref.device_name());
+
+    for (int i = 0; i < exp.warmup + exp.repeat; ++i) {
+      ++run_no;
+      const bool timed = i >= exp.warmup;
+      std::string label = fmt::format("run {}/{} point {}", run_no, total_runs, point.index);
+      for (const auto& [k, v] : point.swept) label += fmt::format(" {}={}", k, v);
+      label += timed ? fmt::format(" repeat {}", i - exp.warmup) : " warm-up";
+      Progress progress(opts.quiet, label);
+      RunRecords rec = run_once(cfg, backend_ref, requests, &progress);
+      progress.finish();
+      if (timed) writer.add_run(point.index, i - exp.warmup, point.columns, rec, summarize(rec, cfg.slo), prov);
+    }
+  }
+
+  const auto dir = writer.commit();
+  print_summary_table(table, writer.rows(), exp.swept_keys);
+  return dir;
+}
+
+}  // namespace ablate

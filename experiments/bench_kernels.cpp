@@ -1,0 +1,289 @@
+// Kernel benchmarks against the physical limit. matmul at rows=1 only streams its weights, so
+// weight bytes / time is compared with the machine's read bandwidth (roofline_frac). Weights
+// rotate through an arena as large as smollm2-135m's fp32 weights (ABLATE_BENCH_ARENA_MB, default
+// 540), so each matrix is re-read after as many bytes as in a real decode step and caches help
+// no more than they would there; BM_StreamRead measures plain read bandwidth over the same arena.
+//   build/default/experiments/bench_kernels --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+#include <benchmark/benchmark.h>
+#include <omp.h>
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu/kernels.hpp"
+#ifdef ABLATE_HAVE_CUDA
+#include "cuda/kernels.cuh"
+#endif
+
+using namespace ablate;
+
+namespace {
+
+constexpr double kReadBandwidth = 48e9;  // measured read bandwidth, 2 threads (24 GB/s with 1)
+
+// smollm2-135m
+constexpr int kDim = 576, kKvDim = 192, kHidden = 1536, kVocab = 49152;
+constexpr int kHeads = 9, kKvHeads = 3, kHeadDim = 64;
+
+struct Arena {
+  float* data = nullptr;
+  std::size_t floats = 0;
+  Arena() {
+    const char* mb = std::getenv("ABLATE_BENCH_ARENA_MB");
+    floats = (mb ? std::strtoull(mb, nullptr, 10) : 540) << 18;  // MiB -> floats
+    data = static_cast<float*>(std::aligned_alloc(4096, floats * sizeof(float)));
+#pragma omp parallel for schedule(static)
+    for (std::size_t i = 0; i < floats; ++i) data[i] = 1e-3f * float(i % 1000);
+  }
+  ~Arena() { std::free(data); }
+  // The k-th of as many n-float slices as fit, cycling.
+  const float* slice(std::size_t n, std::size_t k) const { return data + (k % std::max<std::size_t>(1, floats / n)) * n; }
+};
+
+const Arena& arena() {
+  static Arena a;
+  return a;
+}
+
+void set_rate_counters(benchmark::State& state, double bytes, double flops) {
+  state.SetBytesProcessed(static_cast<int64_t>(bytes * double(state.iterations())));
+  state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["roofline_frac"] = benchmark::Counter(bytes / kReadBandwidth, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = omp_get_max_threads();
+}
+
+void BM_StreamRead(benchmark::State& state) {
+  const Arena& a = arena();
+  const std::size_t n = std::size_t(state.range(0)) << 18;
+  std::size_t k = 0;
+  for (auto _ : state) {
+    const float* p = a.slice(n, k++);
+    float total = 0.0f;
+#pragma omp parallel reduction(+ : total)
+    {
+      // Eigen's sum keeps several SIMD accumulators, so adds never limit the read rate.
+      const std::size_t nt = omp_get_num_threads(), t = omp_get_thread_num(), chunk = (n + nt - 1) / nt;
+      const std::size_t b = std::min(n, t * chunk), e = std::min(n, b + chunk);
+      total += Eigen::Map<const Eigen::ArrayXf>(p + b, Eigen::Index(e - b)).sum();
+    }
+    benchmark::DoNotOptimize(total);
+  }
+  set_rate_counters(state, double(n) * sizeof(float), double(n));
+}
+
+void BM_Matmul(benchmark::State& state) {
+  const int rows = int(state.range(0)), in = int(state.range(1)), out = int(state.range(2));
+  const std::size_t wn = std::size_t(in) * out;
+  std::vector<float> x(std::size_t(rows) * in, 0.5f), y(std::size_t(rows) * out);
+  std::size_t k = 0;
+  for (auto _ : state) {
+    cpu::matmul(y.data(), x.data(), arena().slice(wn, k++), rows, in, out);
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_rate_counters(state, double(wn) * sizeof(float), 2.0 * rows * wn);
+}
+
+void BM_Rmsnorm(benchmark::State& state) {
+  const int rows = int(state.range(0));
+  std::vector<float> x(std::size_t(rows) * kDim, 0.25f), out(x.size()), w(kDim, 1.0f);
+  for (auto _ : state) {
+    cpu::rmsnorm(out.data(), x.data(), w.data(), rows, kDim, 1e-5f);
+    benchmark::DoNotOptimize(out.data());
+  }
+  set_rate_counters(state, (2.0 * rows * kDim + kDim) * sizeof(float), 4.0 * rows * kDim);
+}
+
+// One sequence of one layer with smollm2's heads; K/V contiguous (page_size 0) or in shuffled
+// pages of page_size tokens.
+struct AttnSetup {
+  std::vector<float> q, out, k, v;
+  std::vector<int32_t> indices;
+  AttentionProblem p;
+  AttnSetup(int ctx, int n_q, int page_size) {
+    std::mt19937 rng(1);
+    std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+    const int qw = kHeads * kHeadDim;
+    const int ps = page_size > 0 ? page_size : ctx, pages = (ctx + ps - 1) / ps;
+    q.resize(std::size_t(n_q) * qw);
+    out.resize(q.size());
+    k.resize(std::size_t(pages) * ps * kKvDim);
+    v.resize(k.size());
+    for (auto* vec : {&q, &k, &v})
+      for (float& f : *vec) f = d(rng);
+    indices.resize(pages);
+    std::iota(indices.begin(), indices.end(), 0);
+    std::shuffle(indices.begin(), indices.end(), rng);
+    p.q = q.data();
+    p.out = out.data();
+    p.q_stride = p.out_stride = qw;
+    p.n_q = n_q;
+    p.q_pos0 = ctx - n_q;
+    p.kv = {k.data(), v.data(), indices.data(), pages, ps, ctx, kKvDim};
+    p.n_heads = kHeads;
+    p.n_kv_heads = kKvHeads;
+    p.head_dim = kHeadDim;
+    p.scale = 1.0f / std::sqrt(float(kHeadDim));
+  }
+};
+
+void attention_counters(benchmark::State& state, const AttentionProblem& p, std::size_t workspace) {
+  const double kv_bytes = 2.0 * p.kv_len() * kKvDim * sizeof(float);
+  set_rate_counters(state, kv_bytes, 4.0 * p.n_q * p.n_heads * p.kv_len() * p.head_dim);
+  state.counters["workspace_bytes"] = double(workspace);
+}
+
+void BM_AttentionNaive(benchmark::State& state) {
+  const int ctx = int(state.range(0)), n_q = state.range(1) ? ctx : 1;
+  AttnSetup s(ctx, n_q, int(state.range(2)));
+  for (auto _ : state) {
+    cpu::attention_naive({&s.p, 1});
+    benchmark::DoNotOptimize(s.out.data());
+  }
+  attention_counters(state, s.p, cpu::attention_naive_workspace_bytes(s.p));
+}
+
+void matmul_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"rows", "in", "out"});
+  const std::pair<int, int> shapes[] = {{kDim, kDim}, {kDim, kKvDim}, {kDim, kHidden}, {kHidden, kDim}, {kDim, kVocab}};
+  for (int rows : {1, 16})
+    for (auto [in, out] : shapes) b->Args({rows, in, out});
+}
+
+void attention_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"ctx", "prefill", "page_size"});
+  for (int prefill : {0, 1})
+    for (int page_size : {0, 16})
+      for (int ctx = 128; ctx <= 4096; ctx *= 2) b->Args({ctx, prefill, page_size});
+}
+
+}  // namespace
+
+BENCHMARK(BM_StreamRead)->ArgName("MiB")->Arg(64)->Arg(256)->UseRealTime();
+BENCHMARK(BM_Matmul)->Apply(matmul_args)->UseRealTime();
+BENCHMARK(BM_Rmsnorm)->ArgName("rows")->Arg(1)->Arg(16)->UseRealTime();
+BENCHMARK(BM_AttentionNaive)->Apply(attention_args)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+#ifdef ABLATE_HAVE_CUDA
+// GPU versions, registered only when a device is present; timed with CUDA events.
+namespace {
+
+float* dev_alloc(std::size_t floats) {
+  void* p = nullptr;
+  if (cudaMalloc(&p, floats * sizeof(float)) != cudaSuccess) throw std::runtime_error("cudaMalloc failed");
+  return static_cast<float*>(p);
+}
+
+float* to_dev(const std::vector<float>& h) {
+  float* d = dev_alloc(h.size());
+  cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice);
+  return d;
+}
+
+struct Gpu {
+  cublasHandle_t handle = nullptr;
+  cudaStream_t stream = nullptr;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  float* arena = nullptr;
+  std::size_t arena_floats = std::size_t{1} << 28;  // 1 GiB: several times any GPU's L2
+  Gpu() {
+    cudaStreamCreate(&stream);
+    cublasCreate(&handle);
+    cudaEventCreate(&start);
+    cudaEventCreate(&stop);
+    arena = dev_alloc(arena_floats);
+    cudaMemset(arena, 0, arena_floats * sizeof(float));
+  }
+};
+
+Gpu& gpu() {
+  static Gpu g;
+  return g;
+}
+
+template <class F>
+void time_gpu(benchmark::State& state, F&& f) {
+  Gpu& g = gpu();
+  f(0);  // warm-up (cuBLAS heuristics, lazy module loading)
+  std::size_t k = 1;
+  for (auto _ : state) {
+    cudaEventRecord(g.start, g.stream);
+    f(k++);
+    cudaEventRecord(g.stop, g.stream);
+    cudaEventSynchronize(g.stop);
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, g.start, g.stop);
+    state.SetIterationTime(ms / 1e3);
+  }
+}
+
+void BM_CudaMatmul(benchmark::State& state) {
+  const int rows = int(state.range(0)), in = int(state.range(1)), out = int(state.range(2));
+  Gpu& g = gpu();
+  const std::size_t wn = std::size_t(in) * out, slices = g.arena_floats / wn - 1;
+  float* x = g.arena + slices * wn;  // x and y share the last slice (both far smaller than w)
+  float* y = x + std::size_t(rows) * in;
+  time_gpu(state, [&](std::size_t k) { cuda::matmul(y, x, g.arena + (k % slices) * wn, rows, in, out, g.handle, g.stream); });
+  state.SetBytesProcessed(static_cast<int64_t>(double(wn) * sizeof(float) * double(state.iterations())));
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * rows * wn, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_CudaAttentionNaive(benchmark::State& state) {
+  const int ctx = int(state.range(0)), n_q = state.range(1) ? ctx : 1;
+  AttnSetup s(ctx, n_q, 0);
+  AttentionProblem p = s.p;
+  Gpu& g = gpu();
+  const std::size_t wsb = cuda::attention_naive_workspace_bytes(p);
+  float *q = to_dev(s.q), *out = to_dev(s.out), *k = to_dev(s.k), *v = to_dev(s.v), *ws = dev_alloc(wsb / sizeof(float));
+  p.q = q;
+  p.out = out;
+  p.kv.k_pool = k;
+  p.kv.v_pool = v;
+  p.kv.indices = nullptr;  // contiguous: not read
+  time_gpu(state, [&](std::size_t) { cuda::attention_naive(p, ws, g.handle, g.stream); });
+  for (float* ptr : {q, out, k, v, ws}) cudaFree(ptr);
+  state.SetBytesProcessed(static_cast<int64_t>(2.0 * ctx * kKvDim * sizeof(float) * double(state.iterations())));
+  state.counters["FLOP/s"] =
+      benchmark::Counter(4.0 * n_q * kHeads * ctx * kHeadDim, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["workspace_bytes"] = double(wsb);
+}
+
+void register_cuda_benchmarks() {
+  std::string why;
+  if (!cuda::cuda_device_available(&why)) {
+    benchmark::AddCustomContext("cuda", "not benchmarked: no CUDA device (" + why + ")");
+    return;
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  benchmark::AddCustomContext("cuda", prop.name);
+  benchmark::RegisterBenchmark("BM_CudaMatmul", BM_CudaMatmul)->Apply(matmul_args)->UseManualTime();
+  auto* b = benchmark::RegisterBenchmark("BM_CudaAttentionNaive", BM_CudaAttentionNaive);
+  b->ArgNames({"ctx", "prefill"})->UseManualTime()->Unit(benchmark::kMicrosecond);
+  for (int prefill : {0, 1})
+    for (int ctx = 128; ctx <= 4096; ctx *= 2) b->Args({ctx, prefill});
+}
+
+}  // namespace
+#endif
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  benchmark::AddCustomContext("roofline",
+                              "48 GB/s read bandwidth with 2 threads (24 GB/s with 1); roofline_frac = bytes/s / 48e9, "
+                              "bytes = weights (matmul), x+out+weight (rmsnorm), K+V (attention)");
+  benchmark::AddCustomContext("omp_threads", std::to_string(omp_get_max_threads()));
+#ifdef ABLATE_HAVE_CUDA
+  register_cuda_benchmarks();
+#endif
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

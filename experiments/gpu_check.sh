@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# On a machine with a GPU: configure and build the portable `gpu` preset, run the CUDA kernel
+# tests and every experiments/bench_* program, and write all logs and results into OUTDIR.
+# No network use. Exit status: 0 only if the build succeeded and the CUDA tests ran and passed
+# (a skip for want of a device counts as a failure here).
+#   experiments/gpu_check.sh OUTDIR
+#   BENCH_ARGS='--benchmark_filter=Cuda' experiments/gpu_check.sh OUTDIR   # extra benchmark flags
+set -uo pipefail
+
+out=${1:?usage: experiments/gpu_check.sh OUTDIR}
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+mkdir -p "$out" && out=$(cd "$out" && pwd)
+cd "$root" || exit 1
+build=build/gpu
+export PATH=$PATH:/usr/local/cuda/bin
+
+{
+  date -u
+  git rev-parse HEAD 2>/dev/null
+  nvidia-smi 2>&1 || echo "nvidia-smi failed"
+  nvcc --version 2>&1
+  echo "nproc: $(nproc)  OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}"
+} > "$out/device.txt"
+
+if ! cmake --preset gpu > "$out/configure.log" 2>&1; then
+  echo "gpu_check: configure failed (see $out/configure.log)"; exit 1
+fi
+status=0
+if ! cmake --build --preset gpu -j "$(nproc)" > "$out/build.log" 2>&1; then
+  # Still check what can be built: the CUDA tests and the benchmarks, each on its own.
+  echo "gpu_check: full build failed (see $out/build.log); building the check targets alone"; status=1
+  for src in tests/cuda/test_cuda_kernels.cpp experiments/bench_*.cpp; do
+    target=$(basename "$src" .cpp)
+    [ "$target" = test_cuda_kernels ] && target=ablate_cuda_tests
+    cmake --build --preset gpu -j "$(nproc)" --target "$target" >> "$out/build_targets.log" 2>&1 ||
+      echo "gpu_check: target $target failed to build (see $out/build_targets.log)"
+  done
+fi
+[ -x "$build/tests/ablate_cuda_tests" ] || { echo "gpu_check: no CUDA test binary"; exit 1; }
+
+"$build/tests/ablate_cuda_tests" --durations yes > "$out/cuda_tests.txt" 2>&1
+rc=$?
+case $rc in
+  0) echo "gpu_check: CUDA tests passed" ;;
+  77) echo "gpu_check: CUDA tests $(head -1 "$out/cuda_tests.txt")"; status=1 ;;
+  *) echo "gpu_check: CUDA tests FAILED (rc=$rc, see $out/cuda_tests.txt)"; status=1 ;;
+esac
+
+for bench in "$build"/experiments/bench_*; do
+  [ -x "$bench" ] || continue
+  name=$(basename "$bench")
+  # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
+  if "$bench" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+      --benchmark_out="$out/$name.json" --benchmark_out_format=json ${BENCH_ARGS:-} > "$out/$name.txt" 2>&1; then
+    echo "gpu_check: $name done"
+  else
+    echo "gpu_check: $name FAILED (see $out/$name.txt)"; status=1
+  fi
+done
+exit $status

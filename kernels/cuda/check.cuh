@@ -1,0 +1,55 @@
+#pragma once
+// Internal to kernels/cuda: error checks and block reductions shared by the .cu files.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace ablate::cuda::detail {
+
+inline void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+inline void check(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(std::string(what) + ": cuBLAS status " + std::to_string(int(s)));
+}
+// After a launch: configuration errors show at once, execution errors at the next sync.
+inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
+
+constexpr int kBlock = 256;  // threads per block for the row kernels (a multiple of 32)
+
+__device__ inline float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ inline float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Reductions over the whole block (blockDim.x a multiple of 32, <= 1024); every thread gets the
+// result. The trailing barrier lets the shared slots be reused by the next call.
+template <bool Max>
+__device__ inline float block_reduce(float v) {
+  __shared__ float slots[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = Max ? warp_max(v) : warp_sum(v);
+  if (lane == 0) slots[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < warps ? slots[lane] : (Max ? -INFINITY : 0.0f);
+    v = Max ? warp_max(v) : warp_sum(v);
+    if (lane == 0) slots[0] = v;
+  }
+  __syncthreads();
+  const float r = slots[0];
+  __syncthreads();
+  return r;
+}
+__device__ inline float block_sum(float v) { return block_reduce<false>(v); }
+__device__ inline float block_max(float v) { return block_reduce<true>(v); }
+
+inline unsigned grid_for(std::size_t n, int block = kBlock) { return unsigned((n + block - 1) / block); }
+
+}  // namespace ablate::cuda::detail

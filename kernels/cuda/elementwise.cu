@@ -1,0 +1,98 @@
+// rmsnorm, rope, softmax, swiglu, add: one block per row for the reductions, one thread per
+// element (or pair) otherwise. Arithmetic follows the CPU kernels (llama2.c's expressions).
+#include "cuda/check.cuh"
+#include "cuda/kernels.cuh"
+
+namespace ablate::cuda {
+namespace {
+
+using namespace detail;
+
+__global__ void rmsnorm_kernel(float* out, const float* x, const float* weight, int dim, float eps) {
+  const float* xr = x + std::size_t(blockIdx.x) * dim;
+  float* o = out + std::size_t(blockIdx.x) * dim;
+  float ss = 0.0f;
+  for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += xr[j] * xr[j];
+  ss = block_sum(ss);  // every thread has read its x before any writes o (out may alias x)
+  const float inv = 1.0f / sqrtf(ss / dim + eps);
+  for (int j = threadIdx.x; j < dim; j += blockDim.x) o[j] = weight[j] * (inv * xr[j]);
+}
+
+// One thread per (row, pair i); it rotates that pair in every head.
+__global__ void rope_kernel(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions,
+                            float theta) {
+  const int half = head_dim / 2;
+  const std::size_t idx = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= std::size_t(rows) * half) return;
+  const int r = int(idx / half), i = int(idx % half) * 2;
+  const float freq = 1.0f / powf(theta, i / (float)head_dim);
+  const float val = positions[r] * freq;
+  float fci, fcr;
+  sincosf(val, &fci, &fcr);
+  float* row = x + std::size_t(r) * row_stride + i;
+  for (int h = 0; h < n_heads; ++h) {
+    float* v = row + std::size_t(h) * head_dim;
+    const float v0 = v[0], v1 = v[1];
+    v[0] = v0 * fcr - v1 * fci;
+    v[1] = v0 * fci + v1 * fcr;
+  }
+}
+
+__global__ void softmax_kernel(float* x, int n) {
+  float* row = x + std::size_t(blockIdx.x) * n;
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) mx = fmaxf(mx, row[j]);
+  mx = block_max(mx);
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) sum += row[j] = expf(row[j] - mx);
+  const float inv = 1.0f / block_sum(sum);
+  for (int j = threadIdx.x; j < n; j += blockDim.x) row[j] *= inv;
+}
+
+__global__ void swiglu_kernel(float* gate, const float* up, std::size_t n) {
+  const std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const float g = gate[i];
+  gate[i] = g * (1.0f / (1.0f + expf(-g))) * up[i];
+}
+
+__global__ void add_kernel(float* x, const float* y, std::size_t n) {
+  const std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) x[i] += y[i];
+}
+
+}  // namespace
+
+void rmsnorm(float* out, const float* x, const float* weight, int rows, int dim, float eps, cudaStream_t stream) {
+  if (rows <= 0) return;
+  rmsnorm_kernel<<<rows, kBlock, 0, stream>>>(out, x, weight, dim, eps);
+  check_launch("rmsnorm");
+}
+
+void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions, float theta,
+          cudaStream_t stream) {
+  const std::size_t threads = std::size_t(rows) * (head_dim / 2);
+  if (threads == 0) return;
+  rope_kernel<<<grid_for(threads), kBlock, 0, stream>>>(x, rows, row_stride, n_heads, head_dim, positions, theta);
+  check_launch("rope");
+}
+
+void softmax(float* x, int rows, int n, cudaStream_t stream) {
+  if (rows <= 0 || n <= 0) return;
+  softmax_kernel<<<rows, kBlock, 0, stream>>>(x, n);
+  check_launch("softmax");
+}
+
+void swiglu(float* gate, const float* up, std::size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  swiglu_kernel<<<grid_for(n), kBlock, 0, stream>>>(gate, up, n);
+  check_launch("swiglu");
+}
+
+void add(float* x, const float* y, std::size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  add_kernel<<<grid_for(n), kBlock, 0, stream>>>(x, y, n);
+  check_launch("add");
+}
+
+}  // namespace ablate::cuda

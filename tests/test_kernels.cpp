@@ -1,0 +1,291 @@
+// CPU kernels vs their scalar references (kernels/cpu/reference.hpp), random inputs, fixed seeds.
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "cpu/kernels.hpp"
+#include "cpu/reference.hpp"
+
+using namespace ablate;
+
+namespace {
+
+std::vector<float> random_vec(std::size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// Largest |a - b| / max(floor, |b|).
+double max_rel_err(const float* a, const float* b, std::size_t n, double floor = 1.0) {
+  double worst = 0.0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const double e = std::abs(double(a[i]) - b[i]) / std::max(floor, std::abs(double(b[i])));
+    worst = std::isnan(e) ? INFINITY : std::max(worst, e);
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("matmul matches the scalar reference", "[kernels][matmul]") {
+  std::mt19937 rng(1);
+  const std::pair<int, int> shapes[] = {{1, 1}, {7, 13}, {33, 65}, {576, 193}, {129, 1001}, {577, 1537}};
+  for (int rows : {1, 3, 17})
+    for (auto [in, out] : shapes) {
+      INFO("rows=" << rows << " in=" << in << " out=" << out);
+      auto x = random_vec(std::size_t(rows) * in, rng), w = random_vec(std::size_t(out) * in, rng);
+      std::vector<float> y(std::size_t(rows) * out), yr(y.size());
+      cpu::matmul(y.data(), x.data(), w.data(), rows, in, out);
+      ref::matmul(yr.data(), x.data(), w.data(), rows, in, out);
+      // Relative to the sum of |terms|: cancellation makes a plain relative error meaningless.
+      double worst = 0.0;
+      for (int r = 0; r < rows; ++r)
+        for (int o = 0; o < out; ++o) {
+          double mag = 0.0;
+          for (int i = 0; i < in; ++i) mag += std::abs(double(x[std::size_t(r) * in + i]) * w[std::size_t(o) * in + i]);
+          const std::size_t k = std::size_t(r) * out + o;
+          worst = std::max(worst, std::abs(double(y[k]) - yr[k]) / std::max(mag, 1e-30));
+        }
+      CHECK(worst < 1e-5);
+    }
+}
+
+TEST_CASE("matmul on the classifier shape (threaded GEMV)", "[kernels][matmul]") {
+  std::mt19937 rng(2);
+  const int in = 576, out = 49152;
+  auto x = random_vec(in, rng), w = random_vec(std::size_t(out) * in, rng);
+  std::vector<float> y(out), yr(out);
+  cpu::matmul(y.data(), x.data(), w.data(), 1, in, out);
+  ref::matmul(yr.data(), x.data(), w.data(), 1, in, out);
+  CHECK(max_rel_err(y.data(), yr.data(), out, 1.0) < 1e-5);
+}
+
+TEST_CASE("rmsnorm matches the scalar reference, also in place", "[kernels][rmsnorm]") {
+  std::mt19937 rng(3);
+  for (int rows : {1, 4, 70})
+    for (int dim : {7, 576}) {
+      INFO("rows=" << rows << " dim=" << dim);
+      auto x = random_vec(std::size_t(rows) * dim, rng, -3.0f, 3.0f), w = random_vec(dim, rng);
+      std::vector<float> out(x.size()), expect(x.size());
+      cpu::rmsnorm(out.data(), x.data(), w.data(), rows, dim, 1e-5f);
+      ref::rmsnorm(expect.data(), x.data(), w.data(), rows, dim, 1e-5f);
+      CHECK(max_rel_err(out.data(), expect.data(), out.size(), 1e-6) < 1e-5);
+      cpu::rmsnorm(x.data(), x.data(), w.data(), rows, dim, 1e-5f);
+      CHECK(x == out);
+    }
+}
+
+TEST_CASE("rope matches llama2.c's loop", "[kernels][rope]") {
+  std::mt19937 rng(4);
+  struct Case { int rows, n_heads, head_dim, row_stride; };
+  for (Case c : {Case{1, 9, 64, 576}, Case{5, 3, 64, 192 + 576}, Case{3, 4, 8, 40}, Case{2, 1, 2, 2}})
+    for (float theta : {10000.0f, 100000.0f}) {
+      INFO("rows=" << c.rows << " heads=" << c.n_heads << " head_dim=" << c.head_dim << " theta=" << theta);
+      auto x = random_vec(std::size_t(c.rows) * c.row_stride, rng);
+      std::vector<int> pos(c.rows);
+      for (int r = 0; r < c.rows; ++r) pos[r] = int(rng() % 5000);
+      pos[0] = 0;
+      auto expect = x;
+      cpu::rope(x.data(), c.rows, c.row_stride, c.n_heads, c.head_dim, pos.data(), theta);
+      ref::rope(expect.data(), c.rows, c.row_stride, c.n_heads, c.head_dim, pos.data(), theta);
+      CHECK(max_rel_err(x.data(), expect.data(), x.size(), 1.0) < 1e-6);
+    }
+}
+
+TEST_CASE("softmax sums to 1, matches the reference and survives large inputs", "[kernels][softmax]") {
+  std::mt19937 rng(5);
+  for (int n : {1, 10, 49152}) {
+    INFO("n=" << n);
+    auto x = random_vec(n, rng, -10.0f, 10.0f), expect = x;
+    cpu::softmax(x.data(), n);
+    ref::softmax(expect.data(), n);
+    CHECK(std::accumulate(x.begin(), x.end(), 0.0) == Approx(1.0).epsilon(1e-5));
+    CHECK(max_rel_err(x.data(), expect.data(), n, 1e-7) < 1e-5);
+  }
+  std::vector<float> big = {1e4f, -1e4f, 88.0f, 1e4f - 1.0f, -3e38f, 3e38f};
+  auto expect = big;
+  cpu::softmax(big.data(), int(big.size()));
+  ref::softmax(expect.data(), int(expect.size()));
+  for (float p : big) CHECK(std::isfinite(p));
+  CHECK(big[5] == Approx(1.0));
+  CHECK(max_rel_err(big.data(), expect.data(), big.size(), 1e-7) < 1e-5);
+}
+
+TEST_CASE("swiglu and add match the scalar reference", "[kernels][swiglu]") {
+  std::mt19937 rng(6);
+  const std::size_t n = 1537;
+  auto g = random_vec(n, rng, -8.0f, 8.0f), up = random_vec(n, rng), expect = g;
+  cpu::swiglu(g.data(), up.data(), n);
+  ref::swiglu(expect.data(), up.data(), n);
+  CHECK(max_rel_err(g.data(), expect.data(), n, 1e-6) < 1e-5);
+
+  auto x = random_vec(n, rng), y = random_vec(n, rng), sum = x;
+  cpu::add(x.data(), y.data(), n);
+  ref::add(sum.data(), y.data(), n);
+  CHECK(x == sum);
+}
+
+// ---- attention ----------------------------------------------------------------------------------
+
+namespace {
+
+// One sequence's K/V laid out in a pool; unused slots hold NaN so any stray read shows.
+struct KvLayout {
+  std::vector<float> k, v;
+  std::vector<int32_t> indices;
+  KvSeqView view;
+};
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// Contiguous: one page as long as the reservation, k_pool offset to the reservation's start.
+KvLayout contiguous(const std::vector<float>& k, const std::vector<float>& v, int len, int ts) {
+  const int offset = 11, reservation = len + 13;
+  KvLayout l;
+  l.k.assign(std::size_t(offset + reservation + 5) * ts, kNaN);
+  l.v = l.k;
+  std::copy(k.begin(), k.end(), l.k.begin() + std::size_t(offset) * ts);
+  std::copy(v.begin(), v.end(), l.v.begin() + std::size_t(offset) * ts);
+  l.indices = {0};
+  l.view = {l.k.data() + std::size_t(offset) * ts, l.v.data() + std::size_t(offset) * ts, l.indices.data(), 1, reservation, len, ts};
+  return l;
+}
+
+// Paged: pages of page_size tokens in a shuffled pool order, spare pages, last page partial.
+KvLayout paged(const std::vector<float>& k, const std::vector<float>& v, int len, int ts, int page_size, std::mt19937& rng) {
+  const int pages = (len + page_size - 1) / page_size, pool_pages = pages + 3;
+  std::vector<int32_t> order(pool_pages);
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  KvLayout l;
+  l.indices.assign(order.begin(), order.begin() + pages);
+  l.k.assign(std::size_t(pool_pages) * page_size * ts, kNaN);
+  l.v = l.k;
+  for (int t = 0; t < len; ++t) {
+    const std::size_t dst = (std::size_t(l.indices[t / page_size]) * page_size + t % page_size) * ts;
+    std::copy_n(k.begin() + std::size_t(t) * ts, ts, l.k.begin() + dst);
+    std::copy_n(v.begin() + std::size_t(t) * ts, ts, l.v.begin() + dst);
+  }
+  l.view = {l.k.data(), l.v.data(), l.indices.data(), pages, page_size, len, ts};
+  return l;
+}
+
+struct AttnCase {
+  int n_q, q_pos0, n_heads, n_kv_heads, head_dim;
+};
+
+// Random queries (inside a wider fused-QKV-like row) and K/V for kv_len tokens plus 3 stored
+// "future" tokens with large keys that a causal kernel must ignore.
+struct AttnData {
+  AttnCase c;
+  int q_stride, out_stride, ts, len;
+  std::vector<float> q, k, v;
+  AttnData(AttnCase c_, std::mt19937& rng) : c(c_) {
+    ts = c.n_kv_heads * c.head_dim;
+    q_stride = c.n_heads * c.head_dim + 2 * ts;
+    out_stride = c.n_heads * c.head_dim + 3;
+    len = c.q_pos0 + c.n_q + 3;
+    q = random_vec(std::size_t(c.n_q) * q_stride, rng, -2.0f, 2.0f);
+    k = random_vec(std::size_t(len) * ts, rng, -2.0f, 2.0f);
+    v = random_vec(std::size_t(len) * ts, rng);
+    std::fill(k.begin() + std::size_t(len - 3) * ts, k.end(), 50.0f);
+  }
+  AttentionProblem problem(const KvSeqView& kv, float* out) const {
+    AttentionProblem p;
+    p.q = q.data();
+    p.out = out;
+    p.q_stride = q_stride;
+    p.out_stride = out_stride;
+    p.n_q = c.n_q;
+    p.q_pos0 = c.q_pos0;
+    p.kv = kv;
+    p.n_heads = c.n_heads;
+    p.n_kv_heads = c.n_kv_heads;
+    p.head_dim = c.head_dim;
+    p.scale = 1.0f / std::sqrt(float(c.head_dim));
+    return p;
+  }
+};
+
+constexpr float kPad = 7.0f;  // out rows' padding must survive
+
+// Compares the heads part of each output row; checks the padding is untouched.
+double attn_err(const std::vector<float>& out, const std::vector<float>& expect, const AttnData& d) {
+  double worst = 0.0;
+  const int w = d.c.n_heads * d.c.head_dim;
+  for (int i = 0; i < d.c.n_q; ++i) {
+    const std::size_t row = std::size_t(i) * d.out_stride;
+    worst = std::max(worst, max_rel_err(out.data() + row, expect.data() + row, w));
+    for (int j = w; j < d.out_stride; ++j)
+      if (out[row + j] != kPad) worst = INFINITY;
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("attention_naive matches the reference, contiguous and paged views", "[kernels][attention]") {
+  std::mt19937 rng(7);
+  const std::pair<int, int> heads[] = {{8, 8}, {9, 3}, {8, 1}};
+  for (int n_q : {1, 5, 33})
+    for (int q_pos0 : {0, 7, 100})
+      for (auto [n_heads, n_kv_heads] : heads)
+        for (int head_dim : {8, 64}) {
+          AttnData d({n_q, q_pos0, n_heads, n_kv_heads, head_dim}, rng);
+          INFO("n_q=" << n_q << " q_pos0=" << q_pos0 << " heads=" << n_heads << "/" << n_kv_heads << " head_dim=" << head_dim);
+          const std::size_t out_size = std::size_t(n_q) * d.out_stride;
+
+          KvLayout base = contiguous(d.k, d.v, d.len, d.ts);
+          std::vector<float> expect(out_size, kPad), out_contig(out_size, kPad);
+          AttentionProblem pr = d.problem(base.view, expect.data());
+          ref::attention({&pr, 1});
+          AttentionProblem pc = d.problem(base.view, out_contig.data());
+          cpu::attention_naive({&pc, 1});
+          CHECK(attn_err(out_contig, expect, d) < 1e-5);
+
+          for (int page_size : {1, 16, 128}) {
+            INFO("page_size=" << page_size);
+            KvLayout l = paged(d.k, d.v, d.len, d.ts, page_size, rng);
+            std::vector<float> out(out_size, kPad);
+            AttentionProblem pp = d.problem(l.view, out.data());
+            cpu::attention_naive({&pp, 1});
+            CHECK(attn_err(out, out_contig, d) < 1e-5);
+          }
+        }
+}
+
+TEST_CASE("attention_naive runs a ragged batch of problems in one call", "[kernels][attention]") {
+  std::mt19937 rng(8);
+  const AttnCase cases[] = {{1, 200, 9, 3, 64}, {40, 0, 9, 3, 64}, {6, 17, 9, 3, 64}, {1, 0, 9, 3, 64}};
+  std::vector<AttnData> data;
+  std::vector<KvLayout> layouts;
+  for (const AttnCase& c : cases) {
+    data.emplace_back(c, rng);
+    layouts.push_back(data.size() % 2 ? paged(data.back().k, data.back().v, data.back().len, data.back().ts, 16, rng)
+                                      : contiguous(data.back().k, data.back().v, data.back().len, data.back().ts));
+  }
+  std::vector<std::vector<float>> out, expect;
+  std::vector<AttentionProblem> problems, refs;
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    out.emplace_back(std::size_t(data[i].c.n_q) * data[i].out_stride, kPad);
+    expect.push_back(out.back());
+  }
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    problems.push_back(data[i].problem(layouts[i].view, out[i].data()));
+    refs.push_back(data[i].problem(layouts[i].view, expect[i].data()));
+  }
+  cpu::attention_naive(problems);
+  ref::attention(refs);
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    INFO("problem " << i);
+    CHECK(attn_err(out[i], expect[i], data[i]) < 1e-5);
+  }
+  CHECK(cpu::attention_naive_workspace_bytes(problems[1]) == std::size_t(40 * 3) * (40 + 2 * 64) * sizeof(float));
+}
