@@ -5,6 +5,10 @@
 # (a skip for want of a device counts as a failure here).
 #   experiments/gpu_check.sh OUTDIR
 #   BENCH_ARGS='--benchmark_filter=Cuda' experiments/gpu_check.sh OUTDIR   # extra benchmark flags
+#   ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR   # use a build/gpu made by experiments/gpu_bundle.sh
+# The GPU machines have CMake, nvcc and PyTorch but no package registry, so the usual way is to
+# build here with experiments/gpu_bundle.sh and carry build/gpu (its lib/ holds the shared
+# libraries that machine lacks).
 set -uo pipefail
 
 out=${1:?usage: experiments/gpu_check.sh OUTDIR}
@@ -22,11 +26,13 @@ export PATH=$PATH:/usr/local/cuda/bin
   echo "nproc: $(nproc)  OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}"
 } > "$out/device.txt"
 
-if ! cmake --preset gpu > "$out/configure.log" 2>&1; then
-  echo "gpu_check: configure failed (see $out/configure.log)"; exit 1
-fi
 status=0
-if ! cmake --build --preset gpu -j "$(nproc)" > "$out/build.log" 2>&1; then
+export LD_LIBRARY_PATH="$root/$build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [[ ${ABLATE_PREBUILT:-0} == 1 ]]; then
+  echo "gpu_check: using the prebuilt $build"
+elif ! cmake --preset gpu > "$out/configure.log" 2>&1; then
+  echo "gpu_check: configure failed (see $out/configure.log)"; exit 1
+elif ! cmake --build --preset gpu -j "$(nproc)" > "$out/build.log" 2>&1; then
   # Still check what can be built: the CUDA tests and the benchmarks, each on its own.
   echo "gpu_check: full build failed (see $out/build.log); building the check targets alone"; status=1
   for src in tests/cuda/test_cuda_kernels.cpp experiments/bench_*.cpp; do

@@ -11,7 +11,24 @@
 
 namespace ablate {
 
-CpuBackend::CpuBackend(Weights weights) : w_(std::move(weights)) {}
+namespace {
+// Rows of `parts`, in order, as one matrix; the parts are freed as they are copied.
+std::vector<float> stack_rows(std::initializer_list<std::vector<float>*> parts) {
+  std::size_t n = 0;
+  for (auto* p : parts) n += p->size();
+  std::vector<float> out;
+  out.reserve(n);
+  for (auto* p : parts) {
+    out.insert(out.end(), p->begin(), p->end());
+    std::vector<float>().swap(*p);
+  }
+  return out;
+}
+}  // namespace
+
+CpuBackend::CpuBackend(Weights weights) : w_(std::move(weights)), weights_bytes_(w_.bytes()) {
+  for (LayerWeights& L : w_.layers) fused_.push_back({stack_rows({&L.wq, &L.wk, &L.wv}), stack_rows({&L.w1, &L.w3})});
+}
 
 std::string CpuBackend::device_name() const {
   std::ifstream f("/proc/cpuinfo");
@@ -31,11 +48,11 @@ const std::vector<float>& CpuBackend::forward_layers(const ForwardBatch& batch, 
   const int n_real = batch.num_tokens();
   const int T = n_real + batch.padding_rows;  // padding rows ride through every matmul, then are dropped
   const auto sz = [](int rows, int cols) { return static_cast<std::size_t>(rows) * cols; };
-  for (auto* buf : {&x_, &xb_, &q_, &att_}) buf->resize(sz(T, dim));
-  k_.resize(sz(T, kv_dim));
-  v_.resize(sz(T, kv_dim));
-  h1_.resize(sz(T, hidden));
-  h3_.resize(sz(T, hidden));
+  const int qkv_dim = dim + 2 * kv_dim;
+  for (auto* buf : {&x_, &xb_, &att_}) buf->resize(sz(T, dim));
+  qkv_.resize(sz(T, qkv_dim));
+  h13_.resize(sz(T, 2 * hidden));
+  h_.resize(sz(T, hidden));
   positions_.resize(static_cast<std::size_t>(T));
 
   // Embedding lookup; padding rows embed token 0 at position 0.
@@ -54,25 +71,29 @@ const std::vector<float>& CpuBackend::forward_layers(const ForwardBatch& batch, 
   std::vector<AttentionProblem> problems(batch.chunks.size());
   for (int l = 0; l < n_layers; ++l) {
     const LayerWeights& L = w_.layers[static_cast<std::size_t>(l)];
-    // Attention block: x += wo(attention(rope(wq xn), rope(wk xn), wv xn)).
+    const FusedLayer& F = fused_[static_cast<std::size_t>(l)];
+    // Attention block: x += wo(attention(rope(wq xn), rope(wk xn), wv xn)); one row of qkv_ is
+    // [q | k | v] of one token.
     cpu::rmsnorm(xb_.data(), x_.data(), L.rms_att.data(), T, dim, s.norm_eps);
-    cpu::matmul(q_.data(), xb_.data(), L.wq.data(), T, dim, dim);
-    cpu::matmul(k_.data(), xb_.data(), L.wk.data(), T, dim, kv_dim);
-    cpu::matmul(v_.data(), xb_.data(), L.wv.data(), T, dim, kv_dim);
-    cpu::rope(q_.data(), T, dim, s.n_heads, hd, positions_.data(), s.rope_theta);
-    cpu::rope(k_.data(), T, kv_dim, s.n_kv_heads, hd, positions_.data(), s.rope_theta);
+    cpu::matmul(qkv_.data(), xb_.data(), F.wqkv.data(), T, dim, qkv_dim);
+    float* q = qkv_.data();
+    float* k = q + dim;
+    const float* v = k + kv_dim;
+    cpu::rope(q, T, qkv_dim, s.n_heads, hd, positions_.data(), s.rope_theta);
+    cpu::rope(k, T, qkv_dim, s.n_kv_heads, hd, positions_.data(), s.rope_theta);
     row = 0;
     for (std::size_t ci = 0; ci < batch.chunks.size(); ++ci) {
       const auto& c = batch.chunks[ci];
       const int n = static_cast<int>(c.tokens.size());
       for (int i = 0; i < n; ++i) {
-        std::memcpy(kv.k_slot(l, c.seq, c.pos0 + i), &k_[sz(row + i, kv_dim)], sizeof(float) * kv_dim);
-        std::memcpy(kv.v_slot(l, c.seq, c.pos0 + i), &v_[sz(row + i, kv_dim)], sizeof(float) * kv_dim);
+        std::memcpy(kv.k_slot(l, c.seq, c.pos0 + i), k + sz(row + i, qkv_dim), sizeof(float) * kv_dim);
+        std::memcpy(kv.v_slot(l, c.seq, c.pos0 + i), v + sz(row + i, qkv_dim), sizeof(float) * kv_dim);
       }
       AttentionProblem& p = problems[ci];
-      p.q = &q_[sz(row, dim)];
+      p.q = q + sz(row, qkv_dim);
       p.out = &att_[sz(row, dim)];
-      p.q_stride = p.out_stride = dim;
+      p.q_stride = qkv_dim;
+      p.out_stride = dim;
       p.n_q = n;
       p.q_pos0 = c.pos0;
       p.kv = kv.view(l, c.seq, c.pos0 + n);
@@ -90,10 +111,13 @@ const std::vector<float>& CpuBackend::forward_layers(const ForwardBatch& batch, 
     cpu::add(x_.data(), xb_.data(), sz(T, dim));
     // FFN block: x += w2(silu(w1 xn) * w3 xn).
     cpu::rmsnorm(xb_.data(), x_.data(), L.rms_ffn.data(), T, dim, s.norm_eps);
-    cpu::matmul(h1_.data(), xb_.data(), L.w1.data(), T, dim, hidden);
-    cpu::matmul(h3_.data(), xb_.data(), L.w3.data(), T, dim, hidden);
-    cpu::swiglu(h1_.data(), h3_.data(), sz(T, hidden));
-    cpu::matmul(xb_.data(), h1_.data(), L.w2.data(), T, hidden, dim);
+    cpu::matmul(h13_.data(), xb_.data(), F.w13.data(), T, dim, 2 * hidden);  // row: [w1 xn | w3 xn]
+    for (int r = 0; r < T; ++r) {
+      float* gate = &h13_[sz(r, 2 * hidden)];
+      cpu::swiglu(gate, gate + hidden, static_cast<std::size_t>(hidden));
+      std::memcpy(&h_[sz(r, hidden)], gate, sizeof(float) * hidden);
+    }
+    cpu::matmul(xb_.data(), h_.data(), L.w2.data(), T, hidden, dim);
     cpu::add(x_.data(), xb_.data(), sz(T, dim));
   }
 

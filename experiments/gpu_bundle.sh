@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Here (no GPU needed): build the portable `gpu` preset (sm_90, no -march=native) and copy the
+# shared libraries its programs need that a stock Ubuntu GPU machine lacks (yaml-cpp, fmt, Google
+# Benchmark, libgomp) into build/gpu/lib, so that build/gpu can travel to a GPU machine with no
+# package registry and run there:
+#   experiments/gpu_bundle.sh                    # then carry build/gpu and, there:
+#   ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR
+# Only the programs gpu_check.sh runs are built (tests, benchmarks, the ablate binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ ! -f build/gpu/CMakeCache.txt ]]; then
+  cmake --preset gpu -G Ninja >&2
+fi
+cmake --build --preset gpu -j "$(nproc)" >&2
+mkdir -p build/gpu/lib
+for bin in build/gpu/ablate build/gpu/tests/ablate_tests build/gpu/tests/ablate_cuda_tests build/gpu/experiments/bench_*; do
+  [[ -x $bin ]] || continue
+  ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'yaml-cpp|libfmt|libbenchmark|libgomp' || true
+done | sort -u | while read -r lib; do cp -L "$lib" build/gpu/lib/; done
+# Object files and static libraries are not needed there; they only make the carry larger.
+du -sh build/gpu >&2
+ls build/gpu/lib >&2
