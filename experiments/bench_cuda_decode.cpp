@@ -1,0 +1,275 @@
+// One decode step of a llama2-7b-shaped model in bf16 on the GPU, at batch 1, against the HBM
+// roofline: a decode step must read every weight once, so step time >= weight bytes / bandwidth.
+// The bandwidth is measured in the same program (a large device-to-device copy, bytes read plus
+// bytes written per second, since a copy both reads and writes HBM), beside the device's peak.
+// The step: per layer rmsnorm, fused QKV GEMM, RoPE, KV write, naive attention over `context`
+// cached tokens, output GEMM, residual, rmsnorm, fused gate/up GEMM, SwiGLU, down GEMM, residual;
+// then the final norm and the LM head. GEMMs are cuBLAS bf16 x bf16 -> fp32 (fp32 accumulate);
+// activations and KV are fp32. With graphs=1 the whole step is one CUDA graph launch (the
+// `cuda_graphs` ablation in miniature: the same kernels without ~500 launch gaps).
+//   build/gpu/experiments/bench_cuda_decode --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+// Without a CUDA device it reports "not benchmarked" and runs nothing.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "model/shape.hpp"
+#ifdef ABLATE_HAVE_CUDA
+#include "cuda/bf16.cuh"
+#include "cuda/kernels.cuh"
+#endif
+
+using namespace ablate;
+
+#ifdef ABLATE_HAVE_CUDA
+namespace {
+
+void ok(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+std::vector<void*> g_allocations;  // freed by free_all()
+
+template <class T>
+T* dev(std::size_t n) {
+  void* p = nullptr;
+  ok(cudaMalloc(&p, n * sizeof(T)), "cudaMalloc");
+  g_allocations.push_back(p);
+  return static_cast<T*>(p);
+}
+
+void free_all() {
+  for (void* p : g_allocations) cudaFree(p);
+  g_allocations.clear();
+}
+
+// Bytes read + written per second by one large device-to-device copy (median of 5).
+double copy_bandwidth(cudaStream_t s) {
+  const std::size_t bytes = std::size_t{2} << 30;
+  char* a = dev<char>(bytes);
+  char* b = dev<char>(bytes);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  std::vector<float> ms;
+  for (int i = 0; i < 6; ++i) {
+    cudaEventRecord(e0, s);
+    ok(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s), "copy");
+    cudaEventRecord(e1, s);
+    cudaEventSynchronize(e1);
+    float t = 0;
+    cudaEventElapsedTime(&t, e0, e1);
+    if (i > 0) ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  free_all();
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return 2.0 * double(bytes) / (ms[ms.size() / 2] / 1e3);
+}
+
+struct Decoder {
+  ModelShape s = *find_preset("llama2-7b");
+  int context = 0;
+  cudaStream_t stream{};
+  cublasHandle_t blas{};
+  struct Layer {
+    cuda::bf16_bits *wqkv, *wo, *w13, *w2;
+    float *k, *v;  // KV cache, [context + 1][kv_dim]
+  };
+  std::vector<Layer> layers;
+  cuda::bf16_bits *lm_head{}, *xb16{}, *h16{};
+  float *x{}, *xb{}, *qkv{}, *att{}, *h13{}, *logits{}, *ones{}, *workspace{};
+  int* position{};
+  std::size_t weight_bytes = 0;
+  cudaGraphExec_t graph{};
+
+  ~Decoder() {
+    if (graph) cudaGraphExecDestroy(graph);
+    cublasDestroy(blas);
+    cudaStreamDestroy(stream);
+    free_all();
+  }
+  Decoder(const Decoder&) = delete;
+  Decoder& operator=(const Decoder&) = delete;
+
+  explicit Decoder(int ctx) : context(ctx) {
+    ok(cudaStreamCreate(&stream), "stream");
+    if (cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cublasCreate");
+    const int d = s.dim, kvd = s.kv_dim(), h = s.hidden_dim;
+    std::uint64_t seed = 1;
+    auto weights = [&](std::size_t rows, std::size_t cols) {
+      auto* p = dev<cuda::bf16_bits>(rows * cols);
+      cuda::fill_uniform_bf16(p, rows * cols, seed++, 1.0f / std::sqrt(float(cols)), stream);
+      weight_bytes += rows * cols * 2;
+      return p;
+    };
+    for (int l = 0; l < s.n_layers; ++l) {
+      Layer L{};
+      L.wqkv = weights(d + 2 * kvd, d);
+      L.wo = weights(d, d);
+      L.w13 = weights(2 * h, d);
+      L.w2 = weights(d, h);
+      L.k = dev<float>(std::size_t(context + 1) * kvd);
+      L.v = dev<float>(std::size_t(context + 1) * kvd);
+      ok(cudaMemsetAsync(L.k, 0, std::size_t(context + 1) * kvd * 4, stream), "memset");
+      ok(cudaMemsetAsync(L.v, 0, std::size_t(context + 1) * kvd * 4, stream), "memset");
+      layers.push_back(L);
+    }
+    lm_head = weights(s.vocab_size, d);
+    weight_bytes += std::size_t(2 * s.n_layers + 1) * d * 4;  // the norms' fp32 weights
+    x = dev<float>(d), xb = dev<float>(d), att = dev<float>(d), qkv = dev<float>(d + 2 * kvd);
+    h13 = dev<float>(2 * h), logits = dev<float>(s.vocab_size);
+    xb16 = dev<cuda::bf16_bits>(h), h16 = dev<cuda::bf16_bits>(h);
+    std::vector<float> one(std::max(d, h), 1.0f), x0(d, 0.01f);
+    ones = dev<float>(one.size());
+    ok(cudaMemcpy(ones, one.data(), one.size() * 4, cudaMemcpyHostToDevice), "copy");
+    ok(cudaMemcpy(x, x0.data(), x0.size() * 4, cudaMemcpyHostToDevice), "copy");
+    position = dev<int>(1);
+    ok(cudaMemcpy(position, &context, sizeof(int), cudaMemcpyHostToDevice), "copy");
+    workspace = dev<float>(cuda::attention_naive_workspace_bytes(problem(0)) / 4 + 1);
+    ok(cudaStreamSynchronize(stream), "sync");
+  }
+
+  AttentionProblem problem(int l) const {
+    AttentionProblem p;
+    const int d = s.dim, kvd = s.kv_dim();
+    p.q = qkv;
+    p.out = att;
+    p.q_stride = d + 2 * kvd;
+    p.out_stride = d;
+    p.n_q = 1;
+    p.q_pos0 = context;
+    p.kv.k_pool = l < int(layers.size()) ? layers[l].k : nullptr;
+    p.kv.v_pool = l < int(layers.size()) ? layers[l].v : nullptr;
+    p.kv.num_pages = 1;
+    p.kv.page_size = context + 1;
+    p.kv.length = context + 1;
+    p.kv.token_stride = kvd;
+    p.n_heads = s.n_heads;
+    p.n_kv_heads = s.n_kv_heads;
+    p.head_dim = s.head_dim();
+    p.scale = 1.0f / std::sqrt(float(s.head_dim()));
+    return p;
+  }
+
+  // The token at position `context`: every kernel of one decode step, enqueued on `stream`.
+  void step() {
+    const int d = s.dim, kvd = s.kv_dim(), h = s.hidden_dim, qkvd = d + 2 * kvd;
+    for (int l = 0; l < s.n_layers; ++l) {
+      const Layer& L = layers[std::size_t(l)];
+      cuda::rmsnorm(xb, x, ones, 1, d, s.norm_eps, stream);
+      cuda::to_bf16(xb16, xb, std::size_t(d), stream);
+      cuda::matmul_bf16(qkv, xb16, L.wqkv, 1, d, qkvd, blas, stream);
+      cuda::rope(qkv, 1, qkvd, s.n_heads, s.head_dim(), position, s.rope_theta, stream);
+      cuda::rope(qkv + d, 1, qkvd, s.n_kv_heads, s.head_dim(), position, s.rope_theta, stream);
+      ok(cudaMemcpyAsync(L.k + std::size_t(context) * kvd, qkv + d, kvd * 4, cudaMemcpyDeviceToDevice, stream), "kv");
+      ok(cudaMemcpyAsync(L.v + std::size_t(context) * kvd, qkv + d + kvd, kvd * 4, cudaMemcpyDeviceToDevice, stream),
+         "kv");
+      cuda::attention_naive(problem(l), workspace, blas, stream);
+      cuda::to_bf16(xb16, att, std::size_t(d), stream);
+      cuda::matmul_bf16(xb, xb16, L.wo, 1, d, d, blas, stream);
+      cuda::add(x, xb, std::size_t(d), stream);
+      cuda::rmsnorm(xb, x, ones, 1, d, s.norm_eps, stream);
+      cuda::to_bf16(xb16, xb, std::size_t(d), stream);
+      cuda::matmul_bf16(h13, xb16, L.w13, 1, d, 2 * h, blas, stream);
+      cuda::swiglu(h13, h13 + h, std::size_t(h), stream);
+      cuda::to_bf16(h16, h13, std::size_t(h), stream);
+      cuda::matmul_bf16(xb, h16, L.w2, 1, h, d, blas, stream);
+      cuda::add(x, xb, std::size_t(d), stream);
+    }
+    cuda::rmsnorm(xb, x, ones, 1, d, s.norm_eps, stream);
+    cuda::to_bf16(xb16, xb, std::size_t(d), stream);
+    cuda::matmul_bf16(logits, xb16, lm_head, 1, d, s.vocab_size, blas, stream);
+  }
+
+  void capture() {
+    step();  // cuBLAS picks its kernels (and allocates) outside the capture
+    ok(cudaStreamSynchronize(stream), "sync");
+    cudaGraph_t g;
+    ok(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
+    step();
+    ok(cudaStreamEndCapture(stream, &g), "end capture");
+    ok(cudaGraphInstantiate(&graph, g, 0), "instantiate");
+    cudaGraphDestroy(g);
+  }
+};
+
+double g_copy_bw = 0;
+
+void BM_CudaDecodeStep(benchmark::State& state) {
+  const int context = int(state.range(0));
+  const bool graphs = state.range(1) != 0;
+  static std::unique_ptr<Decoder> dec;
+  if (!dec || dec->context != context) {
+    dec.reset();
+    dec = std::make_unique<Decoder>(context);
+  }
+  Decoder& D = *dec;
+  if (graphs && !D.graph) D.capture();
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  auto launch = [&] { graphs ? ok(cudaGraphLaunch(D.graph, D.stream), "graph launch") : D.step(); };
+  launch();
+  cudaStreamSynchronize(D.stream);
+  for (auto _ : state) {
+    cudaEventRecord(e0, D.stream);
+    launch();
+    cudaEventRecord(e1, D.stream);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    state.SetIterationTime(ms / 1e3);
+  }
+  ok(cudaGetLastError(), "decode step");
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  const double wb = double(D.weight_bytes);
+  state.counters["weight_bytes"] = wb;
+  state.counters["tokens_per_s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["weight_GBps"] = benchmark::Counter(wb / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  // Fraction of the roofline: (the time a copy-speed read of the weights takes) / step time.
+  state.counters["roofline_frac"] = benchmark::Counter(wb / g_copy_bw, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+}  // namespace
+#endif
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+#ifdef ABLATE_HAVE_CUDA
+  std::string why;
+  if (!cuda::cuda_device_available(&why)) {
+    benchmark::AddCustomContext("cuda", "not benchmarked: no CUDA device (" + why + ")");
+  } else {
+    cudaDeviceProp prop{};
+    cudaGetDeviceProperties(&prop, 0);
+    int mem_khz = 0, bus_bits = 0;
+    cudaDeviceGetAttribute(&mem_khz, cudaDevAttrMemoryClockRate, 0);
+    cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, 0);
+    const double peak = 2.0 * mem_khz * 1e3 * bus_bits / 8;  // DDR: two transfers a clock
+    cudaStream_t s;
+    cudaStreamCreate(&s);
+    g_copy_bw = copy_bandwidth(s);
+    cudaStreamDestroy(s);
+    benchmark::AddCustomContext("cuda", prop.name);
+    benchmark::AddCustomContext("hbm_peak_GBps", std::to_string(peak / 1e9));
+    benchmark::AddCustomContext("copy_GBps_read_plus_write", std::to_string(g_copy_bw / 1e9));
+    auto* b = benchmark::RegisterBenchmark("BM_CudaDecodeStep/llama2-7b/bf16", BM_CudaDecodeStep);
+    b->ArgNames({"context", "graphs"})->UseManualTime()->Unit(benchmark::kMillisecond);
+    for (int ctx : {128, 2048})
+      for (int g : {0, 1}) b->Args({ctx, g});
+  }
+#else
+  benchmark::AddCustomContext("cuda", "not benchmarked: built without CUDA");
+#endif
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,29 @@
+#pragma once
+// bf16 weights for the CUDA decode path: conversion and the bf16 x bf16 -> fp32 GEMM.
+// Plain C++ like kernels.cuh: host-callable launchers on device pointers and a stream.
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ablate::cuda {
+
+// Raw bf16 storage (the upper 16 bits of an fp32), so plain C++ can hold and pass it.
+using bf16_bits = std::uint16_t;
+
+// dst[i] = bf16(src[i]), round to nearest even.
+void to_bf16(bf16_bits* dst, const float* src, std::size_t n, cudaStream_t stream);
+
+// y[rows][out] (fp32) = x[rows][in] (bf16) * w[out][in]^T (bf16), fp32 accumulation
+// (cublasGemmEx, CUBLAS_COMPUTE_32F). Sets `handle`'s stream.
+void matmul_bf16(float* y, const bf16_bits* x, const bf16_bits* w, int rows, int in, int out, cublasHandle_t handle,
+                 cudaStream_t stream);
+
+}  // namespace ablate::cuda
+
+namespace ablate::cuda {
+// Deterministic pseudo-random fill for benchmarks and tests: dst[i] uniform in [-scale, scale)
+// from a hash of (seed, i), computed on the device (no host copy of multi-GB weights).
+void fill_uniform_bf16(bf16_bits* dst, std::size_t n, std::uint64_t seed, float scale, cudaStream_t stream);
+}  // namespace ablate::cuda

@@ -1,0 +1,80 @@
+// bf16 conversion and the bf16 GEMM of the CUDA decode path against fp32 CPU references.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "cpu/kernels.hpp"
+#include "cuda/bf16.cuh"
+#include "cuda/kernels.cuh"
+
+using namespace ablate;
+
+namespace {
+
+float bf16_to_float(cuda::bf16_bits b) {
+  const std::uint32_t u = std::uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+template <class T>
+T* upload(const std::vector<T>& h) {
+  void* p = nullptr;
+  REQUIRE(cudaMalloc(&p, h.size() * sizeof(T)) == cudaSuccess);
+  REQUIRE(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
+  return static_cast<T*>(p);
+}
+
+template <class T>
+std::vector<T> download(const T* d, std::size_t n) {
+  std::vector<T> h(n);
+  REQUIRE(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
+  return h;
+}
+
+}  // namespace
+
+TEST_CASE("cuda to_bf16 rounds to nearest even, and matmul_bf16 matches the fp32 CPU matmul", "[cuda][bf16]") {
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const int rows = 3, in = 577, out = 1031;  // odd sizes: tails of every loop
+  std::vector<float> x(std::size_t(rows) * in), w(std::size_t(out) * in);
+  for (auto& v : x) v = u(rng);
+  for (auto& v : w) v = u(rng) / std::sqrt(float(in));
+
+  float *dx = upload(x), *dw = upload(w), *dy = nullptr;
+  cuda::bf16_bits *dx16 = nullptr, *dw16 = nullptr;
+  REQUIRE(cudaMalloc(reinterpret_cast<void**>(&dx16), x.size() * 2) == cudaSuccess);
+  REQUIRE(cudaMalloc(reinterpret_cast<void**>(&dw16), w.size() * 2) == cudaSuccess);
+  REQUIRE(cudaMalloc(reinterpret_cast<void**>(&dy), std::size_t(rows) * out * 4) == cudaSuccess);
+  cuda::to_bf16(dx16, dx, x.size(), nullptr);
+  cuda::to_bf16(dw16, dw, w.size(), nullptr);
+  const auto x16 = download(dx16, x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    // bf16 keeps 8 significant bits: relative rounding error at most 2^-9.
+    CHECK(std::fabs(bf16_to_float(x16[i]) - x[i]) <= std::fabs(x[i]) * 0x1.0p-9f);
+  }
+
+  cublasHandle_t h;
+  REQUIRE(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS);
+  cuda::matmul_bf16(dy, dx16, dw16, rows, in, out, h, nullptr);
+  const auto y = download(dy, std::size_t(rows) * out);
+  // Reference: the CPU matmul on the same bf16-rounded inputs, so only accumulation order differs.
+  std::vector<float> xr(x.size()), wr(w.size()), ref(y.size());
+  const auto w16 = download(dw16, w.size());
+  for (std::size_t i = 0; i < x.size(); ++i) xr[i] = bf16_to_float(x16[i]);
+  for (std::size_t i = 0; i < w.size(); ++i) wr[i] = bf16_to_float(w16[i]);
+  cpu::matmul(ref.data(), xr.data(), wr.data(), rows, in, out);
+  double max_err = 0;
+  for (std::size_t i = 0; i < y.size(); ++i) max_err = std::max(max_err, double(std::fabs(y[i] - ref[i])));
+  INFO("matmul_bf16 max abs error vs CPU fp32 on bf16 inputs: " << max_err);
+  CHECK(max_err < 1e-4);
+  cublasDestroy(h);
+  for (void* p : {static_cast<void*>(dx), static_cast<void*>(dw), static_cast<void*>(dy), static_cast<void*>(dx16),
+                  static_cast<void*>(dw16)})
+    cudaFree(p);
+}
