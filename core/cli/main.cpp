@@ -1,6 +1,7 @@
 // ablate: the command line. `run` executes an experiment config (every sweep point, repeats and
 // warm-ups) and writes results/<experiment>/<run id>/; `validate` checks a config and prints it
 // resolved; `list` shows what the registry and the presets offer.
+#include <chrono>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -11,6 +12,15 @@
 #include "config/registry.hpp"
 #include "engine/runner.hpp"
 #include "model/shape.hpp"
+#include "attention/naive_attention.hpp"
+#include "backend/cpu_backend.hpp"
+#include "config/experiment.hpp"
+#include "engine/engine.hpp"
+#include "kv/contiguous_kv.hpp"
+#include "model/tokenizer.hpp"
+#include "model/weights.hpp"
+#include "sched/static_scheduler.hpp"
+#include "spec/no_drafter.hpp"
 
 using namespace ablate;
 
@@ -39,6 +49,60 @@ void print_list() {
                              k.default_value.empty() ? "\"\"" : k.default_value, k.allowed, k.doc);
 }
 
+struct GenerateOptions {
+  std::string model, tokenizer, prompt;
+  int n = 64;
+  double temperature = 0.0;
+  double top_p = 1.0;
+  int seed = 0;
+  bool no_stop = false;
+};
+
+// `ablate generate`: one prompt through the engine (CPU, batch 1), the continuation as text on
+// stdout, timings on stderr.
+int generate(const GenerateOptions& o) {
+  ModelConfig cfg;
+  const bool gguf = std::filesystem::path(o.model).extension() == ".gguf";
+  cfg.source = gguf ? "gguf" : "llama2c";
+  (gguf ? cfg.gguf : cfg.path) = o.model;
+  cfg.tokenizer = o.tokenizer;
+  if (!gguf && o.tokenizer.empty())
+    throw std::runtime_error(o.model + ": not a .gguf file; a llama2.c checkpoint needs --tokenizer");
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto tok = load_tokenizer(cfg);
+  CpuBackend backend(load_weights(cfg));
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const ModelShape& s = backend.shape();
+  std::vector<int> prompt = tok->tokenize(o.prompt);
+  if (prompt.empty()) {
+    if (tok->bos_id() < 0) throw std::runtime_error("empty prompt and the tokenizer has no BOS token");
+    prompt.push_back(tok->bos_id());
+  }
+  const int len = static_cast<int>(prompt.size()) + o.n;
+  if (len > s.max_seq_len)
+    throw std::runtime_error(fmt::format("prompt ({} tokens) + -n {} exceeds the model's {} positions", prompt.size(), o.n, s.max_seq_len));
+  ContiguousKvCache kv(s, static_cast<std::size_t>(s.kv_floats_per_token()) * sizeof(float) * static_cast<std::size_t>(len), len,
+                       ContiguousKvCache::Reserve::MaxSeqLen);
+  StaticScheduler sched(1);
+  NaiveAttention attention;
+  NoDrafter none;
+  EngineOptions eo;
+  eo.seed = static_cast<std::uint64_t>(o.seed);
+  eo.temperature = o.temperature;
+  eo.top_p = o.top_p;
+  eo.eos_token = o.no_stop ? -1 : tok->eos_id();
+  const RunRecords rec = run_engine({backend, kv, sched, attention, none}, {{0, 0.0, prompt, o.n}}, eo);
+  std::vector<int> out = rec.output_tokens.at(0);
+  const bool stopped = !out.empty() && !o.no_stop && out.back() == tok->eos_id();
+  if (stopped) out.pop_back();
+  std::cout << tok->detokenize(out) << std::endl;
+  const auto& r = rec.requests.at(0);
+  std::cerr << fmt::format("[{}: loaded in {:.2f} s; prompt {} tokens, TTFT {:.1f} ms; {} tokens generated{}; decode {:.1f} tok/s]\n",
+                           s.name, load_s, prompt.size(), r.ttft() * 1e3, r.output_len, stopped ? " (stopped at EOS)" : "",
+                           r.has_tpot() ? 1.0 / r.tpot() : 0.0);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -62,6 +126,17 @@ int main(int argc, char** argv) {
 
   app.add_subcommand("list", "Registered implementations, model presets and every config key");
 
+  GenerateOptions gen;
+  auto* generate_cmd = app.add_subcommand("generate", "Continue a prompt with a real model (CPU, batch 1); prints the text");
+  generate_cmd->add_option("--model", gen.model, "checkpoint: .gguf (llama architecture), or a llama2.c .bin with --tokenizer")->required();
+  generate_cmd->add_option("--tokenizer", gen.tokenizer, "llama2.c tokenizer .bin (not needed for .gguf)");
+  generate_cmd->add_option("--prompt", gen.prompt, "the text to continue")->required();
+  generate_cmd->add_option("-n", gen.n, "tokens to generate (default 64)")->check(CLI::Range(1, 1 << 20));
+  generate_cmd->add_option("--temperature", gen.temperature, "0 = greedy (default)")->check(CLI::NonNegativeNumber);
+  generate_cmd->add_option("--top-p", gen.top_p, "nucleus sampling mass (default 1)")->check(CLI::Range(0.0, 1.0));
+  generate_cmd->add_option("--seed", gen.seed, "sampling seed (default 0)");
+  generate_cmd->add_flag("--no-stop", gen.no_stop, "keep going past the end-of-sequence token");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -76,6 +151,7 @@ int main(int argc, char** argv) {
       print_list();
       return 0;
     }
+    if (app.got_subcommand("generate")) return generate(gen);
     const LoadedExperiment exp = load_experiment(config_file, overrides);
     if (app.got_subcommand("validate")) {
       for (const auto& p : exp.points) {

@@ -35,9 +35,10 @@ struct WorkloadConfig {             // workload
 };
 
 struct ModelConfig {                // model
-  std::string source = "synthetic"; // synthetic | llama2c
+  std::string source = "synthetic"; // synthetic | llama2c | gguf
   std::string preset = "tiny";      // synthetic shape (tiny | stories260k | smollm2-135m | llama2-7b)
   std::string path;                 // llama2c checkpoint (.bin)
+  std::string gguf;                 // gguf checkpoint (.gguf; weights and tokenizer)
   std::string tokenizer;            // llama2c tokenizer (.bin), optional
   int seed = 0;                     // synthetic weights seed (model.seed)
 };

@@ -4,13 +4,19 @@
 
 #include <fmt/format.h>
 
+#include "attention/flash_attention.hpp"
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
 #include "config/experiment.hpp"
 #include "config/registry.hpp"
 #include "kv/contiguous_kv.hpp"
+#include "kv/paged_kv.hpp"
+#include "sched/continuous_scheduler.hpp"
 #include "sched/static_scheduler.hpp"
+#include "spec/layer_skip_drafter.hpp"
+#include "spec/model_drafter.hpp"
 #include "spec/no_drafter.hpp"
+#include "spec/simulated_drafter.hpp"
 
 namespace ablate {
 
@@ -37,21 +43,55 @@ std::unique_ptr<KvCache> make_kv_cache(const ExperimentConfig& cfg, const Backen
                                                cfg.kv.reserve == "max_seq_len"
                                                    ? ContiguousKvCache::Reserve::MaxSeqLen
                                                    : ContiguousKvCache::Reserve::PromptPlusMaxNew);
+  if (cfg.kv.layout == "paged")  // static batching cannot preempt: it admits only what is guaranteed to fit
+    return std::make_unique<PagedKvCache>(backend.shape(), bytes, cfg.kv.block_size, max_len,
+                                          cfg.batching == "static" ? PagedKvCache::Admission::Guaranteed
+                                                                   : PagedKvCache::Admission::OnDemand);
   unavailable("kv.layout", cfg.kv.layout);
 }
 
 std::unique_ptr<Scheduler> make_scheduler(const ExperimentConfig& cfg) {
   if (cfg.batching == "static") return std::make_unique<StaticScheduler>(cfg.scheduler.max_batch);
+  if (cfg.batching == "continuous")
+    return std::make_unique<ContinuousScheduler>(cfg.scheduler.max_num_seqs, cfg.scheduler.max_batched_tokens,
+                                                 cfg.scheduler.prefill == "chunked"
+                                                     ? ContinuousScheduler::Prefill::Chunked
+                                                     : ContinuousScheduler::Prefill::PrefillFirst);
   unavailable("batching", cfg.batching);
 }
 
 std::unique_ptr<Attention> make_attention(const ExperimentConfig& cfg) {
   if (cfg.attention == "naive") return std::make_unique<NaiveAttention>();
+  if (cfg.attention == "flash") return std::make_unique<FlashAttention>();
+  if (cfg.attention == "flash_split") return std::make_unique<FlashSplitAttention>();
   unavailable("attention", cfg.attention);
 }
 
-std::unique_ptr<Drafter> make_drafter(const ExperimentConfig& cfg, const Backend& /*target*/) {
-  if (cfg.speculative.draft == "none") return std::make_unique<NoDrafter>();
+std::unique_ptr<Drafter> make_drafter(const ExperimentConfig& cfg, Backend& target) {
+  const SpeculativeConfig& sp = cfg.speculative;
+  if (sp.draft == "none") return std::make_unique<NoDrafter>();
+  const DraftOptions opts{sp.k, cfg.sampling.temperature, cfg.sampling.top_p, static_cast<std::uint64_t>(cfg.seed)};
+  // model: a synthetic draft preset (weights seed model.seed + 1), its own cache of the target's layout.
+  const auto model_draft = [&]() -> std::unique_ptr<Drafter> {
+    ExperimentConfig dc = cfg;
+    dc.model = ModelConfig{};
+    dc.model.preset = sp.draft_preset;
+    dc.model.seed = cfg.model.seed + 1;
+    auto draft = make_backend(dc);
+    auto draft_kv = make_kv_cache(cfg, *draft);
+    return std::make_unique<ModelDrafter>(std::move(draft), std::move(draft_kv), make_attention(cfg), opts);
+  };
+  // layer_skip: the target's first draft_layers layers, with a cache for those layers.
+  const auto layer_skip_draft = [&]() -> std::unique_ptr<Drafter> {
+    auto* cpu = dynamic_cast<CpuBackend*>(&target);
+    if (!cpu) unavailable("speculative.draft", sp.draft + " on backend " + target.name());
+    auto draft_kv = make_kv_cache(cfg, LayerSkipShapeView(layer_skip_shape(target.shape(), sp.draft_layers)));
+    return std::make_unique<LayerSkipDrafter>(*cpu, sp.draft_layers, std::move(draft_kv), make_attention(cfg), opts);
+  };
+  if (sp.draft == "model") return model_draft();
+  if (sp.draft == "layer_skip") return layer_skip_draft();
+  if (sp.draft == "simulated")  // the draft_preset model if given, else the target's first draft_layers layers
+    return std::make_unique<SimulatedDrafter>(sp.draft_preset.empty() ? layer_skip_draft() : model_draft(), sp.alpha);
   unavailable("speculative.draft", cfg.speculative.draft);
 }
 

@@ -107,10 +107,12 @@ const std::vector<Rule>& rules() {
         integer("max_seq_len", F(max_seq_len), ge(0), "cap on prompt + output per sequence; 0 = the model's"),
         integer("repeat", F(repeat), ge(1), "timed runs per sweep point"),
         integer("warmup", F(warmup), ge(0), "untimed runs per sweep point before the timed ones"),
-        choice("model.source", F(model.source), {"synthetic", "llama2c"}, "synthetic weights or a llama2.c checkpoint"),
+        choice("model.source", F(model.source), {"synthetic", "llama2c", "gguf"},
+               "synthetic weights, a llama2.c checkpoint or a GGUF checkpoint (llama architecture)"),
         choice("model.preset", F(model.preset), presets, "synthetic: model shape"),
         plain("model.path", Kind::Path, F(model.path), "llama2c: checkpoint .bin"),
         plain("model.tokenizer", Kind::Path, F(model.tokenizer), "llama2c: tokenizer .bin (optional)"),
+        plain("model.gguf", Kind::Path, F(model.gguf), "gguf: checkpoint .gguf (weights and tokenizer)"),
         integer("model.seed", F(model.seed), ge(0), "synthetic: weights seed"),
         integer("scheduler.max_batch", F(scheduler.max_batch), ge(1), "static: sequences per batch"),
         integer("scheduler.max_num_seqs", F(scheduler.max_num_seqs), ge(1), "continuous: sequences running at once"),
@@ -516,11 +518,17 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
     check_file(pick({"model.path"}).second, "model.path", c.model.path, "");
     if (!c.model.tokenizer.empty()) check_file(pick({"model.tokenizer"}).second, "model.tokenizer", c.model.tokenizer, "");
   }
+  if (c.model.source == "gguf") {
+    if (c.model.gguf.empty())
+      fail(pick({"model.source"}).second, "model.source", "gguf needs model.gguf (a GGUF checkpoint .gguf)");
+    check_file(pick({"model.gguf"}).second, "model.gguf", c.model.gguf, "");
+  }
   ModelShape shape;
   try {
     shape = model_shape(c.model);
   } catch (const std::exception& ex) {
-    fail_at({c.model.source == "llama2c" ? "model.path" : "model.preset", "model.source"}, ex.what());
+    fail_at({c.model.source == "llama2c" ? "model.path" : c.model.source == "gguf" ? "model.gguf" : "model.preset",
+             "model.source"}, ex.what());
   }
   if (c.max_seq_len > shape.max_seq_len)
     fail_at({"max_seq_len"}, fmt::format("{} is above the model's {} ({}); allowed: 0..{} (0 = the model's)", c.max_seq_len,
@@ -574,11 +582,11 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
   const auto& s = c.speculative;
   if (s.draft == "model" && s.draft_preset.empty())
     fail_at({"speculative.draft"}, "model needs speculative.draft_preset; allowed: " + join(preset_names()));
-  if (s.draft == "model")
+  if (s.draft == "model" || (s.draft == "simulated" && !s.draft_preset.empty()))
     if (auto dp = find_preset(s.draft_preset); dp && dp->vocab_size != shape.vocab_size)
       fail_at({"speculative.draft_preset"}, fmt::format("{} has a vocabulary of {}, the model {}; a draft must share the "
                                                         "model's vocabulary", s.draft_preset, dp->vocab_size, shape.vocab_size));
-  if (s.draft == "layer_skip" && s.draft_layers >= shape.n_layers)
+  if ((s.draft == "layer_skip" || (s.draft == "simulated" && s.draft_preset.empty())) && s.draft_layers >= shape.n_layers)
     fail_at({"speculative.draft_layers"}, fmt::format("{} is not fewer than the model's {} layers; allowed: 1..{}", s.draft_layers,
                                                       shape.n_layers, shape.n_layers - 1));
 }

@@ -13,10 +13,10 @@ struct AxisNames {
 const std::map<std::string, AxisNames, std::less<>>& axes() {
   static const std::map<std::string, AxisNames, std::less<>> table = {
       {"backend", {{"cpu", "cuda"}, {"cpu"}}},
-      {"batching", {{"static", "continuous"}, {"static"}}},
-      {"kv.layout", {{"contiguous", "paged"}, {"contiguous"}}},
-      {"attention", {{"naive", "flash", "flash_split"}, {"naive"}}},
-      {"speculative.draft", {{"none", "model", "layer_skip", "simulated"}, {"none"}}},
+      {"batching", {{"static", "continuous"}, {"static", "continuous"}}},
+      {"kv.layout", {{"contiguous", "paged"}, {"contiguous", "paged"}}},
+      {"attention", {{"naive", "flash", "flash_split"}, {"naive", "flash", "flash_split"}}},
+      {"speculative.draft", {{"none", "model", "layer_skip", "simulated"}, {"none", "model", "layer_skip", "simulated"}}},
   };
   return table;
 }

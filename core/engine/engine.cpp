@@ -14,6 +14,7 @@
 #include "kv/kv_cache.hpp"
 #include "sched/scheduler.hpp"
 #include "spec/drafter.hpp"
+#include "spec/verify.hpp"
 
 namespace ablate {
 
@@ -42,8 +43,6 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
   const int n = static_cast<int>(requests.size());
   const int vocab = backend.shape().vocab_size;
   const Sampler sampler(options.temperature, options.top_p);
-  if (drafter.k() > 0 && !sampler.greedy())
-    throw std::invalid_argument("speculative decoding with temperature > 0 needs rejection sampling (not built yet)");
 
   std::vector<Sequence> seqs(static_cast<std::size_t>(n));
   std::vector<std::mt19937_64> rngs;
@@ -95,6 +94,8 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
 
     // Draft: sequences about to decode get up to k proposed tokens, appended for verification.
     std::vector<std::size_t> num_drafted(plan.chunks.size(), 0);
+    std::vector<Draft> drafts;
+    std::vector<const Draft*> draft_of(plan.chunks.size(), nullptr);
     if (drafter.k() > 0) {
       NVTX_RANGE("draft");
       const double d0 = elapsed();
@@ -107,14 +108,16 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
           where.push_back(i);
         }
       }
-      const auto drafts = drafter.propose(decoding);
+      drafts = drafter.propose(decoding);
       for (std::size_t j = 0; j < decoding.size(); ++j) {
         Sequence* s = decoding[j];
+        const std::vector<int>& d = drafts[j].tokens;
         // Never draft past the output length (the bonus token needs one slot) or the KV space.
-        std::size_t take = std::min<std::size_t>(drafts[j].size(), s->request->output_len - s->num_generated() - 1);
+        std::size_t take = std::min<std::size_t>(d.size(), s->request->output_len - s->num_generated() - 1);
         while (take > 0 && !kv.ensure(s->id, static_cast<int>(s->tokens.size() + take))) --take;
-        s->tokens.insert(s->tokens.end(), drafts[j].begin(), drafts[j].begin() + static_cast<std::ptrdiff_t>(take));
+        s->tokens.insert(s->tokens.end(), d.begin(), d.begin() + static_cast<std::ptrdiff_t>(take));
         num_drafted[where[j]] = take;
+        draft_of[where[j]] = &drafts[j];
       }
       out.facts.draft_s += elapsed() - d0;
     }
@@ -160,14 +163,21 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
         };
         s->num_computed += plan.chunks[i].num_tokens;
         if (s->num_computed + nd == s->tokens.size()) {  // caught up: the next token can be sampled
-          int accepted = 0;
+          int accepted = 0, token = 0;
+          auto& rng = rngs[static_cast<std::size_t>(s->id)];
           if (nd > 0) {
-            // Greedy verification: keep drafts while they equal the target's choice; the target's
-            // token at the first mismatch (or after all k) is the bonus token.
+            // Verify: keep the longest accepted prefix of the draft (greedy: equal to the target's
+            // argmax; sampling: lossless rejection sampling), plus the target's token after it.
             const std::size_t base = rows - nd - 1;
-            while (static_cast<std::size_t>(accepted) < nd &&
-                   Sampler::argmax(logit_row(base + accepted)) == s->tokens[s->num_computed + accepted])
-              ++accepted;
+            const auto& q = draft_of[i]->probs;
+            const Verdict v = verify_draft(
+                sampler, std::span<const float>(*logits).subspan((row + base) * static_cast<std::size_t>(vocab),
+                                                                 (nd + 1) * static_cast<std::size_t>(vocab)),
+                vocab, std::span<const int>(s->tokens).subspan(static_cast<std::size_t>(s->num_computed), nd),
+                q.empty() ? std::span<const float>() : std::span<const float>(q).first(nd * static_cast<std::size_t>(vocab)),
+                rng, drafter.simulated_alpha());
+            accepted = v.accepted;
+            token = v.token;
             s->tokens.resize(s->num_computed + accepted);
             s->num_computed += accepted;
             out.facts.num_drafts += 1;
@@ -175,11 +185,21 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
             out.facts.accepted_tokens += accepted;
             if (out.facts.accepted_at_pos.size() < nd) out.facts.accepted_at_pos.resize(nd, 0);
             for (int a = 0; a < accepted; ++a) out.facts.accepted_at_pos[static_cast<std::size_t>(a)] += 1;
-            kv.truncate(s->id, s->num_computed);
+            kv.truncate(s->id, s->num_computed);  // rejected positions: both caches roll back
             drafter.rollback(*s, s->num_computed);
+            // A request that ends at an accepted EOS stops there, without the token after it.
+            for (int a = 0; options.eos_token >= 0 && a < accepted; ++a)
+              if (s->tokens[static_cast<std::size_t>(s->num_computed - accepted + a)] == options.eos_token) {
+                token = options.eos_token;
+                s->num_computed -= accepted - a;
+                s->tokens.resize(static_cast<std::size_t>(s->num_computed));
+                kv.truncate(s->id, s->num_computed);
+                accepted = a;
+                break;
+              }
+          } else {
+            token = sampler.sample(logit_row(rows - 1), rng);
           }
-          const int token = sampler.sample(logit_row(rows - 1 - (nd - static_cast<std::size_t>(accepted))),
-                                           rngs[static_cast<std::size_t>(s->id)]);
           s->tokens.push_back(token);
           if (options.eos_token >= 0 && token == options.eos_token) s->stopped_at_eos = true;
           emitted.emplace_back(s, accepted + 1);
@@ -192,6 +212,8 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
     const KvUsage u = kv.usage();
     rec.kv_reserved_bytes = u.reserved_bytes;
     rec.kv_used_bytes = u.used_bytes;
+    rec.kv_blocks_allocated = u.blocks_allocated;
+    rec.kv_tokens_stored = u.tokens_stored;
     const double t_emit = elapsed();
     for (auto [s, count] : emitted) {
       s->emit_times.push_back(t_emit);
@@ -214,6 +236,7 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
   }
 
   out.facts.run_wall_s = elapsed();
+  out.facts.lossless = drafter.lossless();
   out.facts.peak_concurrency = peak_concurrency;
   out.facts.weights_bytes = backend.weights_bytes();
   out.facts.kv_capacity_bytes = kv.usage().capacity_bytes;

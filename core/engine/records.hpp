@@ -42,6 +42,11 @@ struct StepRecord {
   int preempted = 0;            // preemptions this step
   std::size_t kv_reserved_bytes = 0;
   std::size_t kv_used_bytes = 0;
+  int kv_blocks_allocated = 0;  // paged: blocks held (0 for contiguous)
+  long long kv_tokens_stored = 0;  // tokens holding real state
+  // reserved - used: paged = unused slots of last blocks (internal fragmentation);
+  // contiguous = the unfilled rest of every reservation.
+  std::size_t kv_fragmentation_bytes() const { return kv_reserved_bytes - kv_used_bytes; }
 };
 
 // Facts about one run that are not per request or per step.
@@ -57,6 +62,7 @@ struct RunFacts {
   long long draft_tokens = 0;
   long long accepted_tokens = 0;
   std::vector<long long> accepted_at_pos;  // accepted at draft position i
+  bool lossless = true;               // false: simulated acceptance (outputs are not the target's)
   double draft_s = 0;
   double verify_s = 0;
 };

@@ -94,6 +94,7 @@ KvUsage ContiguousKvCache::usage() const {
   for (const auto& [id, r] : seqs_) {
     u.reserved_bytes += static_cast<std::size_t>(r.reserved) * bytes_per_token_;
     u.used_bytes += static_cast<std::size_t>(r.length) * bytes_per_token_;
+    u.tokens_stored += r.length;
   }
   u.live_sequences = static_cast<int>(seqs_.size());
   return u;

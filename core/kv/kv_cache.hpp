@@ -20,6 +20,8 @@ struct KvUsage {
   std::size_t reserved_bytes = 0;  // set aside for live sequences
   std::size_t used_bytes = 0;      // holding real token state
   int live_sequences = 0;
+  int blocks_allocated = 0;        // paged: blocks held by live sequences (contiguous: 0)
+  long long tokens_stored = 0;     // tokens holding real state (used_bytes / bytes per token)
 };
 
 class KvCache {

@@ -15,6 +15,8 @@ const std::vector<ModelShape>& presets() {
       {"tiny",          64,   128,   2,    4,    2,   256,   512,  10000.f,  1e-5f, true},
       {"stories260k",   64,   172,   5,    8,    4,   512,   512,  10000.f,  1e-5f, true},
       {"smollm2-135m", 576,  1536,  30,    9,    3, 49152,  8192, 100000.f,  1e-5f, true},
+      // speculative draft for smollm2-135m: its vocabulary, ~5 % of its weights, ~1/10 of its CPU decode time
+      {"smollm2-draft", 128,  384,   4,    2,    1, 49152,  8192, 100000.f,  1e-5f, true},
       {"llama2-7b",   4096, 11008,  32,   32,   32, 32000,  4096,  10000.f,  1e-5f, false},
   };
   return all;

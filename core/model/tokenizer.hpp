@@ -1,18 +1,46 @@
 #pragma once
-// The SentencePiece-style tokenizer of llama2.c checkpoints (tok512.bin and friends).
+// Tokenizers: the common interface, and the SentencePiece-style tokenizer of llama2.c checkpoints
+// (tok512.bin and friends). The GPT-2 byte-level BPE of GGUF files is model/bpe_tokenizer.hpp.
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 namespace ablate {
 
-class Llama2cTokenizer {
+struct ModelConfig;
+
+// What `ablate generate` and text workloads need from a tokenizer.
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  virtual int vocab_size() const = 0;
+  virtual int bos_id() const = 0;  // -1: none
+  virtual int eos_id() const = 0;  // -1: none
+  // A prompt's token ids (with BOS when the model's tokenizer adds one).
+  virtual std::vector<int> tokenize(const std::string& text) const = 0;
+  // The text of generated tokens (`tokens` continue a prompt).
+  virtual std::string detokenize(const std::vector<int>& tokens) const = 0;
+  // The bytes of one token, following `prev` (for streaming output).
+  virtual std::string token_text(int prev, int token) const = 0;
+};
+
+// The tokenizer of a model config: gguf = the file's own (BPE), llama2c = model.tokenizer.
+// Throws std::runtime_error when the config has none.
+std::unique_ptr<Tokenizer> load_tokenizer(const ModelConfig& cfg);
+
+class Llama2cTokenizer final : public Tokenizer {
  public:
   static constexpr int kBos = 1;
   static constexpr int kEos = 2;
 
   Llama2cTokenizer(const std::string& path, int vocab_size);
-  int vocab_size() const { return static_cast<int>(pieces_.size()); }
+  int vocab_size() const override { return static_cast<int>(pieces_.size()); }
+  int bos_id() const override { return kBos; }
+  int eos_id() const override { return kEos; }
+  std::vector<int> tokenize(const std::string& text) const override { return encode(text, true, false); }
+  std::string detokenize(const std::vector<int>& tokens) const override { return decode(tokens); }
+  std::string token_text(int prev, int token) const override { return decode(prev, token); }
   // The text of `token` following `prev` (after BOS one leading space is dropped; <0xHH> is a byte).
   std::string decode(int prev, int token) const;
   std::string decode(const std::vector<int>& tokens) const;  // tokens[0] is taken as following BOS

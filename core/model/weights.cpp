@@ -11,6 +11,7 @@
 
 #include "config/experiment.hpp"
 #include "config/paths.hpp"
+#include "model/gguf.hpp"
 
 namespace ablate {
 
@@ -162,6 +163,7 @@ Weights load_llama2c(const std::string& path) {
 }
 
 ModelShape model_shape(const ModelConfig& cfg) {
+  if (cfg.source == "gguf") return gguf_shape(GgufFile(expand_path(cfg.gguf)));
   if (cfg.source == "llama2c") {
     const std::string path = expand_path(cfg.path);
     auto f = open_checkpoint(path);
@@ -172,6 +174,7 @@ ModelShape model_shape(const ModelConfig& cfg) {
 }
 
 Weights load_weights(const ModelConfig& cfg) {
+  if (cfg.source == "gguf") return load_gguf(expand_path(cfg.gguf));
   if (cfg.source == "llama2c") return load_llama2c(expand_path(cfg.path));
   return synthetic_weights(model_shape(cfg), static_cast<unsigned long long>(cfg.seed));
 }

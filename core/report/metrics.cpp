@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <string>
 
 namespace ablate {
 
@@ -81,7 +82,7 @@ Metrics summarize(const RunRecords& r, const SloConfig& slo) {
   m.emplace_back("queue_time_p99_ms", percentile(queue, 99) * 1000.0);
   m.emplace_back("preemptions", preemptions);
 
-  double batch = 0, padding = 0, reserved_peak = 0, used_peak = 0, reserved_time = 0, used_time = 0;
+  double batch = 0, padding = 0, reserved_peak = 0, used_peak = 0, reserved_time = 0, used_time = 0, blocks_peak = 0;
   for (const StepRecord& s : r.steps) {
     batch += s.batch_size;
     padding += s.padding_rows;
@@ -89,6 +90,7 @@ Metrics summarize(const RunRecords& r, const SloConfig& slo) {
     used_peak = std::max(used_peak, static_cast<double>(s.kv_used_bytes));
     reserved_time += static_cast<double>(s.kv_reserved_bytes) * s.wall_s;
     used_time += static_cast<double>(s.kv_used_bytes) * s.wall_s;
+    blocks_peak = std::max(blocks_peak, static_cast<double>(s.kv_blocks_allocated));
   }
   const RunFacts& f = r.facts;
   m.emplace_back("steps", static_cast<double>(r.steps.size()));
@@ -100,6 +102,7 @@ Metrics summarize(const RunRecords& r, const SloConfig& slo) {
   m.emplace_back("kv_used_peak_bytes", used_peak);
   m.emplace_back("kv_waste", reserved_time > 0 ? 1.0 - used_time / reserved_time : 0.0);
   m.emplace_back("peak_concurrency", f.peak_concurrency);
+  m.emplace_back("kv_blocks_peak", blocks_peak);
   m.emplace_back("peak_host_bytes", static_cast<double>(f.peak_host_bytes));
   m.emplace_back("peak_device_bytes", static_cast<double>(f.peak_device_bytes));
 
@@ -109,8 +112,11 @@ Metrics summarize(const RunRecords& r, const SloConfig& slo) {
   m.emplace_back("accepted_tokens", accepted);
   m.emplace_back("acceptance_rate", ratio(accepted, static_cast<double>(f.draft_tokens)));
   m.emplace_back("acceptance_length", drafts > 0 ? 1.0 + accepted / drafts : 0.0);
+  for (std::size_t i = 0; i < f.accepted_at_pos.size(); ++i)
+    m.emplace_back("acceptance_rate_pos_" + std::to_string(i), ratio(static_cast<double>(f.accepted_at_pos[i]), drafts));
   m.emplace_back("draft_s", f.draft_s);
   m.emplace_back("verify_s", f.verify_s);
+  m.emplace_back("simulated_acceptance", f.lossless ? 0.0 : 1.0);  // 1: not lossless, outputs not the target's
   return m;
 }
 

@@ -8,9 +8,7 @@ class NoDrafter final : public Drafter {
  public:
   std::string name() const override { return "none"; }
   int k() const override { return 0; }
-  std::vector<std::vector<int>> propose(std::span<Sequence* const> seqs) override {
-    return std::vector<std::vector<int>>(seqs.size());
-  }
+  std::vector<Draft> propose(std::span<Sequence* const> seqs) override { return std::vector<Draft>(seqs.size()); }
   void rollback(const Sequence&, int) override {}
   void release(const Sequence&) override {}
 };

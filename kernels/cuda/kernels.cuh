@@ -50,4 +50,40 @@ void attention_naive(const AttentionProblem& p, float* workspace, cublasHandle_t
 void attention_naive(std::span<const AttentionProblem> problems, float* workspace, std::size_t workspace_bytes,
                      cublasHandle_t handle, cudaStream_t stream);
 
+// ---- flash attention (fp16 / bf16, fp32 accumulate) -------------------------------------------
+// Element type of q, out, k_pool and v_pool for the flash kernels. Those AttentionProblem pointers
+// then hold device pointers to dtype elements (reinterpret_cast to float* for transport) and
+// q_stride, out_stride and kv.token_stride count dtype elements. kv.indices is a DEVICE array of
+// kv.num_pages page numbers (the block table; a contiguous reservation is one page, indices {0}).
+// Requirements (else std::invalid_argument naming the kernel): head_dim 64 or 128; n_heads a
+// multiple of n_kv_heads; q_stride and token_stride multiples of 8; q, k_pool, v_pool 16-byte
+// aligned. Scores, softmax and accumulation are fp32; outputs are rounded to dtype.
+enum class DType { f16, bf16 };
+const char* dtype_name(DType t);
+std::size_t dtype_bytes(DType t);
+
+// dst (dtype) = src (fp32) and back, n elements, device pointers.
+void cast_from_float(void* dst, const float* src, std::size_t n, DType dtype, cudaStream_t stream);
+void cast_to_float(float* dst, const void* src, std::size_t n, DType dtype, cudaStream_t stream);
+
+// Flash prefill (any n_q; causal; GQA; paged or contiguous): one block per (64 queries, query
+// head), K/V tiles of 64 keys in shared memory read through the block table, Q K^T and P V on
+// tensor cores (WMMA 16x16x16, fp32 accumulate), online softmax in fp32. One launch per problem.
+void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream);
+
+// Paged decode attention (n_q = 1 .. k+1 per problem; any n_q works): one block per (query head,
+// query) walking the block table, 16-byte K/V loads, several keys in flight. No workspace.
+void attention_flash_decode(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream);
+
+// Split-KV decode (flash-decoding): the decode kernel over `splits` key chunks per (head, query),
+// each writing a normalised partial output and its log-sum-exp to `workspace`, then a reduction
+// kernel merges them. splits = 0 chooses per problem: enough chunks that the batch has about
+// kSplitBlocksPerSm blocks per SM, each chunk at least kSplitMinKeys keys (1 = plain decode).
+inline constexpr int kSplitBlocksPerSm = 8;
+inline constexpr int kSplitMinKeys = 256;
+int attention_flash_split_count(std::span<const AttentionProblem> problems, std::size_t i);
+std::size_t attention_flash_split_workspace_bytes(std::span<const AttentionProblem> problems, int splits = 0);
+void attention_flash_split(std::span<const AttentionProblem> problems, DType dtype, float* workspace,
+                           std::size_t workspace_bytes, cudaStream_t stream, int splits = 0);
+
 }  // namespace ablate::cuda

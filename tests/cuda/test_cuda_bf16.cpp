@@ -14,6 +14,14 @@ using namespace ablate;
 
 namespace {
 
+// Round to nearest, ties to even, of a finite float: the reference for to_bf16.
+cuda::bf16_bits float_to_bf16(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<cuda::bf16_bits>(u >> 16);
+}
+
 float bf16_to_float(cuda::bf16_bits b) {
   const std::uint32_t u = std::uint32_t(b) << 16;
   float f;
@@ -45,6 +53,8 @@ TEST_CASE("cuda to_bf16 rounds to nearest even, and matmul_bf16 matches the fp32
   std::vector<float> x(std::size_t(rows) * in), w(std::size_t(out) * in);
   for (auto& v : x) v = u(rng);
   for (auto& v : w) v = u(rng) / std::sqrt(float(in));
+  x[0] = 1.0f + 0x1.0p-8f;      // halfway between 1 and 1 + 2^-7: ties go to even (1)
+  x[1] = 1.0f + 3 * 0x1.0p-8f;  // halfway between 1 + 2^-7 and 1 + 2^-6: to even (1 + 2^-6)
 
   float *dx = upload(x), *dw = upload(w), *dy = nullptr;
   cuda::bf16_bits *dx16 = nullptr, *dw16 = nullptr;
@@ -54,10 +64,16 @@ TEST_CASE("cuda to_bf16 rounds to nearest even, and matmul_bf16 matches the fp32
   cuda::to_bf16(dx16, dx, x.size(), nullptr);
   cuda::to_bf16(dw16, dw, w.size(), nullptr);
   const auto x16 = download(dx16, x.size());
+  std::size_t mismatches = 0, too_far = 0;
   for (std::size_t i = 0; i < x.size(); ++i) {
-    // bf16 keeps 8 significant bits: relative rounding error at most 2^-9.
-    CHECK(std::fabs(bf16_to_float(x16[i]) - x[i]) <= std::fabs(x[i]) * 0x1.0p-9f);
+    mismatches += x16[i] != float_to_bf16(x[i]);
+    // bf16 keeps 8 significant bits: relative rounding error at most 2^-8.
+    too_far += std::fabs(bf16_to_float(x16[i]) - x[i]) > std::fabs(x[i]) * 0x1.0p-8f;
   }
+  CHECK(mismatches == 0);
+  CHECK(too_far == 0);
+  CHECK(x16[0] == 0x3F80);
+  CHECK(x16[1] == 0x3F82);
 
   cublasHandle_t h;
   REQUIRE(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS);

@@ -1,0 +1,84 @@
+#pragma once
+// The paged KV cache (vLLM's PagedAttention): the kv.memory_mb budget is cut into fixed-size
+// blocks of kv.block_size tokens; a sequence holds a block table (its blocks in token order) and
+// gets a new block only when a token needs one (ensure), so at most one partly filled block per
+// sequence is ever wasted. Attention reads the blocks in place through KvSeqView (indices = the
+// block table): no gather. The tables of a batch can also be laid out CSR-style for kernels that
+// take the whole batch at once (FlashInfer's indptr / indices / last_page_len).
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "kv/block_allocator.hpp"
+#include "kv/kv_cache.hpp"
+#include "model/shape.hpp"
+
+namespace ablate {
+
+// Block tables of several sequences as one CSR structure: sequence i's blocks are
+// indices[indptr[i] .. indptr[i+1]), its last block holds last_page_len[i] tokens (1..block_size).
+struct PagedLayout {
+  std::vector<int32_t> indptr{0};
+  std::vector<int32_t> indices;
+  std::vector<int32_t> last_page_len;
+};
+
+class PagedKvCache final : public KvCache {
+ public:
+  // OnDemand: admission takes nothing; ensure() fails when the pool is empty and the scheduler
+  // preempts (continuous batching). Guaranteed: admission promises the blocks of the sequence's
+  // maximum length (prompt + max new) and fails when unpromised blocks are too few, so ensure()
+  // never fails; for schedulers that cannot preempt (static batching). Blocks are still
+  // allocated only as tokens need them, so memory held (reserved bytes) is the same.
+  enum class Admission { OnDemand, Guaranteed };
+  // capacity_bytes is the budget (kv.memory_mb): floor(capacity / (block_size * bytes per token))
+  // blocks; max_seq_len caps a sequence (for validation, as the contiguous cache does).
+  PagedKvCache(const ModelShape& shape, std::size_t capacity_bytes, int block_size, int max_seq_len,
+               Admission admission = Admission::OnDemand);
+
+  std::string name() const override { return "paged"; }
+  bool admit(int seq, int prompt_len, int max_new) override;  // takes nothing up front
+  bool ensure(int seq, int length) override;                  // all the blocks needed, or none
+  void set_length(int seq, int length) override;
+  void truncate(int seq, int length) override;                // frees blocks past the new length
+  void release(int seq) override;
+  int length(int seq) const override { return seqs_.at(seq).length; }
+  bool holds(int seq) const override { return seqs_.count(seq) != 0; }
+  int max_tokens_per_sequence() const override;
+  float* k_slot(int layer, int seq, int pos) override;
+  float* v_slot(int layer, int seq, int pos) override;
+  KvSeqView view(int layer, int seq, int length) const override;
+  KvUsage usage() const override;
+
+  int block_size() const { return block_size_; }
+  int num_blocks() const { return allocator_.num_blocks(); }
+  int num_free_blocks() const { return allocator_.num_free(); }
+  const BlockAllocator& allocator() const { return allocator_; }
+  std::span<const int32_t> block_table(int seq) const { return seqs_.at(seq).blocks; }
+  // The block tables of `seqs`, in that order, as CSR arrays.
+  PagedLayout layout(std::span<const int> seqs) const;
+
+ private:
+  struct Table {
+    std::vector<int32_t> blocks;  // in token order
+    int length = 0;               // tokens holding real state
+    int promised = 0;             // Guaranteed admission: blocks this sequence may take
+  };
+  float* slot(const std::unique_ptr<float[]>& pool, int layer, int seq, int pos) const;
+  void free_blocks_from(Table& t, std::size_t keep);
+
+  int block_size_;
+  int token_floats_;  // n_kv_heads * head_dim
+  int n_layers_;
+  int max_seq_len_;
+  Admission admission_;
+  int promised_ = 0;  // Guaranteed admission: blocks promised to live sequences
+  std::size_t bytes_per_token_;  // all layers, K and V
+  BlockAllocator allocator_;
+  std::unique_ptr<float[]> k_, v_;  // [layer][block][slot][token_floats], left uninitialised
+  std::unordered_map<int, Table> seqs_;
+};
+
+}  // namespace ablate

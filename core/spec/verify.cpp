@@ -1,0 +1,72 @@
+#include "spec/verify.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+#include <vector>
+
+namespace ablate {
+
+namespace {
+std::span<const float> row_of(std::span<const float> rows, int r, int vocab) {
+  return rows.subspan(static_cast<std::size_t>(r) * static_cast<std::size_t>(vocab), static_cast<std::size_t>(vocab));
+}
+}  // namespace
+
+int sample_from(std::span<const float> probs, std::mt19937_64& rng) {
+  double total = 0;
+  for (float p : probs) total += p;
+  const double u = Sampler::uniform(rng) * total;
+  double acc = 0;
+  for (std::size_t i = 0; i < probs.size(); ++i) {
+    acc += probs[i];
+    if (u < acc) return static_cast<int>(i);
+  }
+  for (std::size_t i = probs.size(); i-- > 0;)
+    if (probs[i] > 0) return static_cast<int>(i);
+  return 0;
+}
+
+Verdict rejection_sample(std::span<const float> p, std::span<const float> q, std::span<const int> draft, int vocab,
+                         std::mt19937_64& rng) {
+  const int n = static_cast<int>(draft.size());
+  if (p.size() != static_cast<std::size_t>(n + 1) * static_cast<std::size_t>(vocab) ||
+      q.size() != static_cast<std::size_t>(n) * static_cast<std::size_t>(vocab))
+    throw std::invalid_argument("rejection_sample: p needs draft+1 rows and q draft rows of vocab floats");
+  std::vector<float> residual(static_cast<std::size_t>(vocab));
+  for (int i = 0; i < n; ++i) {
+    const auto pi = row_of(p, i, vocab), qi = row_of(q, i, vocab);
+    const auto x = static_cast<std::size_t>(draft[static_cast<std::size_t>(i)]);
+    // u < p/q  <=>  u q < p (q(x) > 0: x was drawn from q).
+    if (Sampler::uniform(rng) * qi[x] < pi[x]) continue;
+    double mass = 0;
+    for (std::size_t t = 0; t < residual.size(); ++t) mass += residual[t] = std::max(0.0f, pi[t] - qi[t]);
+    // p == q up to rounding leaves no residual (a rejection then has probability ~0): fall back to p.
+    return {i, mass > 1e-12 ? sample_from(residual, rng) : sample_from(pi, rng)};
+  }
+  return {n, sample_from(row_of(p, n, vocab), rng)};
+}
+
+Verdict verify_draft(const Sampler& sampler, std::span<const float> target_logits, int vocab, std::span<const int> draft,
+                     std::span<const float> draft_probs, std::mt19937_64& rng, double simulated_alpha) {
+  const int n = static_cast<int>(draft.size());
+  Verdict v;
+  if (simulated_alpha >= 0.0) {
+    while (v.accepted < n && Sampler::uniform(rng) < simulated_alpha) ++v.accepted;
+    v.token = sampler.sample(row_of(target_logits, v.accepted, vocab), rng);
+    return v;
+  }
+  if (sampler.greedy()) {
+    while (v.accepted < n && Sampler::argmax(row_of(target_logits, v.accepted, vocab)) == draft[static_cast<std::size_t>(v.accepted)])
+      ++v.accepted;
+    v.token = Sampler::argmax(row_of(target_logits, v.accepted, vocab));
+    return v;
+  }
+  std::vector<float> p(static_cast<std::size_t>(n + 1) * static_cast<std::size_t>(vocab));
+  for (int r = 0; r <= n; ++r)
+    sampler.probabilities(row_of(target_logits, r, vocab),
+                          std::span<float>(p).subspan(static_cast<std::size_t>(r) * static_cast<std::size_t>(vocab),
+                                                      static_cast<std::size_t>(vocab)));
+  return rejection_sample(p, draft_probs, draft, vocab, rng);
+}
+
+}  // namespace ablate

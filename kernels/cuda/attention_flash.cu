@@ -1,0 +1,483 @@
+// Flash attention on the GPU, fp16/bf16 inputs with fp32 accumulation:
+//  - attention_flash: prefill (any n_q), FlashAttention-2 style. One block per (64 queries, query
+//    head), 4 warps of 16 query rows; K/V tiles of 64 keys in shared memory, read through the page
+//    table; S = Q K^T and O += P V on tensor cores (WMMA 16x16x16, fp32 accumulate); online
+//    softmax in fp32 (exp2 domain), the output accumulator in shared memory.
+//  - attention_flash_decode: paged decode (n_q = 1 .. k+1), one block per (query head, query),
+//    D/8 threads per key reading 16-byte vectors, several keys in flight per block, a
+//    shared-memory merge of the per-key-slot softmax states.
+//  - attention_flash_split: the same kernel over key chunks (grid z = splits), each writing a
+//    normalised partial output and its log-sum-exp to a workspace, then a reduction kernel.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "cuda/check.cuh"
+#include "cuda/kernels.cuh"
+
+namespace ablate::cuda {
+namespace {
+
+using namespace detail;
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <class T>
+struct Conv;
+template <>
+struct Conv<__half> {
+  static __device__ __forceinline__ float to(__half x) { return __half2float(x); }
+  static __device__ __forceinline__ __half from(float x) { return __float2half_rn(x); }
+};
+template <>
+struct Conv<__nv_bfloat16> {
+  static __device__ __forceinline__ float to(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ __nv_bfloat16 from(float x) { return __float2bfloat16_rn(x); }
+};
+
+// An AttentionProblem with its pointers at their real element type (all device pointers).
+template <class T>
+struct Prob {
+  const T* q;
+  T* out;
+  const T* k;
+  const T* v;
+  const int32_t* idx;
+  int q_stride, out_stride, token_stride, page_size, n_q, q_pos0, n_heads, n_kv_heads, kv_len;
+  float scale_log2;  // scale * log2(e): scores go straight into exp2
+};
+
+template <class T>
+Prob<T> prob_of(const AttentionProblem& p) {
+  return {reinterpret_cast<const T*>(p.q),
+          reinterpret_cast<T*>(p.out),
+          reinterpret_cast<const T*>(p.kv.k_pool),
+          reinterpret_cast<const T*>(p.kv.v_pool),
+          p.kv.indices,
+          p.q_stride,
+          p.out_stride,
+          p.kv.token_stride,
+          p.kv.page_size,
+          p.n_q,
+          p.q_pos0,
+          p.n_heads,
+          p.n_kv_heads,
+          p.kv_len(),
+          p.scale * kLog2e};
+}
+
+// Start of token t's vector for KV head kvh (t < kv_len).
+template <class T>
+__device__ __forceinline__ std::size_t kv_offset(const Prob<T>& p, int t, int kvh, int D) {
+  const int page = p.idx[t / p.page_size];
+  return (std::size_t(page) * p.page_size + t % p.page_size) * p.token_stride + std::size_t(kvh) * D;
+}
+
+// ---- prefill: WMMA flash ---------------------------------------------------------------------
+
+constexpr int kBr = 64, kBc = 64, kPrefillThreads = 128;  // 4 warps x 16 rows
+
+template <int D>
+struct PrefillSmem {
+  static constexpr int ld = D + 8;      // T elements per Q/K/V row (16-byte pad, 32-byte aligned tiles)
+  static constexpr int lds = kBc + 4;   // floats per S row
+  static constexpr int ldp = kBc + 8;   // T elements per P row
+  static constexpr int ldo = D + 4;     // floats per O row
+  template <class T>
+  static constexpr std::size_t bytes() {
+    return std::size_t(3) * kBr * ld * sizeof(T) + std::size_t(kBr) * lds * 4 + std::size_t(kBr) * ldp * sizeof(T) +
+           std::size_t(kBr) * ldo * 4;
+  }
+};
+
+// rows x D tile from global (row r at src(r), or zeros when src(r) is null) into shared memory,
+// 16-byte vectors.
+template <class T, int D, class Src>
+__device__ __forceinline__ void load_tile(T* dst, int ld, int rows, Src src) {
+  constexpr int vec = 8, per_row = D / vec;
+  for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
+    const int r = e / per_row, c = (e % per_row) * vec;
+    const T* s = src(r);
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (s) val = *reinterpret_cast<const uint4*>(s + c);
+    *reinterpret_cast<uint4*>(dst + r * ld + c) = val;
+  }
+}
+
+template <class T, int D>
+__global__ void __launch_bounds__(kPrefillThreads) flash_prefill_kernel(Prob<T> p) {
+  using namespace nvcuda;
+  using S = PrefillSmem<D>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sK = sQ + kBr * S::ld;
+  T* sV = sK + kBc * S::ld;
+  float* sS = reinterpret_cast<float*>(sV + kBc * S::ld);
+  T* sP = reinterpret_cast<T*>(sS + kBr * S::lds);
+  float* sO = reinterpret_cast<float*>(sP + kBr * S::ldp);
+
+  const int q0 = blockIdx.x * kBr, h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int rows_here = min(kBr, p.n_q - q0);
+
+  load_tile<T, D>(sQ, S::ld, kBr, [&](int r) -> const T* {
+    return r < rows_here ? p.q + std::size_t(q0 + r) * p.q_stride + std::size_t(h) * D : nullptr;
+  });
+  for (int e = threadIdx.x; e < kBr * D; e += blockDim.x) sO[(e / D) * S::ldo + e % D] = 0.0f;
+
+  // Lane pair (2 lanes) per row of the warp's 16: row wr, columns [half * 32, half * 32 + 32) of S.
+  const int wr = lane >> 1, half = lane & 1, row = warp * 16 + wr, qi = q0 + row;
+  const int visible = qi < p.n_q ? min(p.kv_len, p.q_pos0 + qi + 1) : 0;
+  float m = -INFINITY, l = 0.0f;
+  const int kv_end = min(p.kv_len, p.q_pos0 + q0 + rows_here);  // keys the block's last row sees
+
+  for (int t0 = 0; t0 < kv_end; t0 += kBc) {
+    __syncthreads();  // the previous tile's K/V are no longer read
+    const int n = min(kBc, kv_end - t0);
+    load_tile<T, D>(sK, S::ld, kBc, [&](int r) -> const T* { return r < n ? p.k + kv_offset(p, t0 + r, kvh, D) : nullptr; });
+    load_tile<T, D>(sV, S::ld, kBc, [&](int r) -> const T* { return r < n ? p.v + kv_offset(p, t0 + r, kvh, D) : nullptr; });
+    __syncthreads();
+
+    // S_w = Q_w K^T: 16 rows x 64 keys per warp.
+    for (int j = 0; j < kBc / 16; ++j) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int kk = 0; kk < D / 16; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
+        wmma::load_matrix_sync(a, sQ + warp * 16 * S::ld + kk * 16, S::ld);
+        wmma::load_matrix_sync(b, sK + j * 16 * S::ld + kk * 16, S::ld);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      wmma::store_matrix_sync(sS + warp * 16 * S::lds + j * 16, acc, S::lds, wmma::mem_row_major);
+    }
+    __syncwarp();
+
+    // Online softmax for this lane's half row; masked keys give p = 0.
+    float* srow = sS + row * S::lds + half * 32;
+    T* prow = sP + row * S::ldp + half * 32;
+    float mx = -INFINITY;
+    for (int c = 0; c < 32; ++c) {
+      const int t = t0 + half * 32 + c;
+      const float s = t < visible ? srow[c] * p.scale_log2 : -INFINITY;
+      srow[c] = s;
+      mx = fmaxf(mx, s);
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    const float m_new = fmaxf(m, mx);
+    float alpha = 1.0f, sum = 0.0f;
+    if (m_new == -INFINITY) {
+      for (int c = 0; c < 32; ++c) prow[c] = Conv<T>::from(0.0f);
+    } else {
+      alpha = exp2f(m - m_new);  // 0 while m = -inf
+      for (int c = 0; c < 32; ++c) {
+        const float e = exp2f(srow[c] - m_new);  // exp2(-inf) = 0
+        const T pt = Conv<T>::from(e);
+        prow[c] = pt;
+        sum += Conv<T>::to(pt);  // the sum of what the PV product actually weights
+      }
+      m = m_new;
+    }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    l = l * alpha + sum;
+    float* orow = sO + row * S::ldo + half * (D / 2);
+    if (alpha != 1.0f)
+      for (int c = 0; c < D / 2; ++c) orow[c] *= alpha;
+    __syncwarp();
+
+    // O_w += P_w V.
+    for (int j = 0; j < D / 16; ++j) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::load_matrix_sync(acc, sO + warp * 16 * S::ldo + j * 16, S::ldo, wmma::mem_row_major);
+      for (int kk = 0; kk < kBc / 16; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
+        wmma::load_matrix_sync(a, sP + warp * 16 * S::ldp + kk * 16, S::ldp);
+        wmma::load_matrix_sync(b, sV + kk * 16 * S::ld + j * 16, S::ld);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      wmma::store_matrix_sync(sO + warp * 16 * S::ldo + j * 16, acc, S::ldo, wmma::mem_row_major);
+    }
+    __syncwarp();
+  }
+
+  if (qi < p.n_q) {
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    const float* orow = sO + row * S::ldo + half * (D / 2);
+    T* dst = p.out + std::size_t(qi) * p.out_stride + std::size_t(h) * D + half * (D / 2);
+    for (int c = 0; c < D / 2; ++c) dst[c] = Conv<T>::from(orow[c] * inv);
+  }
+}
+
+// ---- decode: paged, optionally split over the key range ---------------------------------------
+
+constexpr int kDecodeThreads = 128;
+
+// Block (h, i, s): query i of head h over keys [s * chunk, (s+1) * chunk) clipped to what query i
+// sees. part == nullptr: write the normalised output. Else write the normalised partial output to
+// part_o[((i * n_heads + h) * splits + s) * D ...] and its log2-sum-exp to part_lse[...].
+template <class T, int D>
+__global__ void __launch_bounds__(kDecodeThreads) flash_decode_kernel(Prob<T> p, int chunk, float* part_o, float* part_lse) {
+  constexpr int tpk = D / 8, kpb = kDecodeThreads / tpk;  // threads per key, keys per block step
+  __shared__ float sm_m[kpb], sm_l[kpb];
+  __shared__ float sm_acc[kpb][D];
+
+  const int h = blockIdx.x, i = blockIdx.y, s = blockIdx.z, splits = gridDim.z;
+  const int kvh = h / (p.n_heads / p.n_kv_heads);
+  const int sub = threadIdx.x / tpk, li = threadIdx.x % tpk;
+  const int visible = min(p.kv_len, p.q_pos0 + i + 1);
+  const int k0 = s * chunk, k1 = min(visible, k0 + chunk);
+
+  float q[8], acc[8];
+  {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p.q + std::size_t(i) * p.q_stride + std::size_t(h) * D + li * 8);
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      q[j] = Conv<T>::to(e[j]) * p.scale_log2;
+      acc[j] = 0.0f;
+    }
+  }
+  float m = -INFINITY, l = 0.0f;
+  // The loop bound is uniform across the block so every lane reaches the shuffles.
+#pragma unroll 4
+  for (int tb = k0; tb < k1; tb += kpb) {
+    const int t = tb + sub;
+    const bool ok = t < k1;
+    uint4 kr = make_uint4(0, 0, 0, 0), vr = make_uint4(0, 0, 0, 0);
+    if (ok) {
+      const std::size_t off = kv_offset(p, t, kvh, D) + li * 8;
+      kr = *reinterpret_cast<const uint4*>(p.k + off);
+      vr = *reinterpret_cast<const uint4*>(p.v + off);
+    }
+    const T* ke = reinterpret_cast<const T*>(&kr);
+    float dot = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) dot += q[j] * Conv<T>::to(ke[j]);
+#pragma unroll
+    for (int o = tpk / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    if (ok) {
+      const float m_new = fmaxf(m, dot);
+      const float corr = exp2f(m - m_new), pr = exp2f(dot - m_new);
+      l = l * corr + pr;
+      const T* ve = reinterpret_cast<const T*>(&vr);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[j] = acc[j] * corr + pr * Conv<T>::to(ve[j]);
+      m = m_new;
+    }
+  }
+  if (li == 0) {
+    sm_m[sub] = m;
+    sm_l[sub] = l;
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) sm_acc[sub][li * 8 + j] = acc[j];
+  __syncthreads();
+
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float M = -INFINITY;
+    for (int k = 0; k < kpb; ++k) M = fmaxf(M, sm_m[k]);
+    float L = 0.0f, o = 0.0f;
+    if (M != -INFINITY)
+      for (int k = 0; k < kpb; ++k) {
+        const float w = exp2f(sm_m[k] - M);  // 0 for slots that saw no key
+        L += w * sm_l[k];
+        o += w * sm_acc[k][d];
+      }
+    const float val = L > 0.0f ? o / L : 0.0f;
+    if (part_o == nullptr) {
+      p.out[std::size_t(i) * p.out_stride + std::size_t(h) * D + d] = Conv<T>::from(val);
+    } else {
+      const std::size_t slot = (std::size_t(i) * p.n_heads + h) * splits + s;
+      part_o[slot * D + d] = val;
+      if (d == 0) part_lse[slot] = L > 0.0f ? M + log2f(L) : -INFINITY;
+    }
+  }
+}
+
+// Block (h, i): out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M).
+template <class T>
+__global__ void split_reduce_kernel(Prob<T> p, int D, int splits, const float* part_o, const float* part_lse) {
+  const int h = blockIdx.x, i = blockIdx.y;
+  const std::size_t base = (std::size_t(i) * p.n_heads + h) * splits;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, part_lse[base + s]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float num = 0.0f, den = 0.0f;
+    if (M != -INFINITY)
+      for (int s = 0; s < splits; ++s) {
+        const float w = exp2f(part_lse[base + s] - M);
+        num += w * part_o[(base + s) * D + d];
+        den += w;
+      }
+    p.out[std::size_t(i) * p.out_stride + std::size_t(h) * D + d] = Conv<T>::from(den > 0.0f ? num / den : 0.0f);
+  }
+}
+
+template <class T>
+__global__ void cast_from_float_kernel(T* dst, const float* src, std::size_t n) {
+  for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < n; e += std::size_t(gridDim.x) * blockDim.x)
+    dst[e] = Conv<T>::from(src[e]);
+}
+template <class T>
+__global__ void cast_to_float_kernel(float* dst, const T* src, std::size_t n) {
+  for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < n; e += std::size_t(gridDim.x) * blockDim.x)
+    dst[e] = Conv<T>::to(src[e]);
+}
+
+// ---- host side ------------------------------------------------------------------------------
+
+bool aligned16(const void* ptr) { return (reinterpret_cast<std::uintptr_t>(ptr) & 15) == 0; }
+
+// Shapes and layouts the kernels handle; throws std::invalid_argument naming the kernel otherwise.
+void validate(const AttentionProblem& p, const char* who) {
+  auto fail = [&](const std::string& why) { throw std::invalid_argument(std::string(who) + ": " + why); };
+  if (p.head_dim != 64 && p.head_dim != 128) fail("head_dim must be 64 or 128, got " + std::to_string(p.head_dim));
+  if (p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads != 0) fail("n_heads must be a multiple of n_kv_heads");
+  if (p.q_stride % 8 || p.kv.token_stride % 8) fail("q_stride and token_stride must be multiples of 8 elements");
+  if (!aligned16(p.q) || !aligned16(p.kv.k_pool) || !aligned16(p.kv.v_pool)) fail("q, k_pool, v_pool must be 16-byte aligned");
+  if (p.kv.page_size <= 0 || p.kv.indices == nullptr) fail("the KV view needs page_size > 0 and a device page table");
+  if (p.kv.length < p.kv_len()) fail("kv.length < q_pos0 + n_q");
+  if (p.q_pos0 < 0 || p.kv.num_pages * std::size_t(p.kv.page_size) < std::size_t(p.kv_len())) fail("page table shorter than kv_len");
+}
+
+int sm_count() {
+  int dev = 0, n = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute(SM count)");
+  return std::max(n, 1);
+}
+
+template <class T, int D>
+void launch_prefill(const AttentionProblem& p, cudaStream_t stream) {
+  constexpr std::size_t bytes = PrefillSmem<D>::template bytes<T>();
+  static bool configured = false;  // per instantiation; the attribute is per device function
+  if (!configured) {
+    check(cudaFuncSetAttribute(flash_prefill_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+          "attention_flash: cudaFuncSetAttribute");
+    configured = true;
+  }
+  const dim3 grid((p.n_q + kBr - 1) / kBr, p.n_heads);
+  flash_prefill_kernel<T, D><<<grid, kPrefillThreads, bytes, stream>>>(prob_of<T>(p));
+  check_launch("attention_flash (prefill kernel)");
+}
+
+template <class T>
+void prefill_dispatch(const AttentionProblem& p, cudaStream_t stream) {
+  if (p.head_dim == 64) launch_prefill<T, 64>(p, stream);
+  else launch_prefill<T, 128>(p, stream);
+}
+
+int chunk_for(int kv_len, int splits) {
+  constexpr int kGranule = 16;  // a multiple of keys-per-step for both head dims
+  const int c = (kv_len + splits - 1) / splits;
+  return (c + kGranule - 1) / kGranule * kGranule;
+}
+
+template <class T>
+void decode_dispatch(const AttentionProblem& p, int splits, float* part_o, float* part_lse, cudaStream_t stream) {
+  const int chunk = chunk_for(p.kv_len(), splits);
+  splits = (p.kv_len() + chunk - 1) / chunk;
+  const dim3 grid(p.n_heads, p.n_q, splits);
+  if (p.head_dim == 64) flash_decode_kernel<T, 64><<<grid, kDecodeThreads, 0, stream>>>(prob_of<T>(p), chunk, part_o, part_lse);
+  else flash_decode_kernel<T, 128><<<grid, kDecodeThreads, 0, stream>>>(prob_of<T>(p), chunk, part_o, part_lse);
+  check_launch("attention_flash_decode/split (decode kernel)");
+  if (part_o) {
+    split_reduce_kernel<T><<<dim3(p.n_heads, p.n_q), p.head_dim, 0, stream>>>(prob_of<T>(p), p.head_dim, splits, part_o, part_lse);
+    check_launch("attention_flash_split (reduce kernel)");
+  }
+}
+
+// The split count a problem actually runs with (after rounding the chunk).
+int effective_splits(const AttentionProblem& p, int splits) {
+  const int chunk = chunk_for(p.kv_len(), std::max(splits, 1));
+  return (p.kv_len() + chunk - 1) / chunk;
+}
+
+}  // namespace
+
+const char* dtype_name(DType t) { return t == DType::f16 ? "fp16" : "bf16"; }
+std::size_t dtype_bytes(DType) { return 2; }
+
+void cast_from_float(void* dst, const float* src, std::size_t n, DType dtype, cudaStream_t stream) {
+  if (n == 0) return;
+  const unsigned blocks = std::min<std::size_t>(grid_for(n), 65535);
+  if (dtype == DType::f16) cast_from_float_kernel<<<blocks, kBlock, 0, stream>>>(static_cast<__half*>(dst), src, n);
+  else cast_from_float_kernel<<<blocks, kBlock, 0, stream>>>(static_cast<__nv_bfloat16*>(dst), src, n);
+  check_launch("cast_from_float");
+}
+
+void cast_to_float(float* dst, const void* src, std::size_t n, DType dtype, cudaStream_t stream) {
+  if (n == 0) return;
+  const unsigned blocks = std::min<std::size_t>(grid_for(n), 65535);
+  if (dtype == DType::f16) cast_to_float_kernel<<<blocks, kBlock, 0, stream>>>(dst, static_cast<const __half*>(src), n);
+  else cast_to_float_kernel<<<blocks, kBlock, 0, stream>>>(dst, static_cast<const __nv_bfloat16*>(src), n);
+  check_launch("cast_to_float");
+}
+
+void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream) {
+  for (const AttentionProblem& p : problems) {
+    if (p.n_q <= 0) continue;
+    validate(p, "cuda::attention_flash");
+    if (dtype == DType::f16) prefill_dispatch<__half>(p, stream);
+    else prefill_dispatch<__nv_bfloat16>(p, stream);
+  }
+}
+
+void attention_flash_decode(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream) {
+  for (const AttentionProblem& p : problems) {
+    if (p.n_q <= 0) continue;
+    validate(p, "cuda::attention_flash_decode");
+    if (dtype == DType::f16) decode_dispatch<__half>(p, 1, nullptr, nullptr, stream);
+    else decode_dispatch<__nv_bfloat16>(p, 1, nullptr, nullptr, stream);
+  }
+}
+
+int attention_flash_split_count(std::span<const AttentionProblem> problems, std::size_t i) {
+  if (i >= problems.size()) return 1;
+  std::size_t blocks = 0;  // unsplit decode blocks of the whole batch
+  for (const AttentionProblem& p : problems) blocks += std::size_t(std::max(p.n_q, 0)) * p.n_heads;
+  const std::size_t target = std::size_t(kSplitBlocksPerSm) * sm_count();
+  const AttentionProblem& p = problems[i];
+  if (blocks == 0 || blocks >= target) return 1;
+  const int want = int((target + blocks - 1) / blocks);
+  return effective_splits(p, std::clamp(std::min(want, p.kv_len() / kSplitMinKeys), 1, 1024));
+}
+
+std::size_t attention_flash_split_workspace_bytes(std::span<const AttentionProblem> problems, int splits) {
+  std::size_t floats = 0;
+  for (std::size_t i = 0; i < problems.size(); ++i) {
+    const AttentionProblem& p = problems[i];
+    if (p.n_q <= 0) continue;
+    const int s = splits > 0 ? effective_splits(p, splits) : attention_flash_split_count(problems, i);
+    floats += std::size_t(p.n_q) * p.n_heads * s * (p.head_dim + 1);
+  }
+  return floats * sizeof(float);
+}
+
+void attention_flash_split(std::span<const AttentionProblem> problems, DType dtype, float* workspace,
+                           std::size_t workspace_bytes, cudaStream_t stream, int splits) {
+  if (attention_flash_split_workspace_bytes(problems, splits) > workspace_bytes)
+    throw std::invalid_argument("cuda::attention_flash_split: workspace too small");
+  std::size_t off = 0;
+  for (std::size_t i = 0; i < problems.size(); ++i) {
+    const AttentionProblem& p = problems[i];
+    if (p.n_q <= 0) continue;
+    validate(p, "cuda::attention_flash_split");
+    const int s = splits > 0 ? effective_splits(p, splits) : attention_flash_split_count(problems, i);
+    const std::size_t slots = std::size_t(p.n_q) * p.n_heads * s;
+    float* part_o = s > 1 ? workspace + off : nullptr;
+    float* part_lse = s > 1 ? workspace + off + slots * p.head_dim : nullptr;
+    if (dtype == DType::f16) decode_dispatch<__half>(p, s, part_o, part_lse, stream);
+    else decode_dispatch<__nv_bfloat16>(p, s, part_o, part_lse, stream);
+    off += slots * (p.head_dim + 1);
+  }
+}
+
+}  // namespace ablate::cuda
