@@ -153,7 +153,7 @@ void BM_AttentionNaive(benchmark::State& state) {
 void matmul_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"rows", "in", "out"});
   const std::pair<int, int> shapes[] = {{kDim, kDim}, {kDim, kKvDim}, {kDim, kHidden}, {kHidden, kDim}, {kDim, kVocab}};
-  for (int rows : {1, 16})
+  for (int rows : {1, 5, 16})
     for (auto [in, out] : shapes) b->Args({rows, in, out});
 }
 
