@@ -6,7 +6,10 @@
 // cached tokens, output GEMM, residual, rmsnorm, fused gate/up GEMM, SwiGLU, down GEMM, residual;
 // then the final norm and the LM head. GEMMs are cuBLAS bf16 x bf16 -> fp32 (fp32 accumulate);
 // activations and KV are fp32. With graphs=1 the whole step is one CUDA graph launch (the
-// `cuda_graphs` ablation in miniature: the same kernels without ~500 launch gaps).
+// `cuda_graphs` ablation in miniature: the same kernels without ~500 launch gaps). gemv=0 runs
+// the matmuls through cuBLAS (cublasGemmEx, x converted to bf16 first); gemv=1 through the
+// project's gemv_bf16 kernel (fp32 x read directly; the residual adds fused into the output and
+// down projections).
 //   build/gpu/experiments/bench_cuda_decode --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 // Without a CUDA device it reports "not benchmarked" and runs nothing.
 #include <benchmark/benchmark.h>
@@ -76,6 +79,7 @@ double copy_bandwidth(cudaStream_t s) {
 struct Decoder {
   ModelShape s = *find_preset("llama2-7b");
   int context = 0;
+  bool own_gemv = false;
   cudaStream_t stream{};
   cublasHandle_t blas{};
   struct Layer {
@@ -159,7 +163,31 @@ struct Decoder {
   }
 
   // The token at position `context`: every kernel of one decode step, enqueued on `stream`.
-  void step() {
+  void step() { own_gemv ? step_gemv() : step_cublas(); }
+
+  void step_gemv() {
+    const int d = s.dim, kvd = s.kv_dim(), h = s.hidden_dim, qkvd = d + 2 * kvd;
+    for (int l = 0; l < s.n_layers; ++l) {
+      const Layer& L = layers[std::size_t(l)];
+      cuda::rmsnorm(xb, x, ones, 1, d, s.norm_eps, stream);
+      cuda::gemv_bf16(qkv, xb, L.wqkv, d, qkvd, false, stream);
+      cuda::rope(qkv, 1, qkvd, s.n_heads, s.head_dim(), position, s.rope_theta, stream);
+      cuda::rope(qkv + d, 1, qkvd, s.n_kv_heads, s.head_dim(), position, s.rope_theta, stream);
+      ok(cudaMemcpyAsync(L.k + std::size_t(context) * kvd, qkv + d, kvd * 4, cudaMemcpyDeviceToDevice, stream), "kv");
+      ok(cudaMemcpyAsync(L.v + std::size_t(context) * kvd, qkv + d + kvd, kvd * 4, cudaMemcpyDeviceToDevice, stream),
+         "kv");
+      cuda::attention_naive(problem(l), workspace, blas, stream);
+      cuda::gemv_bf16(x, att, L.wo, d, d, true, stream);  // x += wo att
+      cuda::rmsnorm(xb, x, ones, 1, d, s.norm_eps, stream);
+      cuda::gemv_bf16(h13, xb, L.w13, d, 2 * h, false, stream);
+      cuda::swiglu(h13, h13 + h, std::size_t(h), stream);
+      cuda::gemv_bf16(x, h13, L.w2, h, d, true, stream);  // x += w2 h
+    }
+    cuda::rmsnorm(xb, x, ones, 1, d, s.norm_eps, stream);
+    cuda::gemv_bf16(logits, xb, lm_head, d, s.vocab_size, false, stream);
+  }
+
+  void step_cublas() {
     const int d = s.dim, kvd = s.kv_dim(), h = s.hidden_dim, qkvd = d + 2 * kvd;
     for (int l = 0; l < s.n_layers; ++l) {
       const Layer& L = layers[std::size_t(l)];
@@ -204,13 +232,18 @@ double g_copy_bw = 0;
 
 void BM_CudaDecodeStep(benchmark::State& state) {
   const int context = int(state.range(0));
-  const bool graphs = state.range(1) != 0;
+  const bool graphs = state.range(1) != 0, own_gemv = state.range(2) != 0;
   static std::unique_ptr<Decoder> dec;
   if (!dec || dec->context != context) {
     dec.reset();
     dec = std::make_unique<Decoder>(context);
   }
   Decoder& D = *dec;
+  if (D.own_gemv != own_gemv && D.graph) {
+    cudaGraphExecDestroy(D.graph);
+    D.graph = nullptr;
+  }
+  D.own_gemv = own_gemv;
   if (graphs && !D.graph) D.capture();
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
@@ -262,9 +295,10 @@ int main(int argc, char** argv) {
     benchmark::AddCustomContext("hbm_peak_GBps", std::to_string(peak / 1e9));
     benchmark::AddCustomContext("copy_GBps_read_plus_write", std::to_string(g_copy_bw / 1e9));
     auto* b = benchmark::RegisterBenchmark("BM_CudaDecodeStep/llama2-7b/bf16", BM_CudaDecodeStep);
-    b->ArgNames({"context", "graphs"})->UseManualTime()->Unit(benchmark::kMillisecond);
+    b->ArgNames({"context", "graphs", "gemv"})->UseManualTime()->Unit(benchmark::kMillisecond);
     for (int ctx : {128, 2048})
-      for (int g : {0, 1}) b->Args({ctx, g});
+      for (int g : {0, 1})
+        for (int own : {0, 1}) b->Args({ctx, g, own});
   }
 #else
   benchmark::AddCustomContext("cuda", "not benchmarked: built without CUDA");

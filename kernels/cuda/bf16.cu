@@ -32,7 +32,43 @@ __global__ void fill_uniform_bf16_kernel(__nv_bfloat16* dst, std::size_t n, std:
   }
 }
 
+constexpr int kGemvWarps = 8;  // rows of w per block
+
+__global__ void gemv_bf16_kernel(float* y, const float* x, const __nv_bfloat16* w, int in, int out, bool accumulate) {
+  const int lane = threadIdx.x & 31;
+  const int o = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
+  if (o >= out) return;
+  const __nv_bfloat16* row = w + std::size_t(o) * in;
+  float acc = 0.0f;
+  if (in % 8 == 0) {  // rows start 16-byte aligned: 8 weights a load
+    const uint4* row8 = reinterpret_cast<const uint4*>(row);
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+#pragma unroll 4
+    for (int i = lane; i < in / 8; i += 32) {
+      const uint4 packed = __ldcs(row8 + i);  // streamed once: do not keep in cache
+      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&packed);
+      const float4 xa = __ldg(x4 + 2 * i), xb = __ldg(x4 + 2 * i + 1);
+      const float2 w0 = __bfloat1622float2(h[0]), w1 = __bfloat1622float2(h[1]);
+      const float2 w2 = __bfloat1622float2(h[2]), w3 = __bfloat1622float2(h[3]);
+      acc += w0.x * xa.x + w0.y * xa.y + w1.x * xa.z + w1.y * xa.w + w2.x * xb.x + w2.y * xb.y + w3.x * xb.z +
+             w3.y * xb.w;
+    }
+  } else {
+    for (int i = lane; i < in; i += 32) acc += __bfloat162float(row[i]) * x[i];
+  }
+  acc = detail::warp_sum(acc);
+  if (lane == 0) y[o] = accumulate ? y[o] + acc : acc;
+}
+
 }  // namespace
+
+void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream) {
+  if (in % 8 == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 != 0)
+    throw std::runtime_error("gemv_bf16: x must be 16-byte aligned");
+  gemv_bf16_kernel<<<unsigned((out + kGemvWarps - 1) / kGemvWarps), 32 * kGemvWarps, 0, stream>>>(
+      y, x, reinterpret_cast<const __nv_bfloat16*>(w), in, out, accumulate);
+  detail::check_launch("gemv_bf16");
+}
 
 void fill_uniform_bf16(bf16_bits* dst, std::size_t n, std::uint64_t seed, float scale, cudaStream_t stream) {
   fill_uniform_bf16_kernel<<<1024, detail::kBlock, 0, stream>>>(reinterpret_cast<__nv_bfloat16*>(dst), n, seed, scale);

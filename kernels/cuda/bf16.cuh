@@ -23,6 +23,12 @@ void matmul_bf16(float* y, const bf16_bits* x, const bf16_bits* w, int rows, int
 }  // namespace ablate::cuda
 
 namespace ablate::cuda {
+// Batch-1 decode GEMV: y[out] (fp32) (+)= w[out][in] (bf16) * x[in] (fp32), fp32 accumulation.
+// One warp per row of w, 16-byte loads (8 weights) per lane, x read through the cache; bound by
+// reading w once, which cuBLAS's GEMM path at n = 1 does not reach. accumulate = true adds into
+// y (a fused residual connection).
+void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream);
+
 // Deterministic pseudo-random fill for benchmarks and tests: dst[i] uniform in [-scale, scale)
 // from a hash of (seed, i), computed on the device (no host copy of multi-GB weights).
 void fill_uniform_bf16(bf16_bits* dst, std::size_t n, std::uint64_t seed, float scale, cudaStream_t stream);

@@ -94,3 +94,36 @@ TEST_CASE("cuda to_bf16 rounds to nearest even, and matmul_bf16 matches the fp32
                   static_cast<void*>(dw16)})
     cudaFree(p);
 }
+
+TEST_CASE("cuda gemv_bf16 matches the CPU matmul on bf16 weights, with and without accumulation", "[cuda][bf16]") {
+  std::mt19937 rng(4);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (auto [in, out] : {std::pair{1024, 1031}, std::pair{577, 130}, std::pair{4096, 96}}) {  // vector and scalar paths
+    INFO("in=" << in << " out=" << out);
+    std::vector<float> x(in), w(std::size_t(out) * in), y0(out);
+    for (auto& v : x) v = u(rng);
+    for (auto& v : w) v = u(rng) / std::sqrt(float(in));
+    for (auto& v : y0) v = u(rng);
+    float *dx = upload(x), *dw = upload(w), *dy = upload(y0);
+    cuda::bf16_bits* dw16 = nullptr;
+    REQUIRE(cudaMalloc(reinterpret_cast<void**>(&dw16), w.size() * 2) == cudaSuccess);
+    cuda::to_bf16(dw16, dw, w.size(), nullptr);
+    std::vector<float> wr(w.size()), ref(out);
+    const auto w16 = download(dw16, w.size());
+    for (std::size_t i = 0; i < w.size(); ++i) wr[i] = bf16_to_float(w16[i]);
+    cpu::matmul(ref.data(), x.data(), wr.data(), 1, in, out);
+    for (bool accumulate : {true, false}) {
+      cuda::gemv_bf16(dy, dx, dw16, in, out, accumulate, nullptr);
+      const auto y = download(dy, std::size_t(out));
+      double max_err = 0;
+      for (int o = 0; o < out; ++o) {
+        const double want = ref[std::size_t(o)] + (accumulate ? y0[std::size_t(o)] : 0.0);
+        max_err = std::max(max_err, std::fabs(y[std::size_t(o)] - want));
+      }
+      INFO("accumulate=" << accumulate << " max abs error " << max_err);
+      CHECK(max_err < 1e-4);
+    }
+    for (void* p : {static_cast<void*>(dx), static_cast<void*>(dw), static_cast<void*>(dy), static_cast<void*>(dw16)})
+      cudaFree(p);
+  }
+}
