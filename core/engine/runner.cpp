@@ -25,9 +25,17 @@ namespace ablate {
 
 namespace {
 
+// The token that ends a request early when sampling.stop_at_eos is set; synthetic weights have
+// no meaningful EOS, so their runs always generate exactly output_len.
+int eos_token_of(const ExperimentConfig& cfg) {
+  if (!cfg.sampling.stop_at_eos || cfg.model.source == "synthetic") return -1;
+  if (cfg.model.source == "llama2c") return Llama2cTokenizer::kEos;
+  return load_tokenizer(cfg.model)->eos_id();
+}
+
 // One engine run of a sweep point: fresh cache, scheduler, attention and drafter every time, so
 // repeats are independent; the backend (weights) is shared by the point's runs.
-RunRecords run_once(const ExperimentConfig& cfg, Backend& backend, const std::vector<Request>& requests,
+RunRecords run_once(const ExperimentConfig& cfg, Backend& backend, const std::vector<Request>& requests, int eos,
                     Progress* progress) {
   auto kv = make_kv_cache(cfg, backend);
   auto scheduler = make_scheduler(cfg);
@@ -37,8 +45,7 @@ RunRecords run_once(const ExperimentConfig& cfg, Backend& backend, const std::ve
   eo.seed = static_cast<std::uint64_t>(cfg.seed);
   eo.temperature = cfg.sampling.temperature;
   eo.top_p = cfg.sampling.top_p;
-  // Synthetic weights have no meaningful EOS: their runs always generate exactly output_len.
-  eo.eos_token = cfg.sampling.stop_at_eos && cfg.model.source != "synthetic" ? Llama2cTokenizer::kEos : -1;
+  eo.eos_token = eos;
   if (progress)
     eo.on_step = [progress](int done, int total, double elapsed, long long tokens) {
       progress->update(done, total, elapsed, elapsed > 0 ? static_cast<double>(tokens) / elapsed : 0.0);
@@ -88,6 +95,7 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
     const std::vector<Request> requests =
         make_workload(cfg.workload, static_cast<std::uint64_t>(cfg.seed), backend_ref.shape().vocab_size,
                       effective_max_seq_len(cfg, backend_ref.shape()));
+    const int eos = eos_token_of(cfg);
     std::optional<Provenance> prov;
     if (threads != threads0 || backend_ref.name() != b0.name())
       prov = collect_provenance(threads, backend_ref.name(), backend_ref.device_name());
@@ -99,7 +107,7 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
       for (const auto& [k, v] : point.swept) label += fmt::format(" {}={}", k, v);
       label += timed ? fmt::format(" repeat {}", i - exp.warmup) : " warm-up";
       Progress progress(opts.quiet, label);
-      RunRecords rec = run_once(cfg, backend_ref, requests, &progress);
+      RunRecords rec = run_once(cfg, backend_ref, requests, eos, &progress);
       progress.finish();
       if (timed) writer.add_run(point.index, i - exp.warmup, point.columns, rec, summarize(rec, cfg.slo), prov);
     }
