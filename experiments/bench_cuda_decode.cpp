@@ -165,18 +165,24 @@ struct Decoder {
   // The token at position `context`: every kernel of one decode step, enqueued on `stream`.
   void step() { own_gemv ? step_gemv() : step_cublas(); }
 
+  // Layer l's attention on qkv: RoPE, this token's K/V into the cache, naive attention into att.
+  void attend(int l) {
+    const int d = s.dim, kvd = s.kv_dim(), qkvd = d + 2 * kvd;
+    const Layer& L = layers[std::size_t(l)];
+    cuda::rope(qkv, 1, qkvd, s.n_heads, s.head_dim(), position, s.rope_theta, stream);
+    cuda::rope(qkv + d, 1, qkvd, s.n_kv_heads, s.head_dim(), position, s.rope_theta, stream);
+    ok(cudaMemcpyAsync(L.k + std::size_t(context) * kvd, qkv + d, kvd * 4, cudaMemcpyDeviceToDevice, stream), "kv");
+    ok(cudaMemcpyAsync(L.v + std::size_t(context) * kvd, qkv + d + kvd, kvd * 4, cudaMemcpyDeviceToDevice, stream), "kv");
+    cuda::attention_naive(problem(l), workspace, blas, stream);
+  }
+
   void step_gemv() {
     const int d = s.dim, kvd = s.kv_dim(), h = s.hidden_dim, qkvd = d + 2 * kvd;
     for (int l = 0; l < s.n_layers; ++l) {
       const Layer& L = layers[std::size_t(l)];
       cuda::rmsnorm(xb, x, ones, 1, d, s.norm_eps, stream);
       cuda::gemv_bf16(qkv, xb, L.wqkv, d, qkvd, false, stream);
-      cuda::rope(qkv, 1, qkvd, s.n_heads, s.head_dim(), position, s.rope_theta, stream);
-      cuda::rope(qkv + d, 1, qkvd, s.n_kv_heads, s.head_dim(), position, s.rope_theta, stream);
-      ok(cudaMemcpyAsync(L.k + std::size_t(context) * kvd, qkv + d, kvd * 4, cudaMemcpyDeviceToDevice, stream), "kv");
-      ok(cudaMemcpyAsync(L.v + std::size_t(context) * kvd, qkv + d + kvd, kvd * 4, cudaMemcpyDeviceToDevice, stream),
-         "kv");
-      cuda::attention_naive(problem(l), workspace, blas, stream);
+      attend(l);
       cuda::gemv_bf16(x, att, L.wo, d, d, true, stream);  // x += wo att
       cuda::rmsnorm(xb, x, ones, 1, d, s.norm_eps, stream);
       cuda::gemv_bf16(h13, xb, L.w13, d, 2 * h, false, stream);
@@ -194,12 +200,7 @@ struct Decoder {
       cuda::rmsnorm(xb, x, ones, 1, d, s.norm_eps, stream);
       cuda::to_bf16(xb16, xb, std::size_t(d), stream);
       cuda::matmul_bf16(qkv, xb16, L.wqkv, 1, d, qkvd, blas, stream);
-      cuda::rope(qkv, 1, qkvd, s.n_heads, s.head_dim(), position, s.rope_theta, stream);
-      cuda::rope(qkv + d, 1, qkvd, s.n_kv_heads, s.head_dim(), position, s.rope_theta, stream);
-      ok(cudaMemcpyAsync(L.k + std::size_t(context) * kvd, qkv + d, kvd * 4, cudaMemcpyDeviceToDevice, stream), "kv");
-      ok(cudaMemcpyAsync(L.v + std::size_t(context) * kvd, qkv + d + kvd, kvd * 4, cudaMemcpyDeviceToDevice, stream),
-         "kv");
-      cuda::attention_naive(problem(l), workspace, blas, stream);
+      attend(l);
       cuda::to_bf16(xb16, att, std::size_t(d), stream);
       cuda::matmul_bf16(xb, xb16, L.wo, 1, d, d, blas, stream);
       cuda::add(x, xb, std::size_t(d), stream);

@@ -43,19 +43,25 @@ void Sampler::probabilities(std::span<const float> logits, std::span<float> prob
   for (auto& p : probs) p = static_cast<float>(p / mass);
 }
 
-int Sampler::sample(std::span<const float> logits, std::mt19937_64& rng) const {
-  if (greedy()) return argmax(logits);
-  std::vector<float> probs(logits.size());
-  probabilities(logits, probs);
-  double u = uniform(rng), acc = 0;
+int sample_from(std::span<const float> probs, std::mt19937_64& rng) {
+  double total = 0;
+  for (float p : probs) total += p;
+  const double u = Sampler::uniform(rng) * total;
+  double acc = 0;
   for (std::size_t i = 0; i < probs.size(); ++i) {
     acc += probs[i];
     if (u < acc) return static_cast<int>(i);
   }
-  // Rounding left u above the total: the last token with any mass.
   for (std::size_t i = probs.size(); i-- > 0;)
     if (probs[i] > 0) return static_cast<int>(i);
   return 0;
+}
+
+int Sampler::sample(std::span<const float> logits, std::mt19937_64& rng) const {
+  if (greedy()) return argmax(logits);
+  std::vector<float> probs(logits.size());
+  probabilities(logits, probs);
+  return sample_from(probs, rng);
 }
 
 }  // namespace ablate

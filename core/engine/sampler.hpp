@@ -7,6 +7,11 @@
 
 namespace ablate {
 
+// Inverse-CDF draw of a token from probabilities that need not sum to exactly 1 (a residual
+// max(0, p - q) in speculative verification is normalised here); the last token with mass when
+// rounding leaves the uniform above the total.
+int sample_from(std::span<const float> probs, std::mt19937_64& rng);
+
 class Sampler {
  public:
   Sampler(double temperature, double top_p) : temperature_(temperature), top_p_(top_p) {}

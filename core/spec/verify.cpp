@@ -12,20 +12,6 @@ std::span<const float> row_of(std::span<const float> rows, int r, int vocab) {
 }
 }  // namespace
 
-int sample_from(std::span<const float> probs, std::mt19937_64& rng) {
-  double total = 0;
-  for (float p : probs) total += p;
-  const double u = Sampler::uniform(rng) * total;
-  double acc = 0;
-  for (std::size_t i = 0; i < probs.size(); ++i) {
-    acc += probs[i];
-    if (u < acc) return static_cast<int>(i);
-  }
-  for (std::size_t i = probs.size(); i-- > 0;)
-    if (probs[i] > 0) return static_cast<int>(i);
-  return 0;
-}
-
 Verdict rejection_sample(std::span<const float> p, std::span<const float> q, std::span<const int> draft, int vocab,
                          std::mt19937_64& rng) {
   const int n = static_cast<int>(draft.size());

@@ -21,8 +21,6 @@ struct Verdict {
   int token = 0;     // the target's token that follows them
 };
 
-// Draw from a probability row (sums to ~1); rounding past the total gives the last nonzero entry.
-int sample_from(std::span<const float> probs, std::mt19937_64& rng);
 
 // Rejection sampling on probability rows: p has draft.size() + 1 rows, q has draft.size() rows,
 // each of `vocab` floats.
