@@ -25,22 +25,36 @@ using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMa
 // NW rows of w from o, R rows of x from r0; both compile-time so the accumulators stay in registers.
 template <int NW, int R>
 void dot_tile(float* y, const float* x, const float* w, int in, int out, int o, int r0) {
+  // Written out without helpers: GCC keeps the accumulators in registers only when nothing takes
+  // their address (a lambda over them spilled every FMA to the stack).
   __m512 acc[NW][R];
+#pragma GCC unroll 4
   for (int j = 0; j < NW; ++j)
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
+  const float* xr = x + std::size_t(r0) * in;
+  const float* wr = w + std::size_t(o) * in;
   const int nv = in / 16, tail = in - nv * 16;
-  const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1u);
-  const auto step = [&](int i, __mmask16 m) {
+  for (int v = 0; v <= nv; ++v) {
+    const int i = v * 16;
+    const __mmask16 m = v < nv ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << tail) - 1u);
+    if (m == 0) break;
     __m512 xv[R];
-    for (int r = 0; r < R; ++r) xv[r] = _mm512_maskz_loadu_ps(m, x + std::size_t(r0 + r) * in + i);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) xv[r] = _mm512_maskz_loadu_ps(m, xr + std::size_t(r) * in + i);
+#pragma GCC unroll 4
     for (int j = 0; j < NW; ++j) {
-      const __m512 wv = _mm512_maskz_loadu_ps(m, w + std::size_t(o + j) * in + i);
+      // The next tile's rows of w, a whole tile ahead: the loads here are too sparse in time
+      // (16 FMAs per 64 bytes) for the hardware prefetcher to keep the stream going.
+      if (R > 1) _mm_prefetch(reinterpret_cast<const char*>(wr + std::size_t(NW + j) * in + i), _MM_HINT_T0);
+      const __m512 wv = _mm512_maskz_loadu_ps(m, wr + std::size_t(j) * in + i);
+#pragma GCC unroll 4
       for (int r = 0; r < R; ++r) acc[j][r] = _mm512_fmadd_ps(wv, xv[r], acc[j][r]);
     }
-  };
-  for (int v = 0; v < nv; ++v) step(v * 16, 0xFFFF);
-  if (tail) step(nv * 16, tail_mask);
+  }
+#pragma GCC unroll 4
   for (int j = 0; j < NW; ++j)
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) y[std::size_t(r0 + r) * out + o + j] = _mm512_reduce_add_ps(acc[j][r]);
 }
 
