@@ -9,7 +9,7 @@
 // `cuda_graphs` ablation in miniature: the same kernels without ~500 launch gaps). gemv=0 runs
 // the matmuls through cuBLAS (cublasGemmEx, x converted to bf16 first); gemv=1 through the
 // project's gemv_bf16 kernel (fp32 x read directly; the residual adds fused into the output and
-// down projections).
+// down projections). attn=0 is naive attention (cuBLAS + softmax), attn=1 attention_decode_f32.
 //   build/gpu/experiments/bench_cuda_decode --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 // Without a CUDA device it reports "not benchmarked" and runs nothing.
 #include <benchmark/benchmark.h>
@@ -80,6 +80,7 @@ struct Decoder {
   ModelShape s = *find_preset("llama2-7b");
   int context = 0;
   bool own_gemv = false;
+  bool naive_attention = true;  // else cuda::attention_decode_f32
   cudaStream_t stream{};
   cublasHandle_t blas{};
   struct Layer {
@@ -173,7 +174,10 @@ struct Decoder {
     cuda::rope(qkv + d, 1, qkvd, s.n_kv_heads, s.head_dim(), position, s.rope_theta, stream);
     ok(cudaMemcpyAsync(L.k + std::size_t(context) * kvd, qkv + d, kvd * 4, cudaMemcpyDeviceToDevice, stream), "kv");
     ok(cudaMemcpyAsync(L.v + std::size_t(context) * kvd, qkv + d + kvd, kvd * 4, cudaMemcpyDeviceToDevice, stream), "kv");
-    cuda::attention_naive(problem(l), workspace, blas, stream);
+    if (naive_attention)
+      cuda::attention_naive(problem(l), workspace, blas, stream);
+    else
+      cuda::attention_decode_f32(problem(l), stream);
   }
 
   void step_gemv() {
@@ -233,18 +237,19 @@ double g_copy_bw = 0;
 
 void BM_CudaDecodeStep(benchmark::State& state) {
   const int context = int(state.range(0));
-  const bool graphs = state.range(1) != 0, own_gemv = state.range(2) != 0;
+  const bool graphs = state.range(1) != 0, own_gemv = state.range(2) != 0, naive = state.range(3) == 0;
   static std::unique_ptr<Decoder> dec;
   if (!dec || dec->context != context) {
     dec.reset();
     dec = std::make_unique<Decoder>(context);
   }
   Decoder& D = *dec;
-  if (D.own_gemv != own_gemv && D.graph) {
+  if ((D.own_gemv != own_gemv || D.naive_attention != naive) && D.graph) {
     cudaGraphExecDestroy(D.graph);
     D.graph = nullptr;
   }
   D.own_gemv = own_gemv;
+  D.naive_attention = naive;
   if (graphs && !D.graph) D.capture();
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
@@ -296,10 +301,11 @@ int main(int argc, char** argv) {
     benchmark::AddCustomContext("hbm_peak_GBps", std::to_string(peak / 1e9));
     benchmark::AddCustomContext("copy_GBps_read_plus_write", std::to_string(g_copy_bw / 1e9));
     auto* b = benchmark::RegisterBenchmark("BM_CudaDecodeStep/llama2-7b/bf16", BM_CudaDecodeStep);
-    b->ArgNames({"context", "graphs", "gemv"})->UseManualTime()->Unit(benchmark::kMillisecond);
+    b->ArgNames({"context", "graphs", "gemv", "attn"})->UseManualTime()->Unit(benchmark::kMillisecond);
     for (int ctx : {128, 2048})
       for (int g : {0, 1})
-        for (int own : {0, 1}) b->Args({ctx, g, own});
+        for (int own : {0, 1}) b->Args({ctx, g, own, 0});
+    for (int ctx : {128, 2048}) b->Args({ctx, 1, 1, 1});  // attn=1: attention_decode_f32, one launch
   }
 #else
   benchmark::AddCustomContext("cuda", "not benchmarked: built without CUDA");

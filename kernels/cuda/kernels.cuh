@@ -46,6 +46,11 @@ void add(float* x, const float* y, std::size_t n, cudaStream_t stream);
 // read, since they may live on the device. All pointers are device pointers.
 std::size_t attention_naive_workspace_bytes(const AttentionProblem& p);  // the score matrix
 void attention_naive(const AttentionProblem& p, float* workspace, cublasHandle_t handle, cudaStream_t stream);
+// Decode attention, fp32, one query (n_q == 1) over a contiguous KV view (as attention_naive):
+// one block per query head, scores in shared memory (contexts up to 12288 tokens), one launch.
+// A simple reference version: slower than attention_naive at long contexts (see the .cu file).
+void attention_decode_f32(const AttentionProblem& p, cudaStream_t stream);
+
 // Problems one after another, sharing a workspace of at least the largest problem's bytes.
 void attention_naive(std::span<const AttentionProblem> problems, float* workspace, std::size_t workspace_bytes,
                      cublasHandle_t handle, cudaStream_t stream);
