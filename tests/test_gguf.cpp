@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 
 #include <omp.h>
 
@@ -23,6 +24,7 @@
 #include "config/load.hpp"
 #include "config/paths.hpp"
 #include "engine/engine.hpp"
+#include "engine/runner.hpp"
 #include "kv/contiguous_kv.hpp"
 #include "model/bpe_tokenizer.hpp"
 #include "model/gguf.hpp"
@@ -609,4 +611,84 @@ TEST_CASE("load_tokenizer gives the llama2.c tokenizer behind the common interfa
   CHECK(tok->detokenize(std::vector<int>(ids.begin() + 1, ids.end())) == "Lily saw a big, red ball.");
   cfg.source = "synthetic";
   CHECK_THROWS_WITH(load_tokenizer(cfg), Catch::Contains("no tokenizer"));
+}
+
+TEST_CASE("workload.prompts: requests carry the file's tokenized prompts, cycled and cut to fit", "[gguf][prompts]") {
+  const auto dir = shared_dir() / "models";
+  if (!std::filesystem::exists(dir / "tok512.bin") || !std::filesystem::exists(dir / "stories260K.bin")) {
+    WARN("SKIPPED: " << dir.string() << " lacks stories260K.bin / tok512.bin");
+    return;
+  }
+  const auto tmp = std::filesystem::temp_directory_path() / "ablate_prompts_run";
+  std::filesystem::remove_all(tmp);
+  std::filesystem::create_directories(tmp);
+  const auto file = tmp / "p.txt";
+  std::ofstream(file) << "Once upon a time, there was a little girl named Lily.\nThe cat sat\n";
+  const std::string yaml = "experiment: prompts_test\nthreads: 1\n"
+                           "model: {source: llama2c, path: \"${shared}/models/stories260K.bin\", "
+                           "tokenizer: \"${shared}/models/tok512.bin\"}\n"
+                           "workload: {requests: 3, prompts: " + file.string() + ", output_len: {value: 8}}\n"
+                           "sweep: {max_seq_len: [0, 16]}\n";
+  const LoadedExperiment ex = load_experiment_text(yaml, "p.yaml", {});
+  REQUIRE(ex.points.size() == 2);
+  CHECK(ex.points[0].config.workload.prompts == file.string());
+
+  ModelConfig mc = ex.points[0].config.model;
+  const auto tok = load_tokenizer(mc);
+  const auto a = tok->tokenize("Once upon a time, there was a little girl named Lily.");
+  const auto b = tok->tokenize("The cat sat");
+  REQUIRE(a.size() > 8);  // cut at max_seq_len 16
+  REQUIRE(a.front() == tok->bos_id());
+
+  RunOptions opts;
+  opts.results_root = tmp / "results";
+  opts.run_id = "r";
+  opts.quiet = true;
+  std::ostringstream table;
+  const auto run = run_experiment(ex, opts, table);
+  std::ifstream in(run / "requests.csv");
+  std::string line;
+  std::getline(in, line);
+  REQUIRE(line == "point,repeat,request_id,arrival_s,queue_time_ms,ttft_ms,tpot_ms,e2el_ms,itl_mean_ms,"
+                  "prompt_len,output_len,preemptions");
+  std::vector<std::pair<int, int>> got;  // (prompt_len, output_len) per row, points in order
+  while (std::getline(in, line)) {
+    std::vector<std::string> f;
+    std::stringstream ss(line);
+    for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
+    REQUIRE(f.size() == 12);
+    got.emplace_back(std::stoi(f[9]), std::stoi(f[10]));
+  }
+  const int la = static_cast<int>(a.size()), lb = static_cast<int>(b.size());
+  const int cb = std::min(lb, 8);
+  // point 0 (the model's max_seq_len): whole prompts, cycled a, b, a; point 1 (16): cut to 16 - 8 = 8.
+  const std::vector<std::pair<int, int>> want = {{la, 8}, {lb, 8}, {la, 8}, {8, 8}, {cb, 8}, {8, 8}};
+  CHECK(got == want);
+  std::filesystem::remove_all(tmp);
+}
+
+TEST_CASE("config: workload.prompts needs a model with a tokenizer and an existing file", "[gguf][prompts][config]") {
+  const auto err = [](const std::string& yaml) -> std::string {
+    try {
+      (void)load_experiment_text(yaml, "w.yaml", {});
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  const auto file = std::filesystem::temp_directory_path() / "ablate_prompts_cfg.txt";
+  std::ofstream(file) << "hello\n";
+  CHECK_THAT(err("model: {preset: tiny}\nworkload:\n  prompts: " + file.string() + "\n"),
+             Catch::StartsWith("w.yaml:3:12: workload.prompts:") && Catch::Contains("synthetic"));
+  const auto dir = shared_dir() / "models";
+  if (std::filesystem::exists(dir / "stories260K.bin")) {
+    const std::string m = "model: {source: llama2c, path: " + (dir / "stories260K.bin").string();
+    CHECK_THAT(err(m + "}\nworkload: {prompts: " + file.string() + "}\n"), Catch::Contains("workload.prompts") &&
+                                                                               Catch::Contains("model.tokenizer"));
+    const std::string t = m + ", tokenizer: " + (dir / "tok512.bin").string() + "}\n";
+    CHECK_THAT(err(t + "workload: {prompts: /nonexistent/p.txt}\n"), Catch::Contains("workload.prompts") &&
+                                                                          Catch::Contains("/nonexistent/p.txt"));
+    CHECK(err(t + "workload: {prompts: " + file.string() + "}\n") == "");
+  }
+  std::filesystem::remove(file);
 }

@@ -32,6 +32,7 @@ struct WorkloadConfig {             // workload
   LengthDist prompt_len;            // workload.prompt_len.*
   LengthDist output_len;            // workload.output_len.*
   TraceConfig trace;                // workload.trace.*
+  std::string prompts;              // workload.prompts: text/JSONL prompts file ("" = random ids); gguf, llama2c
 };
 
 struct ModelConfig {                // model

@@ -145,6 +145,9 @@ const std::vector<Rule>& rules() {
         integer("workload.trace.start_row", F(workload.trace.start_row), ge(0), "first data row used (0-based)"),
         integer("workload.trace.max_prompt_len", F(workload.trace.max_prompt_len), ge(0), "prompt cap; 0 = none"),
         integer("workload.trace.max_output_len", F(workload.trace.max_output_len), ge(0), "output cap; 0 = none"),
+        plain("workload.prompts", Kind::Path, F(workload.prompts),
+              "prompts file (text: one per line; .jsonl: \"prompt\"/\"text\"), tokenized and cycled in order in place of "
+              "random prompt ids (prompt_len is then unused); gguf, llama2c with model.tokenizer; \"\" = random ids"),
         number("slo.ttft_ms", F(slo.ttft_ms), ge(0),
                "time-to-first-token limit; 0 = none (slo.preset: llama2-70b | interactive | llama3.1-8b sets it)"),
         number("slo.tpot_ms", F(slo.tpot_ms), ge(0), "time-per-output-token limit; 0 = none (set by slo.preset too)"),
@@ -543,6 +546,15 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
   if (trace_user) check_file(pick({"workload.trace.path", trace_user}).second, "workload.trace.path", w.trace.path,
                              fmt::format(" (needed by {}: trace)", trace_user));
 
+  if (!w.prompts.empty()) {  // real text needs the model's tokenizer
+    if (c.model.source == "synthetic")
+      fail_at({"workload.prompts"}, "needs a model with a tokenizer (model.source gguf, or llama2c with model.tokenizer); "
+                                    "synthetic weights have none");
+    if (c.model.source == "llama2c" && c.model.tokenizer.empty())
+      fail_at({"workload.prompts"}, "needs model.tokenizer (a llama2.c tokenizer .bin) with model.source llama2c");
+    check_file(pick({"workload.prompts"}).second, "workload.prompts", w.prompts, "");
+  }
+
   // The longest length a distribution can produce, when known before reading the trace.
   auto longest = [](const LengthDist& d, int cap) -> std::optional<int> {
     if (d.dist == "fixed") return d.value;
@@ -554,7 +566,8 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
   };
   for (auto [k, d] : {std::pair{std::string("workload.prompt_len"), &w.prompt_len}, std::pair{std::string("workload.output_len"), &w.output_len}})
     if (d->min > d->max) fail_at({k + ".min", k + ".max"}, fmt::format("min {} is above max {}; allowed: min <= max", d->min, d->max));
-  const auto lp = longest(w.prompt_len, w.trace.max_prompt_len), lo = longest(w.output_len, w.trace.max_output_len);
+  // File prompts have unknown lengths until tokenized; the runner cuts them to fit max_seq_len.
+  const auto lp = !w.prompts.empty() ? std::nullopt : longest(w.prompt_len, w.trace.max_prompt_len), lo = longest(w.output_len, w.trace.max_output_len);
   const std::string pk = bound_key("workload.prompt_len", w.prompt_len), ok = bound_key("workload.output_len", w.output_len);
   if (lp && lo && *lp + *lo > seq)
     fail_at({ok, pk, "max_seq_len"}, fmt::format("prompts of up to {} tokens plus outputs of up to {} need {} positions, more than "

@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 
@@ -12,6 +13,7 @@
 #include "config/registry.hpp"
 #include "engine/engine.hpp"
 #include "kv/kv_cache.hpp"
+#include "model/prompts.hpp"
 #include "model/tokenizer.hpp"
 #include "report/progress.hpp"
 #include "report/provenance.hpp"
@@ -31,6 +33,23 @@ int eos_token_of(const ExperimentConfig& cfg) {
   if (!cfg.sampling.stop_at_eos || cfg.model.source == "synthetic") return -1;
   if (cfg.model.source == "llama2c") return Llama2cTokenizer::kEos;
   return load_tokenizer(cfg.model)->eos_id();
+}
+
+// workload.prompts: request i's prompt becomes the file's prompt i mod N, tokenized (with BOS when
+// the tokenizer adds one) and cut at the end so that prompt + output fit max_seq_len (prompt >= 1
+// token, then the output is cut); arrivals and output lengths stay the workload's.
+void apply_prompt_file(const ExperimentConfig& cfg, int max_seq_len, std::vector<Request>& requests) {
+  if (cfg.workload.prompts.empty()) return;
+  const auto ids = tokenize_prompts(read_prompts(cfg.workload.prompts), *load_tokenizer(cfg.model));
+  for (auto& r : requests) {
+    const auto& p = ids[static_cast<std::size_t>(r.id) % ids.size()];
+    std::size_t len = p.size();
+    if (max_seq_len > 0) {
+      len = std::min(len, static_cast<std::size_t>(std::max(1, max_seq_len - r.output_len)));
+      r.output_len = std::max(1, std::min(r.output_len, max_seq_len - static_cast<int>(len)));
+    }
+    r.prompt.assign(p.begin(), p.begin() + static_cast<std::ptrdiff_t>(len));
+  }
 }
 
 // One engine run of a sweep point: fresh cache, scheduler, attention and drafter every time, so
@@ -92,9 +111,10 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
     const int threads = cfg.threads > 0 ? cfg.threads : cores;
     omp_set_num_threads(threads);
     Backend& backend_ref = backend_for(cfg);
-    const std::vector<Request> requests =
-        make_workload(cfg.workload, static_cast<std::uint64_t>(cfg.seed), backend_ref.shape().vocab_size,
-                      effective_max_seq_len(cfg, backend_ref.shape()));
+    const int max_seq = effective_max_seq_len(cfg, backend_ref.shape());
+    std::vector<Request> requests =
+        make_workload(cfg.workload, static_cast<std::uint64_t>(cfg.seed), backend_ref.shape().vocab_size, max_seq);
+    apply_prompt_file(cfg, max_seq, requests);
     const int eos = eos_token_of(cfg);
     std::optional<Provenance> prov;
     if (threads != threads0 || backend_ref.name() != b0.name())
