@@ -95,7 +95,12 @@ int generate(const GenerateOptions& o) {
   std::vector<int> out = rec.output_tokens.at(0);
   const bool stopped = !out.empty() && !o.no_stop && out.back() == tok->eos_id();
   if (stopped) out.pop_back();
-  std::cout << tok->detokenize(out) << std::endl;
+  // Each token's text after the one before it, starting from the prompt's last token (llama2.c
+  // drops a piece's leading space only right after BOS).
+  std::string text;
+  int prev = prompt.back();
+  for (int t : out) text += tok->token_text(prev, t), prev = t;
+  std::cout << text << std::endl;
   const auto& r = rec.requests.at(0);
   std::cerr << fmt::format("[{}: loaded in {:.2f} s; prompt {} tokens, TTFT {:.1f} ms; {} tokens generated{}; decode {:.1f} tok/s]\n",
                            s.name, load_s, prompt.size(), r.ttft() * 1e3, r.output_len, stopped ? " (stopped at EOS)" : "",
