@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include "support.hpp"
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
 #include "engine/engine.hpp"
@@ -24,22 +25,6 @@ using namespace ablate;
 
 namespace {
 
-std::vector<Request> random_requests(unsigned seed, int n, int vocab, int max_prompt, int max_out, double span_s) {
-  std::mt19937 rng(seed);
-  std::vector<Request> reqs;
-  double t = 0;
-  for (int i = 0; i < n; ++i) {
-    Request r;
-    r.id = i;
-    t += span_s / n * (rng() % 3);
-    r.arrival_s = t;
-    r.prompt.resize(1 + rng() % static_cast<unsigned>(max_prompt));
-    for (int& tok : r.prompt) tok = static_cast<int>(rng() % static_cast<unsigned>(vocab));
-    r.output_len = 1 + static_cast<int>(rng() % static_cast<unsigned>(max_out));
-    reqs.push_back(std::move(r));
-  }
-  return reqs;
-}
 
 enum class Batching { Static, PrefillFirst, Chunked };
 enum class Layout { Contiguous, Paged };
@@ -148,7 +133,7 @@ TEST_CASE("every scheduler and KV layout finishes every request exactly once, ti
   for (unsigned seed = 1; seed <= 40; ++seed) {
     std::mt19937 rng(seed * 7919u);
     // Offline, or bursty arrivals over ~10 ms; prompts up to 20 tokens, outputs up to 12: each fits max_seq_len 32.
-    const auto reqs = random_requests(seed, 10, rig.shape.vocab_size, 20, 12, seed % 2 ? 0.01 : 0.0);
+    const auto reqs = test::random_requests(seed, 10, rig.shape.vocab_size, 20, 12, seed % 2 ? 0.01 : 0.0);
     Setup ref;
     ref.batching = Batching::Static;
     ref.layout = Layout::Contiguous;
@@ -310,7 +295,7 @@ TEST_CASE("chunked prefill gives the same logits as whole-prompt prefill, paged 
 TEST_CASE("continuous batching on contiguous KV admits only what its reservations fit", "[continuous][contiguous]") {
   OneThread one;
   Rig rig;
-  const auto reqs = random_requests(4, 12, rig.shape.vocab_size, 10, 10, 0.0);
+  const auto reqs = test::random_requests(4, 12, rig.shape.vocab_size, 10, 10, 0.0);
   Setup s;
   s.batching = Batching::Chunked;
   s.layout = Layout::Contiguous;

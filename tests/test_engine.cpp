@@ -6,6 +6,7 @@
 #include <random>
 #include <set>
 
+#include "support.hpp"
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
 #include "engine/engine.hpp"
@@ -17,22 +18,6 @@ using namespace ablate;
 
 namespace {
 
-std::vector<Request> random_requests(unsigned seed, int n, int vocab, int max_prompt, int max_out, double span_s) {
-  std::mt19937 rng(seed);
-  std::vector<Request> reqs;
-  double t = 0;
-  for (int i = 0; i < n; ++i) {
-    Request r;
-    r.id = i;
-    t += span_s / n * (rng() % 3);
-    r.arrival_s = t;
-    r.prompt.resize(1 + rng() % static_cast<unsigned>(max_prompt));
-    for (int& tok : r.prompt) tok = static_cast<int>(rng() % static_cast<unsigned>(vocab));
-    r.output_len = 1 + static_cast<int>(rng() % static_cast<unsigned>(max_out));
-    reqs.push_back(std::move(r));
-  }
-  return reqs;
-}
 
 struct Rig {
   ModelShape shape = *find_preset("tiny");
@@ -53,7 +38,7 @@ struct Rig {
 TEST_CASE("static batching finishes every request exactly once with exactly its output length", "[engine][static]") {
   Rig rig;
   for (unsigned seed = 1; seed <= 12; ++seed) {
-    const auto reqs = random_requests(seed, 10, rig.shape.vocab_size, 20, 12, 0.01);
+    const auto reqs = test::random_requests(seed, 10, rig.shape.vocab_size, 20, 12, 0.01);
     const int max_batch = 1 + static_cast<int>(seed % 5);
     const auto reserve = seed % 2 ? ContiguousKvCache::Reserve::MaxSeqLen : ContiguousKvCache::Reserve::PromptPlusMaxNew;
     // Tight budget: room for only two or three longest sequences at once.
@@ -104,7 +89,7 @@ TEST_CASE("static batching pads prompts to the longest and carries finished memb
 
 TEST_CASE("greedy outputs do not depend on batch size, arrival pattern or reservation policy", "[engine]") {
   Rig rig;
-  const auto reqs = random_requests(5, 8, rig.shape.vocab_size, 16, 10, 0.0);
+  const auto reqs = test::random_requests(5, 8, rig.shape.vocab_size, 16, 10, 0.0);
   const auto base = rig.run(reqs, 1, 200, 32, ContiguousKvCache::Reserve::MaxSeqLen).output_tokens;
   CHECK(rig.run(reqs, 8, 200, 32, ContiguousKvCache::Reserve::PromptPlusMaxNew).output_tokens == base);
   CHECK(rig.run(reqs, 3, 64, 32, ContiguousKvCache::Reserve::MaxSeqLen).output_tokens == base);
@@ -112,7 +97,7 @@ TEST_CASE("greedy outputs do not depend on batch size, arrival pattern or reserv
 
 TEST_CASE("temperature sampling is seeded per request", "[engine][sampling]") {
   Rig rig;
-  const auto reqs = random_requests(9, 6, rig.shape.vocab_size, 8, 12, 0.0);
+  const auto reqs = test::random_requests(9, 6, rig.shape.vocab_size, 8, 12, 0.0);
   EngineOptions hot;
   hot.temperature = 1.0;
   hot.top_p = 0.9;

@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "support.hpp"
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
 #include "config/experiment.hpp"
@@ -39,19 +40,6 @@ struct OneThread {
   ~OneThread() { omp_set_num_threads(saved); }
 };
 
-std::vector<Request> random_requests(unsigned seed, int n, int vocab, int max_prompt, int min_out, int max_out) {
-  std::mt19937 rng(seed);
-  std::vector<Request> reqs;
-  for (int i = 0; i < n; ++i) {
-    Request r;
-    r.id = i;
-    r.prompt.resize(1 + rng() % static_cast<unsigned>(max_prompt));
-    for (int& tok : r.prompt) tok = static_cast<int>(rng() % static_cast<unsigned>(vocab));
-    r.output_len = min_out + static_cast<int>(rng() % static_cast<unsigned>(max_out - min_out + 1));
-    reqs.push_back(std::move(r));
-  }
-  return reqs;
-}
 
 enum class Batching { Static, PrefillFirst, Chunked };
 enum class Layout { Contiguous, Paged };
@@ -165,7 +153,7 @@ TEST_CASE("greedy speculative decoding emits the non-speculative tokens: synthet
   OneThread one_thread;
   const ModelShape shape = *find_preset("tiny");
   CpuBackend target(synthetic_weights(shape, 11));
-  const auto reqs = random_requests(3, 6, shape.vocab_size, 10, 4, 24);
+  const auto reqs = test::random_requests(1, 6, shape.vocab_size, 10, 24, 0.0, 4);
   check_identity(target, [&] { return synthetic_weights(shape, 11); }, [&] { return synthetic_weights(shape, 12); }, reqs);
 }
 
@@ -176,7 +164,7 @@ TEST_CASE("greedy speculative decoding emits the non-speculative tokens: stories
   REQUIRE(std::filesystem::exists(path));
   CpuBackend target(load_llama2c(path.string()));
   const ModelShape shape = target.shape();
-  auto reqs = random_requests(4, 5, shape.vocab_size, 8, 8, 30);
+  auto reqs = test::random_requests(4, 5, shape.vocab_size, 8, 30, 0.0, 8);
   for (auto& r : reqs) r.prompt.front() = 1;  // BOS first, as the model was trained
   check_identity(target, [&] { return load_llama2c(path.string()); },
                  [&] { return synthetic_weights(*find_preset("stories260k"), 5); }, reqs);
@@ -187,7 +175,7 @@ TEST_CASE("a request that reaches EOS inside an accepted draft stops there, as w
   OneThread one_thread;
   const ModelShape shape = *find_preset("tiny");
   CpuBackend target(synthetic_weights(shape, 11));
-  const auto reqs = random_requests(7, 6, shape.vocab_size, 10, 20, 24);
+  const auto reqs = test::random_requests(7, 6, shape.vocab_size, 10, 24, 0.0, 20);
   NoDrafter none;
   const Setup s{Batching::Static, Layout::Paged, 3};
   // An "EOS" that greedy decoding emits part-way through some request.
@@ -214,7 +202,7 @@ TEST_CASE("layer_skip on stories260K accepts some drafts and rejects others", "[
   const auto path = shared_dir() / "models" / "stories260K.bin";
   REQUIRE(std::filesystem::exists(path));
   CpuBackend target(load_llama2c(path.string()));
-  auto reqs = random_requests(4, 4, target.shape().vocab_size, 8, 30, 30);
+  auto reqs = test::random_requests(4, 4, target.shape().vocab_size, 8, 30, 0.0, 30);
   for (auto& r : reqs) r.prompt.front() = 1;
   const Setup s{Batching::Static, Layout::Paged, 4};
   auto drafter = make_draft(Kind::LayerSkip, target, {}, {}, s, 4);
@@ -452,7 +440,7 @@ TEST_CASE("simulated acceptance runs at alpha per position and is labelled not l
   OneThread one_thread;
   const ModelShape shape = *find_preset("tiny");
   CpuBackend target(synthetic_weights(shape, 11));
-  const auto reqs = random_requests(8, 8, shape.vocab_size, 8, 400, 400);
+  const auto reqs = test::random_requests(8, 8, shape.vocab_size, 8, 400, 0.0, 400);
   const Setup s{Batching::Static, Layout::Contiguous, 8, 8 * 420, 420};
   for (double alpha : {0.5, 0.8})
     for (int k : {2, 4}) {
