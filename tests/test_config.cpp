@@ -94,7 +94,7 @@ TEST_CASE("config: the schema lists every key once, with type, default and allow
     CHECK(!k.allowed.empty());
     CHECK(std::set<std::string>{"int", "number", "string", "bool", "path", "choice"}.count(k.type) == 1);
   }
-  CHECK(schema.size() == 56);  // 54 + model.gguf, workload.prompts (issue 6)
+  CHECK(schema.size() == 57);  // 54 + model.gguf, workload.prompts (issue 6)
   CHECK(schema.front().key == "experiment");
   auto row = [&](const std::string& key) {
     for (const auto& k : schema)

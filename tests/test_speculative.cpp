@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "config/load.hpp"
 #include "support.hpp"
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
@@ -479,4 +480,36 @@ TEST_CASE("make_drafter builds every registered drafter from a config", "[specul
     CHECK(d->k() == (std::string(name) == "none" ? 0 : 3));
     CHECK(d->lossless() == (std::string(name) != "simulated"));
   }
+}
+
+TEST_CASE("a checkpoint as the draft: stories260K drafting for itself is lossless and accepted", "[speculative][config]") {
+  OneThread one_thread;
+  const std::string bin = (shared_dir() / "models" / "stories260K.bin").string();
+  REQUIRE(std::filesystem::exists(bin));
+  const auto yaml = [&](const std::string& spec) {
+    return "model: {source: llama2c, path: " + bin + "}\nmax_seq_len: 64\nkv: {memory_mb: 4}\nworkload: {prompt_len: 8, output_len: 24}\nspeculative: " + spec + "\n";
+  };
+  const ExperimentConfig cfg = load_experiment_text(yaml("{draft: model, k: 3, draft_model: " + bin + "}"), "d.yaml")
+                                   .points.at(0).config;
+  CHECK(cfg.speculative.draft_model == bin);
+  auto target = make_backend(cfg);
+  auto drafter = make_drafter(cfg, *target);
+  NoDrafter none;
+  const auto reqs = test::random_requests(2, 4, target->shape().vocab_size, 6, 24, 0.0, 12);
+  const auto run_with = [&](Drafter& d) {
+    auto kv = make_kv_cache(cfg, *target);
+    auto sched = make_scheduler(cfg);
+    auto att = make_attention(cfg);
+    return run_engine({*target, *kv, *sched, *att, d}, reqs, {});
+  };
+  const RunRecords plain = run_with(none), spec = run_with(*drafter);
+  CHECK(spec.output_tokens == plain.output_tokens);
+  CHECK(spec.facts.num_drafts > 0);
+  CHECK(spec.facts.accepted_tokens == spec.facts.draft_tokens);  // the same weights: every draft accepted
+
+  // Errors: a missing file, and a preset and a checkpoint together.
+  CHECK_THROWS_WITH(load_experiment_text(yaml("{draft: model, draft_model: /nonexistent.bin}"), "d.yaml"),
+                    Catch::Contains("speculative.draft_model: file not found: /nonexistent.bin"));
+  CHECK_THROWS_WITH(load_experiment_text(yaml("{draft: model, draft_preset: stories260k, draft_model: " + bin + "}"), "d.yaml"),
+                    Catch::Contains("not both"));
 }

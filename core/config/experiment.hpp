@@ -63,6 +63,7 @@ struct SpeculativeConfig {          // speculative
   int k = 4;
   double alpha = 0.8;               // simulated acceptance probability
   std::string draft_preset;         // model: synthetic preset of the draft
+  std::string draft_model;          // model: a checkpoint instead (.gguf, or llama2.c .bin)
   int draft_layers = 1;             // layer_skip: target layers the draft uses
 };
 

@@ -1,5 +1,6 @@
 // The factories: the only place that maps a config's names to classes.
 #include <algorithm>
+#include <filesystem>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -25,6 +26,18 @@ namespace {
   throw std::invalid_argument(fmt::format("{}: \"{}\" is not available in this build", key, name));
 }
 }  // namespace
+
+ModelConfig draft_model_config(const std::string& path) {
+  ModelConfig m;
+  if (std::filesystem::path(path).extension() == ".gguf") {
+    m.source = "gguf";
+    m.gguf = path;
+  } else {
+    m.source = "llama2c";
+    m.path = path;
+  }
+  return m;
+}
 
 int effective_max_seq_len(const ExperimentConfig& cfg, const ModelShape& shape) {
   return cfg.max_seq_len > 0 ? std::min(cfg.max_seq_len, shape.max_seq_len) : shape.max_seq_len;
@@ -71,12 +84,17 @@ std::unique_ptr<Drafter> make_drafter(const ExperimentConfig& cfg, Backend& targ
   const SpeculativeConfig& sp = cfg.speculative;
   if (sp.draft == "none") return std::make_unique<NoDrafter>();
   const DraftOptions opts{sp.k, cfg.sampling.temperature, cfg.sampling.top_p, static_cast<std::uint64_t>(cfg.seed)};
-  // model: a synthetic draft preset (weights seed model.seed + 1), its own cache of the target's layout.
+  // model: a checkpoint (draft_model) or a synthetic preset (weights seed model.seed + 1), with its
+  // own cache of the target's layout.
   const auto model_draft = [&]() -> std::unique_ptr<Drafter> {
     ExperimentConfig dc = cfg;
-    dc.model = ModelConfig{};
-    dc.model.preset = sp.draft_preset;
-    dc.model.seed = cfg.model.seed + 1;
+    if (!sp.draft_model.empty()) {
+      dc.model = draft_model_config(sp.draft_model);
+    } else {
+      dc.model = ModelConfig{};
+      dc.model.preset = sp.draft_preset;
+      dc.model.seed = cfg.model.seed + 1;
+    }
     auto draft = make_backend(dc);
     auto draft_kv = make_kv_cache(cfg, *draft);
     return std::make_unique<ModelDrafter>(std::move(draft), std::move(draft_kv), make_attention(cfg), opts);
@@ -91,7 +109,8 @@ std::unique_ptr<Drafter> make_drafter(const ExperimentConfig& cfg, Backend& targ
   if (sp.draft == "model") return model_draft();
   if (sp.draft == "layer_skip") return layer_skip_draft();
   if (sp.draft == "simulated")  // the draft_preset model if given, else the target's first draft_layers layers
-    return std::make_unique<SimulatedDrafter>(sp.draft_preset.empty() ? layer_skip_draft() : model_draft(), sp.alpha);
+    return std::make_unique<SimulatedDrafter>(
+        sp.draft_preset.empty() && sp.draft_model.empty() ? layer_skip_draft() : model_draft(), sp.alpha);
   unavailable("speculative.draft", cfg.speculative.draft);
 }
 

@@ -127,6 +127,8 @@ const std::vector<Rule>& rules() {
         integer("speculative.k", F(speculative.k), in(1, 16), "tokens drafted per step"),
         number("speculative.alpha", F(speculative.alpha), in(0, 1), "simulated: acceptance probability"),
         choice("speculative.draft_preset", F(speculative.draft_preset), draft_presets, "model: synthetic preset of the draft"),
+        plain("speculative.draft_model", Kind::Path, F(speculative.draft_model),
+              "model: a checkpoint as the draft instead (.gguf or llama2.c .bin), same vocabulary"),
         integer("speculative.draft_layers", F(speculative.draft_layers), ge(1), "layer_skip: target layers the draft uses"),
         number("sampling.temperature", F(sampling.temperature), ge(0), "0 = greedy"),
         number("sampling.top_p", F(sampling.top_p), in(0, 1, true), "nucleus sampling mass"),
@@ -596,13 +598,29 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
                      static_cast<double>(need * bytes_per_token) / 1048576.0));
 
   const auto& s = c.speculative;
-  if (s.draft == "model" && s.draft_preset.empty())
-    fail_at({"speculative.draft"}, "model needs speculative.draft_preset; allowed: " + join(preset_names()));
-  if (s.draft == "model" || (s.draft == "simulated" && !s.draft_preset.empty()))
+  if (!s.draft_model.empty()) {
+    if (!s.draft_preset.empty())
+      fail_at({"speculative.draft_model", "speculative.draft_preset"}, "give a draft_preset or a draft_model, not both");
+    check_file(pick({"speculative.draft_model"}).second, "speculative.draft_model", s.draft_model, "");
+    ModelShape ds;
+    try {
+      ds = model_shape(draft_model_config(s.draft_model));
+    } catch (const std::exception& ex) {
+      fail_at({"speculative.draft_model"}, ex.what());
+    }
+    if (ds.vocab_size != shape.vocab_size)
+      fail_at({"speculative.draft_model"}, fmt::format("{} has a vocabulary of {}, the model {}; a draft must share the "
+                                                       "model's vocabulary", s.draft_model, ds.vocab_size, shape.vocab_size));
+  }
+  if (s.draft == "model" && s.draft_preset.empty() && s.draft_model.empty())
+    fail_at({"speculative.draft"}, "model needs speculative.draft_preset (allowed: " + join(preset_names()) +
+                                       ") or speculative.draft_model (a checkpoint)");
+  if ((s.draft == "model" || s.draft == "simulated") && !s.draft_preset.empty())
     if (auto dp = find_preset(s.draft_preset); dp && dp->vocab_size != shape.vocab_size)
       fail_at({"speculative.draft_preset"}, fmt::format("{} has a vocabulary of {}, the model {}; a draft must share the "
                                                         "model's vocabulary", s.draft_preset, dp->vocab_size, shape.vocab_size));
-  if ((s.draft == "layer_skip" || (s.draft == "simulated" && s.draft_preset.empty())) && s.draft_layers >= shape.n_layers)
+  if ((s.draft == "layer_skip" || (s.draft == "simulated" && s.draft_preset.empty() && s.draft_model.empty())) &&
+      s.draft_layers >= shape.n_layers)
     fail_at({"speculative.draft_layers"}, fmt::format("{} is not fewer than the model's {} layers; allowed: 1..{}", s.draft_layers,
                                                       shape.n_layers, shape.n_layers - 1));
 }

@@ -22,6 +22,9 @@ const std::vector<std::string>& registered_names(std::string_view axis_key);
 bool is_implemented(std::string_view axis_key, std::string_view name);
 
 struct ModelShape;
+struct ModelConfig;
+// The model config of a draft checkpoint: .gguf files by their extension, else llama2.c.
+ModelConfig draft_model_config(const std::string& path);
 // The longest sequence a run allows: max_seq_len if set (capped by the model), else the model's.
 int effective_max_seq_len(const ExperimentConfig& cfg, const ModelShape& shape);
 
