@@ -140,6 +140,7 @@ void check_identity(CpuBackend& target, const std::function<Weights()>& same, co
         for (const auto& q : rec.requests) preempted += q.preemptions;
         const std::size_t per_token = static_cast<std::size_t>(target.shape().kv_floats_per_token()) * sizeof(float);
         for (const auto& st : rec.steps) {  // memory as held after verification and rollback
+          if (s.batching != Batching::Static) CHECK(st.prefill_tokens + st.decode_tokens <= 32);  // drafts in the budget
           CHECK(st.kv_used_bytes == static_cast<std::size_t>(st.kv_tokens_stored) * per_token);
           CHECK(st.kv_used_bytes <= st.kv_reserved_bytes);
           if (s.layout == Layout::Paged) CHECK(st.kv_reserved_bytes == static_cast<std::size_t>(st.kv_blocks_allocated) * 4 * per_token);

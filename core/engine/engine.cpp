@@ -109,13 +109,17 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
         }
       }
       drafts = drafter.propose(decoding);
+      std::size_t tokens_left = static_cast<std::size_t>(plan.tokens_left);
       for (std::size_t j = 0; j < decoding.size(); ++j) {
         Sequence* s = decoding[j];
         const std::vector<int>& d = drafts[j].tokens;
-        // Never draft past the output length (the bonus token needs one slot) or the KV space.
+        // Never draft past the output length (the bonus token needs one slot), the step's token
+        // budget or the KV space.
         std::size_t take = std::min<std::size_t>(d.size(), s->request->output_len - s->num_generated() - 1);
+        take = std::min(take, tokens_left);
         while (take > 0 && !kv.ensure(s->id, static_cast<int>(s->tokens.size() + take))) --take;
         s->tokens.insert(s->tokens.end(), d.begin(), d.begin() + static_cast<std::ptrdiff_t>(take));
+        tokens_left -= take;
         num_drafted[where[j]] = take;
         draft_of[where[j]] = &drafts[j];
       }

@@ -28,6 +28,7 @@ SchedulePlan ContinuousScheduler::schedule(KvCache& kv) {
   if (st.plan.chunks.empty() && !waiting_.empty())
     throw std::runtime_error(fmt::format("continuous batching: request {} does not fit in an empty KV cache",
                                          waiting_.front()->id));
+  st.plan.tokens_left = std::max(0, st.budget);
   return std::move(st.plan);
 }
 

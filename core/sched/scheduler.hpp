@@ -1,5 +1,6 @@
 #pragma once
 // The batching axis: which sequences run at a step, with how many tokens each.
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,9 @@ struct SchedulePlan {
   // and finished members that the batch still carries. Counted so the waste is real work.
   int padding_rows = 0;
   std::vector<Sequence*> preempted;  // lost their KV this step; requeued for recompute
+  // Tokens the step may still take (continuous: max_batched_tokens minus what is scheduled); draft
+  // tokens to verify come out of it. Unlimited for a policy without a token budget.
+  int tokens_left = std::numeric_limits<int>::max();
   bool empty() const { return chunks.empty() && padding_rows == 0; }
 };
 
