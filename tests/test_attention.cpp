@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "support.hpp"
 #include "attention/flash_attention.hpp"
 #include "attention/naive_attention.hpp"
 #include "cpu/kernels.hpp"
@@ -19,7 +20,6 @@ using namespace ablate;
 
 namespace {
 
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kPad = 7.0f;  // out rows' padding must survive
 constexpr double kTol = 1e-5;
 constexpr double kFloor = 0.1;
@@ -31,38 +31,11 @@ std::vector<float> rand_vec(std::size_t n, std::mt19937& rng, float lo, float hi
   return v;
 }
 
-// One sequence's K/V in a pool: contiguous (page_size 0: one page, offset into a NaN-filled
-// reservation) or pages of page_size tokens in shuffled pool order with spare NaN pages.
-struct Kv {
-  std::vector<float> k, v;
-  std::vector<int32_t> indices;
-  KvSeqView view;
-  Kv(const std::vector<float>& k_, const std::vector<float>& v_, int len, int ts, int page_size, std::mt19937& rng) {
-    if (page_size == 0) {
-      const int offset = 5, reservation = len + 9;
-      k.assign(std::size_t(offset + reservation) * ts, kNaN);
-      v = k;
-      std::copy(k_.begin(), k_.end(), k.begin() + std::size_t(offset) * ts);
-      std::copy(v_.begin(), v_.end(), v.begin() + std::size_t(offset) * ts);
-      indices = {0};
-      view = {k.data() + std::size_t(offset) * ts, v.data() + std::size_t(offset) * ts, indices.data(), 1, reservation, len, ts};
-      return;
-    }
-    const int pages = (len + page_size - 1) / page_size, pool_pages = pages + 2;
-    std::vector<int32_t> order(pool_pages);
-    std::iota(order.begin(), order.end(), 0);
-    std::shuffle(order.begin(), order.end(), rng);
-    indices.assign(order.begin(), order.begin() + pages);
-    k.assign(std::size_t(pool_pages) * page_size * ts, kNaN);
-    v = k;
-    for (int t = 0; t < len; ++t) {
-      const std::size_t dst = (std::size_t(indices[t / page_size]) * page_size + t % page_size) * ts;
-      std::copy_n(k_.begin() + std::size_t(t) * ts, ts, k.begin() + dst);
-      std::copy_n(v_.begin() + std::size_t(t) * ts, ts, v.begin() + dst);
-    }
-    view = {k.data(), v.data(), indices.data(), pages, page_size, len, ts};
-  }
-};
+// One sequence's K/V: contiguous (page_size 0) or in shuffled pages (tests/support.hpp).
+test::KvLayout kv_layout(const std::vector<float>& k, const std::vector<float>& v, int len, int ts, int page_size,
+                         std::mt19937& rng) {
+  return page_size == 0 ? test::contiguous(k, v, len, ts) : test::paged(k, v, len, ts, page_size, rng);
+}
 
 struct Shape {
   int n_q, q_pos0, n_heads, n_kv_heads, head_dim;
@@ -128,7 +101,7 @@ void check_case(const Shape& s, std::mt19937& rng, std::initializer_list<int> pa
   Case c(s, rng);
   INFO("n_q=" << s.n_q << " q_pos0=" << s.q_pos0 << " heads=" << s.n_heads << "/" << s.n_kv_heads
               << " head_dim=" << s.head_dim);
-  Kv base(c.k, c.v, c.len, c.ts, 0, rng);
+  const test::KvLayout base = kv_layout(c.k, c.v, c.len, c.ts, 0, rng);
   auto expect = c.out_buffer();
   AttentionProblem pn = c.problem(base.view, expect.data());
   cpu::attention_naive({&pn, 1});
@@ -140,7 +113,7 @@ void check_case(const Shape& s, std::mt19937& rng, std::initializer_list<int> pa
   }
   for (int ps : page_sizes) {
     INFO("page_size=" << ps << " (0 = contiguous)");
-    Kv kv(c.k, c.v, c.len, c.ts, ps, rng);
+    const test::KvLayout kv = kv_layout(c.k, c.v, c.len, c.ts, ps, rng);
     {
       auto out = c.out_buffer();
       AttentionProblem p = c.problem(kv.view, out.data());
@@ -186,13 +159,13 @@ TEST_CASE("attention flash: ragged batch of prefill and decode problems", "[atte
   std::mt19937 rng(13);
   const Shape shapes[] = {{1, 900, 9, 3, 64}, {33, 0, 9, 3, 64}, {5, 40, 9, 3, 64}, {1, 0, 9, 3, 64}, {200, 70, 9, 3, 64}};
   std::vector<std::unique_ptr<Case>> cases;
-  std::vector<std::unique_ptr<Kv>> kvs;
+  std::vector<std::unique_ptr<test::KvLayout>> kvs;
   std::vector<std::vector<float>> expect, out_f, out_s;
   std::vector<AttentionProblem> pn, pf, psplit;
   int ps = 16;
   for (const Shape& s : shapes) {
     cases.push_back(std::make_unique<Case>(s, rng));
-    kvs.push_back(std::make_unique<Kv>(cases.back()->k, cases.back()->v, cases.back()->len, cases.back()->ts, ps, rng));
+    kvs.push_back(std::make_unique<test::KvLayout>(kv_layout(cases.back()->k, cases.back()->v, cases.back()->len, cases.back()->ts, ps, rng)));
     ps = ps == 16 ? 0 : 16;
     expect.push_back(cases.back()->out_buffer());
     out_f.push_back(cases.back()->out_buffer());

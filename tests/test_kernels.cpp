@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "support.hpp"
 #include "cpu/kernels.hpp"
 #include "cpu/reference.hpp"
 
@@ -136,47 +137,6 @@ TEST_CASE("swiglu and add match the scalar reference", "[kernels][swiglu]") {
 
 namespace {
 
-// One sequence's K/V laid out in a pool; unused slots hold NaN so any stray read shows.
-struct KvLayout {
-  std::vector<float> k, v;
-  std::vector<int32_t> indices;
-  KvSeqView view;
-};
-
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-// Contiguous: one page as long as the reservation, k_pool offset to the reservation's start.
-KvLayout contiguous(const std::vector<float>& k, const std::vector<float>& v, int len, int ts) {
-  const int offset = 11, reservation = len + 13;
-  KvLayout l;
-  l.k.assign(std::size_t(offset + reservation + 5) * ts, kNaN);
-  l.v = l.k;
-  std::copy(k.begin(), k.end(), l.k.begin() + std::size_t(offset) * ts);
-  std::copy(v.begin(), v.end(), l.v.begin() + std::size_t(offset) * ts);
-  l.indices = {0};
-  l.view = {l.k.data() + std::size_t(offset) * ts, l.v.data() + std::size_t(offset) * ts, l.indices.data(), 1, reservation, len, ts};
-  return l;
-}
-
-// Paged: pages of page_size tokens in a shuffled pool order, spare pages, last page partial.
-KvLayout paged(const std::vector<float>& k, const std::vector<float>& v, int len, int ts, int page_size, std::mt19937& rng) {
-  const int pages = (len + page_size - 1) / page_size, pool_pages = pages + 3;
-  std::vector<int32_t> order(pool_pages);
-  std::iota(order.begin(), order.end(), 0);
-  std::shuffle(order.begin(), order.end(), rng);
-  KvLayout l;
-  l.indices.assign(order.begin(), order.begin() + pages);
-  l.k.assign(std::size_t(pool_pages) * page_size * ts, kNaN);
-  l.v = l.k;
-  for (int t = 0; t < len; ++t) {
-    const std::size_t dst = (std::size_t(l.indices[t / page_size]) * page_size + t % page_size) * ts;
-    std::copy_n(k.begin() + std::size_t(t) * ts, ts, l.k.begin() + dst);
-    std::copy_n(v.begin() + std::size_t(t) * ts, ts, l.v.begin() + dst);
-  }
-  l.view = {l.k.data(), l.v.data(), l.indices.data(), pages, page_size, len, ts};
-  return l;
-}
-
 struct AttnCase {
   int n_q, q_pos0, n_heads, n_kv_heads, head_dim;
 };
@@ -242,7 +202,7 @@ TEST_CASE("attention_naive matches the reference, contiguous and paged views", "
           INFO("n_q=" << n_q << " q_pos0=" << q_pos0 << " heads=" << n_heads << "/" << n_kv_heads << " head_dim=" << head_dim);
           const std::size_t out_size = std::size_t(n_q) * d.out_stride;
 
-          KvLayout base = contiguous(d.k, d.v, d.len, d.ts);
+          test::KvLayout base = test::contiguous(d.k, d.v, d.len, d.ts);
           std::vector<float> expect(out_size, kPad), out_contig(out_size, kPad);
           AttentionProblem pr = d.problem(base.view, expect.data());
           ref::attention({&pr, 1});
@@ -252,7 +212,7 @@ TEST_CASE("attention_naive matches the reference, contiguous and paged views", "
 
           for (int page_size : {1, 16, 128}) {
             INFO("page_size=" << page_size);
-            KvLayout l = paged(d.k, d.v, d.len, d.ts, page_size, rng);
+            test::KvLayout l = test::paged(d.k, d.v, d.len, d.ts, page_size, rng);
             std::vector<float> out(out_size, kPad);
             AttentionProblem pp = d.problem(l.view, out.data());
             cpu::attention_naive({&pp, 1});
@@ -265,11 +225,11 @@ TEST_CASE("attention_naive runs a ragged batch of problems in one call", "[kerne
   std::mt19937 rng(8);
   const AttnCase cases[] = {{1, 200, 9, 3, 64}, {40, 0, 9, 3, 64}, {6, 17, 9, 3, 64}, {1, 0, 9, 3, 64}};
   std::vector<AttnData> data;
-  std::vector<KvLayout> layouts;
+  std::vector<test::KvLayout> layouts;
   for (const AttnCase& c : cases) {
     data.emplace_back(c, rng);
-    layouts.push_back(data.size() % 2 ? paged(data.back().k, data.back().v, data.back().len, data.back().ts, 16, rng)
-                                      : contiguous(data.back().k, data.back().v, data.back().len, data.back().ts));
+    layouts.push_back(data.size() % 2 ? test::paged(data.back().k, data.back().v, data.back().len, data.back().ts, 16, rng)
+                                      : test::contiguous(data.back().k, data.back().v, data.back().len, data.back().ts));
   }
   std::vector<std::vector<float>> out, expect;
   std::vector<AttentionProblem> problems, refs;
