@@ -8,6 +8,7 @@
 #include <sstream>
 #include <sys/wait.h>
 
+#include "backend/cuda_backend.hpp"
 #include "config/paths.hpp"
 
 namespace fs = std::filesystem;
@@ -112,6 +113,29 @@ TEST_CASE("cli: a bad config exits 2 with file, line, key and allowed values, an
   CHECK(missing.status == 2);
   CHECK_THAT(missing.err, Contains("nope.yaml"));
   CHECK(sb.entries(results) == 0);
+}
+
+TEST_CASE("cli: backend cuda without a usable device exits 2 with \"no CUDA device\", and writes nothing", "[cli][cuda]") {
+  bool present = true;
+  try {
+    ablate::cuda_backend_check_device();
+  } catch (const std::exception&) {
+    present = false;
+  }
+  if (present) {
+    WARN("SKIPPED: this machine has a CUDA device; the no-device path is not reachable here");
+    return;
+  }
+  Sandbox sb;
+  const auto cfg = sb.write("gpu.yaml", std::string(kTinyConfig) + "backend: cuda\n");
+  const fs::path results = sb.dir / "results";
+  const Result r = sb.ablate("run '" + cfg.string() + "' --quiet --out '" + results.string() + "'");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.err, Contains(cfg.string() + ": backend: cuda: no CUDA device: "));
+  CHECK(r.out.empty());
+  CHECK(sb.entries(results) == 0);
+  // The same config on the CPU is unaffected.
+  CHECK(sb.ablate("run '" + cfg.string() + "' --set backend=cpu --quiet --out '" + results.string() + "'").status == 0);
 }
 
 TEST_CASE("cli: run writes the three CSVs with the metrics.md columns, one row per point", "[cli]") {

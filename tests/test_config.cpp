@@ -94,7 +94,7 @@ TEST_CASE("config: the schema lists every key once, with type, default and allow
     CHECK(!k.allowed.empty());
     CHECK(std::set<std::string>{"int", "number", "string", "bool", "path", "choice"}.count(k.type) == 1);
   }
-  CHECK(schema.size() == 57);  // 54 + model.gguf, workload.prompts (issue 6)
+  CHECK(schema.size() == 61);  // 57 + dtype, profile.start_step, profile.end_step (issue 7), workload.trace.rows
   CHECK(schema.front().key == "experiment");
   auto row = [&](const std::string& key) {
     for (const auto& k : schema)
@@ -232,7 +232,7 @@ TEST_CASE("config: unknown keys name the place, suggest a close key and list the
   // A key in the wrong section is found by its last part.
   auto e = error_of("seed: 1\nmax_batch: 4\n");
   CHECK_THAT(e, Contains("x.yaml:2:1: unknown key \"max_batch\" (did you mean \"scheduler.max_batch\"?); top-level keys: experiment, seed"));
-  CHECK_THAT(e, Contains("workload, slo, sweep"));
+  CHECK_THAT(e, Contains("workload, slo, profile, sweep"));
   CHECK_THAT(error_of("sampling: {temprature: 1}"), Contains("(did you mean \"sampling.temperature\"?)"));
   // Nothing close: no guess.
   e = error_of("kv: {zzz: 1}");
@@ -249,7 +249,20 @@ TEST_CASE("config: choice values: unknown, not implemented, numeric", "[config]"
   CHECK(error_of("seed: 1\nbatching: contiuous\n") ==
         "x.yaml:2:11: batching: unknown value \"contiuous\" (did you mean \"continuous\"?); allowed: static, continuous");
   CHECK(error_of("kv:\n  layout: paged\nbatching: continuous\n") == "");  // both built (issue 3)
+#if defined(ABLATE_HAVE_CUDA)
+  CHECK(error_of("backend: cuda") == "");  // built (issue 7); whether a device exists is a run-time matter
+  CHECK(error_of("backend: cuda\ndtype: bf16\nattention: flash\nmodel: {preset: smollm2-135m}\n") == "");
+#else
   CHECK_THAT(error_of("backend: cuda"), Contains("x.yaml:1:10: backend: \"cuda\" is not available in this build yet; available now: cpu"));
+#endif
+  CHECK(error_of("dtype: bf16") ==
+        "x.yaml:1:8: dtype: \"bf16\" needs backend cuda; the CPU backend computes in fp32; allowed with backend cpu: fp32");
+  CHECK(error_of("backend: cuda\nattention: flash\n") ==
+        "x.yaml:2:12: attention: flash on backend cuda runs on tensor cores and needs dtype bf16; allowed with dtype fp32: naive");
+  CHECK_THAT(error_of("backend: cuda\ndtype: bf16\nattention: flash_split\nmodel: {preset: tiny}\n"),
+             Contains("x.yaml:3:12: attention: flash_split on backend cuda needs head_dim 64 or 128"));
+  CHECK_THAT(error_of("profile: {start_step: 5, end_step: 5}"),
+             Contains("x.yaml:1:36: profile.end_step: the capture window [5, 5) is empty"));
   CHECK(error_of("attention: flash\n") == "");  // built (issue 4)
   CHECK(error_of("speculative: {draft: simulated}") == "");  // built (issue 5)
   auto e = error_of("model: {preset: llama}");

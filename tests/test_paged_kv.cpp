@@ -14,6 +14,7 @@
 #include "backend/cpu_backend.hpp"
 #include "engine/engine.hpp"
 #include "kv/block_allocator.hpp"
+#include "kv/contiguous_kv.hpp"
 #include "kv/paged_kv.hpp"
 #include "sched/continuous_scheduler.hpp"
 #include "sched/static_scheduler.hpp"
@@ -89,6 +90,9 @@ class CheckedPaged final : public KvCache {
   float* v_slot(int l, int s, int p) override { return kv_.v_slot(l, s, p); }
   KvSeqView view(int l, int s, int len) const override { return kv_.view(l, s, len); }
   KvUsage usage() const override { return kv_.usage(); }
+  std::size_t pool_elements() const override { return kv_.pool_elements(); }
+  std::size_t slot_offset(int l, int s, int p) const override { return kv_.slot_offset(l, s, p); }
+  std::size_t view_offset(int l, int s) const override { return kv_.view_offset(l, s); }
   int checks = 0, releases = 0;
 
  private:
@@ -222,6 +226,49 @@ TEST_CASE("paged KV: blocks on demand, bytes and fragmentation, CSR layout, view
   kv.release(2);
   kv.release(7);
   CHECK(kv.num_free_blocks() == 10);
+}
+
+TEST_CASE("KV offsets address the same slots as the host pools; device-kept storage buys tokens at its precision",
+          "[paged][kv]") {
+  const std::size_t budget = 40 * per_token();
+  PagedKvCache paged(tiny(), budget, 4, 64);
+  ContiguousKvCache contiguous(tiny(), budget, 16, ContiguousKvCache::Reserve::MaxSeqLen);
+  for (KvCache* kv : {static_cast<KvCache*>(&paged), static_cast<KvCache*>(&contiguous)}) {
+    REQUIRE(kv->admit(3, 1, 1));
+    REQUIRE(kv->admit(5, 4, 8));
+    REQUIRE(kv->ensure(3, 2));
+    REQUIRE(kv->ensure(5, 12));
+    kv->set_length(5, 12);
+    const float* k0 = kv->k_slot(0, 3, 0) - kv->slot_offset(0, 3, 0);  // the K pool's start
+    const float* v0 = kv->v_slot(0, 3, 0) - kv->slot_offset(0, 3, 0);
+    for (int layer = 0; layer < tiny().n_layers; ++layer) {
+      const KvSeqView v = kv->view(layer, 5, 12);
+      CHECK(v.k_pool == k0 + kv->view_offset(layer, 5));
+      CHECK(v.v_pool == v0 + kv->view_offset(layer, 5));
+      for (int pos = 0; pos < 12; ++pos) {
+        CHECK(kv->k_slot(layer, 5, pos) == k0 + kv->slot_offset(layer, 5, pos));
+        CHECK(v.k(pos, 0, tiny().head_dim()) == k0 + kv->slot_offset(layer, 5, pos));
+        CHECK(kv->slot_offset(layer, 5, pos) + tiny().kv_dim() <= kv->pool_elements());
+      }
+    }
+  }
+  // bf16 K/V kept by a backend: the same budget holds twice the tokens, bytes are counted at
+  // 2 per element, and there is no host memory to write.
+  const KvStorage device_bf16{2, false};
+  PagedKvCache paged16(tiny(), budget, 4, 64, PagedKvCache::Admission::OnDemand, device_bf16);
+  ContiguousKvCache contiguous16(tiny(), budget, 16, ContiguousKvCache::Reserve::MaxSeqLen, device_bf16);
+  CHECK(paged16.num_blocks() == 20);
+  CHECK(contiguous16.capacity_tokens() == 80);
+  CHECK(paged16.usage().capacity_bytes == budget);
+  REQUIRE(paged16.admit(1, 3, 3));
+  REQUIRE(paged16.ensure(1, 5));
+  paged16.set_length(1, 5);
+  CHECK(paged16.usage().used_bytes == 5 * per_token() / 2);
+  CHECK(paged16.view(0, 1, 5).k_pool == nullptr);
+  CHECK(paged16.view(0, 1, 5).num_pages == 2);
+  CHECK_THROWS_AS(paged16.k_slot(0, 1, 0), std::logic_error);
+  REQUIRE(contiguous16.admit(1, 3, 3));
+  CHECK_THROWS_AS(contiguous16.v_slot(0, 1, 0), std::logic_error);
 }
 
 TEST_CASE("paged KV: guaranteed admission promises a sequence's maximum, allocates on demand", "[paged]") {

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <numeric>
 #include <unistd.h>
@@ -228,6 +229,47 @@ TEST_CASE("workload: trace replay gives the rows' lengths and gaps", "[workload]
     w.trace.start_row = 19366 - 2;
     CHECK_THROWS_WITH(make_workload(w, 0, 100, 0), Catch::Contains("19366 data rows"));
   }
+}
+
+TEST_CASE("workload: random trace rows sample the whole trace's lengths", "[workload]") {
+  if (!std::filesystem::exists(azure_conv())) {
+    WARN("no shared traces at " << azure_conv() << "; skipped");
+    return;
+  }
+  const auto all = read_trace(azure_conv().string(), 0, -1);
+  REQUIRE(all.size() == 19366);
+  WorkloadConfig w;
+  w.requests = 2000;
+  w.prompt_len.dist = w.output_len.dist = "trace";
+  w.trace.path = azure_conv().string();
+  w.trace.rows = "random";
+  const auto rs = make_workload(w, 7, 100, 0);
+  REQUIRE(rs.size() == 2000);
+  // Every request is some trace row's (prompt, output) pair, no row drawn twice beyond what the
+  // trace's own duplicates allow, and the mean output length is the trace's, not the first rows'.
+  std::map<std::pair<int, int>, int> available, used;
+  double trace_mean = 0, mean = 0;
+  for (const auto& r : all) ++available[{r.prompt_len, r.output_len}], trace_mean += r.output_len;
+  for (const auto& r : rs) ++used[{static_cast<int>(r.prompt.size()), r.output_len}], mean += r.output_len;
+  trace_mean /= all.size();
+  mean /= rs.size();
+  for (const auto& [pair, n] : used) CHECK(n <= available[pair]);
+  CHECK(mean == Approx(trace_mean).epsilon(0.06));  // 211.1; the first 2000 rows average 264.9
+  // Same seed, same rows; another seed, other rows.
+  const auto again = make_workload(w, 7, 100, 0), other = make_workload(w, 8, 100, 0);
+  int same = 0, moved = 0;
+  for (std::size_t i = 0; i < rs.size(); ++i) {
+    same += rs[i].output_len == again[i].output_len;
+    moved += rs[i].output_len != other[i].output_len;
+  }
+  CHECK(same == 2000);
+  CHECK(moved > 1000);
+  // More requests than rows, and replaying random rows' timestamps, are errors.
+  w.requests = 19367;
+  CHECK_THROWS_WITH(make_workload(w, 0, 100, 0), Catch::Contains("19366 data rows"));
+  w.requests = 4;
+  w.arrival = "trace";
+  CHECK_THROWS_WITH(make_workload(w, 0, 100, 0), Catch::Contains("workload.trace.rows random"));
 }
 
 TEST_CASE("workload: malformed trace rows name file, line and column", "[workload]") {

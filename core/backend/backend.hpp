@@ -5,12 +5,12 @@
 #include <vector>
 
 #include "engine/forward_batch.hpp"
+#include "kv/kv_cache.hpp"
 #include "model/shape.hpp"
 
 namespace ablate {
 
 class Attention;
-class KvCache;
 
 class Backend {
  public:
@@ -22,6 +22,10 @@ class Backend {
   // Run the batch, write its K/V into `kv`, and return logits row-major
   // [batch.num_logit_rows()][vocab] in chunk order.
   virtual const std::vector<float>& forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) = 0;
+  // How KV caches built for this backend store K/V (the CPU's: fp32 host pools).
+  virtual KvStorage kv_storage() const { return {}; }
+  // Device memory in use at its highest so far (cudaMemGetInfo); 0 on the CPU.
+  virtual std::size_t peak_device_bytes() const { return 0; }
 };
 
 }  // namespace ablate

@@ -1,6 +1,7 @@
 // ablate: the command line. `run` executes an experiment config (every sweep point, repeats and
 // warm-ups) and writes results/<experiment>/<run id>/; `validate` checks a config and prints it
 // resolved; `list` shows what the registry and the presets offer.
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 
@@ -14,6 +15,7 @@
 #include "model/shape.hpp"
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
+#include "backend/cuda_backend.hpp"
 #include "config/experiment.hpp"
 #include "engine/engine.hpp"
 #include "kv/contiguous_kv.hpp"
@@ -166,6 +168,16 @@ int main(int argc, char** argv) {
       }
       std::cerr << fmt::format("{}: OK, {} point(s) x {} repeat(s)\n", config_file, exp.points.size(), exp.repeat);
       return 0;
+    }
+    // A CUDA run on a machine without a usable device is bad input for this machine: say so
+    // before anything is loaded or written.
+    if (std::any_of(exp.points.begin(), exp.points.end(), [](const auto& p) { return p.config.backend == "cuda"; })) {
+      try {
+        cuda_backend_check_device();
+      } catch (const std::exception& e) {
+        std::cerr << "ablate: error: " << config_file << ": backend: cuda: " << e.what() << "\n";
+        return kBadInput;
+      }
     }
     opts.results_root = out_dir.empty() ? project_root() / "results" : std::filesystem::path(out_dir);
     const auto dir = run_experiment(exp, opts, std::cout);

@@ -20,6 +20,8 @@ struct TraceConfig {                // workload.trace
   std::string path;                 // CSV with TIMESTAMP,ContextTokens,GeneratedTokens
   double time_scale = 1.0;          // arrival gaps multiplied by this (0.5 = twice as fast)
   int start_row = 0;                // first data row used (0-based, header excluded)
+  std::string rows = "consecutive"; // consecutive: rows [start_row, start_row+N) | random: N distinct rows
+                                    // of [start_row, end), drawn with the seed (the trace's distribution)
   int max_prompt_len = 0;           // caps (0 = none); prompt cap leaves room for the output
   int max_output_len = 0;
 };
@@ -79,6 +81,11 @@ struct SloConfig {                  // slo (0 = no limit); goodput counts reques
   double e2el_ms = 0;
 };
 
+struct ProfileConfig {              // profile: the steps bracketed by cudaProfilerStart/Stop
+  int start_step = 0;               // first step captured
+  int end_step = 0;                 // first step not captured; 0 = no capture window
+};
+
 struct ExperimentConfig {
   std::string experiment = "experiment";  // results/<experiment>/<run id>/
   int seed = 0;                     // workload and sampling
@@ -86,6 +93,7 @@ struct ExperimentConfig {
   std::string backend = "cpu";      // cpu | cuda
   std::string batching = "static";  // static | continuous
   std::string attention = "naive";  // naive | flash | flash_split
+  std::string dtype = "fp32";       // fp32 | bf16: weights and KV on the device (the CPU computes in fp32)
   int max_seq_len = 0;              // 0 = the model's; caps prompt + output per sequence
   ModelConfig model;
   SchedulerConfig scheduler;
@@ -94,6 +102,7 @@ struct ExperimentConfig {
   SamplingConfig sampling;
   WorkloadConfig workload;
   SloConfig slo;
+  ProfileConfig profile;
   int repeat = 1;                   // timed runs per sweep point
   int warmup = 0;                   // untimed runs per sweep point before them
 };

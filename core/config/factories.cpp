@@ -8,6 +8,7 @@
 #include "attention/flash_attention.hpp"
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
+#include "backend/cuda_backend.hpp"
 #include "config/experiment.hpp"
 #include "config/registry.hpp"
 #include "kv/contiguous_kv.hpp"
@@ -45,6 +46,11 @@ int effective_max_seq_len(const ExperimentConfig& cfg, const ModelShape& shape) 
 
 std::unique_ptr<Backend> make_backend(const ExperimentConfig& cfg) {
   if (cfg.backend == "cpu") return std::make_unique<CpuBackend>(load_weights(cfg.model));
+  if (cfg.backend == "cuda") {
+    if (!is_implemented("backend", "cuda")) unavailable("backend", cfg.backend);
+    cuda_backend_check_device();  // "no CUDA device: ..." before loading gigabytes of weights
+    return std::make_unique<CudaBackend>(load_weights(cfg.model), CudaBackendOptions{cfg.dtype, cfg.attention});
+  }
   unavailable("backend", cfg.backend);
 }
 
@@ -55,11 +61,13 @@ std::unique_ptr<KvCache> make_kv_cache(const ExperimentConfig& cfg, const Backen
     return std::make_unique<ContiguousKvCache>(backend.shape(), bytes, max_len,
                                                cfg.kv.reserve == "max_seq_len"
                                                    ? ContiguousKvCache::Reserve::MaxSeqLen
-                                                   : ContiguousKvCache::Reserve::PromptPlusMaxNew);
+                                                   : ContiguousKvCache::Reserve::PromptPlusMaxNew,
+                                               backend.kv_storage());
   if (cfg.kv.layout == "paged")  // static batching cannot preempt: it admits only what is guaranteed to fit
     return std::make_unique<PagedKvCache>(backend.shape(), bytes, cfg.kv.block_size, max_len,
                                           cfg.batching == "static" ? PagedKvCache::Admission::Guaranteed
-                                                                   : PagedKvCache::Admission::OnDemand);
+                                                                   : PagedKvCache::Admission::OnDemand,
+                                          backend.kv_storage());
   unavailable("kv.layout", cfg.kv.layout);
 }
 

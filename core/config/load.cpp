@@ -104,6 +104,8 @@ const std::vector<Rule>& rules() {
         axis("backend", F(backend), "where the model runs"),
         axis("batching", F(batching), "how requests are grouped into batches"),
         axis("attention", F(attention), "attention kernel"),
+        choice("dtype", F(dtype), {"fp32", "bf16"},
+               "weights and KV precision (cuda: bf16 weights and KV, fp32 accumulation; cpu: fp32 only)"),
         integer("max_seq_len", F(max_seq_len), ge(0), "cap on prompt + output per sequence; 0 = the model's"),
         integer("repeat", F(repeat), ge(1), "timed runs per sweep point"),
         integer("warmup", F(warmup), ge(0), "untimed runs per sweep point before the timed ones"),
@@ -145,6 +147,8 @@ const std::vector<Rule>& rules() {
         plain("workload.trace.path", Kind::Path, F(workload.trace.path), "CSV: TIMESTAMP,ContextTokens,GeneratedTokens"),
         number("workload.trace.time_scale", F(workload.trace.time_scale), gt(0), "arrival gaps times this"),
         integer("workload.trace.start_row", F(workload.trace.start_row), ge(0), "first data row used (0-based)"),
+        choice("workload.trace.rows", F(workload.trace.rows), {"consecutive", "random"},
+               "consecutive = rows start_row.. in order; random = distinct rows drawn with the seed (lengths only)"),
         integer("workload.trace.max_prompt_len", F(workload.trace.max_prompt_len), ge(0), "prompt cap; 0 = none"),
         integer("workload.trace.max_output_len", F(workload.trace.max_output_len), ge(0), "output cap; 0 = none"),
         plain("workload.prompts", Kind::Path, F(workload.prompts),
@@ -154,6 +158,10 @@ const std::vector<Rule>& rules() {
                "time-to-first-token limit; 0 = none (slo.preset: llama2-70b | interactive | llama3.1-8b sets it)"),
         number("slo.tpot_ms", F(slo.tpot_ms), ge(0), "time-per-output-token limit; 0 = none (set by slo.preset too)"),
         number("slo.e2el_ms", F(slo.e2el_ms), ge(0), "end-to-end latency limit; 0 = none"),
+        integer("profile.start_step", F(profile.start_step), ge(0),
+                "first engine step inside the cudaProfilerStart/Stop capture window"),
+        integer("profile.end_step", F(profile.end_step), ge(0),
+                "first step after the capture window; 0 = no window (nsys --capture-range=cudaProfilerApi)"),
     };
     r.insert(r.end(), tail.begin(), tail.end());
     return r;
@@ -550,6 +558,10 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
                            : w.output_len.dist == "trace" ? "workload.output_len.dist" : nullptr;
   if (trace_user) check_file(pick({"workload.trace.path", trace_user}).second, "workload.trace.path", w.trace.path,
                              fmt::format(" (needed by {}: trace)", trace_user));
+  if (w.arrival == "trace" && w.trace.rows == "random")
+    fail_at({"workload.trace.rows", "workload.arrival"},
+            "random rows have no arrival times to replay; allowed: workload.trace.rows consecutive with workload.arrival "
+            "trace, or random with offline | poisson | gamma");
 
   if (!w.prompts.empty()) {  // real text needs the model's tokenizer
     if (c.model.source == "synthetic")
@@ -578,8 +590,26 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
     fail_at({ok, pk, "max_seq_len"}, fmt::format("prompts of up to {} tokens plus outputs of up to {} need {} positions, more than "
                                                  "{}; allowed: prompt + output <= {}", *lp, *lo, *lp + *lo, seq_text, seq));
 
+  // Backend and precision.
+  if (c.backend == "cpu" && c.dtype != "fp32")
+    fail_at({"dtype", "backend"}, fmt::format("\"{}\" needs backend cuda; the CPU backend computes in fp32; allowed with "
+                                              "backend cpu: fp32", c.dtype));
+  if (c.backend == "cuda" && c.attention != "naive") {
+    if (c.dtype == "fp32")
+      fail_at({"attention", "dtype"}, fmt::format("{} on backend cuda runs on tensor cores and needs dtype bf16; allowed "
+                                                  "with dtype fp32: naive", c.attention));
+    if (shape.head_dim() != 64 && shape.head_dim() != 128)
+      fail_at({"attention", "model.preset", "model.path", "model.gguf"},
+              fmt::format("{} on backend cuda needs head_dim 64 or 128; {} has {}; allowed: naive", c.attention,
+                          shape.name, shape.head_dim()));
+  }
+  if (c.profile.end_step > 0 && c.profile.end_step <= c.profile.start_step)
+    fail_at({"profile.end_step", "profile.start_step"},
+            fmt::format("the capture window [{}, {}) is empty; allowed: end_step > start_step, or 0 for no window",
+                        c.profile.start_step, c.profile.end_step));
+
   // KV budget: one sequence's reservation must fit, or nothing can ever run.
-  const long long bytes_per_token = shape.kv_floats_per_token() * 4;
+  const long long bytes_per_token = shape.kv_floats_per_token() * (c.backend == "cuda" && c.dtype == "bf16" ? 2 : 4);
   const long long capacity = static_cast<long long>(std::floor(c.kv.memory_mb * 1048576.0 / bytes_per_token));
   const int longest_seq = lp && lo ? std::min(*lp + *lo, seq) : seq;
   long long need = seq;

@@ -12,7 +12,11 @@ struct AxisNames {
 
 const std::map<std::string, AxisNames, std::less<>>& axes() {
   static const std::map<std::string, AxisNames, std::less<>> table = {
+#if defined(ABLATE_HAVE_CUDA)
+      {"backend", {{"cpu", "cuda"}, {"cpu", "cuda"}}},  // cuda runs where a device is present
+#else
       {"backend", {{"cpu", "cuda"}, {"cpu"}}},
+#endif
       {"batching", {{"static", "continuous"}, {"static", "continuous"}}},
       {"kv.layout", {{"contiguous", "paged"}, {"contiguous", "paged"}}},
       {"attention", {{"naive", "flash", "flash_split"}, {"naive", "flash", "flash_split"}}},

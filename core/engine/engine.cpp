@@ -10,6 +10,7 @@
 #include "attention/attention.hpp"
 #include "backend/backend.hpp"
 #include "engine/nvtx.hpp"
+#include "engine/profiler.hpp"
 #include "engine/sampler.hpp"
 #include "kv/kv_cache.hpp"
 #include "sched/scheduler.hpp"
@@ -62,6 +63,7 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
   long long tokens_out = 0;
   int peak_concurrency = 0;
 
+  ProfileWindow profile(options.profile_start_step, options.profile_end_step);
   while (finished < n) {
     double now = elapsed();
     while (next_arrival < n && requests[static_cast<std::size_t>(next_arrival)].arrival_s <= now)
@@ -72,9 +74,10 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
           std::chrono::duration<double>(requests[static_cast<std::size_t>(next_arrival)].arrival_s - now));
       continue;
     }
-    NVTX_RANGE("step");
     StepRecord rec;
     rec.step = static_cast<int>(out.steps.size());
+    profile.at_step(rec.step);
+    NVTX_RANGE("step");
     rec.start_s = now;
 
     SchedulePlan plan;
@@ -146,7 +149,7 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
     const double f0 = elapsed();
     const std::vector<float>* logits = nullptr;
     {
-      NVTX_RANGE("forward");
+      NVTX_RANGE(rec.prefill_seqs > 0 ? "prefill" : "decode");  // a mixed step counts as prefill
       logits = &backend.forward(batch, kv, attention);
     }
     rec.forward_s = elapsed() - f0;
@@ -170,6 +173,7 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
           int accepted = 0, token = 0;
           auto& rng = rngs[static_cast<std::size_t>(s->id)];
           if (nd > 0) {
+            NVTX_RANGE("verify");
             // Verify: keep the longest accepted prefix of the draft (greedy: equal to the target's
             // argmax; sampling: lossless rejection sampling), plus the target's token after it.
             const std::size_t base = rows - nd - 1;

@@ -29,6 +29,8 @@ struct EngineOptions {
   double temperature = 0.0;
   double top_p = 1.0;
   int eos_token = -1;              // >= 0: a request stops early when it emits this token
+  int profile_start_step = 0;      // steps [start, end) inside cudaProfilerStart/Stop; end 0 = none
+  int profile_end_step = 0;
   // Called after every step: requests done, total, seconds elapsed, output tokens so far.
   std::function<void(int, int, double, long long)> on_step;
 };

@@ -65,12 +65,15 @@ RunRecords run_once(const ExperimentConfig& cfg, Backend& backend, const std::ve
   eo.temperature = cfg.sampling.temperature;
   eo.top_p = cfg.sampling.top_p;
   eo.eos_token = eos;
+  eo.profile_start_step = cfg.profile.start_step;
+  eo.profile_end_step = cfg.profile.end_step;
   if (progress)
     eo.on_step = [progress](int done, int total, double elapsed, long long tokens) {
       progress->update(done, total, elapsed, elapsed > 0 ? static_cast<double>(tokens) / elapsed : 0.0);
     };
   RunRecords r = run_engine({backend, *kv, *scheduler, *attention, *drafter}, requests, eo);
   r.facts.peak_host_bytes = peak_rss_bytes();
+  r.facts.peak_device_bytes = backend.peak_device_bytes();
   return r;
 }
 

@@ -8,16 +8,17 @@
 namespace ablate {
 
 ContiguousKvCache::ContiguousKvCache(const ModelShape& shape, std::size_t capacity_bytes, int max_seq_len,
-                                     Reserve reserve)
+                                     Reserve reserve, KvStorage storage)
     : token_floats_(shape.kv_dim()),
       n_layers_(shape.n_layers),
       max_seq_len_(max_seq_len),
       reserve_(reserve),
-      bytes_per_token_(static_cast<std::size_t>(shape.kv_floats_per_token()) * sizeof(float)) {
+      bytes_per_token_(static_cast<std::size_t>(shape.kv_floats_per_token()) * storage.element_bytes) {
   capacity_tokens_ = static_cast<int>(capacity_bytes / bytes_per_token_);
-  const std::size_t floats = static_cast<std::size_t>(n_layers_) * capacity_tokens_ * token_floats_;
-  k_.reset(new float[floats]);  // not zeroed: pages are touched only as tokens are written
-  v_.reset(new float[floats]);
+  if (storage.host_pools) {
+    k_.reset(new float[pool_elements()]);  // not zeroed: pages are touched only as tokens are written
+    v_.reset(new float[pool_elements()]);
+  }
   if (capacity_tokens_ > 0) free_[0] = capacity_tokens_;
 }
 
@@ -68,18 +69,29 @@ void ContiguousKvCache::release(int seq) {
   seqs_.erase(it);
 }
 
-float* ContiguousKvCache::slot(const std::unique_ptr<float[]>& pool, int layer, int seq, int pos) const {
-  const Range& r = seqs_.at(seq);
-  return pool.get() + (static_cast<std::size_t>(layer) * capacity_tokens_ + r.start + pos) * token_floats_;
+std::size_t ContiguousKvCache::pool_elements() const {
+  return static_cast<std::size_t>(n_layers_) * capacity_tokens_ * token_floats_;
 }
-float* ContiguousKvCache::k_slot(int layer, int seq, int pos) { return slot(k_, layer, seq, pos); }
-float* ContiguousKvCache::v_slot(int layer, int seq, int pos) { return slot(v_, layer, seq, pos); }
+std::size_t ContiguousKvCache::slot_offset(int layer, int seq, int pos) const {
+  const Range& r = seqs_.at(seq);
+  return (static_cast<std::size_t>(layer) * capacity_tokens_ + r.start + pos) * token_floats_;
+}
+float* ContiguousKvCache::k_slot(int layer, int seq, int pos) {
+  if (!k_) throw std::logic_error("contiguous KV: no host pools (the backend keeps K/V)");
+  return k_.get() + slot_offset(layer, seq, pos);
+}
+float* ContiguousKvCache::v_slot(int layer, int seq, int pos) {
+  if (!v_) throw std::logic_error("contiguous KV: no host pools (the backend keeps K/V)");
+  return v_.get() + slot_offset(layer, seq, pos);
+}
 
 KvSeqView ContiguousKvCache::view(int layer, int seq, int length) const {
   const Range& r = seqs_.at(seq);
   KvSeqView v;
-  v.k_pool = slot(k_, layer, seq, 0);
-  v.v_pool = slot(v_, layer, seq, 0);
+  if (k_) {
+    v.k_pool = k_.get() + view_offset(layer, seq);
+    v.v_pool = v_.get() + view_offset(layer, seq);
+  }
   v.indices = kOnePage;
   v.num_pages = 1;
   v.page_size = r.reserved;

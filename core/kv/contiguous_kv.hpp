@@ -15,7 +15,8 @@ class ContiguousKvCache final : public KvCache {
  public:
   enum class Reserve { MaxSeqLen, PromptPlusMaxNew };
   // capacity_bytes is the budget (kv.memory_mb); max_seq_len caps every reservation.
-  ContiguousKvCache(const ModelShape& shape, std::size_t capacity_bytes, int max_seq_len, Reserve reserve);
+  ContiguousKvCache(const ModelShape& shape, std::size_t capacity_bytes, int max_seq_len, Reserve reserve,
+                    KvStorage storage = {});
 
   std::string name() const override { return "contiguous"; }
   bool admit(int seq, int prompt_len, int max_new) override;
@@ -30,6 +31,9 @@ class ContiguousKvCache final : public KvCache {
   float* v_slot(int layer, int seq, int pos) override;
   KvSeqView view(int layer, int seq, int length) const override;
   KvUsage usage() const override;
+  std::size_t pool_elements() const override;
+  std::size_t slot_offset(int layer, int seq, int pos) const override;
+  std::size_t view_offset(int layer, int seq) const override { return slot_offset(layer, seq, 0); }
 
   int capacity_tokens() const { return capacity_tokens_; }
 
@@ -39,7 +43,6 @@ class ContiguousKvCache final : public KvCache {
     int reserved = 0;  // tokens reserved
     int length = 0;    // tokens holding real state
   };
-  float* slot(const std::unique_ptr<float[]>& pool, int layer, int seq, int pos) const;
   void free_range(int start, int len);
 
   int token_floats_;  // n_kv_heads * head_dim
@@ -48,7 +51,8 @@ class ContiguousKvCache final : public KvCache {
   int max_seq_len_;
   Reserve reserve_;
   std::size_t bytes_per_token_;
-  std::unique_ptr<float[]> k_, v_;             // [layer][capacity_tokens][token_floats], left uninitialised
+  std::unique_ptr<float[]> k_, v_;             // [layer][capacity_tokens][token_floats], left uninitialised;
+                                               // null without host pools
   std::map<int, int> free_;                    // start -> length of each free range, coalesced
   std::unordered_map<int, Range> seqs_;
   static constexpr int32_t kOnePage[1] = {0};  // a reservation is one page: the view's index list

@@ -24,6 +24,15 @@ struct KvUsage {
   long long tokens_stored = 0;     // tokens holding real state (used_bytes / bytes per token)
 };
 
+// Where a cache's pools live and what one element costs. The default is the CPU backend's:
+// fp32 pools in host memory. A backend that keeps K/V elsewhere (the CUDA backend's device
+// pools, bf16 or fp32) asks for no host pools and uses the offset API below; element_bytes
+// makes kv.memory_mb buy tokens at the backend's KV precision, and every byte count follow it.
+struct KvStorage {
+  std::size_t element_bytes = sizeof(float);
+  bool host_pools = true;
+};
+
 class KvCache {
  public:
   virtual ~KvCache() = default;
@@ -50,8 +59,16 @@ class KvCache {
   // Storage: where the forward pass writes token `pos` of `seq` in `layer` (room must exist).
   virtual float* k_slot(int layer, int seq, int pos) = 0;
   virtual float* v_slot(int layer, int seq, int pos) = 0;
-  // Read view for attention over the first `length` tokens.
+  // Read view for attention over the first `length` tokens. Without host pools its k_pool and
+  // v_pool are null; the rest (pages, strides) still describes the layout.
   virtual KvSeqView view(int layer, int seq, int length) const = 0;
+  // The same placement as offsets, in elements from the start of the K pool (the V pool is laid
+  // out identically), for pools kept elsewhere: each pool holds pool_elements() elements, token
+  // `pos` of `seq` in `layer` starts at slot_offset(), and view().k_pool corresponds to
+  // view_offset().
+  virtual std::size_t pool_elements() const = 0;
+  virtual std::size_t slot_offset(int layer, int seq, int pos) const = 0;
+  virtual std::size_t view_offset(int layer, int seq) const = 0;
 
   virtual KvUsage usage() const = 0;
 };

@@ -12,19 +12,19 @@ int blocks_for(int tokens, int block_size) { return (tokens + block_size - 1) / 
 }  // namespace
 
 PagedKvCache::PagedKvCache(const ModelShape& shape, std::size_t capacity_bytes, int block_size, int max_seq_len,
-                           Admission admission)
+                           Admission admission, KvStorage storage)
     : block_size_(block_size),
       token_floats_(shape.kv_dim()),
       n_layers_(shape.n_layers),
       max_seq_len_(max_seq_len),
       admission_(admission),
-      bytes_per_token_(static_cast<std::size_t>(shape.kv_floats_per_token()) * sizeof(float)),
+      bytes_per_token_(static_cast<std::size_t>(shape.kv_floats_per_token()) * storage.element_bytes),
       allocator_(block_size > 0 ? static_cast<int>(capacity_bytes / (bytes_per_token_ * block_size)) : 0) {
   if (block_size < 1) throw std::invalid_argument("paged KV: block_size must be >= 1");
-  const std::size_t floats =
-      static_cast<std::size_t>(n_layers_) * allocator_.num_blocks() * block_size_ * token_floats_;
-  k_.reset(new float[floats]);  // not zeroed: pages are touched only as tokens are written
-  v_.reset(new float[floats]);
+  if (storage.host_pools) {
+    k_.reset(new float[pool_elements()]);  // not zeroed: pages are touched only as tokens are written
+    v_.reset(new float[pool_elements()]);
+  }
 }
 
 int PagedKvCache::max_tokens_per_sequence() const {
@@ -79,24 +79,37 @@ void PagedKvCache::release(int seq) {
   seqs_.erase(it);
 }
 
-float* PagedKvCache::slot(const std::unique_ptr<float[]>& pool, int layer, int seq, int pos) const {
+std::size_t PagedKvCache::pool_elements() const {
+  return static_cast<std::size_t>(n_layers_) * allocator_.num_blocks() * block_size_ * token_floats_;
+}
+std::size_t PagedKvCache::view_offset(int layer, int /*seq*/) const {
+  return static_cast<std::size_t>(layer) * allocator_.num_blocks() * block_size_ * token_floats_;
+}
+std::size_t PagedKvCache::slot_offset(int layer, int seq, int pos) const {
   const Table& t = seqs_.at(seq);
   const auto page = static_cast<std::size_t>(pos / block_size_);
   if (pos < 0 || page >= t.blocks.size())
     throw std::logic_error(fmt::format("paged KV: sequence {} has no block for position {}", seq, pos));
   const std::size_t token = (static_cast<std::size_t>(layer) * allocator_.num_blocks() + t.blocks[page]) * block_size_ +
                             static_cast<std::size_t>(pos % block_size_);
-  return pool.get() + token * token_floats_;
+  return token * token_floats_;
 }
-float* PagedKvCache::k_slot(int layer, int seq, int pos) { return slot(k_, layer, seq, pos); }
-float* PagedKvCache::v_slot(int layer, int seq, int pos) { return slot(v_, layer, seq, pos); }
+float* PagedKvCache::k_slot(int layer, int seq, int pos) {
+  if (!k_) throw std::logic_error("paged KV: no host pools (the backend keeps K/V)");
+  return k_.get() + slot_offset(layer, seq, pos);
+}
+float* PagedKvCache::v_slot(int layer, int seq, int pos) {
+  if (!v_) throw std::logic_error("paged KV: no host pools (the backend keeps K/V)");
+  return v_.get() + slot_offset(layer, seq, pos);
+}
 
 KvSeqView PagedKvCache::view(int layer, int seq, int length) const {
   const Table& t = seqs_.at(seq);
-  const std::size_t layer_base = static_cast<std::size_t>(layer) * allocator_.num_blocks() * block_size_ * token_floats_;
   KvSeqView v;
-  v.k_pool = k_.get() + layer_base;  // the layer's pool: indices address blocks inside it
-  v.v_pool = v_.get() + layer_base;
+  if (k_) {
+    v.k_pool = k_.get() + view_offset(layer, seq);  // the layer's pool: indices address blocks inside it
+    v.v_pool = v_.get() + view_offset(layer, seq);
+  }
   v.indices = t.blocks.data();
   v.num_pages = blocks_for(length, block_size_);
   v.page_size = block_size_;

@@ -36,7 +36,7 @@ class PagedKvCache final : public KvCache {
   // capacity_bytes is the budget (kv.memory_mb): floor(capacity / (block_size * bytes per token))
   // blocks; max_seq_len caps a sequence (for validation, as the contiguous cache does).
   PagedKvCache(const ModelShape& shape, std::size_t capacity_bytes, int block_size, int max_seq_len,
-               Admission admission = Admission::OnDemand);
+               Admission admission = Admission::OnDemand, KvStorage storage = {});
 
   std::string name() const override { return "paged"; }
   bool admit(int seq, int prompt_len, int max_new) override;  // takes nothing up front
@@ -51,6 +51,9 @@ class PagedKvCache final : public KvCache {
   float* v_slot(int layer, int seq, int pos) override;
   KvSeqView view(int layer, int seq, int length) const override;
   KvUsage usage() const override;
+  std::size_t pool_elements() const override;
+  std::size_t slot_offset(int layer, int seq, int pos) const override;
+  std::size_t view_offset(int layer, int seq) const override;  // the layer's pool: indices address blocks in it
 
   int block_size() const { return block_size_; }
   int num_blocks() const { return allocator_.num_blocks(); }
@@ -66,7 +69,6 @@ class PagedKvCache final : public KvCache {
     int length = 0;               // tokens holding real state
     int promised = 0;             // Guaranteed admission: blocks this sequence may take
   };
-  float* slot(const std::unique_ptr<float[]>& pool, int layer, int seq, int pos) const;
   void free_blocks_from(Table& t, std::size_t keep);
 
   int block_size_;
@@ -77,7 +79,7 @@ class PagedKvCache final : public KvCache {
   int promised_ = 0;  // Guaranteed admission: blocks promised to live sequences
   std::size_t bytes_per_token_;  // all layers, K and V
   BlockAllocator allocator_;
-  std::unique_ptr<float[]> k_, v_;  // [layer][block][slot][token_floats], left uninitialised
+  std::unique_ptr<float[]> k_, v_;  // [layer][block][slot][token_floats], left uninitialised; null without host pools
   std::unordered_map<int, Table> seqs_;
 };
 

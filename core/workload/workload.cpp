@@ -152,7 +152,7 @@ std::vector<TraceRow> read_trace(const std::string& path, int start_row, int cou
   if (start_row < 0) throw std::runtime_error(fmt::format("workload.trace.start_row must be >= 0 (got {})", start_row));
   std::ifstream in(path);
   if (!in) throw std::runtime_error(fmt::format("cannot open trace '{}'", path));
-  if (count <= 0) return {};
+  if (count == 0) return {};  // count < 0: every row from start_row on
   auto fail = [&](long line, std::size_t col, const std::string& what) -> std::runtime_error {
     return std::runtime_error(fmt::format("{}:{}:{}: {}", path, line, col, what));
   };
@@ -165,7 +165,8 @@ std::vector<TraceRow> read_trace(const std::string& path, int start_row, int cou
   bool have_header = false;
   int row = -1;  // data row index
   std::vector<TraceRow> out;
-  out.reserve(static_cast<std::size_t>(std::max(count, 0)));
+  if (count < 0) count = std::numeric_limits<int>::max();
+  out.reserve(static_cast<std::size_t>(std::min(count, 1 << 16)));
   std::int64_t t0 = 0, prev = 0;
 
   while (static_cast<int>(out.size()) < count && std::getline(in, line)) {
@@ -206,7 +207,7 @@ std::vector<TraceRow> read_trace(const std::string& path, int start_row, int cou
     out.push_back({static_cast<double>(*ns - t0) * 1e-9, lens[0], lens[1]});
   }
   if (!have_header) throw std::runtime_error(fmt::format("trace '{}' is empty (no header row)", path));
-  if (static_cast<int>(out.size()) < count)
+  if (static_cast<int>(out.size()) < count && count != std::numeric_limits<int>::max())
     throw std::runtime_error(fmt::format("trace '{}' has {} data rows; the workload needs rows [{}, {})", path,
                                          row + 1, start_row, static_cast<long>(start_row) + count));
   return out;
@@ -218,7 +219,21 @@ std::vector<TraceRow> read_trace(const std::string& path, int start_row, int cou
 namespace {
 
 // Stream ids: fixed forever, so that a seed keeps meaning the same workload.
-enum : std::uint64_t { kArrivals = 1, kPromptLens = 2, kOutputLens = 3, kTokens = 4 };
+enum : std::uint64_t { kArrivals = 1, kPromptLens = 2, kOutputLens = 3, kTokens = 4, kTraceRows = 5 };
+
+// n distinct rows of `all`, drawn uniformly (a partial Fisher-Yates shuffle), in the order drawn.
+std::vector<TraceRow> draw_rows(std::vector<TraceRow> all, int n, Rng rng, const std::string& path, int start_row) {
+  if (static_cast<std::size_t>(n) > all.size())
+    throw std::runtime_error(fmt::format("trace '{}' has {} data rows from row {}; workload.requests {} with "
+                                         "workload.trace.rows random needs that many distinct rows",
+                                         path, all.size(), start_row, n));
+  for (int i = 0; i < n; ++i) {
+    const auto j = rng.uniform_int(i, static_cast<std::int64_t>(all.size()) - 1);
+    std::swap(all[i], all[static_cast<std::size_t>(j)]);
+  }
+  all.resize(static_cast<std::size_t>(n));
+  return all;
+}
 
 std::vector<int> sample_lengths(const LengthDist& d, const char* key, int n, Rng rng,
                                 const std::vector<TraceRow>& trace, bool prompt) {
@@ -268,7 +283,17 @@ std::vector<Request> make_workload(const WorkloadConfig& w, std::uint64_t seed, 
   std::vector<TraceRow> trace;
   if (w.arrival == "trace" || w.prompt_len.dist == "trace" || w.output_len.dist == "trace") {
     if (w.trace.path.empty()) throw std::runtime_error("workload.trace.path is required by a trace arrival or length");
-    trace = read_trace(expand_path(w.trace.path), w.trace.start_row, n);
+    const std::string path = expand_path(w.trace.path);
+    if (w.trace.rows == "consecutive") {
+      trace = read_trace(path, w.trace.start_row, n);
+    } else if (w.trace.rows == "random") {
+      if (w.arrival == "trace")
+        throw std::runtime_error("workload.trace.rows random has no arrival times to replay (workload.arrival trace)");
+      trace = draw_rows(read_trace(path, w.trace.start_row, -1), n, Rng(stream_seed(seed, kTraceRows)), path,
+                        w.trace.start_row);
+    } else {
+      throw std::runtime_error(fmt::format("workload.trace.rows: unknown '{}' (consecutive | random)", w.trace.rows));
+    }
   }
 
   // Arrivals.

@@ -26,7 +26,9 @@ namespace ablate {
 //            of them, gaps multiplied by trace.time_scale.
 //  lengths fixed | uniform [min,max] | normal / lognormal (mean and std of the lengths, rounded,
 //          clipped to [min,max]) | trace (ContextTokens / GeneratedTokens of the same rows; trace
-//          caps max_output_len / max_prompt_len apply).
+//          caps max_output_len / max_prompt_len apply). trace.rows random draws N distinct rows of
+//          [start_row, end) uniformly with the seed instead of taking N consecutive ones: a sample of
+//          the trace's whole length distribution rather than of one time window.
 //  Every request then fits max_seq_len (> 0; <= 0 means no limit): when prompt + output exceed it,
 //  the prompt is cut (to at least 1 token), then the output. Lengths are always >= 1.
 //  Prompt ids are uniform in [0, vocab_size); request i's ids depend only on the seed, i and its
@@ -41,7 +43,7 @@ struct TraceRow {
   int prompt_len = 0;  // ContextTokens
   int output_len = 0;  // GeneratedTokens
 };
-// Reads data rows [start_row, start_row + count) of a CSV with the columns TIMESTAMP
+// Reads data rows [start_row, start_row + count) (count < 0: to the end) of a CSV with the columns TIMESTAMP
 // ("YYYY-MM-DD HH:MM:SS[.fraction]", up to 9 fraction digits), ContextTokens, GeneratedTokens.
 // Throws if the file has fewer rows, a row is malformed or timestamps go backwards.
 std::vector<TraceRow> read_trace(const std::string& path, int start_row, int count);

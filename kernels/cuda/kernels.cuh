@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <string>
 
@@ -90,5 +91,24 @@ int attention_flash_split_count(std::span<const AttentionProblem> problems, std:
 std::size_t attention_flash_split_workspace_bytes(std::span<const AttentionProblem> problems, int splits = 0);
 void attention_flash_split(std::span<const AttentionProblem> problems, DType dtype, float* workspace,
                            std::size_t workspace_bytes, cudaStream_t stream, int splits = 0);
+
+// ---- data movement of the CUDA backend (backend_ops.cu) -----------------------------------------
+// Element type of the backend's KV pools.
+enum class KvElem { f32, f16, bf16 };
+const char* kv_elem_name(KvElem e);
+std::size_t kv_elem_bytes(KvElem e);
+
+// x[r][:] = table[tokens[r]][:], fp32; tokens is a device array of `rows` ids.
+void embed(float* x, const float* table, const int* tokens, int rows, int dim, cudaStream_t stream);
+
+// K or V of `rows` tokens into a pool: pool[offsets[r] .. + n) = src[r * src_stride .. + n),
+// converted to `elem`; offsets (device, int64) in elements, as KvCache::slot_offset gives them.
+void kv_write(void* pool, const std::int64_t* offsets, const float* src, int src_stride, int rows, int n, KvElem elem,
+              cudaStream_t stream);
+
+// dst[t][token_stride] (fp32, contiguous) = token t < length of a page list (KvSeqView layout):
+// pool points at the view's k_pool or v_pool, indices is a device array of its pages.
+void kv_gather_f32(float* dst, const void* pool, const std::int32_t* indices, int page_size, int length,
+                   int token_stride, KvElem elem, cudaStream_t stream);
 
 }  // namespace ablate::cuda
