@@ -19,10 +19,23 @@ using namespace ablate;
 namespace {
 
 
+// Naive attention that also records each call's problems (queries, keys) in layer order.
+struct RecordingAttention final : Attention {
+  NaiveAttention inner;
+  std::vector<std::vector<std::pair<int, int>>> calls;
+  std::string name() const override { return "naive"; }
+  void forward(std::span<const AttentionProblem> problems) override {
+    calls.emplace_back();
+    for (const auto& p : problems) calls.back().emplace_back(p.n_q, p.kv_len());
+    inner.forward(problems);
+  }
+  std::size_t workspace_bytes(const AttentionProblem& p) const override { return inner.workspace_bytes(p); }
+};
+
 struct Rig {
   ModelShape shape = *find_preset("tiny");
   CpuBackend backend{synthetic_weights(shape, 11)};
-  NaiveAttention attention;
+  RecordingAttention attention;
   NoDrafter drafter;
   RunRecords run(const std::vector<Request>& reqs, int max_batch, double kv_tokens, int max_seq_len,
                  ContiguousKvCache::Reserve reserve, EngineOptions opt = {}) {
@@ -85,6 +98,21 @@ TEST_CASE("static batching pads prompts to the longest and carries finished memb
   }
   CHECK(rec.steps[5].batch_size == 1);
   CHECK(rec.requests[2].first_scheduled_s >= rec.requests[1].last_token_s);  // waited for the next batch
+  // The finished member's row is real work, as in a padded tensor: at steps 2..4 every layer
+  // attends for request 1 (one query over 6 + s keys) and for request 0's padding row (its last
+  // position again: one query over its 3 + 2 - 1 = 4 computed tokens).
+  const auto& calls = rig.attention.calls;
+  const std::size_t layers = static_cast<std::size_t>(rig.shape.n_layers);
+  REQUIRE(calls.size() == rec.steps.size() * layers);
+  for (int s = 2; s <= 4; ++s)
+    CHECK(calls[static_cast<std::size_t>(s) * layers] ==
+          std::vector<std::pair<int, int>>{{1, 6 + s}, {1, 4}});
+  // Its output is thrown away: the tokens are those of an unpadded run.
+  Rig alone;
+  Request r1 = reqs[1];
+  r1.id = 0;
+  const auto solo = alone.run({r1}, 1, 64, 32, ContiguousKvCache::Reserve::MaxSeqLen).output_tokens;
+  CHECK(rec.output_tokens[1] == solo[0]);
 }
 
 TEST_CASE("greedy outputs do not depend on batch size, arrival pattern or reservation policy", "[engine]") {

@@ -144,7 +144,13 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
       (prefill ? rec.prefill_tokens : rec.decode_tokens) += len;
     }
     rec.batch_size = static_cast<int>(batch.chunks.size());
-    rec.padding_rows = batch.padding_rows;
+    // Finished members of a static batch: their last position again, after the real chunks so
+    // that the logit rows of those come first; the rows' outputs are ignored.
+    for (Sequence* s : plan.padding_seqs) {
+      const auto last = static_cast<std::size_t>(s->num_computed - 1);
+      batch.chunks.push_back({s->id, s->num_computed - 1, std::span<const int>(s->tokens).subspan(last, 1), false});
+    }
+    rec.padding_rows = batch.padding_rows + static_cast<int>(plan.padding_seqs.size());
 
     const double f0 = elapsed();
     const std::vector<float>* logits = nullptr;

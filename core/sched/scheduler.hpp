@@ -16,14 +16,17 @@ struct ScheduledChunk {
 
 struct SchedulePlan {
   std::vector<ScheduledChunk> chunks;
-  // Rows pushed through every matmul only to be thrown away: static batching's padded prompts
-  // and finished members that the batch still carries. Counted so the waste is real work.
+  // Rows pushed through every matmul only to be thrown away: static batching's padded prompts.
   int padding_rows = 0;
+  // Static batching's finished members, still carried by the batch as in a padded
+  // [batch, length] tensor: each recomputes its last position (matmuls, attention over its whole
+  // context, LM head) and its output is thrown away. Counted as padding rows.
+  std::vector<Sequence*> padding_seqs;
   std::vector<Sequence*> preempted;  // lost their KV this step; requeued for recompute
   // Tokens the step may still take (continuous: max_batched_tokens minus what is scheduled); draft
   // tokens to verify come out of it. Unlimited for a policy without a token budget.
   int tokens_left = std::numeric_limits<int>::max();
-  bool empty() const { return chunks.empty() && padding_rows == 0; }
+  bool empty() const { return chunks.empty() && padding_rows == 0 && padding_seqs.empty(); }
 };
 
 class Scheduler {

@@ -27,8 +27,8 @@ SchedulePlan StaticScheduler::schedule(KvCache& kv) {
     for (const Sequence* s : batch_) longest = std::max(longest, s->num_uncomputed());
     for (const Sequence* s : batch_) plan.padding_rows += longest - s->num_uncomputed();
   } else {
-    for (const Sequence* s : batch_)
-      if (s->done()) plan.padding_rows += 1;  // a finished member still occupies its row
+    for (Sequence* s : batch_)
+      if (s->done()) plan.padding_seqs.push_back(s);  // a finished member still occupies its row
   }
   for (Sequence* s : batch_) {
     if (s->done()) continue;

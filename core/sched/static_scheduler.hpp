@@ -1,7 +1,9 @@
 #pragma once
 // Static batching, the baseline: up to max_batch waiting requests (FCFS) form a batch whose
 // prompts are padded to the longest; the batch decodes until its longest member ends, its
-// finished members still computed as padding rows; arrivals wait for the next batch.
+// finished members still computed as padding rows (each recomputes its last position: matmuls,
+// attention over its context, LM head), as a padded [batch, length] tensor would; arrivals wait
+// for the next batch.
 #include <deque>
 #include <vector>
 
