@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# On a machine with a GPU: configure and build the portable `gpu` preset, run the CUDA kernel
-# tests and every experiments/bench_* program, and write all logs and results into OUTDIR.
+# On a machine with a GPU: configure and build the portable `gpu` preset, run the CUDA tests
+# (kernels and the CUDA backend against the CPU), every experiments/bench_* program and the
+# GPU-scale ablation configs (configs/gpu/*.yaml: Llama-2-7B shape, bf16, synthetic), and write
+# all logs and results into OUTDIR (ablation CSVs under OUTDIR/results/).
 # No network use. Exit status: 0 only if the build succeeded and the CUDA tests ran and passed
 # (a skip for want of a device counts as a failure here).
 #   experiments/gpu_check.sh OUTDIR
 #   BENCH_ARGS='--benchmark_filter=Cuda' experiments/gpu_check.sh OUTDIR   # extra benchmark flags
+#   ABLATIONS='kv attention' experiments/gpu_check.sh OUTDIR   # only these configs/gpu/*.yaml ("" = none)
 #   ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR   # use a build/gpu made by experiments/gpu_bundle.sh
 # The GPU machines have CMake, nvcc and PyTorch but no package registry, so the usual way is to
 # build here with experiments/gpu_bundle.sh and carry build/gpu (its lib/ holds the shared
@@ -61,6 +64,15 @@ for bench in "$build"/experiments/bench_*; do
     echo "gpu_check: $name done"
   else
     echo "gpu_check: $name FAILED (see $out/$name.txt)"; status=1
+  fi
+done
+# GPU-scale ablations: the same engine and configs as on the CPU, backend cuda.
+for name in ${ABLATIONS-batching kv attention speculative}; do
+  cfg=configs/gpu/$name.yaml
+  if "$build/ablate" run "$cfg" --out "$out/results" --run-id "$name" --quiet > "$out/ablation_$name.txt" 2>&1; then
+    echo "gpu_check: ablation $name done"
+  else
+    echo "gpu_check: ablation $name FAILED (see $out/ablation_$name.txt)"; status=1
   fi
 done
 exit $status

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The figures of README's "What the ablations show", from the committed reference CSVs
-(results/reference/batching/, results/reference/kv/). Writes small PNGs into plots/.
+(results/reference/batching/, results/reference/batching_rate/, results/reference/kv/). Writes small PNGs into plots/.
 Run with Debian's python3 (python3-matplotlib, python3-pandas):  /usr/bin/python3 plots/ablations.py"""
 import os
 import sys
@@ -33,8 +33,25 @@ def save(fig, name):
 COLORS = {"static": "tab:red", "continuous": "tab:blue"}
 
 
+def offline_figure():
+    """Output throughput and step count per policy, one bar pair per committed offline run."""
+    df = read("batching", "summary.csv")
+    steps = read("batching", "steps.csv").groupby("point").size()
+    df["steps"] = df["point"].map(steps)
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.2), constrained_layout=True)
+    for ax, metric, label in ((axes[0], "output_throughput", "output tokens/s"), (axes[1], "steps", "engine steps")):
+        vals = df[metric]
+        ax.bar(df["batching"], vals, color=[COLORS.get(b) for b in df["batching"]])
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:.1f}" if metric == "output_throughput" else f"{v:.0f}", ha="center", va="bottom", fontsize=8)
+        ax.set_ylabel(label)
+    n, b = int(df["workload.requests"].iloc[0]), int(df["scheduler.max_batch"].iloc[0])
+    fig.suptitle(f"Static vs continuous batching: {n} Azure conv requests, batch {b}", fontsize=9)
+    save(fig, "batching_offline")
+
+
 def rate_figures():
-    df = read("batching", "rate_sweep_summary.csv")
+    df = read("batching_rate", "summary.csv")
     fig, ax = plt.subplots(figsize=(5, 3.4), constrained_layout=True)
     for b, part in df.groupby("batching"):
         part = part.sort_values("workload.rate")
@@ -88,4 +105,5 @@ def kv_figures():
 
 if __name__ == "__main__":
     kv_figures()
+    offline_figure()
     rate_figures()

@@ -249,18 +249,21 @@ TEST_CASE("config: choice values: unknown, not implemented, numeric", "[config]"
   CHECK(error_of("seed: 1\nbatching: contiuous\n") ==
         "x.yaml:2:11: batching: unknown value \"contiuous\" (did you mean \"continuous\"?); allowed: static, continuous");
   CHECK(error_of("kv:\n  layout: paged\nbatching: continuous\n") == "");  // both built (issue 3)
+  CHECK(error_of("dtype: bf16") ==
+        "x.yaml:1:8: dtype: \"bf16\" needs backend cuda; the CPU backend computes in fp32; allowed with backend cpu: fp32");
 #if defined(ABLATE_HAVE_CUDA)
   CHECK(error_of("backend: cuda") == "");  // built (issue 7); whether a device exists is a run-time matter
   CHECK(error_of("backend: cuda\ndtype: bf16\nattention: flash\nmodel: {preset: smollm2-135m}\n") == "");
-#else
-  CHECK_THAT(error_of("backend: cuda"), Contains("x.yaml:1:10: backend: \"cuda\" is not available in this build yet; available now: cpu"));
-#endif
-  CHECK(error_of("dtype: bf16") ==
-        "x.yaml:1:8: dtype: \"bf16\" needs backend cuda; the CPU backend computes in fp32; allowed with backend cpu: fp32");
   CHECK(error_of("backend: cuda\nattention: flash\n") ==
         "x.yaml:2:12: attention: flash on backend cuda runs on tensor cores and needs dtype bf16; allowed with dtype fp32: naive");
   CHECK_THAT(error_of("backend: cuda\ndtype: bf16\nattention: flash_split\nmodel: {preset: tiny}\n"),
              Contains("x.yaml:3:12: attention: flash_split on backend cuda needs head_dim 64 or 128"));
+  CHECK_THAT(error_of("backend: cuda\nspeculative: {draft: layer_skip}\n"),
+             Contains("x.yaml:2:22: speculative.draft: layer_skip runs inside the CPU backend's forward pass; allowed with "
+                      "backend cuda: none, model, simulated"));
+#else
+  CHECK_THAT(error_of("backend: cuda"), Contains("x.yaml:1:10: backend: \"cuda\" is not available in this build yet; available now: cpu"));
+#endif
   CHECK_THAT(error_of("profile: {start_step: 5, end_step: 5}"),
              Contains("x.yaml:1:36: profile.end_step: the capture window [5, 5) is empty"));
   CHECK(error_of("attention: flash\n") == "");  // built (issue 4)
@@ -546,4 +549,25 @@ sweep: {scheduler.max_batch: [2, 3]}
   CHECK_THAT(text, Contains("  prompt_len:\n    dist: normal\n"));
   CHECK_THAT(text, Contains("draft_preset: tiny"));
   CHECK_THAT(load("").points[0].resolved_yaml, Contains("draft_preset: \"\""));
+}
+
+TEST_CASE("config: every shipped config under configs/ validates", "[config]") {
+  if (!std::filesystem::exists(expand_path("${shared}/traces"))) {
+    WARN("SKIPPED: no shared traces; the trace configs cannot be checked");
+    return;
+  }
+  int checked = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(project_root() / "configs")) {
+    if (e.path().extension() != ".yaml") continue;
+    INFO(e.path().string());
+    try {
+      CHECK(!load_experiment(e.path(), {}).points.empty());
+    } catch (const ConfigError& err) {
+      // A checkpoint that experiments/fetch_smollm2.sh downloads may be absent offline.
+      if (std::string(err.what()).find("fetch_smollm2.sh") == std::string::npos) throw;
+      WARN("SKIPPED " << e.path().string() << ": " << err.what());
+    }
+    ++checked;
+  }
+  CHECK(checked >= 12);  // quickstart, the CPU ablations, the GPU-scale ones
 }

@@ -359,6 +359,19 @@ TEST_CASE("table: aligned markdown with the swept keys", "[report]") {
   CHECK(t[3].find("paged") != std::string::npos);
   CHECK(t[3].find("15.7%") != std::string::npos);  // kv_waste
   CHECK(t[3].find(" 1000.0 ") != std::string::npos);  // ttft median ms
+
+  // A swept map (sweep: {kv: [...]}) shows as the leaf keys that vary, not as an empty column.
+  std::vector<SummaryRow> maps;
+  for (int p = 0; p < 2; ++p)
+    maps.push_back({p, 0, {{"kv.layout", p ? "paged" : "contiguous"}, {"kv.block_size", "16"}, {"model", "tiny"}},
+                    summarize(r, {})});
+  std::ostringstream ms;
+  print_summary_table(ms, maps, {"kv"});
+  const auto m = lines(ms.str());
+  REQUIRE(m.size() == 4);
+  CHECK(m[0].find("kv.layout") != std::string::npos);
+  CHECK(m[0].find("kv.block_size") == std::string::npos);  // the same in every row
+  CHECK(m[3].find("paged") != std::string::npos);
 }
 
 TEST_CASE("progress: rate-limited, one line on a terminal", "[report]") {

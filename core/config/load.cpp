@@ -628,6 +628,9 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
                      static_cast<double>(need * bytes_per_token) / 1048576.0));
 
   const auto& s = c.speculative;
+  if (c.backend == "cuda" && s.draft == "layer_skip")
+    fail_at({"speculative.draft", "backend"}, "layer_skip runs inside the CPU backend's forward pass; allowed with backend "
+                                              "cuda: none, model, simulated");
   if (!s.draft_model.empty()) {
     if (!s.draft_preset.empty())
       fail_at({"speculative.draft_model", "speculative.draft_preset"}, "give a draft_preset or a draft_model, not both");

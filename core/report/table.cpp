@@ -34,6 +34,20 @@ void print_summary_table(std::ostream& os, const std::vector<SummaryRow>& rows, 
             std::any_of(rows.begin(), rows.end(), [&](const SummaryRow& r) { return config_value(r, kv.first) != kv.second; }))
           swept_keys.push_back(kv.first);
   }
+  // A swept map (sweep: {kv: [{layout: ...}, ...]}) is shown as its leaf keys that vary.
+  std::vector<std::string> leaves;
+  for (const auto& k : swept_keys) {
+    if (rows.empty() || std::any_of(rows.front().config.begin(), rows.front().config.end(),
+                                    [&](const auto& c) { return c.first == k; })) {
+      leaves.push_back(k);
+      continue;
+    }
+    for (const auto& c : rows.front().config)
+      if (c.first.rfind(k + ".", 0) == 0 && std::find(leaves.begin(), leaves.end(), c.first) == leaves.end() &&
+          std::any_of(rows.begin(), rows.end(), [&](const SummaryRow& r) { return config_value(r, c.first) != c.second; }))
+        leaves.push_back(c.first);
+  }
+  swept_keys = std::move(leaves);
   const bool repeats = std::any_of(rows.begin(), rows.end(), [](const SummaryRow& r) { return r.repeat > 0; });
 
   struct Col {

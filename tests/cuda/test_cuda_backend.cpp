@@ -16,6 +16,7 @@
 #include "backend/cuda_backend.hpp"
 #include "config/paths.hpp"
 #include "cuda/kernels.cuh"
+#include "device.hpp"
 #include "engine/engine.hpp"
 #include "kv/contiguous_kv.hpp"
 #include "kv/paged_kv.hpp"
@@ -28,19 +29,7 @@ using namespace ablate;
 
 namespace {
 
-template <class T>
-T* to_device(const std::vector<T>& h) {
-  void* p = nullptr;
-  REQUIRE(cudaMalloc(&p, std::max<std::size_t>(h.size(), 1) * sizeof(T)) == cudaSuccess);
-  REQUIRE(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-  return static_cast<T*>(p);
-}
-template <class T>
-std::vector<T> to_host(const T* d, std::size_t n) {
-  std::vector<T> h(n);
-  REQUIRE(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
-  return h;
-}
+using test::Dev;
 
 std::unique_ptr<Attention> attention_named(const std::string& name) {
   if (name == "naive") return std::make_unique<NaiveAttention>();
@@ -76,12 +65,10 @@ TEST_CASE("cuda embed, kv_write and kv_gather_f32 match the CPU's copies and KvS
   std::vector<float> table(std::size_t(vocab) * dim);
   for (float& x : table) x = u(rng);
   std::vector<int> tokens{3, 0, 29, 3, 17, 8, 1};
-  float* d_table = to_device(table);
-  int* d_tokens = to_device(tokens);
-  float* d_x = nullptr;
-  REQUIRE(cudaMalloc(reinterpret_cast<void**>(&d_x), std::size_t(rows) * dim * 4) == cudaSuccess);
-  cuda::embed(d_x, d_table, d_tokens, rows, dim, nullptr);
-  const auto x = to_host(d_x, std::size_t(rows) * dim);
+  Dev<float> d_table(table), d_x(std::size_t(rows) * dim);
+  Dev<int> d_tokens(tokens);
+  cuda::embed(d_x.ptr, d_table.ptr, d_tokens.ptr, rows, dim, nullptr);
+  const auto x = d_x.host();
   for (int r = 0; r < rows; ++r)
     for (int j = 0; j < dim; ++j) CHECK(x[std::size_t(r) * dim + j] == table[std::size_t(tokens[r]) * dim + j]);
 
@@ -101,33 +88,23 @@ TEST_CASE("cuda embed, kv_write and kv_gather_f32 match the CPU's copies and KvS
       const int layer = shape.n_layers - 1;
       std::vector<std::int64_t> offsets(len);
       for (int t = 0; t < len; ++t) offsets[t] = static_cast<std::int64_t>(kv.slot_offset(layer, 2, t));
-      void* pool = nullptr;
-      REQUIRE(cudaMalloc(&pool, kv.pool_elements() * cuda::kv_elem_bytes(elem)) == cudaSuccess);
-      float* d_src = to_device(src);
-      std::int64_t* d_off = to_device(offsets);
-      cuda::kv_write(pool, d_off, d_src, stride, len, kv_dim, elem, nullptr);
+      Dev<char> pool(kv.pool_elements() * cuda::kv_elem_bytes(elem));
+      Dev<float> d_src(src), d_out(std::size_t(len) * kv_dim);
+      Dev<std::int64_t> d_off(offsets);
+      cuda::kv_write(pool.ptr, d_off.ptr, d_src.ptr, stride, len, kv_dim, elem, nullptr);
       const KvSeqView v = kv.view(layer, 2, len);
-      std::vector<std::int32_t> pages(v.indices, v.indices + v.num_pages);
-      std::int32_t* d_pages = to_device(pages);
-      float* d_out = nullptr;
-      REQUIRE(cudaMalloc(reinterpret_cast<void**>(&d_out), std::size_t(len) * kv_dim * 4) == cudaSuccess);
-      const char* base = static_cast<const char*>(pool) + kv.view_offset(layer, 2) * cuda::kv_elem_bytes(elem);
-      cuda::kv_gather_f32(d_out, base, d_pages, v.page_size, len, kv_dim, elem, nullptr);
-      const auto out = to_host(d_out, std::size_t(len) * kv_dim);
+      Dev<std::int32_t> d_pages(std::vector<std::int32_t>(v.indices, v.indices + v.num_pages));
+      const char* base = pool.ptr + kv.view_offset(layer, 2) * cuda::kv_elem_bytes(elem);
+      cuda::kv_gather_f32(d_out.ptr, base, d_pages.ptr, v.page_size, len, kv_dim, elem, nullptr);
+      const auto out = d_out.host();
       const float tol = elem == cuda::KvElem::f32 ? 0.0f : elem == cuda::KvElem::bf16 ? 1.0f / 128 : 1.0f / 1024;
       for (int t = 0; t < len; ++t)
         for (int j = 0; j < kv_dim; ++j) {
           const float want = src[std::size_t(t) * stride + j], got = out[std::size_t(t) * kv_dim + j];
           CHECK(std::abs(got - want) <= tol * std::abs(want) + 1e-7f);
         }
-      for (void* p : {pool, static_cast<void*>(d_src), static_cast<void*>(d_off), static_cast<void*>(d_pages),
-                      static_cast<void*>(d_out)})
-        cudaFree(p);
     }
   }
-  cudaFree(d_table);
-  cudaFree(d_tokens);
-  cudaFree(d_x);
 }
 
 TEST_CASE("cuda backend: stories260K greedy tokens equal the CPU's (fp32, naive, both layouts)", "[cuda][backend]") {

@@ -13,34 +13,14 @@
 #include "cpu/kernels.hpp"
 #include "cpu/reference.hpp"
 #include "cuda/kernels.cuh"
+#include "device.hpp"
 
 using namespace ablate;
 
 namespace {
 
-void ok(cudaError_t e) {
-  if (e != cudaSuccess) FAIL(cudaGetErrorString(e));
-}
-
-// Device copy of a host vector; read back with host().
-template <class T>
-struct Dev {
-  T* ptr = nullptr;
-  std::size_t n = 0;
-  explicit Dev(const std::vector<T>& h) : n(h.size()) {
-    ok(cudaMalloc(reinterpret_cast<void**>(&ptr), n * sizeof(T)));
-    ok(cudaMemcpy(ptr, h.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  ~Dev() { cudaFree(ptr); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  std::vector<T> host() const {
-    std::vector<T> h(n);
-    ok(cudaDeviceSynchronize());
-    ok(cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-  }
-};
+using test::Dev;
+using test::ok;
 
 struct Cublas {
   cublasHandle_t h = nullptr;
