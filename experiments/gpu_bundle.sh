@@ -17,6 +17,14 @@ for bin in build/gpu/ablate build/gpu/tests/ablate_tests build/gpu/tests/ablate_
   [[ -x $bin ]] || continue
   ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'yaml-cpp|libfmt|libbenchmark|libgomp' || true
 done | sort -u | while read -r lib; do cp -L "$lib" build/gpu/lib/; done
+# The reference data (traces, stories260K: about 2 MB) travels inside build/gpu too: a GPU
+# machine gets the checkout only, not the ../shared beside it. gpu_check.sh points
+# ABLATE_SHARED there when it finds no ../shared.
+shared=${ABLATE_SHARED:-../shared}
+if [[ -d $shared ]]; then
+  mkdir -p build/gpu/shared
+  cp -r "$shared/traces" "$shared/models" build/gpu/shared/
+fi
 # Object files and static libraries are not needed there; they only make the carry larger.
 du -sh build/gpu >&2
 ls build/gpu/lib >&2

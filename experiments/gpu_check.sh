@@ -30,6 +30,9 @@ export PATH=$PATH:/usr/local/cuda/bin
 } > "$out/device.txt"
 
 status=0
+if [[ -z ${ABLATE_SHARED:-} && ! -d ../shared && -d $build/shared ]]; then
+  export ABLATE_SHARED=$root/$build/shared  # the copy experiments/gpu_bundle.sh made
+fi
 export LD_LIBRARY_PATH="$root/$build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if [[ ${ABLATE_PREBUILT:-0} == 1 ]]; then
   echo "gpu_check: using the prebuilt $build"
