@@ -81,7 +81,6 @@ void cuda_backend_check_device() {
 struct CudaBackend::Impl {
   ModelShape shape;
   bool bf16 = false;
-  std::string attention;
   std::string device;
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
@@ -152,7 +151,7 @@ struct CudaBackend::Impl {
     cuda::matmul_bf16(y, x16.get<cuda::bf16_bits>(), w.get<cuda::bf16_bits>(), rows, in, out, cublas, stream);
   }
 
-  const std::vector<float>& forward(const ForwardBatch& batch, KvCache& kv);
+  const std::vector<float>& forward(const ForwardBatch& batch, KvCache& kv, const std::string& attention);
 };
 
 CudaBackend::CudaBackend(const Weights& w, CudaBackendOptions options) : impl_(std::make_unique<Impl>()) {
@@ -160,14 +159,8 @@ CudaBackend::CudaBackend(const Weights& w, CudaBackendOptions options) : impl_(s
   Impl& m = *impl_;
   if (options.dtype != "fp32" && options.dtype != "bf16")
     throw std::invalid_argument(fmt::format("dtype: \"{}\" is not available on backend cuda; allowed: fp32, bf16", options.dtype));
-  if (options.attention != "naive" && options.attention != "flash" && options.attention != "flash_split")
-    throw std::invalid_argument(fmt::format("attention: \"{}\" has no CUDA kernel; allowed: naive, flash, flash_split",
-                                            options.attention));
   m.shape = w.shape;
   m.bf16 = options.dtype == "bf16";
-  m.attention = options.attention;
-  if (m.attention != "naive" && !m.bf16)
-    throw std::invalid_argument(fmt::format("attention {} on backend cuda needs dtype bf16", m.attention));
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   m.device = prop.name;
@@ -203,13 +196,15 @@ KvStorage CudaBackend::kv_storage() const { return {cuda::kv_elem_bytes(impl_->k
 std::size_t CudaBackend::peak_device_bytes() const { return impl_->peak_used; }
 
 const std::vector<float>& CudaBackend::forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) {
-  if (attention.name() != impl_->attention)
-    throw std::logic_error(fmt::format("cuda backend built for attention {} was given {}", impl_->attention,
-                                       attention.name()));
-  return impl_->forward(batch, kv);
+  const std::string name = attention.name();
+  if (name != "naive" && name != "flash" && name != "flash_split")
+    throw std::invalid_argument(fmt::format("attention: \"{}\" has no CUDA kernel; allowed: naive, flash, flash_split", name));
+  if (name != "naive" && !impl_->bf16)
+    throw std::invalid_argument(fmt::format("attention {} on backend cuda needs dtype bf16", name));
+  return impl_->forward(batch, kv, name);
 }
 
-const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv) {
+const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const std::string& attention) {
   const ModelShape& s = shape;
   const int dim = s.dim, kv_dim = s.kv_dim(), hd = s.head_dim(), hidden = s.hidden_dim, qkv_dim = dim + 2 * kv_dim;
   const int n_real = batch.num_tokens(), T = n_real + batch.padding_rows, n_out = batch.num_logit_rows();

@@ -7,7 +7,8 @@
 //   bf16 KV, fp32 activations and accumulation.
 //   attention naive: each sequence's K/V gathered to fp32, cuBLAS score GEMMs + softmax kernel;
 //   flash: tensor-core prefill, paged decode; flash_split: split-KV decode + LSE reduction.
-// Logits come back to the host (one row per sequence, vocab floats), where the engine samples:
+// The attention kernel follows the run's Attention (its name), so one loaded model serves a sweep
+// over attention. Logits come back to the host (one row per sequence, vocab floats), where the engine samples:
 // the copy also synchronises, so host step timings are GPU timings.
 // Built whenever nvcc is present; without a CUDA build the constructor throws.
 #include <memory>
@@ -19,8 +20,7 @@
 namespace ablate {
 
 struct CudaBackendOptions {
-  std::string dtype = "bf16";      // fp32 | bf16
-  std::string attention = "flash"; // naive | flash | flash_split (must match the run's Attention)
+  std::string dtype = "bf16";      // fp32 | bf16 (flash and flash_split need bf16)
 };
 
 // Throws std::runtime_error("no CUDA device: <why>") when no device can be used (or the build

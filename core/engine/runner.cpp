@@ -92,8 +92,9 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
   std::unique_ptr<Backend> backend;
   std::string backend_key;  // the model and backend config that built `backend`
   const auto backend_for = [&](const ExperimentConfig& cfg) -> Backend& {
-    const std::string key = fmt::format("{}|{}|{}|{}|{}|{}", cfg.backend, cfg.model.source, cfg.model.preset,
-                                        cfg.model.path, cfg.model.seed, cfg.model.tokenizer);
+    const std::string key = fmt::format("{}|{}|{}|{}|{}|{}|{}|{}", cfg.backend, cfg.dtype, cfg.model.source,
+                                        cfg.model.preset, cfg.model.path, cfg.model.gguf, cfg.model.seed,
+                                        cfg.model.tokenizer);
     if (!backend || key != backend_key) {
       backend.reset();  // free the old weights before loading new ones
       backend = make_backend(cfg);
