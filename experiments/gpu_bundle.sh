@@ -3,8 +3,8 @@
 # shared libraries its programs need that a stock Ubuntu GPU machine lacks (yaml-cpp, fmt, Google
 # Benchmark, libgomp) into build/gpu/lib, so that build/gpu can travel to a GPU machine with no
 # package registry and run there:
-#   experiments/gpu_bundle.sh                    # then carry build/gpu and, there:
-#   ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR
+#   experiments/gpu_bundle.sh                    # then carry build/gpu-carry and, there:
+#   ABLATE_BUILD=build/gpu-carry ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR
 # Only the programs gpu_check.sh runs are built (tests, benchmarks, the ablate binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,14 @@ if [[ -d $shared ]]; then
   mkdir -p build/gpu/shared
   cp -r "$shared/traces" "$shared/models" build/gpu/shared/
 fi
-# Object files and static libraries are not needed there; they only make the carry larger.
-du -sh build/gpu >&2
-ls build/gpu/lib >&2
+# What travels: the programs gpu_check.sh runs, their libraries and the data, in build/gpu's
+# layout but without object files and static libraries (the device tool carries 64 MiB at most).
+rm -rf build/gpu-carry
+mkdir -p build/gpu-carry/tests build/gpu-carry/experiments
+cp build/gpu/ablate build/gpu-carry/
+cp build/gpu/tests/ablate_cuda_tests build/gpu-carry/tests/
+cp build/gpu/experiments/bench_* build/gpu-carry/experiments/ 2>/dev/null || true
+cp -r build/gpu/lib build/gpu-carry/
+[[ -d build/gpu/shared ]] && cp -r build/gpu/shared build/gpu-carry/
+du -sh build/gpu-carry >&2
+# There:  ABLATE_BUILD=build/gpu-carry ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR

@@ -8,7 +8,8 @@
 #   experiments/gpu_check.sh OUTDIR
 #   BENCH_ARGS='--benchmark_filter=Cuda' experiments/gpu_check.sh OUTDIR   # extra benchmark flags
 #   ABLATIONS='kv attention' experiments/gpu_check.sh OUTDIR   # only these configs/gpu/*.yaml ("" = none)
-#   ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR   # use a build/gpu made by experiments/gpu_bundle.sh
+#   ABLATE_BUILD=build/gpu-carry ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR
+#       # use the programs experiments/gpu_bundle.sh built here and copied to build/gpu-carry
 # The GPU machines have CMake, nvcc and PyTorch but no package registry, so the usual way is to
 # build here with experiments/gpu_bundle.sh and carry build/gpu (its lib/ holds the shared
 # libraries that machine lacks).
@@ -18,7 +19,7 @@ out=${1:?usage: experiments/gpu_check.sh OUTDIR}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 cd "$root" || exit 1
-build=build/gpu
+build=${ABLATE_BUILD:-build/gpu}  # build/gpu-carry: the lean copy experiments/gpu_bundle.sh makes
 export PATH=$PATH:/usr/local/cuda/bin
 
 {
