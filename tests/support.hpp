@@ -1,12 +1,14 @@
 #pragma once
 // Helpers shared by the engine, scheduler and speculation tests.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <numeric>
 #include <random>
 #include <vector>
 
+#include "common/attention_problem.hpp"
 #include "common/kv_view.hpp"
 #include "engine/request.hpp"
 
@@ -72,5 +74,73 @@ inline KvLayout paged(const std::vector<float>& k, const std::vector<float>& v, 
   l.view = {l.k.data(), l.v.data(), l.indices.data(), pages, page_size, len, ts};
   return l;
 }
+
+// n values uniform in [lo, hi).
+inline std::vector<float> random_vec(std::size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// One sequence's attention inputs for the kernel tests: queries inside a wider fused-QKV-like row,
+// K/V for the visible tokens plus `future` stored tokens a causal kernel must ignore (their keys
+// set to future_key when it is not 0, so that reading them would dominate the softmax), and
+// output rows with padding columns that must survive (kOutPad).
+struct AttentionShape {
+  int n_q, q_pos0, n_heads, n_kv_heads, head_dim;
+};
+inline constexpr float kOutPad = 7.0f;
+
+struct AttentionCase {
+  AttentionShape s;
+  int q_stride, out_stride, ts, len;
+  std::vector<float> q, k, v;
+  AttentionCase(AttentionShape s_, std::mt19937& rng, int future, float future_key = 0.0f) : s(s_) {
+    ts = s.n_kv_heads * s.head_dim;
+    q_stride = s.n_heads * s.head_dim + 2 * ts;
+    out_stride = s.n_heads * s.head_dim + 3;
+    len = s.q_pos0 + s.n_q + future;
+    q = random_vec(std::size_t(s.n_q) * q_stride, rng, -2.0f, 2.0f);
+    k = random_vec(std::size_t(len) * ts, rng, -2.0f, 2.0f);
+    v = random_vec(std::size_t(len) * ts, rng);
+    if (future_key != 0.0f) std::fill(k.begin() + std::size_t(len - future) * ts, k.end(), future_key);
+  }
+  std::vector<float> out_buffer() const { return std::vector<float>(std::size_t(s.n_q) * out_stride, kOutPad); }
+  AttentionProblem problem(const KvSeqView& kv, float* out) const {
+    AttentionProblem p;
+    p.q = q.data();
+    p.out = out;
+    p.q_stride = q_stride;
+    p.out_stride = out_stride;
+    p.n_q = s.n_q;
+    p.q_pos0 = s.q_pos0;
+    p.kv = kv;
+    p.n_heads = s.n_heads;
+    p.n_kv_heads = s.n_kv_heads;
+    p.head_dim = s.head_dim;
+    p.scale = 1.0f / std::sqrt(float(s.head_dim));
+    return p;
+  }
+  // Largest |a - b| / max(|b|, floor) over the heads part of every output row; infinity when a
+  // padding column changed or a value is NaN.
+  double err(const std::vector<float>& out, const std::vector<float>& expect, double floor) const {
+    double worst = 0.0;
+    const int w = s.n_heads * s.head_dim;
+    for (int i = 0; i < s.n_q; ++i) {
+      const std::size_t row = std::size_t(i) * out_stride;
+      for (int j = 0; j < out_stride; ++j) {
+        const double a = out[row + j], b = expect[row + j];
+        if (j >= w) {
+          if (a != kOutPad) return INFINITY;
+          continue;
+        }
+        const double e = std::abs(a - b) / std::max(std::abs(b), floor);
+        worst = std::isnan(e) ? INFINITY : std::max(worst, e);
+      }
+    }
+    return worst;
+  }
+};
 
 }  // namespace ablate::test

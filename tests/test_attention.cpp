@@ -20,16 +20,8 @@ using namespace ablate;
 
 namespace {
 
-constexpr float kPad = 7.0f;  // out rows' padding must survive
 constexpr double kTol = 1e-5;
 constexpr double kFloor = 0.1;
-
-std::vector<float> rand_vec(std::size_t n, std::mt19937& rng, float lo, float hi) {
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
 
 // One sequence's K/V: contiguous (page_size 0) or in shuffled pages (tests/support.hpp).
 test::KvLayout kv_layout(const std::vector<float>& k, const std::vector<float>& v, int len, int ts, int page_size,
@@ -37,62 +29,17 @@ test::KvLayout kv_layout(const std::vector<float>& k, const std::vector<float>& 
   return page_size == 0 ? test::contiguous(k, v, len, ts) : test::paged(k, v, len, ts, page_size, rng);
 }
 
-struct Shape {
-  int n_q, q_pos0, n_heads, n_kv_heads, head_dim;
+using Shape = test::AttentionShape;
+
+// Two stored "future" tokens a causal kernel must ignore.
+struct Case : test::AttentionCase {
+  Case(Shape s_, std::mt19937& rng) : AttentionCase(s_, rng, 2) {}
 };
 
-// Queries inside a wider fused-QKV-like row; K/V for kv_len tokens plus 2 stored "future" tokens
-// that a causal kernel must ignore; an output buffer with padding columns.
-struct Case {
-  Shape s;
-  int q_stride, out_stride, ts, len;
-  std::vector<float> q, k, v;
-  Case(Shape s_, std::mt19937& rng) : s(s_) {
-    ts = s.n_kv_heads * s.head_dim;
-    q_stride = s.n_heads * s.head_dim + 2 * ts;
-    out_stride = s.n_heads * s.head_dim + 3;
-    len = s.q_pos0 + s.n_q + 2;
-    q = rand_vec(std::size_t(s.n_q) * q_stride, rng, -2.0f, 2.0f);
-    k = rand_vec(std::size_t(len) * ts, rng, -2.0f, 2.0f);
-    v = rand_vec(std::size_t(len) * ts, rng, -1.0f, 1.0f);
-  }
-  std::vector<float> out_buffer() const { return std::vector<float>(std::size_t(s.n_q) * out_stride, kPad); }
-  AttentionProblem problem(const KvSeqView& kv, float* out) const {
-    AttentionProblem p;
-    p.q = q.data();
-    p.out = out;
-    p.q_stride = q_stride;
-    p.out_stride = out_stride;
-    p.n_q = s.n_q;
-    p.q_pos0 = s.q_pos0;
-    p.kv = kv;
-    p.n_heads = s.n_heads;
-    p.n_kv_heads = s.n_kv_heads;
-    p.head_dim = s.head_dim;
-    p.scale = 1.0f / std::sqrt(float(s.head_dim));
-    return p;
-  }
-};
-
-// Largest |a - b| / max(|b|, kFloor) over the heads part of every row (outputs are convex
-// combinations of V in [-1, 1]; the floor keeps near-zero outputs from dividing by ~0); padding
-// must be untouched (else infinity).
+// Outputs are convex combinations of V in [-1, 1]; the floor keeps near-zero outputs from
+// dividing by ~0.
 double err(const std::vector<float>& out, const std::vector<float>& expect, const Case& c) {
-  double worst = 0.0;
-  const int w = c.s.n_heads * c.s.head_dim;
-  for (int i = 0; i < c.s.n_q; ++i) {
-    const std::size_t row = std::size_t(i) * c.out_stride;
-    for (int j = 0; j < c.out_stride; ++j) {
-      const double a = out[row + j], b = expect[row + j];
-      if (j >= w) {
-        if (a != kPad) return INFINITY;
-        continue;
-      }
-      const double e = std::abs(a - b) / std::max(std::abs(b), kFloor);
-      worst = std::isnan(e) ? INFINITY : std::max(worst, e);
-    }
-  }
-  return worst;
+  return c.err(out, expect, kFloor);
 }
 
 // Runs naive, flash, flash_split (automatic and forced to 3 and 7 chunks) on contiguous and paged

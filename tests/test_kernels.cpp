@@ -16,12 +16,7 @@ using namespace ablate;
 
 namespace {
 
-std::vector<float> random_vec(std::size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
+using test::random_vec;
 
 // Largest |a - b| / max(floor, |b|).
 double max_rel_err(const float* a, const float* b, std::size_t n, double floor = 1.0) {
@@ -137,56 +132,16 @@ TEST_CASE("swiglu and add match the scalar reference", "[kernels][swiglu]") {
 
 namespace {
 
-struct AttnCase {
-  int n_q, q_pos0, n_heads, n_kv_heads, head_dim;
+using AttnCase = test::AttentionShape;
+constexpr float kPad = test::kOutPad;
+
+// Three stored "future" tokens with large keys that a causal kernel must ignore.
+struct AttnData : test::AttentionCase {
+  AttnData(AttnCase c, std::mt19937& rng) : AttentionCase(c, rng, 3, 50.0f) {}
 };
 
-// Random queries (inside a wider fused-QKV-like row) and K/V for kv_len tokens plus 3 stored
-// "future" tokens with large keys that a causal kernel must ignore.
-struct AttnData {
-  AttnCase c;
-  int q_stride, out_stride, ts, len;
-  std::vector<float> q, k, v;
-  AttnData(AttnCase c_, std::mt19937& rng) : c(c_) {
-    ts = c.n_kv_heads * c.head_dim;
-    q_stride = c.n_heads * c.head_dim + 2 * ts;
-    out_stride = c.n_heads * c.head_dim + 3;
-    len = c.q_pos0 + c.n_q + 3;
-    q = random_vec(std::size_t(c.n_q) * q_stride, rng, -2.0f, 2.0f);
-    k = random_vec(std::size_t(len) * ts, rng, -2.0f, 2.0f);
-    v = random_vec(std::size_t(len) * ts, rng);
-    std::fill(k.begin() + std::size_t(len - 3) * ts, k.end(), 50.0f);
-  }
-  AttentionProblem problem(const KvSeqView& kv, float* out) const {
-    AttentionProblem p;
-    p.q = q.data();
-    p.out = out;
-    p.q_stride = q_stride;
-    p.out_stride = out_stride;
-    p.n_q = c.n_q;
-    p.q_pos0 = c.q_pos0;
-    p.kv = kv;
-    p.n_heads = c.n_heads;
-    p.n_kv_heads = c.n_kv_heads;
-    p.head_dim = c.head_dim;
-    p.scale = 1.0f / std::sqrt(float(c.head_dim));
-    return p;
-  }
-};
-
-constexpr float kPad = 7.0f;  // out rows' padding must survive
-
-// Compares the heads part of each output row; checks the padding is untouched.
 double attn_err(const std::vector<float>& out, const std::vector<float>& expect, const AttnData& d) {
-  double worst = 0.0;
-  const int w = d.c.n_heads * d.c.head_dim;
-  for (int i = 0; i < d.c.n_q; ++i) {
-    const std::size_t row = std::size_t(i) * d.out_stride;
-    worst = std::max(worst, max_rel_err(out.data() + row, expect.data() + row, w));
-    for (int j = w; j < d.out_stride; ++j)
-      if (out[row + j] != kPad) worst = INFINITY;
-  }
-  return worst;
+  return d.err(out, expect, 1.0);
 }
 
 }  // namespace
@@ -234,7 +189,7 @@ TEST_CASE("attention_naive runs a ragged batch of problems in one call", "[kerne
   std::vector<std::vector<float>> out, expect;
   std::vector<AttentionProblem> problems, refs;
   for (std::size_t i = 0; i < data.size(); ++i) {
-    out.emplace_back(std::size_t(data[i].c.n_q) * data[i].out_stride, kPad);
+    out.emplace_back(std::size_t(data[i].s.n_q) * data[i].out_stride, kPad);
     expect.push_back(out.back());
   }
   for (std::size_t i = 0; i < data.size(); ++i) {
