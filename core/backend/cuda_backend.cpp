@@ -236,6 +236,7 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
   std::vector<std::int64_t> offsets(sz(s.n_layers, n_real));
   std::vector<std::int32_t> page_list;
   std::vector<int> page_start(static_cast<std::size_t>(n_chunks));
+  std::vector<KvSeqView> views;  // each chunk's page list; only the pool offset differs per layer
   int row = 0;
   for (int ci = 0; ci < n_chunks; ++ci) {
     const ForwardChunk& c = batch.chunks[static_cast<std::size_t>(ci)];
@@ -246,7 +247,7 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
       for (int l = 0; l < s.n_layers; ++l) offsets[sz(l, n_real) + row + i] = static_cast<std::int64_t>(kv.slot_offset(l, c.seq, c.pos0 + i));
     }
     for (int i = c.all_logits ? 0 : n - 1; i < n; ++i) rows_out.push_back(row + i);
-    const KvSeqView v = kv.view(0, c.seq, c.pos0 + n);  // pages are the same in every layer
+    const KvSeqView& v = views.emplace_back(kv.view(0, c.seq, c.pos0 + n));  // the same pages in every layer
     page_start[static_cast<std::size_t>(ci)] = static_cast<int>(page_list.size());
     page_list.insert(page_list.end(), v.indices, v.indices + v.num_pages);
     row += n;
@@ -306,7 +307,7 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
       for (int ci = 0; ci < n_chunks; ++ci) {
         const ForwardChunk& c = batch.chunks[static_cast<std::size_t>(ci)];
         const int n = static_cast<int>(c.tokens.size());
-        const KvSeqView hv = kv.view(l, c.seq, c.pos0 + n);
+        const KvSeqView& hv = views[static_cast<std::size_t>(ci)];
         AttentionProblem p;
         p.n_q = n;
         p.q_pos0 = c.pos0;
@@ -317,7 +318,6 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
         p.q_stride = qkv_dim;
         p.out_stride = dim;
         p.kv = hv;
-        p.kv.length = c.pos0 + n;
         if (!flash) {
           // Gather this sequence's K and V (any layout, any KV dtype) into contiguous fp32.
           const std::int32_t* dev_pages = pages.get<std::int32_t>() + page_start[static_cast<std::size_t>(ci)];

@@ -165,11 +165,12 @@ std::vector<TraceRow> read_trace(const std::string& path, int start_row, int cou
   bool have_header = false;
   int row = -1;  // data row index
   std::vector<TraceRow> out;
-  if (count < 0) count = std::numeric_limits<int>::max();
-  out.reserve(static_cast<std::size_t>(std::min(count, 1 << 16)));
+  const bool to_end = count < 0;
+  const std::size_t want = to_end ? std::numeric_limits<std::size_t>::max() : static_cast<std::size_t>(count);
+  out.reserve(std::min<std::size_t>(want, 1 << 16));
   std::int64_t t0 = 0, prev = 0;
 
-  while (static_cast<int>(out.size()) < count && std::getline(in, line)) {
+  while (out.size() < want && std::getline(in, line)) {
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.find_first_not_of(" \t") == std::string::npos) continue;  // blank lines are not rows
@@ -207,7 +208,7 @@ std::vector<TraceRow> read_trace(const std::string& path, int start_row, int cou
     out.push_back({static_cast<double>(*ns - t0) * 1e-9, lens[0], lens[1]});
   }
   if (!have_header) throw std::runtime_error(fmt::format("trace '{}' is empty (no header row)", path));
-  if (static_cast<int>(out.size()) < count && count != std::numeric_limits<int>::max())
+  if (!to_end && out.size() < want)
     throw std::runtime_error(fmt::format("trace '{}' has {} data rows; the workload needs rows [{}, {})", path,
                                          row + 1, start_row, static_cast<long>(start_row) + count));
   return out;
