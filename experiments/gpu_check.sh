@@ -7,7 +7,9 @@
 # (a skip for want of a device counts as a failure here).
 #   experiments/gpu_check.sh OUTDIR
 #   BENCH_ARGS='--benchmark_filter=Cuda' experiments/gpu_check.sh OUTDIR   # extra benchmark flags
+#   BENCHES='bench_cuda_decode' experiments/gpu_check.sh OUTDIR   # only these benchmark programs
 #   ABLATIONS='kv attention' experiments/gpu_check.sh OUTDIR   # only these configs/gpu/*.yaml ("" = none)
+#   STEP_TIMEOUT=120 experiments/gpu_check.sh OUTDIR   # seconds any one step may run (default 600)
 #   ABLATE_BUILD=build/gpu-carry ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR
 #       # use the programs experiments/gpu_bundle.sh built here and copied to build/gpu-carry
 # The GPU machines have CMake, nvcc and PyTorch but no package registry, so the usual way is to
@@ -34,49 +36,62 @@ status=0
 if [[ -z ${ABLATE_SHARED:-} && ! -d ../shared && -d $build/shared ]]; then
   export ABLATE_SHARED=$root/$build/shared  # the copy experiments/gpu_bundle.sh made
 fi
-export LD_LIBRARY_PATH="$root/$build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$root/$build/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+step=(timeout "${STEP_TIMEOUT:-600}")
 if [[ ${ABLATE_PREBUILT:-0} == 1 ]]; then
-  echo "gpu_check: using the prebuilt $build"
+  echo "gpu_check [${SECONDS}s]: using the prebuilt $build"
 elif ! cmake --preset gpu > "$out/configure.log" 2>&1; then
-  echo "gpu_check: configure failed (see $out/configure.log)"; exit 1
+  echo "gpu_check [${SECONDS}s]: configure failed (see $out/configure.log)"; exit 1
 elif ! cmake --build --preset gpu -j "$(nproc)" > "$out/build.log" 2>&1; then
   # Still check what can be built: the CUDA tests and the benchmarks, each on its own.
-  echo "gpu_check: full build failed (see $out/build.log); building the check targets alone"; status=1
+  echo "gpu_check [${SECONDS}s]: full build failed (see $out/build.log); building the check targets alone"; status=1
   for src in tests/cuda/test_cuda_kernels.cpp experiments/bench_*.cpp; do
     target=$(basename "$src" .cpp)
     [ "$target" = test_cuda_kernels ] && target=ablate_cuda_tests
     cmake --build --preset gpu -j "$(nproc)" --target "$target" >> "$out/build_targets.log" 2>&1 ||
-      echo "gpu_check: target $target failed to build (see $out/build_targets.log)"
+      echo "gpu_check [${SECONDS}s]: target $target failed to build (see $out/build_targets.log)"
   done
 fi
-[ -x "$build/tests/ablate_cuda_tests" ] || { echo "gpu_check: no CUDA test binary"; exit 1; }
+[ -x "$build/tests/ablate_cuda_tests" ] || { echo "gpu_check [${SECONDS}s]: no CUDA test binary"; exit 1; }
 
-"$build/tests/ablate_cuda_tests" --durations yes > "$out/cuda_tests.txt" 2>&1
+"${step[@]}" "$build/tests/ablate_cuda_tests" --durations yes > "$out/cuda_tests.txt" 2>&1
 rc=$?
 case $rc in
-  0) echo "gpu_check: CUDA tests passed" ;;
-  77) echo "gpu_check: CUDA tests $(head -1 "$out/cuda_tests.txt")"; status=1 ;;
-  *) echo "gpu_check: CUDA tests FAILED (rc=$rc, see $out/cuda_tests.txt)"; status=1 ;;
+  0) echo "gpu_check [${SECONDS}s]: CUDA tests passed" ;;
+  77) echo "gpu_check [${SECONDS}s]: CUDA tests $(head -1 "$out/cuda_tests.txt")"; status=1 ;;
+  *) echo "gpu_check [${SECONDS}s]: CUDA tests FAILED (rc=$rc, see $out/cuda_tests.txt)"; status=1 ;;
 esac
 
-for bench in "$build"/experiments/bench_*; do
-  [ -x "$bench" ] || continue
-  name=$(basename "$bench")
+# The CUDA benchmarks (the CPU ones, bench_attention/bench_forward/bench_kernels, say nothing
+# about the GPU).
+for name in ${BENCHES-bench_cuda_decode bench_attention_cuda}; do
+  bench=$build/experiments/$name
+  [ -x "$bench" ] || { echo "gpu_check [${SECONDS}s]: no $bench"; status=1; continue; }
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
-  if "$bench" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+  if "${step[@]}" "$bench" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
       --benchmark_out="$out/$name.json" --benchmark_out_format=json ${BENCH_ARGS:-} > "$out/$name.txt" 2>&1; then
-    echo "gpu_check: $name done"
+    echo "gpu_check [${SECONDS}s]: $name done"
   else
-    echo "gpu_check: $name FAILED (see $out/$name.txt)"; status=1
+    echo "gpu_check [${SECONDS}s]: $name FAILED (see $out/$name.txt)"; status=1
   fi
 done
-# GPU-scale ablations: the same engine and configs as on the CPU, backend cuda.
-for name in ${ABLATIONS-batching kv attention speculative}; do
-  cfg=configs/gpu/$name.yaml
-  if "$build/ablate" run "$cfg" --out "$out/results" --run-id "$name" --quiet > "$out/ablation_$name.txt" 2>&1; then
-    echo "gpu_check: ablation $name done"
+# PyTorch's SDPA on the attention benchmark's shapes, for the side-by-side comparison.
+if python3 -c 'import torch; assert torch.cuda.is_available()' 2> /dev/null; then
+  if "${step[@]}" python3 experiments/sdpa_compare.py > "$out/sdpa.csv" 2> "$out/sdpa.err"; then
+    echo "gpu_check [${SECONDS}s]: sdpa_compare done"
   else
-    echo "gpu_check: ablation $name FAILED (see $out/ablation_$name.txt)"; status=1
+    echo "gpu_check [${SECONDS}s]: sdpa_compare FAILED (see $out/sdpa.err)"; status=1
+  fi
+else
+  echo "gpu_check [${SECONDS}s]: sdpa_compare skipped: no python3 with CUDA torch"
+fi
+# GPU-scale ablations: the same engine and configs as on the CPU, backend cuda.
+for name in ${ABLATIONS-decode attention kv speculative batching}; do
+  cfg=configs/gpu/$name.yaml
+  if "${step[@]}" "$build/ablate" run "$cfg" --out "$out/results" --run-id "$name" --quiet > "$out/ablation_$name.txt" 2>&1; then
+    echo "gpu_check [${SECONDS}s]: ablation $name done"
+  else
+    echo "gpu_check [${SECONDS}s]: ablation $name FAILED (see $out/ablation_$name.txt)"; status=1
   fi
 done
 exit $status

@@ -261,6 +261,10 @@ TEST_CASE("config: choice values: unknown, not implemented, numeric", "[config]"
   CHECK_THAT(error_of("backend: cuda\nspeculative: {draft: layer_skip}\n"),
              Contains("x.yaml:2:22: speculative.draft: layer_skip runs inside the CPU backend's forward pass; allowed with "
                       "backend cuda: none, model, simulated"));
+  CHECK_THAT(error_of("backend: cuda\nspeculative: {draft: simulated}\n"),
+             Contains("x.yaml:2:22: speculative.draft: simulated without a draft_preset or draft_model times the target's "
+                      "first draft_layers layers (layer_skip)"));
+  CHECK(error_of("backend: cuda\nspeculative: {draft: simulated, draft_preset: tiny}\n") == "");
 #else
   CHECK_THAT(error_of("backend: cuda"), Contains("x.yaml:1:10: backend: \"cuda\" is not available in this build yet; available now: cpu"));
 #endif
@@ -269,7 +273,7 @@ TEST_CASE("config: choice values: unknown, not implemented, numeric", "[config]"
   CHECK(error_of("attention: flash\n") == "");  // built (issue 4)
   CHECK(error_of("speculative: {draft: simulated}") == "");  // built (issue 5)
   auto e = error_of("model: {preset: llama}");
-  CHECK_THAT(e, Contains("x.yaml:1:17: model.preset: unknown value \"llama\"; allowed: tiny, stories260k, smollm2-135m, smollm2-draft, llama2-7b"));
+  CHECK_THAT(e, Contains("x.yaml:1:17: model.preset: unknown value \"llama\"; allowed: tiny, stories260k, smollm2-135m, smollm2-draft, llama2-7b, llama2-draft"));
   CHECK_THAT(error_of("workload: {arrival: Poisson}"), Contains("(did you mean \"poisson\"?); allowed: offline, poisson, gamma, trace"));
   CHECK(error_of("kv: {block_size: 12}") == "x.yaml:1:18: kv.block_size: 12 is not allowed; allowed: 1, 8, 16, 32, 64, 128");
   CHECK_THAT(error_of("kv: {block_size: big}"), Contains("kv.block_size: expected an integer, got \"big\""));

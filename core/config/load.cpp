@@ -631,6 +631,11 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
   if (c.backend == "cuda" && s.draft == "layer_skip")
     fail_at({"speculative.draft", "backend"}, "layer_skip runs inside the CPU backend's forward pass; allowed with backend "
                                               "cuda: none, model, simulated");
+  if (c.backend == "cuda" && s.draft == "simulated" && s.draft_preset.empty() && s.draft_model.empty())
+    fail_at({"speculative.draft", "backend"}, "simulated without a draft_preset or draft_model times the target's first "
+                                              "draft_layers layers (layer_skip), which runs inside the CPU backend's forward "
+                                              "pass; with backend cuda give speculative.draft_preset (allowed: " +
+                                                  join(preset_names()) + ") or speculative.draft_model");
   if (!s.draft_model.empty()) {
     if (!s.draft_preset.empty())
       fail_at({"speculative.draft_model", "speculative.draft_preset"}, "give a draft_preset or a draft_model, not both");

@@ -18,6 +18,8 @@ const std::vector<ModelShape>& presets() {
       // speculative draft for smollm2-135m: its vocabulary, ~5 % of its weights, ~1/10 of its CPU decode time
       {"smollm2-draft", 128,  384,   4,    2,    1, 49152,  8192, 100000.f,  1e-5f, true},
       {"llama2-7b",   4096, 11008,  32,   32,   32, 32000,  4096,  10000.f,  1e-5f, false},
+      // speculative draft for llama2-7b: its vocabulary, the shape of a 160M Llama draft (JackFram/llama-160m)
+      {"llama2-draft", 768,  3072,  12,   12,   12, 32000,  2048,  10000.f,  1e-5f, false},
   };
   return all;
 }
