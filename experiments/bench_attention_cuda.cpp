@@ -2,6 +2,7 @@
 //   BM_CudaFlashPrefill  attention_flash (WMMA) on a full causal prefill of ctx tokens
 //   BM_CudaFlashDecode   attention_flash_decode: paged decode, batch sequences of ctx tokens
 //   BM_CudaFlashSplit    attention_flash_split (split-KV + reduction), same problems
+//   (decode and split: version 2, one launch per batch, and version 1, one per sequence)
 // Decode counters: bytes/s = K+V bytes read (each sequence's, dtype-sized) per second and
 // bw_frac = that / the device's peak (2 x memory clock x bus width, printed in the context).
 // Prefill: FLOP/s = useful causal FLOPs (4 * head_dim per visible (query, key, head)).
@@ -154,7 +155,8 @@ void BM_CudaFlashDecode(benchmark::State& state) {
   const Heads& h = kShapes[state.range(0)];
   const int ctx = int(state.range(1)), batch = int(state.range(2));
   Setup s(h, ctx, batch, 1, int(state.range(3)), dtype_arg(state, 4));
-  time_gpu(state, [&] { cuda::attention_flash_decode(s.problems, s.dtype, nullptr); });
+  const int version = int(state.range(5));
+  time_gpu(state, [&] { cuda::attention_flash_decode(s.problems, s.dtype, nullptr, version); });
   decode_counters(state, h, ctx, batch, 0);
 }
 
@@ -164,7 +166,8 @@ void BM_CudaFlashSplit(benchmark::State& state) {
   Setup s(h, ctx, batch, 1, int(state.range(3)), dtype_arg(state, 4));
   const std::size_t wsb = cuda::attention_flash_split_workspace_bytes(s.problems);
   float* ws = static_cast<float*>(s.alloc(wsb));
-  time_gpu(state, [&] { cuda::attention_flash_split(s.problems, s.dtype, ws, wsb, nullptr); });
+  const int version = int(state.range(5));
+  time_gpu(state, [&] { cuda::attention_flash_split(s.problems, s.dtype, ws, wsb, nullptr, 0, version); });
   decode_counters(state, h, ctx, batch, wsb);
   state.counters["splits"] = cuda::attention_flash_split_count(s.problems, 0);
 }
@@ -180,12 +183,15 @@ void register_all() {
     }
   for (auto* fn : {&BM_CudaFlashDecode, &BM_CudaFlashSplit}) {
     auto* b = benchmark::RegisterBenchmark(fn == &BM_CudaFlashDecode ? "BM_CudaFlashDecode" : "BM_CudaFlashSplit", *fn);
-    b->ArgNames({"shape", "ctx", "batch", "page", "bf16"})->UseManualTime()->Unit(benchmark::kMicrosecond);
+    b->ArgNames({"shape", "ctx", "batch", "page", "bf16", "version"})->UseManualTime()->Unit(benchmark::kMicrosecond);
+    // version 2 (the default: one launch per batch, 4 keys in flight per thread) everywhere;
+    // version 1 (a launch per sequence) beside it at 8k for the comparison.
     for (int shape : {0, 1})
-      for (int batch : {1, 16})
+      for (int batch : {1, 16, 32})
         for (int ctx : {1024, 4096, 8192, 16384}) {
-          if (shape == 1 && batch == 16 && ctx > 8192) continue;  // 8 GiB of KV
-          b->Args({shape, ctx, batch, 16, 1});
+          if (shape == 1 && batch == 32 && ctx > 8192) continue;  // 8 GiB of KV
+          b->Args({shape, ctx, batch, 16, 1, 2});
+          if (ctx == 8192 && batch != 32) b->Args({shape, ctx, batch, 16, 1, 1});
         }
   }
 }

@@ -7,9 +7,11 @@
 // then the final norm and the LM head. GEMMs are cuBLAS bf16 x bf16 -> fp32 (fp32 accumulate);
 // activations and KV are fp32. With graphs=1 the whole step is one CUDA graph launch (the
 // `cuda_graphs` ablation in miniature: the same kernels without ~500 launch gaps). gemv=0 runs
-// the matmuls through cuBLAS (cublasGemmEx, x converted to bf16 first); gemv=1 through the
-// project's gemv_bf16 kernel (fp32 x read directly; the residual adds fused into the output and
-// down projections). attn=0 is naive attention (cuBLAS + softmax), attn=1 attention_decode_f32.
+// the matmuls through cuBLAS (cublasGemmEx, x converted to bf16 first); gemv=1..3 through that
+// version of the project's gemv_bf16 kernel (fp32 x read directly; the residual adds fused into
+// the output and down projections). attn=0 is naive attention (cuBLAS + softmax), attn=1
+// attention_decode_f32. BM_GemvBf16 times each GEMV version alone on each matrix shape of the
+// step, bytes of w per second beside the copy bandwidth (the llm.c way: versions side by side).
 //   build/gpu/experiments/bench_cuda_decode --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 // Without a CUDA device it reports "not benchmarked" and runs nothing.
 #include <benchmark/benchmark.h>
@@ -79,7 +81,7 @@ double copy_bandwidth(cudaStream_t s) {
 struct Decoder {
   ModelShape s = *find_preset("llama2-7b");
   int context = 0;
-  bool own_gemv = false;
+  int gemv = 0;  // 0: cuBLAS; 1..3: gemv_bf16 version
   bool naive_attention = true;  // else cuda::attention_decode_f32
   cudaStream_t stream{};
   cublasHandle_t blas{};
@@ -164,7 +166,7 @@ struct Decoder {
   }
 
   // The token at position `context`: every kernel of one decode step, enqueued on `stream`.
-  void step() { own_gemv ? step_gemv() : step_cublas(); }
+  void step() { gemv > 0 ? step_gemv() : step_cublas(); }
 
   // Layer l's attention on qkv: RoPE, this token's K/V into the cache, naive attention into att.
   void attend(int l) {
@@ -185,16 +187,16 @@ struct Decoder {
     for (int l = 0; l < s.n_layers; ++l) {
       const Layer& L = layers[std::size_t(l)];
       cuda::rmsnorm(xb, x, ones, 1, d, s.norm_eps, stream);
-      cuda::gemv_bf16(qkv, xb, L.wqkv, d, qkvd, false, stream);
+      cuda::gemv_bf16(qkv, xb, L.wqkv, d, qkvd, false, stream, gemv);
       attend(l);
-      cuda::gemv_bf16(x, att, L.wo, d, d, true, stream);  // x += wo att
+      cuda::gemv_bf16(x, att, L.wo, d, d, true, stream, gemv);  // x += wo att
       cuda::rmsnorm(xb, x, ones, 1, d, s.norm_eps, stream);
-      cuda::gemv_bf16(h13, xb, L.w13, d, 2 * h, false, stream);
+      cuda::gemv_bf16(h13, xb, L.w13, d, 2 * h, false, stream, gemv);
       cuda::swiglu(h13, h13 + h, std::size_t(h), stream);
-      cuda::gemv_bf16(x, h13, L.w2, h, d, true, stream);  // x += w2 h
+      cuda::gemv_bf16(x, h13, L.w2, h, d, true, stream, gemv);  // x += w2 h
     }
     cuda::rmsnorm(xb, x, ones, 1, d, s.norm_eps, stream);
-    cuda::gemv_bf16(logits, xb, lm_head, d, s.vocab_size, false, stream);
+    cuda::gemv_bf16(logits, xb, lm_head, d, s.vocab_size, false, stream, gemv);
   }
 
   void step_cublas() {
@@ -237,18 +239,19 @@ double g_copy_bw = 0;
 
 void BM_CudaDecodeStep(benchmark::State& state) {
   const int context = int(state.range(0));
-  const bool graphs = state.range(1) != 0, own_gemv = state.range(2) != 0, naive = state.range(3) == 0;
+  const bool graphs = state.range(1) != 0, naive = state.range(3) == 0;
+  const int gemv = int(state.range(2));
   static std::unique_ptr<Decoder> dec;
   if (!dec || dec->context != context) {
     dec.reset();
     dec = std::make_unique<Decoder>(context);
   }
   Decoder& D = *dec;
-  if ((D.own_gemv != own_gemv || D.naive_attention != naive) && D.graph) {
+  if ((D.gemv != gemv || D.naive_attention != naive) && D.graph) {
     cudaGraphExecDestroy(D.graph);
     D.graph = nullptr;
   }
-  D.own_gemv = own_gemv;
+  D.gemv = gemv;
   D.naive_attention = naive;
   if (graphs && !D.graph) D.capture();
   cudaEvent_t e0, e1;
@@ -275,6 +278,42 @@ void BM_CudaDecodeStep(benchmark::State& state) {
   state.counters["weight_GBps"] = benchmark::Counter(wb / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   // Fraction of the roofline: (the time a copy-speed read of the weights takes) / step time.
   state.counters["roofline_frac"] = benchmark::Counter(wb / g_copy_bw, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// One GEMV of a decode step's shape (in -> out, bf16 w), version range(2), alone.
+void BM_GemvBf16(benchmark::State& state) {
+  const int in = int(state.range(0)), out = int(state.range(1)), version = int(state.range(2));
+  cuda::bf16_bits* w = nullptr;  // its own allocations: free_all() would free the decode step's too
+  float *x = nullptr, *y = nullptr;
+  ok(cudaMalloc(reinterpret_cast<void**>(&w), std::size_t(in) * out * 2), "cudaMalloc");
+  ok(cudaMalloc(reinterpret_cast<void**>(&x), std::size_t(in) * 4), "cudaMalloc");
+  ok(cudaMalloc(reinterpret_cast<void**>(&y), std::size_t(out) * 4), "cudaMalloc");
+  cudaStream_t s;
+  ok(cudaStreamCreate(&s), "stream");
+  cuda::fill_uniform_bf16(w, std::size_t(in) * out, 7, 1.0f / std::sqrt(float(in)), s);
+  ok(cudaMemsetAsync(x, 0, std::size_t(in) * 4, s), "memset");
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  cuda::gemv_bf16(y, x, w, in, out, false, s, version);
+  ok(cudaStreamSynchronize(s), "warm-up");
+  for (auto _ : state) {
+    cudaEventRecord(e0, s);
+    cuda::gemv_bf16(y, x, w, in, out, false, s, version);
+    cudaEventRecord(e1, s);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    state.SetIterationTime(ms / 1e3);
+  }
+  ok(cudaGetLastError(), "gemv");
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaStreamDestroy(s);
+  for (void* p : {static_cast<void*>(w), static_cast<void*>(x), static_cast<void*>(y)}) cudaFree(p);
+  const double bytes = 2.0 * in * out;
+  state.SetBytesProcessed(static_cast<int64_t>(bytes * double(state.iterations())));
+  state.counters["copy_frac"] = benchmark::Counter(bytes / g_copy_bw, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 }  // namespace
@@ -304,8 +343,13 @@ int main(int argc, char** argv) {
     b->ArgNames({"context", "graphs", "gemv", "attn"})->UseManualTime()->Unit(benchmark::kMillisecond);
     for (int ctx : {128, 2048})
       for (int g : {0, 1})
-        for (int own : {0, 1}) b->Args({ctx, g, own, 0});
+        for (int gemv = 0; gemv <= cuda::kGemvVersions; ++gemv) b->Args({ctx, g, gemv, 0});
     for (int ctx : {128, 2048}) b->Args({ctx, 1, 1, 1});  // attn=1: attention_decode_f32, one launch
+    auto* gb = benchmark::RegisterBenchmark("BM_GemvBf16", BM_GemvBf16);
+    gb->ArgNames({"in", "out", "version"})->UseManualTime()->Unit(benchmark::kMicrosecond);
+    // llama2-7b: wqkv, wo, w13, w2, LM head
+    for (auto [in, out] : {std::pair{4096, 12288}, {4096, 4096}, {4096, 22016}, {11008, 4096}, {4096, 32000}})
+      for (int v = 1; v <= cuda::kGemvVersions; ++v) gb->Args({in, out, v});
   }
 #else
   benchmark::AddCustomContext("cuda", "not benchmarked: built without CUDA");

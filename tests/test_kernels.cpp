@@ -122,6 +122,19 @@ TEST_CASE("swiglu and add match the scalar reference", "[kernels][swiglu]") {
   ref::swiglu(expect.data(), up.data(), n);
   CHECK(max_rel_err(g.data(), expect.data(), n, 1e-6) < 1e-5);
 
+  // swiglu_rows on fused [gate | up] rows equals swiglu row by row (the CPU backend's way).
+  const int rows = 3, hidden = 517;
+  auto gu = random_vec(std::size_t(rows) * 2 * hidden, rng, -8.0f, 8.0f), by_row = gu;
+  std::vector<float> fused(std::size_t(rows) * hidden);
+  cpu::swiglu_rows(fused.data(), gu.data(), rows, hidden);
+  for (int r = 0; r < rows; ++r) {
+    float* row = by_row.data() + std::size_t(r) * 2 * hidden;
+    cpu::swiglu(row, row + hidden, hidden);
+    for (int j = 0; j < hidden; ++j) CHECK(fused[std::size_t(r) * hidden + j] == row[j]);
+  }
+  cpu::swiglu_rows(gu.data(), gu.data(), 1, hidden);  // in place at one row
+  for (int j = 0; j < hidden; ++j) CHECK(gu[std::size_t(j)] == fused[std::size_t(j)]);
+
   auto x = random_vec(n, rng), y = random_vec(n, rng), sum = x;
   cpu::add(x.data(), y.data(), n);
   ref::add(sum.data(), y.data(), n);

@@ -27,7 +27,9 @@ std::size_t CudaBackend::peak_device_bytes() const { return 0; }
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -145,11 +147,61 @@ struct CudaBackend::Impl {
   // y[rows][out] = x[rows][in] W^T in the weight dtype, fp32 in and out.
   void matmul(float* y, const float* xin, const DeviceBuffer& w, int rows, int in, int out) {
     if (!bf16) return cuda::matmul(y, xin, w.get<float>(), rows, in, out, cublas, stream);
-    if (rows == 1) return cuda::gemv_bf16(y, xin, w.get<cuda::bf16_bits>(), in, out, false, stream);
+    if (rows == 1) return cuda::gemv_bf16(y, xin, w.get<cuda::bf16_bits>(), in, out, false, stream, gemv_version);
     // x16 holds rows x in: forward() sized it for the step.
     cuda::to_bf16(x16.get<cuda::bf16_bits>(), xin, static_cast<std::size_t>(rows) * in, stream);
     cuda::matmul_bf16(y, x16.get<cuda::bf16_bits>(), w.get<cuda::bf16_bits>(), rows, in, out, cublas, stream);
   }
+
+  // The residual connection x[rows][out] += xin W^T: one GEMV that adds as it writes when a
+  // single bf16 row (the batch-1 decode step), else a matmul into `scratch` and an add.
+  void matmul_add(float* x, const float* xin, const DeviceBuffer& w, int rows, int in, int out, float* scratch) {
+    if (bf16 && rows == 1) return cuda::gemv_bf16(x, xin, w.get<cuda::bf16_bits>(), in, out, true, stream, gemv_version);
+    matmul(scratch, xin, w, rows, in, out);
+    cuda::add(x, scratch, static_cast<std::size_t>(rows) * out, stream);
+  }
+
+  // The batch-1 GEMV version for this device: each version timed on layer 0's three matrix shapes
+  // (CUDA events, median of 5), the fastest kept. All versions compute the same sums (tested).
+  int gemv_version = 1;
+  void choose_gemv() {
+    const Layer& L = layers.front();
+    const int dim = shape.dim, hidden = shape.hidden_dim, qkv_dim = dim + 2 * shape.kv_dim();
+    DeviceBuffer xin, y;
+    xin.reserve(static_cast<std::size_t>(std::max(dim, hidden)) * sizeof(float));
+    y.reserve(static_cast<std::size_t>(std::max(qkv_dim, 2 * hidden)) * sizeof(float));
+    check(cudaMemsetAsync(xin.get(), 0, xin.bytes(), stream), "gemv tuning");
+    cudaEvent_t e0, e1;
+    check(cudaEventCreate(&e0), "cudaEventCreate");
+    check(cudaEventCreate(&e1), "cudaEventCreate");
+    const auto run = [&](int v) {
+      cuda::gemv_bf16(y.get<float>(), xin.get<float>(), L.wqkv.get<cuda::bf16_bits>(), dim, qkv_dim, false, stream, v);
+      cuda::gemv_bf16(y.get<float>(), xin.get<float>(), L.w13.get<cuda::bf16_bits>(), dim, 2 * hidden, false, stream, v);
+      cuda::gemv_bf16(y.get<float>(), xin.get<float>(), L.w2.get<cuda::bf16_bits>(), hidden, dim, false, stream, v);
+    };
+    std::string report;
+    float best = 0.0f;
+    for (int v = 1; v <= cuda::kGemvVersions; ++v) {
+      run(v);  // warm-up
+      std::vector<float> ms;
+      for (int rep = 0; rep < 5; ++rep) {
+        check(cudaEventRecord(e0, stream), "cudaEventRecord");
+        run(v);
+        check(cudaEventRecord(e1, stream), "cudaEventRecord");
+        check(cudaEventSynchronize(e1), "gemv tuning");
+        float t = 0.0f;
+        check(cudaEventElapsedTime(&t, e0, e1), "cudaEventElapsedTime");
+        ms.push_back(t);
+      }
+      std::sort(ms.begin(), ms.end());
+      report += fmt::format("{}v{} {:.1f} us", v > 1 ? ", " : "", v, ms[2] * 1e3);
+      if (v == 1 || ms[2] < best) best = ms[2], gemv_version = v;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    gemv_tuning = fmt::format("gemv_bf16 v{} (layer-0 GEMVs: {})", gemv_version, report);
+  }
+  std::string gemv_tuning;
 
   const std::vector<float>& forward(const ForwardBatch& batch, KvCache& kv, const std::string& attention);
 };
@@ -185,6 +237,10 @@ CudaBackend::CudaBackend(const Weights& w, CudaBackendOptions options) : impl_(s
   const std::vector<float> head(w.lm_head(), w.lm_head() + static_cast<std::size_t>(w.shape.vocab_size) * w.shape.dim);
   m.upload_matrix(m.lm_head, {&head}, staging);
   check(cudaStreamSynchronize(m.stream), "weights upload");
+  if (m.bf16 && !m.layers.empty()) {
+    m.choose_gemv();
+    std::fprintf(stderr, "cuda backend: %s\n", m.gemv_tuning.c_str());
+  }
   m.note_memory();
 }
 
@@ -293,8 +349,8 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
     float* q = qkv.get<float>();
     cuda::rmsnorm(xb.get<float>(), x.get<float>(), L.rms_att.get<float>(), T, dim, s.norm_eps, stream);
     matmul(q, xb.get<float>(), L.wqkv, T, dim, qkv_dim);
-    cuda::rope(q, T, qkv_dim, s.n_heads, hd, positions.get<int>(), s.rope_theta, stream);
-    cuda::rope(q + dim, T, qkv_dim, s.n_kv_heads, hd, positions.get<int>(), s.rope_theta, stream);
+    // RoPE on the query heads and the key heads that follow them in each row: one launch.
+    cuda::rope(q, T, qkv_dim, s.n_heads + s.n_kv_heads, hd, positions.get<int>(), s.rope_theta, stream);
     const std::int64_t* off = kv_offsets.get<std::int64_t>() + sz(l, n_real);
     cuda::kv_write(k_pool.get(), off, q + dim, qkv_dim, n_real, kv_dim, kv_elem(), stream);
     cuda::kv_write(v_pool.get(), off, q + dim + kv_dim, qkv_dim, n_real, kv_dim, kv_elem(), stream);
@@ -359,19 +415,11 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
         cuda::cast_to_float(att.get<float>(), att16.get(), sz(n_real, dim), cuda::DType::bf16, stream);
       }
     }
-    matmul(xb.get<float>(), att.get<float>(), L.wo, T, dim, dim);
-    cuda::add(x.get<float>(), xb.get<float>(), sz(T, dim), stream);
+    matmul_add(x.get<float>(), att.get<float>(), L.wo, T, dim, dim, xb.get<float>());
     cuda::rmsnorm(xb.get<float>(), x.get<float>(), L.rms_ffn.get<float>(), T, dim, s.norm_eps, stream);
     matmul(h13.get<float>(), xb.get<float>(), L.w13, T, dim, 2 * hidden);  // row: [w1 xn | w3 xn]
-    // SwiGLU on [T][2 hidden] rows: gate and up are interleaved per row, so one call per row
-    // would be T launches; instead compact gate and up with strided copies, then one call.
-    check(cudaMemcpy2DAsync(h.get<float>(), hidden * f, h13.get<float>(), 2 * hidden * f, hidden * f, T,
-                            cudaMemcpyDeviceToDevice, stream), "swiglu gate");
-    check(cudaMemcpy2DAsync(xb.get<float>(), hidden * f, h13.get<float>() + hidden, 2 * hidden * f, hidden * f, T,
-                            cudaMemcpyDeviceToDevice, stream), "swiglu up");
-    cuda::swiglu(h.get<float>(), xb.get<float>(), sz(T, hidden), stream);
-    matmul(xb.get<float>(), h.get<float>(), L.w2, T, hidden, dim);
-    cuda::add(x.get<float>(), xb.get<float>(), sz(T, dim), stream);
+    cuda::swiglu_rows(h.get<float>(), h13.get<float>(), T, hidden, stream);
+    matmul_add(x.get<float>(), h.get<float>(), L.w2, T, hidden, dim, xb.get<float>());
   }
 
   // Final norm and LM head for the wanted rows only (gathered with the embedding kernel).

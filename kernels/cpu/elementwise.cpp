@@ -67,6 +67,18 @@ void swiglu(float* gate, const float* up, std::size_t n) {
   }
 }
 
+void swiglu_rows(float* out, const float* gate_up, int rows, int hidden) {
+  for (int r = 0; r < rows; ++r) {
+    const float* g = gate_up + std::size_t(r) * 2 * hidden;
+    float* o = out + std::size_t(r) * hidden;
+    for (int j = 0; j < hidden; ++j) {
+      float val = g[j];
+      val *= 1.0f / (1.0f + expf(-val));
+      o[j] = val * g[hidden + j];
+    }
+  }
+}
+
 void add(float* x, const float* y, std::size_t n) {
 #pragma omp simd
   for (std::size_t i = 0; i < n; ++i) x[i] += y[i];

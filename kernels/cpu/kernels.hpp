@@ -27,6 +27,10 @@ void softmax(float* x, int n);
 // gate[i] = silu(gate[i]) * up[i].
 void swiglu(float* gate, const float* up, std::size_t n);
 
+// SwiGLU on fused [gate | up] rows: out[r][j] = silu(gate_up[r][j]) * gate_up[r][hidden + j],
+// out rows of hidden floats. out may be gate_up when rows == 1.
+void swiglu_rows(float* out, const float* gate_up, int rows, int hidden);
+
 // x[i] += y[i] (the residual connection).
 void add(float* x, const float* y, std::size_t n);
 

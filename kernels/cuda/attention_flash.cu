@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "cuda/check.cuh"
 #include "cuda/kernels.cuh"
@@ -301,6 +302,152 @@ __global__ void __launch_bounds__(kDecodeThreads) flash_decode_kernel(Prob<T> p,
   }
 }
 
+// Version 2: every problem of a batch in one launch (a launch per sequence serialises small
+// grids on the stream: 16 sequences ran 16x slower than one), and each thread loads kDecodeKeys
+// keys' K and V before using any of them, so a block has 4x the bytes in flight of version 1.
+// Problems travel by value in the kernel's parameters, kDecodeGroup at a time (4 KB limit).
+constexpr int kDecodeGroup = 32, kDecodeKeys = 4;
+
+template <class T>
+struct DecodeGroup {
+  Prob<T> p[kDecodeGroup];
+  int row0[kDecodeGroup + 1];  // prefix sums of n_q: grid row r belongs to problem j when row0[j] <= r < row0[j+1]
+  int chunk[kDecodeGroup];     // keys per split
+  int splits[kDecodeGroup];    // 1: write the output directly
+  long long part[kDecodeGroup];  // float offset of problem j's partial outputs in the workspace (splits > 1)
+  int n;
+};
+static_assert(sizeof(DecodeGroup<__half>) <= 4000, "kernel parameters are limited to 4 KB");
+
+// Block (h, r, s): head h of grid row r (problem j, query i = r - row0[j]), key chunk s.
+template <class T, int D>
+__global__ void __launch_bounds__(kDecodeThreads) flash_decode_v2_kernel(DecodeGroup<T> g, float* workspace) {
+  constexpr int tpk = D / 8, kpb = kDecodeThreads / tpk, U = kDecodeKeys;
+  __shared__ float sm_m[kpb], sm_l[kpb];
+  __shared__ float sm_acc[kpb][D];
+
+  const int h = blockIdx.x, r = blockIdx.y, s = blockIdx.z;
+  int j = 0;
+  while (j + 1 < g.n && g.row0[j + 1] <= r) ++j;
+  const Prob<T>& p = g.p[j];
+  const int i = r - g.row0[j], splits = g.splits[j];
+  if (s >= splits) return;  // uniform over the block: before any barrier
+  const int kvh = h / (p.n_heads / p.n_kv_heads);
+  const int sub = threadIdx.x / tpk, li = threadIdx.x % tpk;
+  const int visible = min(p.kv_len, p.q_pos0 + i + 1);
+  const int k0 = s * g.chunk[j], k1 = min(visible, k0 + g.chunk[j]);
+
+  float q[8], acc[8];
+  {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p.q + std::size_t(i) * p.q_stride + std::size_t(h) * D + li * 8);
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int c = 0; c < 8; ++c) {
+      q[c] = Conv<T>::to(e[c]) * p.scale_log2;
+      acc[c] = 0.0f;
+    }
+  }
+  float m = -INFINITY, l = 0.0f;
+  // Uniform loop bound: every lane reaches the shuffles. Key u of a step: tb + u * kpb + sub.
+  for (int tb = k0; tb < k1; tb += kpb * U) {
+    uint4 kr[U], vr[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int t = tb + u * kpb + sub;
+      kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+      if (t < k1) {
+        const std::size_t off = kv_offset(p, t, kvh, D) + li * 8;
+        kr[u] = *reinterpret_cast<const uint4*>(p.k + off);
+        vr[u] = *reinterpret_cast<const uint4*>(p.v + off);
+      }
+    }
+    float dot[U];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const T* ke = reinterpret_cast<const T*>(&kr[u]);
+      float d = 0.0f;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) d += q[c] * Conv<T>::to(ke[c]);
+#pragma unroll
+      for (int o = tpk / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+      dot[u] = tb + u * kpb + sub < k1 ? d : -INFINITY;
+      mx = fmaxf(mx, dot[u]);
+    }
+    const float m_new = fmaxf(m, mx);
+    if (m_new != -INFINITY) {  // else no key yet for this slot: m, l, acc stay (no shuffles in here)
+      const float corr = exp2f(m - m_new);  // 0 while m = -inf
+      l *= corr;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) acc[c] *= corr;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const float pr = exp2f(dot[u] - m_new);  // 0 for a key past k1
+        l += pr;
+        const T* ve = reinterpret_cast<const T*>(&vr[u]);
+#pragma unroll
+        for (int c = 0; c < 8; ++c) acc[c] += pr * Conv<T>::to(ve[c]);
+      }
+      m = m_new;
+    }
+  }
+  if (li == 0) {
+    sm_m[sub] = m;
+    sm_l[sub] = l;
+  }
+#pragma unroll
+  for (int c = 0; c < 8; ++c) sm_acc[sub][li * 8 + c] = acc[c];
+  __syncthreads();
+
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float M = -INFINITY;
+    for (int k = 0; k < kpb; ++k) M = fmaxf(M, sm_m[k]);
+    float L = 0.0f, o = 0.0f;
+    if (M != -INFINITY)
+      for (int k = 0; k < kpb; ++k) {
+        const float w = exp2f(sm_m[k] - M);
+        L += w * sm_l[k];
+        o += w * sm_acc[k][d];
+      }
+    const float val = L > 0.0f ? o / L : 0.0f;
+    if (splits == 1) {
+      p.out[std::size_t(i) * p.out_stride + std::size_t(h) * D + d] = Conv<T>::from(val);
+    } else {
+      const std::size_t slots = std::size_t(p.n_q) * p.n_heads * splits, slot = (std::size_t(i) * p.n_heads + h) * splits + s;
+      float* part_o = workspace + g.part[j];
+      part_o[slot * D + d] = val;
+      if (d == 0) part_o[slots * D + slot] = L > 0.0f ? M + log2f(L) : -INFINITY;
+    }
+  }
+}
+
+// Block (h, r): the split problems' reduction, as split_reduce_kernel, for a whole group.
+template <class T>
+__global__ void split_reduce_v2_kernel(DecodeGroup<T> g, int D, const float* workspace) {
+  const int h = blockIdx.x, r = blockIdx.y;
+  int j = 0;
+  while (j + 1 < g.n && g.row0[j + 1] <= r) ++j;
+  const int splits = g.splits[j];
+  if (splits == 1) return;
+  const Prob<T>& p = g.p[j];
+  const int i = r - g.row0[j];
+  const std::size_t slots = std::size_t(p.n_q) * p.n_heads * splits, base = (std::size_t(i) * p.n_heads + h) * splits;
+  const float* part_o = workspace + g.part[j];
+  const float* part_lse = part_o + slots * D;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, part_lse[base + s]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float num = 0.0f, den = 0.0f;
+    if (M != -INFINITY)
+      for (int s = 0; s < splits; ++s) {
+        const float w = exp2f(part_lse[base + s] - M);
+        num += w * part_o[(base + s) * D + d];
+        den += w;
+      }
+    p.out[std::size_t(i) * p.out_stride + std::size_t(h) * D + d] = Conv<T>::from(den > 0.0f ? num / den : 0.0f);
+  }
+}
+
 // Block (h, i): out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M).
 template <class T>
 __global__ void split_reduce_kernel(Prob<T> p, int D, int splits, const float* part_o, const float* part_lse) {
@@ -400,6 +547,53 @@ int effective_splits(const AttentionProblem& p, int splits) {
   return (p.kv_len() + chunk - 1) / chunk;
 }
 
+// Version 2's launches: problems in groups of up to kDecodeGroup sharing (n_heads, head_dim), one
+// decode launch per group (grid z = the group's largest split count) and, when any problem of
+// the group is split, one reduction launch. splits[k] is problem k's split count (1 = direct);
+// its partial outputs sit in the workspace where version 1 puts them.
+template <class T>
+void decode_v2(std::span<const AttentionProblem> problems, std::span<const int> splits, float* workspace,
+               cudaStream_t stream) {
+  DecodeGroup<T> g{};
+  int heads = 0, D = 0, max_splits = 1;
+  bool any_split = false;
+  const auto flush = [&] {
+    if (g.n == 0) return;
+    const dim3 grid(heads, g.row0[g.n], max_splits);
+    if (D == 64) flash_decode_v2_kernel<T, 64><<<grid, kDecodeThreads, 0, stream>>>(g, workspace);
+    else flash_decode_v2_kernel<T, 128><<<grid, kDecodeThreads, 0, stream>>>(g, workspace);
+    check_launch("attention_flash_decode/split v2 (decode kernel)");
+    if (any_split) {
+      split_reduce_v2_kernel<T><<<dim3(heads, g.row0[g.n]), D, 0, stream>>>(g, D, workspace);
+      check_launch("attention_flash_split v2 (reduce kernel)");
+    }
+    g = DecodeGroup<T>{};
+    max_splits = 1;
+    any_split = false;
+  };
+  std::size_t off = 0;
+  for (std::size_t k = 0; k < problems.size(); ++k) {
+    const AttentionProblem& p = problems[k];
+    if (p.n_q <= 0) continue;
+    if (p.n_q > 65535) throw std::invalid_argument("cuda::attention_flash_decode: n_q > 65535 (grid rows)");
+    if (g.n == kDecodeGroup || (g.n > 0 && (p.n_heads != heads || p.head_dim != D || g.row0[g.n] + p.n_q > 65535)))
+      flush();
+    heads = p.n_heads;
+    D = p.head_dim;
+    const int s = splits[k];
+    g.p[g.n] = prob_of<T>(p);
+    g.chunk[g.n] = chunk_for(p.kv_len(), s);
+    g.splits[g.n] = s;
+    g.part[g.n] = static_cast<long long>(off);
+    g.row0[g.n + 1] = g.row0[g.n] + p.n_q;
+    ++g.n;
+    max_splits = std::max(max_splits, s);
+    any_split = any_split || s > 1;
+    off += std::size_t(p.n_q) * p.n_heads * s * (p.head_dim + 1);
+  }
+  flush();
+}
+
 }  // namespace
 
 const char* dtype_name(DType t) { return t == DType::f16 ? "fp16" : "bf16"; }
@@ -430,7 +624,15 @@ void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cu
   }
 }
 
-void attention_flash_decode(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream) {
+void attention_flash_decode(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream, int version) {
+  if (version == 2) {
+    std::vector<int> ones(problems.size(), 1);
+    for (const AttentionProblem& p : problems)
+      if (p.n_q > 0) validate(p, "cuda::attention_flash_decode");
+    if (dtype == DType::f16) decode_v2<__half>(problems, ones, nullptr, stream);
+    else decode_v2<__nv_bfloat16>(problems, ones, nullptr, stream);
+    return;
+  }
   for (const AttentionProblem& p : problems) {
     if (p.n_q <= 0) continue;
     validate(p, "cuda::attention_flash_decode");
@@ -462,15 +664,26 @@ std::size_t attention_flash_split_workspace_bytes(std::span<const AttentionProbl
 }
 
 void attention_flash_split(std::span<const AttentionProblem> problems, DType dtype, float* workspace,
-                           std::size_t workspace_bytes, cudaStream_t stream, int splits) {
+                           std::size_t workspace_bytes, cudaStream_t stream, int splits, int version) {
   if (attention_flash_split_workspace_bytes(problems, splits) > workspace_bytes)
     throw std::invalid_argument("cuda::attention_flash_split: workspace too small");
-  std::size_t off = 0;
+  std::vector<int> counts(problems.size(), 1);
   for (std::size_t i = 0; i < problems.size(); ++i) {
     const AttentionProblem& p = problems[i];
     if (p.n_q <= 0) continue;
     validate(p, "cuda::attention_flash_split");
-    const int s = splits > 0 ? effective_splits(p, splits) : attention_flash_split_count(problems, i);
+    counts[i] = splits > 0 ? effective_splits(p, splits) : attention_flash_split_count(problems, i);
+  }
+  if (version == 2) {
+    if (dtype == DType::f16) decode_v2<__half>(problems, counts, workspace, stream);
+    else decode_v2<__nv_bfloat16>(problems, counts, workspace, stream);
+    return;
+  }
+  std::size_t off = 0;
+  for (std::size_t i = 0; i < problems.size(); ++i) {
+    const AttentionProblem& p = problems[i];
+    if (p.n_q <= 0) continue;
+    const int s = counts[i];
     const std::size_t slots = std::size_t(p.n_q) * p.n_heads * s;
     float* part_o = s > 1 ? workspace + off : nullptr;
     float* part_lse = s > 1 ? workspace + off + slots * p.head_dim : nullptr;

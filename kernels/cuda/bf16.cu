@@ -1,6 +1,9 @@
 // bf16 conversion and GEMM (see bf16.cuh).
 #include <cuda_bf16.h>
 
+#include <stdexcept>
+#include <string>
+
 #include "cuda/bf16.cuh"
 #include "cuda/check.cuh"
 
@@ -60,13 +63,75 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const __nv_bfloat16* 
   if (lane == 0) y[o] = accumulate ? y[o] + acc : acc;
 }
 
+// Versions 2 (R = 1) and 3 (R = 2): R rows per warp; each lane loads kGemvLoads 16-byte vectors of
+// every row before it uses any, so R * kGemvLoads loads per lane are in flight (version 1's
+// unrolled loop leaves the scheduler to overlap them, and at 36 registers it overlaps few).
+constexpr int kGemvLoads = 4;
+
+template <int R>
+__global__ void gemv_bf16_multi_kernel(float* y, const float* x, const __nv_bfloat16* w, int in, int out, bool accumulate) {
+  const int lane = threadIdx.x & 31;
+  const int o0 = (blockIdx.x * kGemvWarps + (threadIdx.x >> 5)) * R;
+  if (o0 >= out) return;
+  const int n8 = in / 8;
+  const uint4* rows[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) rows[r] = reinterpret_cast<const uint4*>(w + std::size_t(min(o0 + r, out - 1)) * in);
+  const float4* x4 = reinterpret_cast<const float4*>(x);
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+  for (int i0 = lane; i0 < n8; i0 += 32 * kGemvLoads) {
+    uint4 wv[R][kGemvLoads];
+#pragma unroll
+    for (int u = 0; u < kGemvLoads; ++u) {
+      const int i = i0 + 32 * u;
+#pragma unroll
+      for (int r = 0; r < R; ++r) wv[r][u] = i < n8 ? __ldcs(rows[r] + i) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kGemvLoads; ++u) {
+      const int i = i0 + 32 * u;
+      if (i >= n8) break;
+      const float4 xa = __ldg(x4 + 2 * i), xb = __ldg(x4 + 2 * i + 1);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&wv[r][u]);
+        const float2 w0 = __bfloat1622float2(h[0]), w1 = __bfloat1622float2(h[1]);
+        const float2 w2 = __bfloat1622float2(h[2]), w3 = __bfloat1622float2(h[3]);
+        acc[r] += w0.x * xa.x + w0.y * xa.y + w1.x * xa.z + w1.y * xa.w + w2.x * xb.x + w2.y * xb.y + w3.x * xb.z +
+                  w3.y * xb.w;
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const float a = detail::warp_sum(acc[r]);
+    if (lane == 0 && o0 + r < out) y[o0 + r] = accumulate ? y[o0 + r] + a : a;
+  }
+}
+
 }  // namespace
 
-void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream) {
+void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
+               int version) {
   if (in % 8 == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 != 0)
     throw std::runtime_error("gemv_bf16: x must be 16-byte aligned");
-  gemv_bf16_kernel<<<unsigned((out + kGemvWarps - 1) / kGemvWarps), 32 * kGemvWarps, 0, stream>>>(
-      y, x, reinterpret_cast<const __nv_bfloat16*>(w), in, out, accumulate);
+  if (version < 1 || version > kGemvVersions)
+    throw std::invalid_argument("gemv_bf16: version " + std::to_string(version) + "; allowed: 1.." +
+                                std::to_string(kGemvVersions));
+  const auto* wb = reinterpret_cast<const __nv_bfloat16*>(w);
+  if (version == 1 || in % 8 != 0) {
+    gemv_bf16_kernel<<<unsigned((out + kGemvWarps - 1) / kGemvWarps), 32 * kGemvWarps, 0, stream>>>(y, x, wb, in, out,
+                                                                                                    accumulate);
+  } else if (version == 2) {
+    gemv_bf16_multi_kernel<1><<<unsigned((out + kGemvWarps - 1) / kGemvWarps), 32 * kGemvWarps, 0, stream>>>(
+        y, x, wb, in, out, accumulate);
+  } else {
+    const int rows_per_block = 2 * kGemvWarps;
+    gemv_bf16_multi_kernel<2><<<unsigned((out + rows_per_block - 1) / rows_per_block), 32 * kGemvWarps, 0, stream>>>(
+        y, x, wb, in, out, accumulate);
+  }
   detail::check_launch("gemv_bf16");
 }
 

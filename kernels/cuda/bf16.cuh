@@ -27,7 +27,13 @@ namespace ablate::cuda {
 // One warp per row of w, 16-byte loads (8 weights) per lane, x read through the cache; bound by
 // reading w once, which cuBLAS's GEMM path at n = 1 does not reach. accumulate = true adds into
 // y (a fused residual connection).
-void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream);
+// version 1: one row per warp, one 16-byte weight load per lane per step (the compiler's unroll
+// keeps about one in flight). version 2: one row per warp, 4 loads per lane issued before any is
+// used. version 3: two rows per warp, 4 loads each (8 in flight), x read once for both rows.
+// Rows of w must start 16-byte aligned (in % 8 == 0) for versions 2 and 3; otherwise version 1 runs.
+inline constexpr int kGemvVersions = 3;
+void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
+               int version = 1);
 
 // Deterministic pseudo-random fill for benchmarks and tests: dst[i] uniform in [-scale, scale)
 // from a hash of (seed, i), computed on the device (no host copy of multi-GB weights).

@@ -56,6 +56,15 @@ __global__ void swiglu_kernel(float* gate, const float* up, std::size_t n) {
   gate[i] = g * (1.0f / (1.0f + expf(-g))) * up[i];
 }
 
+__global__ void swiglu_rows_kernel(float* out, const float* gate_up, int rows, int hidden) {
+  const std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= std::size_t(rows) * hidden) return;
+  const std::size_t r = i / hidden, j = i % hidden;
+  const float* g = gate_up + r * 2 * hidden;
+  const float v = g[j], u = g[hidden + j];  // both read before the write: out may alias gate_up at rows 1
+  out[i] = v * (1.0f / (1.0f + expf(-v))) * u;
+}
+
 __global__ void add_kernel(float* x, const float* y, std::size_t n) {
   const std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) x[i] += y[i];
@@ -87,6 +96,13 @@ void swiglu(float* gate, const float* up, std::size_t n, cudaStream_t stream) {
   if (n == 0) return;
   swiglu_kernel<<<grid_for(n), kBlock, 0, stream>>>(gate, up, n);
   check_launch("swiglu");
+}
+
+void swiglu_rows(float* out, const float* gate_up, int rows, int hidden, cudaStream_t stream) {
+  const std::size_t n = std::size_t(rows) * hidden;
+  if (n == 0) return;
+  swiglu_rows_kernel<<<grid_for(n), kBlock, 0, stream>>>(out, gate_up, rows, hidden);
+  check_launch("swiglu_rows");
 }
 
 void add(float* x, const float* y, std::size_t n, cudaStream_t stream) {

@@ -35,6 +35,8 @@ void softmax(float* x, int rows, int n, cudaStream_t stream);
 
 // gate[i] = silu(gate[i]) * up[i].
 void swiglu(float* gate, const float* up, std::size_t n, cudaStream_t stream);
+// cpu::swiglu_rows: fused [gate | up] rows in, [rows][hidden] out (out may be gate_up at rows 1).
+void swiglu_rows(float* out, const float* gate_up, int rows, int hidden, cudaStream_t stream);
 
 // x[i] += y[i].
 void add(float* x, const float* y, std::size_t n, cudaStream_t stream);
@@ -79,7 +81,10 @@ void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cu
 
 // Paged decode attention (n_q = 1 .. k+1 per problem; any n_q works): one block per (query head,
 // query) walking the block table, 16-byte K/V loads, several keys in flight. No workspace.
-void attention_flash_decode(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream);
+// version 2 (default): the whole batch in one launch (32 problems a launch), 4 keys' K/V loaded
+// per thread before use. version 1: one launch per problem, one key per thread in flight.
+void attention_flash_decode(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream,
+                            int version = 2);
 
 // Split-KV decode (flash-decoding): the decode kernel over `splits` key chunks per (head, query),
 // each writing a normalised partial output and its log-sum-exp to `workspace`, then a reduction
@@ -89,8 +94,9 @@ inline constexpr int kSplitBlocksPerSm = 8;
 inline constexpr int kSplitMinKeys = 256;
 int attention_flash_split_count(std::span<const AttentionProblem> problems, std::size_t i);
 std::size_t attention_flash_split_workspace_bytes(std::span<const AttentionProblem> problems, int splits = 0);
+// version as attention_flash_decode's.
 void attention_flash_split(std::span<const AttentionProblem> problems, DType dtype, float* workspace,
-                           std::size_t workspace_bytes, cudaStream_t stream, int splits = 0);
+                           std::size_t workspace_bytes, cudaStream_t stream, int splits = 0, int version = 2);
 
 // ---- data movement of the CUDA backend (backend_ops.cu) -----------------------------------------
 // Element type of the backend's KV pools.

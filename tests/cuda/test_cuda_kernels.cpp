@@ -5,6 +5,7 @@
 #include <cmath>
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <numeric>
 #include <stdexcept>
 #include <random>
@@ -82,6 +83,18 @@ TEST_CASE("cuda rmsnorm, swiglu, add, softmax match the CPU", "[cuda]") {
     cuda::swiglu(dg.ptr, du.ptr, n, nullptr);
     cpu::swiglu(g.data(), up.data(), n);
     CHECK(max_rel_err(dg.host(), g, 1e-6) < 1e-5);
+    for (int rows : {1, 3}) {  // fused [gate | up] rows; rows 1 in place, as the decode step runs it
+      const int hidden = 11008;
+      auto gu = random_vec(std::size_t(rows) * 2 * hidden, rng, -8.0f, 8.0f);
+      Dev<float> dgu(gu), dout(std::size_t(rows) * hidden);
+      cuda::swiglu_rows(rows == 1 ? dgu.ptr : dout.ptr, dgu.ptr, rows, hidden, nullptr);
+      std::vector<float> expect(std::size_t(rows) * hidden);
+      cpu::swiglu_rows(expect.data(), gu.data(), rows, hidden);
+      auto got = rows == 1 ? dgu.host() : dout.host();
+      got.resize(expect.size());
+      INFO("swiglu_rows rows=" << rows);
+      CHECK(max_rel_err(got, expect, 1e-6) < 1e-5);
+    }
     auto a = random_vec(n, rng), b = random_vec(n, rng);
     Dev<float> da(a), db(b);
     cuda::add(da.ptr, db.ptr, n, nullptr);
@@ -239,35 +252,51 @@ struct FlashResult {
   bool padding_ok = true;
 };
 
-// One case on one kernel; splits only for FlashKernel::split (0 = automatic).
-FlashResult run_flash_case(const FlashCase& c, FlashKernel kernel, cuda::DType t, int splits, std::mt19937& rng) {
-  const double tol = t == cuda::DType::f16 ? 2e-3 : 1.6e-2;
-  const int hd = c.head_dim, ts = c.n_kv_heads * hd, qw = c.n_heads * hd, L = c.q_pos0 + c.n_q;
-  const int q_stride = qw + 2 * ts, out_stride = qw + 8;
+// One problem's buffers: the inputs as the device holds them (rounded to dtype) for the CPU
+// reference, and the device problem.
+struct FlashBuilt {
+  FlashCase c;
+  int qw = 0, out_stride = 0;
+  std::vector<int32_t> indices;
+  std::vector<float> qr, kr, vr, outr;
+  std::unique_ptr<DevHalf> dq, dk, dv, dout;
+  std::unique_ptr<Dev<int32_t>> didx;
+  AttentionProblem host, dev;  // host: pointers into qr/kr/vr/outr; dev: device pointers
+};
+
+std::unique_ptr<FlashBuilt> build_flash_case(const FlashCase& c, cuda::DType t, std::mt19937& rng) {
+  auto b = std::make_unique<FlashBuilt>();
+  b->c = c;
+  const int hd = c.head_dim, ts = c.n_kv_heads * hd, L = c.q_pos0 + c.n_q;
+  b->qw = c.n_heads * hd;
+  const int q_stride = b->qw + 2 * ts;
+  b->out_stride = b->qw + 8;
   const int len = L + 3;  // stored "future" tokens a causal kernel must not read
   const int ps = c.page_size > 0 ? c.page_size : len;
   const int pages = (len + ps - 1) / ps, pool_pages = pages + 2;
   std::vector<int32_t> order(pool_pages);
   std::iota(order.begin(), order.end(), 0);
   std::shuffle(order.begin(), order.end(), rng);
-  std::vector<int32_t> indices(order.begin(), order.begin() + pages);
-  if (c.page_size == 0) indices = {0};
+  b->indices.assign(order.begin(), order.begin() + pages);
+  if (c.page_size == 0) b->indices = {0};
 
   auto q = random_vec(std::size_t(c.n_q) * q_stride, rng, -2.0f, 2.0f);
   auto k = random_vec(std::size_t(pool_pages) * ps * ts, rng, -2.0f, 2.0f);
   auto v = random_vec(k.size(), rng, -1.0f, 1.0f);
-  std::vector<float> out(std::size_t(c.n_q) * out_stride, 7.0f);
-  DevHalf dq(q.size()), dk(k.size()), dv(v.size()), dout(out.size());
-  std::vector<float> qr, kr, vr, outr;
-  upload_as(dq, q, t, qr);
-  upload_as(dk, k, t, kr);
-  upload_as(dv, v, t, vr);
-  upload_as(dout, out, t, outr);
-  Dev<int32_t> didx(indices);
+  std::vector<float> out(std::size_t(c.n_q) * b->out_stride, 7.0f);
+  b->dq = std::make_unique<DevHalf>(q.size());
+  b->dk = std::make_unique<DevHalf>(k.size());
+  b->dv = std::make_unique<DevHalf>(v.size());
+  b->dout = std::make_unique<DevHalf>(out.size());
+  upload_as(*b->dq, q, t, b->qr);
+  upload_as(*b->dk, k, t, b->kr);
+  upload_as(*b->dv, v, t, b->vr);
+  upload_as(*b->dout, out, t, b->outr);
+  b->didx = std::make_unique<Dev<int32_t>>(b->indices);
 
-  AttentionProblem p;
+  AttentionProblem& p = b->host;
   p.q_stride = q_stride;
-  p.out_stride = out_stride;
+  p.out_stride = b->out_stride;
   p.n_q = c.n_q;
   p.q_pos0 = c.q_pos0;
   p.n_heads = c.n_heads;
@@ -275,49 +304,65 @@ FlashResult run_flash_case(const FlashCase& c, FlashKernel kernel, cuda::DType t
   p.head_dim = hd;
   p.scale = 1.0f / std::sqrt(float(hd));
   p.kv = {nullptr, nullptr, nullptr, pages, ps, len, ts};
+  b->dev = p;  // device pointers, dtype elements
+  b->dev.q = static_cast<const float*>(b->dq->ptr);
+  b->dev.out = static_cast<float*>(b->dout->ptr);
+  b->dev.kv.k_pool = static_cast<const float*>(b->dk->ptr);
+  b->dev.kv.v_pool = static_cast<const float*>(b->dv->ptr);
+  b->dev.kv.indices = b->didx->ptr;
+  p.q = b->qr.data();
+  p.out = b->outr.data();
+  p.kv.k_pool = b->kr.data();
+  p.kv.v_pool = b->vr.data();
+  p.kv.indices = b->indices.data();
+  return b;
+}
 
-  AttentionProblem pd = p;  // device pointers, dtype elements
-  pd.q = static_cast<const float*>(dq.ptr);
-  pd.out = static_cast<float*>(dout.ptr);
-  pd.kv.k_pool = static_cast<const float*>(dk.ptr);
-  pd.kv.v_pool = static_cast<const float*>(dv.ptr);
-  pd.kv.indices = didx.ptr;
+// A batch of cases in one call of one kernel (version 1 or 2 of the decode kernels); splits
+// only for FlashKernel::split (0 = automatic). The worst error over the batch.
+FlashResult run_flash_batch(const std::vector<FlashCase>& cases, FlashKernel kernel, cuda::DType t, int splits,
+                            int version, std::mt19937& rng) {
+  const double tol = t == cuda::DType::f16 ? 2e-3 : 1.6e-2;
+  std::vector<std::unique_ptr<FlashBuilt>> built;
+  std::vector<AttentionProblem> dev, host;
+  for (const FlashCase& c : cases) {
+    built.push_back(build_flash_case(c, t, rng));
+    dev.push_back(built.back()->dev);
+    host.push_back(built.back()->host);
+  }
   if (kernel == FlashKernel::prefill) {
-    cuda::attention_flash({&pd, 1}, t, nullptr);
+    cuda::attention_flash(dev, t, nullptr);
   } else if (kernel == FlashKernel::decode) {
-    cuda::attention_flash_decode({&pd, 1}, t, nullptr);
+    cuda::attention_flash_decode(dev, t, nullptr, version);
   } else {
-    const std::size_t wsb = cuda::attention_flash_split_workspace_bytes({&pd, 1}, splits);
+    const std::size_t wsb = cuda::attention_flash_split_workspace_bytes(dev, splits);
     Dev<float> ws(std::vector<float>(std::max<std::size_t>(wsb / sizeof(float), 1)));
-    cuda::attention_flash_split({&pd, 1}, t, ws.ptr, wsb, nullptr, splits);
+    cuda::attention_flash_split(dev, t, ws.ptr, wsb, nullptr, splits, version);
     ok(cudaDeviceSynchronize());
   }
   ok(cudaGetLastError());
-  const std::vector<float> got = download_as(dout, t);
-
-  p.q = qr.data();
-  p.out = outr.data();
-  p.kv.k_pool = kr.data();
-  p.kv.v_pool = vr.data();
-  p.kv.indices = indices.data();
-  ref::attention({&p, 1});
+  ref::attention(host);
 
   FlashResult r;
-  for (int i = 0; i < c.n_q; ++i)
-    for (int j = 0; j < out_stride; ++j) {
-      const std::size_t e = std::size_t(i) * out_stride + j;
-      if (j >= qw) {
-        if (got[e] != 7.0f) r.padding_ok = false;
-        continue;
+  for (const auto& b : built) {
+    const std::vector<float> got = download_as(*b->dout, t);
+    for (int i = 0; i < b->c.n_q; ++i)
+      for (int j = 0; j < b->out_stride; ++j) {
+        const std::size_t e = std::size_t(i) * b->out_stride + j;
+        if (j >= b->qw) {
+          if (got[e] != 7.0f) r.padding_ok = false;
+          continue;
+        }
+        const double err = std::abs(double(got[e]) - b->outr[e]);
+        r.max_abs = std::isnan(err) ? INFINITY : std::max(r.max_abs, err);
+        r.worst_ratio = std::isnan(err) ? INFINITY : std::max(r.worst_ratio, err / (tol * (1.0 + std::abs(b->outr[e]))));
       }
-      const double err = std::abs(double(got[e]) - outr[e]);
-      r.max_abs = std::isnan(err) ? INFINITY : std::max(r.max_abs, err);
-      r.worst_ratio = std::isnan(err) ? INFINITY : std::max(r.worst_ratio, err / (tol * (1.0 + std::abs(outr[e]))));
-    }
+  }
   return r;
 }
 
-void run_flash_suite(FlashKernel kernel, const std::vector<FlashCase>& cases, std::initializer_list<int> split_opts) {
+void run_flash_suite(FlashKernel kernel, const std::vector<FlashCase>& cases, std::initializer_list<int> split_opts,
+                     int version = 2) {
   std::mt19937 rng(40 + int(kernel));
   for (cuda::DType t : {cuda::DType::f16, cuda::DType::bf16}) {
     FlashResult worst;
@@ -326,10 +371,10 @@ void run_flash_suite(FlashKernel kernel, const std::vector<FlashCase>& cases, st
       for (int splits : split_opts) {
         INFO(kernel_name(kernel) << " " << cuda::dtype_name(t) << " n_q=" << c.n_q << " q_pos0=" << c.q_pos0 << " heads="
                                  << c.n_heads << "/" << c.n_kv_heads << " head_dim=" << c.head_dim
-                                 << " page_size=" << c.page_size << " splits=" << splits);
+                                 << " page_size=" << c.page_size << " splits=" << splits << " version=" << version);
         FlashResult r;
         try {
-          r = run_flash_case(c, kernel, t, splits, rng);
+          r = run_flash_batch({c}, kernel, t, splits, version, rng);
         } catch (const std::exception& e) {
           FAIL(kernel_name(kernel) << " threw: " << e.what());
         }
@@ -337,17 +382,17 @@ void run_flash_suite(FlashKernel kernel, const std::vector<FlashCase>& cases, st
         const bool pass = r.worst_ratio <= 1.0 && r.padding_ok;
         if (!pass) {
           ++failed;
-          std::printf("  FAIL case: %s %s n_q=%d q_pos0=%d heads=%d/%d hd=%d page=%d splits=%d max|err|=%.3g err/tol=%.3g pad_ok=%d\n",
-                      kernel_name(kernel), cuda::dtype_name(t), c.n_q, c.q_pos0, c.n_heads, c.n_kv_heads, c.head_dim,
-                      c.page_size, splits, r.max_abs, r.worst_ratio, int(r.padding_ok));
+          std::printf("  FAIL case: %s v%d %s n_q=%d q_pos0=%d heads=%d/%d hd=%d page=%d splits=%d max|err|=%.3g err/tol=%.3g "
+                      "pad_ok=%d\n", kernel_name(kernel), version, cuda::dtype_name(t), c.n_q, c.q_pos0, c.n_heads,
+                      c.n_kv_heads, c.head_dim, c.page_size, splits, r.max_abs, r.worst_ratio, int(r.padding_ok));
         }
         CHECK(r.padding_ok);
         CHECK(r.worst_ratio <= 1.0);
         worst.max_abs = std::max(worst.max_abs, r.max_abs);
         worst.worst_ratio = std::max(worst.worst_ratio, r.worst_ratio);
       }
-    std::printf("%s %s: %s  %d cases (%d failed)  max|err| = %.3g  worst err/tol = %.3g  (tol %.1g x (1 + |ref|))\n",
-                failed ? "FAIL" : "PASS", kernel_name(kernel), cuda::dtype_name(t), n, failed, worst.max_abs,
+    std::printf("%s %s v%d: %s  %d cases (%d failed)  max|err| = %.3g  worst err/tol = %.3g  (tol %.1g x (1 + |ref|))\n",
+                failed ? "FAIL" : "PASS", kernel_name(kernel), version, cuda::dtype_name(t), n, failed, worst.max_abs,
                 worst.worst_ratio, t == cuda::DType::f16 ? 2e-3 : 1.6e-2);
     std::fflush(stdout);
   }
@@ -364,17 +409,43 @@ TEST_CASE("cuda attention_flash (prefill) matches the CPU reference, fp16 and bf
 }
 
 TEST_CASE("cuda attention_flash_decode (paged) matches the CPU reference, fp16 and bf16", "[cuda][attention]") {
-  run_flash_suite(FlashKernel::decode,
-                  {{1, 0, 8, 8, 64, 0}, {1, 100, 9, 3, 64, 16}, {1, 1000, 8, 1, 64, 16}, {5, 777, 9, 3, 64, 16},
-                   {1, 4000, 32, 32, 128, 16}, {4, 2500, 8, 1, 128, 0}, {1, 33, 9, 3, 64, 1}},
-                  {0});
+  for (int version : {1, 2})
+    run_flash_suite(FlashKernel::decode,
+                    {{1, 0, 8, 8, 64, 0}, {1, 100, 9, 3, 64, 16}, {1, 1000, 8, 1, 64, 16}, {5, 777, 9, 3, 64, 16},
+                     {1, 4000, 32, 32, 128, 16}, {4, 2500, 8, 1, 128, 0}, {1, 33, 9, 3, 64, 1}},
+                    {0}, version);
 }
 
 TEST_CASE("cuda attention_flash_split (split-KV + reduction) matches the CPU reference, fp16 and bf16", "[cuda][attention]") {
-  run_flash_suite(FlashKernel::split,
-                  {{1, 0, 8, 8, 64, 0}, {1, 100, 9, 3, 64, 16}, {1, 3000, 8, 1, 64, 16}, {5, 777, 9, 3, 64, 16},
-                   {1, 9000, 32, 32, 128, 16}, {4, 2500, 8, 1, 128, 0}, {3, 17, 9, 3, 64, 1}},
-                  {0, 3, 16, 64});
+  for (int version : {1, 2})
+    run_flash_suite(FlashKernel::split,
+                    {{1, 0, 8, 8, 64, 0}, {1, 100, 9, 3, 64, 16}, {1, 3000, 8, 1, 64, 16}, {5, 777, 9, 3, 64, 16},
+                     {1, 9000, 32, 32, 128, 16}, {4, 2500, 8, 1, 128, 0}, {3, 17, 9, 3, 64, 1}},
+                    {0, 3, 16, 64}, version);
+}
+
+// Version 2 launches a whole batch at once, 32 problems a launch: 45 sequences of different
+// lengths, query counts and page sizes (the speculative verify's k+1 queries included), in one
+// call, must each match the reference, split or not.
+TEST_CASE("cuda decode kernels on a batch of 45 sequences in one call match the CPU reference", "[cuda][attention]") {
+  std::mt19937 rng(77);
+  std::vector<FlashCase> batch;
+  const int sizes[] = {1, 1, 1, 2, 5};
+  const int pages[] = {16, 1, 7, 0, 16};
+  // 36 problems of head_dim 64, then 9 of 128: launches of 32, 4 and 9 (groups break at 32 and
+  // where the head size changes).
+  for (int k = 0; k < 45; ++k) batch.push_back({sizes[k % 5], (k * 397) % 3000, 8, 2, k < 36 ? 64 : 128, pages[k % 5]});
+  for (cuda::DType t : {cuda::DType::f16, cuda::DType::bf16})
+    for (FlashKernel kernel : {FlashKernel::decode, FlashKernel::split})
+      for (int version : {1, 2})
+        for (int splits : kernel == FlashKernel::split ? std::vector<int>{0, 5} : std::vector<int>{0}) {
+          INFO(kernel_name(kernel) << " v" << version << " " << cuda::dtype_name(t) << " splits=" << splits);
+          const FlashResult r = run_flash_batch(batch, kernel, t, splits, version, rng);
+          std::printf("%s batch of 45, %s v%d splits=%d: max|err| = %.3g  worst err/tol = %.3g\n", kernel_name(kernel),
+                      cuda::dtype_name(t), version, splits, r.max_abs, r.worst_ratio);
+          CHECK(r.padding_ok);
+          CHECK(r.worst_ratio <= 1.0);
+        }
 }
 
 int main(int argc, char** argv) {
