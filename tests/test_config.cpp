@@ -94,7 +94,7 @@ TEST_CASE("config: the schema lists every key once, with type, default and allow
     CHECK(!k.allowed.empty());
     CHECK(std::set<std::string>{"int", "number", "string", "bool", "path", "choice"}.count(k.type) == 1);
   }
-  CHECK(schema.size() == 61);  // 57 + dtype, profile.start_step, profile.end_step (issue 7), workload.trace.rows
+  CHECK(schema.size() == 62);  // 57 + dtype, profile.start_step, profile.end_step (issue 7), workload.trace.rows
   CHECK(schema.front().key == "experiment");
   auto row = [&](const std::string& key) {
     for (const auto& k : schema)
@@ -265,9 +265,15 @@ TEST_CASE("config: choice values: unknown, not implemented, numeric", "[config]"
              Contains("x.yaml:2:22: speculative.draft: simulated without a draft_preset or draft_model times the target's "
                       "first draft_layers layers (layer_skip)"));
   CHECK(error_of("backend: cuda\nspeculative: {draft: simulated, draft_preset: tiny}\n") == "");
+  CHECK(error_of("backend: cuda\ndtype: bf16\nattention: flash\nmodel: {preset: smollm2-135m}\ncuda_graphs: true\n") == "");
+  CHECK_THAT(error_of("backend: cuda\ncuda_graphs: true\n"),
+             Contains("x.yaml:2:14: cuda_graphs: true needs attention flash or flash_split"));
 #else
   CHECK_THAT(error_of("backend: cuda"), Contains("x.yaml:1:10: backend: \"cuda\" is not available in this build yet; available now: cpu"));
 #endif
+  CHECK_THAT(error_of("cuda_graphs: true"),
+             Contains("x.yaml:1:14: cuda_graphs: true needs backend cuda (CUDA graphs replay GPU kernels); allowed with "
+                      "backend cpu: false"));
   CHECK_THAT(error_of("profile: {start_step: 5, end_step: 5}"),
              Contains("x.yaml:1:36: profile.end_step: the capture window [5, 5) is empty"));
   CHECK(error_of("attention: flash\n") == "");  // built (issue 4)

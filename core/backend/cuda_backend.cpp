@@ -19,6 +19,8 @@ const std::vector<float>& CudaBackend::forward(const ForwardBatch&, KvCache&, At
 }
 KvStorage CudaBackend::kv_storage() const { return {}; }
 std::size_t CudaBackend::peak_device_bytes() const { return 0; }
+void CudaBackend::set_cuda_graphs(bool) {}
+CudaGraphStats CudaBackend::graph_stats() const { return {}; }
 
 }  // namespace ablate
 
@@ -26,6 +28,8 @@ std::size_t CudaBackend::peak_device_bytes() const { return 0; }
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <set>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -104,12 +108,65 @@ struct CudaBackend::Impl {
   // Activations and step inputs (grown to the largest batch seen).
   DeviceBuffer x, xb, qkv, att, h13, h, logits, x16, q16, att16;
   DeviceBuffer tokens, positions, kv_offsets, pages, out_rows;
-  DeviceBuffer gathered_k, gathered_v, scores, split_workspace;
+  DeviceBuffer gathered_k, gathered_v, scores, split_workspace, plan_buffer;
   std::vector<float> host_logits;
 
+  // CUDA graphs (cuda_graphs: true): one executable graph per step shape (key), captured the
+  // second time the shape occurs (the first runs eagerly, so that cuBLAS and module loading
+  // initialise outside a capture) and replayed from then on. Any buffer that moves invalidates
+  // them all.
+  bool cuda_graphs = false;
+  std::map<std::string, cudaGraphExec_t> graphs;
+  std::set<std::string> seen;
+  long long steps = 0, graph_replays = 0, graph_captures = 0;
+
   ~Impl() {
+    drop_graphs();
     if (cublas) cublasDestroy(cublas);
     if (stream) cudaStreamDestroy(stream);
+  }
+
+  void drop_graphs() {
+    for (auto& [key, exec] : graphs) cudaGraphExecDestroy(exec);
+    graphs.clear();
+    seen.clear();
+  }
+
+  // buf holds at least `needed` bytes (default: capacity); when it must grow it grows to
+  // `capacity`, and captured graphs, which hold its old address, are dropped.
+  void grow(DeviceBuffer& buf, std::size_t capacity, std::size_t needed = 0) {
+    needed = std::max<std::size_t>(needed ? needed : capacity, 1);
+    if (buf.bytes() >= needed) return;
+    buf.reserve(std::max(capacity, needed));
+    drop_graphs();
+  }
+
+  template <class F>
+  void replay(const std::string& key, F&& enqueue) {
+    if (auto it = graphs.find(key); it != graphs.end()) {
+      check(cudaGraphLaunch(it->second, stream), "cuda_graphs: launch");
+      ++graph_replays;
+      return;
+    }
+    if (seen.insert(key).second) return enqueue();  // first time: eagerly
+    check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cuda_graphs: begin capture");
+    cudaGraph_t graph = nullptr;
+    try {
+      enqueue();
+    } catch (...) {
+      cudaStreamEndCapture(stream, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    check(cudaStreamEndCapture(stream, &graph), "cuda_graphs: capture");
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    check(e, "cuda_graphs: instantiate");
+    graphs.emplace(key, exec);
+    ++graph_captures;
+    check(cudaGraphLaunch(exec, stream), "cuda_graphs: launch");
+    ++graph_replays;
   }
 
   cuda::KvElem kv_elem() const { return bf16 ? cuda::KvElem::bf16 : cuda::KvElem::f32; }
@@ -213,6 +270,7 @@ CudaBackend::CudaBackend(const Weights& w, CudaBackendOptions options) : impl_(s
     throw std::invalid_argument(fmt::format("dtype: \"{}\" is not available on backend cuda; allowed: fp32, bf16", options.dtype));
   m.shape = w.shape;
   m.bf16 = options.dtype == "bf16";
+  m.cuda_graphs = options.cuda_graphs;
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   m.device = prop.name;
@@ -249,6 +307,11 @@ std::string CudaBackend::device_name() const { return impl_->device; }
 const ModelShape& CudaBackend::shape() const { return impl_->shape; }
 std::size_t CudaBackend::weights_bytes() const { return impl_->weights_bytes; }
 KvStorage CudaBackend::kv_storage() const { return {cuda::kv_elem_bytes(impl_->kv_elem()), false}; }
+void CudaBackend::set_cuda_graphs(bool on) {
+  impl_->cuda_graphs = on;
+  if (!on) impl_->drop_graphs();
+}
+CudaGraphStats CudaBackend::graph_stats() const { return {impl_->steps, impl_->graph_replays, impl_->graph_captures}; }
 std::size_t CudaBackend::peak_device_bytes() const { return impl_->peak_used; }
 
 const std::vector<float>& CudaBackend::forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) {
@@ -267,23 +330,24 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
   const int n_chunks = static_cast<int>(batch.chunks.size());
   const auto sz = [](int rows, int cols) { return static_cast<std::size_t>(rows) * cols; };
   const std::size_t f = sizeof(float);
+  const bool flash = attention != "naive", split = attention == "flash_split";
 
   // KV pools the size of this cache's (a new run's cache may differ).
   if (kv.pool_elements() != pool_elements) {
     const std::size_t bytes = kv.pool_elements() * cuda::kv_elem_bytes(kv_elem());
-    k_pool.reserve(bytes);
-    v_pool.reserve(bytes);
+    grow(k_pool, bytes);
+    grow(v_pool, bytes);
     pool_elements = kv.pool_elements();
   }
   // Every buffer of the step is sized here, before any work is queued: growing one later would
-  // free memory that queued kernels may still read.
-  for (DeviceBuffer* b : {&x, &att}) b->reserve(sz(T, dim) * f);
-  xb.reserve(sz(T, std::max(dim, hidden)) * f);  // also SwiGLU's "up" half
-  x16.reserve(sz(T, std::max({dim, hidden, qkv_dim})) * 2);
-  qkv.reserve(sz(T, qkv_dim) * f);
-  h13.reserve(sz(T, 2 * hidden) * f);
-  h.reserve(sz(T, hidden) * f);
-  logits.reserve(sz(n_out, s.vocab_size) * f);
+  // free memory that queued kernels may still read (and would invalidate captured graphs).
+  for (DeviceBuffer* b : {&x, &att}) grow(*b, sz(T, dim) * f);
+  grow(xb, sz(T, std::max(dim, hidden)) * f);
+  grow(x16, sz(T, std::max({dim, hidden, qkv_dim})) * 2);
+  grow(qkv, sz(T, qkv_dim) * f);
+  grow(h13, sz(T, 2 * hidden) * f);
+  grow(h, sz(T, hidden) * f);
+  grow(logits, sz(n_out, s.vocab_size) * f);
 
   // Step inputs, built on the host and copied once: token ids and positions (padding rows: token
   // 0 at position 0, as on the CPU), each token's KV slot in every layer, each chunk's pages,
@@ -291,12 +355,13 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
   std::vector<int> tok(static_cast<std::size_t>(T), 0), pos(static_cast<std::size_t>(T), 0), rows_out;
   std::vector<std::int64_t> offsets(sz(s.n_layers, n_real));
   std::vector<std::int32_t> page_list;
-  std::vector<int> page_start(static_cast<std::size_t>(n_chunks));
+  std::vector<int> page_start(static_cast<std::size_t>(n_chunks)), chunk_row(static_cast<std::size_t>(n_chunks));
   std::vector<KvSeqView> views;  // each chunk's page list; only the pool offset differs per layer
   int row = 0;
   for (int ci = 0; ci < n_chunks; ++ci) {
     const ForwardChunk& c = batch.chunks[static_cast<std::size_t>(ci)];
     const int n = static_cast<int>(c.tokens.size());
+    chunk_row[static_cast<std::size_t>(ci)] = row;
     for (int i = 0; i < n; ++i) {
       tok[static_cast<std::size_t>(row + i)] = c.tokens[static_cast<std::size_t>(i)];
       pos[static_cast<std::size_t>(row + i)] = c.pos0 + i;
@@ -308,23 +373,16 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
     page_list.insert(page_list.end(), v.indices, v.indices + v.num_pages);
     row += n;
   }
-  auto upload = [&](DeviceBuffer& dst, const void* src, std::size_t bytes) {
-    dst.reserve(std::max<std::size_t>(bytes, 1));
-    check(cudaMemcpyAsync(dst.get(), src, bytes, cudaMemcpyHostToDevice, stream), "step inputs");
-  };
-  upload(tokens, tok.data(), tok.size() * sizeof(int));
-  upload(positions, pos.data(), pos.size() * sizeof(int));
-  upload(kv_offsets, offsets.data(), offsets.size() * sizeof(std::int64_t));
-  upload(pages, page_list.data(), page_list.size() * sizeof(std::int32_t));
-  upload(out_rows, rows_out.data(), rows_out.size() * sizeof(int));
+  // The page list grows a little every step; room to spare keeps its address (and graphs) stable.
+  grow(pages, std::max<std::size_t>(page_list.size() * 2, 4096) * sizeof(std::int32_t), page_list.size() * sizeof(std::int32_t));
+  grow(tokens, sz(T, 1) * sizeof(int));
+  grow(positions, sz(T, 1) * sizeof(int));
+  grow(kv_offsets, std::max<std::size_t>(offsets.size(), 1) * sizeof(std::int64_t));
+  grow(out_rows, std::max<std::size_t>(rows_out.size(), 1) * sizeof(int));
 
-  cuda::embed(x.get<float>(), embedding.get<float>(), tokens.get<int>(), T, dim, stream);
-  if (T > n_real) check(cudaMemsetAsync(att.get<float>() + sz(n_real, dim), 0, sz(T - n_real, dim) * f, stream), "memset");
-
-  // Attention problems of one layer (device pointers). naive: fp32 q/out in place, K/V gathered
-  // per sequence to fp32. flash: q cast to bf16 once per layer, output in bf16 then cast back.
+  // Attention. Chunks of more than 16 queries (prefill) go to the flash prefill kernel, the rest
+  // (1 .. k+1 queries) to the decode kernel through one plan for all layers. naive: per sequence.
   const std::size_t elem = cuda::kv_elem_bytes(kv_elem());
-  const bool flash = attention != "naive";
   int longest = 1;
   std::size_t most_scores = 1;
   for (const ForwardChunk& c : batch.chunks) {
@@ -336,96 +394,150 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
     most_scores = std::max(most_scores, cuda::attention_naive_workspace_bytes(p));
   }
   if (flash) {
-    q16.reserve(sz(T, qkv_dim) * 2);
-    att16.reserve(sz(T, dim) * 2);
+    grow(q16, sz(T, qkv_dim) * 2);
+    grow(att16, sz(T, dim) * 2);
   } else {
-    gathered_k.reserve(sz(longest, kv_dim) * f);
-    gathered_v.reserve(sz(longest, kv_dim) * f);
-    scores.reserve(most_scores);
+    grow(gathered_k, sz(longest, kv_dim) * f);
+    grow(gathered_v, sz(longest, kv_dim) * f);
+    grow(scores, most_scores);
   }
-  std::vector<AttentionProblem> prefill, decode;
-  for (int l = 0; l < s.n_layers; ++l) {
-    const Layer& L = layers[static_cast<std::size_t>(l)];
-    float* q = qkv.get<float>();
-    cuda::rmsnorm(xb.get<float>(), x.get<float>(), L.rms_att.get<float>(), T, dim, s.norm_eps, stream);
-    matmul(q, xb.get<float>(), L.wqkv, T, dim, qkv_dim);
-    // RoPE on the query heads and the key heads that follow them in each row: one launch.
-    cuda::rope(q, T, qkv_dim, s.n_heads + s.n_kv_heads, hd, positions.get<int>(), s.rope_theta, stream);
-    const std::int64_t* off = kv_offsets.get<std::int64_t>() + sz(l, n_real);
-    cuda::kv_write(k_pool.get(), off, q + dim, qkv_dim, n_real, kv_dim, kv_elem(), stream);
-    cuda::kv_write(v_pool.get(), off, q + dim + kv_dim, qkv_dim, n_real, kv_dim, kv_elem(), stream);
-    {
-      NVTX_RANGE("attention");
-      if (flash) cuda::cast_from_float(q16.get(), q, sz(n_real, qkv_dim), cuda::DType::bf16, stream);
-      prefill.clear();
-      decode.clear();
-      row = 0;
-      for (int ci = 0; ci < n_chunks; ++ci) {
-        const ForwardChunk& c = batch.chunks[static_cast<std::size_t>(ci)];
-        const int n = static_cast<int>(c.tokens.size());
-        const KvSeqView& hv = views[static_cast<std::size_t>(ci)];
-        AttentionProblem p;
-        p.n_q = n;
-        p.q_pos0 = c.pos0;
-        p.n_heads = s.n_heads;
-        p.n_kv_heads = s.n_kv_heads;
-        p.head_dim = hd;
-        p.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-        p.q_stride = qkv_dim;
-        p.out_stride = dim;
-        p.kv = hv;
-        if (!flash) {
-          // Gather this sequence's K and V (any layout, any KV dtype) into contiguous fp32.
-          const std::int32_t* dev_pages = pages.get<std::int32_t>() + page_start[static_cast<std::size_t>(ci)];
-          const auto* kbase = k_pool.get<const char>() + kv.view_offset(l, c.seq) * elem;
-          const auto* vbase = v_pool.get<const char>() + kv.view_offset(l, c.seq) * elem;
-          cuda::kv_gather_f32(gathered_k.get<float>(), kbase, dev_pages, hv.page_size, p.kv.length, kv_dim, kv_elem(), stream);
-          cuda::kv_gather_f32(gathered_v.get<float>(), vbase, dev_pages, hv.page_size, p.kv.length, kv_dim, kv_elem(), stream);
-          p.q = q + sz(row, qkv_dim);
-          p.out = att.get<float>() + sz(row, dim);
-          p.kv.k_pool = gathered_k.get<float>();
-          p.kv.v_pool = gathered_v.get<float>();
-          p.kv.indices = nullptr;  // one page: not read
-          p.kv.num_pages = 1;
-          p.kv.page_size = p.kv.length;
-          cuda::attention_naive(p, scores.get<float>(), cublas, stream);  // stream order protects the gathers
-        } else {
-          p.q = reinterpret_cast<const float*>(q16.get<cuda::bf16_bits>() + sz(row, qkv_dim));
-          p.out = reinterpret_cast<float*>(att16.get<cuda::bf16_bits>() + sz(row, dim));
-          p.kv.k_pool = reinterpret_cast<const float*>(k_pool.get<const char>() + kv.view_offset(l, c.seq) * elem);
-          p.kv.v_pool = reinterpret_cast<const float*>(v_pool.get<const char>() + kv.view_offset(l, c.seq) * elem);
-          p.kv.indices = pages.get<std::int32_t>() + page_start[static_cast<std::size_t>(ci)];
-          (n > 16 ? prefill : decode).push_back(p);  // 1 .. k+1 queries: the decode kernels
-        }
-        row += n;
-      }
-      if (flash) {
-        if (!prefill.empty()) cuda::attention_flash(prefill, cuda::DType::bf16, stream);
-        if (!decode.empty()) {
-          if (attention == "flash_split") {
-            const std::size_t ws = cuda::attention_flash_split_workspace_bytes(decode);
-            if (ws > split_workspace.bytes()) check(cudaStreamSynchronize(stream), "split workspace");  // grow safely
-            split_workspace.reserve(std::max<std::size_t>(ws, 1));
-            cuda::attention_flash_split(decode, cuda::DType::bf16, split_workspace.get<float>(), split_workspace.bytes(),
-                                        stream);
-          } else {
-            cuda::attention_flash_decode(decode, cuda::DType::bf16, stream);
-          }
-        }
-        cuda::cast_to_float(att.get<float>(), att16.get(), sz(n_real, dim), cuda::DType::bf16, stream);
+  const auto problem_of = [&](int ci, int layer) {
+    const ForwardChunk& c = batch.chunks[static_cast<std::size_t>(ci)];
+    const int r = chunk_row[static_cast<std::size_t>(ci)];
+    AttentionProblem p;
+    p.n_q = static_cast<int>(c.tokens.size());
+    p.q_pos0 = c.pos0;
+    p.n_heads = s.n_heads;
+    p.n_kv_heads = s.n_kv_heads;
+    p.head_dim = hd;
+    p.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    p.q_stride = qkv_dim;
+    p.out_stride = dim;
+    p.kv = views[static_cast<std::size_t>(ci)];
+    p.q = reinterpret_cast<const float*>(q16.get<cuda::bf16_bits>() + sz(r, qkv_dim));
+    p.out = reinterpret_cast<float*>(att16.get<cuda::bf16_bits>() + sz(r, dim));
+    p.kv.k_pool = reinterpret_cast<const float*>(k_pool.get<const char>() + kv.view_offset(layer, c.seq) * elem);
+    p.kv.v_pool = reinterpret_cast<const float*>(v_pool.get<const char>() + kv.view_offset(layer, c.seq) * elem);
+    p.kv.indices = pages.get<std::int32_t>() + page_start[static_cast<std::size_t>(ci)];
+    return p;
+  };
+  std::vector<int> prefill_chunks, decode_chunks;
+  for (int ci = 0; ci < n_chunks && flash; ++ci)
+    (batch.chunks[static_cast<std::size_t>(ci)].tokens.size() > 16 ? prefill_chunks : decode_chunks).push_back(ci);
+  cuda::DecodePlan plan;
+  std::vector<long long> layer_delta(static_cast<std::size_t>(s.n_layers), 0);  // elements past layer 0's pools
+  int split_bound = 1, decode_rows = 0;
+  if (!decode_chunks.empty()) {
+    std::vector<AttentionProblem> problems;
+    for (int ci : decode_chunks) {
+      problems.push_back(problem_of(ci, 0));
+      decode_rows += problems.back().n_q;
+    }
+    std::vector<int> counts(problems.size(), 1);
+    if (split) {
+      for (std::size_t i = 0; i < problems.size(); ++i) counts[i] = cuda::attention_flash_split_count(problems, i);
+      split_bound = cuda::attention_flash_split_bound(decode_rows, s.n_heads);
+      const std::size_t ws = std::size_t(decode_rows) * s.n_heads * split_bound * (hd + 1) * f;  // any counts <= bound
+      grow(split_workspace, ws);
+    }
+    plan = cuda::make_decode_plan(problems, counts, cuda::DType::bf16);
+    grow(plan_buffer, std::max<std::size_t>(plan.bytes.size() * 2, 16 * 1024), plan.bytes.size());
+    // One plan serves every layer: the caches place a sequence's layers at one stride apart.
+    for (int l = 1; l < s.n_layers; ++l) {
+      const auto& c0 = batch.chunks[static_cast<std::size_t>(decode_chunks.front())];
+      layer_delta[static_cast<std::size_t>(l)] =
+          static_cast<long long>(kv.view_offset(l, c0.seq)) - static_cast<long long>(kv.view_offset(0, c0.seq));
+      for (int ci : decode_chunks) {
+        const int seq = batch.chunks[static_cast<std::size_t>(ci)].seq;
+        if (static_cast<long long>(kv.view_offset(l, seq)) - static_cast<long long>(kv.view_offset(0, seq)) !=
+            layer_delta[static_cast<std::size_t>(l)])
+          throw std::logic_error("cuda backend: the KV cache does not place every sequence's layers one stride apart");
       }
     }
-    matmul_add(x.get<float>(), att.get<float>(), L.wo, T, dim, dim, xb.get<float>());
-    cuda::rmsnorm(xb.get<float>(), x.get<float>(), L.rms_ffn.get<float>(), T, dim, s.norm_eps, stream);
-    matmul(h13.get<float>(), xb.get<float>(), L.w13, T, dim, 2 * hidden);  // row: [w1 xn | w3 xn]
-    cuda::swiglu_rows(h.get<float>(), h13.get<float>(), T, hidden, stream);
-    matmul_add(x.get<float>(), h.get<float>(), L.w2, T, hidden, dim, xb.get<float>());
   }
 
-  // Final norm and LM head for the wanted rows only (gathered with the embedding kernel).
-  cuda::embed(xb.get<float>(), x.get<float>(), out_rows.get<int>(), n_out, dim, stream);
-  cuda::rmsnorm(xb.get<float>(), xb.get<float>(), rms_final.get<float>(), n_out, dim, s.norm_eps, stream);
-  matmul(logits.get<float>(), xb.get<float>(), lm_head, n_out, dim, s.vocab_size);
+  auto upload = [&](DeviceBuffer& dst, const void* src, std::size_t bytes) {
+    if (bytes) check(cudaMemcpyAsync(dst.get(), src, bytes, cudaMemcpyHostToDevice, stream), "step inputs");
+  };
+  upload(tokens, tok.data(), tok.size() * sizeof(int));
+  upload(positions, pos.data(), pos.size() * sizeof(int));
+  upload(kv_offsets, offsets.data(), offsets.size() * sizeof(std::int64_t));
+  upload(pages, page_list.data(), page_list.size() * sizeof(std::int32_t));
+  upload(out_rows, rows_out.data(), rows_out.size() * sizeof(int));
+  upload(plan_buffer, plan.bytes.data(), plan.bytes.size());
+
+  // The step's kernels, from the embedding to the LM head: enqueued directly, or captured once
+  // per step shape and replayed (cuda_graphs) when nothing in them depends on this step's
+  // lengths: every chunk a decode chunk (prefill problems travel by value), flash attention.
+  const auto enqueue = [&] {
+    cuda::embed(x.get<float>(), embedding.get<float>(), tokens.get<int>(), T, dim, stream);
+    if (T > n_real) check(cudaMemsetAsync(att.get<float>() + sz(n_real, dim), 0, sz(T - n_real, dim) * f, stream), "memset");
+    for (int l = 0; l < s.n_layers; ++l) {
+      const Layer& L = layers[static_cast<std::size_t>(l)];
+      float* q = qkv.get<float>();
+      cuda::rmsnorm(xb.get<float>(), x.get<float>(), L.rms_att.get<float>(), T, dim, s.norm_eps, stream);
+      matmul(q, xb.get<float>(), L.wqkv, T, dim, qkv_dim);
+      // RoPE on the query heads and the key heads that follow them in each row: one launch.
+      cuda::rope(q, T, qkv_dim, s.n_heads + s.n_kv_heads, hd, positions.get<int>(), s.rope_theta, stream);
+      const std::int64_t* off = kv_offsets.get<std::int64_t>() + sz(l, n_real);
+      cuda::kv_write(k_pool.get(), off, q + dim, qkv_dim, n_real, kv_dim, kv_elem(), stream);
+      cuda::kv_write(v_pool.get(), off, q + dim + kv_dim, qkv_dim, n_real, kv_dim, kv_elem(), stream);
+      {
+        NVTX_RANGE("attention");
+        if (flash) {
+          cuda::cast_from_float(q16.get(), q, sz(n_real, qkv_dim), cuda::DType::bf16, stream);
+          if (!prefill_chunks.empty()) {
+            std::vector<AttentionProblem> prefill;
+            for (int ci : prefill_chunks) prefill.push_back(problem_of(ci, l));
+            cuda::attention_flash(prefill, cuda::DType::bf16, stream);
+          }
+          if (!decode_chunks.empty())
+            cuda::attention_decode_planned(plan, plan_buffer.get(), split_bound, split, layer_delta[static_cast<std::size_t>(l)],
+                                           split_workspace.get<float>(), stream);
+          cuda::cast_to_float(att.get<float>(), att16.get(), sz(n_real, dim), cuda::DType::bf16, stream);
+        } else {
+          for (int ci = 0; ci < n_chunks; ++ci) {
+            // Gather this sequence's K and V (any layout, any KV dtype) into contiguous fp32.
+            const ForwardChunk& c = batch.chunks[static_cast<std::size_t>(ci)];
+            const int r = chunk_row[static_cast<std::size_t>(ci)];
+            AttentionProblem p = problem_of(ci, l);
+            const std::int32_t* dev_pages = pages.get<std::int32_t>() + page_start[static_cast<std::size_t>(ci)];
+            const auto* kbase = k_pool.get<const char>() + kv.view_offset(l, c.seq) * elem;
+            const auto* vbase = v_pool.get<const char>() + kv.view_offset(l, c.seq) * elem;
+            cuda::kv_gather_f32(gathered_k.get<float>(), kbase, dev_pages, p.kv.page_size, p.kv.length, kv_dim, kv_elem(), stream);
+            cuda::kv_gather_f32(gathered_v.get<float>(), vbase, dev_pages, p.kv.page_size, p.kv.length, kv_dim, kv_elem(), stream);
+            p.q = q + sz(r, qkv_dim);
+            p.out = att.get<float>() + sz(r, dim);
+            p.kv.k_pool = gathered_k.get<float>();
+            p.kv.v_pool = gathered_v.get<float>();
+            p.kv.indices = nullptr;  // one page: not read
+            p.kv.num_pages = 1;
+            p.kv.page_size = p.kv.length;
+            cuda::attention_naive(p, scores.get<float>(), cublas, stream);  // stream order protects the gathers
+          }
+        }
+      }
+      matmul_add(x.get<float>(), att.get<float>(), L.wo, T, dim, dim, xb.get<float>());
+      cuda::rmsnorm(xb.get<float>(), x.get<float>(), L.rms_ffn.get<float>(), T, dim, s.norm_eps, stream);
+      matmul(h13.get<float>(), xb.get<float>(), L.w13, T, dim, 2 * hidden);  // row: [w1 xn | w3 xn]
+      cuda::swiglu_rows(h.get<float>(), h13.get<float>(), T, hidden, stream);
+      matmul_add(x.get<float>(), h.get<float>(), L.w2, T, hidden, dim, xb.get<float>());
+    }
+    // Final norm and LM head for the wanted rows only (gathered with the embedding kernel).
+    cuda::embed(xb.get<float>(), x.get<float>(), out_rows.get<int>(), n_out, dim, stream);
+    cuda::rmsnorm(xb.get<float>(), xb.get<float>(), rms_final.get<float>(), n_out, dim, s.norm_eps, stream);
+    matmul(logits.get<float>(), xb.get<float>(), lm_head, n_out, dim, s.vocab_size);
+  };
+
+  ++steps;
+  if (cuda_graphs && bf16 && flash && prefill_chunks.empty()) {
+    std::string key = fmt::format("{}|{}|{}|{}|{}|{}|", attention, T, n_real, n_out, split_bound, plan.shapes.size());
+    for (const cuda::DecodeGroupShape& g : plan.shapes) key += fmt::format("{},{},{};", g.rows, g.heads, g.head_dim);
+    key += fmt::format("|{}", fmt::join(layer_delta, ","));
+    replay(key, enqueue);
+  } else {
+    enqueue();
+  }
   host_logits.resize(sz(n_out, s.vocab_size));
   check(cudaMemcpyAsync(host_logits.data(), logits.get(), host_logits.size() * f, cudaMemcpyDeviceToHost, stream),
         "logits");

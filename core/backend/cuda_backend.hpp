@@ -8,7 +8,7 @@
 //   attention naive: each sequence's K/V gathered to fp32, cuBLAS score GEMMs + softmax kernel;
 //   flash: tensor-core prefill, paged decode; flash_split: split-KV decode + LSE reduction.
 // The attention kernel follows the run's Attention (its name), so one loaded model serves a sweep
-// over attention. Logits come back to the host (one row per sequence, vocab floats), where the engine samples:
+// over attention. With cuda_graphs, decode steps replay as captured CUDA graphs. Logits come back to the host (one row per sequence, vocab floats), where the engine samples:
 // the copy also synchronises, so host step timings are GPU timings.
 // Built whenever nvcc is present; without a CUDA build the constructor throws.
 #include <memory>
@@ -21,6 +21,13 @@ namespace ablate {
 
 struct CudaBackendOptions {
   std::string dtype = "bf16";      // fp32 | bf16 (flash and flash_split need bf16)
+  bool cuda_graphs = false;        // replay decode steps as CUDA graphs (see set_cuda_graphs)
+};
+
+struct CudaGraphStats {
+  long long steps = 0;     // forward passes
+  long long replays = 0;   // of them, launched as one captured graph
+  long long captures = 0;  // graphs captured
 };
 
 // Throws std::runtime_error("no CUDA device: <why>") when no device can be used (or the build
@@ -38,6 +45,13 @@ class CudaBackend final : public Backend {
   const std::vector<float>& forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) override;
   KvStorage kv_storage() const override;
   std::size_t peak_device_bytes() const override;
+  // cuda_graphs: a step whose kernels do not depend on its lengths (bf16, flash or flash_split,
+  // every chunk a decode chunk of <= 16 tokens) is captured as a graph the second time its shape
+  // (batch rows, logit rows, split bound, layer strides) occurs and replayed after that; lengths,
+  // block tables and split counts travel in device memory (cuda::DecodePlan). Other steps run
+  // kernel by kernel.
+  void set_cuda_graphs(bool on);
+  CudaGraphStats graph_stats() const;
 
  private:
   struct Impl;

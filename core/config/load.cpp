@@ -106,6 +106,8 @@ const std::vector<Rule>& rules() {
         axis("attention", F(attention), "attention kernel"),
         choice("dtype", F(dtype), {"fp32", "bf16"},
                "weights and KV precision (cuda: bf16 weights and KV, fp32 accumulation; cpu: fp32 only)"),
+        plain("cuda_graphs", Kind::Bool, F(cuda_graphs),
+              "cuda: replay each decode step's kernels as one captured CUDA graph (flash, flash_split)"),
         integer("max_seq_len", F(max_seq_len), ge(0), "cap on prompt + output per sequence; 0 = the model's"),
         integer("repeat", F(repeat), ge(1), "timed runs per sweep point"),
         integer("warmup", F(warmup), ge(0), "untimed runs per sweep point before the timed ones"),
@@ -603,6 +605,13 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
               fmt::format("{} on backend cuda needs head_dim 64 or 128; {} has {}; allowed: naive", c.attention,
                           shape.name, shape.head_dim()));
   }
+  if (c.cuda_graphs && c.backend != "cuda")
+    fail_at({"cuda_graphs", "backend"}, fmt::format("true needs backend cuda (CUDA graphs replay GPU kernels); allowed with "
+                                                    "backend {}: false", c.backend));
+  if (c.cuda_graphs && c.attention == "naive")
+    fail_at({"cuda_graphs", "attention"}, "true needs attention flash or flash_split: naive attention's cuBLAS calls are "
+                                          "sized by each sequence's length, so its steps cannot replay; allowed with "
+                                          "attention naive: false");
   if (c.profile.end_step > 0 && c.profile.end_step <= c.profile.start_step)
     fail_at({"profile.end_step", "profile.start_step"},
             fmt::format("the capture window [{}, {}) is empty; allowed: end_step > start_step, or 0 for no window",

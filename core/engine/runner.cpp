@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <memory>
 #include <optional>
 
@@ -10,6 +11,7 @@
 
 #include "attention/attention.hpp"
 #include "backend/backend.hpp"
+#include "backend/cuda_backend.hpp"
 #include "config/registry.hpp"
 #include "engine/engine.hpp"
 #include "kv/kv_cache.hpp"
@@ -115,6 +117,8 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
     const int threads = cfg.threads > 0 ? cfg.threads : cores;
     omp_set_num_threads(threads);
     Backend& backend_ref = backend_for(cfg);
+    auto* cuda_backend = dynamic_cast<CudaBackend*>(&backend_ref);
+    if (cuda_backend) cuda_backend->set_cuda_graphs(cfg.cuda_graphs);  // per point: no reload to toggle
     const int max_seq = effective_max_seq_len(cfg, backend_ref.shape());
     std::vector<Request> requests =
         make_workload(cfg.workload, static_cast<std::uint64_t>(cfg.seed), backend_ref.shape().vocab_size, max_seq);
@@ -131,8 +135,14 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
       for (const auto& [k, v] : point.swept) label += fmt::format(" {}={}", k, v);
       label += timed ? fmt::format(" repeat {}", i - exp.warmup) : " warm-up";
       Progress progress(opts.quiet, label);
+      const CudaGraphStats graphs0 = cuda_backend ? cuda_backend->graph_stats() : CudaGraphStats{};
       RunRecords rec = run_once(cfg, backend_ref, requests, eos, &progress);
       progress.finish();
+      if (cuda_backend && cfg.cuda_graphs) {  // how much of the run the graphs covered
+        const CudaGraphStats g = cuda_backend->graph_stats();
+        std::fprintf(stderr, "%s: cuda_graphs: %lld of %lld forward passes replayed a graph (%lld captured)\n",
+                     label.c_str(), g.replays - graphs0.replays, g.steps - graphs0.steps, g.captures - graphs0.captures);
+      }
       if (timed) writer.add_run(point.index, i - exp.warmup, point.columns, rec, summarize(rec, cfg.slo), prov);
     }
   }

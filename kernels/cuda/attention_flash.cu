@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -319,9 +320,11 @@ struct DecodeGroup {
 };
 static_assert(sizeof(DecodeGroup<__half>) <= 4000, "kernel parameters are limited to 4 KB");
 
-// Block (h, r, s): head h of grid row r (problem j, query i = r - row0[j]), key chunk s.
+// Block (h, r, s): head h of grid row r (problem j, query i = r - row0[j]), key chunk s. K and V
+// are read layer_delta elements past the problem's k_pool / v_pool (a plan made for layer 0
+// serves every layer).
 template <class T, int D>
-__global__ void __launch_bounds__(kDecodeThreads) flash_decode_v2_kernel(DecodeGroup<T> g, float* workspace) {
+__device__ __forceinline__ void decode_v2_block(const DecodeGroup<T>& g, float* workspace, long long layer_delta) {
   constexpr int tpk = D / 8, kpb = kDecodeThreads / tpk, U = kDecodeKeys;
   __shared__ float sm_m[kpb], sm_l[kpb];
   __shared__ float sm_acc[kpb][D];
@@ -329,7 +332,9 @@ __global__ void __launch_bounds__(kDecodeThreads) flash_decode_v2_kernel(DecodeG
   const int h = blockIdx.x, r = blockIdx.y, s = blockIdx.z;
   int j = 0;
   while (j + 1 < g.n && g.row0[j + 1] <= r) ++j;
-  const Prob<T>& p = g.p[j];
+  Prob<T> p = g.p[j];
+  p.k += layer_delta;
+  p.v += layer_delta;
   const int i = r - g.row0[j], splits = g.splits[j];
   if (s >= splits) return;  // uniform over the block: before any barrier
   const int kvh = h / (p.n_heads / p.n_kv_heads);
@@ -421,9 +426,19 @@ __global__ void __launch_bounds__(kDecodeThreads) flash_decode_v2_kernel(DecodeG
   }
 }
 
+template <class T, int D>
+__global__ void __launch_bounds__(kDecodeThreads) flash_decode_v2_kernel(DecodeGroup<T> g, float* workspace) {
+  decode_v2_block<T, D>(g, workspace, 0);
+}
+template <class T, int D>
+__global__ void __launch_bounds__(kDecodeThreads)
+    flash_decode_planned_kernel(const DecodeGroup<T>* g, float* workspace, long long layer_delta) {
+  decode_v2_block<T, D>(*g, workspace, layer_delta);
+}
+
 // Block (h, r): the split problems' reduction, as split_reduce_kernel, for a whole group.
 template <class T>
-__global__ void split_reduce_v2_kernel(DecodeGroup<T> g, int D, const float* workspace) {
+__device__ __forceinline__ void split_reduce_v2_block(const DecodeGroup<T>& g, int D, const float* workspace) {
   const int h = blockIdx.x, r = blockIdx.y;
   int j = 0;
   while (j + 1 < g.n && g.row0[j + 1] <= r) ++j;
@@ -446,6 +461,15 @@ __global__ void split_reduce_v2_kernel(DecodeGroup<T> g, int D, const float* wor
       }
     p.out[std::size_t(i) * p.out_stride + std::size_t(h) * D + d] = Conv<T>::from(den > 0.0f ? num / den : 0.0f);
   }
+}
+
+template <class T>
+__global__ void split_reduce_v2_kernel(DecodeGroup<T> g, int D, const float* workspace) {
+  split_reduce_v2_block<T>(g, D, workspace);
+}
+template <class T>
+__global__ void split_reduce_planned_kernel(const DecodeGroup<T>* g, int D, const float* workspace) {
+  split_reduce_v2_block<T>(*g, D, workspace);
 }
 
 // Block (h, i): out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M).
@@ -547,51 +571,61 @@ int effective_splits(const AttentionProblem& p, int splits) {
   return (p.kv_len() + chunk - 1) / chunk;
 }
 
-// Version 2's launches: problems in groups of up to kDecodeGroup sharing (n_heads, head_dim), one
-// decode launch per group (grid z = the group's largest split count) and, when any problem of
-// the group is split, one reduction launch. splits[k] is problem k's split count (1 = direct);
-// its partial outputs sit in the workspace where version 1 puts them.
+// Version 2's groups: problems in groups of up to kDecodeGroup sharing (n_heads, head_dim), each
+// launched as one grid (heads, the group's rows, its largest split count). splits[k] is problem
+// k's split count (1 = direct); its partial outputs sit in the workspace where version 1 puts
+// them.
 template <class T>
-void decode_v2(std::span<const AttentionProblem> problems, std::span<const int> splits, float* workspace,
-               cudaStream_t stream) {
-  DecodeGroup<T> g{};
-  int heads = 0, D = 0, max_splits = 1;
-  bool any_split = false;
-  const auto flush = [&] {
-    if (g.n == 0) return;
-    const dim3 grid(heads, g.row0[g.n], max_splits);
-    if (D == 64) flash_decode_v2_kernel<T, 64><<<grid, kDecodeThreads, 0, stream>>>(g, workspace);
-    else flash_decode_v2_kernel<T, 128><<<grid, kDecodeThreads, 0, stream>>>(g, workspace);
-    check_launch("attention_flash_decode/split v2 (decode kernel)");
-    if (any_split) {
-      split_reduce_v2_kernel<T><<<dim3(heads, g.row0[g.n]), D, 0, stream>>>(g, D, workspace);
-      check_launch("attention_flash_split v2 (reduce kernel)");
-    }
-    g = DecodeGroup<T>{};
-    max_splits = 1;
-    any_split = false;
-  };
+struct Grouped {
+  std::vector<DecodeGroup<T>> groups;
+  std::vector<DecodeGroupShape> shapes;
+};
+
+template <class T>
+Grouped<T> make_groups(std::span<const AttentionProblem> problems, std::span<const int> splits) {
+  Grouped<T> out;
   std::size_t off = 0;
   for (std::size_t k = 0; k < problems.size(); ++k) {
     const AttentionProblem& p = problems[k];
     if (p.n_q <= 0) continue;
     if (p.n_q > 65535) throw std::invalid_argument("cuda::attention_flash_decode: n_q > 65535 (grid rows)");
-    if (g.n == kDecodeGroup || (g.n > 0 && (p.n_heads != heads || p.head_dim != D || g.row0[g.n] + p.n_q > 65535)))
-      flush();
-    heads = p.n_heads;
-    D = p.head_dim;
-    const int s = splits[k];
+    if (out.groups.empty() || out.groups.back().n == kDecodeGroup || p.n_heads != out.shapes.back().heads ||
+        p.head_dim != out.shapes.back().head_dim || out.shapes.back().rows + p.n_q > 65535) {
+      out.groups.emplace_back();
+      out.shapes.push_back({0, p.n_heads, p.head_dim, 1, false});
+    }
+    DecodeGroup<T>& g = out.groups.back();
+    DecodeGroupShape& sh = out.shapes.back();
+    const int sp = splits[k];
     g.p[g.n] = prob_of<T>(p);
-    g.chunk[g.n] = chunk_for(p.kv_len(), s);
-    g.splits[g.n] = s;
+    g.chunk[g.n] = chunk_for(p.kv_len(), sp);
+    g.splits[g.n] = sp;
     g.part[g.n] = static_cast<long long>(off);
     g.row0[g.n + 1] = g.row0[g.n] + p.n_q;
     ++g.n;
-    max_splits = std::max(max_splits, s);
-    any_split = any_split || s > 1;
-    off += std::size_t(p.n_q) * p.n_heads * s * (p.head_dim + 1);
+    sh.rows = g.row0[g.n];
+    sh.max_splits = std::max(sh.max_splits, sp);
+    sh.split = sh.split || sp > 1;
+    off += std::size_t(p.n_q) * p.n_heads * sp * (p.head_dim + 1);
   }
-  flush();
+  return out;
+}
+
+template <class T>
+void decode_v2(std::span<const AttentionProblem> problems, std::span<const int> splits, float* workspace,
+               cudaStream_t stream) {
+  const Grouped<T> gr = make_groups<T>(problems, splits);
+  for (std::size_t i = 0; i < gr.groups.size(); ++i) {
+    const DecodeGroupShape& sh = gr.shapes[i];
+    const dim3 grid(sh.heads, sh.rows, sh.max_splits);
+    if (sh.head_dim == 64) flash_decode_v2_kernel<T, 64><<<grid, kDecodeThreads, 0, stream>>>(gr.groups[i], workspace);
+    else flash_decode_v2_kernel<T, 128><<<grid, kDecodeThreads, 0, stream>>>(gr.groups[i], workspace);
+    check_launch("attention_flash_decode/split v2 (decode kernel)");
+    if (sh.split) {
+      split_reduce_v2_kernel<T><<<dim3(sh.heads, sh.rows), sh.head_dim, 0, stream>>>(gr.groups[i], sh.head_dim, workspace);
+      check_launch("attention_flash_split v2 (reduce kernel)");
+    }
+  }
 }
 
 }  // namespace
@@ -691,6 +725,53 @@ void attention_flash_split(std::span<const AttentionProblem> problems, DType dty
     else decode_dispatch<__nv_bfloat16>(p, s, part_o, part_lse, stream);
     off += slots * (p.head_dim + 1);
   }
+}
+
+DecodePlan make_decode_plan(std::span<const AttentionProblem> problems, std::span<const int> splits, DType dtype) {
+  if (splits.size() != problems.size()) throw std::invalid_argument("cuda::make_decode_plan: one split count per problem");
+  for (const AttentionProblem& p : problems)
+    if (p.n_q > 0) validate(p, "cuda::make_decode_plan");
+  DecodePlan plan;
+  plan.dtype = dtype;
+  plan.group_bytes = sizeof(DecodeGroup<__half>);
+  const auto pack = [&](const auto& gr) {
+    plan.shapes = gr.shapes;
+    plan.bytes.resize(gr.groups.size() * plan.group_bytes);
+    if (!gr.groups.empty()) std::memcpy(plan.bytes.data(), gr.groups.data(), plan.bytes.size());
+  };
+  if (dtype == DType::f16) pack(make_groups<__half>(problems, splits));
+  else pack(make_groups<__nv_bfloat16>(problems, splits));
+  return plan;
+}
+
+void attention_decode_planned(const DecodePlan& plan, const void* device_plan, int max_splits, bool reduce,
+                              long long layer_delta, float* workspace, cudaStream_t stream) {
+  const auto* base = static_cast<const unsigned char*>(device_plan);
+  for (std::size_t i = 0; i < plan.shapes.size(); ++i) {
+    const DecodeGroupShape& sh = plan.shapes[i];
+    const void* g = base + i * plan.group_bytes;
+    const dim3 grid(sh.heads, sh.rows, std::max(max_splits, 1));
+    const auto launch = [&](auto tag) {
+      using T = decltype(tag);
+      const auto* gt = static_cast<const DecodeGroup<T>*>(g);
+      if (sh.head_dim == 64) flash_decode_planned_kernel<T, 64><<<grid, kDecodeThreads, 0, stream>>>(gt, workspace, layer_delta);
+      else flash_decode_planned_kernel<T, 128><<<grid, kDecodeThreads, 0, stream>>>(gt, workspace, layer_delta);
+      check_launch("attention_decode_planned (decode kernel)");
+      if (reduce) {
+        split_reduce_planned_kernel<T><<<dim3(sh.heads, sh.rows), sh.head_dim, 0, stream>>>(gt, sh.head_dim, workspace);
+        check_launch("attention_decode_planned (reduce kernel)");
+      }
+    };
+    if (plan.dtype == DType::f16) launch(__half{});
+    else launch(__nv_bfloat16{});
+  }
+}
+
+int attention_flash_split_bound(int rows, int heads) {
+  const std::size_t blocks = std::size_t(std::max(rows, 0)) * std::max(heads, 0);
+  const std::size_t target = std::size_t(kSplitBlocksPerSm) * sm_count();
+  if (blocks == 0 || blocks >= target) return 1;
+  return std::clamp(int((target + blocks - 1) / blocks), 1, 1024);
 }
 
 }  // namespace ablate::cuda

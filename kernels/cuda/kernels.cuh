@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 #include <string>
 
 #include "common/attention_problem.hpp"
@@ -97,6 +98,33 @@ std::size_t attention_flash_split_workspace_bytes(std::span<const AttentionProbl
 // version as attention_flash_decode's.
 void attention_flash_split(std::span<const AttentionProblem> problems, DType dtype, float* workspace,
                            std::size_t workspace_bytes, cudaStream_t stream, int splits = 0, int version = 2);
+
+// Decode plans: version 2 in a form a CUDA graph can replay. The problems' descriptors (pointers,
+// lengths, page tables, split counts) are packed into bytes for device memory; launching from the
+// device copy fixes only the grid (per group: heads, rows; and max_splits), so a captured graph
+// stays valid while lengths, page tables and split counts change from step to step, as long as
+// the rows per group and the buffers stay. At launch k_pool / v_pool are offset by layer_delta
+// elements, so one plan (made for layer 0) serves every layer. splits[k]: problem k's split count
+// (1 = unsplit, as attention_flash_decode; else as attention_flash_split's); a split plan needs
+// reduce = true and the workspace attention_flash_split_workspace_bytes gives for those counts.
+struct DecodeGroupShape {
+  int rows, heads, head_dim, max_splits;
+  bool split;
+};
+struct DecodePlan {
+  DType dtype = DType::bf16;
+  std::size_t group_bytes = 0;
+  std::vector<DecodeGroupShape> shapes;  // one per group (launch)
+  std::vector<unsigned char> bytes;      // shapes.size() * group_bytes, for the device
+};
+DecodePlan make_decode_plan(std::span<const AttentionProblem> problems, std::span<const int> splits, DType dtype);
+// max_splits: the grid's split dimension, at least every problem's split count (blocks past a
+// problem's count return at once), e.g. attention_flash_split_bound(rows, heads).
+void attention_decode_planned(const DecodePlan& plan, const void* device_plan, int max_splits, bool reduce,
+                              long long layer_delta, float* workspace, cudaStream_t stream);
+// The largest split count attention_flash_split_count gives any problem of a batch of `rows`
+// query rows of `heads` heads, whatever their lengths.
+int attention_flash_split_bound(int rows, int heads);
 
 // ---- data movement of the CUDA backend (backend_ops.cu) -----------------------------------------
 // Element type of the backend's KV pools.

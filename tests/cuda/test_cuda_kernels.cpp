@@ -320,8 +320,11 @@ std::unique_ptr<FlashBuilt> build_flash_case(const FlashCase& c, cuda::DType t, 
 
 // A batch of cases in one call of one kernel (version 1 or 2 of the decode kernels); splits
 // only for FlashKernel::split (0 = automatic). The worst error over the batch.
+// planned: through make_decode_plan and attention_decode_planned (the CUDA backend's way, split
+// counts automatic), with the pools' pointers shifted back by some elements that layer_delta
+// then adds again.
 FlashResult run_flash_batch(const std::vector<FlashCase>& cases, FlashKernel kernel, cuda::DType t, int splits,
-                            int version, std::mt19937& rng) {
+                            int version, std::mt19937& rng, bool planned = false) {
   const double tol = t == cuda::DType::f16 ? 2e-3 : 1.6e-2;
   std::vector<std::unique_ptr<FlashBuilt>> built;
   std::vector<AttentionProblem> dev, host;
@@ -330,7 +333,28 @@ FlashResult run_flash_batch(const std::vector<FlashCase>& cases, FlashKernel ker
     dev.push_back(built.back()->dev);
     host.push_back(built.back()->host);
   }
-  if (kernel == FlashKernel::prefill) {
+  if (planned) {
+    const bool split = kernel == FlashKernel::split;
+    const long long delta = 64;  // elements: keeps the 16-byte alignment
+    std::vector<int> counts(dev.size(), 1);
+    int rows = 0;
+    for (std::size_t i = 0; i < dev.size(); ++i) {
+      rows += dev[i].n_q;
+      if (split) counts[i] = cuda::attention_flash_split_count(dev, i);
+    }
+    std::vector<AttentionProblem> shifted = dev;  // pointers hold 2-byte elements: shift by bytes
+    for (std::size_t i = 0; i < dev.size(); ++i) {
+      shifted[i].kv.k_pool = reinterpret_cast<const float*>(reinterpret_cast<const char*>(dev[i].kv.k_pool) - delta * 2);
+      shifted[i].kv.v_pool = reinterpret_cast<const float*>(reinterpret_cast<const char*>(dev[i].kv.v_pool) - delta * 2);
+    }
+    const cuda::DecodePlan plan = cuda::make_decode_plan(shifted, counts, t);
+    Dev<unsigned char> dplan(plan.bytes);
+    const std::size_t wsb = cuda::attention_flash_split_workspace_bytes(dev, split ? 0 : 1);
+    Dev<float> ws(std::vector<float>(std::max<std::size_t>(wsb / sizeof(float), 1)));
+    const int bound = split ? cuda::attention_flash_split_bound(rows, dev.front().n_heads) : 1;
+    cuda::attention_decode_planned(plan, dplan.ptr, bound, split, delta, ws.ptr, nullptr);
+    ok(cudaDeviceSynchronize());
+  } else if (kernel == FlashKernel::prefill) {
     cuda::attention_flash(dev, t, nullptr);
   } else if (kernel == FlashKernel::decode) {
     cuda::attention_flash_decode(dev, t, nullptr, version);
@@ -446,6 +470,16 @@ TEST_CASE("cuda decode kernels on a batch of 45 sequences in one call match the 
           CHECK(r.padding_ok);
           CHECK(r.worst_ratio <= 1.0);
         }
+  // The planned form (a device plan, a fixed grid, layer_delta), as the CUDA backend runs it.
+  for (cuda::DType t : {cuda::DType::f16, cuda::DType::bf16})
+    for (FlashKernel kernel : {FlashKernel::decode, FlashKernel::split}) {
+      INFO("planned " << kernel_name(kernel) << " " << cuda::dtype_name(t));
+      const FlashResult r = run_flash_batch(batch, kernel, t, 0, 2, rng, true);
+      std::printf("planned %s batch of 45, %s: max|err| = %.3g  worst err/tol = %.3g\n", kernel_name(kernel),
+                  cuda::dtype_name(t), r.max_abs, r.worst_ratio);
+      CHECK(r.padding_ok);
+      CHECK(r.worst_ratio <= 1.0);
+    }
 }
 
 int main(int argc, char** argv) {
