@@ -1,5 +1,6 @@
 // The CUDA attention kernels, timed with CUDA events (UseManualTime), fp16 or bf16:
-//   BM_CudaFlashPrefill  attention_flash (WMMA) on a full causal prefill of ctx tokens
+//   BM_CudaFlashPrefill  attention_flash on a full causal prefill of ctx tokens (version 2: mma.sync,
+//                        registers; version 1: WMMA, shared memory)
 //   BM_CudaFlashDecode   attention_flash_decode: paged decode, batch sequences of ctx tokens
 //   BM_CudaFlashSplit    attention_flash_split (split-KV + reduction), same problems
 //   (decode and split: version 2, one launch per batch, and version 1, one per sequence)
@@ -136,7 +137,8 @@ void BM_CudaFlashPrefill(benchmark::State& state) {
   const Heads& h = kShapes[state.range(0)];
   const int ctx = int(state.range(1));
   Setup s(h, ctx, 1, ctx, int(state.range(2)), dtype_arg(state, 3));
-  time_gpu(state, [&] { cuda::attention_flash(s.problems, s.dtype, nullptr); });
+  const int version = int(state.range(4));
+  time_gpu(state, [&] { cuda::attention_flash(s.problems, s.dtype, nullptr, version); });
   const double flops = 4.0 * h.head_dim * h.n_heads * 0.5 * double(ctx) * (ctx + 1);
   state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["workspace_bytes"] = 0;
@@ -176,8 +178,9 @@ void register_all() {
   for (int shape : {0, 1})
     for (int ctx = 512; ctx <= 16384; ctx *= 2) {
       benchmark::RegisterBenchmark("BM_CudaFlashPrefill", BM_CudaFlashPrefill)
-          ->ArgNames({"shape", "ctx", "page", "bf16"})
-          ->Args({shape, ctx, 0, 1})
+          ->ArgNames({"shape", "ctx", "page", "bf16", "version"})
+          ->Args({shape, ctx, 0, 1, 2})
+          ->Args({shape, ctx, 0, 1, 1})
           ->UseManualTime()
           ->Unit(benchmark::kMicrosecond);
     }

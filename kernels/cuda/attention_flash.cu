@@ -1,8 +1,9 @@
 // Flash attention on the GPU, fp16/bf16 inputs with fp32 accumulation:
 //  - attention_flash: prefill (any n_q), FlashAttention-2 style. One block per (64 queries, query
 //    head), 4 warps of 16 query rows; K/V tiles of 64 keys in shared memory, read through the page
-//    table; S = Q K^T and O += P V on tensor cores (WMMA 16x16x16, fp32 accumulate); online
-//    softmax in fp32 (exp2 domain), the output accumulator in shared memory.
+//    table; online softmax in fp32 (exp2 domain). Version 2 (default): mma.sync m16n8k16 with S,
+//    P and O in registers, ldmatrix for K and V. Version 1: WMMA 16x16x16 with S, P and the
+//    output accumulator in shared memory.
 //  - attention_flash_decode: paged decode (n_q = 1 .. k+1), one block per (query head, query),
 //    D/8 threads per key reading 16-byte vectors, several keys in flight per block, a
 //    shared-memory merge of the per-key-slot softmax states.
@@ -214,6 +215,193 @@ __global__ void __launch_bounds__(kPrefillThreads) flash_prefill_kernel(Prob<T> 
     const float* orow = sO + row * S::ldo + half * (D / 2);
     T* dst = p.out + std::size_t(qi) * p.out_stride + std::size_t(h) * D + half * (D / 2);
     for (int c = 0; c < D / 2; ++c) dst[c] = Conv<T>::from(orow[c] * inv);
+  }
+}
+
+// ---- prefill version 2: mma.sync with the accumulators in registers --------------------------
+// FlashAttention-2's structure on the PTX tensor-core instruction mma.m16n8k16 (bf16/fp16 in,
+// fp32 accumulate), whose fragment layouts the PTX ISA documents: each of 4 warps owns 16 query
+// rows; Q stays in registers as A fragments for the whole key loop; S = Q K^T lands in registers,
+// the online softmax runs on them (a row lives in the 4 lanes of a quad), and the rounded
+// probabilities are reused in place as the A fragments of O += P V, so neither S, P nor O touches
+// shared memory (version 1 round-trips all three through it). K and V tiles are read from shared
+// memory with ldmatrix (V transposed by ldmatrix.trans). Query tiles run last-first so that the
+// longest causal rows start first.
+
+constexpr int kBr2 = 64, kBc2 = 64, kPrefill2Threads = 128;
+
+template <int D>
+struct Prefill2Smem {
+  static constexpr int ld = D + 8;  // elements per row: a 16-byte pad spreads ldmatrix rows over banks
+  static constexpr std::size_t bytes = std::size_t(kBr2 + 2 * kBc2) * ld * 2;
+};
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// d (16x8, fp32) += a (16x16) b (16x8).
+template <class T>
+__device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1);
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+               "{%0, %1, %2, %3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+               "{%0, %1, %2, %3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats rounded to T, packed low (lo) / high (hi) into 32 bits; the rounded values back.
+template <class T>
+__device__ __forceinline__ unsigned pack2(float& lo, float& hi) {
+  const T l = Conv<T>::from(lo), h = Conv<T>::from(hi);
+  lo = Conv<T>::to(l);
+  hi = Conv<T>::to(h);
+  unsigned short ls, hs;
+  memcpy(&ls, &l, 2);
+  memcpy(&hs, &h, 2);
+  return unsigned(ls) | (unsigned(hs) << 16);
+}
+
+template <class T, int D>
+__global__ void __launch_bounds__(kPrefill2Threads) flash_prefill_v2_kernel(Prob<T> p) {
+  using S = Prefill2Smem<D>;
+  constexpr int ld = S::ld, KS = D / 16, NT = D / 8;  // k-steps over D; 8-wide output tiles
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sK = sQ + kBr2 * ld;
+  T* sV = sK + kBc2 * ld;
+
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kBr2, h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, c = (lane & 3) * 2;
+  const int rows_here = min(kBr2, p.n_q - q0);
+  load_tile<T, D>(sQ, ld, kBr2, [&](int r) -> const T* {
+    return r < rows_here ? p.q + std::size_t(q0 + r) * p.q_stride + std::size_t(h) * D : nullptr;
+  });
+  __syncthreads();
+
+  unsigned qf[KS][4];  // A fragments of the warp's 16 rows
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk)
+    ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + kk * 16 + 8 * (lane >> 4));
+
+  // This lane's two rows: r = 0 (row g of the warp's 16) and r = 1 (row g + 8).
+  int vis[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int qi = q0 + warp * 16 + g + 8 * r;
+    vis[r] = qi < p.n_q ? min(p.kv_len, p.q_pos0 + qi + 1) : 0;
+  }
+  float o[NT][4];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // l: this lane's part of the row sum
+  const int kv_end = min(p.kv_len, p.q_pos0 + q0 + rows_here);
+
+  for (int t0 = 0; t0 < kv_end; t0 += kBc2) {
+    __syncthreads();  // every warp is done with the previous tile
+    const int n = min(kBc2, kv_end - t0);
+    load_tile<T, D>(sK, ld, kBc2, [&](int r) -> const T* { return r < n ? p.k + kv_offset(p, t0 + r, kvh, D) : nullptr; });
+    load_tile<T, D>(sV, ld, kBc2, [&](int r) -> const T* { return r < n ? p.v + kv_offset(p, t0 + r, kvh, D) : nullptr; });
+    __syncthreads();
+
+    // S = Q K^T: 16 x 64, eight 16x8 tiles.
+    float sc[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+#pragma unroll
+      for (int k2 = 0; k2 < KS / 2; ++k2) {
+        unsigned b[4];
+        ldmatrix_x4(b, sK + (nt * 8 + (lane & 7)) * ld + k2 * 32 + 8 * (lane >> 3));
+        mma16816<T>(sc[nt], qf[2 * k2], b[0], b[1]);
+        mma16816<T>(sc[nt], qf[2 * k2 + 1], b[2], b[3]);
+      }
+    }
+    // Mask (causal, past kv_len), scale into the exp2 domain, and the online softmax per row.
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = t0 + nt * 8 + c + (e & 1), r = e >> 1;
+        sc[nt][e] = key < vis[r] ? sc[nt][e] * p.scale_log2 : -INFINITY;
+        mx[r] = fmaxf(mx[r], sc[nt][e]);
+      }
+    float ref[2], alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float m_new = fmaxf(m[r], mx[r]);
+      ref[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet: every p is 0, no NaN
+      alpha[r] = exp2f(m[r] - ref[r]);             // 0 while m = -inf
+      m[r] = m_new;
+      l[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      o[t][0] *= alpha[0];
+      o[t][1] *= alpha[0];
+      o[t][2] *= alpha[1];
+      o[t][3] *= alpha[1];
+    }
+    // P = exp2(S - m), rounded to T: S's tiles 2j and 2j+1 are exactly the A fragment of keys
+    // [16j, 16j + 16) of O += P V.
+    unsigned pa[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float* v = sc[2 * j + half];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[e] = exp2f(v[e] - ref[e >> 1]);
+        pa[j][2 * half] = pack2<T>(v[0], v[1]);
+        pa[j][2 * half + 1] = pack2<T>(v[2], v[3]);
+        l[0] += v[0] + v[1];  // the sum of what the PV product actually weights
+        l[1] += v[2] + v[3];
+      }
+    // O += P V: V's [key][d] tile read transposed by ldmatrix as B fragments.
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int j2 = 0; j2 < 2; ++j2) {
+        unsigned b[4];
+        ldmatrix_x4_trans(b, sV + (j2 * 32 + (lane & 7) + 8 * (lane >> 3)) * ld + t * 8);
+        mma16816<T>(o[t], pa[2 * j2], b[0], b[1]);
+        mma16816<T>(o[t], pa[2 * j2 + 1], b[2], b[3]);
+      }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    const int qi = q0 + warp * 16 + g + 8 * r;
+    if (qi >= p.n_q) continue;
+    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+    T* dst = p.out + std::size_t(qi) * p.out_stride + std::size_t(h) * D + c;
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      dst[t * 8] = Conv<T>::from(o[t][2 * r] * inv);
+      dst[t * 8 + 1] = Conv<T>::from(o[t][2 * r + 1] * inv);
+    }
   }
 }
 
@@ -539,10 +727,29 @@ void launch_prefill(const AttentionProblem& p, cudaStream_t stream) {
   check_launch("attention_flash (prefill kernel)");
 }
 
+template <class T, int D>
+void launch_prefill_v2(const AttentionProblem& p, cudaStream_t stream) {
+  constexpr std::size_t bytes = Prefill2Smem<D>::bytes;
+  static bool configured = false;  // per instantiation; the attribute is per device function
+  if (!configured) {
+    check(cudaFuncSetAttribute(flash_prefill_v2_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+          "attention_flash v2: cudaFuncSetAttribute");
+    configured = true;
+  }
+  const dim3 grid((p.n_q + kBr2 - 1) / kBr2, p.n_heads);
+  flash_prefill_v2_kernel<T, D><<<grid, kPrefill2Threads, bytes, stream>>>(prob_of<T>(p));
+  check_launch("attention_flash v2 (prefill kernel)");
+}
+
 template <class T>
-void prefill_dispatch(const AttentionProblem& p, cudaStream_t stream) {
-  if (p.head_dim == 64) launch_prefill<T, 64>(p, stream);
-  else launch_prefill<T, 128>(p, stream);
+void prefill_dispatch(const AttentionProblem& p, cudaStream_t stream, int version) {
+  if (version == 2) {
+    if (p.head_dim == 64) launch_prefill_v2<T, 64>(p, stream);
+    else launch_prefill_v2<T, 128>(p, stream);
+  } else {
+    if (p.head_dim == 64) launch_prefill<T, 64>(p, stream);
+    else launch_prefill<T, 128>(p, stream);
+  }
 }
 
 int chunk_for(int kv_len, int splits) {
@@ -649,12 +856,14 @@ void cast_to_float(float* dst, const void* src, std::size_t n, DType dtype, cuda
   check_launch("cast_to_float");
 }
 
-void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream) {
+void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream, int version) {
+  if (version != 1 && version != 2)
+    throw std::invalid_argument("cuda::attention_flash: version " + std::to_string(version) + "; allowed: 1, 2");
   for (const AttentionProblem& p : problems) {
     if (p.n_q <= 0) continue;
     validate(p, "cuda::attention_flash");
-    if (dtype == DType::f16) prefill_dispatch<__half>(p, stream);
-    else prefill_dispatch<__nv_bfloat16>(p, stream);
+    if (dtype == DType::f16) prefill_dispatch<__half>(p, stream, version);
+    else prefill_dispatch<__nv_bfloat16>(p, stream, version);
   }
 }
 

@@ -77,8 +77,10 @@ void cast_to_float(float* dst, const void* src, std::size_t n, DType dtype, cuda
 
 // Flash prefill (any n_q; causal; GQA; paged or contiguous): one block per (64 queries, query
 // head), K/V tiles of 64 keys in shared memory read through the block table, Q K^T and P V on
-// tensor cores (WMMA 16x16x16, fp32 accumulate), online softmax in fp32. One launch per problem.
-void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream);
+// tensor cores, online softmax in fp32. One launch per problem. version 2 (default): mma.sync
+// m16n8k16 with scores, probabilities and the output accumulator in registers; version 1: WMMA
+// 16x16x16 with all three in shared memory.
+void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream, int version = 2);
 
 // Paged decode attention (n_q = 1 .. k+1 per problem; any n_q works): one block per (query head,
 // query) walking the block table, 16-byte K/V loads, several keys in flight. No workspace.

@@ -355,7 +355,7 @@ FlashResult run_flash_batch(const std::vector<FlashCase>& cases, FlashKernel ker
     cuda::attention_decode_planned(plan, dplan.ptr, bound, split, delta, ws.ptr, nullptr);
     ok(cudaDeviceSynchronize());
   } else if (kernel == FlashKernel::prefill) {
-    cuda::attention_flash(dev, t, nullptr);
+    cuda::attention_flash(dev, t, nullptr, version);
   } else if (kernel == FlashKernel::decode) {
     cuda::attention_flash_decode(dev, t, nullptr, version);
   } else {
@@ -425,11 +425,12 @@ void run_flash_suite(FlashKernel kernel, const std::vector<FlashCase>& cases, st
 }  // namespace
 
 TEST_CASE("cuda attention_flash (prefill) matches the CPU reference, fp16 and bf16", "[cuda][attention]") {
-  run_flash_suite(FlashKernel::prefill,
-                  {{1, 0, 8, 8, 64, 0}, {37, 0, 9, 3, 64, 0}, {37, 0, 9, 3, 64, 16}, {100, 29, 9, 3, 64, 16},
-                   {130, 70, 8, 1, 128, 0}, {64, 0, 32, 32, 128, 16}, {5, 300, 9, 3, 64, 7}, {257, 0, 8, 1, 64, 32},
-                   {200, 500, 4, 4, 128, 16}},
-                  {0});
+  for (int version : {1, 2})
+    run_flash_suite(FlashKernel::prefill,
+                    {{1, 0, 8, 8, 64, 0}, {37, 0, 9, 3, 64, 0}, {37, 0, 9, 3, 64, 16}, {100, 29, 9, 3, 64, 16},
+                     {130, 70, 8, 1, 128, 0}, {64, 0, 32, 32, 128, 16}, {5, 300, 9, 3, 64, 7}, {257, 0, 8, 1, 64, 32},
+                     {200, 500, 4, 4, 128, 16}, {1000, 0, 9, 3, 64, 16}},
+                    {0}, version);
 }
 
 TEST_CASE("cuda attention_flash_decode (paged) matches the CPU reference, fp16 and bf16", "[cuda][attention]") {
