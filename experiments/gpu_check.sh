@@ -10,6 +10,8 @@
 #   BENCHES='bench_cuda_decode' experiments/gpu_check.sh OUTDIR   # only these benchmark programs
 #   ABLATIONS='kv attention' experiments/gpu_check.sh OUTDIR   # only these configs/gpu/*.yaml ("" = none)
 #   STEP_TIMEOUT=120 experiments/gpu_check.sh OUTDIR   # seconds any one step may run (default 600)
+#   DEADLINE=400 experiments/gpu_check.sh OUTDIR   # no step runs past 400 s from the start (those left are skipped)
+#   SDPA_ARGS='--kinds prefill' experiments/gpu_check.sh OUTDIR   # arguments of experiments/sdpa_compare.py
 #   ABLATE_BUILD=build/gpu-carry ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR
 #       # use the programs experiments/gpu_bundle.sh built here and copied to build/gpu-carry
 # The GPU machines have CMake, nvcc and PyTorch but no package registry, so the usual way is to
@@ -37,7 +39,17 @@ if [[ -z ${ABLATE_SHARED:-} && ! -d ../shared && -d $build/shared ]]; then
   export ABLATE_SHARED=$root/$build/shared  # the copy experiments/gpu_bundle.sh made
 fi
 export LD_LIBRARY_PATH="$root/$build/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-step=(timeout "${STEP_TIMEOUT:-600}")
+# Each step runs under `timeout`: STEP_TIMEOUT seconds, or less where DEADLINE (seconds from the
+# start) comes first; a step with under 10 s left is skipped.
+step_ok() {
+  local cap=${STEP_TIMEOUT:-600}
+  if [[ -n ${DEADLINE:-} ]]; then
+    local left=$((DEADLINE - SECONDS))
+    ((left < cap)) && cap=$left
+  fi
+  if ((cap < 10)); then echo "gpu_check [${SECONDS}s]: $1 SKIPPED: the deadline is near"; status=1; return 1; fi
+  step=(timeout "$cap")
+}
 if [[ ${ABLATE_PREBUILT:-0} == 1 ]]; then
   echo "gpu_check [${SECONDS}s]: using the prebuilt $build"
 elif ! cmake --preset gpu > "$out/configure.log" 2>&1; then
@@ -54,6 +66,7 @@ elif ! cmake --build --preset gpu -j "$(nproc)" > "$out/build.log" 2>&1; then
 fi
 [ -x "$build/tests/ablate_cuda_tests" ] || { echo "gpu_check [${SECONDS}s]: no CUDA test binary"; exit 1; }
 
+step_ok "CUDA tests"
 "${step[@]}" "$build/tests/ablate_cuda_tests" --durations yes > "$out/cuda_tests.txt" 2>&1
 rc=$?
 case $rc in
@@ -67,6 +80,7 @@ esac
 for name in ${BENCHES-bench_cuda_decode bench_attention_cuda}; do
   bench=$build/experiments/$name
   [ -x "$bench" ] || { echo "gpu_check [${SECONDS}s]: no $bench"; status=1; continue; }
+  step_ok "$name" || continue
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
   if "${step[@]}" "$bench" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
       --benchmark_out="$out/$name.json" --benchmark_out_format=json ${BENCH_ARGS:-} > "$out/$name.txt" 2>&1; then
@@ -77,7 +91,8 @@ for name in ${BENCHES-bench_cuda_decode bench_attention_cuda}; do
 done
 # PyTorch's SDPA on the attention benchmark's shapes, for the side-by-side comparison.
 if python3 -c 'import torch; assert torch.cuda.is_available()' 2> /dev/null; then
-  if "${step[@]}" python3 experiments/sdpa_compare.py > "$out/sdpa.csv" 2> "$out/sdpa.err"; then
+  # shellcheck disable=SC2086  # SDPA_ARGS is a list of flags
+  if step_ok sdpa_compare && "${step[@]}" python3 experiments/sdpa_compare.py ${SDPA_ARGS:-} > "$out/sdpa.csv" 2> "$out/sdpa.err"; then
     echo "gpu_check [${SECONDS}s]: sdpa_compare done"
   else
     echo "gpu_check [${SECONDS}s]: sdpa_compare FAILED (see $out/sdpa.err)"; status=1
@@ -88,10 +103,24 @@ fi
 # GPU-scale ablations: the same engine and configs as on the CPU, backend cuda.
 for name in ${ABLATIONS-decode attention kv speculative batching}; do
   cfg=configs/gpu/$name.yaml
+  step_ok "ablation $name" || continue
   if "${step[@]}" "$build/ablate" run "$cfg" --out "$out/results" --run-id "$name" --quiet > "$out/ablation_$name.txt" 2>&1; then
     echo "gpu_check [${SECONDS}s]: ablation $name done"
   else
     echo "gpu_check [${SECONDS}s]: ablation $name FAILED (see $out/ablation_$name.txt)"; status=1
   fi
 done
+# NCU=1: the README's Nsight Compute command line on a short decode run (the capture window of
+# steps [5, 7), the attention kernels inside the ablate@attention NVTX range).
+if [[ ${NCU:-0} == 1 ]]; then
+  if ! command -v ncu > /dev/null; then
+    echo "gpu_check [${SECONDS}s]: ncu SKIPPED: not on the PATH"
+  elif step_ok ncu && "${step[@]}" ncu --profile-from-start off --nvtx --nvtx-include "ablate@attention/" --section SpeedOfLight \
+      -k regex:decode -c 10 "$build/ablate" run configs/gpu/decode.yaml --set attention=flash --set cuda_graphs=false \
+      --set profile.start_step=5 --set profile.end_step=7 --out "$out/ncu_results" --quiet > "$out/ncu.txt" 2>&1; then
+    echo "gpu_check [${SECONDS}s]: ncu done ($(grep -c 'flash_decode' "$out/ncu.txt") kernel reports)"
+  else
+    echo "gpu_check [${SECONDS}s]: ncu FAILED (see $out/ncu.txt)"; status=1
+  fi
+fi
 exit $status

@@ -2,7 +2,7 @@
 """PyTorch scaled_dot_product_attention (flash backend) on the shapes bench_attention_cuda times,
 printed as CSV so the two can sit side by side (GPU machine; needs torch with CUDA).
 
-  python3 experiments/sdpa_compare.py [--dtype bf16|fp16] [--reps 20] > sdpa.csv
+  python3 experiments/sdpa_compare.py [--dtype bf16|fp16] [--reps 20] [--kinds prefill,decode] > sdpa.csv
 
 Rows: kind (prefill: causal, n_q = ctx; decode: 1 query over ctx keys, no mask), shape
 (smollm2-135m: 9 heads / 3 KV heads, head_dim 64; llama2-7b: 32 / 32, 128), ctx, batch, dtype,
@@ -48,7 +48,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--kinds", default="prefill,decode", help="comma-separated: prefill, decode")
     args = ap.parse_args()
+    kinds = set(args.kinds.split(","))
     if not torch.cuda.is_available():
         print("sdpa_compare: SKIPPED: no CUDA device", file=sys.stderr)
         return 0
@@ -59,7 +61,7 @@ def main():
     ctxs = [512, 1024, 2048, 4096, 8192, 16384]
     for name, (h, kvh, hd) in SHAPES.items():
         g = h // kvh
-        for ctx in ctxs:  # prefill, batch 1, causal
+        for ctx in ctxs if "prefill" in kinds else []:  # prefill, batch 1, causal
             q = torch.randn(1, h, ctx, hd, device=dev, dtype=dt)
             k = torch.randn(1, kvh, ctx, hd, device=dev, dtype=dt).repeat_interleave(g, dim=1)
             v = torch.randn(1, kvh, ctx, hd, device=dev, dtype=dt).repeat_interleave(g, dim=1)
@@ -69,7 +71,7 @@ def main():
             flops = 4.0 * hd * h * 0.5 * ctx * (ctx + 1)
             print(f"prefill,{name},{ctx},1,{args.dtype},{backend},{ms:.4f},{flops / ms / 1e9:.2f},")
             del q, k, v
-        for batch in (1, 16):
+        for batch in (1, 16) if "decode" in kinds else ():
             for ctx in (1024, 4096, 8192, 16384):
                 if name == "llama2-7b" and batch == 16 and ctx > 8192:
                     continue
