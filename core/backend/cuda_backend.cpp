@@ -414,8 +414,10 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
     p.q_stride = qkv_dim;
     p.out_stride = dim;
     p.kv = views[static_cast<std::size_t>(ci)];
-    p.q = reinterpret_cast<const float*>(q16.get<cuda::bf16_bits>() + sz(r, qkv_dim));
-    p.out = reinterpret_cast<float*>(att16.get<cuda::bf16_bits>() + sz(r, dim));
+    if (flash) {  // bf16 copies of q and the output (naive sets its own fp32 pointers)
+      p.q = reinterpret_cast<const float*>(q16.get<cuda::bf16_bits>() + sz(r, qkv_dim));
+      p.out = reinterpret_cast<float*>(att16.get<cuda::bf16_bits>() + sz(r, dim));
+    }
     p.kv.k_pool = reinterpret_cast<const float*>(k_pool.get<const char>() + kv.view_offset(layer, c.seq) * elem);
     p.kv.v_pool = reinterpret_cast<const float*>(v_pool.get<const char>() + kv.view_offset(layer, c.seq) * elem);
     p.kv.indices = pages.get<std::int32_t>() + page_start[static_cast<std::size_t>(ci)];

@@ -63,12 +63,11 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const __nv_bfloat16* 
   if (lane == 0) y[o] = accumulate ? y[o] + acc : acc;
 }
 
-// Versions 2 (R = 1) and 3 (R = 2): R rows per warp; each lane loads kGemvLoads 16-byte vectors of
-// every row before it uses any, so R * kGemvLoads loads per lane are in flight (version 1's
-// unrolled loop leaves the scheduler to overlap them, and at 36 registers it overlaps few).
-constexpr int kGemvLoads = 4;
-
-template <int R>
+// Versions 2..5: R rows per warp; each lane loads U 16-byte vectors of every row before it uses
+// any, so R * U loads per lane are in flight (version 1's unrolled loop leaves the scheduler to
+// overlap them, and at 36 registers it overlaps few). 2: R 1, U 4; 3: R 2, U 4; 4: R 1, U 8;
+// 5: R 4, U 4.
+template <int R, int kGemvLoads>
 __global__ void gemv_bf16_multi_kernel(float* y, const float* x, const __nv_bfloat16* w, int in, int out, bool accumulate) {
   const int lane = threadIdx.x & 31;
   const int o0 = (blockIdx.x * kGemvWarps + (threadIdx.x >> 5)) * R;
@@ -124,13 +123,16 @@ void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bo
   if (version == 1 || in % 8 != 0) {
     gemv_bf16_kernel<<<unsigned((out + kGemvWarps - 1) / kGemvWarps), 32 * kGemvWarps, 0, stream>>>(y, x, wb, in, out,
                                                                                                     accumulate);
-  } else if (version == 2) {
-    gemv_bf16_multi_kernel<1><<<unsigned((out + kGemvWarps - 1) / kGemvWarps), 32 * kGemvWarps, 0, stream>>>(
-        y, x, wb, in, out, accumulate);
   } else {
-    const int rows_per_block = 2 * kGemvWarps;
-    gemv_bf16_multi_kernel<2><<<unsigned((out + rows_per_block - 1) / rows_per_block), 32 * kGemvWarps, 0, stream>>>(
-        y, x, wb, in, out, accumulate);
+    const auto launch = [&](auto kernel, int rows_per_warp) {
+      const int rows_per_block = rows_per_warp * kGemvWarps;
+      kernel<<<unsigned((out + rows_per_block - 1) / rows_per_block), 32 * kGemvWarps, 0, stream>>>(y, x, wb, in, out,
+                                                                                                   accumulate);
+    };
+    if (version == 2) launch(gemv_bf16_multi_kernel<1, 4>, 1);
+    else if (version == 3) launch(gemv_bf16_multi_kernel<2, 4>, 2);
+    else if (version == 4) launch(gemv_bf16_multi_kernel<1, 8>, 1);
+    else launch(gemv_bf16_multi_kernel<4, 4>, 4);
   }
   detail::check_launch("gemv_bf16");
 }

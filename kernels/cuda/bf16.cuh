@@ -28,10 +28,11 @@ namespace ablate::cuda {
 // reading w once, which cuBLAS's GEMM path at n = 1 does not reach. accumulate = true adds into
 // y (a fused residual connection).
 // version 1: one row per warp, one 16-byte weight load per lane per step (the compiler's unroll
-// keeps about one in flight). version 2: one row per warp, 4 loads per lane issued before any is
-// used. version 3: two rows per warp, 4 loads each (8 in flight), x read once for both rows.
-// Rows of w must start 16-byte aligned (in % 8 == 0) for versions 2 and 3; otherwise version 1 runs.
-inline constexpr int kGemvVersions = 3;
+// keeps about one in flight). Versions 2-5: R rows per warp, U loads per row per lane issued
+// before any is used, x read once for the R rows: 2 (R 1, U 4), 3 (R 2, U 4), 4 (R 1, U 8),
+// 5 (R 4, U 4). Rows of w must start 16-byte aligned (in % 8 == 0) for versions 2-5; otherwise
+// version 1 runs.
+inline constexpr int kGemvVersions = 5;
 void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
                int version = 1);
 
