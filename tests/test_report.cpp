@@ -234,9 +234,14 @@ TEST_CASE("provenance: collected facts", "[report]") {
   CHECK(p.start_time.back() == 'Z');
   CHECK((p.git_commit == "unknown" || p.git_commit.size() == 40));
   CHECK((p.git_dirty == "true" || p.git_dirty == "false" || p.git_dirty == "unknown"));
+  // The build's own commit: a 40-digit hash, "-dirty" when built from a changed tree. In a
+  // checkout built here the run-time commit is the same one (unless the tree moved on since).
+  const std::string built = p.build_commit.substr(0, p.build_commit.find('-'));
+  CHECK((p.build_commit == "unknown" || built.size() == 40));
+  CHECK((p.build_commit == "unknown" || p.build_commit.size() == 40 || p.build_commit.substr(40) == "-dirty"));
   CHECK(collect_provenance(1, "cuda", "NVIDIA H100").device == "NVIDIA H100");
   const auto cols = p.columns();
-  REQUIRE(cols.size() == 10);
+  REQUIRE(cols.size() == 11);
   CHECK(cols.front().first == "git_commit");
   CHECK(cols.back().first == "start_time");
   CHECK(peak_rss_bytes() > 0);

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "build_commit.h"  // generated at every build (cmake/BuildCommit.cmake)
 #include "config/paths.hpp"
 
 // The build defines these (core/CMakeLists.txt); defaults let a file compile on its own.
@@ -67,7 +68,8 @@ std::string cpu_model() {
 }  // namespace
 
 Columns Provenance::columns() const {
-  return {{"git_commit", git_commit},   {"git_dirty", git_dirty},   {"ablate_version", ablate_version},
+  return {{"git_commit", git_commit},   {"git_dirty", git_dirty},   {"build_commit", build_commit},
+          {"ablate_version", ablate_version},
           {"compiler", compiler},       {"build_type", build_type}, {"backend", backend},
           {"device", device},           {"threads", std::to_string(threads)},
           {"hostname", hostname},       {"start_time", start_time}};
@@ -81,6 +83,7 @@ Provenance collect_provenance(int threads, const std::string& backend, const std
     p.git_commit = out;
     if (run_command(git + " status --porcelain 2>/dev/null", out)) p.git_dirty = out.empty() ? "false" : "true";
   }
+  p.build_commit = ABLATE_BUILD_COMMIT;
   p.ablate_version = ABLATE_VERSION;
   p.compiler = ABLATE_COMPILER;
   p.build_type = ABLATE_BUILD_TYPE;

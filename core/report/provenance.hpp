@@ -12,6 +12,7 @@ namespace ablate {
 struct Provenance {
   std::string git_commit = "unknown";  // HEAD of project_root(), "unknown" outside a repository
   std::string git_dirty = "unknown";   // "true" when `git status --porcelain` lists anything
+  std::string build_commit = "unknown";  // the commit the binary was built from ("-dirty": with local changes)
   std::string ablate_version;
   std::string compiler;
   std::string build_type;
