@@ -283,8 +283,8 @@ TEST_CASE("results: a committed run has every file", "[report]") {
 
   const auto steps = lines(slurp(dir / "steps.csv"));
   REQUIRE(steps.size() == 1 + 2 * 2);
-  CHECK(steps[0].rfind("point,repeat,step,start_s,wall_s,forward_s,batch_size,", 0) == 0);
-  CHECK(steps[4] == "1,0,1,0,3,0,4,0,0,0,0,0,0,0,0,2000,1800,0,0,200");
+  CHECK(steps[0].rfind("point,repeat,step,start_s,wall_s,forward_s,device_s,batch_size,", 0) == 0);
+  CHECK(steps[4] == "1,0,1,0,3,0,,4,0,0,0,0,0,0,0,0,2000,1800,0,0,200");  // no device time: the CPU
 
   CHECK(slurp(dir / "config.yaml") == "seed: 1\n");
   const std::string prov = slurp(dir / "provenance.yaml");

@@ -1,6 +1,7 @@
 #pragma once
 // The backend axis: where the model's weights live and who runs the forward pass.
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,9 @@ class Backend {
   virtual KvStorage kv_storage() const { return {}; }
   // Device memory in use at its highest so far (cudaMemGetInfo); 0 on the CPU.
   virtual std::size_t peak_device_bytes() const { return 0; }
+  // The last forward pass's time on the device, by device events (input copies, kernels, the
+  // logits copy); none where there is no separate device (the CPU).
+  virtual std::optional<double> last_forward_device_s() const { return std::nullopt; }
 };
 
 }  // namespace ablate

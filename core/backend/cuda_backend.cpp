@@ -20,6 +20,7 @@ const std::vector<float>& CudaBackend::forward(const ForwardBatch&, KvCache&, At
 KvStorage CudaBackend::kv_storage() const { return {}; }
 std::size_t CudaBackend::peak_device_bytes() const { return 0; }
 void CudaBackend::set_cuda_graphs(bool) {}
+std::optional<double> CudaBackend::last_forward_device_s() const { return std::nullopt; }
 CudaGraphStats CudaBackend::graph_stats() const { return {}; }
 
 }  // namespace ablate
@@ -115,6 +116,11 @@ struct CudaBackend::Impl {
   // second time the shape occurs (the first runs eagerly, so that cuBLAS and module loading
   // initialise outside a capture) and replayed from then on. Any buffer that moves invalidates
   // them all.
+  // The forward pass's device time: events around everything it enqueues (inputs in, kernels,
+  // logits out), read after the closing synchronisation.
+  cudaEvent_t forward_begin = nullptr, forward_end = nullptr;
+  double last_device_s = -1.0;
+
   bool cuda_graphs = false;
   std::map<std::string, cudaGraphExec_t> graphs;
   std::set<std::string> seen;
@@ -122,6 +128,8 @@ struct CudaBackend::Impl {
 
   ~Impl() {
     drop_graphs();
+    if (forward_begin) cudaEventDestroy(forward_begin);
+    if (forward_end) cudaEventDestroy(forward_end);
     if (cublas) cublasDestroy(cublas);
     if (stream) cudaStreamDestroy(stream);
   }
@@ -275,6 +283,8 @@ CudaBackend::CudaBackend(const Weights& w, CudaBackendOptions options) : impl_(s
   check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   m.device = prop.name;
   check(cudaStreamCreate(&m.stream), "cudaStreamCreate");
+  check(cudaEventCreate(&m.forward_begin), "cudaEventCreate");
+  check(cudaEventCreate(&m.forward_end), "cudaEventCreate");
   if (cublasCreate(&m.cublas) != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cuda backend: cublasCreate failed");
 
   DeviceBuffer staging;
@@ -312,6 +322,10 @@ void CudaBackend::set_cuda_graphs(bool on) {
   if (!on) impl_->drop_graphs();
 }
 CudaGraphStats CudaBackend::graph_stats() const { return {impl_->steps, impl_->graph_replays, impl_->graph_captures}; }
+std::optional<double> CudaBackend::last_forward_device_s() const {
+  if (impl_->last_device_s < 0) return std::nullopt;
+  return impl_->last_device_s;
+}
 std::size_t CudaBackend::peak_device_bytes() const { return impl_->peak_used; }
 
 const std::vector<float>& CudaBackend::forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) {
@@ -458,6 +472,7 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
     }
   }
 
+  check(cudaEventRecord(forward_begin, stream), "cudaEventRecord");
   auto upload = [&](DeviceBuffer& dst, const void* src, std::size_t bytes) {
     if (bytes) check(cudaMemcpyAsync(dst.get(), src, bytes, cudaMemcpyHostToDevice, stream), "step inputs");
   };
@@ -543,7 +558,11 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
   host_logits.resize(sz(n_out, s.vocab_size));
   check(cudaMemcpyAsync(host_logits.data(), logits.get(), host_logits.size() * f, cudaMemcpyDeviceToHost, stream),
         "logits");
+  check(cudaEventRecord(forward_end, stream), "cudaEventRecord");
   check(cudaStreamSynchronize(stream), "forward");
+  float device_ms = 0.0f;
+  check(cudaEventElapsedTime(&device_ms, forward_begin, forward_end), "cudaEventElapsedTime");
+  last_device_s = device_ms / 1e3;
   note_memory();
   return host_logits;
 }

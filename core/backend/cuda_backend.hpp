@@ -45,6 +45,7 @@ class CudaBackend final : public Backend {
   const std::vector<float>& forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) override;
   KvStorage kv_storage() const override;
   std::size_t peak_device_bytes() const override;
+  std::optional<double> last_forward_device_s() const override;
   // cuda_graphs: a step whose kernels do not depend on its lengths (bf16, flash or flash_split,
   // every chunk a decode chunk of <= 16 tokens) is captured as a graph the second time its shape
   // (batch rows, logit rows, split bound, layer strides) occurs and replayed after that; lengths,

@@ -159,6 +159,7 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
       logits = &backend.forward(batch, kv, attention);
     }
     rec.forward_s = elapsed() - f0;
+    rec.device_s = backend.last_forward_device_s();
     if (drafter.k() > 0) out.facts.verify_s += rec.forward_s;
 
     // Sample (or verify), then advance every sequence.

@@ -3,6 +3,7 @@
 // Names are the CSV column names (shared/reference/metrics.md).
 #include <cstddef>
 #include <string>
+#include <optional>
 #include <vector>
 
 namespace ablate {
@@ -31,6 +32,7 @@ struct StepRecord {
   double start_s = 0;           // since run start
   double wall_s = 0;            // the whole step: schedule, forward, sample, bookkeeping
   double forward_s = 0;         // the backend's forward pass alone
+  std::optional<double> device_s;  // of it, time on the GPU (CUDA events); none on the CPU
   int batch_size = 0;           // sequences in the forward batch
   int prefill_seqs = 0;         // sequences running prompt tokens this step
   int decode_seqs = 0;          // sequences running one generated token (or 1 + k to verify)

@@ -45,7 +45,7 @@ std::string ms(double seconds) { return format_number(seconds * 1000.0); }
 const char* kRequestColumns[] = {"point",   "repeat",       "request_id", "arrival_s",  "queue_time_ms", "ttft_ms",
                                  "tpot_ms", "e2el_ms",      "itl_mean_ms", "prompt_len", "output_len",   "preemptions"};
 const char* kStepColumns[] = {"point",          "repeat",        "step",         "start_s",      "wall_s",
-                              "forward_s",      "batch_size",    "prefill_seqs", "decode_seqs",  "prefill_tokens",
+                              "forward_s",      "device_s",      "batch_size",    "prefill_seqs", "decode_seqs",  "prefill_tokens",
                               "decode_tokens",  "padding_rows",  "running",      "waiting",      "preempted",
                               "kv_reserved_bytes", "kv_used_bytes", "kv_blocks_allocated", "kv_tokens_stored",
                               "kv_fragmentation_bytes"};
@@ -130,7 +130,8 @@ void ResultsWriter::add_run(int point, int repeat, const Columns& config, const 
   }
   for (const StepRecord& s : records.steps) {
     write_csv_row(steps_, {p, r, std::to_string(s.step), format_number(s.start_s), format_number(s.wall_s),
-                           format_number(s.forward_s), std::to_string(s.batch_size), std::to_string(s.prefill_seqs),
+                           format_number(s.forward_s), s.device_s ? format_number(*s.device_s) : "",
+                           std::to_string(s.batch_size), std::to_string(s.prefill_seqs),
                            std::to_string(s.decode_seqs), std::to_string(s.prefill_tokens),
                            std::to_string(s.decode_tokens), std::to_string(s.padding_rows), std::to_string(s.running),
                            std::to_string(s.waiting), std::to_string(s.preempted),

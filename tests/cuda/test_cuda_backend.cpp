@@ -205,5 +205,9 @@ TEST_CASE("cuda backend: cuda_graphs gives the same greedy tokens as launching k
     CHECK(after.replays - before.replays > (after.steps - before.steps) / 4);  // most steps are 4-row decode steps
     REQUIRE(got.size() == want.size());
     for (std::size_t i = 0; i < want.size(); ++i) CHECK(got[i] == want[i]);
+    // Device time of the last forward pass (CUDA events), as steps.csv's device_s gets it.
+    REQUIRE(gpu.last_forward_device_s().has_value());
+    CHECK(*gpu.last_forward_device_s() > 0.0);
+    CHECK(*gpu.last_forward_device_s() < 1.0);
   }
 }

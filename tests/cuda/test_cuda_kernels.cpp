@@ -242,7 +242,7 @@ struct FlashCase {
 
 enum class FlashKernel { prefill, decode, split };
 const char* kernel_name(FlashKernel k) {
-  return k == FlashKernel::prefill ? "attention_flash (prefill, WMMA)"
+  return k == FlashKernel::prefill ? "attention_flash (prefill)"
          : k == FlashKernel::decode ? "attention_flash_decode (paged decode)"
                                     : "attention_flash_split (split-KV + reduce)";
 }
