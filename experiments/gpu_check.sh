@@ -101,7 +101,7 @@ else
   echo "gpu_check [${SECONDS}s]: sdpa_compare skipped: no python3 with CUDA torch"
 fi
 # GPU-scale ablations: the same engine and configs as on the CPU, backend cuda.
-for name in ${ABLATIONS-decode attention kv speculative batching}; do
+for name in ${ABLATIONS-batching decode attention kv speculative}; do
   cfg=configs/gpu/$name.yaml
   step_ok "ablation $name" || continue
   if "${step[@]}" "$build/ablate" run "$cfg" --out "$out/results" --run-id "$name" --quiet > "$out/ablation_$name.txt" 2>&1; then
