@@ -237,6 +237,27 @@ struct Decoder {
 
 double g_copy_bw = 0;
 
+// Each iteration's time = CUDA events around one enqueue(), after one untimed warm-up.
+template <class F>
+void time_on_stream(benchmark::State& state, cudaStream_t s, F&& enqueue) {
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  enqueue();
+  ok(cudaStreamSynchronize(s), "warm-up");
+  for (auto _ : state) {
+    cudaEventRecord(e0, s);
+    enqueue();
+    cudaEventRecord(e1, s);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    state.SetIterationTime(ms / 1e3);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+}
+
 void BM_CudaDecodeStep(benchmark::State& state) {
   const int context = int(state.range(0));
   const bool graphs = state.range(1) != 0, naive = state.range(3) == 0;
@@ -254,24 +275,8 @@ void BM_CudaDecodeStep(benchmark::State& state) {
   D.gemv = gemv;
   D.naive_attention = naive;
   if (graphs && !D.graph) D.capture();
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  auto launch = [&] { graphs ? ok(cudaGraphLaunch(D.graph, D.stream), "graph launch") : D.step(); };
-  launch();
-  cudaStreamSynchronize(D.stream);
-  for (auto _ : state) {
-    cudaEventRecord(e0, D.stream);
-    launch();
-    cudaEventRecord(e1, D.stream);
-    cudaEventSynchronize(e1);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    state.SetIterationTime(ms / 1e3);
-  }
+  time_on_stream(state, D.stream, [&] { graphs ? ok(cudaGraphLaunch(D.graph, D.stream), "graph launch") : D.step(); });
   ok(cudaGetLastError(), "decode step");
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
   const double wb = double(D.weight_bytes);
   state.counters["weight_bytes"] = wb;
   state.counters["tokens_per_s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
@@ -292,23 +297,8 @@ void BM_GemvBf16(benchmark::State& state) {
   ok(cudaStreamCreate(&s), "stream");
   cuda::fill_uniform_bf16(w, std::size_t(in) * out, 7, 1.0f / std::sqrt(float(in)), s);
   ok(cudaMemsetAsync(x, 0, std::size_t(in) * 4, s), "memset");
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  cuda::gemv_bf16(y, x, w, in, out, false, s, version);
-  ok(cudaStreamSynchronize(s), "warm-up");
-  for (auto _ : state) {
-    cudaEventRecord(e0, s);
-    cuda::gemv_bf16(y, x, w, in, out, false, s, version);
-    cudaEventRecord(e1, s);
-    cudaEventSynchronize(e1);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    state.SetIterationTime(ms / 1e3);
-  }
+  time_on_stream(state, s, [&] { cuda::gemv_bf16(y, x, w, in, out, false, s, version); });
   ok(cudaGetLastError(), "gemv");
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
   cudaStreamDestroy(s);
   for (void* p : {static_cast<void*>(w), static_cast<void*>(x), static_cast<void*>(y)}) cudaFree(p);
   const double bytes = 2.0 * in * out;

@@ -409,14 +409,59 @@ __global__ void __launch_bounds__(kPrefill2Threads) flash_prefill_v2_kernel(Prob
 
 constexpr int kDecodeThreads = 128;
 
+// The end of a decode block: each of its kpb key slots holds an online-softmax state (max m,
+// sum l, accumulator acc); they are stashed in shared memory, merged per output dimension, and
+// write(d, value, M, L) receives the normalised output of dimension d with the block's max M and
+// sum L (for its log-sum-exp).
+template <int D, int kpb, class Write>
+__device__ __forceinline__ void merge_slots(float m, float l, const float (&acc)[8], int sub, int li, Write write) {
+  __shared__ float sm_m[kpb], sm_l[kpb];
+  __shared__ float sm_acc[kpb][D];
+  if (li == 0) {
+    sm_m[sub] = m;
+    sm_l[sub] = l;
+  }
+#pragma unroll
+  for (int c = 0; c < 8; ++c) sm_acc[sub][li * 8 + c] = acc[c];
+  __syncthreads();
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float M = -INFINITY;
+    for (int k = 0; k < kpb; ++k) M = fmaxf(M, sm_m[k]);
+    float L = 0.0f, o = 0.0f;
+    if (M != -INFINITY)
+      for (int k = 0; k < kpb; ++k) {
+        const float w = exp2f(sm_m[k] - M);  // 0 for slots that saw no key
+        L += w * sm_l[k];
+        o += w * sm_acc[k][d];
+      }
+    write(d, L > 0.0f ? o / L : 0.0f, M, L);
+  }
+}
+
+// out[d] = sum_s 2^(lse_s - M) o_s[d] / sum_s 2^(lse_s - M) over one (query, head)'s `splits`
+// partial outputs (part_o rows of D floats, part_lse their log2-sum-exps), by the block.
+template <class T>
+__device__ __forceinline__ void reduce_splits(T* out, int D, int splits, const float* part_o, const float* part_lse) {
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, part_lse[s]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float num = 0.0f, den = 0.0f;
+    if (M != -INFINITY)
+      for (int s = 0; s < splits; ++s) {
+        const float w = exp2f(part_lse[s] - M);
+        num += w * part_o[std::size_t(s) * D + d];
+        den += w;
+      }
+    out[d] = Conv<T>::from(den > 0.0f ? num / den : 0.0f);
+  }
+}
+
 // Block (h, i, s): query i of head h over keys [s * chunk, (s+1) * chunk) clipped to what query i
 // sees. part == nullptr: write the normalised output. Else write the normalised partial output to
 // part_o[((i * n_heads + h) * splits + s) * D ...] and its log2-sum-exp to part_lse[...].
 template <class T, int D>
 __global__ void __launch_bounds__(kDecodeThreads) flash_decode_kernel(Prob<T> p, int chunk, float* part_o, float* part_lse) {
   constexpr int tpk = D / 8, kpb = kDecodeThreads / tpk;  // threads per key, keys per block step
-  __shared__ float sm_m[kpb], sm_l[kpb];
-  __shared__ float sm_acc[kpb][D];
 
   const int h = blockIdx.x, i = blockIdx.y, s = blockIdx.z, splits = gridDim.z;
   const int kvh = h / (p.n_heads / p.n_kv_heads);
@@ -462,25 +507,7 @@ __global__ void __launch_bounds__(kDecodeThreads) flash_decode_kernel(Prob<T> p,
       m = m_new;
     }
   }
-  if (li == 0) {
-    sm_m[sub] = m;
-    sm_l[sub] = l;
-  }
-#pragma unroll
-  for (int j = 0; j < 8; ++j) sm_acc[sub][li * 8 + j] = acc[j];
-  __syncthreads();
-
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float M = -INFINITY;
-    for (int k = 0; k < kpb; ++k) M = fmaxf(M, sm_m[k]);
-    float L = 0.0f, o = 0.0f;
-    if (M != -INFINITY)
-      for (int k = 0; k < kpb; ++k) {
-        const float w = exp2f(sm_m[k] - M);  // 0 for slots that saw no key
-        L += w * sm_l[k];
-        o += w * sm_acc[k][d];
-      }
-    const float val = L > 0.0f ? o / L : 0.0f;
+  merge_slots<D, kpb>(m, l, acc, sub, li, [&](int d, float val, float M, float L) {
     if (part_o == nullptr) {
       p.out[std::size_t(i) * p.out_stride + std::size_t(h) * D + d] = Conv<T>::from(val);
     } else {
@@ -488,7 +515,7 @@ __global__ void __launch_bounds__(kDecodeThreads) flash_decode_kernel(Prob<T> p,
       part_o[slot * D + d] = val;
       if (d == 0) part_lse[slot] = L > 0.0f ? M + log2f(L) : -INFINITY;
     }
-  }
+  });
 }
 
 // Version 2: every problem of a batch in one launch (a launch per sequence serialises small
@@ -514,8 +541,6 @@ static_assert(sizeof(DecodeGroup<__half>) <= 4000, "kernel parameters are limite
 template <class T, int D>
 __device__ __forceinline__ void decode_v2_block(const DecodeGroup<T>& g, float* workspace, long long layer_delta) {
   constexpr int tpk = D / 8, kpb = kDecodeThreads / tpk, U = kDecodeKeys;
-  __shared__ float sm_m[kpb], sm_l[kpb];
-  __shared__ float sm_acc[kpb][D];
 
   const int h = blockIdx.x, r = blockIdx.y, s = blockIdx.z;
   int j = 0;
@@ -584,25 +609,7 @@ __device__ __forceinline__ void decode_v2_block(const DecodeGroup<T>& g, float* 
       m = m_new;
     }
   }
-  if (li == 0) {
-    sm_m[sub] = m;
-    sm_l[sub] = l;
-  }
-#pragma unroll
-  for (int c = 0; c < 8; ++c) sm_acc[sub][li * 8 + c] = acc[c];
-  __syncthreads();
-
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float M = -INFINITY;
-    for (int k = 0; k < kpb; ++k) M = fmaxf(M, sm_m[k]);
-    float L = 0.0f, o = 0.0f;
-    if (M != -INFINITY)
-      for (int k = 0; k < kpb; ++k) {
-        const float w = exp2f(sm_m[k] - M);
-        L += w * sm_l[k];
-        o += w * sm_acc[k][d];
-      }
-    const float val = L > 0.0f ? o / L : 0.0f;
+  merge_slots<D, kpb>(m, l, acc, sub, li, [&](int d, float val, float M, float L) {
     if (splits == 1) {
       p.out[std::size_t(i) * p.out_stride + std::size_t(h) * D + d] = Conv<T>::from(val);
     } else {
@@ -611,7 +618,7 @@ __device__ __forceinline__ void decode_v2_block(const DecodeGroup<T>& g, float* 
       part_o[slot * D + d] = val;
       if (d == 0) part_o[slots * D + slot] = L > 0.0f ? M + log2f(L) : -INFINITY;
     }
-  }
+  });
 }
 
 template <class T, int D>
@@ -636,19 +643,8 @@ __device__ __forceinline__ void split_reduce_v2_block(const DecodeGroup<T>& g, i
   const int i = r - g.row0[j];
   const std::size_t slots = std::size_t(p.n_q) * p.n_heads * splits, base = (std::size_t(i) * p.n_heads + h) * splits;
   const float* part_o = workspace + g.part[j];
-  const float* part_lse = part_o + slots * D;
-  float M = -INFINITY;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, part_lse[base + s]);
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float num = 0.0f, den = 0.0f;
-    if (M != -INFINITY)
-      for (int s = 0; s < splits; ++s) {
-        const float w = exp2f(part_lse[base + s] - M);
-        num += w * part_o[(base + s) * D + d];
-        den += w;
-      }
-    p.out[std::size_t(i) * p.out_stride + std::size_t(h) * D + d] = Conv<T>::from(den > 0.0f ? num / den : 0.0f);
-  }
+  reduce_splits<T>(p.out + std::size_t(i) * p.out_stride + std::size_t(h) * D, D, splits, part_o + base * D,
+                   part_o + slots * D + base);
 }
 
 template <class T>
@@ -665,18 +661,8 @@ template <class T>
 __global__ void split_reduce_kernel(Prob<T> p, int D, int splits, const float* part_o, const float* part_lse) {
   const int h = blockIdx.x, i = blockIdx.y;
   const std::size_t base = (std::size_t(i) * p.n_heads + h) * splits;
-  float M = -INFINITY;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, part_lse[base + s]);
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float num = 0.0f, den = 0.0f;
-    if (M != -INFINITY)
-      for (int s = 0; s < splits; ++s) {
-        const float w = exp2f(part_lse[base + s] - M);
-        num += w * part_o[(base + s) * D + d];
-        den += w;
-      }
-    p.out[std::size_t(i) * p.out_stride + std::size_t(h) * D + d] = Conv<T>::from(den > 0.0f ? num / den : 0.0f);
-  }
+  reduce_splits<T>(p.out + std::size_t(i) * p.out_stride + std::size_t(h) * D, D, splits, part_o + base * D,
+                   part_lse + base);
 }
 
 template <class T>
