@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""The GPU attention figure of README's "What the ablations show", from the committed H100 benchmark
+output (results/reference/gpu/benchmarks/: bench_attention_cuda.json, sdpa.csv). Llama-2-7B heads
+(32 query and 32 KV heads of 128), bf16, paged KV in blocks of 16. Left: causal prefill time of one
+sequence, both flash versions beside PyTorch SDPA. Right: decode attention's KV read rate against
+the HBM peak. Writes plots/gpu_attention.png.
+Run with Debian's python3 (python3-matplotlib, python3-pandas):  /usr/bin/python3 plots/gpu_attention.py"""
+import json
+import os
+import re
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "results", "reference", "gpu", "benchmarks")
+OUT = os.path.join(ROOT, "plots", "gpu_attention.png")
+LLAMA = 1  # bench_attention_cuda's shape index of llama2-7b
+KV_BYTES_PER_TOKEN = 2 * 32 * 128 * 2  # K and V, 32 KV heads of 128, 2-byte elements
+
+
+def medians():
+    path = os.path.join(BENCH, "bench_attention_cuda.json")
+    if not os.path.exists(path):
+        sys.exit(f"gpu_attention.py: missing {path}")
+    data = json.load(open(path))
+    peak = float(data["context"]["peak_GB/s"].split()[0]) * 1e9
+    rows = []
+    for b in data["benchmarks"]:
+        if b.get("aggregate_name") != "median":
+            continue
+        name = b["run_name"].split("/")[0]
+        args = dict(re.findall(r"(\w+):(\d+)", b["run_name"]))
+        rows.append({"kernel": name, **{k: int(v) for k, v in args.items()}, "us": b["real_time"]})
+    return pd.DataFrame(rows), peak
+
+
+def main():
+    df, peak = medians()
+    sdpa = pd.read_csv(os.path.join(BENCH, "sdpa.csv"))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.2))
+
+    pre = df[(df.kernel == "BM_CudaFlashPrefill") & (df["shape"] == LLAMA)]
+    for version, style in ((1, "o--"), (2, "o-")):
+        d = pre[pre.version == version].sort_values("ctx")
+        left.plot(d.ctx, d.us / 1e3, style, label=f"flash v{version}")
+    s = sdpa[(sdpa.kind == "prefill") & (sdpa["shape"] == "llama2-7b")].sort_values("ctx")
+    left.plot(s.ctx, s.ms, "s-", color="black", label="PyTorch SDPA (flash)")
+    left.set_xscale("log", base=2)
+    left.set_yscale("log")
+    left.set_xlabel("prompt tokens (one sequence, causal)")
+    left.set_ylabel("ms (median)")
+    left.set_title("prefill attention, llama2-7b heads")
+    left.legend()
+
+    dec = df[df.kernel.isin(["BM_CudaFlashDecode", "BM_CudaFlashSplit"]) & (df["shape"] == LLAMA)].copy()
+    dec["TBps"] = dec.batch * dec.ctx * KV_BYTES_PER_TOKEN / (dec.us * 1e-6) / 1e12
+    for (kernel, batch, version), d in dec.groupby(["kernel", "batch", "version"]):
+        d = d.sort_values("ctx")
+        label = f"{'flash_split' if kernel.endswith('Split') else 'flash'} v{int(version)}, batch {int(batch)}"
+        style = "o-" if version == 2 else "X"
+        right.plot(d.ctx, d.TBps, style, label=label, markersize=7 if version == 1 else 5)
+    right.axhline(peak / 1e12, color="black", linestyle=":", label=f"HBM peak {peak / 1e12:.2f} TB/s")
+    right.set_xscale("log", base=2)
+    right.set_xlabel("context tokens per sequence")
+    right.set_ylabel("KV read, TB/s")
+    right.set_title("decode attention, llama2-7b heads, paged/16")
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("NVIDIA H100 80GB HBM3, bf16 (results/reference/gpu/benchmarks)", fontsize=9)
+    fig.tight_layout()
+    tmp = OUT + ".tmp.png"
+    fig.savefig(tmp, dpi=80)
+    os.replace(tmp, OUT)  # atomically: never a half-written figure
+    print("wrote", os.path.relpath(OUT, ROOT))
+
+
+if __name__ == "__main__":
+    main()
