@@ -1,6 +1,6 @@
 // The CUDA attention kernels, timed with CUDA events (UseManualTime), fp16 or bf16:
 //   BM_CudaFlashPrefill  attention_flash on a full causal prefill of ctx tokens (version 2: mma.sync,
-//                        registers; version 1: WMMA, shared memory)
+//                        registers; version 1: WMMA, shared memory; version 3: version 2 + cp.async)
 //   BM_CudaFlashDecode   attention_flash_decode: paged decode, batch sequences of ctx tokens
 //   BM_CudaFlashSplit    attention_flash_split (split-KV + reduction), same problems
 //   (decode and split: version 2, one launch per batch, and version 1, one per sequence)
@@ -181,6 +181,7 @@ void register_all() {
           ->ArgNames({"shape", "ctx", "page", "bf16", "version"})
           ->Args({shape, ctx, 0, 1, 2})
           ->Args({shape, ctx, 0, 1, 1})
+          ->Args({shape, ctx, 0, 1, 3})
           ->UseManualTime()
           ->Unit(benchmark::kMicrosecond);
     }

@@ -230,10 +230,12 @@ __global__ void __launch_bounds__(kPrefillThreads) flash_prefill_kernel(Prob<T> 
 
 constexpr int kBr2 = 64, kBc2 = 64, kPrefill2Threads = 128;
 
-template <int D>
+// Stages: K/V tile buffers. 1 (version 2): each tile loaded synchronously between two barriers.
+// 2 (version 3): tile i+1 copied with cp.async while tile i is computed on.
+template <int D, int Stages>
 struct Prefill2Smem {
   static constexpr int ld = D + 8;  // elements per row: a 16-byte pad spreads ldmatrix rows over banks
-  static constexpr std::size_t bytes = std::size_t(kBr2 + 2 * kBc2) * ld * 2;
+  static constexpr std::size_t bytes = std::size_t(kBr2 + 2 * Stages * kBc2) * ld * 2;
 };
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
@@ -267,6 +269,31 @@ __device__ __forceinline__ void mma16816<__half>(float (&d)[4], const unsigned (
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 16 bytes global -> shared without passing through registers (zeros when !valid; src is then
+// not read but must be a valid address), committed and awaited in groups.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all_but_newest() { asm volatile("cp.async.wait_group 1;\n" ::); }
+
+// Version 3's K and V tile of n <= kBc2 keys from t0 into shared memory by cp.async: two threads
+// a row, each looking its row up in the block table once (version 2 looks it up per 16 bytes).
+template <class T, int D>
+__device__ __forceinline__ void load_kv_async(T* sK, T* sV, int ld, const Prob<T>& p, int t0, int n, int kvh) {
+  static_assert(kPrefill2Threads == 2 * kBc2, "two threads a row");
+  constexpr int per_thread = D / 16;  // 16-byte vectors of each row for each of its two threads
+  const int r = threadIdx.x % kBc2, half = threadIdx.x / kBc2;
+  const bool valid = r < n;
+  const std::size_t off = valid ? kv_offset(p, t0 + r, kvh, D) : 0;
+#pragma unroll
+  for (int v = 0; v < per_thread; ++v) {
+    const int col = (half * per_thread + v) * 8;
+    cp_async16(sK + r * ld + col, p.k + off + col, valid);
+    cp_async16(sV + r * ld + col, p.v + off + col, valid);
+  }
+}
+
 // Two floats rounded to T, packed low (lo) / high (hi) into 32 bits; the rounded values back.
 template <class T>
 __device__ __forceinline__ unsigned pack2(float& lo, float& hi) {
@@ -279,14 +306,13 @@ __device__ __forceinline__ unsigned pack2(float& lo, float& hi) {
   return unsigned(ls) | (unsigned(hs) << 16);
 }
 
-template <class T, int D>
+template <class T, int D, int Stages>
 __global__ void __launch_bounds__(kPrefill2Threads) flash_prefill_v2_kernel(Prob<T> p) {
-  using S = Prefill2Smem<D>;
+  using S = Prefill2Smem<D, Stages>;
   constexpr int ld = S::ld, KS = D / 16, NT = D / 8;  // k-steps over D; 8-wide output tiles
   extern __shared__ __align__(128) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);
-  T* sK = sQ + kBr2 * ld;
-  T* sV = sK + kBc2 * ld;
+  T* sK0 = sQ + kBr2 * ld;              // stage s: K at sK0 + s * 2 * kBc2 * ld, V kBc2 rows after it
 
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kBr2, h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, c = (lane & 3) * 2;
@@ -313,13 +339,34 @@ __global__ void __launch_bounds__(kPrefill2Threads) flash_prefill_v2_kernel(Prob
   for (int t = 0; t < NT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // l: this lane's part of the row sum
   const int kv_end = min(p.kv_len, p.q_pos0 + q0 + rows_here);
+  const int tiles = (kv_end + kBc2 - 1) / kBc2;
+  const auto stage_k = [&](int tile) { return sK0 + (Stages == 2 ? (tile & 1) : 0) * 2 * kBc2 * ld; };
+  if constexpr (Stages == 2) {
+    if (tiles > 0) load_kv_async<T, D>(stage_k(0), stage_k(0) + kBc2 * ld, ld, p, 0, min(kBc2, kv_end), kvh);
+    cp_async_commit();
+  }
 
-  for (int t0 = 0; t0 < kv_end; t0 += kBc2) {
-    __syncthreads();  // every warp is done with the previous tile
-    const int n = min(kBc2, kv_end - t0);
-    load_tile<T, D>(sK, ld, kBc2, [&](int r) -> const T* { return r < n ? p.k + kv_offset(p, t0 + r, kvh, D) : nullptr; });
-    load_tile<T, D>(sV, ld, kBc2, [&](int r) -> const T* { return r < n ? p.v + kv_offset(p, t0 + r, kvh, D) : nullptr; });
-    __syncthreads();
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int t0 = tile * kBc2;
+    T* sK = stage_k(tile);
+    T* sV = sK + kBc2 * ld;
+    if constexpr (Stages == 2) {
+      // The next tile goes into the other stage, which every warp finished reading before the
+      // barrier that ended the previous iteration; then wait for this tile's copies.
+      if (tile + 1 < tiles) {
+        T* nK = stage_k(tile + 1);
+        load_kv_async<T, D>(nK, nK + kBc2 * ld, ld, p, t0 + kBc2, min(kBc2, kv_end - t0 - kBc2), kvh);
+      }
+      cp_async_commit();  // possibly empty: the wait below then still covers this tile's group
+      cp_async_wait_all_but_newest();
+      __syncthreads();
+    } else {
+      __syncthreads();  // every warp is done with the previous tile
+      const int n = min(kBc2, kv_end - t0);
+      load_tile<T, D>(sK, ld, kBc2, [&](int r) -> const T* { return r < n ? p.k + kv_offset(p, t0 + r, kvh, D) : nullptr; });
+      load_tile<T, D>(sV, ld, kBc2, [&](int r) -> const T* { return r < n ? p.v + kv_offset(p, t0 + r, kvh, D) : nullptr; });
+      __syncthreads();
+    }
 
     // S = Q K^T: 16 x 64, eight 16x8 tiles.
     float sc[8][4];
@@ -387,6 +434,7 @@ __global__ void __launch_bounds__(kPrefill2Threads) flash_prefill_v2_kernel(Prob
         mma16816<T>(o[t], pa[2 * j2], b[0], b[1]);
         mma16816<T>(o[t], pa[2 * j2 + 1], b[2], b[3]);
       }
+    if constexpr (Stages == 2) __syncthreads();  // this stage is read; the next iteration may refill it
   }
 
 #pragma unroll
@@ -713,25 +761,27 @@ void launch_prefill(const AttentionProblem& p, cudaStream_t stream) {
   check_launch("attention_flash (prefill kernel)");
 }
 
-template <class T, int D>
+template <class T, int D, int Stages>
 void launch_prefill_v2(const AttentionProblem& p, cudaStream_t stream) {
-  constexpr std::size_t bytes = Prefill2Smem<D>::bytes;
+  constexpr std::size_t bytes = Prefill2Smem<D, Stages>::bytes;
   static bool configured = false;  // per instantiation; the attribute is per device function
   if (!configured) {
-    check(cudaFuncSetAttribute(flash_prefill_v2_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
-          "attention_flash v2: cudaFuncSetAttribute");
+    check(cudaFuncSetAttribute(flash_prefill_v2_kernel<T, D, Stages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               int(bytes)),
+          "attention_flash v2/v3: cudaFuncSetAttribute");
     configured = true;
   }
   const dim3 grid((p.n_q + kBr2 - 1) / kBr2, p.n_heads);
-  flash_prefill_v2_kernel<T, D><<<grid, kPrefill2Threads, bytes, stream>>>(prob_of<T>(p));
-  check_launch("attention_flash v2 (prefill kernel)");
+  flash_prefill_v2_kernel<T, D, Stages><<<grid, kPrefill2Threads, bytes, stream>>>(prob_of<T>(p));
+  check_launch(Stages == 2 ? "attention_flash v3 (prefill kernel)" : "attention_flash v2 (prefill kernel)");
 }
 
 template <class T>
 void prefill_dispatch(const AttentionProblem& p, cudaStream_t stream, int version) {
-  if (version == 2) {
-    if (p.head_dim == 64) launch_prefill_v2<T, 64>(p, stream);
-    else launch_prefill_v2<T, 128>(p, stream);
+  if (version == 2 || version == 3) {
+    const int stages = version == 3 ? 2 : 1;
+    if (p.head_dim == 64) stages == 2 ? launch_prefill_v2<T, 64, 2>(p, stream) : launch_prefill_v2<T, 64, 1>(p, stream);
+    else stages == 2 ? launch_prefill_v2<T, 128, 2>(p, stream) : launch_prefill_v2<T, 128, 1>(p, stream);
   } else {
     if (p.head_dim == 64) launch_prefill<T, 64>(p, stream);
     else launch_prefill<T, 128>(p, stream);
@@ -843,8 +893,8 @@ void cast_to_float(float* dst, const void* src, std::size_t n, DType dtype, cuda
 }
 
 void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream, int version) {
-  if (version != 1 && version != 2)
-    throw std::invalid_argument("cuda::attention_flash: version " + std::to_string(version) + "; allowed: 1, 2");
+  if (version < 1 || version > 3)
+    throw std::invalid_argument("cuda::attention_flash: version " + std::to_string(version) + "; allowed: 1, 2, 3");
   for (const AttentionProblem& p : problems) {
     if (p.n_q <= 0) continue;
     validate(p, "cuda::attention_flash");

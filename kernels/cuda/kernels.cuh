@@ -79,7 +79,8 @@ void cast_to_float(float* dst, const void* src, std::size_t n, DType dtype, cuda
 // head), K/V tiles of 64 keys in shared memory read through the block table, Q K^T and P V on
 // tensor cores, online softmax in fp32. One launch per problem. version 2 (default): mma.sync
 // m16n8k16 with scores, probabilities and the output accumulator in registers; version 1: WMMA
-// 16x16x16 with all three in shared memory.
+// 16x16x16 with all three in shared memory; version 3: version 2 with K/V tiles double-buffered
+// by cp.async (compiled and CPU-reviewed only: not yet run on a GPU, hence not the default).
 void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream, int version = 2);
 
 // Paged decode attention (n_q = 1 .. k+1 per problem; any n_q works): one block per (query head,
