@@ -7,6 +7,7 @@
 #include <set>
 
 #include "support.hpp"
+#include "attention/flash_attention.hpp"
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
 #include "engine/engine.hpp"
@@ -170,4 +171,32 @@ TEST_CASE("contiguous KV reserves first fit, coalesces holes and accounts bytes"
   kv.release(4);
   CHECK(kv.usage().reserved_bytes == 0);
   CHECK(kv.usage().live_sequences == 0);
+}
+
+TEST_CASE("workspace_peak_bytes: the naive score matrix grows with the prompt squared, flash's scratch does not",
+          "[engine][memory]") {
+  const ModelShape shape = *find_preset("tiny");
+  CpuBackend backend{synthetic_weights(shape, 3)};
+  const auto peak = [&](Attention& attention, int prompt) {
+    ContiguousKvCache kv(shape, 8u << 20, 1024, ContiguousKvCache::Reserve::MaxSeqLen);
+    StaticScheduler sched(1);
+    NoDrafter drafter;
+    Request r;
+    r.id = 0;
+    r.prompt.assign(static_cast<std::size_t>(prompt), 1);
+    r.output_len = 2;
+    backend.reset_workspace_peak();
+    run_engine({backend, kv, sched, attention, drafter}, {r}, {});
+    return backend.workspace_peak_bytes();
+  };
+  NaiveAttention naive;
+  FlashAttention flash;
+  const std::size_t n256 = peak(naive, 256), n512 = peak(naive, 512), f256 = peak(flash, 256), f512 = peak(flash, 512);
+  // Both hold the same activations; naive adds a prefill score matrix that grows 4x when the
+  // prompt doubles, flash a few tiles.
+  REQUIRE(n256 > f256);
+  REQUIRE(n512 > f512);
+  CHECK(n512 - f512 > 3 * (n256 - f256));
+  CHECK(f512 < 2.2 * f256);  // activations: linear in the prompt
+  CHECK(peak(flash, 256) == f256);  // reset: a run reports its own peak, not an earlier one's
 }

@@ -199,7 +199,7 @@ TEST_CASE("metrics: names, order, and zeros for an empty run", "[report]") {
   for (const char* s :
        {"queue_time_mean_ms", "queue_time_p99_ms", "preemptions", "steps", "mean_batch_size", "padding_rows",
         "weights_bytes", "kv_capacity_bytes", "kv_reserved_peak_bytes", "kv_used_peak_bytes", "kv_waste",
-        "peak_concurrency", "kv_blocks_peak", "peak_host_bytes", "peak_device_bytes", "num_drafts", "draft_tokens", "accepted_tokens",
+        "peak_concurrency", "kv_blocks_peak", "peak_host_bytes", "peak_device_bytes", "workspace_peak_bytes", "num_drafts", "draft_tokens", "accepted_tokens",
         "acceptance_rate", "acceptance_length", "draft_s", "verify_s", "simulated_acceptance"})
     expected.push_back(s);
   CHECK(names == expected);

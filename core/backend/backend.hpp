@@ -27,9 +27,20 @@ class Backend {
   virtual KvStorage kv_storage() const { return {}; }
   // Device memory in use at its highest so far (cudaMemGetInfo); 0 on the CPU.
   virtual std::size_t peak_device_bytes() const { return 0; }
+  // Workspace: the activation and scratch bytes one forward pass needed (attention's scratch
+  // included), at its largest since reset_workspace_peak(), by the backend's own counts; the
+  // weights and the KV pools are not in it.
+  std::size_t workspace_peak_bytes() const { return workspace_peak_; }
+  void reset_workspace_peak() { workspace_peak_ = 0; }
   // The last forward pass's time on the device, by device events (input copies, kernels, the
   // logits copy); none where there is no separate device (the CPU).
   virtual std::optional<double> last_forward_device_s() const { return std::nullopt; }
+
+ protected:
+  void note_workspace(std::size_t bytes) { workspace_peak_ = bytes > workspace_peak_ ? bytes : workspace_peak_; }
+
+ private:
+  std::size_t workspace_peak_ = 0;
 };
 
 }  // namespace ablate

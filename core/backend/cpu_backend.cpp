@@ -1,5 +1,6 @@
 #include "backend/cpu_backend.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -54,6 +55,10 @@ const std::vector<float>& CpuBackend::forward_layers(const ForwardBatch& batch, 
   h13_.resize(sz(T, 2 * hidden));
   h_.resize(sz(T, hidden));
   positions_.resize(static_cast<std::size_t>(T));
+  // Workspace of this pass: the activations (logits rows below) and the largest attention scratch.
+  std::size_t workspace = (3 * sz(T, dim) + sz(T, qkv_dim) + sz(T, 2 * hidden) + sz(T, hidden) +
+                           sz(batch.num_logit_rows(), s.vocab_size)) * sizeof(float);
+  std::size_t attention_scratch = 0;
 
   // Embedding lookup; padding rows embed token 0 at position 0.
   int row = 0;
@@ -103,6 +108,7 @@ const std::vector<float>& CpuBackend::forward_layers(const ForwardBatch& batch, 
       p.scale = 1.0f / std::sqrt(static_cast<float>(hd));
       row += n;
     }
+    for (const AttentionProblem& p : problems) attention_scratch = std::max(attention_scratch, attention.workspace_bytes(p));
     {
       NVTX_RANGE("attention");
       attention.forward(problems);
@@ -135,6 +141,7 @@ const std::vector<float>& CpuBackend::forward_layers(const ForwardBatch& batch, 
   cpu::rmsnorm(xb_.data(), xb_.data(), w_.rms_final.data(), n_out, dim, s.norm_eps);
   logits_.resize(sz(n_out, s.vocab_size));
   cpu::matmul(logits_.data(), xb_.data(), w_.lm_head(), n_out, dim, s.vocab_size);
+  note_workspace(workspace + attention_scratch);
   return logits_;
 }
 

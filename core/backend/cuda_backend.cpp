@@ -120,6 +120,7 @@ struct CudaBackend::Impl {
   // logits out), read after the closing synchronisation.
   cudaEvent_t forward_begin = nullptr, forward_end = nullptr;
   double last_device_s = -1.0;
+  std::size_t host_workspace = 0;  // the last forward pass's workspace bytes (device buffers but the pools)
 
   bool cuda_graphs = false;
   std::map<std::string, cudaGraphExec_t> graphs;
@@ -334,7 +335,9 @@ const std::vector<float>& CudaBackend::forward(const ForwardBatch& batch, KvCach
     throw std::invalid_argument(fmt::format("attention: \"{}\" has no CUDA kernel; allowed: naive, flash, flash_split", name));
   if (name != "naive" && !impl_->bf16)
     throw std::invalid_argument(fmt::format("attention {} on backend cuda needs dtype bf16", name));
-  return impl_->forward(batch, kv, name);
+  const std::vector<float>& logits = impl_->forward(batch, kv, name);
+  note_workspace(impl_->host_workspace);
+  return logits;
 }
 
 const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const std::string& attention) {
@@ -349,12 +352,18 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
   // KV pools the size of this cache's (a new run's cache may differ).
   if (kv.pool_elements() != pool_elements) {
     const std::size_t bytes = kv.pool_elements() * cuda::kv_elem_bytes(kv_elem());
-    grow(k_pool, bytes);
-    grow(v_pool, bytes);
+    this->grow(k_pool, bytes);
+    this->grow(v_pool, bytes);
     pool_elements = kv.pool_elements();
   }
   // Every buffer of the step is sized here, before any work is queued: growing one later would
-  // free memory that queued kernels may still read (and would invalidate captured graphs).
+  // free memory that queued kernels may still read (and would invalidate captured graphs). What
+  // the step needs of them (the pools aside) is its workspace.
+  std::size_t workspace = 0;
+  const auto grow = [&](DeviceBuffer& buf, std::size_t capacity, std::size_t needed = 0) {
+    workspace += needed ? needed : capacity;
+    this->grow(buf, capacity, needed);
+  };
   for (DeviceBuffer* b : {&x, &att}) grow(*b, sz(T, dim) * f);
   grow(xb, sz(T, std::max(dim, hidden)) * f);
   grow(x16, sz(T, std::max({dim, hidden, qkv_dim})) * 2);
@@ -555,6 +564,7 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
   } else {
     enqueue();
   }
+  host_workspace = workspace;
   host_logits.resize(sz(n_out, s.vocab_size));
   check(cudaMemcpyAsync(host_logits.data(), logits.get(), host_logits.size() * f, cudaMemcpyDeviceToHost, stream),
         "logits");

@@ -57,6 +57,7 @@ struct RunFacts {
   std::size_t kv_capacity_bytes = 0;
   std::size_t peak_host_bytes = 0;    // process peak RSS
   std::size_t peak_device_bytes = 0;  // 0 on the CPU backend
+  std::size_t workspace_peak_bytes = 0;  // activations + attention scratch of the largest forward pass
   int peak_concurrency = 0;
   double run_wall_s = 0;              // engine start to last completion
   // Speculative decoding (zero without a drafter).

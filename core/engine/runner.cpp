@@ -73,7 +73,9 @@ RunRecords run_once(const ExperimentConfig& cfg, Backend& backend, const std::ve
     eo.on_step = [progress](int done, int total, double elapsed, long long tokens) {
       progress->update(done, total, elapsed, elapsed > 0 ? static_cast<double>(tokens) / elapsed : 0.0);
     };
+  backend.reset_workspace_peak();  // the backend outlives the run (a sweep reuses it)
   RunRecords r = run_engine({backend, *kv, *scheduler, *attention, *drafter}, requests, eo);
+  r.facts.workspace_peak_bytes = backend.workspace_peak_bytes();
   r.facts.peak_host_bytes = peak_rss_bytes();
   r.facts.peak_device_bytes = backend.peak_device_bytes();
   return r;

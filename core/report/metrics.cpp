@@ -105,6 +105,7 @@ Metrics summarize(const RunRecords& r, const SloConfig& slo) {
   m.emplace_back("kv_blocks_peak", blocks_peak);
   m.emplace_back("peak_host_bytes", static_cast<double>(f.peak_host_bytes));
   m.emplace_back("peak_device_bytes", static_cast<double>(f.peak_device_bytes));
+  m.emplace_back("workspace_peak_bytes", static_cast<double>(f.workspace_peak_bytes));
 
   const double drafts = static_cast<double>(f.num_drafts), accepted = static_cast<double>(f.accepted_tokens);
   m.emplace_back("num_drafts", drafts);
