@@ -251,11 +251,14 @@ TEST_CASE("config: choice values: unknown, not implemented, numeric", "[config]"
   CHECK(error_of("kv:\n  layout: paged\nbatching: continuous\n") == "");  // both built (issue 3)
   CHECK(error_of("dtype: bf16") ==
         "x.yaml:1:8: dtype: \"bf16\" needs backend cuda; the CPU backend computes in fp32; allowed with backend cpu: fp32");
+  CHECK(error_of("dtype: fp16") ==
+        "x.yaml:1:8: dtype: \"fp16\" needs backend cuda; the CPU backend computes in fp32; allowed with backend cpu: fp32");
 #if defined(ABLATE_HAVE_CUDA)
   CHECK(error_of("backend: cuda") == "");  // built (issue 7); whether a device exists is a run-time matter
   CHECK(error_of("backend: cuda\ndtype: bf16\nattention: flash\nmodel: {preset: smollm2-135m}\n") == "");
+  CHECK(error_of("backend: cuda\ndtype: fp16\nattention: flash_split\nmodel: {preset: smollm2-135m}\n") == "");
   CHECK(error_of("backend: cuda\nattention: flash\n") ==
-        "x.yaml:2:12: attention: flash on backend cuda runs on tensor cores and needs dtype bf16; allowed with dtype fp32: naive");
+        "x.yaml:2:12: attention: flash on backend cuda runs on tensor cores and needs dtype bf16 or fp16; allowed with dtype fp32: naive");
   CHECK_THAT(error_of("backend: cuda\ndtype: bf16\nattention: flash_split\nmodel: {preset: tiny}\n"),
              Contains("x.yaml:3:12: attention: flash_split on backend cuda needs head_dim 64 or 128"));
   CHECK_THAT(error_of("backend: cuda\nspeculative: {draft: layer_skip}\n"),

@@ -87,7 +87,8 @@ void cuda_backend_check_device() {
 
 struct CudaBackend::Impl {
   ModelShape shape;
-  bool bf16 = false;
+  bool half = false;                          // 16-bit weights and KV (dtype bf16 or fp16)
+  cuda::DType half_type = cuda::DType::bf16;  // which
   std::string device;
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
@@ -178,8 +179,19 @@ struct CudaBackend::Impl {
     ++graph_replays;
   }
 
-  cuda::KvElem kv_elem() const { return bf16 ? cuda::KvElem::bf16 : cuda::KvElem::f32; }
-  std::size_t weight_elem_bytes() const { return bf16 ? 2 : 4; }
+  cuda::KvElem kv_elem() const {
+    return !half ? cuda::KvElem::f32 : half_type == cuda::DType::bf16 ? cuda::KvElem::bf16 : cuda::KvElem::f16;
+  }
+  std::size_t weight_elem_bytes() const { return half ? 2 : 4; }
+  // src (fp32) -> dst in the 16-bit weight type.
+  void to_half(void* dst, const float* src, std::size_t n) {
+    if (half_type == cuda::DType::bf16) cuda::to_bf16(static_cast<cuda::bf16_bits*>(dst), src, n, stream);
+    else cuda::cast_from_float(dst, src, n, cuda::DType::f16, stream);
+  }
+  void gemv(float* y, const float* x, const DeviceBuffer& w, int in, int out, bool accumulate, int version) {
+    if (half_type == cuda::DType::bf16) cuda::gemv_bf16(y, x, w.get<cuda::bf16_bits>(), in, out, accumulate, stream, version);
+    else cuda::gemv_f16(y, x, w.get<cuda::f16_bits>(), in, out, accumulate, stream, version);
+  }
 
   void note_memory() {
     std::size_t free = 0, total = 0;
@@ -194,12 +206,12 @@ struct CudaBackend::Impl {
     weights_bytes += n * weight_elem_bytes();
     std::size_t at = 0;
     for (auto* p : parts) {
-      if (!bf16) {
+      if (!half) {
         check(cudaMemcpy(dst.get<float>() + at, p->data(), p->size() * sizeof(float), cudaMemcpyHostToDevice), "upload");
       } else {
         staging.reserve(p->size() * sizeof(float));
         check(cudaMemcpy(staging.get(), p->data(), p->size() * sizeof(float), cudaMemcpyHostToDevice), "upload");
-        cuda::to_bf16(dst.get<cuda::bf16_bits>() + at, staging.get<float>(), p->size(), stream);
+        to_half(dst.get<std::uint16_t>() + at, staging.get<float>(), p->size());
       }
       at += p->size();
     }
@@ -212,17 +224,20 @@ struct CudaBackend::Impl {
 
   // y[rows][out] = x[rows][in] W^T in the weight dtype, fp32 in and out.
   void matmul(float* y, const float* xin, const DeviceBuffer& w, int rows, int in, int out) {
-    if (!bf16) return cuda::matmul(y, xin, w.get<float>(), rows, in, out, cublas, stream);
-    if (rows == 1) return cuda::gemv_bf16(y, xin, w.get<cuda::bf16_bits>(), in, out, false, stream, gemv_version);
+    if (!half) return cuda::matmul(y, xin, w.get<float>(), rows, in, out, cublas, stream);
+    if (rows == 1) return gemv(y, xin, w, in, out, false, gemv_version);
     // x16 holds rows x in: forward() sized it for the step.
-    cuda::to_bf16(x16.get<cuda::bf16_bits>(), xin, static_cast<std::size_t>(rows) * in, stream);
-    cuda::matmul_bf16(y, x16.get<cuda::bf16_bits>(), w.get<cuda::bf16_bits>(), rows, in, out, cublas, stream);
+    to_half(x16.get(), xin, static_cast<std::size_t>(rows) * in);
+    if (half_type == cuda::DType::bf16)
+      cuda::matmul_bf16(y, x16.get<cuda::bf16_bits>(), w.get<cuda::bf16_bits>(), rows, in, out, cublas, stream);
+    else
+      cuda::matmul_f16(y, x16.get<cuda::f16_bits>(), w.get<cuda::f16_bits>(), rows, in, out, cublas, stream);
   }
 
   // The residual connection x[rows][out] += xin W^T: one GEMV that adds as it writes when a
-  // single bf16 row (the batch-1 decode step), else a matmul into `scratch` and an add.
+  // single 16-bit row (the batch-1 decode step), else a matmul into `scratch` and an add.
   void matmul_add(float* x, const float* xin, const DeviceBuffer& w, int rows, int in, int out, float* scratch) {
-    if (bf16 && rows == 1) return cuda::gemv_bf16(x, xin, w.get<cuda::bf16_bits>(), in, out, true, stream, gemv_version);
+    if (half && rows == 1) return gemv(x, xin, w, in, out, true, gemv_version);
     matmul(scratch, xin, w, rows, in, out);
     cuda::add(x, scratch, static_cast<std::size_t>(rows) * out, stream);
   }
@@ -241,9 +256,9 @@ struct CudaBackend::Impl {
     check(cudaEventCreate(&e0), "cudaEventCreate");
     check(cudaEventCreate(&e1), "cudaEventCreate");
     const auto run = [&](int v) {
-      cuda::gemv_bf16(y.get<float>(), xin.get<float>(), L.wqkv.get<cuda::bf16_bits>(), dim, qkv_dim, false, stream, v);
-      cuda::gemv_bf16(y.get<float>(), xin.get<float>(), L.w13.get<cuda::bf16_bits>(), dim, 2 * hidden, false, stream, v);
-      cuda::gemv_bf16(y.get<float>(), xin.get<float>(), L.w2.get<cuda::bf16_bits>(), hidden, dim, false, stream, v);
+      gemv(y.get<float>(), xin.get<float>(), L.wqkv, dim, qkv_dim, false, v);
+      gemv(y.get<float>(), xin.get<float>(), L.w13, dim, 2 * hidden, false, v);
+      gemv(y.get<float>(), xin.get<float>(), L.w2, hidden, dim, false, v);
     };
     std::string report;
     float best = 0.0f;
@@ -265,7 +280,8 @@ struct CudaBackend::Impl {
     }
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
-    gemv_tuning = fmt::format("gemv_bf16 v{} (layer-0 GEMVs: {})", gemv_version, report);
+    gemv_tuning = fmt::format("{} v{} (layer-0 GEMVs: {})", half_type == cuda::DType::bf16 ? "gemv_bf16" : "gemv_f16",
+                              gemv_version, report);
   }
   std::string gemv_tuning;
 
@@ -275,10 +291,12 @@ struct CudaBackend::Impl {
 CudaBackend::CudaBackend(const Weights& w, CudaBackendOptions options) : impl_(std::make_unique<Impl>()) {
   cuda_backend_check_device();
   Impl& m = *impl_;
-  if (options.dtype != "fp32" && options.dtype != "bf16")
-    throw std::invalid_argument(fmt::format("dtype: \"{}\" is not available on backend cuda; allowed: fp32, bf16", options.dtype));
+  if (options.dtype != "fp32" && options.dtype != "bf16" && options.dtype != "fp16")
+    throw std::invalid_argument(
+        fmt::format("dtype: \"{}\" is not available on backend cuda; allowed: fp32, bf16, fp16", options.dtype));
   m.shape = w.shape;
-  m.bf16 = options.dtype == "bf16";
+  m.half = options.dtype != "fp32";
+  m.half_type = options.dtype == "fp16" ? cuda::DType::f16 : cuda::DType::bf16;
   m.cuda_graphs = options.cuda_graphs;
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
@@ -306,7 +324,7 @@ CudaBackend::CudaBackend(const Weights& w, CudaBackendOptions options) : impl_(s
   const std::vector<float> head(w.lm_head(), w.lm_head() + static_cast<std::size_t>(w.shape.vocab_size) * w.shape.dim);
   m.upload_matrix(m.lm_head, {&head}, staging);
   check(cudaStreamSynchronize(m.stream), "weights upload");
-  if (m.bf16 && !m.layers.empty()) {
+  if (m.half && !m.layers.empty()) {
     m.choose_gemv();
     std::fprintf(stderr, "cuda backend: %s\n", m.gemv_tuning.c_str());
   }
@@ -333,8 +351,8 @@ const std::vector<float>& CudaBackend::forward(const ForwardBatch& batch, KvCach
   const std::string name = attention.name();
   if (name != "naive" && name != "flash" && name != "flash_split")
     throw std::invalid_argument(fmt::format("attention: \"{}\" has no CUDA kernel; allowed: naive, flash, flash_split", name));
-  if (name != "naive" && !impl_->bf16)
-    throw std::invalid_argument(fmt::format("attention {} on backend cuda needs dtype bf16", name));
+  if (name != "naive" && !impl_->half)
+    throw std::invalid_argument(fmt::format("attention {} on backend cuda needs dtype bf16 or fp16", name));
   const std::vector<float>& logits = impl_->forward(batch, kv, name);
   note_workspace(impl_->host_workspace);
   return logits;
@@ -437,9 +455,9 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
     p.q_stride = qkv_dim;
     p.out_stride = dim;
     p.kv = views[static_cast<std::size_t>(ci)];
-    if (flash) {  // bf16 copies of q and the output (naive sets its own fp32 pointers)
-      p.q = reinterpret_cast<const float*>(q16.get<cuda::bf16_bits>() + sz(r, qkv_dim));
-      p.out = reinterpret_cast<float*>(att16.get<cuda::bf16_bits>() + sz(r, dim));
+    if (flash) {  // 16-bit copies of q and the output (naive sets its own fp32 pointers)
+      p.q = reinterpret_cast<const float*>(q16.get<std::uint16_t>() + sz(r, qkv_dim));
+      p.out = reinterpret_cast<float*>(att16.get<std::uint16_t>() + sz(r, dim));
     }
     p.kv.k_pool = reinterpret_cast<const float*>(k_pool.get<const char>() + kv.view_offset(layer, c.seq) * elem);
     p.kv.v_pool = reinterpret_cast<const float*>(v_pool.get<const char>() + kv.view_offset(layer, c.seq) * elem);
@@ -465,7 +483,7 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
       const std::size_t ws = std::size_t(decode_rows) * s.n_heads * split_bound * (hd + 1) * f;  // any counts <= bound
       grow(split_workspace, ws);
     }
-    plan = cuda::make_decode_plan(problems, counts, cuda::DType::bf16);
+    plan = cuda::make_decode_plan(problems, counts, half_type);
     grow(plan_buffer, std::max<std::size_t>(plan.bytes.size() * 2, 16 * 1024), plan.bytes.size());
     // One plan serves every layer: the caches place a sequence's layers at one stride apart.
     for (int l = 1; l < s.n_layers; ++l) {
@@ -511,16 +529,16 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
       {
         NVTX_RANGE("attention");
         if (flash) {
-          cuda::cast_from_float(q16.get(), q, sz(n_real, qkv_dim), cuda::DType::bf16, stream);
+          cuda::cast_from_float(q16.get(), q, sz(n_real, qkv_dim), half_type, stream);
           if (!prefill_chunks.empty()) {
             std::vector<AttentionProblem> prefill;
             for (int ci : prefill_chunks) prefill.push_back(problem_of(ci, l));
-            cuda::attention_flash(prefill, cuda::DType::bf16, stream);
+            cuda::attention_flash(prefill, half_type, stream);
           }
           if (!decode_chunks.empty())
             cuda::attention_decode_planned(plan, plan_buffer.get(), split_bound, split, layer_delta[static_cast<std::size_t>(l)],
                                            split_workspace.get<float>(), stream);
-          cuda::cast_to_float(att.get<float>(), att16.get(), sz(n_real, dim), cuda::DType::bf16, stream);
+          cuda::cast_to_float(att.get<float>(), att16.get(), sz(n_real, dim), half_type, stream);
         } else {
           for (int ci = 0; ci < n_chunks; ++ci) {
             // Gather this sequence's K and V (any layout, any KV dtype) into contiguous fp32.
@@ -556,7 +574,7 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
   };
 
   ++steps;
-  if (cuda_graphs && bf16 && flash && prefill_chunks.empty()) {
+  if (cuda_graphs && half && flash && prefill_chunks.empty()) {
     std::string key = fmt::format("{}|{}|{}|{}|{}|{}|", attention, T, n_real, n_out, split_bound, plan.shapes.size());
     for (const cuda::DecodeGroupShape& g : plan.shapes) key += fmt::format("{},{},{};", g.rows, g.heads, g.head_dim);
     key += fmt::format("|{}", fmt::join(layer_delta, ","));

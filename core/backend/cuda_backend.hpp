@@ -3,8 +3,8 @@
 // weights and the KV pools resident in device memory. The engine, schedulers, KV caches
 // (placement and accounting) and drafters are the CPU's, unchanged: the caches decide where each
 // token lives (KvCache::slot_offset, view_offset, block tables) and this backend keeps the bytes.
-//   dtype fp32: SGEMM, fp32 KV.  dtype bf16: bf16 weights (GEMV at one row, cublasGemmEx above),
-//   bf16 KV, fp32 activations and accumulation.
+//   dtype fp32: SGEMM, fp32 KV.  dtype bf16 / fp16: 16-bit weights (GEMV at one row, cublasGemmEx above),
+//   KV in the same 16-bit type, fp32 activations and accumulation.
 //   attention naive: each sequence's K/V gathered to fp32, cuBLAS score GEMMs + softmax kernel;
 //   flash: tensor-core prefill, paged decode; flash_split: split-KV decode + LSE reduction.
 // The attention kernel follows the run's Attention (its name), so one loaded model serves a sweep
@@ -20,7 +20,7 @@
 namespace ablate {
 
 struct CudaBackendOptions {
-  std::string dtype = "bf16";      // fp32 | bf16 (flash and flash_split need bf16)
+  std::string dtype = "bf16";      // fp32 | bf16 | fp16 (flash and flash_split need bf16 or fp16)
   bool cuda_graphs = false;        // replay decode steps as CUDA graphs (see set_cuda_graphs)
 };
 

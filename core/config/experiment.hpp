@@ -93,7 +93,7 @@ struct ExperimentConfig {
   std::string backend = "cpu";      // cpu | cuda
   std::string batching = "static";  // static | continuous
   std::string attention = "naive";  // naive | flash | flash_split
-  std::string dtype = "fp32";       // fp32 | bf16: weights and KV on the device (the CPU computes in fp32)
+  std::string dtype = "fp32";       // fp32 | bf16 | fp16: weights and KV on the device (the CPU computes in fp32)
   bool cuda_graphs = false;         // cuda: decode steps replayed as captured CUDA graphs
   int max_seq_len = 0;              // 0 = the model's; caps prompt + output per sequence
   ModelConfig model;

@@ -104,8 +104,8 @@ const std::vector<Rule>& rules() {
         axis("backend", F(backend), "where the model runs"),
         axis("batching", F(batching), "how requests are grouped into batches"),
         axis("attention", F(attention), "attention kernel"),
-        choice("dtype", F(dtype), {"fp32", "bf16"},
-               "weights and KV precision (cuda: bf16 weights and KV, fp32 accumulation; cpu: fp32 only)"),
+        choice("dtype", F(dtype), {"fp32", "bf16", "fp16"},
+               "weights and KV precision (cuda: 16-bit weights and KV, fp32 accumulation; cpu: fp32 only)"),
         plain("cuda_graphs", Kind::Bool, F(cuda_graphs),
               "cuda: replay each decode step's kernels as one captured CUDA graph (flash, flash_split)"),
         integer("max_seq_len", F(max_seq_len), ge(0), "cap on prompt + output per sequence; 0 = the model's"),
@@ -598,8 +598,8 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
                                               "backend cpu: fp32", c.dtype));
   if (c.backend == "cuda" && c.attention != "naive") {
     if (c.dtype == "fp32")
-      fail_at({"attention", "dtype"}, fmt::format("{} on backend cuda runs on tensor cores and needs dtype bf16; allowed "
-                                                  "with dtype fp32: naive", c.attention));
+      fail_at({"attention", "dtype"}, fmt::format("{} on backend cuda runs on tensor cores and needs dtype bf16 or fp16; "
+                                                  "allowed with dtype fp32: naive", c.attention));
     if (shape.head_dim() != 64 && shape.head_dim() != 128)
       fail_at({"attention", "model.preset", "model.path", "model.gguf"},
               fmt::format("{} on backend cuda needs head_dim 64 or 128; {} has {}; allowed: naive", c.attention,
@@ -618,7 +618,7 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
                         c.profile.start_step, c.profile.end_step));
 
   // KV budget: one sequence's reservation must fit, or nothing can ever run.
-  const long long bytes_per_token = shape.kv_floats_per_token() * (c.backend == "cuda" && c.dtype == "bf16" ? 2 : 4);
+  const long long bytes_per_token = shape.kv_floats_per_token() * (c.backend == "cuda" && c.dtype != "fp32" ? 2 : 4);
   const long long capacity = static_cast<long long>(std::floor(c.kv.memory_mb * 1048576.0 / bytes_per_token));
   const int longest_seq = lp && lo ? std::min(*lp + *lo, seq) : seq;
   long long need = seq;

@@ -1,5 +1,6 @@
 // bf16 conversion and GEMM (see bf16.cuh).
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <stdexcept>
 #include <string>
@@ -37,11 +38,29 @@ __global__ void fill_uniform_bf16_kernel(__nv_bfloat16* dst, std::size_t n, std:
 
 constexpr int kGemvWarps = 8;  // rows of w per block
 
-__global__ void gemv_bf16_kernel(float* y, const float* x, const __nv_bfloat16* w, int in, int out, bool accumulate) {
+// The 16-bit weight types: pairs to float2, one to float.
+template <class T>
+struct Half16;
+template <>
+struct Half16<__nv_bfloat16> {
+  using Pair = __nv_bfloat162;
+  static __device__ __forceinline__ float2 to2(Pair p) { return __bfloat1622float2(p); }
+  static __device__ __forceinline__ float to(__nv_bfloat16 v) { return __bfloat162float(v); }
+};
+template <>
+struct Half16<__half> {
+  using Pair = __half2;
+  static __device__ __forceinline__ float2 to2(Pair p) { return __half22float2(p); }
+  static __device__ __forceinline__ float to(__half v) { return __half2float(v); }
+};
+
+template <class T>
+__global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, int out, bool accumulate) {
+  using H = Half16<T>;
   const int lane = threadIdx.x & 31;
   const int o = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
   if (o >= out) return;
-  const __nv_bfloat16* row = w + std::size_t(o) * in;
+  const T* row = w + std::size_t(o) * in;
   float acc = 0.0f;
   if (in % 8 == 0) {  // rows start 16-byte aligned: 8 weights a load
     const uint4* row8 = reinterpret_cast<const uint4*>(row);
@@ -49,15 +68,15 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const __nv_bfloat16* 
 #pragma unroll 4
     for (int i = lane; i < in / 8; i += 32) {
       const uint4 packed = __ldcs(row8 + i);  // streamed once: do not keep in cache
-      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&packed);
+      const auto* h = reinterpret_cast<const typename H::Pair*>(&packed);
       const float4 xa = __ldg(x4 + 2 * i), xb = __ldg(x4 + 2 * i + 1);
-      const float2 w0 = __bfloat1622float2(h[0]), w1 = __bfloat1622float2(h[1]);
-      const float2 w2 = __bfloat1622float2(h[2]), w3 = __bfloat1622float2(h[3]);
+      const float2 w0 = H::to2(h[0]), w1 = H::to2(h[1]);
+      const float2 w2 = H::to2(h[2]), w3 = H::to2(h[3]);
       acc += w0.x * xa.x + w0.y * xa.y + w1.x * xa.z + w1.y * xa.w + w2.x * xb.x + w2.y * xb.y + w3.x * xb.z +
              w3.y * xb.w;
     }
   } else {
-    for (int i = lane; i < in; i += 32) acc += __bfloat162float(row[i]) * x[i];
+    for (int i = lane; i < in; i += 32) acc += H::to(row[i]) * x[i];
   }
   acc = detail::warp_sum(acc);
   if (lane == 0) y[o] = accumulate ? y[o] + acc : acc;
@@ -67,8 +86,9 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const __nv_bfloat16* 
 // any, so R * U loads per lane are in flight (version 1's unrolled loop leaves the scheduler to
 // overlap them, and at 36 registers it overlaps few). 2: R 1, U 4; 3: R 2, U 4; 4: R 1, U 8;
 // 5: R 4, U 4.
-template <int R, int kGemvLoads>
-__global__ void gemv_bf16_multi_kernel(float* y, const float* x, const __nv_bfloat16* w, int in, int out, bool accumulate) {
+template <class T, int R, int kGemvLoads>
+__global__ void gemv_bf16_multi_kernel(float* y, const float* x, const T* w, int in, int out, bool accumulate) {
+  using H = Half16<T>;
   const int lane = threadIdx.x & 31;
   const int o0 = (blockIdx.x * kGemvWarps + (threadIdx.x >> 5)) * R;
   if (o0 >= out) return;
@@ -95,9 +115,9 @@ __global__ void gemv_bf16_multi_kernel(float* y, const float* x, const __nv_bflo
       const float4 xa = __ldg(x4 + 2 * i), xb = __ldg(x4 + 2 * i + 1);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&wv[r][u]);
-        const float2 w0 = __bfloat1622float2(h[0]), w1 = __bfloat1622float2(h[1]);
-        const float2 w2 = __bfloat1622float2(h[2]), w3 = __bfloat1622float2(h[3]);
+        const auto* h = reinterpret_cast<const typename H::Pair*>(&wv[r][u]);
+        const float2 w0 = H::to2(h[0]), w1 = H::to2(h[1]);
+        const float2 w2 = H::to2(h[2]), w3 = H::to2(h[3]);
         acc[r] += w0.x * xa.x + w0.y * xa.y + w1.x * xa.z + w1.y * xa.w + w2.x * xb.x + w2.y * xb.y + w3.x * xb.z +
                   w3.y * xb.w;
       }
@@ -112,29 +132,44 @@ __global__ void gemv_bf16_multi_kernel(float* y, const float* x, const __nv_bflo
 
 }  // namespace
 
-void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
-               int version) {
+namespace {
+
+template <class T>
+void gemv_16(const char* who, float* y, const float* x, const std::uint16_t* w, int in, int out, bool accumulate,
+             cudaStream_t stream, int version) {
   if (in % 8 == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 != 0)
-    throw std::runtime_error("gemv_bf16: x must be 16-byte aligned");
+    throw std::runtime_error(std::string(who) + ": x must be 16-byte aligned");
   if (version < 1 || version > kGemvVersions)
-    throw std::invalid_argument("gemv_bf16: version " + std::to_string(version) + "; allowed: 1.." +
+    throw std::invalid_argument(std::string(who) + ": version " + std::to_string(version) + "; allowed: 1.." +
                                 std::to_string(kGemvVersions));
-  const auto* wb = reinterpret_cast<const __nv_bfloat16*>(w);
+  const auto* wt = reinterpret_cast<const T*>(w);
   if (version == 1 || in % 8 != 0) {
-    gemv_bf16_kernel<<<unsigned((out + kGemvWarps - 1) / kGemvWarps), 32 * kGemvWarps, 0, stream>>>(y, x, wb, in, out,
-                                                                                                    accumulate);
+    gemv_bf16_kernel<T><<<unsigned((out + kGemvWarps - 1) / kGemvWarps), 32 * kGemvWarps, 0, stream>>>(y, x, wt, in, out,
+                                                                                                       accumulate);
   } else {
     const auto launch = [&](auto kernel, int rows_per_warp) {
       const int rows_per_block = rows_per_warp * kGemvWarps;
-      kernel<<<unsigned((out + rows_per_block - 1) / rows_per_block), 32 * kGemvWarps, 0, stream>>>(y, x, wb, in, out,
+      kernel<<<unsigned((out + rows_per_block - 1) / rows_per_block), 32 * kGemvWarps, 0, stream>>>(y, x, wt, in, out,
                                                                                                    accumulate);
     };
-    if (version == 2) launch(gemv_bf16_multi_kernel<1, 4>, 1);
-    else if (version == 3) launch(gemv_bf16_multi_kernel<2, 4>, 2);
-    else if (version == 4) launch(gemv_bf16_multi_kernel<1, 8>, 1);
-    else launch(gemv_bf16_multi_kernel<4, 4>, 4);
+    if (version == 2) launch(gemv_bf16_multi_kernel<T, 1, 4>, 1);
+    else if (version == 3) launch(gemv_bf16_multi_kernel<T, 2, 4>, 2);
+    else if (version == 4) launch(gemv_bf16_multi_kernel<T, 1, 8>, 1);
+    else launch(gemv_bf16_multi_kernel<T, 4, 4>, 4);
   }
-  detail::check_launch("gemv_bf16");
+  detail::check_launch(who);
+}
+
+}  // namespace
+
+void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
+               int version) {
+  gemv_16<__nv_bfloat16>("gemv_bf16", y, x, w, in, out, accumulate, stream, version);
+}
+
+void gemv_f16(float* y, const float* x, const f16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
+              int version) {
+  gemv_16<__half>("gemv_f16", y, x, w, in, out, accumulate, stream, version);
 }
 
 void fill_uniform_bf16(bf16_bits* dst, std::size_t n, std::uint64_t seed, float scale, cudaStream_t stream) {
@@ -159,6 +194,16 @@ void matmul_bf16(float* y, const bf16_bits* x, const bf16_bits* w, int rows, int
   detail::check(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &one, w, CUDA_R_16BF, in, x, CUDA_R_16BF,
                              in, &zero, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                 "matmul_bf16");
+}
+
+void matmul_f16(float* y, const f16_bits* x, const f16_bits* w, int rows, int in, int out, cublasHandle_t handle,
+                 cudaStream_t stream) {
+  detail::check(cublasSetStream(handle, stream), "cublasSetStream");
+  const float one = 1.0f, zero = 0.0f;
+  // Column-major view, as cuda::matmul: Y^T [out x rows] = W^T-view [in x out]^T * X^T [in x rows].
+  detail::check(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &one, w, CUDA_R_16F, in, x, CUDA_R_16F,
+                             in, &zero, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                "matmul_f16");
 }
 
 }  // namespace ablate::cuda

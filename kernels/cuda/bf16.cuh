@@ -9,8 +9,10 @@
 
 namespace ablate::cuda {
 
-// Raw bf16 storage (the upper 16 bits of an fp32), so plain C++ can hold and pass it.
+// Raw bf16 storage (the upper 16 bits of an fp32), so plain C++ can hold and pass it; raw fp16
+// (IEEE half) storage likewise. The same integer type: the functions below say which they read.
 using bf16_bits = std::uint16_t;
+using f16_bits = std::uint16_t;
 
 // dst[i] = bf16(src[i]), round to nearest even.
 void to_bf16(bf16_bits* dst, const float* src, std::size_t n, cudaStream_t stream);
@@ -19,6 +21,9 @@ void to_bf16(bf16_bits* dst, const float* src, std::size_t n, cudaStream_t strea
 // (cublasGemmEx, CUBLAS_COMPUTE_32F). Sets `handle`'s stream.
 void matmul_bf16(float* y, const bf16_bits* x, const bf16_bits* w, int rows, int in, int out, cublasHandle_t handle,
                  cudaStream_t stream);
+// The same in fp16 (x and w IEEE half).
+void matmul_f16(float* y, const f16_bits* x, const f16_bits* w, int rows, int in, int out, cublasHandle_t handle,
+                cudaStream_t stream);
 
 }  // namespace ablate::cuda
 
@@ -35,6 +40,9 @@ namespace ablate::cuda {
 inline constexpr int kGemvVersions = 5;
 void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
                int version = 1);
+// The same GEMV versions over fp16 weights.
+void gemv_f16(float* y, const float* x, const f16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
+              int version = 1);
 
 // Deterministic pseudo-random fill for benchmarks and tests: dst[i] uniform in [-scale, scale)
 // from a hash of (seed, i), computed on the device (no host copy of multi-GB weights).

@@ -129,7 +129,7 @@ TEST_CASE("cuda backend: stories260K greedy tokens equal the CPU's (fp32, naive,
   CHECK(gpu.peak_device_bytes() > gpu.weights_bytes());
 }
 
-TEST_CASE("cuda backend: logits within bf16 tolerance of the CPU's, every attention kernel, both layouts",
+TEST_CASE("cuda backend: logits within 16-bit tolerance of the CPU's (bf16, fp16), every attention kernel, both layouts",
           "[cuda][backend]") {
   const ModelShape shape = *find_preset("smollm2-135m");
   const Weights w = synthetic_weights(shape, 3);
@@ -166,17 +166,19 @@ TEST_CASE("cuda backend: logits within bf16 tolerance of the CPU's, every attent
   const auto want = steps_logits(cpu, "contiguous", "naive");
   float scale = 0;
   for (float v : want) scale = std::max(scale, std::abs(v));
-  CudaBackend gpu(w, {"bf16"});  // one model, every kernel (as a sweep over attention runs)
-  for (const std::string attention : {"naive", "flash", "flash_split"})
-    for (const std::string layout : {"contiguous", "paged"}) {
-      INFO(attention << " on " << layout);
-      const auto got = steps_logits(gpu, layout, attention);
-      REQUIRE(got.size() == want.size());
-      double worst = 0;
-      for (std::size_t i = 0; i < want.size(); ++i) worst = std::max(worst, double(std::abs(got[i] - want[i])));
-      INFO("worst |gpu - cpu| = " << worst << " of logits up to " << scale);
-      CHECK(worst <= 0.03 * scale);  // bf16 weights and KV: about 3 significant digits per product
-    }
+  for (const std::string dtype : {"bf16", "fp16"}) {
+    CudaBackend gpu(w, {dtype});  // one model, every kernel (as a sweep over attention runs)
+    for (const std::string attention : {"naive", "flash", "flash_split"})
+      for (const std::string layout : {"contiguous", "paged"}) {
+        INFO(dtype << ", " << attention << " on " << layout);
+        const auto got = steps_logits(gpu, layout, attention);
+        REQUIRE(got.size() == want.size());
+        double worst = 0;
+        for (std::size_t i = 0; i < want.size(); ++i) worst = std::max(worst, double(std::abs(got[i] - want[i])));
+        INFO("worst |gpu - cpu| = " << worst << " of logits up to " << scale);
+        CHECK(worst <= 0.03 * scale);  // 16-bit weights and KV: about 3 significant digits per product
+      }
+  }
   // fp32 on the GPU, naive: the CPU's arithmetic up to summation order.
   CudaBackend gpu32(w, {"fp32"});
   const auto got = steps_logits(gpu32, "paged", "naive");

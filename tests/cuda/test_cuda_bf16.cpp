@@ -95,13 +95,15 @@ TEST_CASE("cuda to_bf16 rounds to nearest even, and matmul_bf16 matches the fp32
     cudaFree(p);
 }
 
-TEST_CASE("cuda gemv_bf16 matches the CPU matmul on bf16 weights, with and without accumulation", "[cuda][bf16]") {
+TEST_CASE("cuda gemv_bf16 and gemv_f16 match the CPU matmul on 16-bit weights, with and without accumulation",
+          "[cuda][bf16]") {
   std::mt19937 rng(4);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   // Vector and scalar paths; odd row counts (version 3's last warp has one row); 11008 (the
   // llama2-7b hidden size) is not a multiple of versions 2-3's 32 x 4 vectors a step.
+  for (cuda::DType type : {cuda::DType::bf16, cuda::DType::f16})
   for (auto [in, out] : {std::pair{1024, 1031}, std::pair{577, 130}, std::pair{4096, 96}, std::pair{11008, 67}}) {
-    INFO("in=" << in << " out=" << out);
+    INFO(cuda::dtype_name(type) << " in=" << in << " out=" << out);
     std::vector<float> x(in), w(std::size_t(out) * in), y0(out);
     for (auto& v : x) v = u(rng);
     for (auto& v : w) v = u(rng) / std::sqrt(float(in));
@@ -109,16 +111,23 @@ TEST_CASE("cuda gemv_bf16 matches the CPU matmul on bf16 weights, with and witho
     float *dx = upload(x), *dw = upload(w), *dy = upload(y0);
     cuda::bf16_bits* dw16 = nullptr;
     REQUIRE(cudaMalloc(reinterpret_cast<void**>(&dw16), w.size() * 2) == cudaSuccess);
-    cuda::to_bf16(dw16, dw, w.size(), nullptr);
+    if (type == cuda::DType::bf16) cuda::to_bf16(dw16, dw, w.size(), nullptr);
+    else cuda::cast_from_float(dw16, dw, w.size(), type, nullptr);
     std::vector<float> wr(w.size()), ref(out);
-    const auto w16 = download(dw16, w.size());
-    for (std::size_t i = 0; i < w.size(); ++i) wr[i] = bf16_to_float(w16[i]);
+    if (type == cuda::DType::bf16) {
+      const auto w16 = download(dw16, w.size());
+      for (std::size_t i = 0; i < w.size(); ++i) wr[i] = bf16_to_float(w16[i]);
+    } else {  // the weights as the device holds them, back through the fp16 cast
+      cuda::cast_to_float(dw, dw16, w.size(), type, nullptr);
+      wr = download(dw, w.size());
+    }
     cpu::matmul(ref.data(), x.data(), wr.data(), 1, in, out);
     for (int version = 1; version <= cuda::kGemvVersions; ++version)
       for (bool accumulate : {true, false}) {
         INFO("version " << version);
         REQUIRE(cudaMemcpy(dy, y0.data(), y0.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
-        cuda::gemv_bf16(dy, dx, dw16, in, out, accumulate, nullptr, version);
+        if (type == cuda::DType::bf16) cuda::gemv_bf16(dy, dx, dw16, in, out, accumulate, nullptr, version);
+        else cuda::gemv_f16(dy, dx, dw16, in, out, accumulate, nullptr, version);
         const auto y = download(dy, std::size_t(out));
         double max_err = 0;
         for (int o = 0; o < out; ++o) {
