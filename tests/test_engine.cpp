@@ -11,6 +11,7 @@
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
 #include "engine/engine.hpp"
+#include "engine/sampler.hpp"
 #include "kv/contiguous_kv.hpp"
 #include "sched/static_scheduler.hpp"
 #include "spec/no_drafter.hpp"
@@ -199,4 +200,21 @@ TEST_CASE("workspace_peak_bytes: the naive score matrix grows with the prompt sq
   CHECK(n512 - f512 > 3 * (n256 - f256));
   CHECK(f512 < 2.2 * f256);  // activations: linear in the prompt
   CHECK(peak(flash, 256) == f256);  // reset: a run reports its own peak, not an earlier one's
+}
+
+TEST_CASE("forward_argmax is forward's logits' argmax per row, and greedy runs take it", "[engine][sampling]") {
+  const ModelShape shape = *find_preset("tiny");
+  CpuBackend backend{synthetic_weights(shape, 9)};
+  NaiveAttention attention;
+  ContiguousKvCache kv(shape, 4u << 20, 128, ContiguousKvCache::Reserve::MaxSeqLen);
+  REQUIRE(kv.admit(0, 12, 4));
+  REQUIRE(kv.ensure(0, 12));
+  const std::vector<int> prompt{1, 5, 9, 2, 7, 3, 3, 8, 1, 0, 4, 6};
+  ForwardBatch batch;
+  batch.chunks.push_back({0, 0, std::span<const int>(prompt), true});  // logits of every row
+  const std::vector<float> logits = backend.forward(batch, kv, attention);
+  const std::vector<int> ids = backend.forward_argmax(batch, kv, attention);  // the same pass again
+  REQUIRE(ids.size() == prompt.size());
+  for (std::size_t r = 0; r < ids.size(); ++r)
+    CHECK(ids[r] == Sampler::argmax(std::span<const float>(logits).subspan(r * shape.vocab_size, shape.vocab_size)));
 }

@@ -23,6 +23,10 @@ class Backend {
   // Run the batch, write its K/V into `kv`, and return logits row-major
   // [batch.num_logit_rows()][vocab] in chunk order.
   virtual const std::vector<float>& forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) = 0;
+  // Greedy decoding: forward(), then each logit row's argmax (cpu::argmax_rows: the lowest id on
+  // ties), [batch.num_logit_rows()] ids. This default takes it on the host; the CUDA backend
+  // takes it on the device and copies back only the ids, not rows x vocab logits.
+  virtual const std::vector<int>& forward_argmax(const ForwardBatch& batch, KvCache& kv, Attention& attention);
   // How KV caches built for this backend store K/V (the CPU's: fp32 host pools).
   virtual KvStorage kv_storage() const { return {}; }
   // Device memory in use at its highest so far (cudaMemGetInfo); 0 on the CPU.
@@ -41,6 +45,7 @@ class Backend {
 
  private:
   std::size_t workspace_peak_ = 0;
+  std::vector<int> argmax_;  // forward_argmax's ids
 };
 
 }  // namespace ablate

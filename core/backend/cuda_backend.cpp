@@ -17,6 +17,9 @@ std::size_t CudaBackend::weights_bytes() const { return 0; }
 const std::vector<float>& CudaBackend::forward(const ForwardBatch&, KvCache&, Attention&) {
   throw std::logic_error("no CUDA backend");
 }
+const std::vector<int>& CudaBackend::forward_argmax(const ForwardBatch&, KvCache&, Attention&) {
+  throw std::logic_error("no CUDA backend");
+}
 KvStorage CudaBackend::kv_storage() const { return {}; }
 std::size_t CudaBackend::peak_device_bytes() const { return 0; }
 void CudaBackend::set_cuda_graphs(bool) {}
@@ -112,6 +115,8 @@ struct CudaBackend::Impl {
   DeviceBuffer tokens, positions, kv_offsets, pages, out_rows;
   DeviceBuffer gathered_k, gathered_v, scores, split_workspace, plan_buffer;
   std::vector<float> host_logits;
+  std::vector<int> host_ids;
+  DeviceBuffer ids;  // argmax of each logit row (greedy decoding)
 
   // CUDA graphs (cuda_graphs: true): one executable graph per step shape (key), captured the
   // second time the shape occurs (the first runs eagerly, so that cuBLAS and module loading
@@ -285,7 +290,8 @@ struct CudaBackend::Impl {
   }
   std::string gemv_tuning;
 
-  const std::vector<float>& forward(const ForwardBatch& batch, KvCache& kv, const std::string& attention);
+  // One forward pass; its logits into host_logits, or (ids_only) each row's argmax into host_ids.
+  void forward(const ForwardBatch& batch, KvCache& kv, const std::string& attention, bool ids_only);
 };
 
 CudaBackend::CudaBackend(const Weights& w, CudaBackendOptions options) : impl_(std::make_unique<Impl>()) {
@@ -347,18 +353,30 @@ std::optional<double> CudaBackend::last_forward_device_s() const {
 }
 std::size_t CudaBackend::peak_device_bytes() const { return impl_->peak_used; }
 
-const std::vector<float>& CudaBackend::forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) {
-  const std::string name = attention.name();
+namespace {
+std::string cuda_attention_name(const Attention& attention, bool half) {
+  std::string name = attention.name();
   if (name != "naive" && name != "flash" && name != "flash_split")
     throw std::invalid_argument(fmt::format("attention: \"{}\" has no CUDA kernel; allowed: naive, flash, flash_split", name));
-  if (name != "naive" && !impl_->half)
+  if (name != "naive" && !half)
     throw std::invalid_argument(fmt::format("attention {} on backend cuda needs dtype bf16 or fp16", name));
-  const std::vector<float>& logits = impl_->forward(batch, kv, name);
+  return name;
+}
+}  // namespace
+
+const std::vector<float>& CudaBackend::forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) {
+  impl_->forward(batch, kv, cuda_attention_name(attention, impl_->half), false);
   note_workspace(impl_->host_workspace);
-  return logits;
+  return impl_->host_logits;
 }
 
-const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const std::string& attention) {
+const std::vector<int>& CudaBackend::forward_argmax(const ForwardBatch& batch, KvCache& kv, Attention& attention) {
+  impl_->forward(batch, kv, cuda_attention_name(attention, impl_->half), true);
+  note_workspace(impl_->host_workspace);
+  return impl_->host_ids;
+}
+
+void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const std::string& attention, bool ids_only) {
   const ModelShape& s = shape;
   const int dim = s.dim, kv_dim = s.kv_dim(), hd = s.head_dim(), hidden = s.hidden_dim, qkv_dim = dim + 2 * kv_dim;
   const int n_real = batch.num_tokens(), T = n_real + batch.padding_rows, n_out = batch.num_logit_rows();
@@ -389,6 +407,7 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
   grow(h13, sz(T, 2 * hidden) * f);
   grow(h, sz(T, hidden) * f);
   grow(logits, sz(n_out, s.vocab_size) * f);
+  grow(ids, sz(n_out, 1) * sizeof(int));
 
   // Step inputs, built on the host and copied once: token ids and positions (padding rows: token
   // 0 at position 0, as on the CPU), each token's KV slot in every layer, each chunk's pages,
@@ -583,16 +602,22 @@ const std::vector<float>& CudaBackend::Impl::forward(const ForwardBatch& batch, 
     enqueue();
   }
   host_workspace = workspace;
-  host_logits.resize(sz(n_out, s.vocab_size));
-  check(cudaMemcpyAsync(host_logits.data(), logits.get(), host_logits.size() * f, cudaMemcpyDeviceToHost, stream),
-        "logits");
+  if (ids_only) {  // greedy: the argmax on the device, n_out ids back instead of n_out x vocab logits
+    cuda::argmax_rows(logits.get<float>(), n_out, s.vocab_size, ids.get<int>(), stream);
+    host_ids.resize(static_cast<std::size_t>(n_out));
+    check(cudaMemcpyAsync(host_ids.data(), ids.get(), host_ids.size() * sizeof(int), cudaMemcpyDeviceToHost, stream),
+          "ids");
+  } else {
+    host_logits.resize(sz(n_out, s.vocab_size));
+    check(cudaMemcpyAsync(host_logits.data(), logits.get(), host_logits.size() * f, cudaMemcpyDeviceToHost, stream),
+          "logits");
+  }
   check(cudaEventRecord(forward_end, stream), "cudaEventRecord");
   check(cudaStreamSynchronize(stream), "forward");
   float device_ms = 0.0f;
   check(cudaEventElapsedTime(&device_ms, forward_begin, forward_end), "cudaEventElapsedTime");
   last_device_s = device_ms / 1e3;
   note_memory();
-  return host_logits;
 }
 
 }  // namespace ablate

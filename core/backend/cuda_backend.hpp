@@ -8,8 +8,9 @@
 //   attention naive: each sequence's K/V gathered to fp32, cuBLAS score GEMMs + softmax kernel;
 //   flash: tensor-core prefill, paged decode; flash_split: split-KV decode + LSE reduction.
 // The attention kernel follows the run's Attention (its name), so one loaded model serves a sweep
-// over attention. With cuda_graphs, decode steps replay as captured CUDA graphs. Logits come back to the host (one row per sequence, vocab floats), where the engine samples:
-// the copy also synchronises, so host step timings are GPU timings.
+// over attention. With cuda_graphs, decode steps replay as captured CUDA graphs. Logits come back to
+// the host (one row per sequence, vocab floats), where the engine samples, except in greedy
+// decoding without a draft, where only each row's argmax (taken on the device) comes back.
 // Built whenever nvcc is present; without a CUDA build the constructor throws.
 #include <memory>
 #include <string>
@@ -43,6 +44,9 @@ class CudaBackend final : public Backend {
   const ModelShape& shape() const override;
   std::size_t weights_bytes() const override;
   const std::vector<float>& forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) override;
+  // Greedy decoding: the argmax of each logit row on the device (cuda::argmax_rows); only the ids
+  // come back.
+  const std::vector<int>& forward_argmax(const ForwardBatch& batch, KvCache& kv, Attention& attention) override;
   KvStorage kv_storage() const override;
   std::size_t peak_device_bytes() const override;
   std::optional<double> last_forward_device_s() const override;

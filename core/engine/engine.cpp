@@ -153,10 +153,14 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
     rec.padding_rows = batch.padding_rows + static_cast<int>(plan.padding_seqs.size());
 
     const double f0 = elapsed();
+    // Greedy decoding without a draft needs only each row's argmax: the backend takes it where
+    // the logits are (the CUDA backend: on the device, copying back ids instead of logits).
     const std::vector<float>* logits = nullptr;
+    const std::vector<int>* greedy_ids = nullptr;
     {
       NVTX_RANGE(rec.prefill_seqs > 0 ? "prefill" : "decode");  // a mixed step counts as prefill
-      logits = &backend.forward(batch, kv, attention);
+      if (sampler.greedy() && drafter.k() == 0) greedy_ids = &backend.forward_argmax(batch, kv, attention);
+      else logits = &backend.forward(batch, kv, attention);
     }
     rec.forward_s = elapsed() - f0;
     rec.device_s = backend.last_forward_device_s();
@@ -213,7 +217,7 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
                 break;
               }
           } else {
-            token = sampler.sample(logit_row(rows - 1), rng);
+            token = greedy_ids ? (*greedy_ids)[row + rows - 1] : sampler.sample(logit_row(rows - 1), rng);
           }
           s->tokens.push_back(token);
           if (options.eos_token >= 0 && token == options.eos_token) s->stopped_at_eos = true;

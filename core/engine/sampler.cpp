@@ -1,5 +1,7 @@
 #include "engine/sampler.hpp"
 
+#include "cpu/kernels.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -14,7 +16,9 @@ std::mt19937_64 Sampler::generator_for(std::uint64_t seed, int request_id) {
 }
 
 int Sampler::argmax(std::span<const float> logits) {
-  return static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  int id = 0;
+  cpu::argmax_rows(logits.data(), 1, static_cast<int>(logits.size()), &id);
+  return id;
 }
 
 void Sampler::probabilities(std::span<const float> logits, std::span<float> probs) const {

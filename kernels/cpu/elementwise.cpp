@@ -1,5 +1,6 @@
 // rmsnorm, rope, softmax, swiglu, add: memory-light kernels kept close to llama2.c's arithmetic
 // so generated text matches its reference output.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 
@@ -64,6 +65,13 @@ void swiglu(float* gate, const float* up, std::size_t n) {
     float val = gate[i];
     val *= 1.0f / (1.0f + expf(-val));
     gate[i] = val * up[i];
+  }
+}
+
+void argmax_rows(const float* x, int rows, int n, int* out) {
+  for (int r = 0; r < rows; ++r) {
+    const float* row = x + std::size_t(r) * n;
+    out[r] = static_cast<int>(std::max_element(row, row + n) - row);  // the first of equal maxima
   }
 }
 

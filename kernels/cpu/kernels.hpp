@@ -24,6 +24,10 @@ void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const i
 // Numerically stable softmax in place: subtract the max, expf, normalise by a double sum.
 void softmax(float* x, int n);
 
+// out[r] = the index of row r's largest value, the lowest one on ties (greedy sampling); x is
+// [rows][n], NaN-free.
+void argmax_rows(const float* x, int rows, int n, int* out);
+
 // gate[i] = silu(gate[i]) * up[i].
 void swiglu(float* gate, const float* up, std::size_t n);
 

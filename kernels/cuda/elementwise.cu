@@ -65,6 +65,31 @@ __global__ void swiglu_rows_kernel(float* out, const float* gate_up, int rows, i
   out[i] = v * (1.0f / (1.0f + expf(-v))) * u;
 }
 
+// One block per row: each thread keeps its strided (value, index) best, then a shared-memory
+// tree keeps the larger value, the lower index on ties.
+__global__ void argmax_rows_kernel(const float* x, int n, int* out) {
+  __shared__ float best_v[kBlock];
+  __shared__ int best_i[kBlock];
+  const float* row = x + std::size_t(blockIdx.x) * n;
+  float v = -INFINITY;
+  int id = n;  // past the end: loses every tie
+  for (int j = threadIdx.x; j < n; j += blockDim.x)
+    if (row[j] > v || (row[j] == v && j < id)) v = row[j], id = j;
+  best_v[threadIdx.x] = v;
+  best_i[threadIdx.x] = id;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) {
+      const float ov = best_v[threadIdx.x + stride];
+      const int oi = best_i[threadIdx.x + stride];
+      if (ov > best_v[threadIdx.x] || (ov == best_v[threadIdx.x] && oi < best_i[threadIdx.x]))
+        best_v[threadIdx.x] = ov, best_i[threadIdx.x] = oi;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = best_i[0] < n ? best_i[0] : 0;  // a row of -inf: index 0, as the CPU
+}
+
 __global__ void add_kernel(float* x, const float* y, std::size_t n) {
   const std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) x[i] += y[i];
@@ -96,6 +121,12 @@ void swiglu(float* gate, const float* up, std::size_t n, cudaStream_t stream) {
   if (n == 0) return;
   swiglu_kernel<<<grid_for(n), kBlock, 0, stream>>>(gate, up, n);
   check_launch("swiglu");
+}
+
+void argmax_rows(const float* x, int rows, int n, int* out, cudaStream_t stream) {
+  if (rows <= 0 || n <= 0) return;
+  argmax_rows_kernel<<<rows, kBlock, 0, stream>>>(x, n, out);  // kBlock: a power of two (the tree)
+  check_launch("argmax_rows");
 }
 
 void swiglu_rows(float* out, const float* gate_up, int rows, int hidden, cudaStream_t stream) {

@@ -33,6 +33,8 @@ void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const i
 
 // Row-wise numerically stable softmax in place, x is [rows][n].
 void softmax(float* x, int rows, int n, cudaStream_t stream);
+// cpu::argmax_rows on the device: out[r] (device) = the lowest index of row r's largest value.
+void argmax_rows(const float* x, int rows, int n, int* out, cudaStream_t stream);
 
 // gate[i] = silu(gate[i]) * up[i].
 void swiglu(float* gate, const float* up, std::size_t n, cudaStream_t stream);

@@ -101,6 +101,22 @@ TEST_CASE("cuda rmsnorm, swiglu, add, softmax match the CPU", "[cuda]") {
     cpu::add(a.data(), b.data(), n);
     CHECK(da.host() == a);
   }
+  {  // argmax: ties go to the lowest index; a row of -inf gives 0, as on the CPU
+    const int rows = 4, n = 32000;
+    auto l = random_vec(std::size_t(rows) * n, rng, -10.0f, 10.0f);
+    l[std::size_t(1) * n + 7] = l[std::size_t(1) * n + 31000] = 50.0f;  // a tie far apart
+    l[std::size_t(2) * n + 5] = l[std::size_t(2) * n + 6] = 50.0f;      // adjacent
+    for (int j = 0; j < n; ++j) l[std::size_t(3) * n + j] = -INFINITY;
+    Dev<float> dl(l);
+    Dev<int> dout{static_cast<std::size_t>(rows)};
+    cuda::argmax_rows(dl.ptr, rows, n, dout.ptr, nullptr);
+    std::vector<int> want(rows);
+    cpu::argmax_rows(l.data(), rows, n, want.data());
+    CHECK(dout.host() == want);
+    CHECK(want[1] == 7);
+    CHECK(want[2] == 5);
+    CHECK(want[3] == 0);
+  }
   for (int n : {1, 10, 49152}) {
     INFO("softmax n=" << n);
     const int srows = 3;
