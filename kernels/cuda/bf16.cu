@@ -186,24 +186,29 @@ void to_bf16(bf16_bits* dst, const float* src, std::size_t n, cudaStream_t strea
   detail::check_launch("to_bf16");
 }
 
-void matmul_bf16(float* y, const bf16_bits* x, const bf16_bits* w, int rows, int in, int out, cublasHandle_t handle,
-                 cudaStream_t stream) {
+namespace {
+
+// y[rows][out] (fp32) = x[rows][in] w[out][in]^T, x and w of the 16-bit type t, fp32 accumulation.
+void matmul_16(cudaDataType t, const char* who, float* y, const std::uint16_t* x, const std::uint16_t* w, int rows,
+               int in, int out, cublasHandle_t handle, cudaStream_t stream) {
   detail::check(cublasSetStream(handle, stream), "cublasSetStream");
   const float one = 1.0f, zero = 0.0f;
   // Column-major view, as cuda::matmul: Y^T [out x rows] = W^T-view [in x out]^T * X^T [in x rows].
-  detail::check(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &one, w, CUDA_R_16BF, in, x, CUDA_R_16BF,
-                             in, &zero, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                "matmul_bf16");
+  detail::check(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &one, w, t, in, x, t, in, &zero, y,
+                             CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                who);
+}
+
+}  // namespace
+
+void matmul_bf16(float* y, const bf16_bits* x, const bf16_bits* w, int rows, int in, int out, cublasHandle_t handle,
+                 cudaStream_t stream) {
+  matmul_16(CUDA_R_16BF, "matmul_bf16", y, x, w, rows, in, out, handle, stream);
 }
 
 void matmul_f16(float* y, const f16_bits* x, const f16_bits* w, int rows, int in, int out, cublasHandle_t handle,
-                 cudaStream_t stream) {
-  detail::check(cublasSetStream(handle, stream), "cublasSetStream");
-  const float one = 1.0f, zero = 0.0f;
-  // Column-major view, as cuda::matmul: Y^T [out x rows] = W^T-view [in x out]^T * X^T [in x rows].
-  detail::check(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &one, w, CUDA_R_16F, in, x, CUDA_R_16F,
-                             in, &zero, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                "matmul_f16");
+                cudaStream_t stream) {
+  matmul_16(CUDA_R_16F, "matmul_f16", y, x, w, rows, in, out, handle, stream);
 }
 
 }  // namespace ablate::cuda
