@@ -457,6 +457,19 @@ __global__ void __launch_bounds__(kPrefill2Threads) flash_prefill_v2_kernel(Prob
 
 constexpr int kDecodeThreads = 128;
 
+// A decode thread's 8 query elements (its 16-byte slice li of query i, head h), pre-scaled into the
+// exp2 domain, and a zeroed accumulator.
+template <class T>
+__device__ __forceinline__ void load_q8(float (&q)[8], float (&acc)[8], const Prob<T>& p, int i, int h, int D, int li) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p.q + std::size_t(i) * p.q_stride + std::size_t(h) * D + li * 8);
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int c = 0; c < 8; ++c) {
+    q[c] = Conv<T>::to(e[c]) * p.scale_log2;
+    acc[c] = 0.0f;
+  }
+}
+
 // The end of a decode block: each of its kpb key slots holds an online-softmax state (max m,
 // sum l, accumulator acc); they are stashed in shared memory, merged per output dimension, and
 // write(d, value, M, L) receives the normalised output of dimension d with the block's max M and
@@ -518,15 +531,7 @@ __global__ void __launch_bounds__(kDecodeThreads) flash_decode_kernel(Prob<T> p,
   const int k0 = s * chunk, k1 = min(visible, k0 + chunk);
 
   float q[8], acc[8];
-  {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p.q + std::size_t(i) * p.q_stride + std::size_t(h) * D + li * 8);
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      q[j] = Conv<T>::to(e[j]) * p.scale_log2;
-      acc[j] = 0.0f;
-    }
-  }
+  load_q8(q, acc, p, i, h, D, li);
   float m = -INFINITY, l = 0.0f;
   // The loop bound is uniform across the block so every lane reaches the shuffles.
 #pragma unroll 4
@@ -604,15 +609,7 @@ __device__ __forceinline__ void decode_v2_block(const DecodeGroup<T>& g, float* 
   const int k0 = s * g.chunk[j], k1 = min(visible, k0 + g.chunk[j]);
 
   float q[8], acc[8];
-  {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p.q + std::size_t(i) * p.q_stride + std::size_t(h) * D + li * 8);
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int c = 0; c < 8; ++c) {
-      q[c] = Conv<T>::to(e[c]) * p.scale_log2;
-      acc[c] = 0.0f;
-    }
-  }
+  load_q8(q, acc, p, i, h, D, li);
   float m = -INFINITY, l = 0.0f;
   // Uniform loop bound: every lane reaches the shuffles. Key u of a step: tb + u * kpb + sub.
   for (int tb = k0; tb < k1; tb += kpb * U) {
