@@ -1,5 +1,7 @@
-// rmsnorm, rope, softmax, swiglu, add: one block per row for the reductions, one thread per
+// rmsnorm, rope, softmax, swiglu, add, argmax: one block per row for the reductions, one thread per
 // element (or pair) otherwise. Arithmetic follows the CPU kernels (llama2.c's expressions).
+#include <cub/block/block_reduce.cuh>
+
 #include "cuda/check.cuh"
 #include "cuda/kernels.cuh"
 
@@ -65,29 +67,17 @@ __global__ void swiglu_rows_kernel(float* out, const float* gate_up, int rows, i
   out[i] = v * (1.0f / (1.0f + expf(-v))) * u;
 }
 
-// One block per row: each thread keeps its strided (value, index) best, then a shared-memory
-// tree keeps the larger value, the lower index on ties.
+// One block per row: each thread keeps its strided (index, value) best, then CUB's block
+// reduction with cub::ArgMax (the larger value; the lower index on ties).
 __global__ void argmax_rows_kernel(const float* x, int n, int* out) {
-  __shared__ float best_v[kBlock];
-  __shared__ int best_i[kBlock];
+  using Best = cub::KeyValuePair<int, float>;
+  using Reduce = cub::BlockReduce<Best, kBlock>;
+  __shared__ typename Reduce::TempStorage tmp;
   const float* row = x + std::size_t(blockIdx.x) * n;
-  float v = -INFINITY;
-  int id = n;  // past the end: loses every tie
-  for (int j = threadIdx.x; j < n; j += blockDim.x)
-    if (row[j] > v || (row[j] == v && j < id)) v = row[j], id = j;
-  best_v[threadIdx.x] = v;
-  best_i[threadIdx.x] = id;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < stride) {
-      const float ov = best_v[threadIdx.x + stride];
-      const int oi = best_i[threadIdx.x + stride];
-      if (ov > best_v[threadIdx.x] || (ov == best_v[threadIdx.x] && oi < best_i[threadIdx.x]))
-        best_v[threadIdx.x] = ov, best_i[threadIdx.x] = oi;
-    }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) out[blockIdx.x] = best_i[0] < n ? best_i[0] : 0;  // a row of -inf: index 0, as the CPU
+  Best best(n, -INFINITY);  // index n: past the end, loses every tie
+  for (int j = threadIdx.x; j < n; j += blockDim.x) best = cub::ArgMax()(best, Best(j, row[j]));
+  const Best b = Reduce(tmp).Reduce(best, cub::ArgMax());
+  if (threadIdx.x == 0) out[blockIdx.x] = b.key < n ? b.key : 0;
 }
 
 __global__ void add_kernel(float* x, const float* y, std::size_t n) {
@@ -125,7 +115,7 @@ void swiglu(float* gate, const float* up, std::size_t n, cudaStream_t stream) {
 
 void argmax_rows(const float* x, int rows, int n, int* out, cudaStream_t stream) {
   if (rows <= 0 || n <= 0) return;
-  argmax_rows_kernel<<<rows, kBlock, 0, stream>>>(x, n, out);  // kBlock: a power of two (the tree)
+  argmax_rows_kernel<<<rows, kBlock, 0, stream>>>(x, n, out);
   check_launch("argmax_rows");
 }
 
