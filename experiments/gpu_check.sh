@@ -128,4 +128,16 @@ if [[ ${NCU:-0} == 1 ]]; then
     echo "gpu_check [${SECONDS}s]: ncu FAILED (see $out/ncu.txt)"; status=1
   fi
 fi
+# A compact summary on stdout (a device tool may return only the end of the output): test
+# verdicts, benchmark medians, the ablation tables.
+{
+  echo "== summary"
+  grep -hE "^(PASS|FAIL)|All tests passed|test cases:|FAILED" "$out"/cuda_tests*.txt 2> /dev/null | cut -c1-140
+  for f in "$out"/bench_*.txt; do
+    [ -f "$f" ] && grep -E "_median" "$f" | sed -E 's/manual_time_median//; s/ +/ /g' | cut -d' ' -f1,2,3
+  done
+  for f in "$out"/ablation_*.txt; do
+    [ -f "$f" ] && { echo "-- $(basename "$f")"; grep -E "^\|" "$f" | cut -c1-160; }
+  done
+} 2> /dev/null
 exit $status
