@@ -388,26 +388,26 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
   // KV pools the size of this cache's (a new run's cache may differ).
   if (kv.pool_elements() != pool_elements) {
     const std::size_t bytes = kv.pool_elements() * cuda::kv_elem_bytes(kv_elem());
-    this->grow(k_pool, bytes);
-    this->grow(v_pool, bytes);
+    grow(k_pool, bytes);
+    grow(v_pool, bytes);
     pool_elements = kv.pool_elements();
   }
   // Every buffer of the step is sized here, before any work is queued: growing one later would
   // free memory that queued kernels may still read (and would invalidate captured graphs). What
   // the step needs of them (the pools aside) is its workspace.
   std::size_t workspace = 0;
-  const auto grow = [&](DeviceBuffer& buf, std::size_t capacity, std::size_t needed = 0) {
+  const auto size_for_step = [&](DeviceBuffer& buf, std::size_t capacity, std::size_t needed = 0) {
     workspace += needed ? needed : capacity;
-    this->grow(buf, capacity, needed);
+    grow(buf, capacity, needed);
   };
-  for (DeviceBuffer* b : {&x, &att}) grow(*b, sz(T, dim) * f);
-  grow(xb, sz(T, std::max(dim, hidden)) * f);
-  grow(x16, sz(T, std::max({dim, hidden, qkv_dim})) * 2);
-  grow(qkv, sz(T, qkv_dim) * f);
-  grow(h13, sz(T, 2 * hidden) * f);
-  grow(h, sz(T, hidden) * f);
-  grow(logits, sz(n_out, s.vocab_size) * f);
-  grow(ids, sz(n_out, 1) * sizeof(int));
+  for (DeviceBuffer* b : {&x, &att}) size_for_step(*b, sz(T, dim) * f);
+  size_for_step(xb, sz(T, std::max(dim, hidden)) * f);
+  size_for_step(x16, sz(T, std::max({dim, hidden, qkv_dim})) * 2);
+  size_for_step(qkv, sz(T, qkv_dim) * f);
+  size_for_step(h13, sz(T, 2 * hidden) * f);
+  size_for_step(h, sz(T, hidden) * f);
+  size_for_step(logits, sz(n_out, s.vocab_size) * f);
+  size_for_step(ids, sz(n_out, 1) * sizeof(int));
 
   // Step inputs, built on the host and copied once: token ids and positions (padding rows: token
   // 0 at position 0, as on the CPU), each token's KV slot in every layer, each chunk's pages,
@@ -434,11 +434,11 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
     row += n;
   }
   // The page list grows a little every step; room to spare keeps its address (and graphs) stable.
-  grow(pages, std::max<std::size_t>(page_list.size() * 2, 4096) * sizeof(std::int32_t), page_list.size() * sizeof(std::int32_t));
-  grow(tokens, sz(T, 1) * sizeof(int));
-  grow(positions, sz(T, 1) * sizeof(int));
-  grow(kv_offsets, std::max<std::size_t>(offsets.size(), 1) * sizeof(std::int64_t));
-  grow(out_rows, std::max<std::size_t>(rows_out.size(), 1) * sizeof(int));
+  size_for_step(pages, std::max<std::size_t>(page_list.size() * 2, 4096) * sizeof(std::int32_t), page_list.size() * sizeof(std::int32_t));
+  size_for_step(tokens, sz(T, 1) * sizeof(int));
+  size_for_step(positions, sz(T, 1) * sizeof(int));
+  size_for_step(kv_offsets, std::max<std::size_t>(offsets.size(), 1) * sizeof(std::int64_t));
+  size_for_step(out_rows, std::max<std::size_t>(rows_out.size(), 1) * sizeof(int));
 
   // Attention. Chunks of more than 16 queries (prefill) go to the flash prefill kernel, the rest
   // (1 .. k+1 queries) to the decode kernel through one plan for all layers. naive: per sequence.
@@ -454,12 +454,12 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
     most_scores = std::max(most_scores, cuda::attention_naive_workspace_bytes(p));
   }
   if (flash) {
-    grow(q16, sz(T, qkv_dim) * 2);
-    grow(att16, sz(T, dim) * 2);
+    size_for_step(q16, sz(T, qkv_dim) * 2);
+    size_for_step(att16, sz(T, dim) * 2);
   } else {
-    grow(gathered_k, sz(longest, kv_dim) * f);
-    grow(gathered_v, sz(longest, kv_dim) * f);
-    grow(scores, most_scores);
+    size_for_step(gathered_k, sz(longest, kv_dim) * f);
+    size_for_step(gathered_v, sz(longest, kv_dim) * f);
+    size_for_step(scores, most_scores);
   }
   const auto problem_of = [&](int ci, int layer) {
     const ForwardChunk& c = batch.chunks[static_cast<std::size_t>(ci)];
@@ -500,10 +500,10 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
       for (std::size_t i = 0; i < problems.size(); ++i) counts[i] = cuda::attention_flash_split_count(problems, i);
       split_bound = cuda::attention_flash_split_bound(decode_rows, s.n_heads);
       const std::size_t ws = std::size_t(decode_rows) * s.n_heads * split_bound * (hd + 1) * f;  // any counts <= bound
-      grow(split_workspace, ws);
+      size_for_step(split_workspace, ws);
     }
     plan = cuda::make_decode_plan(problems, counts, half_type);
-    grow(plan_buffer, std::max<std::size_t>(plan.bytes.size() * 2, 16 * 1024), plan.bytes.size());
+    size_for_step(plan_buffer, std::max<std::size_t>(plan.bytes.size() * 2, 16 * 1024), plan.bytes.size());
     // One plan serves every layer: the caches place a sequence's layers at one stride apart.
     for (int l = 1; l < s.n_layers; ++l) {
       const auto& c0 = batch.chunks[static_cast<std::size_t>(decode_chunks.front())];

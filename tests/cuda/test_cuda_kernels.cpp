@@ -15,6 +15,7 @@
 #include "cpu/reference.hpp"
 #include "cuda/kernels.cuh"
 #include "device.hpp"
+#include "../support.hpp"
 
 using namespace ablate;
 
@@ -22,6 +23,7 @@ namespace {
 
 using test::Dev;
 using test::ok;
+using test::random_vec;
 
 struct Cublas {
   cublasHandle_t h = nullptr;
@@ -29,11 +31,15 @@ struct Cublas {
   ~Cublas() { cublasDestroy(h); }
 };
 
-std::vector<float> random_vec(std::size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
+// p with its q, out, K and V on the device (a contiguous view: the block table is not read there).
+AttentionProblem on_device(AttentionProblem p, const Dev<float>& q, const Dev<float>& k, const Dev<float>& v,
+                           const Dev<float>& out) {
+  p.q = q.ptr;
+  p.out = out.ptr;
+  p.kv.k_pool = k.ptr;
+  p.kv.v_pool = v.ptr;
+  p.kv.indices = nullptr;
+  return p;
 }
 
 double max_rel_err(const std::vector<float>& a, const std::vector<float>& b, double floor = 1.0) {
@@ -170,12 +176,7 @@ TEST_CASE("cuda attention_naive matches the CPU", "[cuda][attention]") {
 
     Dev<float> dq(q), dk(k), dv(v), dout(out);
     Dev<float> ws(std::vector<float>(cuda::attention_naive_workspace_bytes(p) / sizeof(float)));
-    AttentionProblem pd = p;
-    pd.q = dq.ptr;
-    pd.out = dout.ptr;
-    pd.kv.k_pool = dk.ptr;
-    pd.kv.v_pool = dv.ptr;
-    pd.kv.indices = nullptr;
+    const AttentionProblem pd = on_device(p, dq, dk, dv, dout);
     cuda::attention_naive({&pd, 1}, ws.ptr, ws.n * sizeof(float), cublas.h, nullptr);
 
     p.q = q.data();
@@ -206,12 +207,7 @@ TEST_CASE("cuda attention_decode_f32 matches the CPU for one query token", "[cud
     p.scale = 1.0f / std::sqrt(float(c.head_dim));
     p.kv = {k.data(), v.data(), zero.data(), 1, len + 3, len, ts};
     Dev<float> dq(q), dk(k), dv(v), dout(out);
-    AttentionProblem pd = p;
-    pd.q = dq.ptr;
-    pd.out = dout.ptr;
-    pd.kv.k_pool = dk.ptr;
-    pd.kv.v_pool = dv.ptr;
-    pd.kv.indices = nullptr;
+    const AttentionProblem pd = on_device(p, dq, dk, dv, dout);
     cuda::attention_decode_f32(pd, nullptr);
     p.q = q.data();
     p.out = out.data();
