@@ -12,6 +12,9 @@
 #   STEP_TIMEOUT=120 experiments/gpu_check.sh OUTDIR   # seconds any one step may run (default 600)
 #   DEADLINE=400 experiments/gpu_check.sh OUTDIR   # no step runs past 400 s from the start (those left are skipped)
 #   SDPA_ARGS='--kinds prefill' experiments/gpu_check.sh OUTDIR   # arguments of experiments/sdpa_compare.py
+#   HIDDEN_TESTS='v4' experiments/gpu_check.sh OUTDIR   # the hidden CUDA test tags to run, each alone
+#   NCU=1 / NCU_STEP=1 / NCU_PREFILL=1 experiments/gpu_check.sh OUTDIR   # Nsight Compute: decode
+#       attention's speed of light / every kernel of one decode step / the prefill versions' stalls
 #   ABLATE_BUILD=build/gpu-carry ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR
 #       # use the programs experiments/gpu_bundle.sh built here and copied to build/gpu-carry
 # The GPU machines have CMake, nvcc and PyTorch but no package registry, so the usual way is to
@@ -69,11 +72,16 @@ fi
 step_ok "CUDA tests"
 "${step[@]}" "$build/tests/ablate_cuda_tests" --durations yes > "$out/cuda_tests.txt" 2>&1
 rc=$?
-# Kernels not yet run on a GPU are hidden from the default run; they run here on their own, so
-# that a fault in one cannot stop the verified tests.
-step_ok "CUDA tests [v3]" && "${step[@]}" "$build/tests/ablate_cuda_tests" "[v3]" > "$out/cuda_tests_v3.txt" 2>&1 &&
-  echo "gpu_check [${SECONDS}s]: CUDA tests [v3] passed" ||
-  echo "gpu_check [${SECONDS}s]: CUDA tests [v3] FAILED (see $out/cuda_tests_v3.txt; version 3 is not the default)"
+# Kernels not yet run on a GPU are hidden from the default run; they run here each on its own,
+# so that a fault in one cannot stop the verified tests (HIDDEN_TESTS: their tags).
+for tag in ${HIDDEN_TESTS-v3 v4 v5}; do
+  step_ok "CUDA tests [$tag]" || continue
+  if "${step[@]}" "$build/tests/ablate_cuda_tests" "[$tag]" > "$out/cuda_tests_$tag.txt" 2>&1; then
+    echo "gpu_check [${SECONDS}s]: CUDA tests [$tag] passed"
+  else
+    echo "gpu_check [${SECONDS}s]: CUDA tests [$tag] FAILED (see $out/cuda_tests_$tag.txt; not a default kernel)"
+  fi
+done
 case $rc in
   0) echo "gpu_check [${SECONDS}s]: CUDA tests passed" ;;
   77) echo "gpu_check [${SECONDS}s]: CUDA tests $(head -1 "$out/cuda_tests.txt")"; status=1 ;;
@@ -105,16 +113,6 @@ if python3 -c 'import torch; assert torch.cuda.is_available()' 2> /dev/null; the
 else
   echo "gpu_check [${SECONDS}s]: sdpa_compare skipped: no python3 with CUDA torch"
 fi
-# GPU-scale ablations: the same engine and configs as on the CPU, backend cuda.
-for name in ${ABLATIONS-batching decode attention kv speculative}; do
-  cfg=configs/gpu/$name.yaml
-  step_ok "ablation $name" || continue
-  if "${step[@]}" "$build/ablate" run "$cfg" --out "$out/results" --run-id "$name" --quiet > "$out/ablation_$name.txt" 2>&1; then
-    echo "gpu_check [${SECONDS}s]: ablation $name done"
-  else
-    echo "gpu_check [${SECONDS}s]: ablation $name FAILED (see $out/ablation_$name.txt)"; status=1
-  fi
-done
 # NCU=1: the README's Nsight Compute command line on a short decode run (the capture window of
 # steps [5, 7), the attention kernels inside the ablate@attention NVTX range).
 if [[ ${NCU:-0} == 1 ]]; then
@@ -128,6 +126,39 @@ if [[ ${NCU:-0} == 1 ]]; then
     echo "gpu_check [${SECONDS}s]: ncu FAILED (see $out/ncu.txt)"; status=1
   fi
 fi
+# NCU_STEP=1: every kernel of one batch-1 decode step of configs/gpu/decode.yaml (graphs off, the
+# capture window of step 5), its GPU time only: where the step's time goes, kernel by kernel.
+if [[ ${NCU_STEP:-0} == 1 ]] && command -v ncu > /dev/null; then
+  if step_ok "ncu step" && "${step[@]}" ncu --profile-from-start off --metrics gpu__time_duration.sum --print-summary per-kernel \
+      "$build/ablate" run configs/gpu/decode.yaml --set attention=flash --set cuda_graphs=false \
+      --set profile.start_step=5 --set profile.end_step=6 --out "$out/ncu_step_results" --quiet > "$out/ncu_step.txt" 2>&1; then
+    echo "gpu_check [${SECONDS}s]: ncu step done"
+  else
+    echo "gpu_check [${SECONDS}s]: ncu step FAILED (see $out/ncu_step.txt)"
+  fi
+fi
+# NCU_PREFILL=1: Nsight Compute's occupancy, warp-stall and pipe sections on one 4096-token
+# llama2-7b prefill per kernel version (NCU_PREFILL_VERSIONS), for the issue-order diagnosis.
+if [[ ${NCU_PREFILL:-0} == 1 ]] && command -v ncu > /dev/null; then
+  for v in ${NCU_PREFILL_VERSIONS-2 4 5}; do
+    step_ok "ncu prefill v$v" || continue
+    "${step[@]}" ncu --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis \
+      --section LaunchStats -k regex:flash_prefill -c 1 "$build/experiments/bench_attention_cuda" \
+      --benchmark_filter="BM_CudaFlashPrefill/shape:1/ctx:4096/page:0/bf16:1/version:$v/" --benchmark_min_time=0.001 \
+      > "$out/ncu_prefill_v$v.txt" 2>&1 &&
+      echo "gpu_check [${SECONDS}s]: ncu prefill v$v done" || echo "gpu_check [${SECONDS}s]: ncu prefill v$v FAILED"
+  done
+fi
+# GPU-scale ablations: the same engine and configs as on the CPU, backend cuda.
+for name in ${ABLATIONS-batching decode attention kv speculative}; do
+  cfg=configs/gpu/$name.yaml
+  step_ok "ablation $name" || continue
+  if "${step[@]}" "$build/ablate" run "$cfg" --out "$out/results" --run-id "$name" --quiet > "$out/ablation_$name.txt" 2>&1; then
+    echo "gpu_check [${SECONDS}s]: ablation $name done"
+  else
+    echo "gpu_check [${SECONDS}s]: ablation $name FAILED (see $out/ablation_$name.txt)"; status=1
+  fi
+done
 # A compact summary on stdout (a device tool may return only the end of the output): test
 # verdicts, benchmark medians, the ablation tables.
 {
@@ -135,6 +166,10 @@ fi
   grep -hE "^(PASS|FAIL)|All tests passed|test cases:|FAILED" "$out"/cuda_tests*.txt 2> /dev/null | cut -c1-140
   for f in "$out"/bench_*.txt; do
     [ -f "$f" ] && grep -E "_median" "$f" | sed -E 's/manual_time_median//; s/ +/ /g' | cut -d' ' -f1,2,3
+  done
+  [ -f "$out/ncu_step.txt" ] && { echo "-- ncu_step.txt"; grep -E "^ +[a-z_0-9:<>, ]+\(|gpu__time_duration|Invocations" "$out/ncu_step.txt" | sed -E 's/ +/ /g' | cut -c1-150 | head -60; }
+  for f in "$out"/ncu_prefill_v*.txt; do
+    [ -f "$f" ] && { echo "-- $(basename "$f")"; grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issue Slots Busy|stalled|One or More" "$f" | sed -E 's/ +/ /g' | cut -c1-220 | head -16; }
   done
   for f in "$out"/ablation_*.txt; do
     [ -f "$f" ] && { echo "-- $(basename "$f")"; grep -E "^\|" "$f" | cut -c1-160; }

@@ -276,19 +276,21 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all_but_newest() { asm volatile("cp.async.wait_group 1;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
-// Version 3's K and V tile of n <= kBc2 keys from t0 into shared memory by cp.async: two threads
-// a row, each looking its row up in the block table once (version 2 looks it up per 16 bytes).
-template <class T, int D>
+// Versions 3-5's K and V tile of n <= kBc2 keys from t0 into shared memory by cp.async:
+// Threads / kBc2 threads a row, each looking its row up in the block table once (version 2 looks
+// it up per 16 bytes).
+template <class T, int D, int Threads = kPrefill2Threads>
 __device__ __forceinline__ void load_kv_async(T* sK, T* sV, int ld, const Prob<T>& p, int t0, int n, int kvh) {
-  static_assert(kPrefill2Threads == 2 * kBc2, "two threads a row");
-  constexpr int per_thread = D / 16;  // 16-byte vectors of each row for each of its two threads
-  const int r = threadIdx.x % kBc2, half = threadIdx.x / kBc2;
+  static_assert(Threads % kBc2 == 0, "whole threads a row");
+  constexpr int tpr = Threads / kBc2, per_thread = D / 8 / tpr;  // 16-byte vectors of a row per thread
+  const int r = threadIdx.x % kBc2, part = threadIdx.x / kBc2;
   const bool valid = r < n;
   const std::size_t off = valid ? kv_offset(p, t0 + r, kvh, D) : 0;
 #pragma unroll
   for (int v = 0; v < per_thread; ++v) {
-    const int col = (half * per_thread + v) * 8;
+    const int col = (part * per_thread + v) * 8;
     cp_async16(sK + r * ld + col, p.k + off + col, valid);
     cp_async16(sV + r * ld + col, p.v + off + col, valid);
   }
@@ -435,6 +437,188 @@ __global__ void __launch_bounds__(kPrefill2Threads) flash_prefill_v2_kernel(Prob
         mma16816<T>(o[t], pa[2 * j2 + 1], b[2], b[3]);
       }
     if constexpr (Stages == 2) __syncthreads();  // this stage is read; the next iteration may refill it
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    const int qi = q0 + warp * 16 + g + 8 * r;
+    if (qi >= p.n_q) continue;
+    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+    T* dst = p.out + std::size_t(qi) * p.out_stride + std::size_t(h) * D + c;
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      dst[t * 8] = Conv<T>::from(o[t][2 * r] * inv);
+      dst[t * 8 + 1] = Conv<T>::from(o[t][2 * r + 1] * inv);
+    }
+  }
+}
+
+// ---- prefill versions 4 and 5: version 3 with FlashAttention-2's issue order -----------------
+// Version 2/3 issue each 16x8 score tile's MMAs back to back (for each tile: for each k-step), so
+// consecutive mma.sync instructions depend on each other and a warp waits out the tensor pipe's
+// latency at every one. Here the k-step is the outer loop and the output tiles the inner one:
+// eight (S) or sixteen (O) independent accumulators between two uses of the same one. One
+// ldmatrix.x4 fetches the B fragments of two neighbouring tiles for one k-step. Also:
+//  - the causal mask is applied only to the tiles that cross a row's last visible key, and a
+//    warp skips the MMAs of a tile none of its rows sees (the diagonal of a 128-row block);
+//  - exp2 is the hardware ex2.approx (2^-22 relative error; the probabilities are rounded to
+//    16 bits right after);
+//  - Q arrives by cp.async together with the first K/V stage.
+// Version 4: 4 warps, 64 query rows a block. Version 5: 8 warps, 128 rows, so each K/V tile
+// read from L2 serves twice the queries.
+template <int D, int Warps>
+struct Prefill4Smem {
+  static constexpr int rows = 16 * Warps, ld = D + 8;
+  static constexpr std::size_t bytes = std::size_t(rows + 2 * 2 * kBc2) * ld * 2;  // Q + 2 stages of K, V
+};
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <class T, int D, int Warps>
+__global__ void __launch_bounds__(Warps * 32) flash_prefill_v4_kernel(Prob<T> p) {
+  using S = Prefill4Smem<D, Warps>;
+  constexpr int Threads = Warps * 32, Br = S::rows, ld = S::ld, KS = D / 16, NT = D / 8, vecs = D / 8;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sK0 = sQ + Br * ld;  // stage s: K at sK0 + s * 2 * kBc2 * ld, V kBc2 rows after it
+  const auto stage_k = [&](int tile) { return sK0 + (tile & 1) * 2 * kBc2 * ld; };
+
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * Br, h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, c = (lane & 3) * 2;
+  const int rows_here = min(Br, p.n_q - q0);
+  const int kv_end = min(p.kv_len, p.q_pos0 + q0 + rows_here);
+  const int tiles = (kv_end + kBc2 - 1) / kBc2;
+
+  for (int e = threadIdx.x; e < Br * vecs; e += Threads) {
+    const int r = e / vecs, col = (e % vecs) * 8;
+    const bool valid = r < rows_here;
+    cp_async16(sQ + r * ld + col, valid ? p.q + std::size_t(q0 + r) * p.q_stride + std::size_t(h) * D + col : p.q, valid);
+  }
+  if (tiles > 0) load_kv_async<T, D, Threads>(stage_k(0), stage_k(0) + kBc2 * ld, ld, p, 0, min(kBc2, kv_end), kvh);
+  cp_async_commit();
+  cp_async_wait_all();
+  __syncthreads();
+
+  unsigned qf[KS][4];  // A fragments of the warp's 16 rows
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk)
+    ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + kk * 16 + 8 * (lane >> 4));
+
+  // This lane's two rows: r = 0 (row g of the warp's 16) and r = 1 (row g + 8); vis = keys seen.
+  int vis[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int qi = q0 + warp * 16 + g + 8 * r;
+    vis[r] = qi < p.n_q ? min(p.kv_len, p.q_pos0 + qi + 1) : 0;
+  }
+  int vis_min = min(vis[0], vis[1]), vis_max = max(vis[0], vis[1]);
+#pragma unroll
+  for (int s = 1; s < 32; s *= 2) {
+    vis_min = min(vis_min, __shfl_xor_sync(0xffffffffu, vis_min, s));
+    vis_max = max(vis_max, __shfl_xor_sync(0xffffffffu, vis_max, s));
+  }
+  float o[NT][4];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // l: this lane's part of the row sum
+
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int t0 = tile * kBc2;
+    if (tile + 1 < tiles) {  // into the stage every warp finished reading before the last barrier
+      T* nK = stage_k(tile + 1);
+      load_kv_async<T, D, Threads>(nK, nK + kBc2 * ld, ld, p, t0 + kBc2, min(kBc2, kv_end - t0 - kBc2), kvh);
+    }
+    cp_async_commit();  // possibly empty: the wait below then still covers this tile's group
+    cp_async_wait_all_but_newest();
+    __syncthreads();
+    const T* sK = stage_k(tile);
+    const T* sV = sK + kBc2 * ld;
+
+    if (t0 < vis_max) {  // warp-uniform: some row of this warp sees a key of this tile
+      // S = Q K^T: 16 x 64, eight 16x8 tiles; k-step outer, tiles inner.
+      float sc[8][4];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+          unsigned b[4];
+          ldmatrix_x4(b, sK + (np * 16 + (lane & 7) + 8 * (lane >> 4)) * ld + kk * 16 + 8 * ((lane >> 3) & 1));
+          mma16816<T>(sc[2 * np], qf[kk], b[0], b[1]);
+          mma16816<T>(sc[2 * np + 1], qf[kk], b[2], b[3]);
+        }
+      // Scale into the exp2 domain; mask only a tile that crosses some row's last visible key.
+      float mx[2] = {-INFINITY, -INFINITY};
+      if (t0 + kBc2 <= vis_min) {
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            sc[nt][e] *= p.scale_log2;
+            mx[e >> 1] = fmaxf(mx[e >> 1], sc[nt][e]);
+          }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int key = t0 + nt * 8 + c + (e & 1), r = e >> 1;
+            sc[nt][e] = key < vis[r] ? sc[nt][e] * p.scale_log2 : -INFINITY;
+            mx[r] = fmaxf(mx[r], sc[nt][e]);
+          }
+      }
+      float ref[2], alpha[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        const float m_new = fmaxf(m[r], mx[r]);
+        ref[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet: every p is 0, no NaN
+        alpha[r] = fast_exp2(m[r] - ref[r]);         // 0 while m = -inf
+        m[r] = m_new;
+        l[r] *= alpha[r];
+      }
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        o[t][0] *= alpha[0];
+        o[t][1] *= alpha[0];
+        o[t][2] *= alpha[1];
+        o[t][3] *= alpha[1];
+      }
+      // P = exp2(S - m), rounded to T: S's tiles 2j and 2j+1 are the A fragment of keys
+      // [16j, 16j + 16) of O += P V.
+      unsigned pa[4][4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          float* v = sc[2 * j + half];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) v[e] = fast_exp2(v[e] - ref[e >> 1]);
+          pa[j][2 * half] = pack2<T>(v[0], v[1]);
+          pa[j][2 * half + 1] = pack2<T>(v[2], v[3]);
+          l[0] += v[0] + v[1];  // the sum of what the PV product actually weights
+          l[1] += v[2] + v[3];
+        }
+      // O += P V: key k-step outer, output tiles inner; ldmatrix.trans gives two tiles' B.
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int tp = 0; tp < NT / 2; ++tp) {
+          unsigned b[4];
+          ldmatrix_x4_trans(b, sV + (j * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + tp * 16 + 8 * (lane >> 4));
+          mma16816<T>(o[2 * tp], pa[j], b[0], b[1]);
+          mma16816<T>(o[2 * tp + 1], pa[j], b[2], b[3]);
+        }
+    }
+    __syncthreads();  // this stage is read; the next iteration may refill it
   }
 
 #pragma unroll
@@ -773,9 +957,29 @@ void launch_prefill_v2(const AttentionProblem& p, cudaStream_t stream) {
   check_launch(Stages == 2 ? "attention_flash v3 (prefill kernel)" : "attention_flash v2 (prefill kernel)");
 }
 
+template <class T, int D, int Warps>
+void launch_prefill_v4(const AttentionProblem& p, cudaStream_t stream) {
+  constexpr std::size_t bytes = Prefill4Smem<D, Warps>::bytes;
+  static bool configured = false;  // per instantiation; the attribute is per device function
+  if (!configured) {
+    check(cudaFuncSetAttribute(flash_prefill_v4_kernel<T, D, Warps>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               int(bytes)),
+          "attention_flash v4/v5: cudaFuncSetAttribute");
+    configured = true;
+  }
+  constexpr int rows = Prefill4Smem<D, Warps>::rows;
+  const dim3 grid((p.n_q + rows - 1) / rows, p.n_heads);
+  flash_prefill_v4_kernel<T, D, Warps><<<grid, Warps * 32, bytes, stream>>>(prob_of<T>(p));
+  check_launch(Warps == 8 ? "attention_flash v5 (prefill kernel)" : "attention_flash v4 (prefill kernel)");
+}
+
 template <class T>
 void prefill_dispatch(const AttentionProblem& p, cudaStream_t stream, int version) {
-  if (version == 2 || version == 3) {
+  if (version == 4 || version == 5) {
+    const bool wide = version == 5;
+    if (p.head_dim == 64) wide ? launch_prefill_v4<T, 64, 8>(p, stream) : launch_prefill_v4<T, 64, 4>(p, stream);
+    else wide ? launch_prefill_v4<T, 128, 8>(p, stream) : launch_prefill_v4<T, 128, 4>(p, stream);
+  } else if (version == 2 || version == 3) {
     const int stages = version == 3 ? 2 : 1;
     if (p.head_dim == 64) stages == 2 ? launch_prefill_v2<T, 64, 2>(p, stream) : launch_prefill_v2<T, 64, 1>(p, stream);
     else stages == 2 ? launch_prefill_v2<T, 128, 2>(p, stream) : launch_prefill_v2<T, 128, 1>(p, stream);
@@ -890,8 +1094,8 @@ void cast_to_float(float* dst, const void* src, std::size_t n, DType dtype, cuda
 }
 
 void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream, int version) {
-  if (version < 1 || version > 3)
-    throw std::invalid_argument("cuda::attention_flash: version " + std::to_string(version) + "; allowed: 1, 2, 3");
+  if (version < 1 || version > 5)
+    throw std::invalid_argument("cuda::attention_flash: version " + std::to_string(version) + "; allowed: 1 .. 5");
   for (const AttentionProblem& p : problems) {
     if (p.n_q <= 0) continue;
     validate(p, "cuda::attention_flash");
