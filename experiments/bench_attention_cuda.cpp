@@ -1,8 +1,8 @@
 // The CUDA attention kernels, timed with CUDA events (UseManualTime), fp16 or bf16:
-//   BM_CudaFlashPrefill  attention_flash on a full causal prefill of ctx tokens (version 2: mma.sync,
-//                        registers; version 1: WMMA, shared memory; version 3: version 2 + cp.async;
-//                        versions 4 and 5: version 3 in FlashAttention-2's MMA issue order, 64 and
-//                        128 query rows a block)
+//   BM_CudaFlashPrefill  attention_flash on a full causal prefill of ctx tokens (version 1: WMMA,
+//                        shared memory; 2: mma.sync, registers; 3: 2 + cp.async; 4 and 5: 3 in
+//                        FlashAttention-2's MMA issue order, 64 and 128 query rows a block; 5 is
+//                        the default)
 //   BM_CudaFlashDecode   attention_flash_decode: paged decode, batch sequences of ctx tokens
 //   BM_CudaFlashSplit    attention_flash_split (split-KV + reduction), same problems
 //   (decode and split: version 2, one launch per batch, and version 1, one per sequence)

@@ -12,7 +12,7 @@
 #   STEP_TIMEOUT=120 experiments/gpu_check.sh OUTDIR   # seconds any one step may run (default 600)
 #   DEADLINE=400 experiments/gpu_check.sh OUTDIR   # no step runs past 400 s from the start (those left are skipped)
 #   SDPA_ARGS='--kinds prefill' experiments/gpu_check.sh OUTDIR   # arguments of experiments/sdpa_compare.py
-#   HIDDEN_TESTS='v4' experiments/gpu_check.sh OUTDIR   # the hidden CUDA test tags to run, each alone
+#   HIDDEN_TESTS='v6' experiments/gpu_check.sh OUTDIR   # hidden CUDA test tags to run, each alone
 #   NCU=1 / NCU_STEP=1 / NCU_PREFILL=1 experiments/gpu_check.sh OUTDIR   # Nsight Compute: decode
 #       attention's speed of light / every kernel of one decode step / the prefill versions' stalls
 #   ABLATE_BUILD=build/gpu-carry ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR
@@ -72,9 +72,10 @@ fi
 step_ok "CUDA tests"
 "${step[@]}" "$build/tests/ablate_cuda_tests" --durations yes > "$out/cuda_tests.txt" 2>&1
 rc=$?
-# Kernels not yet run on a GPU are hidden from the default run; they run here each on its own,
-# so that a fault in one cannot stop the verified tests (HIDDEN_TESTS: their tags).
-for tag in ${HIDDEN_TESTS-v3 v4 v5}; do
+# Kernels not yet run on a GPU can be hidden from the default run ("[.]" and a tag); HIDDEN_TESTS
+# names the tags to run here, each on its own, so that a fault in one cannot stop the verified
+# tests. None is hidden at present: versions 3-5 of the flash prefill passed on an H100.
+for tag in ${HIDDEN_TESTS-}; do
   step_ok "CUDA tests [$tag]" || continue
   if "${step[@]}" "$build/tests/ablate_cuda_tests" "[$tag]" > "$out/cuda_tests_$tag.txt" 2>&1; then
     echo "gpu_check [${SECONDS}s]: CUDA tests [$tag] passed"

@@ -1,9 +1,10 @@
 // Flash attention on the GPU, fp16/bf16 inputs with fp32 accumulation:
-//  - attention_flash: prefill (any n_q), FlashAttention-2 style. One block per (64 queries, query
-//    head), 4 warps of 16 query rows; K/V tiles of 64 keys in shared memory, read through the page
-//    table; online softmax in fp32 (exp2 domain). Version 2 (default): mma.sync m16n8k16 with S,
-//    P and O in registers, ldmatrix for K and V. Version 1: WMMA 16x16x16 with S, P and the
-//    output accumulator in shared memory.
+//  - attention_flash: prefill (any n_q), FlashAttention-2 style. One block per (query tile, query
+//    head), 16 query rows a warp; K/V tiles of 64 keys in shared memory, read through the page
+//    table; online softmax in fp32 (exp2 domain). Version 5 (default): 8 warps (128 rows),
+//    mma.sync m16n8k16 with S, P and O in registers issued k-step outer (independent accumulators
+//    back to back), ldmatrix for K and V, cp.async double buffering. Versions 1-4 (WMMA through
+//    shared memory; mma.sync with synchronous loads; + cp.async; 4 warps) stay beside it.
 //  - attention_flash_decode: paged decode (n_q = 1 .. k+1), one block per (query head, query),
 //    D/8 threads per key reading 16-byte vectors, several keys in flight per block, a
 //    shared-memory merge of the per-key-slot softmax states.
