@@ -193,9 +193,12 @@ struct CudaBackend::Impl {
     if (half_type == cuda::DType::bf16) cuda::to_bf16(static_cast<cuda::bf16_bits*>(dst), src, n, stream);
     else cuda::cast_from_float(dst, src, n, cuda::DType::f16, stream);
   }
-  void gemv(float* y, const float* x, const DeviceBuffer& w, int in, int out, bool accumulate, int version) {
-    if (half_type == cuda::DType::bf16) cuda::gemv_bf16(y, x, w.get<cuda::bf16_bits>(), in, out, accumulate, stream, version);
-    else cuda::gemv_f16(y, x, w.get<cuda::f16_bits>(), in, out, accumulate, stream, version);
+  void gemv(float* y, const float* x, const DeviceBuffer& w, int in, int out, bool accumulate, int version,
+            const float* norm_weight = nullptr, float norm_eps = 0.0f) {
+    if (half_type == cuda::DType::bf16)
+      cuda::gemv_bf16(y, x, w.get<cuda::bf16_bits>(), in, out, accumulate, stream, version, norm_weight, norm_eps);
+    else
+      cuda::gemv_f16(y, x, w.get<cuda::f16_bits>(), in, out, accumulate, stream, version, norm_weight, norm_eps);
   }
 
   void note_memory() {
@@ -237,6 +240,15 @@ struct CudaBackend::Impl {
       cuda::matmul_bf16(y, x16.get<cuda::bf16_bits>(), w.get<cuda::bf16_bits>(), rows, in, out, cublas, stream);
     else
       cuda::matmul_f16(y, x16.get<cuda::f16_bits>(), w.get<cuda::f16_bits>(), rows, in, out, cublas, stream);
+  }
+
+  // y = rmsnorm(xin; norm) W^T, via `normed` (rows x in scratch) when a matmul; at batch 1 in a
+  // 16-bit dtype one GEMV that normalises as it reads (no rmsnorm launch).
+  void matmul_normed(float* y, const float* xin, const DeviceBuffer& norm, float eps, const DeviceBuffer& w, int rows,
+                     int in, int out, float* normed) {
+    if (half && rows == 1) return gemv(y, xin, w, in, out, false, gemv_version, norm.get<float>(), eps);
+    cuda::rmsnorm(normed, xin, norm.get<float>(), rows, in, eps, stream);
+    matmul(y, normed, w, rows, in, out);
   }
 
   // The residual connection x[rows][out] += xin W^T: one GEMV that adds as it writes when a
@@ -538,17 +550,21 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
     for (int l = 0; l < s.n_layers; ++l) {
       const Layer& L = layers[static_cast<std::size_t>(l)];
       float* q = qkv.get<float>();
-      cuda::rmsnorm(xb.get<float>(), x.get<float>(), L.rms_att.get<float>(), T, dim, s.norm_eps, stream);
-      matmul(q, xb.get<float>(), L.wqkv, T, dim, qkv_dim);
-      // RoPE on the query heads and the key heads that follow them in each row: one launch.
-      cuda::rope(q, T, qkv_dim, s.n_heads + s.n_kv_heads, hd, positions.get<int>(), s.rope_theta, stream);
+      matmul_normed(q, x.get<float>(), L.rms_att, s.norm_eps, L.wqkv, T, dim, qkv_dim, xb.get<float>());
+      // RoPE on the query heads and the key heads that follow them in each row, K and V into the
+      // cache; flash (16-bit) also takes the queries in 16 bits: one launch for all of it.
       const std::int64_t* off = kv_offsets.get<std::int64_t>() + sz(l, n_real);
-      cuda::kv_write(k_pool.get(), off, q + dim, qkv_dim, n_real, kv_dim, kv_elem(), stream);
-      cuda::kv_write(v_pool.get(), off, q + dim + kv_dim, qkv_dim, n_real, kv_dim, kv_elem(), stream);
+      if (flash) {
+        cuda::rope_store_qkv(q, T, n_real, s.n_heads, s.n_kv_heads, hd, positions.get<int>(), s.rope_theta, k_pool.get(),
+                             v_pool.get(), off, q16.get(), half_type, stream);
+      } else {
+        cuda::rope(q, T, qkv_dim, s.n_heads + s.n_kv_heads, hd, positions.get<int>(), s.rope_theta, stream);
+        cuda::kv_write(k_pool.get(), off, q + dim, qkv_dim, n_real, kv_dim, kv_elem(), stream);
+        cuda::kv_write(v_pool.get(), off, q + dim + kv_dim, qkv_dim, n_real, kv_dim, kv_elem(), stream);
+      }
       {
         NVTX_RANGE("attention");
         if (flash) {
-          cuda::cast_from_float(q16.get(), q, sz(n_real, qkv_dim), half_type, stream);
           if (!prefill_chunks.empty()) {
             std::vector<AttentionProblem> prefill;
             for (int ci : prefill_chunks) prefill.push_back(problem_of(ci, l));
@@ -581,15 +597,15 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
         }
       }
       matmul_add(x.get<float>(), att.get<float>(), L.wo, T, dim, dim, xb.get<float>());
-      cuda::rmsnorm(xb.get<float>(), x.get<float>(), L.rms_ffn.get<float>(), T, dim, s.norm_eps, stream);
-      matmul(h13.get<float>(), xb.get<float>(), L.w13, T, dim, 2 * hidden);  // row: [w1 xn | w3 xn]
+      matmul_normed(h13.get<float>(), x.get<float>(), L.rms_ffn, s.norm_eps, L.w13, T, dim, 2 * hidden,
+                    xb.get<float>());  // row: [w1 xn | w3 xn]
       cuda::swiglu_rows(h.get<float>(), h13.get<float>(), T, hidden, stream);
       matmul_add(x.get<float>(), h.get<float>(), L.w2, T, hidden, dim, xb.get<float>());
     }
     // Final norm and LM head for the wanted rows only (gathered with the embedding kernel).
     cuda::embed(xb.get<float>(), x.get<float>(), out_rows.get<int>(), n_out, dim, stream);
-    cuda::rmsnorm(xb.get<float>(), xb.get<float>(), rms_final.get<float>(), n_out, dim, s.norm_eps, stream);
-    matmul(logits.get<float>(), xb.get<float>(), lm_head, n_out, dim, s.vocab_size);
+    matmul_normed(logits.get<float>(), xb.get<float>(), rms_final, s.norm_eps, lm_head, n_out, dim, s.vocab_size,
+                  xb.get<float>());
   };
 
   ++steps;

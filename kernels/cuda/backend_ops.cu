@@ -2,11 +2,15 @@
 // layout: the cache gives each token's slot as an element offset), and KV gather into a
 // contiguous fp32 copy (naive attention on a paged or bf16 cache). CPU twins: the memcpy loops of
 // CpuBackend::forward and KvSeqView::k()/v(); tests/cuda/test_cuda_backend_ops.cpp compares them.
+#include <algorithm>
+#include <stdexcept>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "cuda/check.cuh"
 #include "cuda/kernels.cuh"
+#include "cuda/rope.cuh"
 
 namespace ablate::cuda {
 namespace {
@@ -33,12 +37,41 @@ __global__ void embed_kernel(float* x, const float* table, const int* tokens, in
   for (int j = threadIdx.x; j < dim; j += blockDim.x) dst[j] = src[j];
 }
 
-// One block per row: pool[offsets[r] + j] = src[r * src_stride + j], j < n.
+// Block (c, r): pool[offsets[r] + j] = src[r * src_stride + j] for j in chunk c of the row
+// (kKvWriteChunk elements, a thread each): at batch 1 a block per row left one block copying
+// 4096 elements 32 at a time per thread.
+constexpr int kKvWriteChunk = 256;
 template <typename T>
-__global__ void kv_write_kernel(T* pool, const std::int64_t* offsets, const float* src, int src_stride, int n) {
-  T* dst = pool + offsets[blockIdx.x];
-  const float* s = src + std::size_t(blockIdx.x) * src_stride;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) dst[j] = from_float<T>(s[j]);
+__global__ void kv_write_kernel(T* pool, const std::int64_t* offsets, const float* src, int src_stride, int rows, int n) {
+  const int j = blockIdx.x * kKvWriteChunk + threadIdx.x;
+  if (j >= n) return;
+  for (int r = blockIdx.y; r < rows; r += gridDim.y)  // grid.y is capped at 65535
+    pool[offsets[r] + j] = from_float<T>(src[std::size_t(r) * src_stride + j]);
+}
+
+// One thread per pair (r, 2p) of a qkv row: the query and key pairs rotated in place, then the
+// row's query pair into q16, its key or value pair into the pools (rows < store_rows).
+template <typename T>
+__global__ void rope_store_qkv_kernel(float* qkv, int rows, int store_rows, int q_dim, int kv_dim, int head_dim,
+                                      const int* positions, float theta, T* k_pool, T* v_pool,
+                                      const std::int64_t* offsets, T* q16) {
+  const int row_dim = q_dim + 2 * kv_dim, pairs = row_dim / 2;
+  const std::size_t idx = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= std::size_t(rows) * pairs) return;
+  const int r = int(idx / pairs), i = int(idx % pairs) * 2;
+  float* v = qkv + std::size_t(r) * row_dim + i;
+  float v0 = v[0], v1 = v[1];
+  if (i < q_dim + kv_dim) {
+    rope_rotate(v0, v1, positions[r], i % head_dim, head_dim, theta);
+    v[0] = v0;
+    v[1] = v1;
+  }
+  if (r >= store_rows) return;
+  T* dst = i < q_dim ? q16 + std::size_t(r) * row_dim + i
+           : i < q_dim + kv_dim ? k_pool + offsets[r] + (i - q_dim)
+                                : v_pool + offsets[r] + (i - q_dim - kv_dim);
+  dst[0] = from_float<T>(v0);
+  dst[1] = from_float<T>(v1);
 }
 
 // One block per token t: dst[t][j] = token t of the page list, j < token_stride.
@@ -71,19 +104,38 @@ void embed(float* x, const float* table, const int* tokens, int rows, int dim, c
 
 void kv_write(void* pool, const std::int64_t* offsets, const float* src, int src_stride, int rows, int n, KvElem elem,
               cudaStream_t stream) {
-  if (rows <= 0) return;
+  if (rows <= 0 || n <= 0) return;
+  const dim3 grid(unsigned((n + kKvWriteChunk - 1) / kKvWriteChunk), unsigned(std::min(rows, 65535)));
   switch (elem) {
     case KvElem::f32:
-      kv_write_kernel<<<rows, 128, 0, stream>>>(static_cast<float*>(pool), offsets, src, src_stride, n);
+      kv_write_kernel<<<grid, kKvWriteChunk, 0, stream>>>(static_cast<float*>(pool), offsets, src, src_stride, rows, n);
       break;
     case KvElem::f16:
-      kv_write_kernel<<<rows, 128, 0, stream>>>(static_cast<__half*>(pool), offsets, src, src_stride, n);
+      kv_write_kernel<<<grid, kKvWriteChunk, 0, stream>>>(static_cast<__half*>(pool), offsets, src, src_stride, rows, n);
       break;
     case KvElem::bf16:
-      kv_write_kernel<<<rows, 128, 0, stream>>>(static_cast<__nv_bfloat16*>(pool), offsets, src, src_stride, n);
+      kv_write_kernel<<<grid, kKvWriteChunk, 0, stream>>>(static_cast<__nv_bfloat16*>(pool), offsets, src, src_stride, rows, n);
       break;
   }
   check_launch("kv_write");
+}
+
+void rope_store_qkv(float* qkv, int rows, int store_rows, int n_heads, int n_kv_heads, int head_dim,
+                    const int* positions, float theta, void* k_pool, void* v_pool, const std::int64_t* offsets,
+                    void* q16, DType dtype, cudaStream_t stream) {
+  if (head_dim % 2 != 0) throw std::invalid_argument("rope_store_qkv: head_dim must be even");
+  const std::size_t threads = std::size_t(rows) * (n_heads + 2 * n_kv_heads) * head_dim / 2;
+  if (threads == 0) return;
+  const int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
+  if (dtype == DType::bf16)
+    rope_store_qkv_kernel<<<grid_for(threads), kBlock, 0, stream>>>(
+        qkv, rows, store_rows, q_dim, kv_dim, head_dim, positions, theta, static_cast<__nv_bfloat16*>(k_pool),
+        static_cast<__nv_bfloat16*>(v_pool), offsets, static_cast<__nv_bfloat16*>(q16));
+  else
+    rope_store_qkv_kernel<<<grid_for(threads), kBlock, 0, stream>>>(
+        qkv, rows, store_rows, q_dim, kv_dim, head_dim, positions, theta, static_cast<__half*>(k_pool),
+        static_cast<__half*>(v_pool), offsets, static_cast<__half*>(q16));
+  check_launch("rope_store_qkv");
 }
 
 void kv_gather_f32(float* dst, const void* pool, const std::int32_t* indices, int page_size, int length,

@@ -2,6 +2,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -54,65 +55,112 @@ struct Half16<__half> {
   static __device__ __forceinline__ float to(__half v) { return __half2float(v); }
 };
 
+// The fused RMSNorm of a GEMV's input (norm != nullptr): y = W (norm . x) / rms(x), the scalar
+// 1/rms(x) applied to the finished dot product. Every warp computes it over the whole row of x
+// (L2-resident, 16 KB at dim 4096) while its first weight loads are in flight, which removes
+// the separate rmsnorm launch before the QKV and gate/up projections at batch 1.
+struct GemvNorm {
+  const float* weight;  // nullptr: no norm
+  float eps;
+};
+__device__ __forceinline__ float inv_rms(const float* x, int in, float eps) {
+  const int lane = threadIdx.x & 31;
+  float ss = 0.0f;
+  if (in % 4 == 0) {
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    for (int j = lane; j < in / 4; j += 32) {
+      const float4 v = __ldg(x4 + j);
+      ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+  } else {
+    for (int j = lane; j < in; j += 32) ss += x[j] * x[j];
+  }
+  return 1.0f / sqrtf(detail::warp_sum(ss) / in + eps);
+}
+
 template <class T>
-__global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, int out, bool accumulate) {
+__global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, int out, bool accumulate, GemvNorm norm) {
   using H = Half16<T>;
   const int lane = threadIdx.x & 31;
   const int o = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
   if (o >= out) return;
   const T* row = w + std::size_t(o) * in;
+  const float inv = norm.weight ? inv_rms(x, in, norm.eps) : 1.0f;
   float acc = 0.0f;
   if (in % 8 == 0) {  // rows start 16-byte aligned: 8 weights a load
     const uint4* row8 = reinterpret_cast<const uint4*>(row);
     const float4* x4 = reinterpret_cast<const float4*>(x);
+    const float4* g4 = reinterpret_cast<const float4*>(norm.weight);
 #pragma unroll 4
     for (int i = lane; i < in / 8; i += 32) {
       const uint4 packed = __ldcs(row8 + i);  // streamed once: do not keep in cache
       const auto* h = reinterpret_cast<const typename H::Pair*>(&packed);
-      const float4 xa = __ldg(x4 + 2 * i), xb = __ldg(x4 + 2 * i + 1);
+      float4 xa = __ldg(x4 + 2 * i), xb = __ldg(x4 + 2 * i + 1);
+      if (g4) {
+        const float4 ga = __ldg(g4 + 2 * i), gb = __ldg(g4 + 2 * i + 1);
+        xa = make_float4(ga.x * xa.x, ga.y * xa.y, ga.z * xa.z, ga.w * xa.w);
+        xb = make_float4(gb.x * xb.x, gb.y * xb.y, gb.z * xb.z, gb.w * xb.w);
+      }
       const float2 w0 = H::to2(h[0]), w1 = H::to2(h[1]);
       const float2 w2 = H::to2(h[2]), w3 = H::to2(h[3]);
       acc += w0.x * xa.x + w0.y * xa.y + w1.x * xa.z + w1.y * xa.w + w2.x * xb.x + w2.y * xb.y + w3.x * xb.z +
              w3.y * xb.w;
     }
   } else {
-    for (int i = lane; i < in; i += 32) acc += H::to(row[i]) * x[i];
+    for (int i = lane; i < in; i += 32) acc += H::to(row[i]) * (norm.weight ? norm.weight[i] * x[i] : x[i]);
   }
-  acc = detail::warp_sum(acc);
+  acc = detail::warp_sum(acc) * inv;
   if (lane == 0) y[o] = accumulate ? y[o] + acc : acc;
 }
 
-// Versions 2..5: R rows per warp; each lane loads U 16-byte vectors of every row before it uses
+// Versions 2..7: R rows per warp; each lane loads U 16-byte vectors of every row before it uses
 // any, so R * U loads per lane are in flight (version 1's unrolled loop leaves the scheduler to
 // overlap them, and at 36 registers it overlaps few). 2: R 1, U 4; 3: R 2, U 4; 4: R 1, U 8;
-// 5: R 4, U 4.
-template <class T, int R, int kGemvLoads>
-__global__ void gemv_bf16_multi_kernel(float* y, const float* x, const T* w, int in, int out, bool accumulate) {
+// 5: R 4, U 4; all with 8 warps a block. 6 and 7: versions 2 and 4 with 2 warps a block. Why:
+// a 4096-row matrix in 8-row blocks is 512 blocks, 3 or 4 per SM on 132 SMs, so a quarter of
+// the SMs finish early and the bytes in flight fall off in the tail; 2-row blocks spread it as
+// 31 or 32 rows per SM (an ncu profile of the step showed wo and w2, the 4096-row matrices,
+// at 2.1-2.3 TB/s against 2.6-2.8 for the wider ones). The first U loads are issued before the
+// fused norm (if any) is computed.
+template <class T, int R, int kGemvLoads, int Warps = kGemvWarps>
+__global__ void gemv_bf16_multi_kernel(float* y, const float* x, const T* w, int in, int out, bool accumulate,
+                                       GemvNorm norm) {
   using H = Half16<T>;
   const int lane = threadIdx.x & 31;
-  const int o0 = (blockIdx.x * kGemvWarps + (threadIdx.x >> 5)) * R;
+  const int o0 = (blockIdx.x * Warps + (threadIdx.x >> 5)) * R;
   if (o0 >= out) return;
   const int n8 = in / 8;
   const uint4* rows[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) rows[r] = reinterpret_cast<const uint4*>(w + std::size_t(min(o0 + r, out - 1)) * in);
   const float4* x4 = reinterpret_cast<const float4*>(x);
+  const float4* g4 = reinterpret_cast<const float4*>(norm.weight);
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-  for (int i0 = lane; i0 < n8; i0 += 32 * kGemvLoads) {
-    uint4 wv[R][kGemvLoads];
+  uint4 wv[R][kGemvLoads];
+  const auto load = [&](int i0) {
 #pragma unroll
     for (int u = 0; u < kGemvLoads; ++u) {
       const int i = i0 + 32 * u;
 #pragma unroll
       for (int r = 0; r < R; ++r) wv[r][u] = i < n8 ? __ldcs(rows[r] + i) : make_uint4(0, 0, 0, 0);
     }
+  };
+  load(lane);
+  const float inv = g4 ? inv_rms(x, in, norm.eps) : 1.0f;
+  for (int i0 = lane; i0 < n8; i0 += 32 * kGemvLoads) {
+    if (i0 != lane) load(i0);
 #pragma unroll
     for (int u = 0; u < kGemvLoads; ++u) {
       const int i = i0 + 32 * u;
       if (i >= n8) break;
-      const float4 xa = __ldg(x4 + 2 * i), xb = __ldg(x4 + 2 * i + 1);
+      float4 xa = __ldg(x4 + 2 * i), xb = __ldg(x4 + 2 * i + 1);
+      if (g4) {
+        const float4 ga = __ldg(g4 + 2 * i), gb = __ldg(g4 + 2 * i + 1);
+        xa = make_float4(ga.x * xa.x, ga.y * xa.y, ga.z * xa.z, ga.w * xa.w);
+        xb = make_float4(gb.x * xb.x, gb.y * xb.y, gb.z * xb.z, gb.w * xb.w);
+      }
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         const auto* h = reinterpret_cast<const typename H::Pair*>(&wv[r][u]);
@@ -125,7 +173,7 @@ __global__ void gemv_bf16_multi_kernel(float* y, const float* x, const T* w, int
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const float a = detail::warp_sum(acc[r]);
+    const float a = detail::warp_sum(acc[r]) * inv;
     if (lane == 0 && o0 + r < out) y[o0 + r] = accumulate ? y[o0 + r] + a : a;
   }
 }
@@ -136,26 +184,29 @@ namespace {
 
 template <class T>
 void gemv_16(const char* who, float* y, const float* x, const std::uint16_t* w, int in, int out, bool accumulate,
-             cudaStream_t stream, int version) {
-  if (in % 8 == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 != 0)
-    throw std::runtime_error(std::string(who) + ": x must be 16-byte aligned");
+             cudaStream_t stream, int version, GemvNorm norm) {
+  const auto misaligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 != 0; };
+  if (in % 8 == 0 && (misaligned(x) || (norm.weight && misaligned(norm.weight))))
+    throw std::runtime_error(std::string(who) + ": x and the norm weight must be 16-byte aligned");
   if (version < 1 || version > kGemvVersions)
     throw std::invalid_argument(std::string(who) + ": version " + std::to_string(version) + "; allowed: 1.." +
                                 std::to_string(kGemvVersions));
   const auto* wt = reinterpret_cast<const T*>(w);
   if (version == 1 || in % 8 != 0) {
     gemv_bf16_kernel<T><<<unsigned((out + kGemvWarps - 1) / kGemvWarps), 32 * kGemvWarps, 0, stream>>>(y, x, wt, in, out,
-                                                                                                       accumulate);
+                                                                                                       accumulate, norm);
   } else {
-    const auto launch = [&](auto kernel, int rows_per_warp) {
-      const int rows_per_block = rows_per_warp * kGemvWarps;
-      kernel<<<unsigned((out + rows_per_block - 1) / rows_per_block), 32 * kGemvWarps, 0, stream>>>(y, x, wt, in, out,
-                                                                                                   accumulate);
+    const auto launch = [&](auto kernel, int rows_per_warp, int warps = kGemvWarps) {
+      const int rows_per_block = rows_per_warp * warps;
+      kernel<<<unsigned((out + rows_per_block - 1) / rows_per_block), 32 * warps, 0, stream>>>(y, x, wt, in, out,
+                                                                                              accumulate, norm);
     };
     if (version == 2) launch(gemv_bf16_multi_kernel<T, 1, 4>, 1);
     else if (version == 3) launch(gemv_bf16_multi_kernel<T, 2, 4>, 2);
     else if (version == 4) launch(gemv_bf16_multi_kernel<T, 1, 8>, 1);
-    else launch(gemv_bf16_multi_kernel<T, 4, 4>, 4);
+    else if (version == 5) launch(gemv_bf16_multi_kernel<T, 4, 4>, 4);
+    else if (version == 6) launch(gemv_bf16_multi_kernel<T, 1, 4, 2>, 1, 2);
+    else launch(gemv_bf16_multi_kernel<T, 1, 8, 2>, 1, 2);
   }
   detail::check_launch(who);
 }
@@ -163,13 +214,13 @@ void gemv_16(const char* who, float* y, const float* x, const std::uint16_t* w, 
 }  // namespace
 
 void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
-               int version) {
-  gemv_16<__nv_bfloat16>("gemv_bf16", y, x, w, in, out, accumulate, stream, version);
+               int version, const float* norm_weight, float norm_eps) {
+  gemv_16<__nv_bfloat16>("gemv_bf16", y, x, w, in, out, accumulate, stream, version, {norm_weight, norm_eps});
 }
 
 void gemv_f16(float* y, const float* x, const f16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
-              int version) {
-  gemv_16<__half>("gemv_f16", y, x, w, in, out, accumulate, stream, version);
+              int version, const float* norm_weight, float norm_eps) {
+  gemv_16<__half>("gemv_f16", y, x, w, in, out, accumulate, stream, version, {norm_weight, norm_eps});
 }
 
 void fill_uniform_bf16(bf16_bits* dst, std::size_t n, std::uint64_t seed, float scale, cudaStream_t stream) {

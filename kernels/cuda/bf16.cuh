@@ -35,14 +35,17 @@ namespace ablate::cuda {
 // version 1: one row per warp, one 16-byte weight load per lane per step (the compiler's unroll
 // keeps about one in flight). Versions 2-5: R rows per warp, U loads per row per lane issued
 // before any is used, x read once for the R rows: 2 (R 1, U 4), 3 (R 2, U 4), 4 (R 1, U 8),
-// 5 (R 4, U 4). Rows of w must start 16-byte aligned (in % 8 == 0) for versions 2-5; otherwise
-// version 1 runs.
-inline constexpr int kGemvVersions = 5;
+// 5 (R 4, U 4), 8 warps a block; 6 and 7: versions 2 and 4 in 2-warp blocks (the rows spread
+// evenly over the SMs). Rows of w must start 16-byte aligned (in % 8 == 0) for versions 2-7;
+// otherwise version 1 runs.
+// norm_weight != nullptr fuses the RMSNorm of x into the product: y (+)= W (norm_weight . x) /
+// sqrt(mean(x^2) + norm_eps), the same as rmsnorm() then the GEMV, without the extra launch.
+inline constexpr int kGemvVersions = 7;
 void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
-               int version = 1);
+               int version = 1, const float* norm_weight = nullptr, float norm_eps = 0.0f);
 // The same GEMV versions over fp16 weights.
 void gemv_f16(float* y, const float* x, const f16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
-              int version = 1);
+              int version = 1, const float* norm_weight = nullptr, float norm_eps = 0.0f);
 
 // Deterministic pseudo-random fill for benchmarks and tests: dst[i] uniform in [-scale, scale)
 // from a hash of (seed, i), computed on the device (no host copy of multi-GB weights).

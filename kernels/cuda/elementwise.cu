@@ -1,43 +1,64 @@
 // rmsnorm, rope, softmax, swiglu, add, argmax: one block per row for the reductions, one thread per
-// element (or pair) otherwise. Arithmetic follows the CPU kernels (llama2.c's expressions).
+// element (or rotated pair) otherwise. Arithmetic follows the CPU kernels (llama2.c's expressions).
 #include <cub/block/block_reduce.cuh>
+
+#include <cstdint>
 
 #include "cuda/check.cuh"
 #include "cuda/kernels.cuh"
+#include "cuda/rope.cuh"
 
 namespace ablate::cuda {
 namespace {
 
 using namespace detail;
 
+// One block per row. Rows of a multiple of 4 (pointers 16-byte aligned) read float4s: at batch 1 a single
+// block does the whole row, so its latency is the kernel's (one row of 4096 in 256 threads is
+// four float4 loads a thread rather than sixteen scalar ones).
 __global__ void rmsnorm_kernel(float* out, const float* x, const float* weight, int dim, float eps) {
   const float* xr = x + std::size_t(blockIdx.x) * dim;
   float* o = out + std::size_t(blockIdx.x) * dim;
   float ss = 0.0f;
-  for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += xr[j] * xr[j];
+  const bool vec = dim % 4 == 0 && ((reinterpret_cast<std::uintptr_t>(x) | reinterpret_cast<std::uintptr_t>(out) |
+                                      reinterpret_cast<std::uintptr_t>(weight)) % 16) == 0;
+  if (vec) {
+    const float4* x4 = reinterpret_cast<const float4*>(xr);
+    for (int j = threadIdx.x; j < dim / 4; j += blockDim.x) {
+      const float4 v = x4[j];
+      ss += v.x * v.x;
+      ss += v.y * v.y;
+      ss += v.z * v.z;
+      ss += v.w * v.w;
+    }
+  } else {
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += xr[j] * xr[j];
+  }
   ss = block_sum(ss);  // every thread has read its x before any writes o (out may alias x)
   const float inv = 1.0f / sqrtf(ss / dim + eps);
-  for (int j = threadIdx.x; j < dim; j += blockDim.x) o[j] = weight[j] * (inv * xr[j]);
+  if (vec) {
+    const float4* x4 = reinterpret_cast<const float4*>(xr);
+    const float4* w4 = reinterpret_cast<const float4*>(weight);
+    float4* o4 = reinterpret_cast<float4*>(o);
+    for (int j = threadIdx.x; j < dim / 4; j += blockDim.x) {
+      const float4 v = x4[j], g = w4[j];
+      o4[j] = make_float4(g.x * (inv * v.x), g.y * (inv * v.y), g.z * (inv * v.z), g.w * (inv * v.w));
+    }
+  } else {
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) o[j] = weight[j] * (inv * xr[j]);
+  }
 }
 
-// One thread per (row, pair i); it rotates that pair in every head.
+// One thread per (row, head, pair i): every rotation is independent (a thread per (row, pair)
+// looping over the heads left one 64-thread block doing 64 heads in turn at batch 1).
 __global__ void rope_kernel(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions,
                             float theta) {
   const int half = head_dim / 2;
   const std::size_t idx = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= std::size_t(rows) * half) return;
-  const int r = int(idx / half), i = int(idx % half) * 2;
-  const float freq = 1.0f / powf(theta, i / (float)head_dim);
-  const float val = positions[r] * freq;
-  float fci, fcr;
-  sincosf(val, &fci, &fcr);
-  float* row = x + std::size_t(r) * row_stride + i;
-  for (int h = 0; h < n_heads; ++h) {
-    float* v = row + std::size_t(h) * head_dim;
-    const float v0 = v[0], v1 = v[1];
-    v[0] = v0 * fcr - v1 * fci;
-    v[1] = v0 * fci + v1 * fcr;
-  }
+  if (idx >= std::size_t(rows) * n_heads * half) return;
+  const int p = int(idx % half), h = int(idx / half % n_heads), r = int(idx / half / n_heads);
+  float* v = x + std::size_t(r) * row_stride + std::size_t(h) * head_dim + 2 * p;
+  rope_rotate(v[0], v[1], positions[r], 2 * p, head_dim, theta);
 }
 
 __global__ void softmax_kernel(float* x, int n) {
@@ -68,10 +89,12 @@ __global__ void swiglu_rows_kernel(float* out, const float* gate_up, int rows, i
 }
 
 // One block per row: each thread keeps its strided (index, value) best, then CUB's block
-// reduction with cub::ArgMax (the larger value; the lower index on ties).
-__global__ void argmax_rows_kernel(const float* x, int n, int* out) {
+// reduction with cub::ArgMax (the larger value; the lower index on ties). 1024 threads: at batch 1
+// one block scans the whole vocabulary.
+constexpr int kArgmaxBlock = 1024;
+__global__ void __launch_bounds__(kArgmaxBlock) argmax_rows_kernel(const float* x, int n, int* out) {
   using Best = cub::KeyValuePair<int, float>;
-  using Reduce = cub::BlockReduce<Best, kBlock>;
+  using Reduce = cub::BlockReduce<Best, kArgmaxBlock>;
   __shared__ typename Reduce::TempStorage tmp;
   const float* row = x + std::size_t(blockIdx.x) * n;
   Best best(n, -INFINITY);  // index n: past the end, loses every tie
@@ -95,7 +118,7 @@ void rmsnorm(float* out, const float* x, const float* weight, int rows, int dim,
 
 void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions, float theta,
           cudaStream_t stream) {
-  const std::size_t threads = std::size_t(rows) * (head_dim / 2);
+  const std::size_t threads = std::size_t(rows) * n_heads * (head_dim / 2);
   if (threads == 0) return;
   rope_kernel<<<grid_for(threads), kBlock, 0, stream>>>(x, rows, row_stride, n_heads, head_dim, positions, theta);
   check_launch("rope");
@@ -115,7 +138,7 @@ void swiglu(float* gate, const float* up, std::size_t n, cudaStream_t stream) {
 
 void argmax_rows(const float* x, int rows, int n, int* out, cudaStream_t stream) {
   if (rows <= 0 || n <= 0) return;
-  argmax_rows_kernel<<<rows, kBlock, 0, stream>>>(x, n, out);
+  argmax_rows_kernel<<<rows, kArgmaxBlock, 0, stream>>>(x, n, out);
   check_launch("argmax_rows");
 }
 

@@ -150,6 +150,16 @@ void embed(float* x, const float* table, const int* tokens, int rows, int dim, c
 void kv_write(void* pool, const std::int64_t* offsets, const float* src, int src_stride, int rows, int n, KvElem elem,
               cudaStream_t stream);
 
+// The flash path's step between the QKV projection and attention, in one launch: for rows of
+// qkv ([rows][(n_heads + 2 n_kv_heads) head_dim] fp32: queries, keys, values), RoPE on the query
+// and key heads in place, then for rows < store_rows the keys and values into the pools at
+// offsets[r] (as kv_write) and the rotated queries into q16 (same row stride), in dtype (bf16 or
+// fp16, also the pools' type). The same results, bit for bit, as rope(), two kv_write()s and
+// cast_from_float() (four launches; tested against them).
+void rope_store_qkv(float* qkv, int rows, int store_rows, int n_heads, int n_kv_heads, int head_dim,
+                    const int* positions, float theta, void* k_pool, void* v_pool, const std::int64_t* offsets,
+                    void* q16, DType dtype, cudaStream_t stream);
+
 // dst[t][token_stride] (fp32, contiguous) = token t < length of a page list (KvSeqView layout):
 // pool points at the view's k_pool or v_pool, indices is a device array of its pages.
 void kv_gather_f32(float* dst, const void* pool, const std::int32_t* indices, int page_size, int length,

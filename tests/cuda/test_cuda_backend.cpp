@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <memory>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "attention/flash_attention.hpp"
@@ -105,6 +106,45 @@ TEST_CASE("cuda embed, kv_write and kv_gather_f32 match the CPU's copies and KvS
         }
     }
   }
+}
+
+// The fused kernel against the four it replaces (rope, kv_write of K and V, the 16-bit cast of
+// the queries), each of which has its own CPU comparison: equal bit for bit. Rows past
+// store_rows (padding rows) are rotated but not stored.
+TEST_CASE("cuda rope_store_qkv equals rope, two kv_writes and cast_from_float, bit for bit", "[cuda][backend]") {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(-1, 1);
+  for (cuda::DType type : {cuda::DType::bf16, cuda::DType::f16})
+    for (auto [n_heads, n_kv_heads, hd] : {std::tuple{8, 2, 64}, std::tuple{4, 4, 128}, std::tuple{9, 3, 64}}) {
+      INFO(cuda::dtype_name(type) << " heads " << n_heads << "/" << n_kv_heads << " head_dim " << hd);
+      const int rows = 7, store_rows = 5, q_dim = n_heads * hd, kv_dim = n_kv_heads * hd, row_dim = q_dim + 2 * kv_dim;
+      std::vector<float> qkv(std::size_t(rows) * row_dim);
+      for (float& v : qkv) v = u(rng);
+      std::vector<int> pos{0, 1, 17, 300, 4095, 5, 9};
+      std::vector<std::int64_t> offsets(store_rows);
+      std::vector<int> slot{3, 0, 6, 2, 5};  // scattered slots of a 7-token pool
+      for (int r = 0; r < store_rows; ++r) offsets[r] = std::int64_t(slot[r]) * kv_dim;
+      const std::size_t pool_elems = std::size_t(7) * kv_dim, q16_elems = std::size_t(rows) * row_dim;
+      Dev<float> a(qkv), b(qkv);
+      Dev<int> d_pos(pos);
+      Dev<std::int64_t> d_off(offsets);
+      Dev<std::uint16_t> k1(pool_elems), v1(pool_elems), q1(q16_elems), k2(pool_elems), v2(pool_elems), q2(q16_elems);
+      const cuda::KvElem elem = type == cuda::DType::bf16 ? cuda::KvElem::bf16 : cuda::KvElem::f16;
+      cuda::rope(a.ptr, rows, row_dim, n_heads + n_kv_heads, hd, d_pos.ptr, 10000.0f, nullptr);
+      cuda::kv_write(k1.ptr, d_off.ptr, a.ptr + q_dim, row_dim, store_rows, kv_dim, elem, nullptr);
+      cuda::kv_write(v1.ptr, d_off.ptr, a.ptr + q_dim + kv_dim, row_dim, store_rows, kv_dim, elem, nullptr);
+      cuda::cast_from_float(q1.ptr, a.ptr, std::size_t(store_rows) * row_dim, type, nullptr);
+      cuda::rope_store_qkv(b.ptr, rows, store_rows, n_heads, n_kv_heads, hd, d_pos.ptr, 10000.0f, k2.ptr, v2.ptr,
+                           d_off.ptr, q2.ptr, type, nullptr);
+      CHECK(a.host() == b.host());
+      CHECK(k1.host() == k2.host());
+      CHECK(v1.host() == v2.host());
+      const auto qa = q1.host(), qb = q2.host();
+      int q_mismatch = 0;
+      for (int r = 0; r < store_rows; ++r)
+        for (int j = 0; j < q_dim; ++j) q_mismatch += qa[std::size_t(r) * row_dim + j] != qb[std::size_t(r) * row_dim + j];
+      CHECK(q_mismatch == 0);
+    }
 }
 
 TEST_CASE("cuda backend: stories260K greedy tokens equal the CPU's (fp32, naive, both layouts)", "[cuda][backend]") {

@@ -95,7 +95,8 @@ TEST_CASE("cuda to_bf16 rounds to nearest even, and matmul_bf16 matches the fp32
     cudaFree(p);
 }
 
-TEST_CASE("cuda gemv_bf16 and gemv_f16 match the CPU matmul on 16-bit weights, with and without accumulation",
+TEST_CASE("cuda gemv_bf16 and gemv_f16 match the CPU matmul on 16-bit weights, with and without accumulation "
+          "and the fused RMSNorm",
           "[cuda][bf16]") {
   std::mt19937 rng(4);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -104,11 +105,12 @@ TEST_CASE("cuda gemv_bf16 and gemv_f16 match the CPU matmul on 16-bit weights, w
   for (cuda::DType type : {cuda::DType::bf16, cuda::DType::f16})
   for (auto [in, out] : {std::pair{1024, 1031}, std::pair{577, 130}, std::pair{4096, 96}, std::pair{11008, 67}}) {
     INFO(cuda::dtype_name(type) << " in=" << in << " out=" << out);
-    std::vector<float> x(in), w(std::size_t(out) * in), y0(out);
+    std::vector<float> x(in), w(std::size_t(out) * in), y0(out), g(in);
     for (auto& v : x) v = u(rng);
+    for (auto& v : g) v = 1.0f + 0.5f * u(rng);
     for (auto& v : w) v = u(rng) / std::sqrt(float(in));
     for (auto& v : y0) v = u(rng);
-    float *dx = upload(x), *dw = upload(w), *dy = upload(y0);
+    float *dx = upload(x), *dw = upload(w), *dy = upload(y0), *dg = upload(g);
     cuda::bf16_bits* dw16 = nullptr;
     REQUIRE(cudaMalloc(reinterpret_cast<void**>(&dw16), w.size() * 2) == cudaSuccess);
     if (type == cuda::DType::bf16) cuda::to_bf16(dw16, dw, w.size(), nullptr);
@@ -122,22 +124,31 @@ TEST_CASE("cuda gemv_bf16 and gemv_f16 match the CPU matmul on 16-bit weights, w
       wr = download(dw, w.size());
     }
     cpu::matmul(ref.data(), x.data(), wr.data(), 1, in, out);
+    // The fused norm's reference: the CPU rmsnorm, then the same product.
+    constexpr float eps = 1e-5f;
+    std::vector<float> xn(in), ref_norm(out);
+    cpu::rmsnorm(xn.data(), x.data(), g.data(), 1, in, eps);
+    cpu::matmul(ref_norm.data(), xn.data(), wr.data(), 1, in, out);
     for (int version = 1; version <= cuda::kGemvVersions; ++version)
-      for (bool accumulate : {true, false}) {
-        INFO("version " << version);
-        REQUIRE(cudaMemcpy(dy, y0.data(), y0.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
-        if (type == cuda::DType::bf16) cuda::gemv_bf16(dy, dx, dw16, in, out, accumulate, nullptr, version);
-        else cuda::gemv_f16(dy, dx, dw16, in, out, accumulate, nullptr, version);
-        const auto y = download(dy, std::size_t(out));
-        double max_err = 0;
-        for (int o = 0; o < out; ++o) {
-          const double want = ref[std::size_t(o)] + (accumulate ? y0[std::size_t(o)] : 0.0);
-          max_err = std::max(max_err, std::fabs(y[std::size_t(o)] - want));
+      for (bool accumulate : {true, false})
+        for (bool norm : {false, true}) {
+          INFO("version " << version << " accumulate=" << accumulate << " norm=" << norm);
+          REQUIRE(cudaMemcpy(dy, y0.data(), y0.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+          const float* nw = norm ? dg : nullptr;
+          if (type == cuda::DType::bf16) cuda::gemv_bf16(dy, dx, dw16, in, out, accumulate, nullptr, version, nw, eps);
+          else cuda::gemv_f16(dy, dx, dw16, in, out, accumulate, nullptr, version, nw, eps);
+          const auto y = download(dy, std::size_t(out));
+          const std::vector<float>& r = norm ? ref_norm : ref;
+          double max_err = 0;
+          for (int o = 0; o < out; ++o) {
+            const double want = r[std::size_t(o)] + (accumulate ? y0[std::size_t(o)] : 0.0);
+            max_err = std::max(max_err, std::fabs(y[std::size_t(o)] - want));
+          }
+          INFO("max abs error " << max_err);
+          CHECK(max_err < 1e-4);
         }
-        INFO("accumulate=" << accumulate << " max abs error " << max_err);
-        CHECK(max_err < 1e-4);
-      }
-    for (void* p : {static_cast<void*>(dx), static_cast<void*>(dw), static_cast<void*>(dy), static_cast<void*>(dw16)})
+    for (void* p : {static_cast<void*>(dx), static_cast<void*>(dw), static_cast<void*>(dy), static_cast<void*>(dw16),
+                    static_cast<void*>(dg)})
       cudaFree(p);
   }
 }
