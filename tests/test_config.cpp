@@ -94,7 +94,7 @@ TEST_CASE("config: the schema lists every key once, with type, default and allow
     CHECK(!k.allowed.empty());
     CHECK(std::set<std::string>{"int", "number", "string", "bool", "path", "choice"}.count(k.type) == 1);
   }
-  CHECK(schema.size() == 62);  // 57 + dtype, profile.start_step, profile.end_step (issue 7), workload.trace.rows
+  CHECK(schema.size() == 63);  // 57 + dtype, profile.start_step, profile.end_step (issue 7), workload.trace.rows, cuda_pdl
   CHECK(schema.front().key == "experiment");
   auto row = [&](const std::string& key) {
     for (const auto& k : schema)
@@ -277,6 +277,10 @@ TEST_CASE("config: choice values: unknown, not implemented, numeric", "[config]"
   CHECK_THAT(error_of("cuda_graphs: true"),
              Contains("x.yaml:1:14: cuda_graphs: true needs backend cuda (CUDA graphs replay GPU kernels); allowed with "
                       "backend cpu: false"));
+  CHECK_THAT(error_of("cuda_pdl: true"),
+             Contains("x.yaml:1:11: cuda_pdl: true needs backend cuda (programmatic dependent launch is a CUDA launch "
+                      "attribute); allowed with backend cpu: false"));
+  CHECK_THAT(error_of("cuda_pdl: 2"), Contains("x.yaml:1:11: cuda_pdl"));
   CHECK_THAT(error_of("profile: {start_step: 5, end_step: 5}"),
              Contains("x.yaml:1:36: profile.end_step: the capture window [5, 5) is empty"));
   CHECK(error_of("attention: flash\n") == "");  // built (issue 4)

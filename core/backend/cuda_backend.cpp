@@ -23,6 +23,7 @@ const std::vector<int>& CudaBackend::forward_argmax(const ForwardBatch&, KvCache
 KvStorage CudaBackend::kv_storage() const { return {}; }
 std::size_t CudaBackend::peak_device_bytes() const { return 0; }
 void CudaBackend::set_cuda_graphs(bool) {}
+void CudaBackend::set_cuda_pdl(bool) {}
 std::optional<double> CudaBackend::last_forward_device_s() const { return std::nullopt; }
 CudaGraphStats CudaBackend::graph_stats() const { return {}; }
 
@@ -129,6 +130,7 @@ struct CudaBackend::Impl {
   std::size_t host_workspace = 0;  // the last forward pass's workspace bytes (device buffers but the pools)
 
   bool cuda_graphs = false;
+  bool cuda_pdl = false;
   std::map<std::string, cudaGraphExec_t> graphs;
   std::set<std::string> seen;
   long long steps = 0, graph_replays = 0, graph_captures = 0;
@@ -346,6 +348,7 @@ CudaBackend::CudaBackend(const Weights& w, CudaBackendOptions options) : impl_(s
     m.choose_gemv();
     std::fprintf(stderr, "cuda backend: %s\n", m.gemv_tuning.c_str());
   }
+  if (options.cuda_pdl) set_cuda_pdl(true);
   m.note_memory();
 }
 
@@ -357,6 +360,13 @@ KvStorage CudaBackend::kv_storage() const { return {cuda::kv_elem_bytes(impl_->k
 void CudaBackend::set_cuda_graphs(bool on) {
   impl_->cuda_graphs = on;
   if (!on) impl_->drop_graphs();
+}
+void CudaBackend::set_cuda_pdl(bool on) {
+  if (on && !cuda::programmatic_launch_supported())
+    throw std::invalid_argument(fmt::format("cuda_pdl: true needs compute capability 9.0 or newer (programmatic "
+                                            "dependent launch); this device is {}; allowed here: false",
+                                            impl_->device));
+  impl_->cuda_pdl = on;
 }
 CudaGraphStats CudaBackend::graph_stats() const { return {impl_->steps, impl_->graph_replays, impl_->graph_captures}; }
 std::optional<double> CudaBackend::last_forward_device_s() const {
@@ -608,9 +618,15 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
                   xb.get<float>());
   };
 
+  // Programmatic dependent launch for this step's kernels (this thread, while they are enqueued).
+  cuda::set_programmatic_launch(cuda_pdl);
+  struct PdlOff {
+    ~PdlOff() { cuda::set_programmatic_launch(false); }
+  } pdl_off;
   ++steps;
   if (cuda_graphs && half && flash && prefill_chunks.empty()) {
-    std::string key = fmt::format("{}|{}|{}|{}|{}|{}|", attention, T, n_real, n_out, split_bound, plan.shapes.size());
+    std::string key = fmt::format("{}|{}|{}|{}|{}|{}|{}|", attention, cuda_pdl ? "pdl" : "", T, n_real, n_out, split_bound,
+                                  plan.shapes.size());
     for (const cuda::DecodeGroupShape& g : plan.shapes) key += fmt::format("{},{},{};", g.rows, g.heads, g.head_dim);
     key += fmt::format("|{}", fmt::join(layer_delta, ","));
     replay(key, enqueue);

@@ -23,6 +23,7 @@ namespace ablate {
 struct CudaBackendOptions {
   std::string dtype = "bf16";      // fp32 | bf16 | fp16 (flash and flash_split need bf16 or fp16)
   bool cuda_graphs = false;        // replay decode steps as CUDA graphs (see set_cuda_graphs)
+  bool cuda_pdl = false;           // programmatic dependent launch in the decode step (see set_cuda_pdl)
 };
 
 struct CudaGraphStats {
@@ -56,6 +57,11 @@ class CudaBackend final : public Backend {
   // block tables and split counts travel in device memory (cuda::DecodePlan). Other steps run
   // kernel by kernel.
   void set_cuda_graphs(bool on);
+  // cuda_pdl: the decode step's kernels are launched with programmatic dependent launch, so each
+  // may start (a GEMV: load its first weights) while the one before it finishes; with graphs,
+  // the captured graphs carry the programmatic edges. Needs compute capability 9.0 (throws
+  // std::invalid_argument otherwise).
+  void set_cuda_pdl(bool on);
   CudaGraphStats graph_stats() const;
 
  private:

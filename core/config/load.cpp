@@ -108,6 +108,9 @@ const std::vector<Rule>& rules() {
                "weights and KV precision (cuda: 16-bit weights and KV, fp32 accumulation; cpu: fp32 only)"),
         plain("cuda_graphs", Kind::Bool, F(cuda_graphs),
               "cuda: replay each decode step's kernels as one captured CUDA graph (flash, flash_split)"),
+        plain("cuda_pdl", Kind::Bool, F(cuda_pdl),
+              "cuda: programmatic dependent launch (sm_90+): each kernel of a step may start, and a GEMV load its "
+              "first weights, while the one before it finishes"),
         integer("max_seq_len", F(max_seq_len), ge(0), "cap on prompt + output per sequence; 0 = the model's"),
         integer("repeat", F(repeat), ge(1), "timed runs per sweep point"),
         integer("warmup", F(warmup), ge(0), "untimed runs per sweep point before the timed ones"),
@@ -608,6 +611,9 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
   if (c.cuda_graphs && c.backend != "cuda")
     fail_at({"cuda_graphs", "backend"}, fmt::format("true needs backend cuda (CUDA graphs replay GPU kernels); allowed with "
                                                     "backend {}: false", c.backend));
+  if (c.cuda_pdl && c.backend != "cuda")
+    fail_at({"cuda_pdl", "backend"}, fmt::format("true needs backend cuda (programmatic dependent launch is a CUDA "
+                                                 "launch attribute); allowed with backend {}: false", c.backend));
   if (c.cuda_graphs && c.attention == "naive")
     fail_at({"cuda_graphs", "attention"}, "true needs attention flash or flash_split: naive attention's cuBLAS calls are "
                                           "sized by each sequence's length, so its steps cannot replay; allowed with "

@@ -120,7 +120,10 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
     omp_set_num_threads(threads);
     Backend& backend_ref = backend_for(cfg);
     auto* cuda_backend = dynamic_cast<CudaBackend*>(&backend_ref);
-    if (cuda_backend) cuda_backend->set_cuda_graphs(cfg.cuda_graphs);  // per point: no reload to toggle
+    if (cuda_backend) {  // per point: no reload to toggle
+      cuda_backend->set_cuda_graphs(cfg.cuda_graphs);
+      cuda_backend->set_cuda_pdl(cfg.cuda_pdl);
+    }
     const int max_seq = effective_max_seq_len(cfg, backend_ref.shape());
     std::vector<Request> requests =
         make_workload(cfg.workload, static_cast<std::uint64_t>(cfg.seed), backend_ref.shape().vocab_size, max_seq);

@@ -858,6 +858,8 @@ __global__ void __launch_bounds__(kDecodeThreads) flash_decode_v2_kernel(DecodeG
 template <class T, int D>
 __global__ void __launch_bounds__(kDecodeThreads)
     flash_decode_planned_kernel(const DecodeGroup<T>* g, float* workspace, long long layer_delta) {
+  pdl_wait();
+  pdl_trigger();
   decode_v2_block<T, D>(*g, workspace, layer_delta);
 }
 
@@ -883,6 +885,8 @@ __global__ void split_reduce_v2_kernel(DecodeGroup<T> g, int D, const float* wor
 }
 template <class T>
 __global__ void split_reduce_planned_kernel(const DecodeGroup<T>* g, int D, const float* workspace) {
+  pdl_wait();
+  pdl_trigger();
   split_reduce_v2_block<T>(*g, D, workspace);
 }
 
@@ -902,6 +906,8 @@ __global__ void cast_from_float_kernel(T* dst, const float* src, std::size_t n) 
 }
 template <class T>
 __global__ void cast_to_float_kernel(float* dst, const T* src, std::size_t n) {
+  pdl_wait();
+  pdl_trigger();
   for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < n; e += std::size_t(gridDim.x) * blockDim.x)
     dst[e] = Conv<T>::to(src[e]);
 }
@@ -1089,8 +1095,8 @@ void cast_from_float(void* dst, const float* src, std::size_t n, DType dtype, cu
 void cast_to_float(float* dst, const void* src, std::size_t n, DType dtype, cudaStream_t stream) {
   if (n == 0) return;
   const unsigned blocks = std::min<std::size_t>(grid_for(n), 65535);
-  if (dtype == DType::f16) cast_to_float_kernel<<<blocks, kBlock, 0, stream>>>(dst, static_cast<const __half*>(src), n);
-  else cast_to_float_kernel<<<blocks, kBlock, 0, stream>>>(dst, static_cast<const __nv_bfloat16*>(src), n);
+  if (dtype == DType::f16) launch_pdl(cast_to_float_kernel<__half>, blocks, kBlock, 0, stream, dst, static_cast<const __half*>(src), n);
+  else launch_pdl(cast_to_float_kernel<__nv_bfloat16>, blocks, kBlock, 0, stream, dst, static_cast<const __nv_bfloat16*>(src), n);
   check_launch("cast_to_float");
 }
 
@@ -1201,13 +1207,11 @@ void attention_decode_planned(const DecodePlan& plan, const void* device_plan, i
     const auto launch = [&](auto tag) {
       using T = decltype(tag);
       const auto* gt = static_cast<const DecodeGroup<T>*>(g);
-      if (sh.head_dim == 64) flash_decode_planned_kernel<T, 64><<<grid, kDecodeThreads, 0, stream>>>(gt, workspace, layer_delta);
-      else flash_decode_planned_kernel<T, 128><<<grid, kDecodeThreads, 0, stream>>>(gt, workspace, layer_delta);
-      check_launch("attention_decode_planned (decode kernel)");
-      if (reduce) {
-        split_reduce_planned_kernel<T><<<dim3(sh.heads, sh.rows), sh.head_dim, 0, stream>>>(gt, sh.head_dim, workspace);
-        check_launch("attention_decode_planned (reduce kernel)");
-      }
+      if (sh.head_dim == 64) launch_pdl(flash_decode_planned_kernel<T, 64>, grid, kDecodeThreads, 0, stream, gt, workspace, layer_delta);
+      else launch_pdl(flash_decode_planned_kernel<T, 128>, grid, kDecodeThreads, 0, stream, gt, workspace, layer_delta);
+      if (reduce)
+        launch_pdl(split_reduce_planned_kernel<T>, dim3(sh.heads, sh.rows), sh.head_dim, 0, stream, gt, sh.head_dim,
+                   static_cast<const float*>(workspace));
     };
     if (plan.dtype == DType::f16) launch(__half{});
     else launch(__nv_bfloat16{});

@@ -32,6 +32,8 @@ __device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); 
 
 // One block per row.
 __global__ void embed_kernel(float* x, const float* table, const int* tokens, int dim) {
+  pdl_wait();
+  pdl_trigger();
   const float* src = table + std::size_t(tokens[blockIdx.x]) * dim;
   float* dst = x + std::size_t(blockIdx.x) * dim;
   for (int j = threadIdx.x; j < dim; j += blockDim.x) dst[j] = src[j];
@@ -55,6 +57,8 @@ template <typename T>
 __global__ void rope_store_qkv_kernel(float* qkv, int rows, int store_rows, int q_dim, int kv_dim, int head_dim,
                                       const int* positions, float theta, T* k_pool, T* v_pool,
                                       const std::int64_t* offsets, T* q16) {
+  pdl_wait();
+  pdl_trigger();
   const int row_dim = q_dim + 2 * kv_dim, pairs = row_dim / 2;
   const std::size_t idx = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= std::size_t(rows) * pairs) return;
@@ -98,8 +102,7 @@ std::size_t kv_elem_bytes(KvElem e) { return e == KvElem::f32 ? 4 : 2; }
 
 void embed(float* x, const float* table, const int* tokens, int rows, int dim, cudaStream_t stream) {
   if (rows <= 0) return;
-  embed_kernel<<<rows, kBlock, 0, stream>>>(x, table, tokens, dim);
-  check_launch("embed");
+  launch_pdl(embed_kernel, rows, kBlock, 0, stream, x, table, tokens, dim);
 }
 
 void kv_write(void* pool, const std::int64_t* offsets, const float* src, int src_stride, int rows, int n, KvElem elem,
@@ -128,14 +131,13 @@ void rope_store_qkv(float* qkv, int rows, int store_rows, int n_heads, int n_kv_
   if (threads == 0) return;
   const int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
   if (dtype == DType::bf16)
-    rope_store_qkv_kernel<<<grid_for(threads), kBlock, 0, stream>>>(
-        qkv, rows, store_rows, q_dim, kv_dim, head_dim, positions, theta, static_cast<__nv_bfloat16*>(k_pool),
-        static_cast<__nv_bfloat16*>(v_pool), offsets, static_cast<__nv_bfloat16*>(q16));
+    launch_pdl(rope_store_qkv_kernel<__nv_bfloat16>, grid_for(threads), kBlock, 0, stream, qkv, rows, store_rows, q_dim,
+               kv_dim, head_dim, positions, theta, static_cast<__nv_bfloat16*>(k_pool),
+               static_cast<__nv_bfloat16*>(v_pool), offsets, static_cast<__nv_bfloat16*>(q16));
   else
-    rope_store_qkv_kernel<<<grid_for(threads), kBlock, 0, stream>>>(
-        qkv, rows, store_rows, q_dim, kv_dim, head_dim, positions, theta, static_cast<__half*>(k_pool),
-        static_cast<__half*>(v_pool), offsets, static_cast<__half*>(q16));
-  check_launch("rope_store_qkv");
+    launch_pdl(rope_store_qkv_kernel<__half>, grid_for(threads), kBlock, 0, stream, qkv, rows, store_rows, q_dim, kv_dim,
+               head_dim, positions, theta, static_cast<__half*>(k_pool), static_cast<__half*>(v_pool), offsets,
+               static_cast<__half*>(q16));
 }
 
 void kv_gather_f32(float* dst, const void* pool, const std::int32_t* indices, int page_size, int length,

@@ -85,6 +85,8 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, i
   const int o = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
   if (o >= out) return;
   const T* row = w + std::size_t(o) * in;
+  detail::pdl_wait();
+  detail::pdl_trigger();
   const float inv = norm.weight ? inv_rms(x, in, norm.eps) : 1.0f;
   float acc = 0.0f;
   if (in % 8 == 0) {  // rows start 16-byte aligned: 8 weights a load
@@ -147,7 +149,9 @@ __global__ void gemv_bf16_multi_kernel(float* y, const float* x, const T* w, int
       for (int r = 0; r < R; ++r) wv[r][u] = i < n8 ? __ldcs(rows[r] + i) : make_uint4(0, 0, 0, 0);
     }
   };
-  load(lane);
+  load(lane);  // the weights never change: these loads may overlap the previous kernel (pdl)
+  detail::pdl_wait();
+  detail::pdl_trigger();
   const float inv = g4 ? inv_rms(x, in, norm.eps) : 1.0f;
   for (int i0 = lane; i0 < n8; i0 += 32 * kGemvLoads) {
     if (i0 != lane) load(i0);
@@ -193,13 +197,13 @@ void gemv_16(const char* who, float* y, const float* x, const std::uint16_t* w, 
                                 std::to_string(kGemvVersions));
   const auto* wt = reinterpret_cast<const T*>(w);
   if (version == 1 || in % 8 != 0) {
-    gemv_bf16_kernel<T><<<unsigned((out + kGemvWarps - 1) / kGemvWarps), 32 * kGemvWarps, 0, stream>>>(y, x, wt, in, out,
-                                                                                                       accumulate, norm);
+    detail::launch_pdl(gemv_bf16_kernel<T>, unsigned((out + kGemvWarps - 1) / kGemvWarps), 32 * kGemvWarps, 0, stream, y,
+                       x, wt, in, out, accumulate, norm);
   } else {
     const auto launch = [&](auto kernel, int rows_per_warp, int warps = kGemvWarps) {
       const int rows_per_block = rows_per_warp * warps;
-      kernel<<<unsigned((out + rows_per_block - 1) / rows_per_block), 32 * warps, 0, stream>>>(y, x, wt, in, out,
-                                                                                              accumulate, norm);
+      detail::launch_pdl(kernel, unsigned((out + rows_per_block - 1) / rows_per_block), 32 * warps, 0, stream, y, x, wt,
+                         in, out, accumulate, norm);
     };
     if (version == 2) launch(gemv_bf16_multi_kernel<T, 1, 4>, 1);
     else if (version == 3) launch(gemv_bf16_multi_kernel<T, 2, 4>, 2);

@@ -3,8 +3,10 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace ablate::cuda::detail {
 
@@ -18,6 +20,42 @@ inline void check(cublasStatus_t s, const char* what) {
 inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
 constexpr int kBlock = 256;  // threads per block for the row kernels (a multiple of 32)
+
+// Programmatic dependent launch (Hopper, sm_90+): a kernel launched by launch_pdl() while
+// programmatic launch is on may start before the kernel ahead of it in the stream has finished,
+// once every block of that one has called pdl_trigger(). It must call pdl_wait() before it reads
+// anything an earlier kernel writes, or writes anything an earlier kernel reads; what comes
+// before the wait (a GEMV's first weight loads: the weights never change) overlaps the previous
+// kernel's tail. Without the attribute (or below sm_90) both calls are no-ops and the launch is
+// an ordinary one. Each kernel of the decode step waits, then triggers, so a kernel's early
+// start overlaps only the one kernel ahead of it.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+// Whether launch_pdl() sets the attribute (cuda::set_programmatic_launch; the host thread's).
+inline thread_local bool g_programmatic_launch = false;
+template <class... Params, class... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
+                Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = g_programmatic_launch ? 1 : 0;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), "cudaLaunchKernelEx");
+}
 
 __device__ inline float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -17,6 +17,8 @@ using namespace detail;
 // block does the whole row, so its latency is the kernel's (one row of 4096 in 256 threads is
 // four float4 loads a thread rather than sixteen scalar ones).
 __global__ void rmsnorm_kernel(float* out, const float* x, const float* weight, int dim, float eps) {
+  pdl_wait();
+  pdl_trigger();
   const float* xr = x + std::size_t(blockIdx.x) * dim;
   float* o = out + std::size_t(blockIdx.x) * dim;
   float ss = 0.0f;
@@ -80,6 +82,8 @@ __global__ void swiglu_kernel(float* gate, const float* up, std::size_t n) {
 }
 
 __global__ void swiglu_rows_kernel(float* out, const float* gate_up, int rows, int hidden) {
+  pdl_wait();
+  pdl_trigger();
   const std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= std::size_t(rows) * hidden) return;
   const std::size_t r = i / hidden, j = i % hidden;
@@ -93,6 +97,8 @@ __global__ void swiglu_rows_kernel(float* out, const float* gate_up, int rows, i
 // one block scans the whole vocabulary.
 constexpr int kArgmaxBlock = 1024;
 __global__ void __launch_bounds__(kArgmaxBlock) argmax_rows_kernel(const float* x, int n, int* out) {
+  pdl_wait();
+  pdl_trigger();
   using Best = cub::KeyValuePair<int, float>;
   using Reduce = cub::BlockReduce<Best, kArgmaxBlock>;
   __shared__ typename Reduce::TempStorage tmp;
@@ -110,10 +116,17 @@ __global__ void add_kernel(float* x, const float* y, std::size_t n) {
 
 }  // namespace
 
+void set_programmatic_launch(bool on) { g_programmatic_launch = on; }
+
+bool programmatic_launch_supported() {
+  int dev = 0, major = 0;
+  return cudaGetDevice(&dev) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+}
+
 void rmsnorm(float* out, const float* x, const float* weight, int rows, int dim, float eps, cudaStream_t stream) {
   if (rows <= 0) return;
-  rmsnorm_kernel<<<rows, kBlock, 0, stream>>>(out, x, weight, dim, eps);
-  check_launch("rmsnorm");
+  launch_pdl(rmsnorm_kernel, rows, kBlock, 0, stream, out, x, weight, dim, eps);
 }
 
 void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions, float theta,
@@ -138,15 +151,13 @@ void swiglu(float* gate, const float* up, std::size_t n, cudaStream_t stream) {
 
 void argmax_rows(const float* x, int rows, int n, int* out, cudaStream_t stream) {
   if (rows <= 0 || n <= 0) return;
-  argmax_rows_kernel<<<rows, kArgmaxBlock, 0, stream>>>(x, n, out);
-  check_launch("argmax_rows");
+  launch_pdl(argmax_rows_kernel, rows, kArgmaxBlock, 0, stream, x, n, out);
 }
 
 void swiglu_rows(float* out, const float* gate_up, int rows, int hidden, cudaStream_t stream) {
   const std::size_t n = std::size_t(rows) * hidden;
   if (n == 0) return;
-  swiglu_rows_kernel<<<grid_for(n), kBlock, 0, stream>>>(out, gate_up, rows, hidden);
-  check_launch("swiglu_rows");
+  launch_pdl(swiglu_rows_kernel, grid_for(n), kBlock, 0, stream, out, gate_up, rows, hidden);
 }
 
 void add(float* x, const float* y, std::size_t n, cudaStream_t stream) {

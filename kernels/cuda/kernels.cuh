@@ -24,6 +24,14 @@ bool cuda_device_available(std::string* why);
 void matmul(float* y, const float* x, const float* w, int rows, int in, int out, cublasHandle_t handle,
             cudaStream_t stream);
 
+// Programmatic dependent launch for the decode step's kernels (embed, rmsnorm, the GEMVs,
+// rope_store_qkv, the planned decode attention and its reduction, cast_to_float, swiglu_rows,
+// argmax_rows) launched from this host thread from now on: each may start while the kernel ahead
+// of it finishes, and waits for it on the device (griddepcontrol) before touching its data.
+// Needs compute capability 9.0 (programmatic_launch_supported); off by default.
+void set_programmatic_launch(bool on);
+bool programmatic_launch_supported();
+
 // out = x / sqrt(mean(x^2) + eps) * weight, row by row; out may alias x.
 void rmsnorm(float* out, const float* x, const float* weight, int rows, int dim, float eps, cudaStream_t stream);
 

@@ -247,6 +247,21 @@ TEST_CASE("cuda backend: cuda_graphs gives the same greedy tokens as launching k
     CHECK(after.replays - before.replays > (after.steps - before.steps) / 4);  // most steps are 4-row decode steps
     REQUIRE(got.size() == want.size());
     for (std::size_t i = 0; i < want.size(); ++i) CHECK(got[i] == want[i]);
+    // Programmatic dependent launch (Hopper), eager and captured: the same tokens again.
+    if (cuda::programmatic_launch_supported()) {
+      for (bool graphs : {false, true}) {
+        INFO("cuda_pdl with cuda_graphs " << graphs);
+        gpu.set_cuda_graphs(graphs);
+        gpu.set_cuda_pdl(true);
+        const auto pdl = greedy_run(gpu, "paged", attention, reqs, 128);
+        gpu.set_cuda_pdl(false);
+        REQUIRE(pdl.size() == want.size());
+        for (std::size_t i = 0; i < want.size(); ++i) CHECK(pdl[i] == want[i]);
+      }
+    } else {
+      WARN("cuda_pdl not tested: this device is below compute capability 9.0");
+    }
+    gpu.set_cuda_graphs(true);
     // Device time of the last forward pass (CUDA events), as steps.csv's device_s gets it.
     REQUIRE(gpu.last_forward_device_s().has_value());
     CHECK(*gpu.last_forward_device_s() > 0.0);
