@@ -120,7 +120,7 @@ if [[ ${NCU:-0} == 1 ]]; then
   if ! command -v ncu > /dev/null; then
     echo "gpu_check [${SECONDS}s]: ncu SKIPPED: not on the PATH"
   elif step_ok ncu && "${step[@]}" ncu --profile-from-start off --nvtx --nvtx-include "ablate@attention/" --section SpeedOfLight \
-      -k regex:decode -c 10 "$build/ablate" run configs/gpu/decode.yaml --set attention=flash --set cuda_graphs=false \
+      -k regex:decode -c 10 "$build/ablate" run configs/gpu/decode.yaml --set attention=flash --set cuda_graphs=false --set cuda_pdl=false \
       --set profile.start_step=5 --set profile.end_step=7 --out "$out/ncu_results" --quiet > "$out/ncu.txt" 2>&1; then
     echo "gpu_check [${SECONDS}s]: ncu done ($(grep -c 'flash_decode' "$out/ncu.txt") kernel reports)"
   else
@@ -131,7 +131,7 @@ fi
 # capture window of step 5), its GPU time only: where the step's time goes, kernel by kernel.
 if [[ ${NCU_STEP:-0} == 1 ]] && command -v ncu > /dev/null; then
   if step_ok "ncu step" && "${step[@]}" ncu --profile-from-start off --metrics gpu__time_duration.sum --print-summary per-kernel \
-      "$build/ablate" run configs/gpu/decode.yaml --set attention=flash --set cuda_graphs=false \
+      "$build/ablate" run configs/gpu/decode.yaml --set attention=flash --set cuda_graphs=false --set cuda_pdl=false \
       --set profile.start_step=5 --set profile.end_step=6 --out "$out/ncu_step_results" --quiet > "$out/ncu_step.txt" 2>&1; then
     echo "gpu_check [${SECONDS}s]: ncu step done"
   else
