@@ -607,9 +607,18 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
         }
       }
       matmul_add(x.get<float>(), att.get<float>(), L.wo, T, dim, dim, xb.get<float>());
-      matmul_normed(h13.get<float>(), x.get<float>(), L.rms_ffn, s.norm_eps, L.w13, T, dim, 2 * hidden,
-                    xb.get<float>());  // row: [w1 xn | w3 xn]
-      cuda::swiglu_rows(h.get<float>(), h13.get<float>(), T, hidden, stream);
+      if (half && T == 1 && dim % 8 == 0) {  // batch 1: norm, gate/up GEMV and SwiGLU in one launch
+        if (half_type == cuda::DType::bf16)
+          cuda::gemv_swiglu_bf16(h.get<float>(), x.get<float>(), L.w13.get<cuda::bf16_bits>(), dim, hidden, stream,
+                                 L.rms_ffn.get<float>(), s.norm_eps);
+        else
+          cuda::gemv_swiglu_f16(h.get<float>(), x.get<float>(), L.w13.get<cuda::f16_bits>(), dim, hidden, stream,
+                                L.rms_ffn.get<float>(), s.norm_eps);
+      } else {
+        matmul_normed(h13.get<float>(), x.get<float>(), L.rms_ffn, s.norm_eps, L.w13, T, dim, 2 * hidden,
+                      xb.get<float>());  // row: [w1 xn | w3 xn]
+        cuda::swiglu_rows(h.get<float>(), h13.get<float>(), T, hidden, stream);
+      }
       matmul_add(x.get<float>(), h.get<float>(), L.w2, T, hidden, dim, xb.get<float>());
     }
     // Final norm and LM head for the wanted rows only (gathered with the embedding kernel).

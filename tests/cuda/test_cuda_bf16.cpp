@@ -152,3 +152,57 @@ TEST_CASE("cuda gemv_bf16 and gemv_f16 match the CPU matmul on 16-bit weights, w
       cudaFree(p);
   }
 }
+
+TEST_CASE("cuda gemv_swiglu (gate/up GEMV with the SwiGLU epilogue) matches the CPU, with and without the fused "
+          "RMSNorm",
+          "[cuda][bf16]") {
+  std::mt19937 rng(8);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  constexpr float eps = 1e-5f;
+  for (cuda::DType type : {cuda::DType::bf16, cuda::DType::f16})
+    for (auto [in, hidden] : {std::pair{1024, 1031}, std::pair{576, 1536}, std::pair{4096, 2000}}) {
+      INFO(cuda::dtype_name(type) << " in=" << in << " hidden=" << hidden);
+      std::vector<float> x(in), g(in), w(std::size_t(2) * hidden * in);
+      for (auto& v : x) v = u(rng);
+      for (auto& v : g) v = 1.0f + 0.5f * u(rng);
+      for (auto& v : w) v = 2.0f * u(rng) / std::sqrt(float(in));
+      float *dx = upload(x), *dg = upload(g), *dw = upload(w), *dh = nullptr, *dgu = nullptr, *dh2 = nullptr;
+      cuda::bf16_bits* dw16 = nullptr;
+      REQUIRE(cudaMalloc(reinterpret_cast<void**>(&dw16), w.size() * 2) == cudaSuccess);
+      REQUIRE(cudaMalloc(reinterpret_cast<void**>(&dh), std::size_t(hidden) * 4) == cudaSuccess);
+      REQUIRE(cudaMalloc(reinterpret_cast<void**>(&dh2), std::size_t(hidden) * 4) == cudaSuccess);
+      REQUIRE(cudaMalloc(reinterpret_cast<void**>(&dgu), std::size_t(2) * hidden * 4) == cudaSuccess);
+      if (type == cuda::DType::bf16) cuda::to_bf16(dw16, dw, w.size(), nullptr);
+      else cuda::cast_from_float(dw16, dw, w.size(), type, nullptr);
+      cuda::cast_to_float(dw, dw16, w.size(), type, nullptr);  // the weights as the device holds them
+      const std::vector<float> wr = download(dw, w.size());
+      for (bool norm : {false, true}) {
+        INFO("norm=" << norm);
+        std::vector<float> xn = x, gu(std::size_t(2) * hidden);
+        if (norm) cpu::rmsnorm(xn.data(), x.data(), g.data(), 1, in, eps);
+        cpu::matmul(gu.data(), xn.data(), wr.data(), 1, in, 2 * hidden);
+        cpu::swiglu(gu.data(), gu.data() + hidden, std::size_t(hidden));  // gate[j] = silu(gate[j]) * up[j]
+        const float* nw = norm ? dg : nullptr;
+        if (type == cuda::DType::bf16) {
+          cuda::gemv_swiglu_bf16(dh, dx, dw16, in, hidden, nullptr, nw, eps);
+          cuda::gemv_bf16(dgu, dx, dw16, in, 2 * hidden, false, nullptr, 6, nw, eps);
+        } else {
+          cuda::gemv_swiglu_f16(dh, dx, dw16, in, hidden, nullptr, nw, eps);
+          cuda::gemv_f16(dgu, dx, dw16, in, 2 * hidden, false, nullptr, 6, nw, eps);
+        }
+        cuda::swiglu_rows(dh2, dgu, 1, hidden, nullptr);  // the two launches it replaces
+        const auto h = download(dh, std::size_t(hidden)), h2 = download(dh2, std::size_t(hidden));
+        double err_cpu = 0, err_pair = 0;
+        for (int j = 0; j < hidden; ++j) {
+          err_cpu = std::max(err_cpu, double(std::fabs(h[std::size_t(j)] - gu[std::size_t(j)])));
+          err_pair = std::max(err_pair, double(std::fabs(h[std::size_t(j)] - h2[std::size_t(j)])));
+        }
+        INFO("max abs error vs CPU " << err_cpu << ", vs gemv v6 + swiglu_rows " << err_pair);
+        CHECK(err_cpu < 1e-4);
+        CHECK(err_pair < 1e-6);
+      }
+      for (void* p : {static_cast<void*>(dx), static_cast<void*>(dg), static_cast<void*>(dw), static_cast<void*>(dh),
+                      static_cast<void*>(dh2), static_cast<void*>(dgu), static_cast<void*>(dw16)})
+        cudaFree(p);
+    }
+}
