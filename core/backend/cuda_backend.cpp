@@ -583,7 +583,8 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
           if (!decode_chunks.empty())
             cuda::attention_decode_planned(plan, plan_buffer.get(), split_bound, split, layer_delta[static_cast<std::size_t>(l)],
                                            split_workspace.get<float>(), stream);
-          cuda::cast_to_float(att.get<float>(), att16.get(), sz(n_real, dim), half_type, stream);
+          // At batch 1 the output projection reads the 16-bit attention output itself (no cast).
+          if (T != 1 || dim % 8 != 0) cuda::cast_to_float(att.get<float>(), att16.get(), sz(n_real, dim), half_type, stream);
         } else {
           for (int ci = 0; ci < n_chunks; ++ci) {
             // Gather this sequence's K and V (any layout, any KV dtype) into contiguous fp32.
@@ -606,7 +607,16 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
           }
         }
       }
-      matmul_add(x.get<float>(), att.get<float>(), L.wo, T, dim, dim, xb.get<float>());
+      if (flash && T == 1 && dim % 8 == 0) {
+        if (half_type == cuda::DType::bf16)
+          cuda::gemv_bf16_x16(x.get<float>(), att16.get<cuda::bf16_bits>(), L.wo.get<cuda::bf16_bits>(), dim, dim, true,
+                              stream, gemv_version);
+        else
+          cuda::gemv_f16_x16(x.get<float>(), att16.get<cuda::f16_bits>(), L.wo.get<cuda::f16_bits>(), dim, dim, true,
+                             stream, gemv_version);
+      } else {
+        matmul_add(x.get<float>(), att.get<float>(), L.wo, T, dim, dim, xb.get<float>());
+      }
       if (half && T == 1 && dim % 8 == 0) {  // batch 1: norm, gate/up GEMV and SwiGLU in one launch
         if (half_type == cuda::DType::bf16)
           cuda::gemv_swiglu_bf16(h.get<float>(), x.get<float>(), L.w13.get<cuda::bf16_bits>(), dim, hidden, stream,

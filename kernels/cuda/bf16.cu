@@ -128,10 +128,14 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, i
 // Swiglu (R = 2): the gate/up GEMV of the feed-forward block with SwiGLU as its epilogue. w holds
 // 2 * out rows (gate rows, then up rows); warp o computes gate row o and up row o + out, and
 // writes y[o] = silu(gate) * up, as swiglu_rows does (no h13 round trip, no extra launch).
-template <class T, int R, int kGemvLoads, int Warps = kGemvWarps, bool Swiglu = false>
-__global__ void gemv_bf16_multi_kernel(float* y, const float* x, const T* w, int in, int out, bool accumulate,
+//
+// X16: x is in the weights' 16-bit type (the attention output feeding the output projection,
+// read without a cast to fp32 first: one launch fewer, half the x bytes); no fused norm.
+template <class T, int R, int kGemvLoads, int Warps = kGemvWarps, bool Swiglu = false, bool X16 = false>
+__global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int in, int out, bool accumulate,
                                        GemvNorm norm) {
   static_assert(!Swiglu || R == 2, "the SwiGLU epilogue pairs a gate row with an up row");
+  const float* x = static_cast<const float*>(xv);
   using H = Half16<T>;
   const int lane = threadIdx.x & 31;
   const int o0 = (blockIdx.x * Warps + (threadIdx.x >> 5)) * (Swiglu ? 1 : R);
@@ -167,11 +171,21 @@ __global__ void gemv_bf16_multi_kernel(float* y, const float* x, const T* w, int
     for (int u = 0; u < kGemvLoads; ++u) {
       const int i = i0 + 32 * u;
       if (i >= n8) break;
-      float4 xa = __ldg(x4 + 2 * i), xb = __ldg(x4 + 2 * i + 1);
-      if (g4) {
-        const float4 ga = __ldg(g4 + 2 * i), gb = __ldg(g4 + 2 * i + 1);
-        xa = make_float4(ga.x * xa.x, ga.y * xa.y, ga.z * xa.z, ga.w * xa.w);
-        xb = make_float4(gb.x * xb.x, gb.y * xb.y, gb.z * xb.z, gb.w * xb.w);
+      float4 xa, xb;
+      if constexpr (X16) {
+        const uint4 packed = __ldg(static_cast<const uint4*>(xv) + i);
+        const auto* xp = reinterpret_cast<const typename H::Pair*>(&packed);
+        const float2 a0 = H::to2(xp[0]), a1 = H::to2(xp[1]), a2 = H::to2(xp[2]), a3 = H::to2(xp[3]);
+        xa = make_float4(a0.x, a0.y, a1.x, a1.y);
+        xb = make_float4(a2.x, a2.y, a3.x, a3.y);
+      } else {
+        xa = __ldg(x4 + 2 * i);
+        xb = __ldg(x4 + 2 * i + 1);
+        if (g4) {
+          const float4 ga = __ldg(g4 + 2 * i), gb = __ldg(g4 + 2 * i + 1);
+          xa = make_float4(ga.x * xa.x, ga.y * xa.y, ga.z * xa.z, ga.w * xa.w);
+          xb = make_float4(gb.x * xb.x, gb.y * xb.y, gb.z * xb.z, gb.w * xb.w);
+        }
       }
 #pragma unroll
       for (int r = 0; r < R; ++r) {
@@ -199,8 +213,9 @@ __global__ void gemv_bf16_multi_kernel(float* y, const float* x, const T* w, int
 
 namespace {
 
-template <class T>
-void gemv_16(const char* who, float* y, const float* x, const std::uint16_t* w, int in, int out, bool accumulate,
+// X16: x in the weights' 16-bit type (versions 2-7; version 1 runs as version 2), no norm.
+template <class T, bool X16 = false>
+void gemv_16(const char* who, float* y, const void* x, const std::uint16_t* w, int in, int out, bool accumulate,
              cudaStream_t stream, int version, GemvNorm norm) {
   const auto misaligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 != 0; };
   if (in % 8 == 0 && (misaligned(x) || (norm.weight && misaligned(norm.weight))))
@@ -208,22 +223,25 @@ void gemv_16(const char* who, float* y, const float* x, const std::uint16_t* w, 
   if (version < 1 || version > kGemvVersions)
     throw std::invalid_argument(std::string(who) + ": version " + std::to_string(version) + "; allowed: 1.." +
                                 std::to_string(kGemvVersions));
+  if (X16 && (in % 8 != 0 || norm.weight))
+    throw std::invalid_argument(std::string(who) + ": a 16-bit x needs in % 8 == 0 and no fused norm");
   const auto* wt = reinterpret_cast<const T*>(w);
-  if (version == 1 || in % 8 != 0) {
+  if (!X16 && (version == 1 || in % 8 != 0)) {
     detail::launch_pdl(gemv_bf16_kernel<T>, unsigned((out + kGemvWarps - 1) / kGemvWarps), 32 * kGemvWarps, 0, stream, y,
-                       x, wt, in, out, accumulate, norm);
+                       static_cast<const float*>(x), wt, in, out, accumulate, norm);
   } else {
     const auto launch = [&](auto kernel, int rows_per_warp, int warps = kGemvWarps) {
       const int rows_per_block = rows_per_warp * warps;
       detail::launch_pdl(kernel, unsigned((out + rows_per_block - 1) / rows_per_block), 32 * warps, 0, stream, y, x, wt,
                          in, out, accumulate, norm);
     };
-    if (version == 2) launch(gemv_bf16_multi_kernel<T, 1, 4>, 1);
-    else if (version == 3) launch(gemv_bf16_multi_kernel<T, 2, 4>, 2);
-    else if (version == 4) launch(gemv_bf16_multi_kernel<T, 1, 8>, 1);
-    else if (version == 5) launch(gemv_bf16_multi_kernel<T, 4, 4>, 4);
-    else if (version == 6) launch(gemv_bf16_multi_kernel<T, 1, 4, 2>, 1, 2);
-    else launch(gemv_bf16_multi_kernel<T, 1, 8, 2>, 1, 2);
+    constexpr int W = kGemvWarps;
+    if (version <= 2) launch(gemv_bf16_multi_kernel<T, 1, 4, W, false, X16>, 1);
+    else if (version == 3) launch(gemv_bf16_multi_kernel<T, 2, 4, W, false, X16>, 2);
+    else if (version == 4) launch(gemv_bf16_multi_kernel<T, 1, 8, W, false, X16>, 1);
+    else if (version == 5) launch(gemv_bf16_multi_kernel<T, 4, 4, W, false, X16>, 4);
+    else if (version == 6) launch(gemv_bf16_multi_kernel<T, 1, 4, 2, false, X16>, 1, 2);
+    else launch(gemv_bf16_multi_kernel<T, 1, 8, 2, false, X16>, 1, 2);
   }
   detail::check_launch(who);
 }
@@ -258,6 +276,16 @@ void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bo
 void gemv_f16(float* y, const float* x, const f16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
               int version, const float* norm_weight, float norm_eps) {
   gemv_16<__half>("gemv_f16", y, x, w, in, out, accumulate, stream, version, {norm_weight, norm_eps});
+}
+
+void gemv_bf16_x16(float* y, const bf16_bits* x, const bf16_bits* w, int in, int out, bool accumulate,
+                   cudaStream_t stream, int version) {
+  gemv_16<__nv_bfloat16, true>("gemv_bf16_x16", y, x, w, in, out, accumulate, stream, version, {nullptr, 0.0f});
+}
+
+void gemv_f16_x16(float* y, const f16_bits* x, const f16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
+                  int version) {
+  gemv_16<__half, true>("gemv_f16_x16", y, x, w, in, out, accumulate, stream, version, {nullptr, 0.0f});
 }
 
 void fill_uniform_bf16(bf16_bits* dst, std::size_t n, std::uint64_t seed, float scale, cudaStream_t stream) {

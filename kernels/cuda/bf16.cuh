@@ -47,6 +47,14 @@ void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bo
 void gemv_f16(float* y, const float* x, const f16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
               int version = 1, const float* norm_weight = nullptr, float norm_eps = 0.0f);
 
+// The same GEMV with x in the weights' 16-bit type (bf16 x for bf16 w, fp16 for fp16): the
+// attention output feeds the output projection without a cast to fp32. in % 8 == 0; version 1
+// runs as version 2.
+void gemv_bf16_x16(float* y, const bf16_bits* x, const bf16_bits* w, int in, int out, bool accumulate,
+                   cudaStream_t stream, int version = 2);
+void gemv_f16_x16(float* y, const f16_bits* x, const f16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
+                  int version = 2);
+
 // The feed-forward block's gate/up GEMV with SwiGLU as its epilogue, at batch 1: w13 holds
 // 2 * hidden rows (w1's, then w3's); h[j] = silu(w1_j . xn) * (w3_j . xn), xn = x or its RMSNorm
 // (norm_weight != nullptr), equal bit for bit to gemv version 6 into [gate | up] followed by

@@ -96,7 +96,7 @@ TEST_CASE("cuda to_bf16 rounds to nearest even, and matmul_bf16 matches the fp32
 }
 
 TEST_CASE("cuda gemv_bf16 and gemv_f16 match the CPU matmul on 16-bit weights, with and without accumulation "
-          "and the fused RMSNorm",
+          "the fused RMSNorm and a 16-bit x",
           "[cuda][bf16]") {
   std::mt19937 rng(4);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -147,8 +147,33 @@ TEST_CASE("cuda gemv_bf16 and gemv_f16 match the CPU matmul on 16-bit weights, w
           INFO("max abs error " << max_err);
           CHECK(max_err < 1e-4);
         }
+    // x in the weights' 16-bit type (the attention output into the output projection): the
+    // reference multiplies the rounded x.
+    cuda::bf16_bits* dx16 = nullptr;
+    REQUIRE(cudaMalloc(reinterpret_cast<void**>(&dx16), x.size() * 2) == cudaSuccess);
+    if (type == cuda::DType::bf16) cuda::to_bf16(dx16, dx, x.size(), nullptr);
+    else cuda::cast_from_float(dx16, dx, x.size(), type, nullptr);
+    float* dxr = nullptr;
+    REQUIRE(cudaMalloc(reinterpret_cast<void**>(&dxr), x.size() * 4) == cudaSuccess);
+    cuda::cast_to_float(dxr, dx16, x.size(), type, nullptr);
+    const std::vector<float> xr = download(dxr, x.size());
+    std::vector<float> ref16(out);
+    cpu::matmul(ref16.data(), xr.data(), wr.data(), 1, in, out);
+    if (in % 8 == 0)
+      for (int version = 1; version <= cuda::kGemvVersions; ++version) {
+        INFO("x16 version " << version);
+        REQUIRE(cudaMemcpy(dy, y0.data(), y0.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+        if (type == cuda::DType::bf16) cuda::gemv_bf16_x16(dy, dx16, dw16, in, out, true, nullptr, version);
+        else cuda::gemv_f16_x16(dy, dx16, dw16, in, out, true, nullptr, version);
+        const auto y = download(dy, std::size_t(out));
+        double max_err = 0;
+        for (int o = 0; o < out; ++o)
+          max_err = std::max(max_err, std::fabs(y[std::size_t(o)] - (ref16[std::size_t(o)] + y0[std::size_t(o)])));
+        INFO("max abs error " << max_err);
+        CHECK(max_err < 1e-4);
+      }
     for (void* p : {static_cast<void*>(dx), static_cast<void*>(dw), static_cast<void*>(dy), static_cast<void*>(dw16),
-                    static_cast<void*>(dg)})
+                    static_cast<void*>(dg), static_cast<void*>(dx16), static_cast<void*>(dxr)})
       cudaFree(p);
   }
 }
