@@ -168,7 +168,7 @@ TEST_CASE("cuda gemv_bf16 and gemv_f16 match the CPU matmul on 16-bit weights, w
         const auto y = download(dy, std::size_t(out));
         double max_err = 0;
         for (int o = 0; o < out; ++o)
-          max_err = std::max(max_err, std::fabs(y[std::size_t(o)] - (ref16[std::size_t(o)] + y0[std::size_t(o)])));
+          max_err = std::max(max_err, (double)std::fabs(y[std::size_t(o)] - (ref16[std::size_t(o)] + y0[std::size_t(o)])));
         INFO("max abs error " << max_err);
         CHECK(max_err < 1e-4);
       }
