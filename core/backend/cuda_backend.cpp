@@ -235,7 +235,7 @@ struct CudaBackend::Impl {
   // y[rows][out] = x[rows][in] W^T in the weight dtype, fp32 in and out.
   void matmul(float* y, const float* xin, const DeviceBuffer& w, int rows, int in, int out) {
     if (!half) return cuda::matmul(y, xin, w.get<float>(), rows, in, out, cublas, stream);
-    if (rows == 1) return gemv(y, xin, w, in, out, false, gemv_version);
+    if (rows == 1) return gemv(y, xin, w, in, out, false, gemv_version_for(in, out));
     // x16 holds rows x in: forward() sized it for the step.
     to_half(x16.get(), xin, static_cast<std::size_t>(rows) * in);
     if (half_type == cuda::DType::bf16)
@@ -248,7 +248,7 @@ struct CudaBackend::Impl {
   // 16-bit dtype one GEMV that normalises as it reads (no rmsnorm launch).
   void matmul_normed(float* y, const float* xin, const DeviceBuffer& norm, float eps, const DeviceBuffer& w, int rows,
                      int in, int out, float* normed) {
-    if (half && rows == 1) return gemv(y, xin, w, in, out, false, gemv_version, norm.get<float>(), eps);
+    if (half && rows == 1) return gemv(y, xin, w, in, out, false, gemv_version_for(in, out), norm.get<float>(), eps);
     cuda::rmsnorm(normed, xin, norm.get<float>(), rows, in, eps, stream);
     matmul(y, normed, w, rows, in, out);
   }
@@ -256,51 +256,67 @@ struct CudaBackend::Impl {
   // The residual connection x[rows][out] += xin W^T: one GEMV that adds as it writes when a
   // single 16-bit row (the batch-1 decode step), else a matmul into `scratch` and an add.
   void matmul_add(float* x, const float* xin, const DeviceBuffer& w, int rows, int in, int out, float* scratch) {
-    if (half && rows == 1) return gemv(x, xin, w, in, out, true, gemv_version);
+    if (half && rows == 1) return gemv(x, xin, w, in, out, true, gemv_version_for(in, out));
     matmul(scratch, xin, w, rows, in, out);
     cuda::add(x, scratch, static_cast<std::size_t>(rows) * out, stream);
   }
 
-  // The batch-1 GEMV version for this device: each version timed on layer 0's three matrix shapes
-  // (CUDA events, median of 5), the fastest kept. All versions compute the same sums (tested).
-  int gemv_version = 1;
+  // The batch-1 GEMV version for this device, per matrix shape: each version timed on layer 0's
+  // four matrices and the LM head (CUDA events, median of 5), the fastest kept for each (the
+  // 4096-row matrices and the wide ones favour different block shapes). All versions compute the
+  // same sums (tested).
+  std::map<std::pair<int, int>, int> gemv_versions;  // (in, out) -> version
+  int gemv_version_for(int in, int out) const {
+    const auto it = gemv_versions.find({in, out});
+    return it == gemv_versions.end() ? 2 : it->second;
+  }
   void choose_gemv() {
     const Layer& L = layers.front();
     const int dim = shape.dim, hidden = shape.hidden_dim, qkv_dim = dim + 2 * shape.kv_dim();
+    struct Matrix {
+      const char* name;
+      const DeviceBuffer* w;
+      int in, out;
+    };
+    const Matrix mats[] = {{"wqkv", &L.wqkv, dim, qkv_dim},
+                           {"wo", &L.wo, dim, dim},
+                           {"w2", &L.w2, hidden, dim},
+                           {"lm_head", &lm_head, dim, shape.vocab_size}};
     DeviceBuffer xin, y;
     xin.reserve(static_cast<std::size_t>(std::max(dim, hidden)) * sizeof(float));
-    y.reserve(static_cast<std::size_t>(std::max(qkv_dim, 2 * hidden)) * sizeof(float));
+    y.reserve(static_cast<std::size_t>(std::max({qkv_dim, 2 * hidden, shape.vocab_size})) * sizeof(float));
     check(cudaMemsetAsync(xin.get(), 0, xin.bytes(), stream), "gemv tuning");
     cudaEvent_t e0, e1;
     check(cudaEventCreate(&e0), "cudaEventCreate");
     check(cudaEventCreate(&e1), "cudaEventCreate");
-    const auto run = [&](int v) {
-      gemv(y.get<float>(), xin.get<float>(), L.wqkv, dim, qkv_dim, false, v);
-      gemv(y.get<float>(), xin.get<float>(), L.w13, dim, 2 * hidden, false, v);
-      gemv(y.get<float>(), xin.get<float>(), L.w2, hidden, dim, false, v);
-    };
     std::string report;
-    float best = 0.0f;
-    for (int v = 1; v <= cuda::kGemvVersions; ++v) {
-      run(v);  // warm-up
-      std::vector<float> ms;
-      for (int rep = 0; rep < 5; ++rep) {
-        check(cudaEventRecord(e0, stream), "cudaEventRecord");
-        run(v);
-        check(cudaEventRecord(e1, stream), "cudaEventRecord");
-        check(cudaEventSynchronize(e1), "gemv tuning");
-        float t = 0.0f;
-        check(cudaEventElapsedTime(&t, e0, e1), "cudaEventElapsedTime");
-        ms.push_back(t);
+    for (const Matrix& m : mats) {
+      float best = 0.0f;
+      int best_v = 1;
+      std::string times;
+      for (int v = 1; v <= cuda::kGemvVersions; ++v) {
+        gemv(y.get<float>(), xin.get<float>(), *m.w, m.in, m.out, false, v);  // warm-up
+        std::vector<float> ms;
+        for (int rep = 0; rep < 5; ++rep) {
+          check(cudaEventRecord(e0, stream), "cudaEventRecord");
+          gemv(y.get<float>(), xin.get<float>(), *m.w, m.in, m.out, false, v);
+          check(cudaEventRecord(e1, stream), "cudaEventRecord");
+          check(cudaEventSynchronize(e1), "gemv tuning");
+          float t = 0.0f;
+          check(cudaEventElapsedTime(&t, e0, e1), "cudaEventElapsedTime");
+          ms.push_back(t);
+        }
+        std::sort(ms.begin(), ms.end());
+        times += fmt::format("{}{:.1f}", v > 1 ? " " : "", ms[2] * 1e3);
+        if (v == 1 || ms[2] < best) best = ms[2], best_v = v;
       }
-      std::sort(ms.begin(), ms.end());
-      report += fmt::format("{}v{} {:.1f} us", v > 1 ? ", " : "", v, ms[2] * 1e3);
-      if (v == 1 || ms[2] < best) best = ms[2], gemv_version = v;
+      gemv_versions[{m.in, m.out}] = best_v;
+      report += fmt::format("{}{} v{} ({} us for v1..v{})", report.empty() ? "" : "; ", m.name, best_v, times,
+                            cuda::kGemvVersions);
     }
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
-    gemv_tuning = fmt::format("{} v{} (layer-0 GEMVs: {})", half_type == cuda::DType::bf16 ? "gemv_bf16" : "gemv_f16",
-                              gemv_version, report);
+    gemv_tuning = fmt::format("{} per matrix: {}", half_type == cuda::DType::bf16 ? "gemv_bf16" : "gemv_f16", report);
   }
   std::string gemv_tuning;
 
@@ -610,10 +626,10 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
       if (flash && T == 1 && dim % 8 == 0) {
         if (half_type == cuda::DType::bf16)
           cuda::gemv_bf16_x16(x.get<float>(), att16.get<cuda::bf16_bits>(), L.wo.get<cuda::bf16_bits>(), dim, dim, true,
-                              stream, gemv_version);
+                              stream, gemv_version_for(dim, dim));
         else
           cuda::gemv_f16_x16(x.get<float>(), att16.get<cuda::f16_bits>(), L.wo.get<cuda::f16_bits>(), dim, dim, true,
-                             stream, gemv_version);
+                             stream, gemv_version_for(dim, dim));
       } else {
         matmul_add(x.get<float>(), att.get<float>(), L.wo, T, dim, dim, xb.get<float>());
       }
