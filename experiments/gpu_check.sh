@@ -12,6 +12,7 @@
 #   STEP_TIMEOUT=120 experiments/gpu_check.sh OUTDIR   # seconds any one step may run (default 600)
 #   DEADLINE=400 experiments/gpu_check.sh OUTDIR   # no step runs past 400 s from the start (those left are skipped)
 #   SDPA_ARGS='--kinds prefill' experiments/gpu_check.sh OUTDIR   # arguments of experiments/sdpa_compare.py
+#   SDPA=0 experiments/gpu_check.sh OUTDIR   # without the PyTorch SDPA comparison
 #   HIDDEN_TESTS='v6' experiments/gpu_check.sh OUTDIR   # hidden CUDA test tags to run, each alone
 #   NCU=1 / NCU_STEP=1 / NCU_PREFILL=1 experiments/gpu_check.sh OUTDIR   # Nsight Compute: decode
 #       attention's speed of light / every kernel of one decode step / the prefill versions' stalls
@@ -104,7 +105,9 @@ for name in ${BENCHES-bench_cuda_decode bench_attention_cuda}; do
   fi
 done
 # PyTorch's SDPA on the attention benchmark's shapes, for the side-by-side comparison.
-if python3 -c 'import torch; assert torch.cuda.is_available()' 2> /dev/null; then
+if [[ ${SDPA:-1} == 0 ]]; then
+  echo "gpu_check [${SECONDS}s]: sdpa_compare skipped (SDPA=0)"
+elif python3 -c 'import torch; assert torch.cuda.is_available()' 2> /dev/null; then
   # shellcheck disable=SC2086  # SDPA_ARGS is a list of flags
   if step_ok sdpa_compare && "${step[@]}" python3 experiments/sdpa_compare.py ${SDPA_ARGS:-} > "$out/sdpa.csv" 2> "$out/sdpa.err"; then
     echo "gpu_check [${SECONDS}s]: sdpa_compare done"

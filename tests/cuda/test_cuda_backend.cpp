@@ -175,14 +175,16 @@ TEST_CASE("cuda backend: logits within 16-bit tolerance of the CPU's (bf16, fp16
   const Weights w = synthetic_weights(shape, 3);
   CpuBackend cpu(synthetic_weights(shape, 3));
   // A ragged batch: a 40-token prompt, then (next step) it decodes one token beside a 3-token
-  // verification chunk of another sequence; logits of every row of the last.
+  // verification chunk of another sequence, then it decodes one more alone (batch 1: the fused
+  // batch-1 kernels: RMSNorm in the GEMVs, the SwiGLU epilogue, the 16-bit attention output into
+  // the output projection); logits of every step's rows.
   std::mt19937 rng(8);
   auto ids = [&](int n) {
     std::vector<int> t(static_cast<std::size_t>(n));
     for (int& x : t) x = static_cast<int>(rng() % static_cast<unsigned>(shape.vocab_size));
     return t;
   };
-  const auto p0 = ids(41), p1 = ids(23);
+  const auto p0 = ids(42), p1 = ids(23);
   auto steps_logits = [&](Backend& b, const std::string& layout, const std::string& attention) {
     auto kv = cache_for(b, layout, 256);
     auto att = attention_named(attention);
@@ -201,6 +203,13 @@ TEST_CASE("cuda backend: logits within 16-bit tolerance of the CPU's (bf16, fp16
     mixed.chunks.push_back({1, 20, std::span<const int>(p1).subspan(20, 3), true});
     std::vector<float> second = b.forward(mixed, *kv, *att);
     first.insert(first.end(), second.begin(), second.end());
+    kv->set_length(0, 41);
+    kv->set_length(1, 23);
+    REQUIRE(kv->ensure(0, 42));
+    ForwardBatch single;
+    single.chunks.push_back({0, 41, std::span<const int>(p0).subspan(41, 1), false});
+    std::vector<float> third = b.forward(single, *kv, *att);
+    first.insert(first.end(), third.begin(), third.end());
     return first;
   };
   const auto want = steps_logits(cpu, "contiguous", "naive");
