@@ -858,8 +858,8 @@ __global__ void __launch_bounds__(kDecodeThreads) flash_decode_v2_kernel(DecodeG
 template <class T, int D>
 __global__ void __launch_bounds__(kDecodeThreads)
     flash_decode_planned_kernel(const DecodeGroup<T>* g, float* workspace, long long layer_delta) {
-  pdl_wait();
   pdl_trigger();
+  pdl_wait();
   decode_v2_block<T, D>(*g, workspace, layer_delta);
 }
 
@@ -885,8 +885,8 @@ __global__ void split_reduce_v2_kernel(DecodeGroup<T> g, int D, const float* wor
 }
 template <class T>
 __global__ void split_reduce_planned_kernel(const DecodeGroup<T>* g, int D, const float* workspace) {
-  pdl_wait();
   pdl_trigger();
+  pdl_wait();
   split_reduce_v2_block<T>(*g, D, workspace);
 }
 
@@ -906,8 +906,8 @@ __global__ void cast_from_float_kernel(T* dst, const float* src, std::size_t n) 
 }
 template <class T>
 __global__ void cast_to_float_kernel(float* dst, const T* src, std::size_t n) {
-  pdl_wait();
   pdl_trigger();
+  pdl_wait();
   for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < n; e += std::size_t(gridDim.x) * blockDim.x)
     dst[e] = Conv<T>::to(src[e]);
 }

@@ -32,8 +32,8 @@ __device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); 
 
 // One block per row.
 __global__ void embed_kernel(float* x, const float* table, const int* tokens, int dim) {
-  pdl_wait();
   pdl_trigger();
+  pdl_wait();
   const float* src = table + std::size_t(tokens[blockIdx.x]) * dim;
   float* dst = x + std::size_t(blockIdx.x) * dim;
   for (int j = threadIdx.x; j < dim; j += blockDim.x) dst[j] = src[j];
@@ -57,8 +57,8 @@ template <typename T>
 __global__ void rope_store_qkv_kernel(float* qkv, int rows, int store_rows, int q_dim, int kv_dim, int head_dim,
                                       const int* positions, float theta, T* k_pool, T* v_pool,
                                       const std::int64_t* offsets, T* q16) {
-  pdl_wait();
   pdl_trigger();
+  pdl_wait();
   const int row_dim = q_dim + 2 * kv_dim, pairs = row_dim / 2;
   const std::size_t idx = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= std::size_t(rows) * pairs) return;

@@ -85,8 +85,8 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, i
   const int o = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
   if (o >= out) return;
   const T* row = w + std::size_t(o) * in;
-  detail::pdl_wait();
   detail::pdl_trigger();
+  detail::pdl_wait();
   const float inv = norm.weight ? inv_rms(x, in, norm.eps) : 1.0f;
   float acc = 0.0f;
   if (in % 8 == 0) {  // rows start 16-byte aligned: 8 weights a load
@@ -162,8 +162,8 @@ __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int
     }
   };
   load(lane);  // the weights never change: these loads may overlap the previous kernel (pdl)
-  detail::pdl_wait();
   detail::pdl_trigger();
+  detail::pdl_wait();
   const float inv = g4 ? inv_rms(x, in, norm.eps) : 1.0f;
   for (int i0 = lane; i0 < n8; i0 += 32 * kGemvLoads) {
     if (i0 != lane) load(i0);

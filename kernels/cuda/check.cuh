@@ -27,8 +27,10 @@ constexpr int kBlock = 256;  // threads per block for the row kernels (a multipl
 // anything an earlier kernel writes, or writes anything an earlier kernel reads; what comes
 // before the wait (a GEMV's first weight loads: the weights never change) overlaps the previous
 // kernel's tail. Without the attribute (or below sm_90) both calls are no-ops and the launch is
-// an ordinary one. Each kernel of the decode step waits, then triggers, so a kernel's early
-// start overlaps only the one kernel ahead of it.
+// an ordinary one. Each kernel of the decode step triggers first, then waits: its dependents may
+// launch once all its blocks have started, so the next GEMV's first weight loads overlap the
+// tail of the kernels ahead of it. Every write comes after the wait, when every earlier kernel
+// has completed (each one waited for its own predecessor before completing).
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");

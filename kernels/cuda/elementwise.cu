@@ -17,8 +17,8 @@ using namespace detail;
 // block does the whole row, so its latency is the kernel's (one row of 4096 in 256 threads is
 // four float4 loads a thread rather than sixteen scalar ones).
 __global__ void rmsnorm_kernel(float* out, const float* x, const float* weight, int dim, float eps) {
-  pdl_wait();
   pdl_trigger();
+  pdl_wait();
   const float* xr = x + std::size_t(blockIdx.x) * dim;
   float* o = out + std::size_t(blockIdx.x) * dim;
   float ss = 0.0f;
@@ -82,8 +82,8 @@ __global__ void swiglu_kernel(float* gate, const float* up, std::size_t n) {
 }
 
 __global__ void swiglu_rows_kernel(float* out, const float* gate_up, int rows, int hidden) {
-  pdl_wait();
   pdl_trigger();
+  pdl_wait();
   const std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= std::size_t(rows) * hidden) return;
   const std::size_t r = i / hidden, j = i % hidden;
@@ -97,8 +97,8 @@ __global__ void swiglu_rows_kernel(float* out, const float* gate_up, int rows, i
 // one block scans the whole vocabulary.
 constexpr int kArgmaxBlock = 1024;
 __global__ void __launch_bounds__(kArgmaxBlock) argmax_rows_kernel(const float* x, int n, int* out) {
-  pdl_wait();
   pdl_trigger();
+  pdl_wait();
   using Best = cub::KeyValuePair<int, float>;
   using Reduce = cub::BlockReduce<Best, kArgmaxBlock>;
   __shared__ typename Reduce::TempStorage tmp;
