@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The GPU attention figure of README's "What the ablations show", from the committed H100 benchmark
-output (results/reference/gpu/benchmarks/: bench_attention_cuda.json, sdpa.csv). Llama-2-7B heads
-(32 query and 32 KV heads of 128), bf16, paged KV in blocks of 16. Left: causal prefill time of one
-sequence, both flash versions beside PyTorch SDPA. Right: decode attention's KV read rate against
-the HBM peak. Writes plots/gpu_attention.png.
+output: results/reference/gpu/call3/ (prefill versions 2-5 and PyTorch SDPA, one call) and
+results/reference/gpu/benchmarks/ (prefill version 1, decode attention). Llama-2-7B heads (32 query
+and 32 KV heads of 128), bf16. Left: causal prefill time of one sequence (contiguous KV), every
+flash version beside SDPA. Right: decode attention's KV read rate (paged KV in blocks of 16)
+against the HBM peak. Writes plots/gpu_attention.png.
 Run with Debian's python3 (python3-matplotlib, python3-pandas):  /usr/bin/python3 plots/gpu_attention.py"""
 import json
 import os
@@ -18,13 +19,14 @@ import pandas as pd  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "results", "reference", "gpu", "benchmarks")
+PREFILL = os.path.join(ROOT, "results", "reference", "gpu", "call3")
 OUT = os.path.join(ROOT, "plots", "gpu_attention.png")
 LLAMA = 1  # bench_attention_cuda's shape index of llama2-7b
 KV_BYTES_PER_TOKEN = 2 * 32 * 128 * 2  # K and V, 32 KV heads of 128, 2-byte elements
 
 
-def medians():
-    path = os.path.join(BENCH, "bench_attention_cuda.json")
+def medians(folder):
+    path = os.path.join(folder, "bench_attention_cuda.json")
     if not os.path.exists(path):
         sys.exit(f"gpu_attention.py: missing {path}")
     data = json.load(open(path))
@@ -40,14 +42,16 @@ def medians():
 
 
 def main():
-    df, peak = medians()
-    sdpa = pd.read_csv(os.path.join(BENCH, "sdpa.csv"))
+    df, peak = medians(BENCH)
+    pre_new, _ = medians(PREFILL)
+    sdpa = pd.read_csv(os.path.join(PREFILL, "sdpa.csv"))
     fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.2))
 
-    pre = df[(df.kernel == "BM_CudaFlashPrefill") & (df["shape"] == LLAMA)]
-    for version, style in ((1, "o--"), (2, "o-")):
+    pre = pd.concat([df[df.version == 1], pre_new])  # v1 from the earlier call, v2-v5 from call 3
+    pre = pre[(pre.kernel == "BM_CudaFlashPrefill") & (pre["shape"] == LLAMA)]
+    for version, style in ((1, "o--"), (2, "o--"), (3, "o-"), (4, "o-"), (5, "o-")):
         d = pre[pre.version == version].sort_values("ctx")
-        left.plot(d.ctx, d.us / 1e3, style, label=f"flash v{version}")
+        left.plot(d.ctx, d.us / 1e3, style, label=f"flash v{version}" + (" (default)" if version == 5 else ""))
     s = sdpa[(sdpa.kind == "prefill") & (sdpa["shape"] == "llama2-7b")].sort_values("ctx")
     left.plot(s.ctx, s.ms, "s-", color="black", label="PyTorch SDPA (flash)")
     left.set_xscale("log", base=2)
@@ -70,7 +74,7 @@ def main():
     right.set_ylabel("KV read, TB/s")
     right.set_title("decode attention, llama2-7b heads, paged/16")
     right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle("NVIDIA H100 80GB HBM3, bf16 (results/reference/gpu/benchmarks)", fontsize=9)
+    fig.suptitle("NVIDIA H100 80GB HBM3, bf16 (results/reference/gpu/call3, results/reference/gpu/benchmarks)", fontsize=9)
     fig.tight_layout()
     tmp = OUT + ".tmp.png"
     fig.savefig(tmp, dpi=80)
