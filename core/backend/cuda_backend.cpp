@@ -33,11 +33,11 @@ CudaGraphStats CudaBackend::graph_stats() const { return {}; }
 
 #include <algorithm>
 #include <cmath>
-#include <map>
-#include <set>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <set>
 #include <vector>
 
 #include <fmt/format.h>

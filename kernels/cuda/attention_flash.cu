@@ -18,6 +18,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -309,6 +311,113 @@ __device__ __forceinline__ unsigned pack2(float& lo, float& hi) {
   return unsigned(ls) | (unsigned(hs) << 16);
 }
 
+// 2^x by the hardware approximation (2^-22 relative error).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// The start of a warp's 16 query rows in versions 2-5: their A fragments (Q, from the shared
+// tile sQ) and, for this lane's two rows (r = 0: row g of the 16, r = 1: row g + 8), how many keys
+// each sees (causal; 0 past n_q).
+template <class T, int KS>
+__device__ __forceinline__ void warp_rows_setup(unsigned (&qf)[KS][4], int (&vis)[2], const T* sQ, int ld,
+                                                const Prob<T>& p, int q0) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2;
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk)
+    ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + kk * 16 + 8 * (lane >> 4));
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int qi = q0 + warp * 16 + g + 8 * r;
+    vis[r] = qi < p.n_q ? min(p.kv_len, p.q_pos0 + qi + 1) : 0;
+  }
+}
+
+// The end of a warp's rows in versions 2-5: each row's sum gathered over its quad, the output
+// normalised by it and written (rows past n_q skipped).
+template <class T, int D>
+__device__ __forceinline__ void store_warp_rows(float (&o)[D / 8][4], float (&l)[2], const Prob<T>& p, int q0, int h) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, c = (lane & 3) * 2;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    const int qi = q0 + warp * 16 + g + 8 * r;
+    if (qi >= p.n_q) continue;
+    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+    T* dst = p.out + std::size_t(qi) * p.out_stride + std::size_t(h) * D + c;
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) {
+      dst[t * 8] = Conv<T>::from(o[t][2 * r] * inv);
+      dst[t * 8 + 1] = Conv<T>::from(o[t][2 * r + 1] * inv);
+    }
+  }
+}
+
+// The online-softmax step of one 16 x 64 score tile held as mma.sync accumulators (this lane's two
+// rows r = 0, 1, each spread over the 4 lanes of a quad): S scaled into the exp2 domain (and, when
+// `mask`, keys at or past a row's vis set to -inf), the running max m and this lane's part of the
+// row sum l updated, O rescaled, and P = exp2(S - m) rounded to T into pa, whose row j is exactly
+// the A fragment of keys [16j, 16j + 16) of O += P V. FastExp: the hardware ex2.approx (versions
+// 4-5) instead of exp2f (version 2-3).
+template <class T, int NT, bool FastExp>
+__device__ __forceinline__ void online_softmax_tile(float (&sc)[8][4], bool mask, int t0, int c, const int (&vis)[2],
+                                                    float scale_log2, float (&m)[2], float (&l)[2], float (&o)[NT][4],
+                                                    unsigned (&pa)[4][4]) {
+  const auto ex2 = [](float x) { return FastExp ? fast_exp2(x) : exp2f(x); };
+  float mx[2] = {-INFINITY, -INFINITY};
+  if (mask) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = t0 + nt * 8 + c + (e & 1), r = e >> 1;
+        sc[nt][e] = key < vis[r] ? sc[nt][e] * scale_log2 : -INFINITY;
+        mx[r] = fmaxf(mx[r], sc[nt][e]);
+      }
+  } else {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        sc[nt][e] *= scale_log2;
+        mx[e >> 1] = fmaxf(mx[e >> 1], sc[nt][e]);
+      }
+  }
+  float ref[2], alpha[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    const float m_new = fmaxf(m[r], mx[r]);
+    ref[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet: every p is 0, no NaN
+    alpha[r] = ex2(m[r] - ref[r]);               // 0 while m = -inf
+    m[r] = m_new;
+    l[r] *= alpha[r];
+  }
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    o[t][0] *= alpha[0];
+    o[t][1] *= alpha[0];
+    o[t][2] *= alpha[1];
+    o[t][3] *= alpha[1];
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float* v = sc[2 * j + half];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) v[e] = ex2(v[e] - ref[e >> 1]);
+      pa[j][2 * half] = pack2<T>(v[0], v[1]);
+      pa[j][2 * half + 1] = pack2<T>(v[2], v[3]);
+      l[0] += v[0] + v[1];  // the sum of what the PV product actually weights
+      l[1] += v[2] + v[3];
+    }
+}
+
 template <class T, int D, int Stages>
 __global__ void __launch_bounds__(kPrefill2Threads) flash_prefill_v2_kernel(Prob<T> p) {
   using S = Prefill2Smem<D, Stages>;
@@ -318,7 +427,7 @@ __global__ void __launch_bounds__(kPrefill2Threads) flash_prefill_v2_kernel(Prob
   T* sK0 = sQ + kBr2 * ld;              // stage s: K at sK0 + s * 2 * kBc2 * ld, V kBc2 rows after it
 
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kBr2, h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, c = (lane & 3) * 2;
+  const int lane = threadIdx.x % 32, c = (lane & 3) * 2;
   const int rows_here = min(kBr2, p.n_q - q0);
   load_tile<T, D>(sQ, ld, kBr2, [&](int r) -> const T* {
     return r < rows_here ? p.q + std::size_t(q0 + r) * p.q_stride + std::size_t(h) * D : nullptr;
@@ -326,17 +435,8 @@ __global__ void __launch_bounds__(kPrefill2Threads) flash_prefill_v2_kernel(Prob
   __syncthreads();
 
   unsigned qf[KS][4];  // A fragments of the warp's 16 rows
-#pragma unroll
-  for (int kk = 0; kk < KS; ++kk)
-    ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + kk * 16 + 8 * (lane >> 4));
-
-  // This lane's two rows: r = 0 (row g of the warp's 16) and r = 1 (row g + 8).
-  int vis[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int qi = q0 + warp * 16 + g + 8 * r;
-    vis[r] = qi < p.n_q ? min(p.kv_len, p.q_pos0 + qi + 1) : 0;
-  }
+  int vis[2];          // keys this lane's two rows see
+  warp_rows_setup<T, KS>(qf, vis, sQ, ld, p, q0);
   float o[NT][4];
 #pragma unroll
   for (int t = 0; t < NT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
@@ -385,48 +485,8 @@ __global__ void __launch_bounds__(kPrefill2Threads) flash_prefill_v2_kernel(Prob
       }
     }
     // Mask (causal, past kv_len), scale into the exp2 domain, and the online softmax per row.
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = t0 + nt * 8 + c + (e & 1), r = e >> 1;
-        sc[nt][e] = key < vis[r] ? sc[nt][e] * p.scale_log2 : -INFINITY;
-        mx[r] = fmaxf(mx[r], sc[nt][e]);
-      }
-    float ref[2], alpha[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      const float m_new = fmaxf(m[r], mx[r]);
-      ref[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet: every p is 0, no NaN
-      alpha[r] = exp2f(m[r] - ref[r]);             // 0 while m = -inf
-      m[r] = m_new;
-      l[r] *= alpha[r];
-    }
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      o[t][0] *= alpha[0];
-      o[t][1] *= alpha[0];
-      o[t][2] *= alpha[1];
-      o[t][3] *= alpha[1];
-    }
-    // P = exp2(S - m), rounded to T: S's tiles 2j and 2j+1 are exactly the A fragment of keys
-    // [16j, 16j + 16) of O += P V.
     unsigned pa[4][4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        float* v = sc[2 * j + half];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) v[e] = exp2f(v[e] - ref[e >> 1]);
-        pa[j][2 * half] = pack2<T>(v[0], v[1]);
-        pa[j][2 * half + 1] = pack2<T>(v[2], v[3]);
-        l[0] += v[0] + v[1];  // the sum of what the PV product actually weights
-        l[1] += v[2] + v[3];
-      }
+    online_softmax_tile<T, NT, false>(sc, true, t0, c, vis, p.scale_log2, m, l, o, pa);
     // O += P V: V's [key][d] tile read transposed by ldmatrix as B fragments.
 #pragma unroll
     for (int t = 0; t < NT; ++t)
@@ -440,20 +500,7 @@ __global__ void __launch_bounds__(kPrefill2Threads) flash_prefill_v2_kernel(Prob
     if constexpr (Stages == 2) __syncthreads();  // this stage is read; the next iteration may refill it
   }
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    const int qi = q0 + warp * 16 + g + 8 * r;
-    if (qi >= p.n_q) continue;
-    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-    T* dst = p.out + std::size_t(qi) * p.out_stride + std::size_t(h) * D + c;
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      dst[t * 8] = Conv<T>::from(o[t][2 * r] * inv);
-      dst[t * 8 + 1] = Conv<T>::from(o[t][2 * r + 1] * inv);
-    }
-  }
+  store_warp_rows<T, D>(o, l, p, q0, h);
 }
 
 // ---- prefill versions 4 and 5: version 3 with FlashAttention-2's issue order -----------------
@@ -475,12 +522,6 @@ struct Prefill4Smem {
   static constexpr std::size_t bytes = std::size_t(rows + 2 * 2 * kBc2) * ld * 2;  // Q + 2 stages of K, V
 };
 
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
 template <class T, int D, int Warps>
 __global__ void __launch_bounds__(Warps * 32) flash_prefill_v4_kernel(Prob<T> p) {
   using S = Prefill4Smem<D, Warps>;
@@ -491,7 +532,7 @@ __global__ void __launch_bounds__(Warps * 32) flash_prefill_v4_kernel(Prob<T> p)
   const auto stage_k = [&](int tile) { return sK0 + (tile & 1) * 2 * kBc2 * ld; };
 
   const int q0 = (gridDim.x - 1 - blockIdx.x) * Br, h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, c = (lane & 3) * 2;
+  const int lane = threadIdx.x % 32, c = (lane & 3) * 2;
   const int rows_here = min(Br, p.n_q - q0);
   const int kv_end = min(p.kv_len, p.q_pos0 + q0 + rows_here);
   const int tiles = (kv_end + kBc2 - 1) / kBc2;
@@ -507,17 +548,8 @@ __global__ void __launch_bounds__(Warps * 32) flash_prefill_v4_kernel(Prob<T> p)
   __syncthreads();
 
   unsigned qf[KS][4];  // A fragments of the warp's 16 rows
-#pragma unroll
-  for (int kk = 0; kk < KS; ++kk)
-    ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + kk * 16 + 8 * (lane >> 4));
-
-  // This lane's two rows: r = 0 (row g of the warp's 16) and r = 1 (row g + 8); vis = keys seen.
-  int vis[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int qi = q0 + warp * 16 + g + 8 * r;
-    vis[r] = qi < p.n_q ? min(p.kv_len, p.q_pos0 + qi + 1) : 0;
-  }
+  int vis[2];          // keys this lane's two rows see
+  warp_rows_setup<T, KS>(qf, vis, sQ, ld, p, q0);
   int vis_min = min(vis[0], vis[1]), vis_max = max(vis[0], vis[1]);
 #pragma unroll
   for (int s = 1; s < 32; s *= 2) {
@@ -556,58 +588,8 @@ __global__ void __launch_bounds__(Warps * 32) flash_prefill_v4_kernel(Prob<T> p)
           mma16816<T>(sc[2 * np + 1], qf[kk], b[2], b[3]);
         }
       // Scale into the exp2 domain; mask only a tile that crosses some row's last visible key.
-      float mx[2] = {-INFINITY, -INFINITY};
-      if (t0 + kBc2 <= vis_min) {
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            sc[nt][e] *= p.scale_log2;
-            mx[e >> 1] = fmaxf(mx[e >> 1], sc[nt][e]);
-          }
-      } else {
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int key = t0 + nt * 8 + c + (e & 1), r = e >> 1;
-            sc[nt][e] = key < vis[r] ? sc[nt][e] * p.scale_log2 : -INFINITY;
-            mx[r] = fmaxf(mx[r], sc[nt][e]);
-          }
-      }
-      float ref[2], alpha[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        const float m_new = fmaxf(m[r], mx[r]);
-        ref[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet: every p is 0, no NaN
-        alpha[r] = fast_exp2(m[r] - ref[r]);         // 0 while m = -inf
-        m[r] = m_new;
-        l[r] *= alpha[r];
-      }
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        o[t][0] *= alpha[0];
-        o[t][1] *= alpha[0];
-        o[t][2] *= alpha[1];
-        o[t][3] *= alpha[1];
-      }
-      // P = exp2(S - m), rounded to T: S's tiles 2j and 2j+1 are the A fragment of keys
-      // [16j, 16j + 16) of O += P V.
       unsigned pa[4][4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          float* v = sc[2 * j + half];
-#pragma unroll
-          for (int e = 0; e < 4; ++e) v[e] = fast_exp2(v[e] - ref[e >> 1]);
-          pa[j][2 * half] = pack2<T>(v[0], v[1]);
-          pa[j][2 * half + 1] = pack2<T>(v[2], v[3]);
-          l[0] += v[0] + v[1];  // the sum of what the PV product actually weights
-          l[1] += v[2] + v[3];
-        }
+      online_softmax_tile<T, NT, true>(sc, t0 + kBc2 > vis_min, t0, c, vis, p.scale_log2, m, l, o, pa);
       // O += P V: key k-step outer, output tiles inner; ldmatrix.trans gives two tiles' B.
 #pragma unroll
       for (int j = 0; j < 4; ++j)
@@ -622,20 +604,7 @@ __global__ void __launch_bounds__(Warps * 32) flash_prefill_v4_kernel(Prob<T> p)
     __syncthreads();  // this stage is read; the next iteration may refill it
   }
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    const int qi = q0 + warp * 16 + g + 8 * r;
-    if (qi >= p.n_q) continue;
-    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-    T* dst = p.out + std::size_t(qi) * p.out_stride + std::size_t(h) * D + c;
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      dst[t * 8] = Conv<T>::from(o[t][2 * r] * inv);
-      dst[t * 8 + 1] = Conv<T>::from(o[t][2 * r + 1] * inv);
-    }
-  }
+  store_warp_rows<T, D>(o, l, p, q0, h);
 }
 
 // ---- decode: paged, optionally split over the key range ---------------------------------------
@@ -935,49 +904,41 @@ int sm_count() {
   return std::max(n, 1);
 }
 
+// A prefill kernel with `bytes` of dynamic shared memory (over the default 48 KB), its limit raised
+// on first use (the attribute belongs to the device function).
+template <class T>
+void launch_prefill_kernel(void (*kernel)(Prob<T>), dim3 grid, int threads, std::size_t bytes,
+                           const AttentionProblem& p, cudaStream_t stream, const char* who) {
+  static std::mutex mu;
+  static std::set<const void*> configured;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (configured.insert(reinterpret_cast<const void*>(kernel)).second)
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), who);
+  }
+  kernel<<<grid, threads, bytes, stream>>>(prob_of<T>(p));
+  check_launch(who);
+}
+
 template <class T, int D>
 void launch_prefill(const AttentionProblem& p, cudaStream_t stream) {
-  constexpr std::size_t bytes = PrefillSmem<D>::template bytes<T>();
-  static bool configured = false;  // per instantiation; the attribute is per device function
-  if (!configured) {
-    check(cudaFuncSetAttribute(flash_prefill_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
-          "attention_flash: cudaFuncSetAttribute");
-    configured = true;
-  }
-  const dim3 grid((p.n_q + kBr - 1) / kBr, p.n_heads);
-  flash_prefill_kernel<T, D><<<grid, kPrefillThreads, bytes, stream>>>(prob_of<T>(p));
-  check_launch("attention_flash (prefill kernel)");
+  launch_prefill_kernel<T>(flash_prefill_kernel<T, D>, dim3((p.n_q + kBr - 1) / kBr, p.n_heads), kPrefillThreads,
+                           PrefillSmem<D>::template bytes<T>(), p, stream, "attention_flash (prefill kernel)");
 }
 
 template <class T, int D, int Stages>
 void launch_prefill_v2(const AttentionProblem& p, cudaStream_t stream) {
-  constexpr std::size_t bytes = Prefill2Smem<D, Stages>::bytes;
-  static bool configured = false;  // per instantiation; the attribute is per device function
-  if (!configured) {
-    check(cudaFuncSetAttribute(flash_prefill_v2_kernel<T, D, Stages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               int(bytes)),
-          "attention_flash v2/v3: cudaFuncSetAttribute");
-    configured = true;
-  }
-  const dim3 grid((p.n_q + kBr2 - 1) / kBr2, p.n_heads);
-  flash_prefill_v2_kernel<T, D, Stages><<<grid, kPrefill2Threads, bytes, stream>>>(prob_of<T>(p));
-  check_launch(Stages == 2 ? "attention_flash v3 (prefill kernel)" : "attention_flash v2 (prefill kernel)");
+  launch_prefill_kernel<T>(flash_prefill_v2_kernel<T, D, Stages>, dim3((p.n_q + kBr2 - 1) / kBr2, p.n_heads),
+                           kPrefill2Threads, Prefill2Smem<D, Stages>::bytes, p, stream,
+                           Stages == 2 ? "attention_flash v3 (prefill kernel)" : "attention_flash v2 (prefill kernel)");
 }
 
 template <class T, int D, int Warps>
 void launch_prefill_v4(const AttentionProblem& p, cudaStream_t stream) {
-  constexpr std::size_t bytes = Prefill4Smem<D, Warps>::bytes;
-  static bool configured = false;  // per instantiation; the attribute is per device function
-  if (!configured) {
-    check(cudaFuncSetAttribute(flash_prefill_v4_kernel<T, D, Warps>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               int(bytes)),
-          "attention_flash v4/v5: cudaFuncSetAttribute");
-    configured = true;
-  }
   constexpr int rows = Prefill4Smem<D, Warps>::rows;
-  const dim3 grid((p.n_q + rows - 1) / rows, p.n_heads);
-  flash_prefill_v4_kernel<T, D, Warps><<<grid, Warps * 32, bytes, stream>>>(prob_of<T>(p));
-  check_launch(Warps == 8 ? "attention_flash v5 (prefill kernel)" : "attention_flash v4 (prefill kernel)");
+  launch_prefill_kernel<T>(flash_prefill_v4_kernel<T, D, Warps>, dim3((p.n_q + rows - 1) / rows, p.n_heads), Warps * 32,
+                           Prefill4Smem<D, Warps>::bytes, p, stream,
+                           Warps == 8 ? "attention_flash v5 (prefill kernel)" : "attention_flash v4 (prefill kernel)");
 }
 
 template <class T>
