@@ -7,11 +7,14 @@
 // then the final norm and the LM head. GEMMs are cuBLAS bf16 x bf16 -> fp32 (fp32 accumulate);
 // activations and KV are fp32. With graphs=1 the whole step is one CUDA graph launch (the
 // `cuda_graphs` ablation in miniature: the same kernels without ~500 launch gaps). gemv=0 runs
-// the matmuls through cuBLAS (cublasGemmEx, x converted to bf16 first); gemv=1..3 through that
+// the matmuls through cuBLAS (cublasGemmEx, x converted to bf16 first); gemv=1..7 through that
 // version of the project's gemv_bf16 kernel (fp32 x read directly; the residual adds fused into
 // the output and down projections). attn=0 is naive attention (cuBLAS + softmax), attn=1
 // attention_decode_f32. BM_GemvBf16 times each GEMV version alone on each matrix shape of the
 // step, bytes of w per second beside the copy bandwidth (the llm.c way: versions side by side).
+// This step is the kernels in their plain form; the CUDA backend's own batch-1 step fuses more
+// (RMSNorm inside the GEMVs, SwiGLU as the gate/up GEMV's epilogue, rope_store_qkv, a 16-bit x
+// into the output projection, 6 kernels a layer): configs/gpu/decode.yaml measures that one.
 //   build/gpu/experiments/bench_cuda_decode --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 // Without a CUDA device it reports "not benchmarked" and runs nothing.
 #include <benchmark/benchmark.h>
