@@ -336,13 +336,13 @@ int main(int argc, char** argv) {
     b->ArgNames({"context", "graphs", "gemv", "attn"})->UseManualTime()->Unit(benchmark::kMillisecond);
     for (int ctx : {128, 2048})
       for (int g : {0, 1})
-        for (int gemv = 0; gemv <= cuda::kGemvVersions; ++gemv) b->Args({ctx, g, gemv, 0});
+        for (int gemv = 0; gemv <= cuda::kGemvVersionsAll; ++gemv) b->Args({ctx, g, gemv, 0});
     for (int ctx : {128, 2048}) b->Args({ctx, 1, 1, 1});  // attn=1: attention_decode_f32, one launch
     auto* gb = benchmark::RegisterBenchmark("BM_GemvBf16", BM_GemvBf16);
     gb->ArgNames({"in", "out", "version"})->UseManualTime()->Unit(benchmark::kMicrosecond);
     // llama2-7b: wqkv, wo, w13, w2, LM head
     for (auto [in, out] : {std::pair{4096, 12288}, {4096, 4096}, {4096, 22016}, {11008, 4096}, {4096, 32000}})
-      for (int v = 1; v <= cuda::kGemvVersions; ++v) gb->Args({in, out, v});
+      for (int v = 1; v <= cuda::kGemvVersionsAll; ++v) gb->Args({in, out, v});
   }
 #else
   benchmark::AddCustomContext("cuda", "not benchmarked: built without CUDA");

@@ -14,8 +14,9 @@
 #   SDPA_ARGS='--kinds prefill' experiments/gpu_check.sh OUTDIR   # arguments of experiments/sdpa_compare.py
 #   SDPA=0 experiments/gpu_check.sh OUTDIR   # without the PyTorch SDPA comparison
 #   HIDDEN_TESTS='v6' experiments/gpu_check.sh OUTDIR   # hidden CUDA test tags to run, each alone
-#   NCU=1 / NCU_STEP=1 / NCU_PREFILL=1 experiments/gpu_check.sh OUTDIR   # Nsight Compute: decode
-#       attention's speed of light / every kernel of one decode step / the prefill versions' stalls
+#   NCU=1 / NCU_STEP=1 / NCU_PREFILL=1 / NCU_GEMV=1 experiments/gpu_check.sh OUTDIR   # Nsight Compute:
+#       decode attention's speed of light / every kernel of one decode step / the prefill
+#       versions' stalls / the GEMV versions' memory behaviour
 #   ABLATE_BUILD=build/gpu-carry ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR
 #       # use the programs experiments/gpu_bundle.sh built here and copied to build/gpu-carry
 # The GPU machines have CMake, nvcc and PyTorch but no package registry, so the usual way is to
@@ -141,6 +142,18 @@ if [[ ${NCU_STEP:-0} == 1 ]] && command -v ncu > /dev/null; then
     echo "gpu_check [${SECONDS}s]: ncu step FAILED (see $out/ncu_step.txt)"
   fi
 fi
+# NCU_GEMV=1: Nsight Compute's memory sections on the down projection's GEMV (in 11008, out 4096)
+# per version (NCU_GEMV_VERSIONS): where the small matrices lose bandwidth.
+if [[ ${NCU_GEMV:-0} == 1 ]] && command -v ncu > /dev/null; then
+  for v in ${NCU_GEMV_VERSIONS-2 8 10 11}; do
+    step_ok "ncu gemv v$v" || continue
+    "${step[@]}" ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
+      -k regex:gemv -c 1 "$build/experiments/bench_cuda_decode" \
+      --benchmark_filter="BM_GemvBf16/in:11008/out:4096/version:$v/" --benchmark_min_time=0.001 \
+      > "$out/ncu_gemv_v$v.txt" 2>&1 &&
+      echo "gpu_check [${SECONDS}s]: ncu gemv v$v done" || echo "gpu_check [${SECONDS}s]: ncu gemv v$v FAILED"
+  done
+fi
 # NCU_PREFILL=1: Nsight Compute's occupancy, warp-stall and pipe sections on one 4096-token
 # llama2-7b prefill per kernel version (NCU_PREFILL_VERSIONS), for the issue-order diagnosis.
 if [[ ${NCU_PREFILL:-0} == 1 ]] && command -v ncu > /dev/null; then
@@ -172,8 +185,8 @@ done
     [ -f "$f" ] && grep -E "_median" "$f" | sed -E 's/manual_time_median//; s/ +/ /g' | cut -d' ' -f1,2,3
   done
   [ -f "$out/ncu_step.txt" ] && { echo "-- ncu_step.txt"; grep -E "^ +[a-z_0-9:<>, ]+\(|gpu__time_duration|Invocations" "$out/ncu_step.txt" | sed -E 's/ +/ /g' | cut -c1-150 | head -60; }
-  for f in "$out"/ncu_prefill_v*.txt; do
-    [ -f "$f" ] && { echo "-- $(basename "$f")"; grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issue Slots Busy|stalled|One or More" "$f" | sed -E 's/ +/ /g' | cut -c1-220 | head -16; }
+  for f in "$out"/ncu_prefill_v*.txt "$out"/ncu_gemv_v*.txt; do
+    [ -f "$f" ] && { echo "-- $(basename "$f")"; grep -E "Duration|DRAM Throughput|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issue Slots Busy|stalled|One or More" "$f" | sed -E 's/ +/ /g' | cut -c1-220 | head -16; }
   done
   for f in "$out"/ablation_*.txt; do
     [ -f "$f" ] && { echo "-- $(basename "$f")"; grep -E "^\|" "$f" | cut -c1-160; }

@@ -55,6 +55,15 @@ struct Half16<__half> {
   static __device__ __forceinline__ float to(__half v) { return __half2float(v); }
 };
 
+// 16 bytes of a stream read once, L2 asked to fetch the whole 256-byte line around them.
+__device__ __forceinline__ uint4 load_l2_256(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
 // The fused RMSNorm of a GEMV's input (norm != nullptr): y = W (norm . x) / rms(x), the scalar
 // 1/rms(x) applied to the finished dot product. Every warp computes it over the whole row of x
 // (L2-resident, 16 KB at dim 4096) while its first weight loads are in flight, which removes
@@ -131,16 +140,35 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, i
 //
 // X16: x is in the weights' 16-bit type (the attention output feeding the output projection,
 // read without a cast to fp32 first: one launch fewer, half the x bytes); no fused norm.
-template <class T, int R, int kGemvLoads, int Warps = kGemvWarps, bool Swiglu = false, bool X16 = false>
+// L2Prefetch (versions 8 and 9, experimental): the weight loads ask L2 to fetch whole 256-byte
+// lines (ld.global.nc.L1::no_allocate.L2::256B) instead of streaming 16 bytes a lane (__ldcs).
+//
+// Split > 1 (versions 10 and 11, experimental; R = 1): Split warps share a row, each reading a
+// contiguous 1/Split of it, their sums added in a fixed order through shared memory. Why: a
+// 4096-row matrix gives one row to each of 4096 warps, under half of the H100's 8448 warp slots,
+// so half the loads that could be in flight are not (wo and w2 ran at 2.3-2.4 TB/s against 2.8 for
+// the 32000-row LM head).
+template <class T, int R, int kGemvLoads, int Warps = kGemvWarps, bool Swiglu = false, bool X16 = false,
+          bool L2Prefetch = false, int Split = 1>
 __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int in, int out, bool accumulate,
                                        GemvNorm norm) {
   static_assert(!Swiglu || R == 2, "the SwiGLU epilogue pairs a gate row with an up row");
+  static_assert(Split == 1 || (R == 1 && !Swiglu && Warps % Split == 0), "a split row is one row of a plain GEMV");
   const float* x = static_cast<const float*>(xv);
   using H = Half16<T>;
   const int lane = threadIdx.x & 31;
-  const int o0 = (blockIdx.x * Warps + (threadIdx.x >> 5)) * (Swiglu ? 1 : R);
-  if (o0 >= out) return;
+  const int o0 = Split == 1 ? (blockIdx.x * Warps + (threadIdx.x >> 5)) * (Swiglu ? 1 : R)
+                            : blockIdx.x * (Warps / Split) + (threadIdx.x >> 5) / Split;
+  if constexpr (Split == 1) {
+    if (o0 >= out) return;  // (a split row's warps all reach the barrier below: rows clamp instead)
+  }
   const int n8 = in / 8;
+  int begin = 0, end = n8;  // this warp's part of the row, in 16-byte vectors
+  if constexpr (Split > 1) {
+    const int per = (n8 + Split - 1) / Split;
+    begin = min(n8, ((threadIdx.x >> 5) % Split) * per);
+    end = min(n8, begin + per);
+  }
   const uint4* rows[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
@@ -158,19 +186,20 @@ __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int
     for (int u = 0; u < kGemvLoads; ++u) {
       const int i = i0 + 32 * u;
 #pragma unroll
-      for (int r = 0; r < R; ++r) wv[r][u] = i < n8 ? __ldcs(rows[r] + i) : make_uint4(0, 0, 0, 0);
+      for (int r = 0; r < R; ++r)
+        wv[r][u] = i >= end ? make_uint4(0, 0, 0, 0) : L2Prefetch ? load_l2_256(rows[r] + i) : __ldcs(rows[r] + i);
     }
   };
-  load(lane);  // the weights never change: these loads may overlap the previous kernel (pdl)
+  load(begin + lane);  // the weights never change: these loads may overlap the previous kernel (pdl)
   detail::pdl_trigger();
   detail::pdl_wait();
   const float inv = g4 ? inv_rms(x, in, norm.eps) : 1.0f;
-  for (int i0 = lane; i0 < n8; i0 += 32 * kGemvLoads) {
-    if (i0 != lane) load(i0);
+  for (int i0 = begin + lane; i0 < end; i0 += 32 * kGemvLoads) {
+    if (i0 != begin + lane) load(i0);
 #pragma unroll
     for (int u = 0; u < kGemvLoads; ++u) {
       const int i = i0 + 32 * u;
-      if (i >= n8) break;
+      if (i >= end) break;
       float4 xa, xb;
       if constexpr (X16) {
         const uint4 packed = __ldg(static_cast<const uint4*>(xv) + i);
@@ -200,6 +229,19 @@ __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int
   if constexpr (Swiglu) {
     const float g = detail::warp_sum(acc[0]) * inv, u = detail::warp_sum(acc[1]) * inv;
     if (lane == 0) y[o0] = g * (1.0f / (1.0f + expf(-g))) * u;
+  } else if constexpr (Split > 1) {
+    __shared__ float partial[Warps];
+    const int warp = threadIdx.x >> 5;
+    const float a = detail::warp_sum(acc[0]);
+    if (lane == 0) partial[warp] = a;
+    __syncthreads();
+    if (lane == 0 && warp % Split == 0 && o0 < out) {
+      float sum = 0.0f;
+#pragma unroll
+      for (int p = 0; p < Split; ++p) sum += partial[warp + p];
+      sum *= inv;
+      y[o0] = accumulate ? y[o0] + sum : sum;
+    }
   } else {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -220,9 +262,9 @@ void gemv_16(const char* who, float* y, const void* x, const std::uint16_t* w, i
   const auto misaligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 != 0; };
   if (in % 8 == 0 && (misaligned(x) || (norm.weight && misaligned(norm.weight))))
     throw std::runtime_error(std::string(who) + ": x and the norm weight must be 16-byte aligned");
-  if (version < 1 || version > kGemvVersions)
+  if (version < 1 || version > kGemvVersionsAll)
     throw std::invalid_argument(std::string(who) + ": version " + std::to_string(version) + "; allowed: 1.." +
-                                std::to_string(kGemvVersions));
+                                std::to_string(kGemvVersionsAll));
   if (X16 && (in % 8 != 0 || norm.weight))
     throw std::invalid_argument(std::string(who) + ": a 16-bit x needs in % 8 == 0 and no fused norm");
   const auto* wt = reinterpret_cast<const T*>(w);
@@ -230,18 +272,22 @@ void gemv_16(const char* who, float* y, const void* x, const std::uint16_t* w, i
     detail::launch_pdl(gemv_bf16_kernel<T>, unsigned((out + kGemvWarps - 1) / kGemvWarps), 32 * kGemvWarps, 0, stream, y,
                        static_cast<const float*>(x), wt, in, out, accumulate, norm);
   } else {
-    const auto launch = [&](auto kernel, int rows_per_warp, int warps = kGemvWarps) {
-      const int rows_per_block = rows_per_warp * warps;
+    // rows_per_block: rows of w a block computes; warps: its warps.
+    const auto launch = [&](auto kernel, int rows_per_block, int warps) {
       detail::launch_pdl(kernel, unsigned((out + rows_per_block - 1) / rows_per_block), 32 * warps, 0, stream, y, x, wt,
                          in, out, accumulate, norm);
     };
     constexpr int W = kGemvWarps;
-    if (version <= 2) launch(gemv_bf16_multi_kernel<T, 1, 4, W, false, X16>, 1);
-    else if (version == 3) launch(gemv_bf16_multi_kernel<T, 2, 4, W, false, X16>, 2);
-    else if (version == 4) launch(gemv_bf16_multi_kernel<T, 1, 8, W, false, X16>, 1);
-    else if (version == 5) launch(gemv_bf16_multi_kernel<T, 4, 4, W, false, X16>, 4);
-    else if (version == 6) launch(gemv_bf16_multi_kernel<T, 1, 4, 2, false, X16>, 1, 2);
-    else launch(gemv_bf16_multi_kernel<T, 1, 8, 2, false, X16>, 1, 2);
+    if (version <= 2) launch(gemv_bf16_multi_kernel<T, 1, 4, W, false, X16>, W, W);
+    else if (version == 3) launch(gemv_bf16_multi_kernel<T, 2, 4, W, false, X16>, 2 * W, W);
+    else if (version == 4) launch(gemv_bf16_multi_kernel<T, 1, 8, W, false, X16>, W, W);
+    else if (version == 5) launch(gemv_bf16_multi_kernel<T, 4, 4, W, false, X16>, 4 * W, W);
+    else if (version == 6) launch(gemv_bf16_multi_kernel<T, 1, 4, 2, false, X16>, 2, 2);
+    else if (version == 7) launch(gemv_bf16_multi_kernel<T, 1, 8, 2, false, X16>, 2, 2);
+    else if (version == 8) launch(gemv_bf16_multi_kernel<T, 1, 4, W, false, X16, true>, W, W);
+    else if (version == 9) launch(gemv_bf16_multi_kernel<T, 1, 8, W, false, X16, true>, W, W);
+    else if (version == 10) launch(gemv_bf16_multi_kernel<T, 1, 4, W, false, X16, false, 2>, W / 2, W);
+    else launch(gemv_bf16_multi_kernel<T, 1, 4, W, false, X16, false, 4>, W / 4, W);
   }
   detail::check_launch(who);
 }

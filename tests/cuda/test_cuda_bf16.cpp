@@ -129,7 +129,7 @@ TEST_CASE("cuda gemv_bf16 and gemv_f16 match the CPU matmul on 16-bit weights, w
     std::vector<float> xn(in), ref_norm(out);
     cpu::rmsnorm(xn.data(), x.data(), g.data(), 1, in, eps);
     cpu::matmul(ref_norm.data(), xn.data(), wr.data(), 1, in, out);
-    for (int version = 1; version <= cuda::kGemvVersions; ++version)
+    for (int version = 1; version <= cuda::kGemvVersionsAll; ++version)
       for (bool accumulate : {true, false})
         for (bool norm : {false, true}) {
           INFO("version " << version << " accumulate=" << accumulate << " norm=" << norm);
@@ -160,7 +160,7 @@ TEST_CASE("cuda gemv_bf16 and gemv_f16 match the CPU matmul on 16-bit weights, w
     std::vector<float> ref16(out);
     cpu::matmul(ref16.data(), xr.data(), wr.data(), 1, in, out);
     if (in % 8 == 0)
-      for (int version = 1; version <= cuda::kGemvVersions; ++version) {
+      for (int version = 1; version <= cuda::kGemvVersionsAll; ++version) {
         INFO("x16 version " << version);
         REQUIRE(cudaMemcpy(dy, y0.data(), y0.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
         if (type == cuda::DType::bf16) cuda::gemv_bf16_x16(dy, dx16, dw16, in, out, true, nullptr, version);
