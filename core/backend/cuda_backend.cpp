@@ -253,6 +253,25 @@ struct CudaBackend::Impl {
     matmul(y, normed, w, rows, in, out);
   }
 
+  // Batch-1 fused forms (16-bit weights, one row, in % 8 == 0), dispatched on the weight type:
+  // y += W x16 with x in the weights' 16-bit type (the attention output into the output
+  // projection, no cast), and h = SwiGLU(W13 rmsnorm(x)) (norm, gate/up GEMV and SwiGLU at once).
+  void gemv_x16_add(float* y, const void* x16, const DeviceBuffer& w, int in, int out) {
+    if (half_type == cuda::DType::bf16)
+      cuda::gemv_bf16_x16(y, static_cast<const cuda::bf16_bits*>(x16), w.get<cuda::bf16_bits>(), in, out, true, stream,
+                          gemv_version_for(in, out));
+    else
+      cuda::gemv_f16_x16(y, static_cast<const cuda::f16_bits*>(x16), w.get<cuda::f16_bits>(), in, out, true, stream,
+                         gemv_version_for(in, out));
+  }
+  void gemv_swiglu(float* h, const float* x, const DeviceBuffer& norm, float eps, const DeviceBuffer& w13, int in,
+                   int hidden) {
+    if (half_type == cuda::DType::bf16)
+      cuda::gemv_swiglu_bf16(h, x, w13.get<cuda::bf16_bits>(), in, hidden, stream, norm.get<float>(), eps);
+    else
+      cuda::gemv_swiglu_f16(h, x, w13.get<cuda::f16_bits>(), in, hidden, stream, norm.get<float>(), eps);
+  }
+
   // The residual connection x[rows][out] += xin W^T: one GEMV that adds as it writes when a
   // single 16-bit row (the batch-1 decode step), else a matmul into `scratch` and an add.
   void matmul_add(float* x, const float* xin, const DeviceBuffer& w, int rows, int in, int out, float* scratch) {
@@ -422,6 +441,8 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
   const auto sz = [](int rows, int cols) { return static_cast<std::size_t>(rows) * cols; };
   const std::size_t f = sizeof(float);
   const bool flash = attention != "naive", split = attention == "flash_split";
+  // One 16-bit row whose projections take the fused batch-1 GEMVs (see gemv_x16_add, gemv_swiglu).
+  const bool fused_row = half && T == 1 && dim % 8 == 0;
 
   // KV pools the size of this cache's (a new run's cache may differ).
   if (kv.pool_elements() != pool_elements) {
@@ -599,8 +620,8 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
           if (!decode_chunks.empty())
             cuda::attention_decode_planned(plan, plan_buffer.get(), split_bound, split, layer_delta[static_cast<std::size_t>(l)],
                                            split_workspace.get<float>(), stream);
-          // At batch 1 the output projection reads the 16-bit attention output itself (no cast).
-          if (T != 1 || dim % 8 != 0) cuda::cast_to_float(att.get<float>(), att16.get(), sz(n_real, dim), half_type, stream);
+          // A fused row's output projection reads the 16-bit attention output itself (no cast).
+          if (!fused_row) cuda::cast_to_float(att.get<float>(), att16.get(), sz(n_real, dim), half_type, stream);
         } else {
           for (int ci = 0; ci < n_chunks; ++ci) {
             // Gather this sequence's K and V (any layout, any KV dtype) into contiguous fp32.
@@ -623,23 +644,10 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
           }
         }
       }
-      if (flash && T == 1 && dim % 8 == 0) {
-        if (half_type == cuda::DType::bf16)
-          cuda::gemv_bf16_x16(x.get<float>(), att16.get<cuda::bf16_bits>(), L.wo.get<cuda::bf16_bits>(), dim, dim, true,
-                              stream, gemv_version_for(dim, dim));
-        else
-          cuda::gemv_f16_x16(x.get<float>(), att16.get<cuda::f16_bits>(), L.wo.get<cuda::f16_bits>(), dim, dim, true,
-                             stream, gemv_version_for(dim, dim));
-      } else {
-        matmul_add(x.get<float>(), att.get<float>(), L.wo, T, dim, dim, xb.get<float>());
-      }
-      if (half && T == 1 && dim % 8 == 0) {  // batch 1: norm, gate/up GEMV and SwiGLU in one launch
-        if (half_type == cuda::DType::bf16)
-          cuda::gemv_swiglu_bf16(h.get<float>(), x.get<float>(), L.w13.get<cuda::bf16_bits>(), dim, hidden, stream,
-                                 L.rms_ffn.get<float>(), s.norm_eps);
-        else
-          cuda::gemv_swiglu_f16(h.get<float>(), x.get<float>(), L.w13.get<cuda::f16_bits>(), dim, hidden, stream,
-                                L.rms_ffn.get<float>(), s.norm_eps);
+      if (flash && fused_row) gemv_x16_add(x.get<float>(), att16.get(), L.wo, dim, dim);
+      else matmul_add(x.get<float>(), att.get<float>(), L.wo, T, dim, dim, xb.get<float>());
+      if (fused_row) {
+        gemv_swiglu(h.get<float>(), x.get<float>(), L.rms_ffn, s.norm_eps, L.w13, dim, hidden);
       } else {
         matmul_normed(h13.get<float>(), x.get<float>(), L.rms_ffn, s.norm_eps, L.w13, T, dim, 2 * hidden,
                       xb.get<float>());  // row: [w1 xn | w3 xn]

@@ -255,11 +255,12 @@ __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int
 
 namespace {
 
-// X16: x in the weights' 16-bit type (versions 2-7; version 1 runs as version 2), no norm.
+bool misaligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 != 0; }
+
+// X16: x in the weights' 16-bit type (versions 2-11; version 1 runs as version 2), no norm.
 template <class T, bool X16 = false>
 void gemv_16(const char* who, float* y, const void* x, const std::uint16_t* w, int in, int out, bool accumulate,
              cudaStream_t stream, int version, GemvNorm norm) {
-  const auto misaligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 != 0; };
   if (in % 8 == 0 && (misaligned(x) || (norm.weight && misaligned(norm.weight))))
     throw std::runtime_error(std::string(who) + ": x and the norm weight must be 16-byte aligned");
   if (version < 1 || version > kGemvVersionsAll)
@@ -295,7 +296,6 @@ void gemv_16(const char* who, float* y, const void* x, const std::uint16_t* w, i
 template <class T>
 void gemv_swiglu_16(const char* who, float* h, const float* x, const std::uint16_t* w13, int in, int hidden,
                     cudaStream_t stream, GemvNorm norm) {
-  const auto misaligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 != 0; };
   if (in % 8 != 0 || misaligned(x) || misaligned(w13) || (norm.weight && misaligned(norm.weight)))
     throw std::invalid_argument(std::string(who) + ": needs in % 8 == 0 and 16-byte aligned x, w13 and norm weight");
   constexpr int warps = 2;
