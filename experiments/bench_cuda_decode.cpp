@@ -11,7 +11,8 @@
 // version of the project's gemv_bf16 kernel (fp32 x read directly; the residual adds fused into
 // the output and down projections). attn=0 is naive attention (cuBLAS + softmax), attn=1
 // attention_decode_f32. BM_GemvBf16 times each GEMV version alone on each matrix shape of the
-// step, bytes of w per second beside the copy bandwidth (the llm.c way: versions side by side).
+// step, bytes of w per second beside the copy bandwidth (the llm.c way: versions side by side),
+// and the output projection's also with its weights prefetched into L2 first (l2:1).
 // This step is the kernels in their plain form; the CUDA backend's own batch-1 step fuses more
 // (RMSNorm inside the GEMVs, SwiGLU as the gate/up GEMV's epilogue, rope_store_qkv, a 16-bit x
 // into the output projection, 6 kernels a layer): configs/gpu/decode.yaml measures that one.
@@ -20,10 +21,12 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "model/shape.hpp"
@@ -240,15 +243,17 @@ struct Decoder {
 
 double g_copy_bw = 0;
 
-// Each iteration's time = CUDA events around one enqueue(), after one untimed warm-up.
-template <class F>
-void time_on_stream(benchmark::State& state, cudaStream_t s, F&& enqueue) {
+// Each iteration's time = CUDA events around one enqueue(), after one untimed warm-up;
+// prepare() runs untimed before each.
+template <class F, class P = void (*)()>
+void time_on_stream(benchmark::State& state, cudaStream_t s, F&& enqueue, P&& prepare = [] {}) {
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
   enqueue();
   ok(cudaStreamSynchronize(s), "warm-up");
   for (auto _ : state) {
+    prepare();
     cudaEventRecord(e0, s);
     enqueue();
     cudaEventRecord(e1, s);
@@ -288,9 +293,12 @@ void BM_CudaDecodeStep(benchmark::State& state) {
   state.counters["roofline_frac"] = benchmark::Counter(wb / g_copy_bw, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// One GEMV of a decode step's shape (in -> out, bf16 w), version range(2), alone.
+// One GEMV of a decode step's shape (in -> out, bf16 w), version range(2), alone. l2 = 1: w was
+// prefetched into L2 just before (untimed; a matrix that fits, the output projection's), the
+// bound on what cuda_l2_prefetch can gain for it.
 void BM_GemvBf16(benchmark::State& state) {
   const int in = int(state.range(0)), out = int(state.range(1)), version = int(state.range(2));
+  const bool l2 = state.range(3) != 0;
   cuda::bf16_bits* w = nullptr;  // its own allocations: free_all() would free the decode step's too
   float *x = nullptr, *y = nullptr;
   ok(cudaMalloc(reinterpret_cast<void**>(&w), std::size_t(in) * out * 2), "cudaMalloc");
@@ -300,7 +308,13 @@ void BM_GemvBf16(benchmark::State& state) {
   ok(cudaStreamCreate(&s), "stream");
   cuda::fill_uniform_bf16(w, std::size_t(in) * out, 7, 1.0f / std::sqrt(float(in)), s);
   ok(cudaMemsetAsync(x, 0, std::size_t(in) * 4, s), "memset");
-  time_on_stream(state, s, [&] { cuda::gemv_bf16(y, x, w, in, out, false, s, version); });
+  const auto prefetch = [&] {
+    if (!l2) return;
+    cuda::l2_prefetch({w, std::size_t(in) * out * 2}, s);
+    ok(cudaStreamSynchronize(s), "l2 prefetch");
+    std::this_thread::sleep_for(std::chrono::microseconds(100));  // the bulk prefetch outlives its kernel
+  };
+  time_on_stream(state, s, [&] { cuda::gemv_bf16(y, x, w, in, out, false, s, version); }, prefetch);
   ok(cudaGetLastError(), "gemv");
   cudaStreamDestroy(s);
   for (void* p : {static_cast<void*>(w), static_cast<void*>(x), static_cast<void*>(y)}) cudaFree(p);
@@ -339,10 +353,12 @@ int main(int argc, char** argv) {
         for (int gemv = 0; gemv <= cuda::kGemvVersionsAll; ++gemv) b->Args({ctx, g, gemv, 0});
     for (int ctx : {128, 2048}) b->Args({ctx, 1, 1, 1});  // attn=1: attention_decode_f32, one launch
     auto* gb = benchmark::RegisterBenchmark("BM_GemvBf16", BM_GemvBf16);
-    gb->ArgNames({"in", "out", "version"})->UseManualTime()->Unit(benchmark::kMicrosecond);
-    // llama2-7b: wqkv, wo, w13, w2, LM head
+    gb->ArgNames({"in", "out", "version", "l2"})->UseManualTime()->Unit(benchmark::kMicrosecond);
+    // llama2-7b: wqkv, wo, w13, w2, LM head; wo (32 MB) also from L2
     for (auto [in, out] : {std::pair{4096, 12288}, {4096, 4096}, {4096, 22016}, {11008, 4096}, {4096, 32000}})
-      for (int v = 1; v <= cuda::kGemvVersionsAll; ++v) gb->Args({in, out, v});
+      for (int v = 1; v <= cuda::kGemvVersionsAll; ++v) gb->Args({in, out, v, 0});
+    if (cuda::l2_prefetch_supported())
+      for (int v = 1; v <= cuda::kGemvVersionsAll; ++v) gb->Args({4096, 4096, v, 1});
   }
 #else
   benchmark::AddCustomContext("cuda", "not benchmarked: built without CUDA");

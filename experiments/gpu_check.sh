@@ -15,8 +15,8 @@
 #   SDPA=0 experiments/gpu_check.sh OUTDIR   # without the PyTorch SDPA comparison
 #   HIDDEN_TESTS='v6' experiments/gpu_check.sh OUTDIR   # hidden CUDA test tags to run, each alone
 #   NCU=1 / NCU_STEP=1 / NCU_PREFILL=1 / NCU_GEMV=1 experiments/gpu_check.sh OUTDIR   # Nsight Compute:
-#       decode attention's speed of light / every kernel of one decode step / the prefill
-#       versions' stalls / the GEMV versions' memory behaviour
+#       decode attention's speed of light / every kernel of one decode step (NCU_STEP_ARGS: more
+#       `ablate run` flags) / the prefill versions' stalls / the GEMV versions' memory behaviour
 #   ABLATE_BUILD=build/gpu-carry ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR
 #       # use the programs experiments/gpu_bundle.sh built here and copied to build/gpu-carry
 # The GPU machines have CMake, nvcc and PyTorch but no package registry, so the usual way is to
@@ -133,10 +133,17 @@ if [[ ${NCU:-0} == 1 ]]; then
 fi
 # NCU_STEP=1: every kernel of one batch-1 decode step of configs/gpu/decode.yaml (graphs off, the
 # capture window of step 5), its GPU time only: where the step's time goes, kernel by kernel.
+# Caches are not flushed and clocks not locked between kernels (--cache-control none
+# --clock-control none), so each kernel meets the L2 its predecessors left, as in a real step;
+# ncu still serialises them (no pdl overlap). NCU_STEP_ARGS: more `ablate run` flags, e.g.
+# NCU_STEP_ARGS='--set cuda_l2_prefetch=true' (the output projection then reads from L2).
 if [[ ${NCU_STEP:-0} == 1 ]] && command -v ncu > /dev/null; then
-  if step_ok "ncu step" && "${step[@]}" ncu --profile-from-start off --metrics gpu__time_duration.sum --print-summary per-kernel \
+  # shellcheck disable=SC2086  # NCU_STEP_ARGS is a list of flags
+  if step_ok "ncu step" && "${step[@]}" ncu --profile-from-start off --cache-control none --clock-control none \
+      --metrics gpu__time_duration.sum --print-summary per-kernel \
       "$build/ablate" run configs/gpu/decode.yaml --set attention=flash --set cuda_graphs=false --set cuda_pdl=false \
-      --set profile.start_step=5 --set profile.end_step=6 --out "$out/ncu_step_results" --quiet > "$out/ncu_step.txt" 2>&1; then
+      --set cuda_l2_prefetch=false --set profile.start_step=5 --set profile.end_step=6 ${NCU_STEP_ARGS:-} \
+      --out "$out/ncu_step_results" --quiet > "$out/ncu_step.txt" 2>&1; then
     echo "gpu_check [${SECONDS}s]: ncu step done"
   else
     echo "gpu_check [${SECONDS}s]: ncu step FAILED (see $out/ncu_step.txt)"

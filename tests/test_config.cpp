@@ -94,7 +94,8 @@ TEST_CASE("config: the schema lists every key once, with type, default and allow
     CHECK(!k.allowed.empty());
     CHECK(std::set<std::string>{"int", "number", "string", "bool", "path", "choice"}.count(k.type) == 1);
   }
-  CHECK(schema.size() == 63);  // 57 + dtype, profile.start_step, profile.end_step (issue 7), workload.trace.rows, cuda_pdl
+  CHECK(schema.size() == 64);  // 57 + dtype, profile.start_step, profile.end_step (issue 7), workload.trace.rows, cuda_pdl,
+                               // cuda_l2_prefetch
   CHECK(schema.front().key == "experiment");
   auto row = [&](const std::string& key) {
     for (const auto& k : schema)
@@ -271,6 +272,9 @@ TEST_CASE("config: choice values: unknown, not implemented, numeric", "[config]"
   CHECK(error_of("backend: cuda\ndtype: bf16\nattention: flash\nmodel: {preset: smollm2-135m}\ncuda_graphs: true\n") == "");
   CHECK_THAT(error_of("backend: cuda\ncuda_graphs: true\n"),
              Contains("x.yaml:2:14: cuda_graphs: true needs attention flash or flash_split"));
+  CHECK(error_of("backend: cuda\ndtype: bf16\nattention: flash\nmodel: {preset: smollm2-135m}\ncuda_l2_prefetch: true\n") == "");
+  CHECK_THAT(error_of("backend: cuda\ncuda_l2_prefetch: true\n"),
+             Contains("x.yaml:2:19: cuda_l2_prefetch: true needs attention flash or flash_split"));
 #else
   CHECK_THAT(error_of("backend: cuda"), Contains("x.yaml:1:10: backend: \"cuda\" is not available in this build yet; available now: cpu"));
 #endif
@@ -281,6 +285,10 @@ TEST_CASE("config: choice values: unknown, not implemented, numeric", "[config]"
              Contains("x.yaml:1:11: cuda_pdl: true needs backend cuda (programmatic dependent launch is a CUDA launch "
                       "attribute); allowed with backend cpu: false"));
   CHECK_THAT(error_of("cuda_pdl: 2"), Contains("x.yaml:1:11: cuda_pdl"));
+  CHECK_THAT(error_of("cuda_l2_prefetch: true"),
+             Contains("x.yaml:1:19: cuda_l2_prefetch: true needs backend cuda (an L2 prefetch of device weights); "
+                      "allowed with backend cpu: false"));
+  CHECK_THAT(error_of("cuda_l2_prefetch: yes please"), Contains("x.yaml:1:19: cuda_l2_prefetch"));
   CHECK_THAT(error_of("profile: {start_step: 5, end_step: 5}"),
              Contains("x.yaml:1:36: profile.end_step: the capture window [5, 5) is empty"));
   CHECK(error_of("attention: flash\n") == "");  // built (issue 4)

@@ -24,6 +24,7 @@ KvStorage CudaBackend::kv_storage() const { return {}; }
 std::size_t CudaBackend::peak_device_bytes() const { return 0; }
 void CudaBackend::set_cuda_graphs(bool) {}
 void CudaBackend::set_cuda_pdl(bool) {}
+void CudaBackend::set_cuda_l2_prefetch(bool) {}
 std::optional<double> CudaBackend::last_forward_device_s() const { return std::nullopt; }
 CudaGraphStats CudaBackend::graph_stats() const { return {}; }
 
@@ -131,6 +132,7 @@ struct CudaBackend::Impl {
 
   bool cuda_graphs = false;
   bool cuda_pdl = false;
+  bool cuda_l2_prefetch = false;
   std::map<std::string, cudaGraphExec_t> graphs;
   std::set<std::string> seen;
   long long steps = 0, graph_replays = 0, graph_captures = 0;
@@ -384,6 +386,7 @@ CudaBackend::CudaBackend(const Weights& w, CudaBackendOptions options) : impl_(s
     std::fprintf(stderr, "cuda backend: %s\n", m.gemv_tuning.c_str());
   }
   if (options.cuda_pdl) set_cuda_pdl(true);
+  if (options.cuda_l2_prefetch) set_cuda_l2_prefetch(true);
   m.note_memory();
 }
 
@@ -402,6 +405,13 @@ void CudaBackend::set_cuda_pdl(bool on) {
                                             "dependent launch); this device is {}; allowed here: false",
                                             impl_->device));
   impl_->cuda_pdl = on;
+}
+void CudaBackend::set_cuda_l2_prefetch(bool on) {
+  if (on && !cuda::l2_prefetch_supported())
+    throw std::invalid_argument(fmt::format("cuda_l2_prefetch: true needs compute capability 9.0 or newer (bulk L2 "
+                                            "prefetch); this device is {}; allowed here: false",
+                                            impl_->device));
+  impl_->cuda_l2_prefetch = on;
 }
 CudaGraphStats CudaBackend::graph_stats() const { return {impl_->steps, impl_->graph_replays, impl_->graph_captures}; }
 std::optional<double> CudaBackend::last_forward_device_s() const {
@@ -602,8 +612,9 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
       // cache; flash (16-bit) also takes the queries in 16 bits: one launch for all of it.
       const std::int64_t* off = kv_offsets.get<std::int64_t>() + sz(l, n_real);
       if (flash) {
+        const cuda::L2Prefetch wo_ahead = cuda_l2_prefetch ? cuda::L2Prefetch{L.wo.get(), L.wo.bytes()} : cuda::L2Prefetch{};
         cuda::rope_store_qkv(q, T, n_real, s.n_heads, s.n_kv_heads, hd, positions.get<int>(), s.rope_theta, k_pool.get(),
-                             v_pool.get(), off, q16.get(), half_type, stream);
+                             v_pool.get(), off, q16.get(), half_type, stream, wo_ahead);
       } else {
         cuda::rope(q, T, qkv_dim, s.n_heads + s.n_kv_heads, hd, positions.get<int>(), s.rope_theta, stream);
         cuda::kv_write(k_pool.get(), off, q + dim, qkv_dim, n_real, kv_dim, kv_elem(), stream);
@@ -668,8 +679,8 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
   } pdl_off;
   ++steps;
   if (cuda_graphs && half && flash && prefill_chunks.empty()) {
-    std::string key = fmt::format("{}|{}|{}|{}|{}|{}|{}|", attention, cuda_pdl ? "pdl" : "", T, n_real, n_out, split_bound,
-                                  plan.shapes.size());
+    std::string key = fmt::format("{}|{}|{}|{}|{}|{}|{}|{}|", attention, cuda_pdl ? "pdl" : "",
+                                  cuda_l2_prefetch ? "l2" : "", T, n_real, n_out, split_bound, plan.shapes.size());
     for (const cuda::DecodeGroupShape& g : plan.shapes) key += fmt::format("{},{},{};", g.rows, g.heads, g.head_dim);
     key += fmt::format("|{}", fmt::join(layer_delta, ","));
     replay(key, enqueue);

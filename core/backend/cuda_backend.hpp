@@ -24,6 +24,7 @@ struct CudaBackendOptions {
   std::string dtype = "bf16";      // fp32 | bf16 | fp16 (flash and flash_split need bf16 or fp16)
   bool cuda_graphs = false;        // replay decode steps as CUDA graphs (see set_cuda_graphs)
   bool cuda_pdl = false;           // programmatic dependent launch in the decode step (see set_cuda_pdl)
+  bool cuda_l2_prefetch = false;   // the output projection's weights into L2 during attention (see set_cuda_l2_prefetch)
 };
 
 struct CudaGraphStats {
@@ -62,6 +63,11 @@ class CudaBackend final : public Backend {
   // the captured graphs carry the programmatic edges. Needs compute capability 9.0 (throws
   // std::invalid_argument otherwise).
   void set_cuda_pdl(bool on);
+  // cuda_l2_prefetch: with flash attention, the kernel after each layer's QKV projection
+  // (rope_store_qkv) also asks L2 to fetch that layer's output-projection weights (bulk prefetch),
+  // so that they stream from HBM during RoPE and attention, which leave it idle, instead of after.
+  // A hint: the same results. Needs compute capability 9.0 (throws std::invalid_argument otherwise).
+  void set_cuda_l2_prefetch(bool on);
   CudaGraphStats graph_stats() const;
 
  private:

@@ -96,6 +96,7 @@ struct ExperimentConfig {
   std::string dtype = "fp32";       // fp32 | bf16 | fp16: weights and KV on the device (the CPU computes in fp32)
   bool cuda_graphs = false;         // cuda: decode steps replayed as captured CUDA graphs
   bool cuda_pdl = false;            // cuda: programmatic dependent launch between the step's kernels
+  bool cuda_l2_prefetch = false;    // cuda: each layer's output-projection weights into L2 during attention
   int max_seq_len = 0;              // 0 = the model's; caps prompt + output per sequence
   ModelConfig model;
   SchedulerConfig scheduler;

@@ -111,6 +111,9 @@ const std::vector<Rule>& rules() {
         plain("cuda_pdl", Kind::Bool, F(cuda_pdl),
               "cuda: programmatic dependent launch (sm_90+): each kernel of a step may start, and a GEMV load its "
               "first weights, while the one before it finishes"),
+        plain("cuda_l2_prefetch", Kind::Bool, F(cuda_l2_prefetch),
+              "cuda (sm_90+), flash attention: the kernel after each layer's QKV projection asks L2 to fetch the "
+              "output projection's weights, so that they stream while RoPE and attention leave HBM idle"),
         integer("max_seq_len", F(max_seq_len), ge(0), "cap on prompt + output per sequence; 0 = the model's"),
         integer("repeat", F(repeat), ge(1), "timed runs per sweep point"),
         integer("warmup", F(warmup), ge(0), "untimed runs per sweep point before the timed ones"),
@@ -614,6 +617,12 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
   if (c.cuda_pdl && c.backend != "cuda")
     fail_at({"cuda_pdl", "backend"}, fmt::format("true needs backend cuda (programmatic dependent launch is a CUDA "
                                                  "launch attribute); allowed with backend {}: false", c.backend));
+  if (c.cuda_l2_prefetch && c.backend != "cuda")
+    fail_at({"cuda_l2_prefetch", "backend"}, fmt::format("true needs backend cuda (an L2 prefetch of device weights); "
+                                                         "allowed with backend {}: false", c.backend));
+  if (c.cuda_l2_prefetch && c.attention == "naive")
+    fail_at({"cuda_l2_prefetch", "attention"}, "true needs attention flash or flash_split (the prefetch rides on their "
+                                               "RoPE kernel); allowed with attention naive: false");
   if (c.cuda_graphs && c.attention == "naive")
     fail_at({"cuda_graphs", "attention"}, "true needs attention flash or flash_split: naive attention's cuBLAS calls are "
                                           "sized by each sequence's length, so its steps cannot replay; allowed with "

@@ -123,6 +123,7 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
     if (cuda_backend) {  // per point: no reload to toggle
       cuda_backend->set_cuda_graphs(cfg.cuda_graphs);
       cuda_backend->set_cuda_pdl(cfg.cuda_pdl);
+      cuda_backend->set_cuda_l2_prefetch(cfg.cuda_l2_prefetch);
     }
     const int max_seq = effective_max_seq_len(cfg, backend_ref.shape());
     std::vector<Request> requests =

@@ -1,7 +1,7 @@
 // The CUDA backend's data movement: embedding gather, KV writes into the cache's pools (either
 // layout: the cache gives each token's slot as an element offset), and KV gather into a
 // contiguous fp32 copy (naive attention on a paged or bf16 cache). CPU twins: the memcpy loops of
-// CpuBackend::forward and KvSeqView::k()/v(); tests/cuda/test_cuda_backend_ops.cpp compares them.
+// CpuBackend::forward and KvSeqView::k()/v(); tests/cuda/test_cuda_backend.cpp compares them.
 #include <algorithm>
 #include <stdexcept>
 
@@ -56,9 +56,10 @@ __global__ void kv_write_kernel(T* pool, const std::int64_t* offsets, const floa
 template <typename T>
 __global__ void rope_store_qkv_kernel(float* qkv, int rows, int store_rows, int q_dim, int kv_dim, int head_dim,
                                       const int* positions, float theta, T* k_pool, T* v_pool,
-                                      const std::int64_t* offsets, T* q16) {
+                                      const std::int64_t* offsets, T* q16, L2Prefetch prefetch) {
   pdl_trigger();
-  pdl_wait();
+  pdl_wait();  // the prefetch too: before it, the previous GEMV is still streaming its own weights
+  l2_prefetch_grid(prefetch.base, prefetch.bytes);
   const int row_dim = q_dim + 2 * kv_dim, pairs = row_dim / 2;
   const std::size_t idx = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= std::size_t(rows) * pairs) return;
@@ -125,19 +126,21 @@ void kv_write(void* pool, const std::int64_t* offsets, const float* src, int src
 
 void rope_store_qkv(float* qkv, int rows, int store_rows, int n_heads, int n_kv_heads, int head_dim,
                     const int* positions, float theta, void* k_pool, void* v_pool, const std::int64_t* offsets,
-                    void* q16, DType dtype, cudaStream_t stream) {
+                    void* q16, DType dtype, cudaStream_t stream, L2Prefetch prefetch) {
   if (head_dim % 2 != 0) throw std::invalid_argument("rope_store_qkv: head_dim must be even");
+  if (reinterpret_cast<std::uintptr_t>(prefetch.base) % 16 != 0)
+    throw std::invalid_argument("rope_store_qkv: the prefetch range must start 16-byte aligned");
   const std::size_t threads = std::size_t(rows) * (n_heads + 2 * n_kv_heads) * head_dim / 2;
   if (threads == 0) return;
   const int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
   if (dtype == DType::bf16)
     launch_pdl(rope_store_qkv_kernel<__nv_bfloat16>, grid_for(threads), kBlock, 0, stream, qkv, rows, store_rows, q_dim,
                kv_dim, head_dim, positions, theta, static_cast<__nv_bfloat16*>(k_pool),
-               static_cast<__nv_bfloat16*>(v_pool), offsets, static_cast<__nv_bfloat16*>(q16));
+               static_cast<__nv_bfloat16*>(v_pool), offsets, static_cast<__nv_bfloat16*>(q16), prefetch);
   else
     launch_pdl(rope_store_qkv_kernel<__half>, grid_for(threads), kBlock, 0, stream, qkv, rows, store_rows, q_dim, kv_dim,
                head_dim, positions, theta, static_cast<__half*>(k_pool), static_cast<__half*>(v_pool), offsets,
-               static_cast<__half*>(q16));
+               static_cast<__half*>(q16), prefetch);
 }
 
 void kv_gather_f32(float* dst, const void* pool, const std::int32_t* indices, int page_size, int length,

@@ -41,6 +41,22 @@ __device__ __forceinline__ void pdl_trigger() {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
+// Prefetch of [base, base + bytes) into L2 by the bulk-copy engine (sm_90+; a no-op below), in
+// 16 KB pieces spread over every thread of a 1-D grid: one instruction a piece, nothing waits for
+// it. A hint only: results cannot change, and a piece still in flight when the kernel exits
+// completes on its own. Why: the kernels between two GEMVs (RoPE, attention) leave HBM idle for
+// their whole run; the next weights can stream into L2 meanwhile. base must be 16-byte aligned.
+__device__ __forceinline__ void l2_prefetch_grid(const void* base, std::size_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr std::size_t kPiece = 16384;
+  const std::size_t threads = std::size_t(gridDim.x) * blockDim.x;
+  for (std::size_t p = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; p * kPiece < bytes; p += threads) {
+    const std::size_t at = p * kPiece;
+    const unsigned size = unsigned((bytes - at < kPiece ? bytes - at : kPiece) & ~std::size_t(15));
+    if (size) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(static_cast<const char*>(base) + at), "r"(size) : "memory");
+  }
+#endif
+}
 // Whether launch_pdl() sets the attribute (cuda::set_programmatic_launch; the host thread's).
 inline thread_local bool g_programmatic_launch = false;
 template <class... Params, class... Args>

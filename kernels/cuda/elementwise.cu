@@ -109,6 +109,8 @@ __global__ void __launch_bounds__(kArgmaxBlock) argmax_rows_kernel(const float* 
   if (threadIdx.x == 0) out[blockIdx.x] = b.key < n ? b.key : 0;
 }
 
+__global__ void l2_prefetch_kernel(L2Prefetch range) { l2_prefetch_grid(range.base, range.bytes); }
+
 __global__ void add_kernel(float* x, const float* y, std::size_t n) {
   const std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) x[i] += y[i];
@@ -122,6 +124,16 @@ bool programmatic_launch_supported() {
   int dev = 0, major = 0;
   return cudaGetDevice(&dev) == cudaSuccess &&
          cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+}
+
+bool l2_prefetch_supported() { return programmatic_launch_supported(); }  // both: compute capability 9.0
+
+void l2_prefetch(L2Prefetch range, cudaStream_t stream) {
+  if (reinterpret_cast<std::uintptr_t>(range.base) % 16 != 0)
+    throw std::invalid_argument("l2_prefetch: the range must start 16-byte aligned");
+  if (range.bytes == 0) return;
+  l2_prefetch_kernel<<<64, kBlock, 0, stream>>>(range);
+  check_launch("l2_prefetch");
 }
 
 void rmsnorm(float* out, const float* x, const float* weight, int rows, int dim, float eps, cudaStream_t stream) {

@@ -32,6 +32,17 @@ void matmul(float* y, const float* x, const float* w, int rows, int in, int out,
 void set_programmatic_launch(bool on);
 bool programmatic_launch_supported();
 
+// A range of device memory for a kernel to prefetch into L2 (see rope_store_qkv); bytes 0: none.
+// Needs compute capability 9.0 (l2_prefetch_supported); base 16-byte aligned.
+struct L2Prefetch {
+  const void* base = nullptr;
+  std::size_t bytes = 0;
+};
+bool l2_prefetch_supported();
+// A launch that only prefetches `range` into L2 (the benchmarks' way to time a GEMV whose weights
+// are already there: the bound on what cuda_l2_prefetch can gain).
+void l2_prefetch(L2Prefetch range, cudaStream_t stream);
+
 // out = x / sqrt(mean(x^2) + eps) * weight, row by row; out may alias x.
 void rmsnorm(float* out, const float* x, const float* weight, int rows, int dim, float eps, cudaStream_t stream);
 
@@ -163,10 +174,12 @@ void kv_write(void* pool, const std::int64_t* offsets, const float* src, int src
 // and key heads in place, then for rows < store_rows the keys and values into the pools at
 // offsets[r] (as kv_write) and the rotated queries into q16 (same row stride), in dtype (bf16 or
 // fp16, also the pools' type). The same results, bit for bit, as rope(), two kv_write()s and
-// cast_from_float() (four launches; tested against them).
+// cast_from_float() (four launches; tested against them). prefetch: once the kernel ahead of it
+// has finished (pdl), its threads also ask L2 to fetch that range (cuda_l2_prefetch: the output
+// projection's weights, read after the attention that follows; HBM is otherwise idle meanwhile).
 void rope_store_qkv(float* qkv, int rows, int store_rows, int n_heads, int n_kv_heads, int head_dim,
                     const int* positions, float theta, void* k_pool, void* v_pool, const std::int64_t* offsets,
-                    void* q16, DType dtype, cudaStream_t stream);
+                    void* q16, DType dtype, cudaStream_t stream, L2Prefetch prefetch = {});
 
 // dst[t][token_stride] (fp32, contiguous) = token t < length of a page list (KvSeqView layout):
 // pool points at the view's k_pool or v_pool, indices is a device array of its pages.

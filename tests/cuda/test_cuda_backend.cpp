@@ -144,6 +144,20 @@ TEST_CASE("cuda rope_store_qkv equals rope, two kv_writes and cast_from_float, b
       for (int r = 0; r < store_rows; ++r)
         for (int j = 0; j < q_dim; ++j) q_mismatch += qa[std::size_t(r) * row_dim + j] != qb[std::size_t(r) * row_dim + j];
       CHECK(q_mismatch == 0);
+      // With an L2 prefetch riding along (Hopper; a no-op below): a hint, so the same bits again.
+      // The range: more pieces than the grid has threads, and a length that is not a multiple of 16.
+      Dev<float> c(qkv);
+      Dev<std::uint16_t> k3(pool_elems), v3(pool_elems), q3(q16_elems), ahead(std::size_t(1) << 25);
+      cuda::rope_store_qkv(c.ptr, rows, store_rows, n_heads, n_kv_heads, hd, d_pos.ptr, 10000.0f, k3.ptr, v3.ptr,
+                           d_off.ptr, q3.ptr, type, nullptr, cuda::L2Prefetch{ahead.ptr, (std::size_t(1) << 26) - 6});
+      CHECK(b.host() == c.host());
+      CHECK(k2.host() == k3.host());
+      CHECK(v2.host() == v3.host());
+      CHECK(q2.host() == q3.host());
+      CHECK_THROWS_WITH(cuda::rope_store_qkv(c.ptr, rows, store_rows, n_heads, n_kv_heads, hd, d_pos.ptr, 10000.0f,
+                                             k3.ptr, v3.ptr, d_off.ptr, q3.ptr, type, nullptr,
+                                             cuda::L2Prefetch{ahead.ptr + 1, 64}),
+                        Catch::Contains("16-byte aligned"));
     }
 }
 
@@ -267,8 +281,22 @@ TEST_CASE("cuda backend: cuda_graphs gives the same greedy tokens as launching k
         REQUIRE(pdl.size() == want.size());
         for (std::size_t i = 0; i < want.size(); ++i) CHECK(pdl[i] == want[i]);
       }
+      // cuda_l2_prefetch (a hint), with and without pdl and graphs: the same tokens.
+      for (bool pdl : {false, true})
+        for (bool graphs : {false, true}) {
+          INFO("cuda_l2_prefetch with cuda_pdl " << pdl << ", cuda_graphs " << graphs);
+          gpu.set_cuda_graphs(graphs);
+          gpu.set_cuda_pdl(pdl);
+          gpu.set_cuda_l2_prefetch(true);
+          const auto l2 = greedy_run(gpu, "paged", attention, reqs, 128);
+          gpu.set_cuda_l2_prefetch(false);
+          gpu.set_cuda_pdl(false);
+          REQUIRE(l2.size() == want.size());
+          for (std::size_t i = 0; i < want.size(); ++i) CHECK(l2[i] == want[i]);
+        }
     } else {
-      WARN("cuda_pdl not tested: this device is below compute capability 9.0");
+      WARN("cuda_pdl and cuda_l2_prefetch not tested: this device is below compute capability 9.0");
+      CHECK_THROWS_WITH(gpu.set_cuda_l2_prefetch(true), Catch::Contains("needs compute capability 9.0"));
     }
     gpu.set_cuda_graphs(true);
     // Device time of the last forward pass (CUDA events), as steps.csv's device_s gets it.
