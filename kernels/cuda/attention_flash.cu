@@ -78,11 +78,15 @@ Prob<T> prob_of(const AttentionProblem& p) {
           p.scale * kLog2e};
 }
 
-// Start of token t's vector for KV head kvh (t < kv_len).
+// Start of token t's vector for KV head kvh (t < kv_len), t being on page `page` of the pool.
+template <class T>
+__device__ __forceinline__ std::size_t kv_offset_in(const Prob<T>& p, int page, int t, int kvh, int D) {
+  return (std::size_t(page) * p.page_size + t % p.page_size) * p.token_stride + std::size_t(kvh) * D;
+}
+// The same, its page read from the page table.
 template <class T>
 __device__ __forceinline__ std::size_t kv_offset(const Prob<T>& p, int t, int kvh, int D) {
-  const int page = p.idx[t / p.page_size];
-  return (std::size_t(page) * p.page_size + t % p.page_size) * p.token_stride + std::size_t(kvh) * D;
+  return kv_offset_in(p, p.idx[t / p.page_size], t, kvh, D);
 }
 
 // ---- prefill: WMMA flash ---------------------------------------------------------------------
@@ -729,7 +733,19 @@ __global__ void __launch_bounds__(kDecodeThreads) flash_decode_kernel(Prob<T> p,
 // grids on the stream: 16 sequences ran 16x slower than one), and each thread loads kDecodeKeys
 // keys' K and V before using any of them, so a block has 4x the bytes in flight of version 1.
 // Problems travel by value in the kernel's parameters, kDecodeGroup at a time (4 KB limit).
-constexpr int kDecodeGroup = 32, kDecodeKeys = 4;
+//
+// Version 3 (experimental): version 2 with the block's page-table entries staged in shared
+// memory (kDecodePageWindow at a time) and 8 keys a thread. Why: in version 2 each step of the key
+// loop waits for two loads in a row, the page index and then the K/V it locates, and at one
+// sequence of a few hundred tokens (the batch-1 decode step) the kernel is that chain of
+// latencies: 32 blocks, 4-12 steps. Staged, a step waits for one load, and there are half as many.
+constexpr int kDecodeGroup = 32, kDecodeKeys = 4, kDecodePageWindow = 512;
+template <int Version>
+struct DecodeVersion {
+  static_assert(Version == 2 || Version == 3, "decode versions 2 and 3 share decode_block");
+  static constexpr int keys = Version == 3 ? 8 : kDecodeKeys;  // per thread per step
+  static constexpr bool stage_pages = Version == 3;
+};
 
 template <class T>
 struct DecodeGroup {
@@ -745,9 +761,12 @@ static_assert(sizeof(DecodeGroup<__half>) <= 4000, "kernel parameters are limite
 // Block (h, r, s): head h of grid row r (problem j, query i = r - row0[j]), key chunk s. K and V
 // are read layer_delta elements past the problem's k_pool / v_pool (a plan made for layer 0
 // serves every layer).
-template <class T, int D>
-__device__ __forceinline__ void decode_v2_block(const DecodeGroup<T>& g, float* workspace, long long layer_delta) {
-  constexpr int tpk = D / 8, kpb = kDecodeThreads / tpk, U = kDecodeKeys;
+template <class T, int D, int Version>
+__device__ __forceinline__ void decode_block(const DecodeGroup<T>& g, float* workspace, long long layer_delta) {
+  constexpr int tpk = D / 8, kpb = kDecodeThreads / tpk, U = DecodeVersion<Version>::keys;
+  constexpr bool stage = DecodeVersion<Version>::stage_pages;
+  static_assert(kpb * U <= kDecodePageWindow, "a step's keys span at most kDecodePageWindow pages");
+  __shared__ int32_t pages[stage ? kDecodePageWindow : 1];  // stage: entries first_page .. of p.idx
 
   const int h = blockIdx.x, r = blockIdx.y, s = blockIdx.z;
   int j = 0;
@@ -765,15 +784,27 @@ __device__ __forceinline__ void decode_v2_block(const DecodeGroup<T>& g, float* 
   float q[8], acc[8];
   load_q8(q, acc, p, i, h, D, li);
   float m = -INFINITY, l = 0.0f;
-  // Uniform loop bound: every lane reaches the shuffles. Key u of a step: tb + u * kpb + sub.
+  int first_page = -kDecodePageWindow;  // stage: the window's first page (block-uniform)
+  // Uniform loop bound: every lane reaches the shuffles (and, staging, the barriers). Key u of a
+  // step: tb + u * kpb + sub.
   for (int tb = k0; tb < k1; tb += kpb * U) {
+    if constexpr (stage) {
+      if ((min(k1, tb + kpb * U) - 1) / p.page_size >= first_page + kDecodePageWindow) {
+        __syncthreads();  // every thread is done with the last window
+        first_page = tb / p.page_size;
+        const int n = min(kDecodePageWindow, (k1 - 1) / p.page_size + 1 - first_page);
+        for (int e = threadIdx.x; e < n; e += blockDim.x) pages[e] = p.idx[first_page + e];
+        __syncthreads();
+      }
+    }
     uint4 kr[U], vr[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int t = tb + u * kpb + sub;
       kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
       if (t < k1) {
-        const std::size_t off = kv_offset(p, t, kvh, D) + li * 8;
+        const std::size_t off =
+            (stage ? kv_offset_in(p, pages[t / p.page_size - first_page], t, kvh, D) : kv_offset(p, t, kvh, D)) + li * 8;
         kr[u] = *reinterpret_cast<const uint4*>(p.k + off);
         vr[u] = *reinterpret_cast<const uint4*>(p.v + off);
       }
@@ -820,16 +851,16 @@ __device__ __forceinline__ void decode_v2_block(const DecodeGroup<T>& g, float* 
   });
 }
 
-template <class T, int D>
+template <class T, int D, int Version>
 __global__ void __launch_bounds__(kDecodeThreads) flash_decode_v2_kernel(DecodeGroup<T> g, float* workspace) {
-  decode_v2_block<T, D>(g, workspace, 0);
+  decode_block<T, D, Version>(g, workspace, 0);
 }
-template <class T, int D>
+template <class T, int D, int Version>
 __global__ void __launch_bounds__(kDecodeThreads)
     flash_decode_planned_kernel(const DecodeGroup<T>* g, float* workspace, long long layer_delta) {
   pdl_trigger();
   pdl_wait();
-  decode_v2_block<T, D>(*g, workspace, layer_delta);
+  decode_block<T, D, Version>(*g, workspace, layer_delta);
 }
 
 // Block (h, r): the split problems' reduction, as split_reduce_kernel, for a whole group.
@@ -1023,16 +1054,32 @@ Grouped<T> make_groups(std::span<const AttentionProblem> problems, std::span<con
   return out;
 }
 
+// A decode kernel of version 2 or 3 (grouped) for head_dim D: func(kernel) launches it.
+template <class T, template <class, int, int> class Kernel, class F>
+void with_decode_kernel(int head_dim, int version, F&& func) {
+  if (head_dim == 64) version == 3 ? func(Kernel<T, 64, 3>::get()) : func(Kernel<T, 64, 2>::get());
+  else version == 3 ? func(Kernel<T, 128, 3>::get()) : func(Kernel<T, 128, 2>::get());
+}
+template <class T, int D, int V>
+struct GroupedKernel {
+  static auto get() { return flash_decode_v2_kernel<T, D, V>; }
+};
+template <class T, int D, int V>
+struct PlannedKernel {
+  static auto get() { return flash_decode_planned_kernel<T, D, V>; }
+};
+
 template <class T>
 void decode_v2(std::span<const AttentionProblem> problems, std::span<const int> splits, float* workspace,
-               cudaStream_t stream) {
+               cudaStream_t stream, int version) {
   const Grouped<T> gr = make_groups<T>(problems, splits);
   for (std::size_t i = 0; i < gr.groups.size(); ++i) {
     const DecodeGroupShape& sh = gr.shapes[i];
     const dim3 grid(sh.heads, sh.rows, sh.max_splits);
-    if (sh.head_dim == 64) flash_decode_v2_kernel<T, 64><<<grid, kDecodeThreads, 0, stream>>>(gr.groups[i], workspace);
-    else flash_decode_v2_kernel<T, 128><<<grid, kDecodeThreads, 0, stream>>>(gr.groups[i], workspace);
-    check_launch("attention_flash_decode/split v2 (decode kernel)");
+    with_decode_kernel<T, GroupedKernel>(sh.head_dim, version, [&](auto kernel) {
+      kernel<<<grid, kDecodeThreads, 0, stream>>>(gr.groups[i], workspace);
+    });
+    check_launch(version == 3 ? "attention_flash_decode/split v3 (decode kernel)" : "attention_flash_decode/split v2 (decode kernel)");
     if (sh.split) {
       split_reduce_v2_kernel<T><<<dim3(sh.heads, sh.rows), sh.head_dim, 0, stream>>>(gr.groups[i], sh.head_dim, workspace);
       check_launch("attention_flash_split v2 (reduce kernel)");
@@ -1072,13 +1119,20 @@ void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cu
   }
 }
 
+void check_decode_version(int version, const char* who) {
+  if (version < 1 || version > kDecodeVersions)
+    throw std::invalid_argument(std::string(who) + ": version " + std::to_string(version) + "; allowed: 1 .. " +
+                                std::to_string(kDecodeVersions));
+}
+
 void attention_flash_decode(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream, int version) {
-  if (version == 2) {
+  check_decode_version(version, "cuda::attention_flash_decode");
+  if (version >= 2) {
     std::vector<int> ones(problems.size(), 1);
     for (const AttentionProblem& p : problems)
       if (p.n_q > 0) validate(p, "cuda::attention_flash_decode");
-    if (dtype == DType::f16) decode_v2<__half>(problems, ones, nullptr, stream);
-    else decode_v2<__nv_bfloat16>(problems, ones, nullptr, stream);
+    if (dtype == DType::f16) decode_v2<__half>(problems, ones, nullptr, stream, version);
+    else decode_v2<__nv_bfloat16>(problems, ones, nullptr, stream, version);
     return;
   }
   for (const AttentionProblem& p : problems) {
@@ -1113,6 +1167,7 @@ std::size_t attention_flash_split_workspace_bytes(std::span<const AttentionProbl
 
 void attention_flash_split(std::span<const AttentionProblem> problems, DType dtype, float* workspace,
                            std::size_t workspace_bytes, cudaStream_t stream, int splits, int version) {
+  check_decode_version(version, "cuda::attention_flash_split");
   if (attention_flash_split_workspace_bytes(problems, splits) > workspace_bytes)
     throw std::invalid_argument("cuda::attention_flash_split: workspace too small");
   std::vector<int> counts(problems.size(), 1);
@@ -1122,9 +1177,9 @@ void attention_flash_split(std::span<const AttentionProblem> problems, DType dty
     validate(p, "cuda::attention_flash_split");
     counts[i] = splits > 0 ? effective_splits(p, splits) : attention_flash_split_count(problems, i);
   }
-  if (version == 2) {
-    if (dtype == DType::f16) decode_v2<__half>(problems, counts, workspace, stream);
-    else decode_v2<__nv_bfloat16>(problems, counts, workspace, stream);
+  if (version >= 2) {
+    if (dtype == DType::f16) decode_v2<__half>(problems, counts, workspace, stream, version);
+    else decode_v2<__nv_bfloat16>(problems, counts, workspace, stream, version);
     return;
   }
   std::size_t off = 0;
@@ -1159,7 +1214,9 @@ DecodePlan make_decode_plan(std::span<const AttentionProblem> problems, std::spa
 }
 
 void attention_decode_planned(const DecodePlan& plan, const void* device_plan, int max_splits, bool reduce,
-                              long long layer_delta, float* workspace, cudaStream_t stream) {
+                              long long layer_delta, float* workspace, cudaStream_t stream, int version) {
+  if (version != 2 && version != 3)
+    throw std::invalid_argument("cuda::attention_decode_planned: version " + std::to_string(version) + "; allowed: 2, 3");
   const auto* base = static_cast<const unsigned char*>(device_plan);
   for (std::size_t i = 0; i < plan.shapes.size(); ++i) {
     const DecodeGroupShape& sh = plan.shapes[i];
@@ -1168,8 +1225,9 @@ void attention_decode_planned(const DecodePlan& plan, const void* device_plan, i
     const auto launch = [&](auto tag) {
       using T = decltype(tag);
       const auto* gt = static_cast<const DecodeGroup<T>*>(g);
-      if (sh.head_dim == 64) launch_pdl(flash_decode_planned_kernel<T, 64>, grid, kDecodeThreads, 0, stream, gt, workspace, layer_delta);
-      else launch_pdl(flash_decode_planned_kernel<T, 128>, grid, kDecodeThreads, 0, stream, gt, workspace, layer_delta);
+      with_decode_kernel<T, PlannedKernel>(sh.head_dim, version, [&](auto kernel) {
+        launch_pdl(kernel, grid, kDecodeThreads, 0, stream, gt, workspace, layer_delta);
+      });
       if (reduce)
         launch_pdl(split_reduce_planned_kernel<T>, dim3(sh.heads, sh.rows), sh.head_dim, 0, stream, gt, sh.head_dim,
                    static_cast<const float*>(workspace));

@@ -113,6 +113,9 @@ void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cu
 // query) walking the block table, 16-byte K/V loads, several keys in flight. No workspace.
 // version 2 (default): the whole batch in one launch (32 problems a launch), 4 keys' K/V loaded
 // per thread before use. version 1: one launch per problem, one key per thread in flight.
+// version 3 (experimental, not yet run on a GPU): version 2 with the page-table entries staged in
+// shared memory and 8 keys per thread, so that a step of the key loop waits for one load, not two.
+inline constexpr int kDecodeVersions = 3;
 void attention_flash_decode(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream,
                             int version = 2);
 
@@ -148,9 +151,10 @@ struct DecodePlan {
 };
 DecodePlan make_decode_plan(std::span<const AttentionProblem> problems, std::span<const int> splits, DType dtype);
 // max_splits: the grid's split dimension, at least every problem's split count (blocks past a
-// problem's count return at once), e.g. attention_flash_split_bound(rows, heads).
+// problem's count return at once), e.g. attention_flash_split_bound(rows, heads). version: the
+// decode kernel's, 2 or 3 (the plan is the same for both).
 void attention_decode_planned(const DecodePlan& plan, const void* device_plan, int max_splits, bool reduce,
-                              long long layer_delta, float* workspace, cudaStream_t stream);
+                              long long layer_delta, float* workspace, cudaStream_t stream, int version = 2);
 // The largest split count attention_flash_split_count gives any problem of a batch of `rows`
 // query rows of `heads` heads, whatever their lengths.
 int attention_flash_split_bound(int rows, int heads);

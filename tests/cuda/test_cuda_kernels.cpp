@@ -330,7 +330,7 @@ std::unique_ptr<FlashBuilt> build_flash_case(const FlashCase& c, cuda::DType t, 
   return b;
 }
 
-// A batch of cases in one call of one kernel (version 1 or 2 of the decode kernels); splits
+// A batch of cases in one call of one kernel (version 1, 2 or 3 of the decode kernels); splits
 // only for FlashKernel::split (0 = automatic). The worst error over the batch.
 // planned: through make_decode_plan and attention_decode_planned (the CUDA backend's way, split
 // counts automatic), with the pools' pointers shifted back by some elements that layer_delta
@@ -364,7 +364,7 @@ FlashResult run_flash_batch(const std::vector<FlashCase>& cases, FlashKernel ker
     const std::size_t wsb = cuda::attention_flash_split_workspace_bytes(dev, split ? 0 : 1);
     Dev<float> ws(std::vector<float>(std::max<std::size_t>(wsb / sizeof(float), 1)));
     const int bound = split ? cuda::attention_flash_split_bound(rows, dev.front().n_heads) : 1;
-    cuda::attention_decode_planned(plan, dplan.ptr, bound, split, delta, ws.ptr, nullptr);
+    cuda::attention_decode_planned(plan, dplan.ptr, bound, split, delta, ws.ptr, nullptr, version);
     ok(cudaDeviceSynchronize());
   } else if (kernel == FlashKernel::prefill) {
     cuda::attention_flash(dev, t, nullptr, version);
@@ -448,16 +448,19 @@ TEST_CASE("cuda attention_flash (prefill) matches the CPU reference, fp16 and bf
                     {0}, version);
 }
 
+// Version 3 stages the page table 512 entries at a time: 1500 one-token pages take three
+// windows, 9000 tokens in pages of 16 two.
 TEST_CASE("cuda attention_flash_decode (paged) matches the CPU reference, fp16 and bf16", "[cuda][attention]") {
-  for (int version : {1, 2})
+  for (int version = 1; version <= cuda::kDecodeVersions; ++version)
     run_flash_suite(FlashKernel::decode,
                     {{1, 0, 8, 8, 64, 0}, {1, 100, 9, 3, 64, 16}, {1, 1000, 8, 1, 64, 16}, {5, 777, 9, 3, 64, 16},
-                     {1, 4000, 32, 32, 128, 16}, {4, 2500, 8, 1, 128, 0}, {1, 33, 9, 3, 64, 1}},
+                     {1, 4000, 32, 32, 128, 16}, {4, 2500, 8, 1, 128, 0}, {1, 33, 9, 3, 64, 1}, {1, 1500, 8, 1, 64, 1},
+                     {2, 9000, 4, 4, 128, 16}, {3, 383, 32, 32, 128, 16}},
                     {0}, version);
 }
 
 TEST_CASE("cuda attention_flash_split (split-KV + reduction) matches the CPU reference, fp16 and bf16", "[cuda][attention]") {
-  for (int version : {1, 2})
+  for (int version = 1; version <= cuda::kDecodeVersions; ++version)
     run_flash_suite(FlashKernel::split,
                     {{1, 0, 8, 8, 64, 0}, {1, 100, 9, 3, 64, 16}, {1, 3000, 8, 1, 64, 16}, {5, 777, 9, 3, 64, 16},
                      {1, 9000, 32, 32, 128, 16}, {4, 2500, 8, 1, 128, 0}, {3, 17, 9, 3, 64, 1}},
@@ -477,7 +480,7 @@ TEST_CASE("cuda decode kernels on a batch of 45 sequences in one call match the 
   for (int k = 0; k < 45; ++k) batch.push_back({sizes[k % 5], (k * 397) % 3000, 8, 2, k < 36 ? 64 : 128, pages[k % 5]});
   for (cuda::DType t : {cuda::DType::f16, cuda::DType::bf16})
     for (FlashKernel kernel : {FlashKernel::decode, FlashKernel::split})
-      for (int version : {1, 2})
+      for (int version = 1; version <= cuda::kDecodeVersions; ++version)
         for (int splits : kernel == FlashKernel::split ? std::vector<int>{0, 5} : std::vector<int>{0}) {
           INFO(kernel_name(kernel) << " v" << version << " " << cuda::dtype_name(t) << " splits=" << splits);
           const FlashResult r = run_flash_batch(batch, kernel, t, splits, version, rng);
@@ -488,14 +491,15 @@ TEST_CASE("cuda decode kernels on a batch of 45 sequences in one call match the 
         }
   // The planned form (a device plan, a fixed grid, layer_delta), as the CUDA backend runs it.
   for (cuda::DType t : {cuda::DType::f16, cuda::DType::bf16})
-    for (FlashKernel kernel : {FlashKernel::decode, FlashKernel::split}) {
-      INFO("planned " << kernel_name(kernel) << " " << cuda::dtype_name(t));
-      const FlashResult r = run_flash_batch(batch, kernel, t, 0, 2, rng, true);
-      std::printf("planned %s batch of 45, %s: max|err| = %.3g  worst err/tol = %.3g\n", kernel_name(kernel),
-                  cuda::dtype_name(t), r.max_abs, r.worst_ratio);
-      CHECK(r.padding_ok);
-      CHECK(r.worst_ratio <= 1.0);
-    }
+    for (FlashKernel kernel : {FlashKernel::decode, FlashKernel::split})
+      for (int version : {2, 3}) {
+        INFO("planned " << kernel_name(kernel) << " v" << version << " " << cuda::dtype_name(t));
+        const FlashResult r = run_flash_batch(batch, kernel, t, 0, version, rng, true);
+        std::printf("planned %s v%d batch of 45, %s: max|err| = %.3g  worst err/tol = %.3g\n", kernel_name(kernel),
+                    version, cuda::dtype_name(t), r.max_abs, r.worst_ratio);
+        CHECK(r.padding_ok);
+        CHECK(r.worst_ratio <= 1.0);
+      }
 }
 
 int main(int argc, char** argv) {
