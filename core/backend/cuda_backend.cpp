@@ -198,11 +198,11 @@ struct CudaBackend::Impl {
     else cuda::cast_from_float(dst, src, n, cuda::DType::f16, stream);
   }
   void gemv(float* y, const float* x, const DeviceBuffer& w, int in, int out, bool accumulate, int version,
-            const float* norm_weight = nullptr, float norm_eps = 0.0f) {
+            const float* norm_weight = nullptr, float norm_eps = 0.0f, cuda::L2Prefetch next = {}) {
     if (half_type == cuda::DType::bf16)
-      cuda::gemv_bf16(y, x, w.get<cuda::bf16_bits>(), in, out, accumulate, stream, version, norm_weight, norm_eps);
+      cuda::gemv_bf16(y, x, w.get<cuda::bf16_bits>(), in, out, accumulate, stream, version, norm_weight, norm_eps, next);
     else
-      cuda::gemv_f16(y, x, w.get<cuda::f16_bits>(), in, out, accumulate, stream, version, norm_weight, norm_eps);
+      cuda::gemv_f16(y, x, w.get<cuda::f16_bits>(), in, out, accumulate, stream, version, norm_weight, norm_eps, next);
   }
 
   void note_memory() {
@@ -247,10 +247,10 @@ struct CudaBackend::Impl {
   }
 
   // y = rmsnorm(xin; norm) W^T, via `normed` (rows x in scratch) when a matmul; at batch 1 in a
-  // 16-bit dtype one GEMV that normalises as it reads (no rmsnorm launch).
+  // 16-bit dtype one GEMV that normalises as it reads (no rmsnorm launch). next: see l2_ahead().
   void matmul_normed(float* y, const float* xin, const DeviceBuffer& norm, float eps, const DeviceBuffer& w, int rows,
-                     int in, int out, float* normed) {
-    if (half && rows == 1) return gemv(y, xin, w, in, out, false, gemv_version_for(in, out), norm.get<float>(), eps);
+                     int in, int out, float* normed, cuda::L2Prefetch next = {}) {
+    if (half && rows == 1) return gemv(y, xin, w, in, out, false, gemv_version_for(in, out), norm.get<float>(), eps, next);
     cuda::rmsnorm(normed, xin, norm.get<float>(), rows, in, eps, stream);
     matmul(y, normed, w, rows, in, out);
   }
@@ -258,26 +258,36 @@ struct CudaBackend::Impl {
   // Batch-1 fused forms (16-bit weights, one row, in % 8 == 0), dispatched on the weight type:
   // y += W x16 with x in the weights' 16-bit type (the attention output into the output
   // projection, no cast), and h = SwiGLU(W13 rmsnorm(x)) (norm, gate/up GEMV and SwiGLU at once).
-  void gemv_x16_add(float* y, const void* x16, const DeviceBuffer& w, int in, int out) {
+  void gemv_x16_add(float* y, const void* x16, const DeviceBuffer& w, int in, int out, cuda::L2Prefetch next) {
     if (half_type == cuda::DType::bf16)
       cuda::gemv_bf16_x16(y, static_cast<const cuda::bf16_bits*>(x16), w.get<cuda::bf16_bits>(), in, out, true, stream,
-                          gemv_version_for(in, out));
+                          gemv_version_for(in, out), next);
     else
       cuda::gemv_f16_x16(y, static_cast<const cuda::f16_bits*>(x16), w.get<cuda::f16_bits>(), in, out, true, stream,
-                         gemv_version_for(in, out));
+                         gemv_version_for(in, out), next);
   }
   void gemv_swiglu(float* h, const float* x, const DeviceBuffer& norm, float eps, const DeviceBuffer& w13, int in,
-                   int hidden) {
+                   int hidden, cuda::L2Prefetch next) {
     if (half_type == cuda::DType::bf16)
-      cuda::gemv_swiglu_bf16(h, x, w13.get<cuda::bf16_bits>(), in, hidden, stream, norm.get<float>(), eps);
+      cuda::gemv_swiglu_bf16(h, x, w13.get<cuda::bf16_bits>(), in, hidden, stream, norm.get<float>(), eps, next);
     else
-      cuda::gemv_swiglu_f16(h, x, w13.get<cuda::f16_bits>(), in, hidden, stream, norm.get<float>(), eps);
+      cuda::gemv_swiglu_f16(h, x, w13.get<cuda::f16_bits>(), in, hidden, stream, norm.get<float>(), eps, next);
+  }
+
+  // cuda_l2_prefetch: the first kL2Ahead bytes of w, for the GEMV before it to prefetch into L2
+  // as its blocks finish (about what HBM moves during one kernel's ramp); nothing when off. The
+  // output projection's weights are prefetched whole, by rope_store_qkv (see forward()).
+  static constexpr std::size_t kL2Ahead = std::size_t(8) << 20;
+  cuda::L2Prefetch l2_ahead(const DeviceBuffer& w) const {
+    if (!cuda_l2_prefetch) return {};
+    return {w.get(), std::min(w.bytes(), kL2Ahead)};
   }
 
   // The residual connection x[rows][out] += xin W^T: one GEMV that adds as it writes when a
   // single 16-bit row (the batch-1 decode step), else a matmul into `scratch` and an add.
-  void matmul_add(float* x, const float* xin, const DeviceBuffer& w, int rows, int in, int out, float* scratch) {
-    if (half && rows == 1) return gemv(x, xin, w, in, out, true, gemv_version_for(in, out));
+  void matmul_add(float* x, const float* xin, const DeviceBuffer& w, int rows, int in, int out, float* scratch,
+                  cuda::L2Prefetch next = {}) {
+    if (half && rows == 1) return gemv(x, xin, w, in, out, true, gemv_version_for(in, out), nullptr, 0.0f, next);
     matmul(scratch, xin, w, rows, in, out);
     cuda::add(x, scratch, static_cast<std::size_t>(rows) * out, stream);
   }
@@ -607,7 +617,7 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
     for (int l = 0; l < s.n_layers; ++l) {
       const Layer& L = layers[static_cast<std::size_t>(l)];
       float* q = qkv.get<float>();
-      matmul_normed(q, x.get<float>(), L.rms_att, s.norm_eps, L.wqkv, T, dim, qkv_dim, xb.get<float>());
+      matmul_normed(q, x.get<float>(), L.rms_att, s.norm_eps, L.wqkv, T, dim, qkv_dim, xb.get<float>(), l2_ahead(L.wo));
       // RoPE on the query heads and the key heads that follow them in each row, K and V into the
       // cache; flash (16-bit) also takes the queries in 16 bits: one launch for all of it.
       const std::int64_t* off = kv_offsets.get<std::int64_t>() + sz(l, n_real);
@@ -655,21 +665,25 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
           }
         }
       }
-      if (flash && fused_row) gemv_x16_add(x.get<float>(), att16.get(), L.wo, dim, dim);
-      else matmul_add(x.get<float>(), att.get<float>(), L.wo, T, dim, dim, xb.get<float>());
+      // cuda_l2_prefetch: each GEMV's blocks, as they finish, have L2 fetch the start of the next
+      // weights (l2_ahead), so that HBM streams on through the kernel boundary.
+      const bool last = l + 1 == s.n_layers;
+      if (flash && fused_row) gemv_x16_add(x.get<float>(), att16.get(), L.wo, dim, dim, l2_ahead(L.w13));
+      else matmul_add(x.get<float>(), att.get<float>(), L.wo, T, dim, dim, xb.get<float>(), l2_ahead(L.w13));
       if (fused_row) {
-        gemv_swiglu(h.get<float>(), x.get<float>(), L.rms_ffn, s.norm_eps, L.w13, dim, hidden);
+        gemv_swiglu(h.get<float>(), x.get<float>(), L.rms_ffn, s.norm_eps, L.w13, dim, hidden, l2_ahead(L.w2));
       } else {
         matmul_normed(h13.get<float>(), x.get<float>(), L.rms_ffn, s.norm_eps, L.w13, T, dim, 2 * hidden,
                       xb.get<float>());  // row: [w1 xn | w3 xn]
         cuda::swiglu_rows(h.get<float>(), h13.get<float>(), T, hidden, stream);
       }
-      matmul_add(x.get<float>(), h.get<float>(), L.w2, T, hidden, dim, xb.get<float>());
+      matmul_add(x.get<float>(), h.get<float>(), L.w2, T, hidden, dim, xb.get<float>(),
+                 l2_ahead(last ? lm_head : layers[static_cast<std::size_t>(l) + 1].wqkv));
     }
     // Final norm and LM head for the wanted rows only (gathered with the embedding kernel).
     cuda::embed(xb.get<float>(), x.get<float>(), out_rows.get<int>(), n_out, dim, stream);
     matmul_normed(logits.get<float>(), xb.get<float>(), rms_final, s.norm_eps, lm_head, n_out, dim, s.vocab_size,
-                  xb.get<float>());
+                  xb.get<float>(), l2_ahead(layers.front().wqkv));  // the next step's first matrix
   };
 
   // Programmatic dependent launch for this step's kernels (this thread, while they are enqueued).

@@ -63,10 +63,13 @@ class CudaBackend final : public Backend {
   // the captured graphs carry the programmatic edges. Needs compute capability 9.0 (throws
   // std::invalid_argument otherwise).
   void set_cuda_pdl(bool on);
-  // cuda_l2_prefetch: with flash attention, the kernel after each layer's QKV projection
-  // (rope_store_qkv) also asks L2 to fetch that layer's output-projection weights (bulk prefetch),
-  // so that they stream from HBM during RoPE and attention, which leave it idle, instead of after.
-  // A hint: the same results. Needs compute capability 9.0 (throws std::invalid_argument otherwise).
+  // cuda_l2_prefetch: HBM kept streaming across the decode step's kernel boundaries by bulk L2
+  // prefetches. With flash attention the kernel after each layer's QKV projection
+  // (rope_store_qkv) asks L2 for that layer's output-projection weights, which then stream during
+  // RoPE and attention (which leave HBM idle) instead of after them; and at batch 1 each GEMV's
+  // blocks, as they finish, ask for the first 8 MB of the next matrix (through the kernel's
+  // tail and the next one's ramp). A hint: the same results. Needs compute capability 9.0
+  // (throws std::invalid_argument otherwise).
   void set_cuda_l2_prefetch(bool on);
   CudaGraphStats graph_stats() const;
 

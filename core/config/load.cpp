@@ -112,8 +112,9 @@ const std::vector<Rule>& rules() {
               "cuda: programmatic dependent launch (sm_90+): each kernel of a step may start, and a GEMV load its "
               "first weights, while the one before it finishes"),
         plain("cuda_l2_prefetch", Kind::Bool, F(cuda_l2_prefetch),
-              "cuda (sm_90+), flash attention: the kernel after each layer's QKV projection asks L2 to fetch the "
-              "output projection's weights, so that they stream while RoPE and attention leave HBM idle"),
+              "cuda (sm_90+), flash attention: bulk L2 prefetches keep HBM streaming across the decode step's "
+              "kernel boundaries (the output projection's weights during RoPE and attention; at batch 1 each GEMV "
+              "fetches the next matrix's first 8 MB as it finishes)"),
         integer("max_seq_len", F(max_seq_len), ge(0), "cap on prompt + output per sequence; 0 = the model's"),
         integer("repeat", F(repeat), ge(1), "timed runs per sweep point"),
         integer("warmup", F(warmup), ge(0), "untimed runs per sweep point before the timed ones"),

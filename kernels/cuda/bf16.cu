@@ -88,7 +88,8 @@ __device__ __forceinline__ float inv_rms(const float* x, int in, float eps) {
 }
 
 template <class T>
-__global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, int out, bool accumulate, GemvNorm norm) {
+__global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, int out, bool accumulate, GemvNorm norm,
+                                 L2Prefetch next) {
   using H = Half16<T>;
   const int lane = threadIdx.x & 31;
   const int o = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
@@ -122,6 +123,7 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, i
   }
   acc = detail::warp_sum(acc) * inv;
   if (lane == 0) y[o] = accumulate ? y[o] + acc : acc;
+  if (threadIdx.x == 0) detail::l2_prefetch_block_share(next.base, next.bytes);  // this block's rows are done
 }
 
 // Versions 2..7: R rows per warp; each lane loads U 16-byte vectors of every row before it uses
@@ -140,7 +142,7 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, i
 //
 // X16: x is in the weights' 16-bit type (the attention output feeding the output projection,
 // read without a cast to fp32 first: one launch fewer, half the x bytes); no fused norm.
-// L2Prefetch (versions 8 and 9, experimental): the weight loads ask L2 to fetch whole 256-byte
+// Line256 (versions 8 and 9, experimental): the weight loads ask L2 to fetch whole 256-byte
 // lines (ld.global.nc.L1::no_allocate.L2::256B) instead of streaming 16 bytes a lane (__ldcs).
 //
 // Split > 1 (versions 10 and 11, experimental; R = 1): Split warps share a row, each reading a
@@ -149,9 +151,9 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, i
 // so half the loads that could be in flight are not (wo and w2 ran at 2.3-2.4 TB/s against 2.8 for
 // the 32000-row LM head).
 template <class T, int R, int kGemvLoads, int Warps = kGemvWarps, bool Swiglu = false, bool X16 = false,
-          bool L2Prefetch = false, int Split = 1>
+          bool Line256 = false, int Split = 1>
 __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int in, int out, bool accumulate,
-                                       GemvNorm norm) {
+                                       GemvNorm norm, L2Prefetch next) {
   static_assert(!Swiglu || R == 2, "the SwiGLU epilogue pairs a gate row with an up row");
   static_assert(Split == 1 || (R == 1 && !Swiglu && Warps % Split == 0), "a split row is one row of a plain GEMV");
   const float* x = static_cast<const float*>(xv);
@@ -187,7 +189,7 @@ __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int
       const int i = i0 + 32 * u;
 #pragma unroll
       for (int r = 0; r < R; ++r)
-        wv[r][u] = i >= end ? make_uint4(0, 0, 0, 0) : L2Prefetch ? load_l2_256(rows[r] + i) : __ldcs(rows[r] + i);
+        wv[r][u] = i >= end ? make_uint4(0, 0, 0, 0) : Line256 ? load_l2_256(rows[r] + i) : __ldcs(rows[r] + i);
     }
   };
   load(begin + lane);  // the weights never change: these loads may overlap the previous kernel (pdl)
@@ -249,6 +251,8 @@ __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int
       if (lane == 0 && o0 + r < out) y[o0 + r] = accumulate ? y[o0 + r] + a : a;
     }
   }
+  // Warp 0 (never past `out`) when its rows are done: the block's share of the next weights.
+  if (threadIdx.x == 0) detail::l2_prefetch_block_share(next.base, next.bytes);
 }
 
 }  // namespace
@@ -260,7 +264,8 @@ bool misaligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16
 // X16: x in the weights' 16-bit type (versions 2-11; version 1 runs as version 2), no norm.
 template <class T, bool X16 = false>
 void gemv_16(const char* who, float* y, const void* x, const std::uint16_t* w, int in, int out, bool accumulate,
-             cudaStream_t stream, int version, GemvNorm norm) {
+             cudaStream_t stream, int version, GemvNorm norm, L2Prefetch next) {
+  if (misaligned(next.base)) throw std::invalid_argument(std::string(who) + ": the prefetch range must start 16-byte aligned");
   if (in % 8 == 0 && (misaligned(x) || (norm.weight && misaligned(norm.weight))))
     throw std::runtime_error(std::string(who) + ": x and the norm weight must be 16-byte aligned");
   if (version < 1 || version > kGemvVersionsAll)
@@ -271,12 +276,12 @@ void gemv_16(const char* who, float* y, const void* x, const std::uint16_t* w, i
   const auto* wt = reinterpret_cast<const T*>(w);
   if (!X16 && (version == 1 || in % 8 != 0)) {
     detail::launch_pdl(gemv_bf16_kernel<T>, unsigned((out + kGemvWarps - 1) / kGemvWarps), 32 * kGemvWarps, 0, stream, y,
-                       static_cast<const float*>(x), wt, in, out, accumulate, norm);
+                       static_cast<const float*>(x), wt, in, out, accumulate, norm, next);
   } else {
     // rows_per_block: rows of w a block computes; warps: its warps.
     const auto launch = [&](auto kernel, int rows_per_block, int warps) {
       detail::launch_pdl(kernel, unsigned((out + rows_per_block - 1) / rows_per_block), 32 * warps, 0, stream, y, x, wt,
-                         in, out, accumulate, norm);
+                         in, out, accumulate, norm, next);
     };
     constexpr int W = kGemvWarps;
     if (version <= 2) launch(gemv_bf16_multi_kernel<T, 1, 4, W, false, X16>, W, W);
@@ -295,43 +300,43 @@ void gemv_16(const char* who, float* y, const void* x, const std::uint16_t* w, i
 
 template <class T>
 void gemv_swiglu_16(const char* who, float* h, const float* x, const std::uint16_t* w13, int in, int hidden,
-                    cudaStream_t stream, GemvNorm norm) {
-  if (in % 8 != 0 || misaligned(x) || misaligned(w13) || (norm.weight && misaligned(norm.weight)))
-    throw std::invalid_argument(std::string(who) + ": needs in % 8 == 0 and 16-byte aligned x, w13 and norm weight");
+                    cudaStream_t stream, GemvNorm norm, L2Prefetch next) {
+  if (in % 8 != 0 || misaligned(x) || misaligned(w13) || (norm.weight && misaligned(norm.weight)) || misaligned(next.base))
+    throw std::invalid_argument(std::string(who) + ": needs in % 8 == 0 and 16-byte aligned x, w13, norm weight and prefetch range");
   constexpr int warps = 2;
   detail::launch_pdl(gemv_bf16_multi_kernel<T, 2, 4, warps, true>, unsigned((hidden + warps - 1) / warps), 32 * warps, 0,
-                     stream, h, x, reinterpret_cast<const T*>(w13), in, hidden, false, norm);
+                     stream, h, x, reinterpret_cast<const T*>(w13), in, hidden, false, norm, next);
 }
 
 }  // namespace
 
 void gemv_swiglu_bf16(float* h, const float* x, const bf16_bits* w13, int in, int hidden, cudaStream_t stream,
-                      const float* norm_weight, float norm_eps) {
-  gemv_swiglu_16<__nv_bfloat16>("gemv_swiglu_bf16", h, x, w13, in, hidden, stream, {norm_weight, norm_eps});
+                      const float* norm_weight, float norm_eps, L2Prefetch next) {
+  gemv_swiglu_16<__nv_bfloat16>("gemv_swiglu_bf16", h, x, w13, in, hidden, stream, {norm_weight, norm_eps}, next);
 }
 void gemv_swiglu_f16(float* h, const float* x, const f16_bits* w13, int in, int hidden, cudaStream_t stream,
-                     const float* norm_weight, float norm_eps) {
-  gemv_swiglu_16<__half>("gemv_swiglu_f16", h, x, w13, in, hidden, stream, {norm_weight, norm_eps});
+                     const float* norm_weight, float norm_eps, L2Prefetch next) {
+  gemv_swiglu_16<__half>("gemv_swiglu_f16", h, x, w13, in, hidden, stream, {norm_weight, norm_eps}, next);
 }
 
 void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
-               int version, const float* norm_weight, float norm_eps) {
-  gemv_16<__nv_bfloat16>("gemv_bf16", y, x, w, in, out, accumulate, stream, version, {norm_weight, norm_eps});
+               int version, const float* norm_weight, float norm_eps, L2Prefetch next) {
+  gemv_16<__nv_bfloat16>("gemv_bf16", y, x, w, in, out, accumulate, stream, version, {norm_weight, norm_eps}, next);
 }
 
 void gemv_f16(float* y, const float* x, const f16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
-              int version, const float* norm_weight, float norm_eps) {
-  gemv_16<__half>("gemv_f16", y, x, w, in, out, accumulate, stream, version, {norm_weight, norm_eps});
+              int version, const float* norm_weight, float norm_eps, L2Prefetch next) {
+  gemv_16<__half>("gemv_f16", y, x, w, in, out, accumulate, stream, version, {norm_weight, norm_eps}, next);
 }
 
 void gemv_bf16_x16(float* y, const bf16_bits* x, const bf16_bits* w, int in, int out, bool accumulate,
-                   cudaStream_t stream, int version) {
-  gemv_16<__nv_bfloat16, true>("gemv_bf16_x16", y, x, w, in, out, accumulate, stream, version, {nullptr, 0.0f});
+                   cudaStream_t stream, int version, L2Prefetch next) {
+  gemv_16<__nv_bfloat16, true>("gemv_bf16_x16", y, x, w, in, out, accumulate, stream, version, {nullptr, 0.0f}, next);
 }
 
 void gemv_f16_x16(float* y, const f16_bits* x, const f16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
-                  int version) {
-  gemv_16<__half, true>("gemv_f16_x16", y, x, w, in, out, accumulate, stream, version, {nullptr, 0.0f});
+                  int version, L2Prefetch next) {
+  gemv_16<__half, true>("gemv_f16_x16", y, x, w, in, out, accumulate, stream, version, {nullptr, 0.0f}, next);
 }
 
 void fill_uniform_bf16(bf16_bits* dst, std::size_t n, std::uint64_t seed, float scale, cudaStream_t stream) {

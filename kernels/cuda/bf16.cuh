@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cuda/kernels.cuh"  // L2Prefetch
+
 namespace ablate::cuda {
 
 // Raw bf16 storage (the upper 16 bits of an fp32), so plain C++ can hold and pass it; raw fp16
@@ -45,30 +47,34 @@ namespace ablate::cuda {
 // 4 with an L2 256-byte prefetch hint on the weight loads; 10 and 11 split each row over 2 and 4
 // warps of a block (their sums added in a fixed order), for matrices of few rows. Tests and
 // benchmarks cover all.
+// next (every GEMV below; cuda_l2_prefetch): a range, the start of the weights the decode step
+// reads next, that each block asks L2 to fetch (its share, 16 KB pieces) once its rows are done,
+// so that HBM keeps streaming through this kernel's tail and the next one's ramp. A hint: the
+// same results.
 inline constexpr int kGemvVersions = 7;
 inline constexpr int kGemvVersionsAll = 11;
 void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
-               int version = 1, const float* norm_weight = nullptr, float norm_eps = 0.0f);
+               int version = 1, const float* norm_weight = nullptr, float norm_eps = 0.0f, L2Prefetch next = {});
 // The same GEMV versions over fp16 weights.
 void gemv_f16(float* y, const float* x, const f16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
-              int version = 1, const float* norm_weight = nullptr, float norm_eps = 0.0f);
+              int version = 1, const float* norm_weight = nullptr, float norm_eps = 0.0f, L2Prefetch next = {});
 
 // The same GEMV with x in the weights' 16-bit type (bf16 x for bf16 w, fp16 for fp16): the
 // attention output feeds the output projection without a cast to fp32. in % 8 == 0; version 1
 // runs as version 2.
 void gemv_bf16_x16(float* y, const bf16_bits* x, const bf16_bits* w, int in, int out, bool accumulate,
-                   cudaStream_t stream, int version = 2);
+                   cudaStream_t stream, int version = 2, L2Prefetch next = {});
 void gemv_f16_x16(float* y, const f16_bits* x, const f16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
-                  int version = 2);
+                  int version = 2, L2Prefetch next = {});
 
 // The feed-forward block's gate/up GEMV with SwiGLU as its epilogue, at batch 1: w13 holds
 // 2 * hidden rows (w1's, then w3's); h[j] = silu(w1_j . xn) * (w3_j . xn), xn = x or its RMSNorm
 // (norm_weight != nullptr), equal bit for bit to gemv version 6 into [gate | up] followed by
 // swiglu_rows. One launch instead of two, and no h13 round trip. in % 8 == 0.
 void gemv_swiglu_bf16(float* h, const float* x, const bf16_bits* w13, int in, int hidden, cudaStream_t stream,
-                      const float* norm_weight = nullptr, float norm_eps = 0.0f);
+                      const float* norm_weight = nullptr, float norm_eps = 0.0f, L2Prefetch next = {});
 void gemv_swiglu_f16(float* h, const float* x, const f16_bits* w13, int in, int hidden, cudaStream_t stream,
-                     const float* norm_weight = nullptr, float norm_eps = 0.0f);
+                     const float* norm_weight = nullptr, float norm_eps = 0.0f, L2Prefetch next = {});
 
 // Deterministic pseudo-random fill for benchmarks and tests: dst[i] uniform in [-scale, scale)
 // from a hash of (seed, i), computed on the device (no host copy of multi-GB weights).

@@ -41,21 +41,29 @@ __device__ __forceinline__ void pdl_trigger() {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
-// Prefetch of [base, base + bytes) into L2 by the bulk-copy engine (sm_90+; a no-op below), in
-// 16 KB pieces spread over every thread of a 1-D grid: one instruction a piece, nothing waits for
-// it. A hint only: results cannot change, and a piece still in flight when the kernel exits
-// completes on its own. Why: the kernels between two GEMVs (RoPE, attention) leave HBM idle for
-// their whole run; the next weights can stream into L2 meanwhile. base must be 16-byte aligned.
-__device__ __forceinline__ void l2_prefetch_grid(const void* base, std::size_t bytes) {
+// Prefetch into L2 by the bulk-copy engine (sm_90+; a no-op below): one instruction a piece of up
+// to kL2Piece bytes, nothing waits for it. A hint only: results cannot change, and a piece still in
+// flight when the kernel exits completes on its own. Why: between two GEMVs (RoPE, attention, a
+// kernel's tail and the next one's ramp) HBM idles; the next weights can stream into L2 meanwhile.
+// Ranges start 16-byte aligned; a length is rounded down to 16 bytes.
+constexpr std::size_t kL2Piece = 16384;
+__device__ __forceinline__ void l2_prefetch_piece(const void* base, std::size_t bytes, std::size_t piece) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  constexpr std::size_t kPiece = 16384;
-  const std::size_t threads = std::size_t(gridDim.x) * blockDim.x;
-  for (std::size_t p = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; p * kPiece < bytes; p += threads) {
-    const std::size_t at = p * kPiece;
-    const unsigned size = unsigned((bytes - at < kPiece ? bytes - at : kPiece) & ~std::size_t(15));
-    if (size) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(static_cast<const char*>(base) + at), "r"(size) : "memory");
-  }
+  const std::size_t at = piece * kL2Piece;
+  const unsigned size = unsigned((bytes - at < kL2Piece ? bytes - at : kL2Piece) & ~std::size_t(15));
+  if (size) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(static_cast<const char*>(base) + at), "r"(size) : "memory");
 #endif
+}
+// The whole range, its pieces spread over every thread of a 1-D grid.
+__device__ __forceinline__ void l2_prefetch_grid(const void* base, std::size_t bytes) {
+  const std::size_t threads = std::size_t(gridDim.x) * blockDim.x;
+  for (std::size_t p = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; p * kL2Piece < bytes; p += threads)
+    l2_prefetch_piece(base, bytes, p);
+}
+// The calling thread's block's share of the range: pieces blockIdx.x, + gridDim.x, ... (one
+// thread a block calls it, e.g. when the block's work is done).
+__device__ __forceinline__ void l2_prefetch_block_share(const void* base, std::size_t bytes) {
+  for (std::size_t p = blockIdx.x; p * kL2Piece < bytes; p += gridDim.x) l2_prefetch_piece(base, bytes, p);
 }
 // Whether launch_pdl() sets the attribute (cuda::set_programmatic_launch; the host thread's).
 inline thread_local bool g_programmatic_launch = false;

@@ -138,6 +138,13 @@ TEST_CASE("cuda gemv_bf16 and gemv_f16 match the CPU matmul on 16-bit weights, w
           if (type == cuda::DType::bf16) cuda::gemv_bf16(dy, dx, dw16, in, out, accumulate, nullptr, version, nw, eps);
           else cuda::gemv_f16(dy, dx, dw16, in, out, accumulate, nullptr, version, nw, eps);
           const auto y = download(dy, std::size_t(out));
+          // With an L2 prefetch of another range as the blocks finish (cuda_l2_prefetch): a hint,
+          // the same bits. The range: more 16 KB pieces than blocks, a length not a multiple of 16.
+          REQUIRE(cudaMemcpy(dy, y0.data(), y0.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+          const cuda::L2Prefetch next{dw, w.size() * sizeof(float) - 6};
+          if (type == cuda::DType::bf16) cuda::gemv_bf16(dy, dx, dw16, in, out, accumulate, nullptr, version, nw, eps, next);
+          else cuda::gemv_f16(dy, dx, dw16, in, out, accumulate, nullptr, version, nw, eps, next);
+          CHECK(download(dy, std::size_t(out)) == y);
           const std::vector<float>& r = norm ? ref_norm : ref;
           double max_err = 0;
           for (int o = 0; o < out; ++o) {
@@ -166,12 +173,20 @@ TEST_CASE("cuda gemv_bf16 and gemv_f16 match the CPU matmul on 16-bit weights, w
         if (type == cuda::DType::bf16) cuda::gemv_bf16_x16(dy, dx16, dw16, in, out, true, nullptr, version);
         else cuda::gemv_f16_x16(dy, dx16, dw16, in, out, true, nullptr, version);
         const auto y = download(dy, std::size_t(out));
+        REQUIRE(cudaMemcpy(dy, y0.data(), y0.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+        const cuda::L2Prefetch next{dw, w.size() * sizeof(float)};
+        if (type == cuda::DType::bf16) cuda::gemv_bf16_x16(dy, dx16, dw16, in, out, true, nullptr, version, next);
+        else cuda::gemv_f16_x16(dy, dx16, dw16, in, out, true, nullptr, version, next);
+        CHECK(download(dy, std::size_t(out)) == y);  // the prefetch changes no bit
         double max_err = 0;
         for (int o = 0; o < out; ++o)
           max_err = std::max(max_err, (double)std::fabs(y[std::size_t(o)] - (ref16[std::size_t(o)] + y0[std::size_t(o)])));
         INFO("max abs error " << max_err);
         CHECK(max_err < 1e-4);
       }
+    CHECK_THROWS_WITH(cuda::gemv_bf16(dy, dx, dw16, in, out, false, nullptr, 2, nullptr, 0.0f,
+                                      cuda::L2Prefetch{reinterpret_cast<const char*>(dw) + 4, 64}),
+                      Catch::Contains("16-byte aligned"));
     for (void* p : {static_cast<void*>(dx), static_cast<void*>(dw), static_cast<void*>(dy), static_cast<void*>(dw16),
                     static_cast<void*>(dg), static_cast<void*>(dx16), static_cast<void*>(dxr)})
       cudaFree(p);
@@ -217,6 +232,10 @@ TEST_CASE("cuda gemv_swiglu (gate/up GEMV with the SwiGLU epilogue) matches the 
         }
         cuda::swiglu_rows(dh2, dgu, 1, hidden, nullptr);  // the two launches it replaces
         const auto h = download(dh, std::size_t(hidden)), h2 = download(dh2, std::size_t(hidden));
+        const cuda::L2Prefetch next{dw, w.size() * sizeof(float)};  // a hint: the same bits
+        if (type == cuda::DType::bf16) cuda::gemv_swiglu_bf16(dh2, dx, dw16, in, hidden, nullptr, nw, eps, next);
+        else cuda::gemv_swiglu_f16(dh2, dx, dw16, in, hidden, nullptr, nw, eps, next);
+        CHECK(download(dh2, std::size_t(hidden)) == h);
         double err_cpu = 0, err_pair = 0;
         for (int j = 0; j < hidden; ++j) {
           err_cpu = std::max(err_cpu, double(std::fabs(h[std::size_t(j)] - gu[std::size_t(j)])));
