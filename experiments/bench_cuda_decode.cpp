@@ -14,8 +14,9 @@
 // step, bytes of w per second beside the copy bandwidth (the llm.c way: versions side by side),
 // and the output projection's also with its weights prefetched into L2 first (l2:1).
 // This step is the kernels in their plain form; the CUDA backend's own batch-1 step fuses more
-// (RMSNorm inside the GEMVs, SwiGLU as the gate/up GEMV's epilogue, rope_store_qkv, a 16-bit x
-// into the output projection, 6 kernels a layer): configs/gpu/decode.yaml measures that one.
+// (RMSNorm inside the GEMVs, RoPE and the K/V store as the QKV GEMV's epilogue, SwiGLU as the
+// gate/up GEMV's, a 16-bit x into the output projection: 5 kernels a layer):
+// configs/gpu/decode.yaml measures that one.
 //   build/gpu/experiments/bench_cuda_decode --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 // Without a CUDA device it reports "not benchmarked" and runs nothing.
 #include <benchmark/benchmark.h>

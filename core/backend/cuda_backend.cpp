@@ -274,9 +274,25 @@ struct CudaBackend::Impl {
       cuda::gemv_swiglu_f16(h, x, w13.get<cuda::f16_bits>(), in, hidden, stream, norm.get<float>(), eps, next);
   }
 
+  // The batch-1 QKV projection with RoPE, the K/V store (at this layer's slot `offset`) and the
+  // 16-bit query as its epilogue (flash attention; replaces the GEMV and rope_store_qkv).
+  void gemv_qkv_rope(const float* x, const DeviceBuffer& norm, float eps, const DeviceBuffer& wqkv,
+                     const std::int64_t* offset, cuda::L2Prefetch next) {
+    const int hd = shape.head_dim();
+    if (half_type == cuda::DType::bf16)
+      cuda::gemv_qkv_rope_bf16(x, wqkv.get<cuda::bf16_bits>(), shape.dim, shape.n_heads, shape.n_kv_heads, hd,
+                               positions.get<int>(), shape.rope_theta, k_pool.get(), v_pool.get(), offset, q16.get(),
+                               stream, norm.get<float>(), eps, next);
+    else
+      cuda::gemv_qkv_rope_f16(x, wqkv.get<cuda::f16_bits>(), shape.dim, shape.n_heads, shape.n_kv_heads, hd,
+                              positions.get<int>(), shape.rope_theta, k_pool.get(), v_pool.get(), offset, q16.get(),
+                              stream, norm.get<float>(), eps, next);
+  }
+
   // cuda_l2_prefetch: the first kL2Ahead bytes of w, for the GEMV before it to prefetch into L2
   // as its blocks finish (about what HBM moves during one kernel's ramp); nothing when off. The
-  // output projection's weights are prefetched whole, by rope_store_qkv (see forward()).
+  // output projection's weights are prefetched whole, by rope_store_qkv or the decode attention
+  // (see forward()).
   static constexpr std::size_t kL2Ahead = std::size_t(8) << 20;
   cuda::L2Prefetch l2_ahead(const DeviceBuffer& w) const {
     if (!cuda_l2_prefetch) return {};
@@ -463,6 +479,8 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
   const bool flash = attention != "naive", split = attention == "flash_split";
   // One 16-bit row whose projections take the fused batch-1 GEMVs (see gemv_x16_add, gemv_swiglu).
   const bool fused_row = half && T == 1 && dim % 8 == 0;
+  // ... whose QKV projection also does RoPE and the K/V store (gemv_qkv_rope): a real token, flash.
+  const bool fused_qkv = fused_row && n_real == 1 && flash;
 
   // KV pools the size of this cache's (a new run's cache may differ).
   if (kv.pool_elements() != pool_elements) {
@@ -617,15 +635,22 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
     for (int l = 0; l < s.n_layers; ++l) {
       const Layer& L = layers[static_cast<std::size_t>(l)];
       float* q = qkv.get<float>();
-      matmul_normed(q, x.get<float>(), L.rms_att, s.norm_eps, L.wqkv, T, dim, qkv_dim, xb.get<float>(), l2_ahead(L.wo));
+      const std::int64_t* off = kv_offsets.get<std::int64_t>() + sz(l, n_real);
+      // cuda_l2_prefetch: the output projection's weights, whole, into L2 while RoPE and attention
+      // leave HBM idle (asked for by the first kernel after the QKV projection).
+      const cuda::L2Prefetch wo_whole = cuda_l2_prefetch ? cuda::L2Prefetch{L.wo.get(), L.wo.bytes()} : cuda::L2Prefetch{};
+      if (fused_qkv) {
+        // One launch: the QKV GEMV with RoPE, the K/V store and the 16-bit query as its epilogue.
+        gemv_qkv_rope(x.get<float>(), L.rms_att, s.norm_eps, L.wqkv, off, l2_ahead(L.wo));
+      } else {
+        matmul_normed(q, x.get<float>(), L.rms_att, s.norm_eps, L.wqkv, T, dim, qkv_dim, xb.get<float>(), l2_ahead(L.wo));
+      }
       // RoPE on the query heads and the key heads that follow them in each row, K and V into the
       // cache; flash (16-bit) also takes the queries in 16 bits: one launch for all of it.
-      const std::int64_t* off = kv_offsets.get<std::int64_t>() + sz(l, n_real);
-      if (flash) {
-        const cuda::L2Prefetch wo_ahead = cuda_l2_prefetch ? cuda::L2Prefetch{L.wo.get(), L.wo.bytes()} : cuda::L2Prefetch{};
+      if (flash && !fused_qkv) {
         cuda::rope_store_qkv(q, T, n_real, s.n_heads, s.n_kv_heads, hd, positions.get<int>(), s.rope_theta, k_pool.get(),
-                             v_pool.get(), off, q16.get(), half_type, stream, wo_ahead);
-      } else {
+                             v_pool.get(), off, q16.get(), half_type, stream, wo_whole);
+      } else if (!flash) {
         cuda::rope(q, T, qkv_dim, s.n_heads + s.n_kv_heads, hd, positions.get<int>(), s.rope_theta, stream);
         cuda::kv_write(k_pool.get(), off, q + dim, qkv_dim, n_real, kv_dim, kv_elem(), stream);
         cuda::kv_write(v_pool.get(), off, q + dim + kv_dim, qkv_dim, n_real, kv_dim, kv_elem(), stream);
@@ -640,7 +665,7 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
           }
           if (!decode_chunks.empty())
             cuda::attention_decode_planned(plan, plan_buffer.get(), split_bound, split, layer_delta[static_cast<std::size_t>(l)],
-                                           split_workspace.get<float>(), stream);
+                                           split_workspace.get<float>(), stream, 2, fused_qkv ? wo_whole : cuda::L2Prefetch{});
           // A fused row's output projection reads the 16-bit attention output itself (no cast).
           if (!fused_row) cuda::cast_to_float(att.get<float>(), att16.get(), sz(n_real, dim), half_type, stream);
         } else {

@@ -65,7 +65,8 @@ class CudaBackend final : public Backend {
   void set_cuda_pdl(bool on);
   // cuda_l2_prefetch: HBM kept streaming across the decode step's kernel boundaries by bulk L2
   // prefetches. With flash attention the kernel after each layer's QKV projection
-  // (rope_store_qkv) asks L2 for that layer's output-projection weights, which then stream during
+  // (rope_store_qkv, or at batch 1 the decode attention) asks L2 for that layer's
+  // output-projection weights, which then stream during
   // RoPE and attention (which leave HBM idle) instead of after them; and at batch 1 each GEMV's
   // blocks, as they finish, ask for the first 8 MB of the next matrix (through the kernel's
   // tail and the next one's ramp). A hint: the same results. Needs compute capability 9.0

@@ -857,9 +857,10 @@ __global__ void __launch_bounds__(kDecodeThreads) flash_decode_v2_kernel(DecodeG
 }
 template <class T, int D, int Version>
 __global__ void __launch_bounds__(kDecodeThreads)
-    flash_decode_planned_kernel(const DecodeGroup<T>* g, float* workspace, long long layer_delta) {
+    flash_decode_planned_kernel(const DecodeGroup<T>* g, float* workspace, long long layer_delta, L2Prefetch prefetch) {
   pdl_trigger();
   pdl_wait();
+  l2_prefetch_grid(prefetch.base, prefetch.bytes);  // after the wait: HBM is ours
   decode_block<T, D, Version>(*g, workspace, layer_delta);
 }
 
@@ -1214,9 +1215,12 @@ DecodePlan make_decode_plan(std::span<const AttentionProblem> problems, std::spa
 }
 
 void attention_decode_planned(const DecodePlan& plan, const void* device_plan, int max_splits, bool reduce,
-                              long long layer_delta, float* workspace, cudaStream_t stream, int version) {
+                              long long layer_delta, float* workspace, cudaStream_t stream, int version,
+                              L2Prefetch prefetch) {
   if (version != 2 && version != 3)
     throw std::invalid_argument("cuda::attention_decode_planned: version " + std::to_string(version) + "; allowed: 2, 3");
+  if (!aligned16(prefetch.base))
+    throw std::invalid_argument("cuda::attention_decode_planned: the prefetch range must start 16-byte aligned");
   const auto* base = static_cast<const unsigned char*>(device_plan);
   for (std::size_t i = 0; i < plan.shapes.size(); ++i) {
     const DecodeGroupShape& sh = plan.shapes[i];
@@ -1226,7 +1230,7 @@ void attention_decode_planned(const DecodePlan& plan, const void* device_plan, i
       using T = decltype(tag);
       const auto* gt = static_cast<const DecodeGroup<T>*>(g);
       with_decode_kernel<T, PlannedKernel>(sh.head_dim, version, [&](auto kernel) {
-        launch_pdl(kernel, grid, kDecodeThreads, 0, stream, gt, workspace, layer_delta);
+        launch_pdl(kernel, grid, kDecodeThreads, 0, stream, gt, workspace, layer_delta, i == 0 ? prefetch : L2Prefetch{});
       });
       if (reduce)
         launch_pdl(split_reduce_planned_kernel<T>, dim3(sh.heads, sh.rows), sh.head_dim, 0, stream, gt, sh.head_dim,

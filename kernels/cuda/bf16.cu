@@ -8,6 +8,7 @@
 
 #include "cuda/bf16.cuh"
 #include "cuda/check.cuh"
+#include "cuda/rope.cuh"
 
 namespace ablate::cuda {
 namespace {
@@ -47,12 +48,26 @@ struct Half16<__nv_bfloat16> {
   using Pair = __nv_bfloat162;
   static __device__ __forceinline__ float2 to2(Pair p) { return __bfloat1622float2(p); }
   static __device__ __forceinline__ float to(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from(float v) { return __float2bfloat16_rn(v); }
 };
 template <>
 struct Half16<__half> {
   using Pair = __half2;
   static __device__ __forceinline__ float2 to2(Pair p) { return __half22float2(p); }
   static __device__ __forceinline__ float to(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from(float v) { return __float2half_rn(v); }
+};
+
+// What a GEMV does with its finished sums: write them (kEpiPlain), SwiGLU a gate/up pair
+// (kEpiSwiglu), or RoPE a (q or k) pair and store it in 16 bits as rope_store_qkv does (kEpiRope).
+constexpr int kEpiPlain = 0, kEpiSwiglu = 1, kEpiRope = 2;
+// kEpiRope's operands (see gemv_qkv_rope_bf16); unused by the other epilogues.
+struct RopeStore {
+  const int* position;          // device, one int: the token's position
+  const std::int64_t* offset;   // device, one int64: its K/V slot in the pools, in elements
+  void *k_pool, *v_pool, *q16;  // the weights' 16-bit type
+  int head_dim, q_dim, kv_dim;
+  float theta;
 };
 
 // 16 bytes of a stream read once, L2 asked to fetch the whole 256-byte line around them.
@@ -136,9 +151,14 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, i
 // at 2.1-2.3 TB/s against 2.6-2.8 for the wider ones). The first U loads are issued before the
 // fused norm (if any) is computed.
 //
-// Swiglu (R = 2): the gate/up GEMV of the feed-forward block with SwiGLU as its epilogue. w holds
+// Epi kEpiSwiglu (R = 2): the gate/up GEMV of the feed-forward block with SwiGLU as its epilogue. w holds
 // 2 * out rows (gate rows, then up rows); warp o computes gate row o and up row o + out, and
 // writes y[o] = silu(gate) * up, as swiglu_rows does (no h13 round trip, no extra launch).
+//
+// Epi kEpiRope (R = 2): the batch-1 QKV projection with rope_store_qkv as its epilogue. Warp rows
+// o0, o0 + 1 (o0 even) are one RoPE pair (adjacent pairs, never across a head); rotated if in q or
+// k, rounded to 16 bits and stored as the query (q16) or into the K or V pool at the token's slot.
+// y is not written. One launch fewer a layer, the same bits as version 3 then rope_store_qkv.
 //
 // X16: x is in the weights' 16-bit type (the attention output feeding the output projection,
 // read without a cast to fp32 first: one launch fewer, half the x bytes); no fused norm.
@@ -150,11 +170,13 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, i
 // 4096-row matrix gives one row to each of 4096 warps, under half of the H100's 8448 warp slots,
 // so half the loads that could be in flight are not (wo and w2 ran at 2.3-2.4 TB/s against 2.8 for
 // the 32000-row LM head).
-template <class T, int R, int kGemvLoads, int Warps = kGemvWarps, bool Swiglu = false, bool X16 = false,
+template <class T, int R, int kGemvLoads, int Warps = kGemvWarps, int Epi = kEpiPlain, bool X16 = false,
           bool Line256 = false, int Split = 1>
 __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int in, int out, bool accumulate,
-                                       GemvNorm norm, L2Prefetch next) {
-  static_assert(!Swiglu || R == 2, "the SwiGLU epilogue pairs a gate row with an up row");
+                                       GemvNorm norm, L2Prefetch next, RopeStore rs) {
+  constexpr bool Swiglu = Epi == kEpiSwiglu;
+  static_assert(Epi == kEpiPlain || R == 2, "the SwiGLU and RoPE epilogues pair two rows");
+  static_assert(Epi == kEpiPlain || Split == 1, "split rows have the plain epilogue");
   static_assert(Split == 1 || (R == 1 && !Swiglu && Warps % Split == 0), "a split row is one row of a plain GEMV");
   const float* x = static_cast<const float*>(xv);
   using H = Half16<T>;
@@ -231,6 +253,17 @@ __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int
   if constexpr (Swiglu) {
     const float g = detail::warp_sum(acc[0]) * inv, u = detail::warp_sum(acc[1]) * inv;
     if (lane == 0) y[o0] = g * (1.0f / (1.0f + expf(-g))) * u;
+  } else if constexpr (Epi == kEpiRope) {
+    float v0 = detail::warp_sum(acc[0]) * inv, v1 = detail::warp_sum(acc[1]) * inv;
+    if (lane == 0 && o0 + 1 < out) {
+      const int i = o0;
+      if (i < rs.q_dim + rs.kv_dim) detail::rope_rotate(v0, v1, *rs.position, i % rs.head_dim, rs.head_dim, rs.theta);
+      T* dst = i < rs.q_dim                ? static_cast<T*>(rs.q16) + i
+               : i < rs.q_dim + rs.kv_dim ? static_cast<T*>(rs.k_pool) + *rs.offset + (i - rs.q_dim)
+                                          : static_cast<T*>(rs.v_pool) + *rs.offset + (i - rs.q_dim - rs.kv_dim);
+      dst[0] = H::from(v0);
+      dst[1] = H::from(v1);
+    }
   } else if constexpr (Split > 1) {
     __shared__ float partial[Warps];
     const int warp = threadIdx.x >> 5;
@@ -281,19 +314,20 @@ void gemv_16(const char* who, float* y, const void* x, const std::uint16_t* w, i
     // rows_per_block: rows of w a block computes; warps: its warps.
     const auto launch = [&](auto kernel, int rows_per_block, int warps) {
       detail::launch_pdl(kernel, unsigned((out + rows_per_block - 1) / rows_per_block), 32 * warps, 0, stream, y, x, wt,
-                         in, out, accumulate, norm, next);
+                         in, out, accumulate, norm, next, RopeStore{});
     };
     constexpr int W = kGemvWarps;
-    if (version <= 2) launch(gemv_bf16_multi_kernel<T, 1, 4, W, false, X16>, W, W);
-    else if (version == 3) launch(gemv_bf16_multi_kernel<T, 2, 4, W, false, X16>, 2 * W, W);
-    else if (version == 4) launch(gemv_bf16_multi_kernel<T, 1, 8, W, false, X16>, W, W);
-    else if (version == 5) launch(gemv_bf16_multi_kernel<T, 4, 4, W, false, X16>, 4 * W, W);
-    else if (version == 6) launch(gemv_bf16_multi_kernel<T, 1, 4, 2, false, X16>, 2, 2);
-    else if (version == 7) launch(gemv_bf16_multi_kernel<T, 1, 8, 2, false, X16>, 2, 2);
-    else if (version == 8) launch(gemv_bf16_multi_kernel<T, 1, 4, W, false, X16, true>, W, W);
-    else if (version == 9) launch(gemv_bf16_multi_kernel<T, 1, 8, W, false, X16, true>, W, W);
-    else if (version == 10) launch(gemv_bf16_multi_kernel<T, 1, 4, W, false, X16, false, 2>, W / 2, W);
-    else launch(gemv_bf16_multi_kernel<T, 1, 4, W, false, X16, false, 4>, W / 4, W);
+    constexpr int P = kEpiPlain;
+    if (version <= 2) launch(gemv_bf16_multi_kernel<T, 1, 4, W, P, X16>, W, W);
+    else if (version == 3) launch(gemv_bf16_multi_kernel<T, 2, 4, W, P, X16>, 2 * W, W);
+    else if (version == 4) launch(gemv_bf16_multi_kernel<T, 1, 8, W, P, X16>, W, W);
+    else if (version == 5) launch(gemv_bf16_multi_kernel<T, 4, 4, W, P, X16>, 4 * W, W);
+    else if (version == 6) launch(gemv_bf16_multi_kernel<T, 1, 4, 2, P, X16>, 2, 2);
+    else if (version == 7) launch(gemv_bf16_multi_kernel<T, 1, 8, 2, P, X16>, 2, 2);
+    else if (version == 8) launch(gemv_bf16_multi_kernel<T, 1, 4, W, P, X16, true>, W, W);
+    else if (version == 9) launch(gemv_bf16_multi_kernel<T, 1, 8, W, P, X16, true>, W, W);
+    else if (version == 10) launch(gemv_bf16_multi_kernel<T, 1, 4, W, P, X16, false, 2>, W / 2, W);
+    else launch(gemv_bf16_multi_kernel<T, 1, 4, W, P, X16, false, 4>, W / 4, W);
   }
   detail::check_launch(who);
 }
@@ -304,8 +338,28 @@ void gemv_swiglu_16(const char* who, float* h, const float* x, const std::uint16
   if (in % 8 != 0 || misaligned(x) || misaligned(w13) || (norm.weight && misaligned(norm.weight)) || misaligned(next.base))
     throw std::invalid_argument(std::string(who) + ": needs in % 8 == 0 and 16-byte aligned x, w13, norm weight and prefetch range");
   constexpr int warps = 2;
-  detail::launch_pdl(gemv_bf16_multi_kernel<T, 2, 4, warps, true>, unsigned((hidden + warps - 1) / warps), 32 * warps, 0,
-                     stream, h, x, reinterpret_cast<const T*>(w13), in, hidden, false, norm, next);
+  detail::launch_pdl(gemv_bf16_multi_kernel<T, 2, 4, warps, kEpiSwiglu>, unsigned((hidden + warps - 1) / warps),
+                     32 * warps, 0, stream, h, x, reinterpret_cast<const T*>(w13), in, hidden, false, norm, next,
+                     RopeStore{});
+}
+
+// Version 3's shape (2 rows a warp, 4 loads a row in flight, 8 warps a block) with the RoPE epilogue.
+template <class T>
+void gemv_qkv_rope_16(const char* who, const float* x, const std::uint16_t* wqkv, int in, int n_heads, int n_kv_heads,
+                      int head_dim, RopeStore rs, cudaStream_t stream, GemvNorm norm, L2Prefetch next) {
+  if (in % 8 != 0 || head_dim % 2 != 0 || misaligned(x) || misaligned(wqkv) || (norm.weight && misaligned(norm.weight)) ||
+      misaligned(next.base))
+    throw std::invalid_argument(std::string(who) + ": needs in % 8 == 0, an even head_dim and 16-byte aligned x, wqkv, "
+                                "norm weight and prefetch range");
+  rs.head_dim = head_dim;
+  rs.q_dim = n_heads * head_dim;
+  rs.kv_dim = n_kv_heads * head_dim;
+  const int out = rs.q_dim + 2 * rs.kv_dim;
+  constexpr int W = kGemvWarps;
+  detail::launch_pdl(gemv_bf16_multi_kernel<T, 2, 4, W, kEpiRope>, unsigned((out + 2 * W - 1) / (2 * W)), 32 * W, 0,
+                     stream, static_cast<float*>(nullptr), static_cast<const void*>(x), reinterpret_cast<const T*>(wqkv),
+                     in, out, false, norm, next, rs);
+  detail::check_launch(who);
 }
 
 }  // namespace
@@ -317,6 +371,21 @@ void gemv_swiglu_bf16(float* h, const float* x, const bf16_bits* w13, int in, in
 void gemv_swiglu_f16(float* h, const float* x, const f16_bits* w13, int in, int hidden, cudaStream_t stream,
                      const float* norm_weight, float norm_eps, L2Prefetch next) {
   gemv_swiglu_16<__half>("gemv_swiglu_f16", h, x, w13, in, hidden, stream, {norm_weight, norm_eps}, next);
+}
+
+void gemv_qkv_rope_bf16(const float* x, const bf16_bits* wqkv, int in, int n_heads, int n_kv_heads, int head_dim,
+                        const int* position, float theta, void* k_pool, void* v_pool, const std::int64_t* offset,
+                        void* q16, cudaStream_t stream, const float* norm_weight, float norm_eps, L2Prefetch next) {
+  gemv_qkv_rope_16<__nv_bfloat16>("gemv_qkv_rope_bf16", x, wqkv, in, n_heads, n_kv_heads, head_dim,
+                                  {position, offset, k_pool, v_pool, q16, 0, 0, 0, theta}, stream,
+                                  {norm_weight, norm_eps}, next);
+}
+void gemv_qkv_rope_f16(const float* x, const f16_bits* wqkv, int in, int n_heads, int n_kv_heads, int head_dim,
+                       const int* position, float theta, void* k_pool, void* v_pool, const std::int64_t* offset,
+                       void* q16, cudaStream_t stream, const float* norm_weight, float norm_eps, L2Prefetch next) {
+  gemv_qkv_rope_16<__half>("gemv_qkv_rope_f16", x, wqkv, in, n_heads, n_kv_heads, head_dim,
+                           {position, offset, k_pool, v_pool, q16, 0, 0, 0, theta}, stream, {norm_weight, norm_eps},
+                           next);
 }
 
 void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,

@@ -76,6 +76,22 @@ void gemv_swiglu_bf16(float* h, const float* x, const bf16_bits* w13, int in, in
 void gemv_swiglu_f16(float* h, const float* x, const f16_bits* w13, int in, int hidden, cudaStream_t stream,
                      const float* norm_weight = nullptr, float norm_eps = 0.0f, L2Prefetch next = {});
 
+// The attention block's QKV projection at batch 1 with rope_store_qkv as its epilogue: wqkv
+// holds the (n_heads + 2 n_kv_heads) * head_dim rows of q, k and v; the product with x (or its
+// RMSNorm, norm_weight != nullptr) is rotated (RoPE at *position, adjacent pairs, q and k),
+// rounded to the weights' 16-bit type and stored: the query into q16, the key and value into
+// k_pool and v_pool at element *offset (position and offset are device pointers). The same bits
+// as gemv version 3 into an fp32 qkv row followed by rope_store_qkv (tested), in one launch; the
+// fp32 row is not written. in % 8 == 0.
+void gemv_qkv_rope_bf16(const float* x, const bf16_bits* wqkv, int in, int n_heads, int n_kv_heads, int head_dim,
+                        const int* position, float theta, void* k_pool, void* v_pool, const std::int64_t* offset,
+                        void* q16, cudaStream_t stream, const float* norm_weight = nullptr, float norm_eps = 0.0f,
+                        L2Prefetch next = {});
+void gemv_qkv_rope_f16(const float* x, const f16_bits* wqkv, int in, int n_heads, int n_kv_heads, int head_dim,
+                       const int* position, float theta, void* k_pool, void* v_pool, const std::int64_t* offset,
+                       void* q16, cudaStream_t stream, const float* norm_weight = nullptr, float norm_eps = 0.0f,
+                       L2Prefetch next = {});
+
 // Deterministic pseudo-random fill for benchmarks and tests: dst[i] uniform in [-scale, scale)
 // from a hash of (seed, i), computed on the device (no host copy of multi-GB weights).
 void fill_uniform_bf16(bf16_bits* dst, std::size_t n, std::uint64_t seed, float scale, cudaStream_t stream);

@@ -54,10 +54,11 @@ __device__ __forceinline__ void l2_prefetch_piece(const void* base, std::size_t 
   if (size) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(static_cast<const char*>(base) + at), "r"(size) : "memory");
 #endif
 }
-// The whole range, its pieces spread over every thread of a 1-D grid.
+// The whole range, its pieces spread over every thread of the grid (1-D blocks; any grid).
 __device__ __forceinline__ void l2_prefetch_grid(const void* base, std::size_t bytes) {
-  const std::size_t threads = std::size_t(gridDim.x) * blockDim.x;
-  for (std::size_t p = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; p * kL2Piece < bytes; p += threads)
+  const std::size_t block = blockIdx.x + std::size_t(gridDim.x) * (blockIdx.y + std::size_t(gridDim.y) * blockIdx.z);
+  const std::size_t threads = std::size_t(gridDim.x) * gridDim.y * gridDim.z * blockDim.x;
+  for (std::size_t p = block * blockDim.x + threadIdx.x; p * kL2Piece < bytes; p += threads)
     l2_prefetch_piece(base, bytes, p);
 }
 // The calling thread's block's share of the range: pieces blockIdx.x, + gridDim.x, ... (one

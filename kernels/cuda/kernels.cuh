@@ -32,7 +32,8 @@ void matmul(float* y, const float* x, const float* w, int rows, int in, int out,
 void set_programmatic_launch(bool on);
 bool programmatic_launch_supported();
 
-// A range of device memory for a kernel to prefetch into L2 (see rope_store_qkv); bytes 0: none.
+// A range of device memory for a kernel to prefetch into L2 (rope_store_qkv, the planned decode
+// attention, the GEMVs of bf16.cuh); bytes 0: none.
 // Needs compute capability 9.0 (l2_prefetch_supported); base 16-byte aligned.
 struct L2Prefetch {
   const void* base = nullptr;
@@ -152,9 +153,12 @@ struct DecodePlan {
 DecodePlan make_decode_plan(std::span<const AttentionProblem> problems, std::span<const int> splits, DType dtype);
 // max_splits: the grid's split dimension, at least every problem's split count (blocks past a
 // problem's count return at once), e.g. attention_flash_split_bound(rows, heads). version: the
-// decode kernel's, 2 or 3 (the plan is the same for both).
+// decode kernel's, 2 or 3 (the plan is the same for both). prefetch: once the kernels ahead have
+// finished (pdl), the (first) decode kernel's threads also ask L2 to fetch that range
+// (cuda_l2_prefetch: the output projection's weights, read next).
 void attention_decode_planned(const DecodePlan& plan, const void* device_plan, int max_splits, bool reduce,
-                              long long layer_delta, float* workspace, cudaStream_t stream, int version = 2);
+                              long long layer_delta, float* workspace, cudaStream_t stream, int version = 2,
+                              L2Prefetch prefetch = {});
 // The largest split count attention_flash_split_count gives any problem of a batch of `rows`
 // query rows of `heads` heads, whatever their lengths.
 int attention_flash_split_bound(int rows, int heads);

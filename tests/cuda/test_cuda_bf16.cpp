@@ -2,8 +2,10 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "cpu/kernels.hpp"
@@ -249,4 +251,68 @@ TEST_CASE("cuda gemv_swiglu (gate/up GEMV with the SwiGLU epilogue) matches the 
                       static_cast<void*>(dh2), static_cast<void*>(dgu), static_cast<void*>(dw16)})
         cudaFree(p);
     }
+}
+
+// The fused QKV projection (RoPE and the K/V store as the GEMV's epilogue) against the two
+// launches it replaces, gemv version 3 into an fp32 row and rope_store_qkv (itself tested bit for
+// bit against rope, kv_write and cast_from_float): the same bits in q16 and both pools.
+TEST_CASE("cuda gemv_qkv_rope equals gemv version 3 then rope_store_qkv, bit for bit", "[cuda][bf16]") {
+  std::mt19937 rng(21);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  constexpr float eps = 1e-5f;
+  for (cuda::DType type : {cuda::DType::bf16, cuda::DType::f16})
+    for (auto [in, n_heads, n_kv_heads, hd] :
+         {std::tuple{576, 9, 3, 64}, std::tuple{1024, 8, 2, 64}, std::tuple{512, 4, 4, 128}, std::tuple{4096, 32, 32, 128}})
+      for (bool norm : {false, true}) {
+        INFO(cuda::dtype_name(type) << " in=" << in << " heads " << n_heads << "/" << n_kv_heads << " head_dim " << hd
+                                    << " norm=" << norm);
+        const int q_dim = n_heads * hd, kv_dim = n_kv_heads * hd, out = q_dim + 2 * kv_dim;
+        std::vector<float> x(in), g(in), w(std::size_t(out) * in);
+        for (auto& v : x) v = u(rng);
+        for (auto& v : g) v = 1.0f + 0.5f * u(rng);
+        for (auto& v : w) v = u(rng) / std::sqrt(float(in));
+        const int position = 777;
+        const std::int64_t slot = std::int64_t(5) * kv_dim;  // token slot 5 of an 8-token pool
+        const std::size_t pool = std::size_t(8) * kv_dim;
+        float *dx = upload(x), *dg = upload(g), *dw = upload(w), *dqkv = nullptr;
+        int* dpos = upload(std::vector<int>{position});
+        std::int64_t* doff = upload(std::vector<std::int64_t>{slot});
+        cuda::bf16_bits* dw16 = nullptr;
+        REQUIRE(cudaMalloc(reinterpret_cast<void**>(&dw16), w.size() * 2) == cudaSuccess);
+        REQUIRE(cudaMalloc(reinterpret_cast<void**>(&dqkv), std::size_t(out) * 4) == cudaSuccess);
+        if (type == cuda::DType::bf16) cuda::to_bf16(dw16, dw, w.size(), nullptr);
+        else cuda::cast_from_float(dw16, dw, w.size(), type, nullptr);
+        std::vector<std::uint16_t> zeros_pool(pool, 0), zeros_q(std::size_t(out), 0);
+        std::uint16_t *k1 = upload(zeros_pool), *v1 = upload(zeros_pool), *q1 = upload(zeros_q);
+        std::uint16_t *k2 = upload(zeros_pool), *v2 = upload(zeros_pool), *q2 = upload(zeros_q);
+        const float* nw = norm ? dg : nullptr;
+        // The pair of launches it replaces.
+        if (type == cuda::DType::bf16) cuda::gemv_bf16(dqkv, dx, dw16, in, out, false, nullptr, 3, nw, eps);
+        else cuda::gemv_f16(dqkv, dx, dw16, in, out, false, nullptr, 3, nw, eps);
+        cuda::rope_store_qkv(dqkv, 1, 1, n_heads, n_kv_heads, hd, dpos, 10000.0f, k1, v1, doff, q1, type, nullptr);
+        // The fused one, with an L2 prefetch riding along (a hint).
+        const cuda::L2Prefetch next{dw, w.size() * sizeof(float)};
+        if (type == cuda::DType::bf16)
+          cuda::gemv_qkv_rope_bf16(dx, dw16, in, n_heads, n_kv_heads, hd, dpos, 10000.0f, k2, v2, doff, q2, nullptr, nw,
+                                   eps, next);
+        else
+          cuda::gemv_qkv_rope_f16(dx, dw16, in, n_heads, n_kv_heads, hd, dpos, 10000.0f, k2, v2, doff, q2, nullptr, nw,
+                                  eps, next);
+        REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+        const auto qa = download(q1, std::size_t(out)), qb = download(q2, std::size_t(out));
+        int q_mismatch = 0;
+        for (int j = 0; j < q_dim; ++j) q_mismatch += qa[std::size_t(j)] != qb[std::size_t(j)];
+        CHECK(q_mismatch == 0);
+        CHECK(download(k1, pool) == download(k2, pool));
+        CHECK(download(v1, pool) == download(v2, pool));
+        const auto kb = download(k2, pool);
+        int stored = 0;  // the slot was written (the product is not all zeros)
+        for (int j = 0; j < kv_dim; ++j) stored += kb[std::size_t(slot) + j] != 0;
+        CHECK(stored > kv_dim / 2);
+        for (void* p : {static_cast<void*>(dx), static_cast<void*>(dg), static_cast<void*>(dw), static_cast<void*>(dqkv),
+                        static_cast<void*>(dpos), static_cast<void*>(doff), static_cast<void*>(dw16),
+                        static_cast<void*>(k1), static_cast<void*>(v1), static_cast<void*>(q1), static_cast<void*>(k2),
+                        static_cast<void*>(v2), static_cast<void*>(q2)})
+          cudaFree(p);
+      }
 }
