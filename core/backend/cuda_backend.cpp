@@ -705,9 +705,14 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
       matmul_add(x.get<float>(), h.get<float>(), L.w2, T, hidden, dim, xb.get<float>(),
                  l2_ahead(last ? lm_head : layers[static_cast<std::size_t>(l) + 1].wqkv));
     }
-    // Final norm and LM head for the wanted rows only (gathered with the embedding kernel).
-    cuda::embed(xb.get<float>(), x.get<float>(), out_rows.get<int>(), n_out, dim, stream);
-    matmul_normed(logits.get<float>(), xb.get<float>(), rms_final, s.norm_eps, lm_head, n_out, dim, s.vocab_size,
+    // Final norm and LM head for the wanted rows only, gathered with the embedding kernel unless
+    // every row is wanted (out_rows rises, so n_out == T means all of them, in order: a decode step).
+    const float* final_rows = x.get<float>();
+    if (n_out != T) {
+      cuda::embed(xb.get<float>(), x.get<float>(), out_rows.get<int>(), n_out, dim, stream);
+      final_rows = xb.get<float>();
+    }
+    matmul_normed(logits.get<float>(), final_rows, rms_final, s.norm_eps, lm_head, n_out, dim, s.vocab_size,
                   xb.get<float>(), l2_ahead(layers.front().wqkv));  // the next step's first matrix
   };
 
