@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "common/page_window.hpp"
 #include "cuda/check.cuh"
 #include "cuda/kernels.cuh"
 
@@ -789,10 +790,10 @@ __device__ __forceinline__ void decode_block(const DecodeGroup<T>& g, float* wor
   // step: tb + u * kpb + sub.
   for (int tb = k0; tb < k1; tb += kpb * U) {
     if constexpr (stage) {
-      if ((min(k1, tb + kpb * U) - 1) / p.page_size >= first_page + kDecodePageWindow) {
+      if (page_window::needs_stage(tb, kpb * U, k1, p.page_size, first_page, kDecodePageWindow)) {
         __syncthreads();  // every thread is done with the last window
         first_page = tb / p.page_size;
-        const int n = min(kDecodePageWindow, (k1 - 1) / p.page_size + 1 - first_page);
+        const int n = page_window::stage_count(first_page, k1, p.page_size, kDecodePageWindow);
         for (int e = threadIdx.x; e < n; e += blockDim.x) pages[e] = p.idx[first_page + e];
         __syncthreads();
       }
