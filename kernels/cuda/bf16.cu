@@ -80,9 +80,10 @@ __device__ __forceinline__ uint4 load_l2_256(const uint4* p) {
 }
 
 // The fused RMSNorm of a GEMV's input (norm != nullptr): y = W (norm . x) / rms(x), the scalar
-// 1/rms(x) applied to the finished dot product. Every warp computes it over the whole row of x
-// (L2-resident, 16 KB at dim 4096) while its first weight loads are in flight, which removes
-// the separate rmsnorm launch before the QKV and gate/up projections at batch 1.
+// 1/rms(x) applied to the finished dot product, which removes the separate rmsnorm launch before
+// the QKV and gate/up projections at batch 1. Version 1 and split rows compute it over the whole
+// of x (L2-resident, 16 KB at dim 4096) before the product (inv_rms); versions 2-9 sum the squares
+// of the x they read for the product, so that no pass over x delays the first product.
 struct GemvNorm {
   const float* weight;  // nullptr: no norm
   float eps;
@@ -149,7 +150,7 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, i
 // the SMs finish early and the bytes in flight fall off in the tail; 2-row blocks spread it as
 // 31 or 32 rows per SM (an ncu profile of the step showed wo and w2, the 4096-row matrices,
 // at 2.1-2.3 TB/s against 2.6-2.8 for the wider ones). The first U loads are issued before the
-// fused norm (if any) is computed.
+// wait for the previous kernel (pdl).
 //
 // Epi kEpiSwiglu (R = 2): the gate/up GEMV of the feed-forward block with SwiGLU as its epilogue. w holds
 // 2 * out rows (gate rows, then up rows); warp o computes gate row o and up row o + out, and
@@ -217,7 +218,11 @@ __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int
   load(begin + lane);  // the weights never change: these loads may overlap the previous kernel (pdl)
   detail::pdl_trigger();
   detail::pdl_wait();
-  const float inv = g4 ? inv_rms(x, in, norm.eps) : 1.0f;
+  // The fused norm's 1/rms(x): a warp that covers the whole row (Split == 1) reads all of x in
+  // its loop anyway and sums the squares there, so its first product waits for no pass over x;
+  // a split row's warps see part of x and take the pass first.
+  const float inv_first = g4 && Split > 1 ? inv_rms(x, in, norm.eps) : 1.0f;
+  float ss = 0.0f;
   for (int i0 = begin + lane; i0 < end; i0 += 32 * kGemvLoads) {
     if (i0 != begin + lane) load(i0);
 #pragma unroll
@@ -235,6 +240,9 @@ __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int
         xa = __ldg(x4 + 2 * i);
         xb = __ldg(x4 + 2 * i + 1);
         if (g4) {
+          if constexpr (Split == 1)
+            ss += xa.x * xa.x + xa.y * xa.y + xa.z * xa.z + xa.w * xa.w + xb.x * xb.x + xb.y * xb.y + xb.z * xb.z +
+                  xb.w * xb.w;
           const float4 ga = __ldg(g4 + 2 * i), gb = __ldg(g4 + 2 * i + 1);
           xa = make_float4(ga.x * xa.x, ga.y * xa.y, ga.z * xa.z, ga.w * xa.w);
           xb = make_float4(gb.x * xb.x, gb.y * xb.y, gb.z * xb.z, gb.w * xb.w);
@@ -250,6 +258,7 @@ __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int
       }
     }
   }
+  const float inv = !g4 ? 1.0f : Split > 1 ? inv_first : 1.0f / sqrtf(detail::warp_sum(ss) / in + norm.eps);
   if constexpr (Swiglu) {
     const float g = detail::warp_sum(acc[0]) * inv, u = detail::warp_sum(acc[1]) * inv;
     if (lane == 0) y[o0] = g * (1.0f / (1.0f + expf(-g))) * u;
