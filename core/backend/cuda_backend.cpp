@@ -425,18 +425,21 @@ void CudaBackend::set_cuda_graphs(bool on) {
   impl_->cuda_graphs = on;
   if (!on) impl_->drop_graphs();
 }
+namespace {
+// A Hopper feature's switch: on needs `supported` (compute capability 9.0 or newer).
+void require_sm90(bool on, bool supported, const char* key, const char* feature, const std::string& device) {
+  if (on && !supported)
+    throw std::invalid_argument(fmt::format("{}: true needs compute capability 9.0 or newer ({}); this device is {}; "
+                                            "allowed here: false",
+                                            key, feature, device));
+}
+}  // namespace
 void CudaBackend::set_cuda_pdl(bool on) {
-  if (on && !cuda::programmatic_launch_supported())
-    throw std::invalid_argument(fmt::format("cuda_pdl: true needs compute capability 9.0 or newer (programmatic "
-                                            "dependent launch); this device is {}; allowed here: false",
-                                            impl_->device));
+  require_sm90(on, cuda::programmatic_launch_supported(), "cuda_pdl", "programmatic dependent launch", impl_->device);
   impl_->cuda_pdl = on;
 }
 void CudaBackend::set_cuda_l2_prefetch(bool on) {
-  if (on && !cuda::l2_prefetch_supported())
-    throw std::invalid_argument(fmt::format("cuda_l2_prefetch: true needs compute capability 9.0 or newer (bulk L2 "
-                                            "prefetch); this device is {}; allowed here: false",
-                                            impl_->device));
+  require_sm90(on, cuda::l2_prefetch_supported(), "cuda_l2_prefetch", "bulk L2 prefetch", impl_->device);
   impl_->cuda_l2_prefetch = on;
 }
 CudaGraphStats CudaBackend::graph_stats() const { return {impl_->steps, impl_->graph_replays, impl_->graph_captures}; }
