@@ -6,7 +6,7 @@
 //   BM_CudaFlashDecode   attention_flash_decode: paged decode, batch sequences of ctx tokens
 //   BM_CudaFlashSplit    attention_flash_split (split-KV + reduction), same problems
 //   (decode and split: version 2, one launch per batch; version 3, its page table staged in
-//   shared memory; version 1, one launch per sequence)
+//   shared memory; version 4, version 3 in 512-thread blocks; version 1, one launch per sequence)
 // Decode counters: bytes/s = K+V bytes read (each sequence's, dtype-sized) per second and
 // bw_frac = that / the device's peak (2 x memory clock x bus width, printed in the context).
 // Prefill: FLOP/s = useful causal FLOPs (4 * head_dim per visible (query, key, head)).
@@ -193,15 +193,16 @@ void register_all() {
   for (auto* fn : {&BM_CudaFlashDecode, &BM_CudaFlashSplit}) {
     auto* b = benchmark::RegisterBenchmark(fn == &BM_CudaFlashDecode ? "BM_CudaFlashDecode" : "BM_CudaFlashSplit", *fn);
     b->ArgNames({"shape", "ctx", "batch", "page", "bf16", "version"})->UseManualTime()->Unit(benchmark::kMicrosecond);
-    // version 2 (the default: one launch per batch, 4 keys in flight per thread) and version 3
-    // (page table staged in shared memory, 8 keys a thread) everywhere; version 1 (a launch per
+    // version 2 (the default: one launch per batch, 4 keys in flight per thread), version 3
+    // (page table staged in shared memory, 8 keys a thread) and version 4 (version 3 in 512-thread
+    // blocks) everywhere; version 1 (a launch per
     // sequence) beside them at 8k. One sequence of 128 and 384 tokens: the batch-1 decode step's
     // attention, a chain of load latencies rather than a bandwidth.
     for (int shape : {0, 1})
       for (int batch : {1, 16, 32})
         for (int ctx : {128, 384, 1024, 4096, 8192, 16384}) {
           if (batch > 1 && (ctx <= 1024 || ctx == 16384)) continue;  // batches at 4k and 8k: filling KV takes time
-          for (int version : {2, 3}) b->Args({shape, ctx, batch, 16, 1, version});
+          for (int version : {2, 3, 4}) b->Args({shape, ctx, batch, 16, 1, version});
           if (ctx == 8192 && batch != 32) b->Args({shape, ctx, batch, 16, 1, 1});
         }
   }

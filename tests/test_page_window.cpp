@@ -40,11 +40,11 @@ Walk walk(int k0, int k1, int step, int page_size, int window) {
 }  // namespace
 
 TEST_CASE("page window: every key of every split reads a staged page-table entry", "[attention][page_window]") {
-  // Steps of the kernel: 8 keys a thread x 8 or 16 key slots (head_dim 128 or 64); windows of
-  // 512 entries (the kernel's) and of 4 and 9 (to restage often); pages of 1 token up to one page
-  // for the whole sequence (a contiguous reservation).
+  // Steps of the kernel: 8 keys a thread x 8 or 16 key slots (head_dim 128 or 64; version 4: 32
+  // or 64); windows of 512 entries (the kernel's) and of 4 and 9 (to restage often); pages of 1
+  // token up to one page for the whole sequence (a contiguous reservation).
   int cases = 0;
-  for (int step : {64, 128})
+  for (int step : {64, 128, 256, 512})
     for (int window : {512, 4, 9})
       for (int page_size : {1, 3, 7, 16, 64, 100000})
         for (int kv_len : {1, 2, 15, 16, 17, 63, 64, 65, 383, 384, 1500, 9000})

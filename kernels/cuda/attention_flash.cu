@@ -740,12 +740,18 @@ __global__ void __launch_bounds__(kDecodeThreads) flash_decode_kernel(Prob<T> p,
 // loop waits for two loads in a row, the page index and then the K/V it locates, and at one
 // sequence of a few hundred tokens (the batch-1 decode step) the kernel is that chain of
 // latencies: 32 blocks, 4-12 steps. Staged, a step waits for one load, and there are half as many.
+//
+// Version 4 (experimental): version 3 in blocks of 512 threads, 4x the keys a step (256 at
+// head_dim 128): a few hundred keys are one or two steps. For few, short sequences (the batch-1
+// step: 32 blocks on 132 SMs, so the SMs are there to fill); at large batches the 128-register
+// threads leave one block an SM.
 constexpr int kDecodeGroup = 32, kDecodeKeys = 4, kDecodePageWindow = 512;
 template <int Version>
 struct DecodeVersion {
-  static_assert(Version == 2 || Version == 3, "decode versions 2 and 3 share decode_block");
-  static constexpr int keys = Version == 3 ? 8 : kDecodeKeys;  // per thread per step
-  static constexpr bool stage_pages = Version == 3;
+  static_assert(Version >= 2 && Version <= 4, "decode versions 2 to 4 share decode_block");
+  static constexpr int keys = Version >= 3 ? 8 : kDecodeKeys;  // per thread per step
+  static constexpr bool stage_pages = Version >= 3;
+  static constexpr int threads = Version == 4 ? 512 : kDecodeThreads;
 };
 
 template <class T>
@@ -764,7 +770,7 @@ static_assert(sizeof(DecodeGroup<__half>) <= 4000, "kernel parameters are limite
 // serves every layer).
 template <class T, int D, int Version>
 __device__ __forceinline__ void decode_block(const DecodeGroup<T>& g, float* workspace, long long layer_delta) {
-  constexpr int tpk = D / 8, kpb = kDecodeThreads / tpk, U = DecodeVersion<Version>::keys;
+  constexpr int tpk = D / 8, kpb = DecodeVersion<Version>::threads / tpk, U = DecodeVersion<Version>::keys;
   constexpr bool stage = DecodeVersion<Version>::stage_pages;
   static_assert(kpb * U <= kDecodePageWindow, "a step's keys span at most kDecodePageWindow pages");
   __shared__ int32_t pages[stage ? kDecodePageWindow : 1];  // stage: entries first_page .. of p.idx
@@ -853,11 +859,11 @@ __device__ __forceinline__ void decode_block(const DecodeGroup<T>& g, float* wor
 }
 
 template <class T, int D, int Version>
-__global__ void __launch_bounds__(kDecodeThreads) flash_decode_v2_kernel(DecodeGroup<T> g, float* workspace) {
+__global__ void __launch_bounds__(DecodeVersion<Version>::threads) flash_decode_v2_kernel(DecodeGroup<T> g, float* workspace) {
   decode_block<T, D, Version>(g, workspace, 0);
 }
 template <class T, int D, int Version>
-__global__ void __launch_bounds__(kDecodeThreads)
+__global__ void __launch_bounds__(DecodeVersion<Version>::threads)
     flash_decode_planned_kernel(const DecodeGroup<T>* g, float* workspace, long long layer_delta, L2Prefetch prefetch) {
   pdl_trigger();
   pdl_wait();
@@ -1056,11 +1062,18 @@ Grouped<T> make_groups(std::span<const AttentionProblem> problems, std::span<con
   return out;
 }
 
-// A decode kernel of version 2 or 3 (grouped) for head_dim D: func(kernel) launches it.
+// A decode kernel of version 2, 3 or 4 (grouped) for head_dim D: func(kernel, threads a block)
+// launches it.
+template <class T, template <class, int, int> class Kernel, int D, class F>
+void with_decode_version(int version, F&& func) {
+  if (version == 4) func(Kernel<T, D, 4>::get(), DecodeVersion<4>::threads);
+  else if (version == 3) func(Kernel<T, D, 3>::get(), DecodeVersion<3>::threads);
+  else func(Kernel<T, D, 2>::get(), DecodeVersion<2>::threads);
+}
 template <class T, template <class, int, int> class Kernel, class F>
 void with_decode_kernel(int head_dim, int version, F&& func) {
-  if (head_dim == 64) version == 3 ? func(Kernel<T, 64, 3>::get()) : func(Kernel<T, 64, 2>::get());
-  else version == 3 ? func(Kernel<T, 128, 3>::get()) : func(Kernel<T, 128, 2>::get());
+  if (head_dim == 64) with_decode_version<T, Kernel, 64>(version, func);
+  else with_decode_version<T, Kernel, 128>(version, func);
 }
 template <class T, int D, int V>
 struct GroupedKernel {
@@ -1078,10 +1091,10 @@ void decode_v2(std::span<const AttentionProblem> problems, std::span<const int> 
   for (std::size_t i = 0; i < gr.groups.size(); ++i) {
     const DecodeGroupShape& sh = gr.shapes[i];
     const dim3 grid(sh.heads, sh.rows, sh.max_splits);
-    with_decode_kernel<T, GroupedKernel>(sh.head_dim, version, [&](auto kernel) {
-      kernel<<<grid, kDecodeThreads, 0, stream>>>(gr.groups[i], workspace);
+    with_decode_kernel<T, GroupedKernel>(sh.head_dim, version, [&](auto kernel, int threads) {
+      kernel<<<grid, threads, 0, stream>>>(gr.groups[i], workspace);
     });
-    check_launch(version == 3 ? "attention_flash_decode/split v3 (decode kernel)" : "attention_flash_decode/split v2 (decode kernel)");
+    check_launch("attention_flash_decode/split v2-4 (decode kernel)");
     if (sh.split) {
       split_reduce_v2_kernel<T><<<dim3(sh.heads, sh.rows), sh.head_dim, 0, stream>>>(gr.groups[i], sh.head_dim, workspace);
       check_launch("attention_flash_split v2 (reduce kernel)");
@@ -1218,8 +1231,9 @@ DecodePlan make_decode_plan(std::span<const AttentionProblem> problems, std::spa
 void attention_decode_planned(const DecodePlan& plan, const void* device_plan, int max_splits, bool reduce,
                               long long layer_delta, float* workspace, cudaStream_t stream, int version,
                               L2Prefetch prefetch) {
-  if (version != 2 && version != 3)
-    throw std::invalid_argument("cuda::attention_decode_planned: version " + std::to_string(version) + "; allowed: 2, 3");
+  if (version < 2 || version > kDecodeVersions)
+    throw std::invalid_argument("cuda::attention_decode_planned: version " + std::to_string(version) + "; allowed: 2 .. " +
+                                std::to_string(kDecodeVersions));
   if (!aligned16(prefetch.base))
     throw std::invalid_argument("cuda::attention_decode_planned: the prefetch range must start 16-byte aligned");
   const auto* base = static_cast<const unsigned char*>(device_plan);
@@ -1230,8 +1244,8 @@ void attention_decode_planned(const DecodePlan& plan, const void* device_plan, i
     const auto launch = [&](auto tag) {
       using T = decltype(tag);
       const auto* gt = static_cast<const DecodeGroup<T>*>(g);
-      with_decode_kernel<T, PlannedKernel>(sh.head_dim, version, [&](auto kernel) {
-        launch_pdl(kernel, grid, kDecodeThreads, 0, stream, gt, workspace, layer_delta, i == 0 ? prefetch : L2Prefetch{});
+      with_decode_kernel<T, PlannedKernel>(sh.head_dim, version, [&](auto kernel, int threads) {
+        launch_pdl(kernel, grid, threads, 0, stream, gt, workspace, layer_delta, i == 0 ? prefetch : L2Prefetch{});
       });
       if (reduce)
         launch_pdl(split_reduce_planned_kernel<T>, dim3(sh.heads, sh.rows), sh.head_dim, 0, stream, gt, sh.head_dim,

@@ -116,7 +116,9 @@ void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cu
 // per thread before use. version 1: one launch per problem, one key per thread in flight.
 // version 3 (experimental, not yet run on a GPU): version 2 with the page-table entries staged in
 // shared memory and 8 keys per thread, so that a step of the key loop waits for one load, not two.
-inline constexpr int kDecodeVersions = 3;
+// version 4 (experimental, likewise): version 3 in 512-thread blocks, 4x the keys a step, for
+// few short sequences (the batch-1 step).
+inline constexpr int kDecodeVersions = 4;
 void attention_flash_decode(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream,
                             int version = 2);
 
@@ -153,7 +155,7 @@ struct DecodePlan {
 DecodePlan make_decode_plan(std::span<const AttentionProblem> problems, std::span<const int> splits, DType dtype);
 // max_splits: the grid's split dimension, at least every problem's split count (blocks past a
 // problem's count return at once), e.g. attention_flash_split_bound(rows, heads). version: the
-// decode kernel's, 2 or 3 (the plan is the same for both). prefetch: once the kernels ahead have
+// decode kernel's, 2 to kDecodeVersions (the plan is the same for all). prefetch: once the kernels ahead have
 // finished (pdl), the (first) decode kernel's threads also ask L2 to fetch that range
 // (cuda_l2_prefetch: the output projection's weights, read next).
 void attention_decode_planned(const DecodePlan& plan, const void* device_plan, int max_splits, bool reduce,

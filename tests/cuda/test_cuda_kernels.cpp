@@ -330,7 +330,7 @@ std::unique_ptr<FlashBuilt> build_flash_case(const FlashCase& c, cuda::DType t, 
   return b;
 }
 
-// A batch of cases in one call of one kernel (version 1, 2 or 3 of the decode kernels); splits
+// A batch of cases in one call of one kernel (version 1 .. kDecodeVersions of the decode kernels); splits
 // only for FlashKernel::split (0 = automatic). The worst error over the batch.
 // planned: through make_decode_plan and attention_decode_planned (the CUDA backend's way, split
 // counts automatic), with the pools' pointers shifted back by some elements that layer_delta
@@ -492,7 +492,7 @@ TEST_CASE("cuda decode kernels on a batch of 45 sequences in one call match the 
   // The planned form (a device plan, a fixed grid, layer_delta), as the CUDA backend runs it.
   for (cuda::DType t : {cuda::DType::f16, cuda::DType::bf16})
     for (FlashKernel kernel : {FlashKernel::decode, FlashKernel::split})
-      for (int version : {2, 3}) {
+      for (int version = 2; version <= cuda::kDecodeVersions; ++version) {
         INFO("planned " << kernel_name(kernel) << " v" << version << " " << cuda::dtype_name(t));
         const FlashResult r = run_flash_batch(batch, kernel, t, 0, version, rng, true);
         std::printf("planned %s v%d batch of 45, %s: max|err| = %.3g  worst err/tol = %.3g\n", kernel_name(kernel),
