@@ -13,6 +13,7 @@
 #include "engine/engine.hpp"
 #include "engine/sampler.hpp"
 #include "kv/contiguous_kv.hpp"
+#include "sched/continuous_scheduler.hpp"
 #include "sched/static_scheduler.hpp"
 #include "spec/no_drafter.hpp"
 
@@ -139,6 +140,66 @@ TEST_CASE("temperature sampling is seeded per request", "[engine][sampling]") {
   CHECK(rig.run(reqs, 6, 200, 32, ContiguousKvCache::Reserve::MaxSeqLen, hot).output_tokens != a);
   const auto greedy = rig.run(reqs, 6, 200, 32, ContiguousKvCache::Reserve::MaxSeqLen).output_tokens;
   CHECK(greedy != a);
+}
+
+namespace {
+// The CPU backend, recording each forward_sample call's uniforms by sequence id.
+struct SamplingSpy final : Backend {
+  CpuBackend& inner;
+  std::map<int, std::vector<double>> drawn;  // sequence id -> the uniforms it sampled with, in order
+  int unused_rows = 0;                       // rows given 0: a chunk that does not sample, or padding
+  explicit SamplingSpy(CpuBackend& b) : inner(b) {}
+  std::string name() const override { return inner.name(); }
+  std::string device_name() const override { return inner.device_name(); }
+  const ModelShape& shape() const override { return inner.shape(); }
+  std::size_t weights_bytes() const override { return inner.weights_bytes(); }
+  const std::vector<float>& forward(const ForwardBatch& b, KvCache& kv, Attention& a) override {
+    return inner.forward(b, kv, a);
+  }
+  const std::vector<int>& forward_sample(const ForwardBatch& b, KvCache& kv, Attention& a, const Sampler& sampler,
+                                         std::span<const double> uniforms) override {
+    REQUIRE(uniforms.size() == static_cast<std::size_t>(b.num_logit_rows()));
+    for (std::size_t r = 0; r < uniforms.size(); ++r) {
+      if (uniforms[r] == 0.0) ++unused_rows;
+      else drawn[b.chunks[r].seq].push_back(uniforms[r]);  // one row a chunk without a draft
+    }
+    return Backend::forward_sample(b, kv, a, sampler, uniforms);
+  }
+};
+}  // namespace
+
+// A backend that samples elsewhere (the CUDA backend, on the device) takes the uniforms the
+// engine draws: each sequence's k-th token must use the k-th draw of its own generator, and no
+// other row may consume one (prefill chunks that do not reach the end of the prompt, static
+// batching's padding rows), or CPU and GPU runs of one seed would sample different streams.
+TEST_CASE("sampling draws each token's uniform from its sequence's generator, in order", "[engine][sampling]") {
+  const ModelShape shape = *find_preset("tiny");
+  CpuBackend cpu{synthetic_weights(shape, 11)};
+  NaiveAttention attention;
+  NoDrafter drafter;
+  EngineOptions hot;
+  hot.temperature = 0.8;
+  hot.top_p = 0.9;
+  hot.seed = 7;
+  const auto reqs = test::random_requests(4, 7, shape.vocab_size, 30, 9, 0.0);
+  for (bool chunked : {false, true}) {
+    INFO((chunked ? "continuous, chunked prefill of 8 tokens a step" : "static batches of 3, padded"));
+    SamplingSpy spy(cpu);
+    const auto per_token = static_cast<std::size_t>(shape.kv_floats_per_token()) * sizeof(float);
+    ContiguousKvCache kv(shape, 400 * per_token, 64, ContiguousKvCache::Reserve::MaxSeqLen);
+    StaticScheduler static_sched(3);
+    ContinuousScheduler cont_sched(4, 8, ContinuousScheduler::Prefill::Chunked);
+    Scheduler& sched = chunked ? static_cast<Scheduler&>(cont_sched) : static_sched;
+    run_engine({spy, kv, sched, attention, drafter}, reqs, hot);
+    CHECK(spy.unused_rows > 0);
+    for (const Request& r : reqs) {
+      INFO("request " << r.id);
+      std::mt19937_64 gen = Sampler::generator_for(hot.seed, r.id);
+      const std::vector<double>& got = spy.drawn[r.id];
+      REQUIRE(got.size() == static_cast<std::size_t>(r.output_len));  // one draw per generated token
+      for (double u : got) CHECK(u == Sampler::uniform(gen));
+    }
+  }
 }
 
 TEST_CASE("arrivals are honoured in real time", "[engine]") {

@@ -2,6 +2,7 @@
 // The backend axis: where the model's weights live and who runs the forward pass.
 #include <cstddef>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@
 namespace ablate {
 
 class Attention;
+class Sampler;
 
 class Backend {
  public:
@@ -27,6 +29,12 @@ class Backend {
   // ties), [batch.num_logit_rows()] ids. This default takes it on the host; the CUDA backend
   // takes it on the device and copies back only the ids, not rows x vocab logits.
   virtual const std::vector<int>& forward_argmax(const ForwardBatch& batch, KvCache& kv, Attention& attention);
+  // Sampling without a draft: forward(), then logit row r's token drawn by `sampler` with the
+  // uniform uniforms[r] (Sampler::sample_uniform: temperature, top-p, inverse CDF), [rows] ids.
+  // This default draws on the host; the CUDA backend draws on the device (cuda::sample_rows) and
+  // copies back only the ids. uniforms has batch.num_logit_rows() entries.
+  virtual const std::vector<int>& forward_sample(const ForwardBatch& batch, KvCache& kv, Attention& attention,
+                                                 const Sampler& sampler, std::span<const double> uniforms);
   // How KV caches built for this backend store K/V (the CPU's: fp32 host pools).
   virtual KvStorage kv_storage() const { return {}; }
   // Device memory in use at its highest so far (cudaMemGetInfo); 0 on the CPU.
@@ -45,7 +53,7 @@ class Backend {
 
  private:
   std::size_t workspace_peak_ = 0;
-  std::vector<int> argmax_;  // forward_argmax's ids
+  std::vector<int> argmax_;  // forward_argmax's and forward_sample's ids
 };
 
 }  // namespace ablate

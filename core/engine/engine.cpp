@@ -155,12 +155,27 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
     const double f0 = elapsed();
     // Greedy decoding without a draft needs only each row's argmax: the backend takes it where
     // the logits are (the CUDA backend: on the device, copying back ids instead of logits).
+    // Sampling without a draft likewise: the backend draws each row's token (the CUDA backend on
+    // the device) with a uniform the engine draws here, from the row's sequence's generator,
+    // exactly where the loop below would draw it (a sequence that has caught up samples one
+    // token; one logit row a chunk). Verification needs the logits themselves.
     const std::vector<float>* logits = nullptr;
-    const std::vector<int>* greedy_ids = nullptr;
+    const std::vector<int>* ids = nullptr;  // each logit row's token, when the backend chose them
     {
       NVTX_RANGE(rec.prefill_seqs > 0 ? "prefill" : "decode");  // a mixed step counts as prefill
-      if (sampler.greedy() && drafter.k() == 0) greedy_ids = &backend.forward_argmax(batch, kv, attention);
-      else logits = &backend.forward(batch, kv, attention);
+      if (drafter.k() > 0) {
+        logits = &backend.forward(batch, kv, attention);
+      } else if (sampler.greedy()) {
+        ids = &backend.forward_argmax(batch, kv, attention);
+      } else {
+        std::vector<double> uniforms(static_cast<std::size_t>(batch.num_logit_rows()), 0.0);
+        for (std::size_t i = 0; i < plan.chunks.size(); ++i) {
+          const Sequence* s = plan.chunks[i].seq;
+          if (static_cast<std::size_t>(s->num_computed + plan.chunks[i].num_tokens) == s->tokens.size())
+            uniforms[i] = Sampler::uniform(rngs[static_cast<std::size_t>(s->id)]);
+        }
+        ids = &backend.forward_sample(batch, kv, attention, sampler, uniforms);
+      }
     }
     rec.forward_s = elapsed() - f0;
     rec.device_s = backend.last_forward_device_s();
@@ -217,7 +232,7 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
                 break;
               }
           } else {
-            token = greedy_ids ? (*greedy_ids)[row + rows - 1] : sampler.sample(logit_row(rows - 1), rng);
+            token = ids ? (*ids)[row + rows - 1] : sampler.sample(logit_row(rows - 1), rng);
           }
           s->tokens.push_back(token);
           if (options.eos_token >= 0 && token == options.eos_token) s->stopped_at_eos = true;

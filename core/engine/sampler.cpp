@@ -47,10 +47,12 @@ void Sampler::probabilities(std::span<const float> logits, std::span<float> prob
   for (auto& p : probs) p = static_cast<float>(p / mass);
 }
 
-int sample_from(std::span<const float> probs, std::mt19937_64& rng) {
+int sample_from(std::span<const float> probs, std::mt19937_64& rng) { return sample_from_uniform(probs, Sampler::uniform(rng)); }
+
+int sample_from_uniform(std::span<const float> probs, double uniform) {
   double total = 0;
   for (float p : probs) total += p;
-  const double u = Sampler::uniform(rng) * total;
+  const double u = uniform * total;
   double acc = 0;
   for (std::size_t i = 0; i < probs.size(); ++i) {
     acc += probs[i];
@@ -63,9 +65,14 @@ int sample_from(std::span<const float> probs, std::mt19937_64& rng) {
 
 int Sampler::sample(std::span<const float> logits, std::mt19937_64& rng) const {
   if (greedy()) return argmax(logits);
+  return sample_uniform(logits, uniform(rng));
+}
+
+int Sampler::sample_uniform(std::span<const float> logits, double u) const {
+  if (greedy()) return argmax(logits);
   std::vector<float> probs(logits.size());
   probabilities(logits, probs);
-  return sample_from(probs, rng);
+  return sample_from_uniform(probs, u);
 }
 
 }  // namespace ablate
