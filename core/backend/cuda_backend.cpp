@@ -20,6 +20,10 @@ const std::vector<float>& CudaBackend::forward(const ForwardBatch&, KvCache&, At
 const std::vector<int>& CudaBackend::forward_argmax(const ForwardBatch&, KvCache&, Attention&) {
   throw std::logic_error("no CUDA backend");
 }
+const std::vector<int>& CudaBackend::forward_sample(const ForwardBatch&, KvCache&, Attention&, const Sampler&,
+                                                    std::span<const double>) {
+  throw std::logic_error("no CUDA backend");
+}
 KvStorage CudaBackend::kv_storage() const { return {}; }
 std::size_t CudaBackend::peak_device_bytes() const { return 0; }
 void CudaBackend::set_cuda_graphs(bool) {}
@@ -47,6 +51,7 @@ CudaGraphStats CudaBackend::graph_stats() const { return {}; }
 #include "cuda/bf16.cuh"
 #include "cuda/kernels.cuh"
 #include "engine/nvtx.hpp"
+#include "engine/sampler.hpp"
 #include "kv/kv_cache.hpp"
 
 namespace ablate {
@@ -118,7 +123,8 @@ struct CudaBackend::Impl {
   DeviceBuffer gathered_k, gathered_v, scores, split_workspace, plan_buffer;
   std::vector<float> host_logits;
   std::vector<int> host_ids;
-  DeviceBuffer ids;  // argmax of each logit row (greedy decoding)
+  DeviceBuffer ids;  // each logit row's token (greedy decoding: the argmax; sampling: drawn)
+  DeviceBuffer uniforms, sample_workspace;  // sampling on the device (cuda::sample_rows)
 
   // CUDA graphs (cuda_graphs: true): one executable graph per step shape (key), captured the
   // second time the shape occurs (the first runs eagerly, so that cuBLAS and module loading
@@ -367,8 +373,14 @@ struct CudaBackend::Impl {
   }
   std::string gemv_tuning;
 
-  // One forward pass; its logits into host_logits, or (ids_only) each row's argmax into host_ids.
-  void forward(const ForwardBatch& batch, KvCache& kv, const std::string& attention, bool ids_only);
+  // What a forward pass returns: its logits (into host_logits), or each logit row's token (into
+  // host_ids), the argmax or drawn on the device with the given temperature, top-p and uniforms.
+  struct Tokens {
+    bool sample = false;  // else the argmax
+    double temperature = 0.0, top_p = 1.0;
+    std::span<const double> uniforms;
+  };
+  void forward(const ForwardBatch& batch, KvCache& kv, const std::string& attention, const Tokens* tokens);
 };
 
 CudaBackend::CudaBackend(const Weights& w, CudaBackendOptions options) : impl_(std::make_unique<Impl>()) {
@@ -461,18 +473,29 @@ std::string cuda_attention_name(const Attention& attention, bool half) {
 }  // namespace
 
 const std::vector<float>& CudaBackend::forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) {
-  impl_->forward(batch, kv, cuda_attention_name(attention, impl_->half), false);
+  impl_->forward(batch, kv, cuda_attention_name(attention, impl_->half), nullptr);
   note_workspace(impl_->host_workspace);
   return impl_->host_logits;
 }
 
 const std::vector<int>& CudaBackend::forward_argmax(const ForwardBatch& batch, KvCache& kv, Attention& attention) {
-  impl_->forward(batch, kv, cuda_attention_name(attention, impl_->half), true);
+  const Impl::Tokens argmax;
+  impl_->forward(batch, kv, cuda_attention_name(attention, impl_->half), &argmax);
   note_workspace(impl_->host_workspace);
   return impl_->host_ids;
 }
 
-void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const std::string& attention, bool ids_only) {
+const std::vector<int>& CudaBackend::forward_sample(const ForwardBatch& batch, KvCache& kv, Attention& attention,
+                                                    const Sampler& sampler, std::span<const double> uniforms) {
+  if (sampler.greedy()) return forward_argmax(batch, kv, attention);
+  const Impl::Tokens drawn{true, sampler.temperature(), sampler.top_p(), uniforms};
+  impl_->forward(batch, kv, cuda_attention_name(attention, impl_->half), &drawn);
+  note_workspace(impl_->host_workspace);
+  return impl_->host_ids;
+}
+
+void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const std::string& attention,
+                                const Tokens* want) {
   const ModelShape& s = shape;
   const int dim = s.dim, kv_dim = s.kv_dim(), hd = s.head_dim(), hidden = s.hidden_dim, qkv_dim = dim + 2 * kv_dim;
   const int n_real = batch.num_tokens(), T = n_real + batch.padding_rows, n_out = batch.num_logit_rows();
@@ -508,6 +531,13 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
   size_for_step(h, sz(T, hidden) * f);
   size_for_step(logits, sz(n_out, s.vocab_size) * f);
   size_for_step(ids, sz(n_out, 1) * sizeof(int));
+  const bool sample = want && want->sample;
+  if (sample) {
+    if (want->uniforms.size() != static_cast<std::size_t>(n_out))
+      throw std::invalid_argument("cuda backend: forward_sample needs one uniform per logit row");
+    size_for_step(uniforms, sz(n_out, 1) * sizeof(double));
+    size_for_step(sample_workspace, cuda::sample_rows_workspace_bytes(n_out, s.vocab_size, want->top_p));
+  }
 
   // Step inputs, built on the host and copied once: token ids and positions (padding rows: token
   // 0 at position 0, as on the CPU), each token's KV slot in every layer, each chunk's pages,
@@ -735,8 +765,16 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
     enqueue();
   }
   host_workspace = workspace;
-  if (ids_only) {  // greedy: the argmax on the device, n_out ids back instead of n_out x vocab logits
-    cuda::argmax_rows(logits.get<float>(), n_out, s.vocab_size, ids.get<int>(), stream);
+  if (want) {  // n_out ids back instead of n_out x vocab logits
+    if (sample) {  // drawn with the engine's uniforms, as the host Sampler would
+      check(cudaMemcpyAsync(uniforms.get(), want->uniforms.data(), want->uniforms.size() * sizeof(double),
+                            cudaMemcpyHostToDevice, stream),
+            "uniforms");
+      cuda::sample_rows(logits.get<float>(), n_out, s.vocab_size, want->temperature, want->top_p,
+                        uniforms.get<double>(), ids.get<int>(), sample_workspace.get(), sample_workspace.bytes(), stream);
+    } else {  // greedy: the argmax
+      cuda::argmax_rows(logits.get<float>(), n_out, s.vocab_size, ids.get<int>(), stream);
+    }
     host_ids.resize(static_cast<std::size_t>(n_out));
     check(cudaMemcpyAsync(host_ids.data(), ids.get(), host_ids.size() * sizeof(int), cudaMemcpyDeviceToHost, stream),
           "ids");

@@ -49,6 +49,10 @@ class CudaBackend final : public Backend {
   // Greedy decoding: the argmax of each logit row on the device (cuda::argmax_rows); only the ids
   // come back.
   const std::vector<int>& forward_argmax(const ForwardBatch& batch, KvCache& kv, Attention& attention) override;
+  // Sampling: the token of each logit row drawn on the device (cuda::sample_rows) with the
+  // engine's uniforms; only the ids come back.
+  const std::vector<int>& forward_sample(const ForwardBatch& batch, KvCache& kv, Attention& attention,
+                                         const Sampler& sampler, std::span<const double> uniforms) override;
   KvStorage kv_storage() const override;
   std::size_t peak_device_bytes() const override;
   std::optional<double> last_forward_device_s() const override;

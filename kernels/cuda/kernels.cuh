@@ -56,6 +56,18 @@ void softmax(float* x, int rows, int n, cudaStream_t stream);
 // cpu::argmax_rows on the device: out[r] (device) = the lowest index of row r's largest value.
 void argmax_rows(const float* x, int rows, int n, int* out, cudaStream_t stream);
 
+// Temperature / top-p sampling of logit rows [rows][vocab] on the device, the host Sampler's
+// draw (Sampler::sample_uniform) with uniforms[r] for row r: probabilities exp((l - max) / T)
+// normalised (fp32 values, double sum); with top_p < 1 the smallest set of most likely tokens
+// (ties: the lower id first) whose mass reaches top_p, renormalised; then the first token whose
+// running mass (index order, double) exceeds u * total. The sums run in parallel, so a uniform
+// within about 1e-12 of a boundary between two tokens' cumulative masses may land on the other
+// one (tested against the host Sampler). temperature > 0, 0 < top_p <= 1; logits, uniforms
+// (doubles in [0, 1)) and out are device arrays; the workspace is sample_rows_workspace_bytes.
+std::size_t sample_rows_workspace_bytes(int rows, int vocab, double top_p);
+void sample_rows(const float* logits, int rows, int vocab, double temperature, double top_p, const double* uniforms,
+                 int* out, void* workspace, std::size_t workspace_bytes, cudaStream_t stream);
+
 // gate[i] = silu(gate[i]) * up[i].
 void swiglu(float* gate, const float* up, std::size_t n, cudaStream_t stream);
 // cpu::swiglu_rows: fused [gate | up] rows in, [rows][hidden] out (out may be gate_up at rows 1).

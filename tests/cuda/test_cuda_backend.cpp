@@ -19,6 +19,7 @@
 #include "cuda/kernels.cuh"
 #include "device.hpp"
 #include "engine/engine.hpp"
+#include "engine/sampler.hpp"
 #include "kv/contiguous_kv.hpp"
 #include "kv/paged_kv.hpp"
 #include "model/weights.hpp"
@@ -47,17 +48,111 @@ std::unique_ptr<KvCache> cache_for(const Backend& b, const std::string& layout, 
                                              b.kv_storage());
 }
 
-// Greedy continuous-batching run; the outputs of every request.
+// Greedy continuous-batching run (or sampling, with `options`); the outputs of every request.
 std::vector<std::vector<int>> greedy_run(Backend& b, const std::string& layout, const std::string& attention,
-                                         const std::vector<Request>& reqs, int max_len) {
+                                         const std::vector<Request>& reqs, int max_len, EngineOptions options = {}) {
   auto kv = cache_for(b, layout, max_len);
   ContinuousScheduler sched(4, 64, ContinuousScheduler::Prefill::Chunked);
   auto att = attention_named(attention);
   NoDrafter drafter;
-  return run_engine({b, *kv, sched, *att, drafter}, reqs, {}).output_tokens;
+  return run_engine({b, *kv, sched, *att, drafter}, reqs, options).output_tokens;
 }
 
+// A backend's forward pass with the sampling on the host (Backend's default forward_sample).
+struct HostSampling final : Backend {
+  Backend& inner;
+  explicit HostSampling(Backend& b) : inner(b) {}
+  std::string name() const override { return inner.name(); }
+  std::string device_name() const override { return inner.device_name(); }
+  const ModelShape& shape() const override { return inner.shape(); }
+  std::size_t weights_bytes() const override { return inner.weights_bytes(); }
+  KvStorage kv_storage() const override { return inner.kv_storage(); }
+  const std::vector<float>& forward(const ForwardBatch& b, KvCache& kv, Attention& a) override {
+    return inner.forward(b, kv, a);
+  }
+};
+
 }  // namespace
+
+// The device sampler against the host Sampler on the same logits and uniforms: the same token,
+// unless the uniform sits within 1e-9 of the boundary between the two tokens' cumulative masses
+// (the device sums in parallel, in another order). Rows: random logits, many exact ties (top-p
+// breaks them by id), one dominant token; vocabularies of 1000 and 32000 (llama2-7b's).
+TEST_CASE("cuda sample_rows draws the host Sampler's token for the same uniform", "[cuda][sampling]") {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::uniform_real_distribution<double> unif(0.0, 1.0);
+  for (int vocab : {1000, 32000}) {
+    constexpr int kKinds = 3, kReps = 40;
+    std::vector<float> kinds(std::size_t(kKinds) * vocab);
+    for (int i = 0; i < vocab; ++i) {
+      kinds[std::size_t(i)] = normal(rng);
+      kinds[std::size_t(vocab) + i] = std::round(normal(rng) / 2.0f);  // integers: ties everywhere
+      kinds[std::size_t(2) * vocab + i] = i == 17 ? 30.0f : normal(rng);
+    }
+    const int rows = kKinds * kReps;
+    std::vector<float> logits(std::size_t(rows) * vocab);
+    std::vector<double> u(static_cast<std::size_t>(rows));
+    for (int r = 0; r < rows; ++r) {
+      std::copy_n(kinds.begin() + std::ptrdiff_t(r % kKinds) * vocab, vocab, logits.begin() + std::ptrdiff_t(r) * vocab);
+      u[std::size_t(r)] = r < kKinds ? 0.0 : r < 2 * kKinds ? 1.0 - 0x1.0p-53 : unif(rng);
+    }
+    Dev<float> d_logits(logits);
+    Dev<double> d_u(u);
+    Dev<int> d_out(static_cast<std::size_t>(rows));
+    for (auto [temperature, top_p] : {std::pair{1.0, 1.0}, {0.7, 0.9}, {1.3, 0.5}, {0.5, 0.05}}) {
+      INFO("vocab " << vocab << " temperature " << temperature << " top_p " << top_p);
+      const std::size_t wsb = cuda::sample_rows_workspace_bytes(rows, vocab, top_p);
+      Dev<unsigned char> ws(wsb);
+      cuda::sample_rows(d_logits.ptr, rows, vocab, temperature, top_p, d_u.ptr, d_out.ptr, ws.ptr, wsb, nullptr);
+      const std::vector<int> got = d_out.host();
+      const Sampler sampler(temperature, top_p);
+      int mismatches = 0;
+      for (int r = 0; r < rows; ++r) {
+        const std::span<const float> row(logits.data() + std::size_t(r) * vocab, std::size_t(vocab));
+        const int want = sampler.sample_uniform(row, u[std::size_t(r)]);
+        if (got[std::size_t(r)] == want) continue;
+        ++mismatches;
+        std::vector<float> probs(static_cast<std::size_t>(vocab));
+        sampler.probabilities(row, probs);
+        double total = 0, boundary = 0;
+        for (float p : probs) total += p;
+        const int a = std::min(want, got[std::size_t(r)]);
+        for (int i = 0; i <= a; ++i) boundary += probs[std::size_t(i)];
+        INFO("row " << r << " u " << u[std::size_t(r)] << ": device " << got[std::size_t(r)] << ", host " << want);
+        CHECK(std::abs(u[std::size_t(r)] * total - boundary) <= 1e-9 * total);
+      }
+      CHECK(mismatches <= 2);
+    }
+  }
+  CHECK_THROWS_WITH(cuda::sample_rows(nullptr, 1, 10, 0.0, 1.0, nullptr, nullptr, nullptr, 0, nullptr),
+                    Catch::Contains("temperature > 0"));
+}
+
+// Through the engine: the CUDA backend sampling on the device gives the tokens that sampling its
+// own logits on the host gives (same seed, temperature, top-p), eager and in graphs.
+TEST_CASE("cuda backend: sampling on the device gives the host sampler's tokens", "[cuda][backend][sampling]") {
+  const ModelShape shape = *find_preset("smollm2-135m");
+  const Weights w = synthetic_weights(shape, 5);
+  const auto reqs = test::random_requests(13, 6, shape.vocab_size, 20, 40);
+  CudaBackend gpu(w, {"bf16"});
+  HostSampling host(gpu);
+  EngineOptions hot;
+  hot.temperature = 0.9;
+  hot.top_p = 0.8;
+  hot.seed = 3;
+  for (bool graphs : {false, true}) {
+    INFO("cuda_graphs " << graphs);
+    gpu.set_cuda_graphs(graphs);
+    const auto want = greedy_run(host, "paged", "flash", reqs, 128, hot);
+    const auto got = greedy_run(gpu, "paged", "flash", reqs, 128, hot);
+    REQUIRE(got.size() == want.size());
+    int differ = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) differ += got[i] != want[i];
+    CHECK(differ == 0);
+    CHECK(got != greedy_run(gpu, "paged", "flash", reqs, 128));  // it did sample
+  }
+}
 
 TEST_CASE("cuda embed, kv_write and kv_gather_f32 match the CPU's copies and KvSeqView reads", "[cuda][backend]") {
   std::mt19937 rng(5);
