@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cpu/kernels.hpp"
+#include "engine/sampler.hpp"
 #ifdef ABLATE_HAVE_CUDA
 #include "cuda/kernels.cuh"
 #endif
@@ -164,9 +165,29 @@ void attention_args(benchmark::internal::Benchmark* b) {
       for (int ctx = 128; ctx <= 4096; ctx *= 2) b->Args({ctx, prefill, page_size});
 }
 
+// Temperature / top-p sampling of one llama2-sized logit row on the host (the Sampler the
+// engine uses without a device; top_p < 1 sorts the whole vocabulary): its cost per decoded token
+// beside the GPU's, BM_CudaSampleRows. bytes = the logits read once.
+void BM_Sample(benchmark::State& state) {
+  const int vocab = int(state.range(0));
+  const double top_p = double(state.range(1)) / 100.0;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> logits(static_cast<std::size_t>(vocab));
+  for (float& l : logits) l = normal(rng);
+  const Sampler sampler(0.8, top_p);
+  double u = 0.0;
+  for (auto _ : state) {
+    u = u + 0.618033988749895 - std::floor(u + 0.618033988749895);
+    benchmark::DoNotOptimize(sampler.sample_uniform(logits, u));
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(double(vocab) * sizeof(float) * double(state.iterations())));
+}
+
 }  // namespace
 
 BENCHMARK(BM_StreamRead)->ArgName("MiB")->Arg(64)->Arg(256)->UseRealTime();
+BENCHMARK(BM_Sample)->ArgNames({"vocab", "top_p_pct"})->Args({32000, 100})->Args({32000, 90})->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Matmul)->Apply(matmul_args)->UseRealTime();
 BENCHMARK(BM_Rmsnorm)->ArgName("rows")->Arg(1)->Arg(16)->UseRealTime();
 BENCHMARK(BM_AttentionNaive)->Apply(attention_args)->UseRealTime()->Unit(benchmark::kMicrosecond);
@@ -255,6 +276,33 @@ void BM_CudaAttentionNaive(benchmark::State& state) {
   state.counters["workspace_bytes"] = double(wsb);
 }
 
+// cuda::sample_rows on `rows` llama2-sized logit rows (BM_Sample's host twin).
+void BM_CudaSampleRows(benchmark::State& state) {
+  const int rows = int(state.range(0)), vocab = int(state.range(1));
+  const double top_p = double(state.range(2)) / 100.0;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> logits(std::size_t(rows) * vocab);
+  for (float& l : logits) l = normal(rng);
+  std::vector<double> u(static_cast<std::size_t>(rows), 0.37);
+  float* d_logits = to_dev(logits);
+  double* d_u = nullptr;
+  int* d_out = nullptr;
+  void* ws = nullptr;
+  const std::size_t wsb = cuda::sample_rows_workspace_bytes(rows, vocab, top_p);
+  if (cudaMalloc(reinterpret_cast<void**>(&d_u), u.size() * sizeof(double)) != cudaSuccess ||
+      cudaMalloc(reinterpret_cast<void**>(&d_out), u.size() * sizeof(int)) != cudaSuccess || cudaMalloc(&ws, wsb) != cudaSuccess)
+    throw std::runtime_error("cudaMalloc failed");
+  cudaMemcpy(d_u, u.data(), u.size() * sizeof(double), cudaMemcpyHostToDevice);
+  Gpu& g = gpu();
+  time_gpu(state, [&](std::size_t) { cuda::sample_rows(d_logits, rows, vocab, 0.8, top_p, d_u, d_out, ws, wsb, g.stream); });
+  cudaFree(d_logits);
+  cudaFree(d_u);
+  cudaFree(d_out);
+  cudaFree(ws);
+  state.SetBytesProcessed(static_cast<int64_t>(double(rows) * vocab * sizeof(float) * double(state.iterations())));
+}
+
 void register_cuda_benchmarks() {
   std::string why;
   if (!cuda::cuda_device_available(&why)) {
@@ -269,6 +317,10 @@ void register_cuda_benchmarks() {
   b->ArgNames({"ctx", "prefill"})->UseManualTime()->Unit(benchmark::kMicrosecond);
   for (int prefill : {0, 1})
     for (int ctx = 128; ctx <= 4096; ctx *= 2) b->Args({ctx, prefill});
+  auto* sb = benchmark::RegisterBenchmark("BM_CudaSampleRows", BM_CudaSampleRows);
+  sb->ArgNames({"rows", "vocab", "top_p_pct"})->UseManualTime()->Unit(benchmark::kMicrosecond);
+  for (int rows : {1, 32})
+    for (int top_p : {100, 90}) sb->Args({rows, 32000, top_p});
 }
 
 }  // namespace
