@@ -62,6 +62,28 @@ void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(fmt::format("cuda backend: {}: {}", what, cudaGetErrorString(e)));
 }
 
+// Pinned (page-locked) host memory; grows (never shrinks) on reserve().
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer() { cudaFreeHost(ptr_); }
+  void reserve(std::size_t bytes) {
+    if (bytes <= bytes_) return;
+    cudaFreeHost(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+    check(cudaMallocHost(reinterpret_cast<void**>(&ptr_), bytes), "cudaMallocHost");
+    bytes_ = bytes;
+  }
+  char* get() const { return ptr_; }
+
+ private:
+  char* ptr_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
 // One device allocation; grows (never shrinks) on reserve().
 class DeviceBuffer {
  public:
@@ -125,6 +147,7 @@ struct CudaBackend::Impl {
   std::vector<int> host_ids;
   DeviceBuffer ids;  // each logit row's token (greedy decoding: the argmax; sampling: drawn)
   DeviceBuffer uniforms, sample_workspace;  // sampling on the device (cuda::sample_rows)
+  PinnedBuffer staging_inputs;              // the step inputs on their way to the device
 
   // CUDA graphs (cuda_graphs: true): one executable graph per step shape (key), captured the
   // second time the shape occurs (the first runs eagerly, so that cuBLAS and module loading
@@ -649,15 +672,29 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
   }
 
   check(cudaEventRecord(forward_begin, stream), "cudaEventRecord");
-  auto upload = [&](DeviceBuffer& dst, const void* src, std::size_t bytes) {
-    if (bytes) check(cudaMemcpyAsync(dst.get(), src, bytes, cudaMemcpyHostToDevice, stream), "step inputs");
+  // Through pinned memory: a copy from pageable memory stages through the driver and holds the
+  // host for each of them; from pinned memory it is queued and returns (the step's last
+  // synchronisation keeps the staging from being overwritten while a copy still reads it).
+  struct Upload {
+    DeviceBuffer* dst;
+    const void* src;
+    std::size_t bytes;
   };
-  upload(tokens, tok.data(), tok.size() * sizeof(int));
-  upload(positions, pos.data(), pos.size() * sizeof(int));
-  upload(kv_offsets, offsets.data(), offsets.size() * sizeof(std::int64_t));
-  upload(pages, page_list.data(), page_list.size() * sizeof(std::int32_t));
-  upload(out_rows, rows_out.data(), rows_out.size() * sizeof(int));
-  upload(plan_buffer, plan.bytes.data(), plan.bytes.size());
+  const Upload uploads[] = {{&tokens, tok.data(), tok.size() * sizeof(int)},
+                            {&positions, pos.data(), pos.size() * sizeof(int)},
+                            {&kv_offsets, offsets.data(), offsets.size() * sizeof(std::int64_t)},
+                            {&pages, page_list.data(), page_list.size() * sizeof(std::int32_t)},
+                            {&out_rows, rows_out.data(), rows_out.size() * sizeof(int)},
+                            {&plan_buffer, plan.bytes.data(), plan.bytes.size()}};
+  std::size_t staged = 0;
+  for (const Upload& u : uploads) staged += (u.bytes + 15) / 16 * 16;
+  staging_inputs.reserve(staged);
+  for (std::size_t at = 0; const Upload& u : uploads) {
+    if (u.bytes == 0) continue;
+    std::memcpy(staging_inputs.get() + at, u.src, u.bytes);
+    check(cudaMemcpyAsync(u.dst->get(), staging_inputs.get() + at, u.bytes, cudaMemcpyHostToDevice, stream), "step inputs");
+    at += (u.bytes + 15) / 16 * 16;
+  }
 
   // The step's kernels, from the embedding to the LM head: enqueued directly, or captured once
   // per step shape and replayed (cuda_graphs) when nothing in them depends on this step's
