@@ -640,6 +640,7 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
   for (int ci = 0; ci < n_chunks && flash; ++ci)
     (batch.chunks[static_cast<std::size_t>(ci)].tokens.size() > 16 ? prefill_chunks : decode_chunks).push_back(ci);
   cuda::DecodePlan plan;
+  int decode_version = 2;  // of the decode attention kernel (cuda::attention_decode_version)
   std::vector<long long> layer_delta(static_cast<std::size_t>(s.n_layers), 0);  // elements past layer 0's pools
   int split_bound = 1, decode_rows = 0;
   if (!decode_chunks.empty()) {
@@ -656,6 +657,7 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
       size_for_step(split_workspace, ws);
     }
     plan = cuda::make_decode_plan(problems, counts, half_type);
+    decode_version = cuda::attention_decode_version(decode_rows, s.n_heads);
     size_for_step(plan_buffer, std::max<std::size_t>(plan.bytes.size() * 2, 16 * 1024), plan.bytes.size());
     // One plan serves every layer: the caches place a sequence's layers at one stride apart.
     for (int l = 1; l < s.n_layers; ++l) {
@@ -735,7 +737,8 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
           }
           if (!decode_chunks.empty())
             cuda::attention_decode_planned(plan, plan_buffer.get(), split_bound, split, layer_delta[static_cast<std::size_t>(l)],
-                                           split_workspace.get<float>(), stream, 2, fused_qkv ? wo_whole : cuda::L2Prefetch{});
+                                           split_workspace.get<float>(), stream, decode_version,
+                                           fused_qkv ? wo_whole : cuda::L2Prefetch{});
           // A fused row's output projection reads the 16-bit attention output itself (no cast).
           if (!fused_row) cuda::cast_to_float(att.get<float>(), att16.get(), sz(n_real, dim), half_type, stream);
         } else {

@@ -1256,6 +1256,10 @@ void attention_decode_planned(const DecodePlan& plan, const void* device_plan, i
   }
 }
 
+int attention_decode_version(int rows, int heads) {
+  return std::size_t(std::max(rows, 0)) * std::max(heads, 0) < std::size_t(sm_count()) ? kDecodeVersionFewBlocks : 2;
+}
+
 int attention_flash_split_bound(int rows, int heads) {
   const std::size_t blocks = std::size_t(std::max(rows, 0)) * std::max(heads, 0);
   const std::size_t target = std::size_t(kSplitBlocksPerSm) * sm_count();

@@ -131,6 +131,12 @@ void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cu
 // version 4 (experimental, likewise): version 3 in 512-thread blocks, 4x the keys a step, for
 // few short sequences (the batch-1 step).
 inline constexpr int kDecodeVersions = 4;
+// The version the CUDA backend's decode step runs for `rows` query rows of `heads` heads: 2, and
+// kDecodeVersionFewBlocks when the grid has fewer blocks than the GPU has SMs (the batch-1 step:
+// 32 blocks on 132), where versions 3 and 4 aim. It stays 2 until bench_attention_cuda has shown
+// one of them faster on a GPU (none has run on one yet).
+inline constexpr int kDecodeVersionFewBlocks = 2;
+int attention_decode_version(int rows, int heads);
 void attention_flash_decode(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream,
                             int version = 2);
 
