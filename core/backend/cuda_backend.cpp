@@ -62,43 +62,35 @@ void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(fmt::format("cuda backend: {}: {}", what, cudaGetErrorString(e)));
 }
 
-// Pinned (page-locked) host memory; grows (never shrinks) on reserve().
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  ~PinnedBuffer() { cudaFreeHost(ptr_); }
-  void reserve(std::size_t bytes) {
-    if (bytes <= bytes_) return;
-    cudaFreeHost(ptr_);
-    ptr_ = nullptr;
-    bytes_ = 0;
-    check(cudaMallocHost(reinterpret_cast<void**>(&ptr_), bytes), "cudaMallocHost");
-    bytes_ = bytes;
-  }
-  char* get() const { return ptr_; }
-
- private:
-  char* ptr_ = nullptr;
-  std::size_t bytes_ = 0;
+// Device memory (cudaMalloc) or pinned host memory (cudaMallocHost: copies from it are queued,
+// not staged through the driver).
+struct DeviceMemory {
+  static cudaError_t allocate(void** p, std::size_t bytes) { return cudaMalloc(p, bytes); }
+  static void release(void* p) { cudaFree(p); }
+  static constexpr const char* kAllocate = "cudaMalloc";
+};
+struct PinnedMemory {
+  static cudaError_t allocate(void** p, std::size_t bytes) { return cudaMallocHost(p, bytes); }
+  static void release(void* p) { cudaFreeHost(p); }
+  static constexpr const char* kAllocate = "cudaMallocHost";
 };
 
-// One device allocation; grows (never shrinks) on reserve().
-class DeviceBuffer {
+// One allocation; grows (never shrinks) on reserve().
+template <class Memory>
+class Buffer {
  public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) { o.ptr_ = nullptr, o.bytes_ = 0; }
-  DeviceBuffer& operator=(DeviceBuffer&&) = delete;
-  ~DeviceBuffer() { cudaFree(ptr_); }
+  Buffer() = default;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  Buffer(Buffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) { o.ptr_ = nullptr, o.bytes_ = 0; }
+  Buffer& operator=(Buffer&&) = delete;
+  ~Buffer() { Memory::release(ptr_); }
   void reserve(std::size_t bytes) {
     if (bytes <= bytes_) return;
-    cudaFree(ptr_);
+    Memory::release(ptr_);
     ptr_ = nullptr;
     bytes_ = 0;
-    check(cudaMalloc(&ptr_, bytes), "cudaMalloc");
+    check(Memory::allocate(&ptr_, bytes), Memory::kAllocate);
     bytes_ = bytes;
   }
   template <class T = void>
@@ -109,6 +101,8 @@ class DeviceBuffer {
   void* ptr_ = nullptr;
   std::size_t bytes_ = 0;
 };
+using DeviceBuffer = Buffer<DeviceMemory>;
+using PinnedBuffer = Buffer<PinnedMemory>;
 
 }  // namespace
 
@@ -693,8 +687,9 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
   staging_inputs.reserve(staged);
   for (std::size_t at = 0; const Upload& u : uploads) {
     if (u.bytes == 0) continue;
-    std::memcpy(staging_inputs.get() + at, u.src, u.bytes);
-    check(cudaMemcpyAsync(u.dst->get(), staging_inputs.get() + at, u.bytes, cudaMemcpyHostToDevice, stream), "step inputs");
+    std::memcpy(staging_inputs.get<char>() + at, u.src, u.bytes);
+    check(cudaMemcpyAsync(u.dst->get(), staging_inputs.get<char>() + at, u.bytes, cudaMemcpyHostToDevice, stream),
+          "step inputs");
     at += (u.bytes + 15) / 16 * 16;
   }
 
