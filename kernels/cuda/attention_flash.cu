@@ -26,6 +26,7 @@
 
 #include "common/page_window.hpp"
 #include "cuda/check.cuh"
+#include "cuda/half16.cuh"
 #include "cuda/kernels.cuh"
 
 namespace ablate::cuda {
@@ -34,19 +35,6 @@ namespace {
 using namespace detail;
 
 constexpr float kLog2e = 1.4426950408889634f;
-
-template <class T>
-struct Conv;
-template <>
-struct Conv<__half> {
-  static __device__ __forceinline__ float to(__half x) { return __half2float(x); }
-  static __device__ __forceinline__ __half from(float x) { return __float2half_rn(x); }
-};
-template <>
-struct Conv<__nv_bfloat16> {
-  static __device__ __forceinline__ float to(__nv_bfloat16 x) { return __bfloat162float(x); }
-  static __device__ __forceinline__ __nv_bfloat16 from(float x) { return __float2bfloat16_rn(x); }
-};
 
 // An AttentionProblem with its pointers at their real element type (all device pointers).
 template <class T>
@@ -184,14 +172,14 @@ __global__ void __launch_bounds__(kPrefillThreads) flash_prefill_kernel(Prob<T> 
     const float m_new = fmaxf(m, mx);
     float alpha = 1.0f, sum = 0.0f;
     if (m_new == -INFINITY) {
-      for (int c = 0; c < 32; ++c) prow[c] = Conv<T>::from(0.0f);
+      for (int c = 0; c < 32; ++c) prow[c] = Half16<T>::from(0.0f);
     } else {
       alpha = exp2f(m - m_new);  // 0 while m = -inf
       for (int c = 0; c < 32; ++c) {
         const float e = exp2f(srow[c] - m_new);  // exp2(-inf) = 0
-        const T pt = Conv<T>::from(e);
+        const T pt = Half16<T>::from(e);
         prow[c] = pt;
-        sum += Conv<T>::to(pt);  // the sum of what the PV product actually weights
+        sum += Half16<T>::to(pt);  // the sum of what the PV product actually weights
       }
       m = m_new;
     }
@@ -222,7 +210,7 @@ __global__ void __launch_bounds__(kPrefillThreads) flash_prefill_kernel(Prob<T> 
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
     const float* orow = sO + row * S::ldo + half * (D / 2);
     T* dst = p.out + std::size_t(qi) * p.out_stride + std::size_t(h) * D + half * (D / 2);
-    for (int c = 0; c < D / 2; ++c) dst[c] = Conv<T>::from(orow[c] * inv);
+    for (int c = 0; c < D / 2; ++c) dst[c] = Half16<T>::from(orow[c] * inv);
   }
 }
 
@@ -307,9 +295,9 @@ __device__ __forceinline__ void load_kv_async(T* sK, T* sV, int ld, const Prob<T
 // Two floats rounded to T, packed low (lo) / high (hi) into 32 bits; the rounded values back.
 template <class T>
 __device__ __forceinline__ unsigned pack2(float& lo, float& hi) {
-  const T l = Conv<T>::from(lo), h = Conv<T>::from(hi);
-  lo = Conv<T>::to(l);
-  hi = Conv<T>::to(h);
+  const T l = Half16<T>::from(lo), h = Half16<T>::from(hi);
+  lo = Half16<T>::to(l);
+  hi = Half16<T>::to(h);
   unsigned short ls, hs;
   memcpy(&ls, &l, 2);
   memcpy(&hs, &h, 2);
@@ -355,8 +343,8 @@ __device__ __forceinline__ void store_warp_rows(float (&o)[D / 8][4], float (&l)
     T* dst = p.out + std::size_t(qi) * p.out_stride + std::size_t(h) * D + c;
 #pragma unroll
     for (int t = 0; t < D / 8; ++t) {
-      dst[t * 8] = Conv<T>::from(o[t][2 * r] * inv);
-      dst[t * 8 + 1] = Conv<T>::from(o[t][2 * r + 1] * inv);
+      dst[t * 8] = Half16<T>::from(o[t][2 * r] * inv);
+      dst[t * 8 + 1] = Half16<T>::from(o[t][2 * r + 1] * inv);
     }
   }
 }
@@ -624,7 +612,7 @@ __device__ __forceinline__ void load_q8(float (&q)[8], float (&acc)[8], const Pr
   const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
   for (int c = 0; c < 8; ++c) {
-    q[c] = Conv<T>::to(e[c]) * p.scale_log2;
+    q[c] = Half16<T>::to(e[c]) * p.scale_log2;
     acc[c] = 0.0f;
   }
 }
@@ -672,7 +660,7 @@ __device__ __forceinline__ void reduce_splits(T* out, int D, int splits, const f
         num += w * part_o[std::size_t(s) * D + d];
         den += w;
       }
-    out[d] = Conv<T>::from(den > 0.0f ? num / den : 0.0f);
+    out[d] = Half16<T>::from(den > 0.0f ? num / den : 0.0f);
   }
 }
 
@@ -706,7 +694,7 @@ __global__ void __launch_bounds__(kDecodeThreads) flash_decode_kernel(Prob<T> p,
     const T* ke = reinterpret_cast<const T*>(&kr);
     float dot = 0.0f;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) dot += q[j] * Conv<T>::to(ke[j]);
+    for (int j = 0; j < 8; ++j) dot += q[j] * Half16<T>::to(ke[j]);
 #pragma unroll
     for (int o = tpk / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
     if (ok) {
@@ -715,13 +703,13 @@ __global__ void __launch_bounds__(kDecodeThreads) flash_decode_kernel(Prob<T> p,
       l = l * corr + pr;
       const T* ve = reinterpret_cast<const T*>(&vr);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) acc[j] = acc[j] * corr + pr * Conv<T>::to(ve[j]);
+      for (int j = 0; j < 8; ++j) acc[j] = acc[j] * corr + pr * Half16<T>::to(ve[j]);
       m = m_new;
     }
   }
   merge_slots<D, kpb>(m, l, acc, sub, li, [&](int d, float val, float M, float L) {
     if (part_o == nullptr) {
-      p.out[std::size_t(i) * p.out_stride + std::size_t(h) * D + d] = Conv<T>::from(val);
+      p.out[std::size_t(i) * p.out_stride + std::size_t(h) * D + d] = Half16<T>::from(val);
     } else {
       const std::size_t slot = (std::size_t(i) * p.n_heads + h) * splits + s;
       part_o[slot * D + d] = val;
@@ -823,7 +811,7 @@ __device__ __forceinline__ void decode_block(const DecodeGroup<T>& g, float* wor
       const T* ke = reinterpret_cast<const T*>(&kr[u]);
       float d = 0.0f;
 #pragma unroll
-      for (int c = 0; c < 8; ++c) d += q[c] * Conv<T>::to(ke[c]);
+      for (int c = 0; c < 8; ++c) d += q[c] * Half16<T>::to(ke[c]);
 #pragma unroll
       for (int o = tpk / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
       dot[u] = tb + u * kpb + sub < k1 ? d : -INFINITY;
@@ -841,14 +829,14 @@ __device__ __forceinline__ void decode_block(const DecodeGroup<T>& g, float* wor
         l += pr;
         const T* ve = reinterpret_cast<const T*>(&vr[u]);
 #pragma unroll
-        for (int c = 0; c < 8; ++c) acc[c] += pr * Conv<T>::to(ve[c]);
+        for (int c = 0; c < 8; ++c) acc[c] += pr * Half16<T>::to(ve[c]);
       }
       m = m_new;
     }
   }
   merge_slots<D, kpb>(m, l, acc, sub, li, [&](int d, float val, float M, float L) {
     if (splits == 1) {
-      p.out[std::size_t(i) * p.out_stride + std::size_t(h) * D + d] = Conv<T>::from(val);
+      p.out[std::size_t(i) * p.out_stride + std::size_t(h) * D + d] = Half16<T>::from(val);
     } else {
       const std::size_t slots = std::size_t(p.n_q) * p.n_heads * splits, slot = (std::size_t(i) * p.n_heads + h) * splits + s;
       float* part_o = workspace + g.part[j];
@@ -910,14 +898,14 @@ __global__ void split_reduce_kernel(Prob<T> p, int D, int splits, const float* p
 template <class T>
 __global__ void cast_from_float_kernel(T* dst, const float* src, std::size_t n) {
   for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < n; e += std::size_t(gridDim.x) * blockDim.x)
-    dst[e] = Conv<T>::from(src[e]);
+    dst[e] = Half16<T>::from(src[e]);
 }
 template <class T>
 __global__ void cast_to_float_kernel(float* dst, const T* src, std::size_t n) {
   pdl_trigger();
   pdl_wait();
   for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < n; e += std::size_t(gridDim.x) * blockDim.x)
-    dst[e] = Conv<T>::to(src[e]);
+    dst[e] = Half16<T>::to(src[e]);
 }
 
 // ---- host side ------------------------------------------------------------------------------
@@ -1134,10 +1122,11 @@ void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cu
   }
 }
 
-void check_decode_version(int version, const char* who) {
-  if (version < 1 || version > kDecodeVersions)
-    throw std::invalid_argument(std::string(who) + ": version " + std::to_string(version) + "; allowed: 1 .. " +
-                                std::to_string(kDecodeVersions));
+// lowest: 1, or 2 where only the grouped versions run (the planned form).
+void check_decode_version(int version, const char* who, int lowest = 1) {
+  if (version < lowest || version > kDecodeVersions)
+    throw std::invalid_argument(std::string(who) + ": version " + std::to_string(version) + "; allowed: " +
+                                std::to_string(lowest) + " .. " + std::to_string(kDecodeVersions));
 }
 
 void attention_flash_decode(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream, int version) {
@@ -1231,9 +1220,7 @@ DecodePlan make_decode_plan(std::span<const AttentionProblem> problems, std::spa
 void attention_decode_planned(const DecodePlan& plan, const void* device_plan, int max_splits, bool reduce,
                               long long layer_delta, float* workspace, cudaStream_t stream, int version,
                               L2Prefetch prefetch) {
-  if (version < 2 || version > kDecodeVersions)
-    throw std::invalid_argument("cuda::attention_decode_planned: version " + std::to_string(version) + "; allowed: 2 .. " +
-                                std::to_string(kDecodeVersions));
+  check_decode_version(version, "cuda::attention_decode_planned", 2);
   if (!aligned16(prefetch.base))
     throw std::invalid_argument("cuda::attention_decode_planned: the prefetch range must start 16-byte aligned");
   const auto* base = static_cast<const unsigned char*>(device_plan);

@@ -9,6 +9,7 @@
 #include <cuda_fp16.h>
 
 #include "cuda/check.cuh"
+#include "cuda/half16.cuh"
 #include "cuda/kernels.cuh"
 #include "cuda/rope.cuh"
 
@@ -16,19 +17,6 @@ namespace ablate::cuda {
 namespace {
 
 using namespace detail;
-
-template <typename T>
-__device__ inline T from_float(float v);
-template <>
-__device__ inline float from_float<float>(float v) { return v; }
-template <>
-__device__ inline __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-__device__ inline float to_float(float v) { return v; }
-__device__ inline float to_float(__half v) { return __half2float(v); }
-__device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 // One block per row.
 __global__ void embed_kernel(float* x, const float* table, const int* tokens, int dim) {
@@ -48,7 +36,7 @@ __global__ void kv_write_kernel(T* pool, const std::int64_t* offsets, const floa
   const int j = blockIdx.x * kKvWriteChunk + threadIdx.x;
   if (j >= n) return;
   for (int r = blockIdx.y; r < rows; r += gridDim.y)  // grid.y is capped at 65535
-    pool[offsets[r] + j] = from_float<T>(src[std::size_t(r) * src_stride + j]);
+    pool[offsets[r] + j] = Half16<T>::from(src[std::size_t(r) * src_stride + j]);
 }
 
 // One thread per pair (r, 2p) of a qkv row: the query and key pairs rotated in place, then the
@@ -75,8 +63,8 @@ __global__ void rope_store_qkv_kernel(float* qkv, int rows, int store_rows, int 
   T* dst = i < q_dim ? q16 + std::size_t(r) * row_dim + i
            : i < q_dim + kv_dim ? k_pool + offsets[r] + (i - q_dim)
                                 : v_pool + offsets[r] + (i - q_dim - kv_dim);
-  dst[0] = from_float<T>(v0);
-  dst[1] = from_float<T>(v1);
+  dst[0] = Half16<T>::from(v0);
+  dst[1] = Half16<T>::from(v1);
 }
 
 // One block per token t: dst[t][j] = token t of the page list, j < token_stride.
@@ -86,7 +74,7 @@ __global__ void kv_gather_kernel(float* dst, const T* pool, const std::int32_t* 
   const int t = blockIdx.x;
   const T* src = pool + (std::size_t(indices[t / page_size]) * page_size + t % page_size) * token_stride;
   float* d = dst + std::size_t(t) * token_stride;
-  for (int j = threadIdx.x; j < token_stride; j += blockDim.x) d[j] = to_float(src[j]);
+  for (int j = threadIdx.x; j < token_stride; j += blockDim.x) d[j] = Half16<T>::to(src[j]);
 }
 
 }  // namespace

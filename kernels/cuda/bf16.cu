@@ -8,6 +8,7 @@
 
 #include "cuda/bf16.cuh"
 #include "cuda/check.cuh"
+#include "cuda/half16.cuh"
 #include "cuda/rope.cuh"
 
 namespace ablate::cuda {
@@ -39,24 +40,7 @@ __global__ void fill_uniform_bf16_kernel(__nv_bfloat16* dst, std::size_t n, std:
 }
 
 constexpr int kGemvWarps = 8;  // rows of w per block
-
-// The 16-bit weight types: pairs to float2, one to float.
-template <class T>
-struct Half16;
-template <>
-struct Half16<__nv_bfloat16> {
-  using Pair = __nv_bfloat162;
-  static __device__ __forceinline__ float2 to2(Pair p) { return __bfloat1622float2(p); }
-  static __device__ __forceinline__ float to(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 from(float v) { return __float2bfloat16_rn(v); }
-};
-template <>
-struct Half16<__half> {
-  using Pair = __half2;
-  static __device__ __forceinline__ float2 to2(Pair p) { return __half22float2(p); }
-  static __device__ __forceinline__ float to(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ __half from(float v) { return __float2half_rn(v); }
-};
+using detail::Half16;
 
 // What a GEMV does with its finished sums: write them (kEpiPlain), SwiGLU a gate/up pair
 // (kEpiSwiglu), or RoPE a (q or k) pair and store it in 16 bits as rope_store_qkv does (kEpiRope).
