@@ -7,7 +7,7 @@
 // then the final norm and the LM head. GEMMs are cuBLAS bf16 x bf16 -> fp32 (fp32 accumulate);
 // activations and KV are fp32. With graphs=1 the whole step is one CUDA graph launch (the
 // `cuda_graphs` ablation in miniature: the same kernels without ~500 launch gaps). gemv=0 runs
-// the matmuls through cuBLAS (cublasGemmEx, x converted to bf16 first); gemv=1..7 through that
+// the matmuls through cuBLAS (cublasGemmEx, x converted to bf16 first); gemv=1..11 through that
 // version of the project's gemv_bf16 kernel (fp32 x read directly; the residual adds fused into
 // the output and down projections). attn=0 is naive attention (cuBLAS + softmax), attn=1
 // attention_decode_f32. BM_GemvBf16 times each GEMV version alone on each matrix shape of the
@@ -88,7 +88,7 @@ double copy_bandwidth(cudaStream_t s) {
 struct Decoder {
   ModelShape s = *find_preset("llama2-7b");
   int context = 0;
-  int gemv = 0;  // 0: cuBLAS; 1..3: gemv_bf16 version
+  int gemv = 0;  // 0: cuBLAS; 1..kGemvVersionsAll: gemv_bf16 version
   bool naive_attention = true;  // else cuda::attention_decode_f32
   cudaStream_t stream{};
   cublasHandle_t blas{};

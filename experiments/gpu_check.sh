@@ -118,6 +118,17 @@ elif python3 -c 'import torch; assert torch.cuda.is_available()' 2> /dev/null; t
 else
   echo "gpu_check [${SECONDS}s]: sdpa_compare skipped: no python3 with CUDA torch"
 fi
+# GPU-scale ablations: the same engine and configs as on the CPU, backend cuda. Before the
+# Nsight Compute runs, which only diagnose: a DEADLINE cuts those first.
+for name in ${ABLATIONS-batching decode decode_kernels attention kv speculative}; do
+  cfg=configs/gpu/$name.yaml
+  step_ok "ablation $name" || continue
+  if "${step[@]}" "$build/ablate" run "$cfg" --out "$out/results" --run-id "$name" --quiet > "$out/ablation_$name.txt" 2>&1; then
+    echo "gpu_check [${SECONDS}s]: ablation $name done"
+  else
+    echo "gpu_check [${SECONDS}s]: ablation $name FAILED (see $out/ablation_$name.txt)"; status=1
+  fi
+done
 # NCU=1: the README's Nsight Compute command line on a short decode run (the capture window of
 # steps [5, 7), the attention kernels inside the ablate@attention NVTX range).
 if [[ ${NCU:-0} == 1 ]]; then
@@ -173,16 +184,6 @@ if [[ ${NCU_PREFILL:-0} == 1 ]] && command -v ncu > /dev/null; then
       echo "gpu_check [${SECONDS}s]: ncu prefill v$v done" || echo "gpu_check [${SECONDS}s]: ncu prefill v$v FAILED"
   done
 fi
-# GPU-scale ablations: the same engine and configs as on the CPU, backend cuda.
-for name in ${ABLATIONS-batching decode attention kv speculative}; do
-  cfg=configs/gpu/$name.yaml
-  step_ok "ablation $name" || continue
-  if "${step[@]}" "$build/ablate" run "$cfg" --out "$out/results" --run-id "$name" --quiet > "$out/ablation_$name.txt" 2>&1; then
-    echo "gpu_check [${SECONDS}s]: ablation $name done"
-  else
-    echo "gpu_check [${SECONDS}s]: ablation $name FAILED (see $out/ablation_$name.txt)"; status=1
-  fi
-done
 # A compact summary on stdout (a device tool may return only the end of the output): test
 # verdicts, benchmark medians, the ablation tables.
 {

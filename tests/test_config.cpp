@@ -94,8 +94,8 @@ TEST_CASE("config: the schema lists every key once, with type, default and allow
     CHECK(!k.allowed.empty());
     CHECK(std::set<std::string>{"int", "number", "string", "bool", "path", "choice"}.count(k.type) == 1);
   }
-  CHECK(schema.size() == 64);  // 57 + dtype, profile.start_step, profile.end_step (issue 7), workload.trace.rows, cuda_pdl,
-                               // cuda_l2_prefetch
+  CHECK(schema.size() == 65);  // 57 + dtype, profile.start_step, profile.end_step (issue 7), workload.trace.rows, cuda_pdl,
+                               // cuda_l2_prefetch, cuda_flash_decode_version
   CHECK(schema.front().key == "experiment");
   auto row = [&](const std::string& key) {
     for (const auto& k : schema)
@@ -289,6 +289,13 @@ TEST_CASE("config: choice values: unknown, not implemented, numeric", "[config]"
              Contains("x.yaml:1:19: cuda_l2_prefetch: true needs backend cuda (an L2 prefetch of device weights); "
                       "allowed with backend cpu: false"));
   CHECK_THAT(error_of("cuda_l2_prefetch: yes please"), Contains("x.yaml:1:19: cuda_l2_prefetch"));
+  CHECK_THAT(error_of("cuda_flash_decode_version: 3"),
+             Contains("x.yaml:1:28: cuda_flash_decode_version: 3 needs backend cuda and attention flash or flash_split "
+                      "(a CUDA flash decode kernel); allowed with backend cpu, attention naive: 0"));
+  CHECK_THAT(error_of("cuda_flash_decode_version: 1"),
+             Contains("x.yaml:1:28: cuda_flash_decode_version: version 1 has no planned (graph-ready) form in the CUDA "
+                      "backend; allowed: 0 (the backend's choice), 2, 3, 4"));
+  CHECK_THAT(error_of("cuda_flash_decode_version: 5"), Contains("x.yaml:1:28: cuda_flash_decode_version"));
   CHECK_THAT(error_of("profile: {start_step: 5, end_step: 5}"),
              Contains("x.yaml:1:36: profile.end_step: the capture window [5, 5) is empty"));
   CHECK(error_of("attention: flash\n") == "");  // built (issue 4)

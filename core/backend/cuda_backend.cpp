@@ -29,6 +29,7 @@ std::size_t CudaBackend::peak_device_bytes() const { return 0; }
 void CudaBackend::set_cuda_graphs(bool) {}
 void CudaBackend::set_cuda_pdl(bool) {}
 void CudaBackend::set_cuda_l2_prefetch(bool) {}
+void CudaBackend::set_flash_decode_version(int) {}
 std::optional<double> CudaBackend::last_forward_device_s() const { return std::nullopt; }
 CudaGraphStats CudaBackend::graph_stats() const { return {}; }
 
@@ -156,6 +157,7 @@ struct CudaBackend::Impl {
   bool cuda_graphs = false;
   bool cuda_pdl = false;
   bool cuda_l2_prefetch = false;
+  int flash_decode_version = 0;  // 0: cuda::attention_decode_version's choice
   std::map<std::string, cudaGraphExec_t> graphs;
   std::set<std::string> seen;
   long long steps = 0, graph_replays = 0, graph_captures = 0;
@@ -333,8 +335,10 @@ struct CudaBackend::Impl {
 
   // The batch-1 GEMV version for this device, per matrix shape: each version timed on layer 0's
   // four matrices and the LM head (CUDA events, median of 5), the fastest kept for each (the
-  // 4096-row matrices and the wide ones favour different block shapes). All versions compute the
-  // same sums (tested).
+  // 4096-row matrices and the wide ones favour different block shapes). Every version of
+  // kGemvVersionsAll is a candidate, but only once its output on these weights matches version
+  // 1's (within 1e-3 of the largest |y|; the versions sum in different orders): a version that
+  // computes anything else on this device is reported and never chosen.
   std::map<std::pair<int, int>, int> gemv_versions;  // (in, out) -> version
   int gemv_version_for(int in, int out) const {
     const auto it = gemv_versions.find({in, out});
@@ -353,9 +357,21 @@ struct CudaBackend::Impl {
                            {"w2", &L.w2, hidden, dim},
                            {"lm_head", &lm_head, dim, shape.vocab_size}};
     DeviceBuffer xin, y;
-    xin.reserve(static_cast<std::size_t>(std::max(dim, hidden)) * sizeof(float));
-    y.reserve(static_cast<std::size_t>(std::max({qkv_dim, 2 * hidden, shape.vocab_size})) * sizeof(float));
-    check(cudaMemsetAsync(xin.get(), 0, xin.bytes(), stream), "gemv tuning");
+    const std::size_t n_x = static_cast<std::size_t>(std::max(dim, hidden));
+    const std::size_t n_y = static_cast<std::size_t>(std::max({qkv_dim, 2 * hidden, shape.vocab_size}));
+    xin.reserve(n_x * sizeof(float));
+    y.reserve(n_y * sizeof(float));
+    std::vector<float> x_host(n_x);
+    for (std::size_t i = 0; i < n_x; ++i) x_host[i] = static_cast<float>(std::sin(0.37 * double(i) + 0.1));
+    check(cudaMemcpy(xin.get(), x_host.data(), n_x * sizeof(float), cudaMemcpyHostToDevice), "gemv tuning");
+    std::vector<float> y_ref, y_v;
+    const auto output = [&](const Matrix& m, int v, std::vector<float>& into) {
+      gemv(y.get<float>(), xin.get<float>(), *m.w, m.in, m.out, false, v);
+      into.resize(static_cast<std::size_t>(m.out));
+      check(cudaMemcpyAsync(into.data(), y.get(), into.size() * sizeof(float), cudaMemcpyDeviceToHost, stream),
+            "gemv tuning");
+      check(cudaStreamSynchronize(stream), "gemv tuning");
+    };
     cudaEvent_t e0, e1;
     check(cudaEventCreate(&e0), "cudaEventCreate");
     check(cudaEventCreate(&e1), "cudaEventCreate");
@@ -363,9 +379,19 @@ struct CudaBackend::Impl {
     for (const Matrix& m : mats) {
       float best = 0.0f;
       int best_v = 1;
-      std::string times;
-      for (int v = 1; v <= cuda::kGemvVersions; ++v) {
-        gemv(y.get<float>(), xin.get<float>(), *m.w, m.in, m.out, false, v);  // warm-up
+      std::string times, rejected;
+      output(m, 1, y_ref);
+      float ref_max = 0.0f;
+      for (float r : y_ref) ref_max = std::max(ref_max, std::abs(r));
+      for (int v = 1; v <= cuda::kGemvVersionsAll; ++v) {
+        output(m, v, y_v);  // also the warm-up
+        float diff = 0.0f;
+        for (std::size_t i = 0; i < y_v.size(); ++i) diff = std::max(diff, std::abs(y_v[i] - y_ref[i]));
+        if (!(diff <= 1e-3f * ref_max)) {  // NaN fails too
+          times += fmt::format("{}-", v > 1 ? " " : "");
+          rejected += fmt::format(" v{} (max |y - y_v1| {:.3g} of max |y| {:.3g})", v, diff, ref_max);
+          continue;
+        }
         std::vector<float> ms;
         for (int rep = 0; rep < 5; ++rep) {
           check(cudaEventRecord(e0, stream), "cudaEventRecord");
@@ -381,8 +407,8 @@ struct CudaBackend::Impl {
         if (v == 1 || ms[2] < best) best = ms[2], best_v = v;
       }
       gemv_versions[{m.in, m.out}] = best_v;
-      report += fmt::format("{}{} v{} ({} us for v1..v{})", report.empty() ? "" : "; ", m.name, best_v, times,
-                            cuda::kGemvVersions);
+      report += fmt::format("{}{} v{} ({} us for v1..v{}{}{})", report.empty() ? "" : "; ", m.name, best_v, times,
+                            cuda::kGemvVersionsAll, rejected.empty() ? "" : "; WRONG, not used:", rejected);
     }
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
@@ -470,6 +496,13 @@ void CudaBackend::set_cuda_pdl(bool on) {
 void CudaBackend::set_cuda_l2_prefetch(bool on) {
   require_sm90(on, cuda::l2_prefetch_supported(), "cuda_l2_prefetch", "bulk L2 prefetch", impl_->device);
   impl_->cuda_l2_prefetch = on;
+}
+void CudaBackend::set_flash_decode_version(int version) {
+  if (version != 0 && (version < 2 || version > cuda::kDecodeVersions))
+    throw std::invalid_argument(fmt::format("cuda_flash_decode_version: {} is not a planned decode kernel; allowed: 0 "
+                                            "(the backend's choice), 2 .. {}",
+                                            version, cuda::kDecodeVersions));
+  impl_->flash_decode_version = version;
 }
 CudaGraphStats CudaBackend::graph_stats() const { return {impl_->steps, impl_->graph_replays, impl_->graph_captures}; }
 std::optional<double> CudaBackend::last_forward_device_s() const {
@@ -651,7 +684,7 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
       size_for_step(split_workspace, ws);
     }
     plan = cuda::make_decode_plan(problems, counts, half_type);
-    decode_version = cuda::attention_decode_version(decode_rows, s.n_heads);
+    decode_version = flash_decode_version ? flash_decode_version : cuda::attention_decode_version(decode_rows, s.n_heads);
     size_for_step(plan_buffer, std::max<std::size_t>(plan.bytes.size() * 2, 16 * 1024), plan.bytes.size());
     // One plan serves every layer: the caches place a sequence's layers at one stride apart.
     for (int l = 1; l < s.n_layers; ++l) {
@@ -791,8 +824,9 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
   } pdl_off;
   ++steps;
   if (cuda_graphs && half && flash && prefill_chunks.empty()) {
-    std::string key = fmt::format("{}|{}|{}|{}|{}|{}|{}|{}|", attention, cuda_pdl ? "pdl" : "",
-                                  cuda_l2_prefetch ? "l2" : "", T, n_real, n_out, split_bound, plan.shapes.size());
+    std::string key = fmt::format("{}|{}|{}|v{}|{}|{}|{}|{}|{}|", attention, cuda_pdl ? "pdl" : "",
+                                  cuda_l2_prefetch ? "l2" : "", decode_version, T, n_real, n_out, split_bound,
+                                  plan.shapes.size());
     for (const cuda::DecodeGroupShape& g : plan.shapes) key += fmt::format("{},{},{};", g.rows, g.heads, g.head_dim);
     key += fmt::format("|{}", fmt::join(layer_delta, ","));
     replay(key, enqueue);

@@ -76,6 +76,10 @@ class CudaBackend final : public Backend {
   // tail and the next one's ramp). A hint: the same results. Needs compute capability 9.0
   // (throws std::invalid_argument otherwise).
   void set_cuda_l2_prefetch(bool on);
+  // cuda_flash_decode_version: the flash decode attention kernel's version (2 to
+  // cuda::kDecodeVersions); 0 = the backend's choice (cuda::attention_decode_version). Throws
+  // std::invalid_argument for any other value.
+  void set_flash_decode_version(int version);
   CudaGraphStats graph_stats() const;
 
  private:

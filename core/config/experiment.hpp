@@ -97,6 +97,7 @@ struct ExperimentConfig {
   bool cuda_graphs = false;         // cuda: decode steps replayed as captured CUDA graphs
   bool cuda_pdl = false;            // cuda: programmatic dependent launch between the step's kernels
   bool cuda_l2_prefetch = false;    // cuda: each layer's output-projection weights into L2 during attention
+  int cuda_flash_decode_version = 0;  // cuda, flash: the decode attention kernel's version; 0 = the backend's
   int max_seq_len = 0;              // 0 = the model's; caps prompt + output per sequence
   ModelConfig model;
   SchedulerConfig scheduler;

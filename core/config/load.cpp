@@ -115,6 +115,9 @@ const std::vector<Rule>& rules() {
               "cuda (sm_90+), flash attention: bulk L2 prefetches keep HBM streaming across the decode step's "
               "kernel boundaries (the output projection's weights during RoPE and attention; at batch 1 each GEMV "
               "fetches the next matrix's first 8 MB as it finishes)"),
+        integer("cuda_flash_decode_version", F(cuda_flash_decode_version), in(0, 4),
+                "cuda, flash attention: the decode attention kernel's version (2, 3 or 4; "
+                "kernels/cuda/attention_flash.cu), itself an ablation; 0 = the backend's choice"),
         integer("max_seq_len", F(max_seq_len), ge(0), "cap on prompt + output per sequence; 0 = the model's"),
         integer("repeat", F(repeat), ge(1), "timed runs per sweep point"),
         integer("warmup", F(warmup), ge(0), "untimed runs per sweep point before the timed ones"),
@@ -624,6 +627,14 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
   if (c.cuda_l2_prefetch && c.attention == "naive")
     fail_at({"cuda_l2_prefetch", "attention"}, "true needs attention flash or flash_split (the prefetch rides on their "
                                                "RoPE kernel); allowed with attention naive: false");
+  if (c.cuda_flash_decode_version == 1)
+    fail_at({"cuda_flash_decode_version"}, "version 1 has no planned (graph-ready) form in the CUDA backend; allowed: "
+                                           "0 (the backend's choice), 2, 3, 4");
+  if (c.cuda_flash_decode_version != 0 && (c.backend != "cuda" || c.attention == "naive"))
+    fail_at({"cuda_flash_decode_version", "backend", "attention"},
+            fmt::format("{} needs backend cuda and attention flash or flash_split (a CUDA flash decode kernel); "
+                        "allowed with backend {}, attention {}: 0",
+                        c.cuda_flash_decode_version, c.backend, c.attention));
   if (c.cuda_graphs && c.attention == "naive")
     fail_at({"cuda_graphs", "attention"}, "true needs attention flash or flash_split: naive attention's cuBLAS calls are "
                                           "sized by each sequence's length, so its steps cannot replay; allowed with "

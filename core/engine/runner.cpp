@@ -124,6 +124,7 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
       cuda_backend->set_cuda_graphs(cfg.cuda_graphs);
       cuda_backend->set_cuda_pdl(cfg.cuda_pdl);
       cuda_backend->set_cuda_l2_prefetch(cfg.cuda_l2_prefetch);
+      cuda_backend->set_flash_decode_version(cfg.cuda_flash_decode_version);
     }
     const int max_seq = effective_max_seq_len(cfg, backend_ref.shape());
     std::vector<Request> requests =

@@ -42,16 +42,14 @@ namespace ablate::cuda {
 // otherwise version 1 runs.
 // norm_weight != nullptr fuses the RMSNorm of x into the product: y (+)= W (norm_weight . x) /
 // sqrt(mean(x^2) + norm_eps), the same as rmsnorm() then the GEMV, without the extra launch.
-// kGemvVersions: the versions the CUDA backend tunes over (each has passed its GPU test).
-// kGemvVersionsAll adds the experimental ones, not yet run on a GPU: 8 and 9 are versions 2 and
-// 4 with an L2 256-byte prefetch hint on the weight loads; 10 and 11 split each row over 2 and 4
-// warps of a block (their sums added in a fixed order), for matrices of few rows. Tests and
-// benchmarks cover all.
+// kGemvVersionsAll: versions 1-7 above; 8 and 9 are versions 2 and 4 with an L2 256-byte
+// prefetch hint on the weight loads; 10 and 11 split each row over 2 and 4 warps of a block
+// (their sums added in a fixed order), for matrices of few rows. Tests and benchmarks cover all;
+// the CUDA backend tunes over all, each checked against version 1 on the model's weights first.
 // next (every GEMV below; cuda_l2_prefetch): a range, the start of the weights the decode step
 // reads next, that each block asks L2 to fetch (its share, 16 KB pieces) once its rows are done,
 // so that HBM keeps streaming through this kernel's tail and the next one's ramp. A hint: the
 // same results.
-inline constexpr int kGemvVersions = 7;
 inline constexpr int kGemvVersionsAll = 11;
 void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,
                int version = 1, const float* norm_weight = nullptr, float norm_eps = 0.0f, L2Prefetch next = {});

@@ -393,6 +393,19 @@ TEST_CASE("cuda backend: cuda_graphs gives the same greedy tokens as launching k
       WARN("cuda_pdl and cuda_l2_prefetch not tested: this device is below compute capability 9.0");
       CHECK_THROWS_WITH(gpu.set_cuda_l2_prefetch(true), Catch::Contains("needs compute capability 9.0"));
     }
+    // cuda_flash_decode_version: each planned decode kernel, eager and captured, gives the tokens
+    // of the default choice (its sums differ in order only, below the bf16 rounding of its output).
+    for (int version = 2; version <= cuda::kDecodeVersions; ++version)
+      for (bool graphs : {false, true}) {
+        INFO("cuda_flash_decode_version " << version << " with cuda_graphs " << graphs);
+        gpu.set_cuda_graphs(graphs);
+        gpu.set_flash_decode_version(version);
+        const auto v = greedy_run(gpu, "paged", attention, reqs, 128);
+        gpu.set_flash_decode_version(0);
+        REQUIRE(v.size() == want.size());
+        for (std::size_t i = 0; i < want.size(); ++i) CHECK(v[i] == want[i]);
+      }
+    CHECK_THROWS_WITH(gpu.set_flash_decode_version(1), Catch::Contains("allowed: 0 (the backend's choice), 2 .. "));
     gpu.set_cuda_graphs(true);
     // Device time of the last forward pass (CUDA events), as steps.csv's device_s gets it.
     REQUIRE(gpu.last_forward_device_s().has_value());
