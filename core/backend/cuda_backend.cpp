@@ -54,6 +54,7 @@ CudaGraphStats CudaBackend::graph_stats() const { return {}; }
 #include "engine/nvtx.hpp"
 #include "engine/sampler.hpp"
 #include "kv/kv_cache.hpp"
+#include "model/gguf.hpp"
 
 namespace ablate {
 
@@ -294,9 +295,11 @@ struct CudaBackend::Impl {
   void gemv_swiglu(float* h, const float* x, const DeviceBuffer& norm, float eps, const DeviceBuffer& w13, int in,
                    int hidden, cuda::L2Prefetch next) {
     if (half_type == cuda::DType::bf16)
-      cuda::gemv_swiglu_bf16(h, x, w13.get<cuda::bf16_bits>(), in, hidden, stream, norm.get<float>(), eps, next);
+      cuda::gemv_swiglu_bf16(h, x, w13.get<cuda::bf16_bits>(), in, hidden, stream, norm.get<float>(), eps, next,
+                             swiglu_version);
     else
-      cuda::gemv_swiglu_f16(h, x, w13.get<cuda::f16_bits>(), in, hidden, stream, norm.get<float>(), eps, next);
+      cuda::gemv_swiglu_f16(h, x, w13.get<cuda::f16_bits>(), in, hidden, stream, norm.get<float>(), eps, next,
+                            swiglu_version);
   }
 
   // The batch-1 QKV projection with RoPE, the K/V store (at this layer's slot `offset`) and the
@@ -307,11 +310,11 @@ struct CudaBackend::Impl {
     if (half_type == cuda::DType::bf16)
       cuda::gemv_qkv_rope_bf16(x, wqkv.get<cuda::bf16_bits>(), shape.dim, shape.n_heads, shape.n_kv_heads, hd,
                                positions.get<int>(), shape.rope_theta, k_pool.get(), v_pool.get(), offset, q16.get(),
-                               stream, norm.get<float>(), eps, next);
+                               stream, norm.get<float>(), eps, next, qkv_rope_version);
     else
       cuda::gemv_qkv_rope_f16(x, wqkv.get<cuda::f16_bits>(), shape.dim, shape.n_heads, shape.n_kv_heads, hd,
                               positions.get<int>(), shape.rope_theta, k_pool.get(), v_pool.get(), offset, q16.get(),
-                              stream, norm.get<float>(), eps, next);
+                              stream, norm.get<float>(), eps, next, qkv_rope_version);
   }
 
   // cuda_l2_prefetch: the first kL2Ahead bytes of w, for the GEMV before it to prefetch into L2
@@ -333,20 +336,81 @@ struct CudaBackend::Impl {
     cuda::add(x, scratch, static_cast<std::size_t>(rows) * out, stream);
   }
 
-  // The batch-1 GEMV version for this device, per matrix shape: each version timed on layer 0's
-  // four matrices and the LM head (CUDA events, median of 5), the fastest kept for each (the
-  // 4096-row matrices and the wide ones favour different block shapes). Every version of
-  // kGemvVersionsAll is a candidate, but only once its output on these weights matches version
-  // 1's (within 1e-3 of the largest |y|; the versions sum in different orders): a version that
-  // computes anything else on this device is reported and never chosen.
+  // The batch-1 GEMV versions for this device, chosen at load on layer 0's weights and the LM
+  // head: per plain matrix shape (the 4096-row matrices and the wide ones favour different block
+  // shapes), and for the two GEMVs with an epilogue (gate/up + SwiGLU, QKV + RoPE + K/V store).
   std::map<std::pair<int, int>, int> gemv_versions;  // (in, out) -> version
+  int swiglu_version = 1, qkv_rope_version = 1;      // of gemv_swiglu_*, gemv_qkv_rope_*
   int gemv_version_for(int in, int out) const {
     const auto it = gemv_versions.find({in, out});
     return it == gemv_versions.end() ? 2 : it->second;
   }
+  // Versions 1..n of one kernel on one problem: each is run once and its output (`read`) compared
+  // with version 1's (a version is eligible only within tol of the largest |output|: the
+  // versions sum in different orders, and a kernel that computes anything else on this device
+  // is reported and never chosen), then timed (CUDA events, median of 5); the fastest eligible
+  // version wins. Appends "name vN (t1 .. tn us for v1..vn)" to report.
+  template <class Run, class Read>
+  int tune(const char* name, int n, float tol, Run&& run, Read&& read, std::string& report) {
+    cudaEvent_t e0, e1;
+    check(cudaEventCreate(&e0), "cudaEventCreate");
+    check(cudaEventCreate(&e1), "cudaEventCreate");
+    float best = 0.0f, ref_max = 0.0f;
+    int best_v = 1;
+    std::vector<float> ref;
+    std::string times, rejected;
+    for (int v = 1; v <= n; ++v) {
+      run(v);  // also the warm-up
+      check(cudaStreamSynchronize(stream), "gemv tuning");
+      const std::vector<float> got = read();
+      if (v == 1) {
+        ref = got;
+        for (float r : ref) ref_max = std::max(ref_max, std::abs(r));
+      }
+      float diff = 0.0f;
+      for (std::size_t i = 0; i < got.size(); ++i) diff = std::max(diff, std::abs(got[i] - ref[i]));
+      if (!(diff <= tol * ref_max)) {  // NaN fails too
+        times += fmt::format("{}-", v > 1 ? " " : "");
+        rejected += fmt::format(" v{} (max |y - y_v1| {:.3g} of max |y| {:.3g})", v, diff, ref_max);
+        continue;
+      }
+      std::vector<float> ms;
+      for (int rep = 0; rep < 5; ++rep) {
+        check(cudaEventRecord(e0, stream), "cudaEventRecord");
+        run(v);
+        check(cudaEventRecord(e1, stream), "cudaEventRecord");
+        check(cudaEventSynchronize(e1), "gemv tuning");
+        float t = 0.0f;
+        check(cudaEventElapsedTime(&t, e0, e1), "cudaEventElapsedTime");
+        ms.push_back(t);
+      }
+      std::sort(ms.begin(), ms.end());
+      times += fmt::format("{}{:.1f}", v > 1 ? " " : "", ms[2] * 1e3);
+      if (v == 1 || ms[2] < best) best = ms[2], best_v = v;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    report += fmt::format("{}{} v{} ({} us for v1..v{}{}{})", report.empty() ? "" : "; ", name, best_v, times, n,
+                          rejected.empty() ? "" : "; WRONG, not used:", rejected);
+    return best_v;
+  }
   void choose_gemv() {
     const Layer& L = layers.front();
     const int dim = shape.dim, hidden = shape.hidden_dim, qkv_dim = dim + 2 * shape.kv_dim();
+    DeviceBuffer xin, y;
+    const std::size_t n_x = static_cast<std::size_t>(std::max(dim, hidden));
+    const std::size_t n_y = static_cast<std::size_t>(std::max({qkv_dim, 2 * hidden, shape.vocab_size}));
+    xin.reserve(n_x * sizeof(float));
+    y.reserve(n_y * sizeof(float));
+    std::vector<float> x_host(n_x);
+    for (std::size_t i = 0; i < n_x; ++i) x_host[i] = static_cast<float>(std::sin(0.37 * double(i) + 0.1));
+    check(cudaMemcpy(xin.get(), x_host.data(), n_x * sizeof(float), cudaMemcpyHostToDevice), "gemv tuning");
+    const auto read_f32 = [&](const DeviceBuffer& buf, std::size_t n) {
+      std::vector<float> v(n);
+      check(cudaMemcpy(v.data(), buf.get(), n * sizeof(float), cudaMemcpyDeviceToHost), "gemv tuning");
+      return v;
+    };
+    std::string report;
     struct Matrix {
       const char* name;
       const DeviceBuffer* w;
@@ -356,62 +420,53 @@ struct CudaBackend::Impl {
                            {"wo", &L.wo, dim, dim},
                            {"w2", &L.w2, hidden, dim},
                            {"lm_head", &lm_head, dim, shape.vocab_size}};
-    DeviceBuffer xin, y;
-    const std::size_t n_x = static_cast<std::size_t>(std::max(dim, hidden));
-    const std::size_t n_y = static_cast<std::size_t>(std::max({qkv_dim, 2 * hidden, shape.vocab_size}));
-    xin.reserve(n_x * sizeof(float));
-    y.reserve(n_y * sizeof(float));
-    std::vector<float> x_host(n_x);
-    for (std::size_t i = 0; i < n_x; ++i) x_host[i] = static_cast<float>(std::sin(0.37 * double(i) + 0.1));
-    check(cudaMemcpy(xin.get(), x_host.data(), n_x * sizeof(float), cudaMemcpyHostToDevice), "gemv tuning");
-    std::vector<float> y_ref, y_v;
-    const auto output = [&](const Matrix& m, int v, std::vector<float>& into) {
-      gemv(y.get<float>(), xin.get<float>(), *m.w, m.in, m.out, false, v);
-      into.resize(static_cast<std::size_t>(m.out));
-      check(cudaMemcpyAsync(into.data(), y.get(), into.size() * sizeof(float), cudaMemcpyDeviceToHost, stream),
-            "gemv tuning");
-      check(cudaStreamSynchronize(stream), "gemv tuning");
-    };
-    cudaEvent_t e0, e1;
-    check(cudaEventCreate(&e0), "cudaEventCreate");
-    check(cudaEventCreate(&e1), "cudaEventCreate");
-    std::string report;
-    for (const Matrix& m : mats) {
-      float best = 0.0f;
-      int best_v = 1;
-      std::string times, rejected;
-      output(m, 1, y_ref);
-      float ref_max = 0.0f;
-      for (float r : y_ref) ref_max = std::max(ref_max, std::abs(r));
-      for (int v = 1; v <= cuda::kGemvVersionsAll; ++v) {
-        output(m, v, y_v);  // also the warm-up
-        float diff = 0.0f;
-        for (std::size_t i = 0; i < y_v.size(); ++i) diff = std::max(diff, std::abs(y_v[i] - y_ref[i]));
-        if (!(diff <= 1e-3f * ref_max)) {  // NaN fails too
-          times += fmt::format("{}-", v > 1 ? " " : "");
-          rejected += fmt::format(" v{} (max |y - y_v1| {:.3g} of max |y| {:.3g})", v, diff, ref_max);
-          continue;
-        }
-        std::vector<float> ms;
-        for (int rep = 0; rep < 5; ++rep) {
-          check(cudaEventRecord(e0, stream), "cudaEventRecord");
-          gemv(y.get<float>(), xin.get<float>(), *m.w, m.in, m.out, false, v);
-          check(cudaEventRecord(e1, stream), "cudaEventRecord");
-          check(cudaEventSynchronize(e1), "gemv tuning");
-          float t = 0.0f;
-          check(cudaEventElapsedTime(&t, e0, e1), "cudaEventElapsedTime");
-          ms.push_back(t);
-        }
-        std::sort(ms.begin(), ms.end());
-        times += fmt::format("{}{:.1f}", v > 1 ? " " : "", ms[2] * 1e3);
-        if (v == 1 || ms[2] < best) best = ms[2], best_v = v;
-      }
-      gemv_versions[{m.in, m.out}] = best_v;
-      report += fmt::format("{}{} v{} ({} us for v1..v{}{}{})", report.empty() ? "" : "; ", m.name, best_v, times,
-                            cuda::kGemvVersionsAll, rejected.empty() ? "" : "; WRONG, not used:", rejected);
-    }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
+    for (const Matrix& m : mats)
+      gemv_versions[{m.in, m.out}] = tune(
+          m.name, cuda::kGemvVersionsAll, 1e-3f,
+          [&](int v) { gemv(y.get<float>(), xin.get<float>(), *m.w, m.in, m.out, false, v); },
+          [&] { return read_f32(y, static_cast<std::size_t>(m.out)); }, report);
+    swiglu_version = tune(
+        "w13+swiglu", cuda::kEpilogueVersions, 1e-3f,
+        [&](int v) {
+          swiglu_version = v;
+          gemv_swiglu(y.get<float>(), xin.get<float>(), L.rms_ffn, shape.norm_eps, L.w13, dim, hidden, {});
+        },
+        [&] { return read_f32(y, static_cast<std::size_t>(hidden)); }, report);
+    // The QKV + RoPE GEMV into scratch: the query, key and value of one token at position 7, as
+    // 16-bit values (so within 1e-2: a sum in another order can round to the neighbouring value).
+    const int q_dim = shape.n_heads * shape.head_dim(), kv_dim = shape.kv_dim();
+    DeviceBuffer out16, pos, off;
+    out16.reserve(static_cast<std::size_t>(q_dim + 2 * kv_dim) * 2);
+    pos.reserve(sizeof(int));
+    off.reserve(sizeof(std::int64_t));
+    const int seven = 7;
+    check(cudaMemcpy(pos.get(), &seven, sizeof(int), cudaMemcpyHostToDevice), "gemv tuning");
+    check(cudaMemset(off.get(), 0, sizeof(std::int64_t)), "gemv tuning");
+    auto* q_s = out16.get<std::uint16_t>();
+    qkv_rope_version = tune(
+        "wqkv+rope", cuda::kEpilogueVersions, 1e-2f,
+        [&](int v) {
+          const auto* offset = reinterpret_cast<const std::int64_t*>(off.get());
+          if (half_type == cuda::DType::bf16)
+            cuda::gemv_qkv_rope_bf16(xin.get<float>(), L.wqkv.get<cuda::bf16_bits>(), dim, shape.n_heads,
+                                     shape.n_kv_heads, shape.head_dim(), pos.get<int>(), shape.rope_theta,
+                                     q_s + q_dim, q_s + q_dim + kv_dim, offset, q_s, stream, L.rms_att.get<float>(),
+                                     shape.norm_eps, {}, v);
+          else
+            cuda::gemv_qkv_rope_f16(xin.get<float>(), L.wqkv.get<cuda::f16_bits>(), dim, shape.n_heads,
+                                    shape.n_kv_heads, shape.head_dim(), pos.get<int>(), shape.rope_theta,
+                                    q_s + q_dim, q_s + q_dim + kv_dim, offset, q_s, stream, L.rms_att.get<float>(),
+                                    shape.norm_eps, {}, v);
+        },
+        [&] {
+          std::vector<std::uint16_t> bits(static_cast<std::size_t>(q_dim + 2 * kv_dim));
+          check(cudaMemcpy(bits.data(), out16.get(), bits.size() * 2, cudaMemcpyDeviceToHost), "gemv tuning");
+          std::vector<float> v(bits.size());
+          for (std::size_t i = 0; i < bits.size(); ++i)
+            v[i] = half_type == cuda::DType::bf16 ? bf16_to_float(bits[i]) : fp16_to_float(bits[i]);
+          return v;
+        },
+        report);
     gemv_tuning = fmt::format("{} per matrix: {}", half_type == cuda::DType::bf16 ? "gemv_bf16" : "gemv_f16", report);
   }
   std::string gemv_tuning;

@@ -150,24 +150,23 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, i
 // Line256 (versions 8 and 9, experimental): the weight loads ask L2 to fetch whole 256-byte
 // lines (ld.global.nc.L1::no_allocate.L2::256B) instead of streaming 16 bytes a lane (__ldcs).
 //
-// Split > 1 (versions 10 and 11, experimental; R = 1): Split warps share a row, each reading a
-// contiguous 1/Split of it, their sums added in a fixed order through shared memory. Why: a
-// 4096-row matrix gives one row to each of 4096 warps, under half of the H100's 8448 warp slots,
-// so half the loads that could be in flight are not (wo and w2 ran at 2.3-2.4 TB/s against 2.8 for
-// the 32000-row LM head).
+// Split > 1 (versions 10 and 11; the SwiGLU and RoPE epilogues' versions 2 and 3): Split warps
+// share a warp's rows, each reading a contiguous 1/Split of them, their sums added in a fixed
+// order through shared memory before the epilogue. Why: a 4096-row matrix gives one row to each
+// of 4096 warps, under half of the H100's 8448 warp slots, so half the loads that could be in
+// flight are not (wo and w2 ran at 2.3-2.4 TB/s against 2.8 for the 32000-row LM head).
 template <class T, int R, int kGemvLoads, int Warps = kGemvWarps, int Epi = kEpiPlain, bool X16 = false,
           bool Line256 = false, int Split = 1>
 __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int in, int out, bool accumulate,
                                        GemvNorm norm, L2Prefetch next, RopeStore rs) {
   constexpr bool Swiglu = Epi == kEpiSwiglu;
   static_assert(Epi == kEpiPlain || R == 2, "the SwiGLU and RoPE epilogues pair two rows");
-  static_assert(Epi == kEpiPlain || Split == 1, "split rows have the plain epilogue");
-  static_assert(Split == 1 || (R == 1 && !Swiglu && Warps % Split == 0), "a split row is one row of a plain GEMV");
+  static_assert(Warps % Split == 0, "a block holds whole groups of Split warps");
   const float* x = static_cast<const float*>(xv);
   using H = Half16<T>;
   const int lane = threadIdx.x & 31;
-  const int o0 = Split == 1 ? (blockIdx.x * Warps + (threadIdx.x >> 5)) * (Swiglu ? 1 : R)
-                            : blockIdx.x * (Warps / Split) + (threadIdx.x >> 5) / Split;
+  const int warp = threadIdx.x >> 5;
+  const int o0 = (blockIdx.x * (Warps / Split) + warp / Split) * (Swiglu ? 1 : R);
   if constexpr (Split == 1) {
     if (o0 >= out) return;  // (a split row's warps all reach the barrier below: rows clamp instead)
   }
@@ -175,13 +174,13 @@ __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int
   int begin = 0, end = n8;  // this warp's part of the row, in 16-byte vectors
   if constexpr (Split > 1) {
     const int per = (n8 + Split - 1) / Split;
-    begin = min(n8, ((threadIdx.x >> 5) % Split) * per);
+    begin = min(n8, (warp % Split) * per);
     end = min(n8, begin + per);
   }
   const uint4* rows[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const int row = Swiglu ? o0 + r * out : min(o0 + r, out - 1);
+    const int row = Swiglu ? min(o0, out - 1) + r * out : min(o0 + r, out - 1);
     rows[r] = reinterpret_cast<const uint4*>(w + std::size_t(row) * in);
   }
   const float4* x4 = reinterpret_cast<const float4*>(x);
@@ -243,38 +242,48 @@ __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int
     }
   }
   const float inv = !g4 ? 1.0f : Split > 1 ? inv_first : 1.0f / sqrtf(detail::warp_sum(ss) / in + norm.eps);
-  if constexpr (Swiglu) {
-    const float g = detail::warp_sum(acc[0]) * inv, u = detail::warp_sum(acc[1]) * inv;
-    if (lane == 0) y[o0] = g * (1.0f / (1.0f + expf(-g))) * u;
-  } else if constexpr (Epi == kEpiRope) {
-    float v0 = detail::warp_sum(acc[0]) * inv, v1 = detail::warp_sum(acc[1]) * inv;
-    if (lane == 0 && o0 + 1 < out) {
-      const int i = o0;
-      if (i < rs.q_dim + rs.kv_dim) detail::rope_rotate(v0, v1, *rs.position, i % rs.head_dim, rs.head_dim, rs.theta);
-      T* dst = i < rs.q_dim                ? static_cast<T*>(rs.q16) + i
-               : i < rs.q_dim + rs.kv_dim ? static_cast<T*>(rs.k_pool) + *rs.offset + (i - rs.q_dim)
-                                          : static_cast<T*>(rs.v_pool) + *rs.offset + (i - rs.q_dim - rs.kv_dim);
-      dst[0] = H::from(v0);
-      dst[1] = H::from(v1);
-    }
-  } else if constexpr (Split > 1) {
-    __shared__ float partial[Warps];
-    const int warp = threadIdx.x >> 5;
-    const float a = detail::warp_sum(acc[0]);
-    if (lane == 0) partial[warp] = a;
+  // The rows' sums, in lane 0 of the group's first warp (`lead`): a split row's parts added in
+  // warp order.
+  float sum[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) sum[r] = detail::warp_sum(acc[r]);
+  bool lead = lane == 0;
+  if constexpr (Split > 1) {
+    __shared__ float partial[Warps][R];
+    if (lane == 0)
+#pragma unroll
+      for (int r = 0; r < R; ++r) partial[warp][r] = sum[r];
     __syncthreads();
-    if (lane == 0 && warp % Split == 0 && o0 < out) {
-      float sum = 0.0f;
+    lead = lane == 0 && warp % Split == 0;
+    if (lead)
 #pragma unroll
-      for (int p = 0; p < Split; ++p) sum += partial[warp + p];
-      sum *= inv;
-      y[o0] = accumulate ? y[o0] + sum : sum;
-    }
-  } else {
+      for (int r = 0; r < R; ++r) {
+        sum[r] = 0.0f;
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float a = detail::warp_sum(acc[r]) * inv;
-      if (lane == 0 && o0 + r < out) y[o0 + r] = accumulate ? y[o0 + r] + a : a;
+        for (int p = 0; p < Split; ++p) sum[r] += partial[warp + p][r];
+      }
+  }
+  if (lead && o0 < out) {
+    if constexpr (Swiglu) {
+      const float g = sum[0] * inv, u = sum[1] * inv;
+      y[o0] = g * (1.0f / (1.0f + expf(-g))) * u;
+    } else if constexpr (Epi == kEpiRope) {
+      float v0 = sum[0] * inv, v1 = sum[1] * inv;
+      if (o0 + 1 < out) {
+        const int i = o0;
+        if (i < rs.q_dim + rs.kv_dim) detail::rope_rotate(v0, v1, *rs.position, i % rs.head_dim, rs.head_dim, rs.theta);
+        T* dst = i < rs.q_dim                ? static_cast<T*>(rs.q16) + i
+                 : i < rs.q_dim + rs.kv_dim ? static_cast<T*>(rs.k_pool) + *rs.offset + (i - rs.q_dim)
+                                            : static_cast<T*>(rs.v_pool) + *rs.offset + (i - rs.q_dim - rs.kv_dim);
+        dst[0] = H::from(v0);
+        dst[1] = H::from(v1);
+      }
+    } else {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float a = sum[r] * inv;
+        if (o0 + r < out) y[o0 + r] = accumulate ? y[o0 + r] + a : a;
+      }
     }
   }
   // Warp 0 (never past `out`) when its rows are done: the block's share of the next weights.
@@ -325,60 +334,85 @@ void gemv_16(const char* who, float* y, const void* x, const std::uint16_t* w, i
   detail::check_launch(who);
 }
 
-template <class T>
-void gemv_swiglu_16(const char* who, float* h, const float* x, const std::uint16_t* w13, int in, int hidden,
-                    cudaStream_t stream, GemvNorm norm, L2Prefetch next) {
-  if (in % 8 != 0 || misaligned(x) || misaligned(w13) || (norm.weight && misaligned(norm.weight)) || misaligned(next.base))
-    throw std::invalid_argument(std::string(who) + ": needs in % 8 == 0 and 16-byte aligned x, w13, norm weight and prefetch range");
-  constexpr int warps = 2;
-  detail::launch_pdl(gemv_bf16_multi_kernel<T, 2, 4, warps, kEpiSwiglu>, unsigned((hidden + warps - 1) / warps),
-                     32 * warps, 0, stream, h, x, reinterpret_cast<const T*>(w13), in, hidden, false, norm, next,
-                     RopeStore{});
+void check_epilogue_version(const char* who, int version) {
+  if (version < 1 || version > kEpilogueVersions)
+    throw std::invalid_argument(std::string(who) + ": version " + std::to_string(version) + "; allowed: 1.." +
+                                std::to_string(kEpilogueVersions));
 }
 
-// Version 3's shape (2 rows a warp, 4 loads a row in flight, 8 warps a block) with the RoPE epilogue.
+// A gate/up (SwiGLU) or RoPE-pair GEMV of `pairs` warp groups by version: 1, Warps1 warps a block,
+// a warp a group; 2 and 3, 8-warp blocks, a group split over 2 and 4 warps.
+template <class T, int Epi, int Warps1>
+void launch_epilogue(int version, int pairs, cudaStream_t stream, float* y, const void* x, const T* w, int in, int out,
+                     GemvNorm norm, L2Prefetch next, RopeStore rs) {
+  const auto launch = [&](auto kernel, int warps, int split) {
+    const int groups = warps / split;
+    detail::launch_pdl(kernel, unsigned((pairs + groups - 1) / groups), 32 * warps, 0, stream, y, x, w, in, out, false,
+                       norm, next, rs);
+  };
+  constexpr int W = kGemvWarps;
+  if (version == 1) launch(gemv_bf16_multi_kernel<T, 2, 4, Warps1, Epi>, Warps1, 1);
+  else if (version == 2) launch(gemv_bf16_multi_kernel<T, 2, 4, W, Epi, false, false, 2>, W, 2);
+  else launch(gemv_bf16_multi_kernel<T, 2, 4, W, Epi, false, false, 4>, W, 4);
+}
+
+template <class T>
+void gemv_swiglu_16(const char* who, float* h, const float* x, const std::uint16_t* w13, int in, int hidden,
+                    cudaStream_t stream, GemvNorm norm, L2Prefetch next, int version) {
+  if (in % 8 != 0 || misaligned(x) || misaligned(w13) || (norm.weight && misaligned(norm.weight)) || misaligned(next.base))
+    throw std::invalid_argument(std::string(who) + ": needs in % 8 == 0 and 16-byte aligned x, w13, norm weight and prefetch range");
+  check_epilogue_version(who, version);
+  launch_epilogue<T, kEpiSwiglu, 2>(version, hidden, stream, h, x, reinterpret_cast<const T*>(w13), in, hidden, norm,
+                                    next, RopeStore{});
+  detail::check_launch(who);
+}
+
+// Version 1 is GEMV version 3's shape (2 rows a warp, 4 loads a row in flight, 8 warps a block).
 template <class T>
 void gemv_qkv_rope_16(const char* who, const float* x, const std::uint16_t* wqkv, int in, int n_heads, int n_kv_heads,
-                      int head_dim, RopeStore rs, cudaStream_t stream, GemvNorm norm, L2Prefetch next) {
+                      int head_dim, RopeStore rs, cudaStream_t stream, GemvNorm norm, L2Prefetch next, int version) {
   if (in % 8 != 0 || head_dim % 2 != 0 || misaligned(x) || misaligned(wqkv) || (norm.weight && misaligned(norm.weight)) ||
       misaligned(next.base))
     throw std::invalid_argument(std::string(who) + ": needs in % 8 == 0, an even head_dim and 16-byte aligned x, wqkv, "
                                 "norm weight and prefetch range");
+  check_epilogue_version(who, version);
   rs.head_dim = head_dim;
   rs.q_dim = n_heads * head_dim;
   rs.kv_dim = n_kv_heads * head_dim;
   const int out = rs.q_dim + 2 * rs.kv_dim;
-  constexpr int W = kGemvWarps;
-  detail::launch_pdl(gemv_bf16_multi_kernel<T, 2, 4, W, kEpiRope>, unsigned((out + 2 * W - 1) / (2 * W)), 32 * W, 0,
-                     stream, static_cast<float*>(nullptr), static_cast<const void*>(x), reinterpret_cast<const T*>(wqkv),
-                     in, out, false, norm, next, rs);
+  launch_epilogue<T, kEpiRope, kGemvWarps>(version, (out + 1) / 2, stream, static_cast<float*>(nullptr),
+                                           static_cast<const void*>(x), reinterpret_cast<const T*>(wqkv), in, out, norm,
+                                           next, rs);
   detail::check_launch(who);
 }
 
 }  // namespace
 
 void gemv_swiglu_bf16(float* h, const float* x, const bf16_bits* w13, int in, int hidden, cudaStream_t stream,
-                      const float* norm_weight, float norm_eps, L2Prefetch next) {
-  gemv_swiglu_16<__nv_bfloat16>("gemv_swiglu_bf16", h, x, w13, in, hidden, stream, {norm_weight, norm_eps}, next);
+                      const float* norm_weight, float norm_eps, L2Prefetch next, int version) {
+  gemv_swiglu_16<__nv_bfloat16>("gemv_swiglu_bf16", h, x, w13, in, hidden, stream, {norm_weight, norm_eps}, next,
+                                version);
 }
 void gemv_swiglu_f16(float* h, const float* x, const f16_bits* w13, int in, int hidden, cudaStream_t stream,
-                     const float* norm_weight, float norm_eps, L2Prefetch next) {
-  gemv_swiglu_16<__half>("gemv_swiglu_f16", h, x, w13, in, hidden, stream, {norm_weight, norm_eps}, next);
+                     const float* norm_weight, float norm_eps, L2Prefetch next, int version) {
+  gemv_swiglu_16<__half>("gemv_swiglu_f16", h, x, w13, in, hidden, stream, {norm_weight, norm_eps}, next, version);
 }
 
 void gemv_qkv_rope_bf16(const float* x, const bf16_bits* wqkv, int in, int n_heads, int n_kv_heads, int head_dim,
                         const int* position, float theta, void* k_pool, void* v_pool, const std::int64_t* offset,
-                        void* q16, cudaStream_t stream, const float* norm_weight, float norm_eps, L2Prefetch next) {
+                        void* q16, cudaStream_t stream, const float* norm_weight, float norm_eps, L2Prefetch next,
+                        int version) {
   gemv_qkv_rope_16<__nv_bfloat16>("gemv_qkv_rope_bf16", x, wqkv, in, n_heads, n_kv_heads, head_dim,
                                   {position, offset, k_pool, v_pool, q16, 0, 0, 0, theta}, stream,
-                                  {norm_weight, norm_eps}, next);
+                                  {norm_weight, norm_eps}, next, version);
 }
 void gemv_qkv_rope_f16(const float* x, const f16_bits* wqkv, int in, int n_heads, int n_kv_heads, int head_dim,
                        const int* position, float theta, void* k_pool, void* v_pool, const std::int64_t* offset,
-                       void* q16, cudaStream_t stream, const float* norm_weight, float norm_eps, L2Prefetch next) {
+                       void* q16, cudaStream_t stream, const float* norm_weight, float norm_eps, L2Prefetch next,
+                       int version) {
   gemv_qkv_rope_16<__half>("gemv_qkv_rope_f16", x, wqkv, in, n_heads, n_kv_heads, head_dim,
                            {position, offset, k_pool, v_pool, q16, 0, 0, 0, theta}, stream, {norm_weight, norm_eps},
-                           next);
+                           next, version);
 }
 
 void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,

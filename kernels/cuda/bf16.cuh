@@ -68,11 +68,15 @@ void gemv_f16_x16(float* y, const f16_bits* x, const f16_bits* w, int in, int ou
 // The feed-forward block's gate/up GEMV with SwiGLU as its epilogue, at batch 1: w13 holds
 // 2 * hidden rows (w1's, then w3's); h[j] = silu(w1_j . xn) * (w3_j . xn), xn = x or its RMSNorm
 // (norm_weight != nullptr), equal bit for bit to gemv version 6 into [gate | up] followed by
-// swiglu_rows. One launch instead of two, and no h13 round trip. in % 8 == 0.
+// swiglu_rows (version 1). One launch instead of two, and no h13 round trip. in % 8 == 0.
+// Versions (kEpilogueVersions; the CUDA backend tunes over them): 1, a warp a gate/up pair in
+// 2-warp blocks; 2 and 3, the pair split over 2 and 4 warps of an 8-warp block (as GEMV versions
+// 10 and 11), whose sums add in another order (within float rounding of version 1's).
+inline constexpr int kEpilogueVersions = 3;
 void gemv_swiglu_bf16(float* h, const float* x, const bf16_bits* w13, int in, int hidden, cudaStream_t stream,
-                      const float* norm_weight = nullptr, float norm_eps = 0.0f, L2Prefetch next = {});
+                      const float* norm_weight = nullptr, float norm_eps = 0.0f, L2Prefetch next = {}, int version = 1);
 void gemv_swiglu_f16(float* h, const float* x, const f16_bits* w13, int in, int hidden, cudaStream_t stream,
-                     const float* norm_weight = nullptr, float norm_eps = 0.0f, L2Prefetch next = {});
+                     const float* norm_weight = nullptr, float norm_eps = 0.0f, L2Prefetch next = {}, int version = 1);
 
 // The attention block's QKV projection at batch 1 with rope_store_qkv as its epilogue: wqkv
 // holds the (n_heads + 2 n_kv_heads) * head_dim rows of q, k and v; the product with x (or its
@@ -80,15 +84,16 @@ void gemv_swiglu_f16(float* h, const float* x, const f16_bits* w13, int in, int 
 // rounded to the weights' 16-bit type and stored: the query into q16, the key and value into
 // k_pool and v_pool at element *offset (position and offset are device pointers). The same bits
 // as gemv version 3 into an fp32 qkv row followed by rope_store_qkv (tested), in one launch; the
-// fp32 row is not written. in % 8 == 0.
+// fp32 row is not written. in % 8 == 0. Versions as gemv_swiglu's: 1 (the same bits as the two
+// launches), 2 and 3 (each RoPE pair's rows split over 2 and 4 warps).
 void gemv_qkv_rope_bf16(const float* x, const bf16_bits* wqkv, int in, int n_heads, int n_kv_heads, int head_dim,
                         const int* position, float theta, void* k_pool, void* v_pool, const std::int64_t* offset,
                         void* q16, cudaStream_t stream, const float* norm_weight = nullptr, float norm_eps = 0.0f,
-                        L2Prefetch next = {});
+                        L2Prefetch next = {}, int version = 1);
 void gemv_qkv_rope_f16(const float* x, const f16_bits* wqkv, int in, int n_heads, int n_kv_heads, int head_dim,
                        const int* position, float theta, void* k_pool, void* v_pool, const std::int64_t* offset,
                        void* q16, cudaStream_t stream, const float* norm_weight = nullptr, float norm_eps = 0.0f,
-                       L2Prefetch next = {});
+                       L2Prefetch next = {}, int version = 1);
 
 // Deterministic pseudo-random fill for benchmarks and tests: dst[i] uniform in [-scale, scale)
 // from a hash of (seed, i), computed on the device (no host copy of multi-GB weights).

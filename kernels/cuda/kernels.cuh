@@ -126,16 +126,17 @@ void attention_flash(std::span<const AttentionProblem> problems, DType dtype, cu
 // query) walking the block table, 16-byte K/V loads, several keys in flight. No workspace.
 // version 2 (default): the whole batch in one launch (32 problems a launch), 4 keys' K/V loaded
 // per thread before use. version 1: one launch per problem, one key per thread in flight.
-// version 3 (experimental, not yet run on a GPU): version 2 with the page-table entries staged in
-// shared memory and 8 keys per thread, so that a step of the key loop waits for one load, not two.
-// version 4 (experimental, likewise): version 3 in 512-thread blocks, 4x the keys a step, for
-// few short sequences (the batch-1 step).
+// version 3: version 2 with the page-table entries staged in shared memory and 8 keys per
+// thread, so that a step of the key loop waits for one load, not two. version 4: version 3 in
+// 512-thread blocks, 4x the keys a step, for few short sequences (the batch-1 step).
 inline constexpr int kDecodeVersions = 4;
 // The version the CUDA backend's decode step runs for `rows` query rows of `heads` heads: 2, and
 // kDecodeVersionFewBlocks when the grid has fewer blocks than the GPU has SMs (the batch-1 step:
-// 32 blocks on 132), where versions 3 and 4 aim. It stays 2 until bench_attention_cuda has shown
-// one of them faster on a GPU (none has run on one yet).
-inline constexpr int kDecodeVersionFewBlocks = 2;
+// 32 blocks on 132). Version 4 there: one llama2-7b sequence of 384 tokens, bf16, paged, on an
+// H100 (bench_attention_cuda, medians of 3): v2 19.3 us, v3 17.9, v4 13.5 (10.7 us at 128
+// tokens); the batch-1 decode step's TPOT 5.94 ms with v2, 5.67 with v3, 5.42 with v4
+// (configs/gpu/decode_kernels.yaml). Versions 3 and 4 were not timed against 2 on full grids.
+inline constexpr int kDecodeVersionFewBlocks = 4;
 int attention_decode_version(int rows, int heads);
 void attention_flash_decode(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream,
                             int version = 2);

@@ -393,18 +393,22 @@ TEST_CASE("cuda backend: cuda_graphs gives the same greedy tokens as launching k
       WARN("cuda_pdl and cuda_l2_prefetch not tested: this device is below compute capability 9.0");
       CHECK_THROWS_WITH(gpu.set_cuda_l2_prefetch(true), Catch::Contains("needs compute capability 9.0"));
     }
-    // cuda_flash_decode_version: each planned decode kernel, eager and captured, gives the tokens
-    // of the default choice (its sums differ in order only, below the bf16 rounding of its output).
-    for (int version = 2; version <= cuda::kDecodeVersions; ++version)
-      for (bool graphs : {false, true}) {
-        INFO("cuda_flash_decode_version " << version << " with cuda_graphs " << graphs);
-        gpu.set_cuda_graphs(graphs);
-        gpu.set_flash_decode_version(version);
-        const auto v = greedy_run(gpu, "paged", attention, reqs, 128);
-        gpu.set_flash_decode_version(0);
-        REQUIRE(v.size() == want.size());
-        for (std::size_t i = 0; i < want.size(); ++i) CHECK(v[i] == want[i]);
-      }
+    // cuda_flash_decode_version: each planned decode kernel gives the same tokens captured as
+    // launched kernel by kernel. (Across versions the sums differ in order, which can flip a
+    // near-tie in a greedy choice: on an H100 version 4 chose another token at one step of
+    // one of these sequences. The kernels' agreement with the CPU is tested in test_cuda_kernels.)
+    for (int version = 2; version <= cuda::kDecodeVersions; ++version) {
+      INFO("cuda_flash_decode_version " << version);
+      gpu.set_flash_decode_version(version);
+      gpu.set_cuda_graphs(false);
+      const auto eager = greedy_run(gpu, "paged", attention, reqs, 128);
+      gpu.set_cuda_graphs(true);
+      const auto captured = greedy_run(gpu, "paged", attention, reqs, 128);
+      gpu.set_flash_decode_version(0);
+      REQUIRE(eager.size() == want.size());
+      REQUIRE(captured.size() == want.size());
+      for (std::size_t i = 0; i < want.size(); ++i) CHECK(captured[i] == eager[i]);
+    }
     CHECK_THROWS_WITH(gpu.set_flash_decode_version(1), Catch::Contains("allowed: 0 (the backend's choice), 2 .. "));
     gpu.set_cuda_graphs(true);
     // Device time of the last forward pass (CUDA events), as steps.csv's device_s gets it.

@@ -11,6 +11,7 @@
 #include "cpu/kernels.hpp"
 #include "cuda/bf16.cuh"
 #include "cuda/kernels.cuh"
+#include "model/gguf.hpp"
 
 using namespace ablate;
 
@@ -22,13 +23,6 @@ cuda::bf16_bits float_to_bf16(float f) {
   std::memcpy(&u, &f, 4);
   u += 0x7FFFu + ((u >> 16) & 1u);
   return static_cast<cuda::bf16_bits>(u >> 16);
-}
-
-float bf16_to_float(cuda::bf16_bits b) {
-  const std::uint32_t u = std::uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
 }
 
 template <class T>
@@ -246,6 +240,18 @@ TEST_CASE("cuda gemv_swiglu (gate/up GEMV with the SwiGLU epilogue) matches the 
         INFO("max abs error vs CPU " << err_cpu << ", vs gemv v6 + swiglu_rows " << err_pair);
         CHECK(err_cpu < 1e-4);
         CHECK(err_pair < 1e-6);
+        // Versions 2 and 3 (each gate/up pair split over 2 and 4 warps): against the CPU alike.
+        for (int version = 2; version <= cuda::kEpilogueVersions; ++version) {
+          if (type == cuda::DType::bf16)
+            cuda::gemv_swiglu_bf16(dh2, dx, dw16, in, hidden, nullptr, nw, eps, {}, version);
+          else cuda::gemv_swiglu_f16(dh2, dx, dw16, in, hidden, nullptr, nw, eps, {}, version);
+          const auto hv = download(dh2, std::size_t(hidden));
+          double err_v = 0;
+          for (int j = 0; j < hidden; ++j)
+            err_v = std::max(err_v, double(std::fabs(hv[std::size_t(j)] - gu[std::size_t(j)])));
+          INFO("version " << version << ": max abs error vs CPU " << err_v);
+          CHECK(err_v < 1e-4);
+        }
       }
       for (void* p : {static_cast<void*>(dx), static_cast<void*>(dg), static_cast<void*>(dw), static_cast<void*>(dh),
                       static_cast<void*>(dh2), static_cast<void*>(dgu), static_cast<void*>(dw16)})
@@ -256,7 +262,8 @@ TEST_CASE("cuda gemv_swiglu (gate/up GEMV with the SwiGLU epilogue) matches the 
 // The fused QKV projection (RoPE and the K/V store as the GEMV's epilogue) against the two
 // launches it replaces, gemv version 3 into an fp32 row and rope_store_qkv (itself tested bit for
 // bit against rope, kv_write and cast_from_float): the same bits in q16 and both pools.
-TEST_CASE("cuda gemv_qkv_rope equals gemv version 3 then rope_store_qkv, bit for bit", "[cuda][bf16]") {
+TEST_CASE("cuda gemv_qkv_rope equals gemv version 3 then rope_store_qkv, bit for bit (versions 2, 3: to 16-bit rounding)",
+          "[cuda][bf16]") {
   std::mt19937 rng(21);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   constexpr float eps = 1e-5f;
@@ -309,6 +316,31 @@ TEST_CASE("cuda gemv_qkv_rope equals gemv version 3 then rope_store_qkv, bit for
         int stored = 0;  // the slot was written (the product is not all zeros)
         for (int j = 0; j < kv_dim; ++j) stored += kb[std::size_t(slot) + j] != 0;
         CHECK(stored > kv_dim / 2);
+        // Versions 2 and 3 (each RoPE pair's rows split over 2 and 4 warps) sum in another order:
+        // the same values up to the 16-bit rounding of their output (one unit in the last place).
+        for (int version = 2; version <= cuda::kEpilogueVersions; ++version) {
+          INFO("version " << version);
+          std::uint16_t *k3 = upload(zeros_pool), *v3 = upload(zeros_pool), *q3 = upload(zeros_q);
+          if (type == cuda::DType::bf16)
+            cuda::gemv_qkv_rope_bf16(dx, dw16, in, n_heads, n_kv_heads, hd, dpos, 10000.0f, k3, v3, doff, q3, nullptr,
+                                     nw, eps, {}, version);
+          else
+            cuda::gemv_qkv_rope_f16(dx, dw16, in, n_heads, n_kv_heads, hd, dpos, 10000.0f, k3, v3, doff, q3, nullptr, nw,
+                                    eps, {}, version);
+          REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+          const auto value = [&](std::uint16_t b) { return type == cuda::DType::bf16 ? bf16_to_float(b) : fp16_to_float(b); };
+          const auto near = [&](const std::vector<std::uint16_t>& a, const std::vector<std::uint16_t>& b, std::size_t from,
+                                std::size_t n) {
+            int far = 0;
+            for (std::size_t j = from; j < from + n; ++j)
+              far += !(std::fabs(value(a[j]) - value(b[j])) <= 0.01f * std::fabs(value(a[j])) + 1e-4f);
+            return far;
+          };
+          CHECK(near(qa, download(q3, std::size_t(out)), 0, std::size_t(q_dim)) == 0);
+          CHECK(near(download(k1, pool), download(k3, pool), std::size_t(slot), std::size_t(kv_dim)) == 0);
+          CHECK(near(download(v1, pool), download(v3, pool), std::size_t(slot), std::size_t(kv_dim)) == 0);
+          for (void* p : {static_cast<void*>(k3), static_cast<void*>(v3), static_cast<void*>(q3)}) cudaFree(p);
+        }
         for (void* p : {static_cast<void*>(dx), static_cast<void*>(dg), static_cast<void*>(dw), static_cast<void*>(dqkv),
                         static_cast<void*>(dpos), static_cast<void*>(doff), static_cast<void*>(dw16),
                         static_cast<void*>(k1), static_cast<void*>(v1), static_cast<void*>(q1), static_cast<void*>(k2),
