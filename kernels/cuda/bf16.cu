@@ -150,7 +150,7 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, i
 // Line256 (versions 8 and 9, experimental): the weight loads ask L2 to fetch whole 256-byte
 // lines (ld.global.nc.L1::no_allocate.L2::256B) instead of streaming 16 bytes a lane (__ldcs).
 //
-// Split > 1 (versions 10 and 11; the SwiGLU and RoPE epilogues' versions 2 and 3): Split warps
+// Split > 1 (versions 10 and 11; the SwiGLU and RoPE epilogues' versions 2-5): Split warps
 // share a warp's rows, each reading a contiguous 1/Split of them, their sums added in a fixed
 // order through shared memory before the epilogue. Why: a 4096-row matrix gives one row to each
 // of 4096 warps, under half of the H100's 8448 warp slots, so half the loads that could be in
@@ -341,7 +341,8 @@ void check_epilogue_version(const char* who, int version) {
 }
 
 // A gate/up (SwiGLU) or RoPE-pair GEMV of `pairs` warp groups by version: 1, Warps1 warps a block,
-// a warp a group; 2 and 3, 8-warp blocks, a group split over 2 and 4 warps.
+// a warp a group; 2, 3 and 4, 8-warp blocks, a group split over 2, 4 and 8 warps; 5, split over 4
+// warps with 2 loads a row in flight (the bytes in flight of GEMV version 11, which reads 1 row).
 template <class T, int Epi, int Warps1>
 void launch_epilogue(int version, int pairs, cudaStream_t stream, float* y, const void* x, const T* w, int in, int out,
                      GemvNorm norm, L2Prefetch next, RopeStore rs) {
@@ -353,7 +354,9 @@ void launch_epilogue(int version, int pairs, cudaStream_t stream, float* y, cons
   constexpr int W = kGemvWarps;
   if (version == 1) launch(gemv_bf16_multi_kernel<T, 2, 4, Warps1, Epi>, Warps1, 1);
   else if (version == 2) launch(gemv_bf16_multi_kernel<T, 2, 4, W, Epi, false, false, 2>, W, 2);
-  else launch(gemv_bf16_multi_kernel<T, 2, 4, W, Epi, false, false, 4>, W, 4);
+  else if (version == 3) launch(gemv_bf16_multi_kernel<T, 2, 4, W, Epi, false, false, 4>, W, 4);
+  else if (version == 4) launch(gemv_bf16_multi_kernel<T, 2, 4, W, Epi, false, false, 8>, W, 8);
+  else launch(gemv_bf16_multi_kernel<T, 2, 2, W, Epi, false, false, 4>, W, 4);
 }
 
 template <class T>

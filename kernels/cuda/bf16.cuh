@@ -70,9 +70,10 @@ void gemv_f16_x16(float* y, const f16_bits* x, const f16_bits* w, int in, int ou
 // (norm_weight != nullptr), equal bit for bit to gemv version 6 into [gate | up] followed by
 // swiglu_rows (version 1). One launch instead of two, and no h13 round trip. in % 8 == 0.
 // Versions (kEpilogueVersions; the CUDA backend tunes over them): 1, a warp a gate/up pair in
-// 2-warp blocks; 2 and 3, the pair split over 2 and 4 warps of an 8-warp block (as GEMV versions
-// 10 and 11), whose sums add in another order (within float rounding of version 1's).
-inline constexpr int kEpilogueVersions = 3;
+// 2-warp blocks; 2, 3 and 4, the pair split over 2, 4 and 8 warps of an 8-warp block (as GEMV
+// versions 10 and 11); 5, version 3 with 2 loads a row in flight instead of 4. Versions 2-5 add
+// their sums in another order (within float rounding of version 1's).
+inline constexpr int kEpilogueVersions = 5;
 void gemv_swiglu_bf16(float* h, const float* x, const bf16_bits* w13, int in, int hidden, cudaStream_t stream,
                       const float* norm_weight = nullptr, float norm_eps = 0.0f, L2Prefetch next = {}, int version = 1);
 void gemv_swiglu_f16(float* h, const float* x, const f16_bits* w13, int in, int hidden, cudaStream_t stream,
@@ -85,7 +86,7 @@ void gemv_swiglu_f16(float* h, const float* x, const f16_bits* w13, int in, int 
 // k_pool and v_pool at element *offset (position and offset are device pointers). The same bits
 // as gemv version 3 into an fp32 qkv row followed by rope_store_qkv (tested), in one launch; the
 // fp32 row is not written. in % 8 == 0. Versions as gemv_swiglu's: 1 (the same bits as the two
-// launches), 2 and 3 (each RoPE pair's rows split over 2 and 4 warps).
+// launches), 2-5 (each RoPE pair's rows split over several warps).
 void gemv_qkv_rope_bf16(const float* x, const bf16_bits* wqkv, int in, int n_heads, int n_kv_heads, int head_dim,
                         const int* position, float theta, void* k_pool, void* v_pool, const std::int64_t* offset,
                         void* q16, cudaStream_t stream, const float* norm_weight = nullptr, float norm_eps = 0.0f,

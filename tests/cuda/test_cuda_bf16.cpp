@@ -240,7 +240,7 @@ TEST_CASE("cuda gemv_swiglu (gate/up GEMV with the SwiGLU epilogue) matches the 
         INFO("max abs error vs CPU " << err_cpu << ", vs gemv v6 + swiglu_rows " << err_pair);
         CHECK(err_cpu < 1e-4);
         CHECK(err_pair < 1e-6);
-        // Versions 2 and 3 (each gate/up pair split over 2 and 4 warps): against the CPU alike.
+        // Versions 2-5 (each gate/up pair split over several warps): against the CPU alike.
         for (int version = 2; version <= cuda::kEpilogueVersions; ++version) {
           if (type == cuda::DType::bf16)
             cuda::gemv_swiglu_bf16(dh2, dx, dw16, in, hidden, nullptr, nw, eps, {}, version);
@@ -262,7 +262,7 @@ TEST_CASE("cuda gemv_swiglu (gate/up GEMV with the SwiGLU epilogue) matches the 
 // The fused QKV projection (RoPE and the K/V store as the GEMV's epilogue) against the two
 // launches it replaces, gemv version 3 into an fp32 row and rope_store_qkv (itself tested bit for
 // bit against rope, kv_write and cast_from_float): the same bits in q16 and both pools.
-TEST_CASE("cuda gemv_qkv_rope equals gemv version 3 then rope_store_qkv, bit for bit (versions 2, 3: to 16-bit rounding)",
+TEST_CASE("cuda gemv_qkv_rope equals gemv version 3 then rope_store_qkv, bit for bit (versions 2-5: to 16-bit rounding)",
           "[cuda][bf16]") {
   std::mt19937 rng(21);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -316,7 +316,7 @@ TEST_CASE("cuda gemv_qkv_rope equals gemv version 3 then rope_store_qkv, bit for
         int stored = 0;  // the slot was written (the product is not all zeros)
         for (int j = 0; j < kv_dim; ++j) stored += kb[std::size_t(slot) + j] != 0;
         CHECK(stored > kv_dim / 2);
-        // Versions 2 and 3 (each RoPE pair's rows split over 2 and 4 warps) sum in another order:
+        // Versions 2-5 (each RoPE pair's rows split over several warps) sum in another order:
         // the same values up to the 16-bit rounding of their output (one unit in the last place).
         for (int version = 2; version <= cuda::kEpilogueVersions; ++version) {
           INFO("version " << version);
