@@ -197,7 +197,7 @@ fi
     [ -f "$f" ] && { echo "-- $(basename "$f")"; grep -E "Duration|DRAM Throughput|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issue Slots Busy|stalled|One or More" "$f" | sed -E 's/ +/ /g' | cut -c1-220 | head -16; }
   done
   for f in "$out"/ablation_*.txt; do
-    [ -f "$f" ] && { echo "-- $(basename "$f")"; grep -E "^\|" "$f" | cut -c1-160; }
+    [ -f "$f" ] && { echo "-- $(basename "$f")"; grep -m1 "cuda backend: gemv" "$f" | cut -c1-700; grep -E "^\|" "$f" | cut -c1-160; }
   done
 } 2> /dev/null
 exit $status
