@@ -411,19 +411,24 @@ struct CudaBackend::Impl {
       return v;
     };
     std::string report;
+    // Each matrix with the fused RMSNorm where the step has one (it changes what a version costs).
     struct Matrix {
       const char* name;
       const DeviceBuffer* w;
       int in, out;
+      const DeviceBuffer* norm;
     };
-    const Matrix mats[] = {{"wqkv", &L.wqkv, dim, qkv_dim},
-                           {"wo", &L.wo, dim, dim},
-                           {"w2", &L.w2, hidden, dim},
-                           {"lm_head", &lm_head, dim, shape.vocab_size}};
+    const Matrix mats[] = {{"wqkv", &L.wqkv, dim, qkv_dim, &L.rms_att},
+                           {"wo", &L.wo, dim, dim, nullptr},
+                           {"w2", &L.w2, hidden, dim, nullptr},
+                           {"lm_head", &lm_head, dim, shape.vocab_size, &rms_final}};
     for (const Matrix& m : mats)
       gemv_versions[{m.in, m.out}] = tune(
           m.name, cuda::kGemvVersionsAll, 1e-3f,
-          [&](int v) { gemv(y.get<float>(), xin.get<float>(), *m.w, m.in, m.out, false, v); },
+          [&](int v) {
+            gemv(y.get<float>(), xin.get<float>(), *m.w, m.in, m.out, false, v, m.norm ? m.norm->get<float>() : nullptr,
+                 shape.norm_eps);
+          },
           [&] { return read_f32(y, static_cast<std::size_t>(m.out)); }, report);
     swiglu_version = tune(
         "w13+swiglu", cuda::kEpilogueVersions, 1e-3f,
