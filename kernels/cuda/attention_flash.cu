@@ -723,14 +723,14 @@ __global__ void __launch_bounds__(kDecodeThreads) flash_decode_kernel(Prob<T> p,
 // keys' K and V before using any of them, so a block has 4x the bytes in flight of version 1.
 // Problems travel by value in the kernel's parameters, kDecodeGroup at a time (4 KB limit).
 //
-// Version 3 (experimental): version 2 with the block's page-table entries staged in shared
-// memory (kDecodePageWindow at a time) and 8 keys a thread. Why: in version 2 each step of the key
+// Version 3: version 2 with the block's page-table entries staged in shared memory
+// (kDecodePageWindow at a time) and 8 keys a thread. Why: in version 2 each step of the key
 // loop waits for two loads in a row, the page index and then the K/V it locates, and at one
 // sequence of a few hundred tokens (the batch-1 decode step) the kernel is that chain of
 // latencies: 32 blocks, 4-12 steps. Staged, a step waits for one load, and there are half as many.
 //
-// Version 4 (experimental): version 3 in blocks of 512 threads, 4x the keys a step (256 at
-// head_dim 128): a few hundred keys are one or two steps. For few, short sequences (the batch-1
+// Version 4 (the batch-1 default, kDecodeVersionFewBlocks): version 3 in blocks of 512 threads,
+// 4x the keys a step (256 at head_dim 128): a few hundred keys are one or two steps. For few, short sequences (the batch-1
 // step: 32 blocks on 132 SMs, so the SMs are there to fill); at large batches the 128-register
 // threads leave one block an SM.
 constexpr int kDecodeGroup = 32, kDecodeKeys = 4, kDecodePageWindow = 512;

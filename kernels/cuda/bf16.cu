@@ -149,7 +149,7 @@ __global__ void gemv_bf16_kernel(float* y, const float* x, const T* w, int in, i
 //
 // X16: x is in the weights' 16-bit type (the attention output feeding the output projection,
 // read without a cast to fp32 first: one launch fewer, half the x bytes); no fused norm.
-// Line256 (versions 8 and 9, experimental): the weight loads ask L2 to fetch whole 256-byte
+// Line256 (versions 8 and 9): the weight loads ask L2 to fetch whole 256-byte
 // lines (ld.global.nc.L1::no_allocate.L2::256B) instead of streaming 16 bytes a lane (__ldcs).
 //
 // Split > 1 (versions 10 and 11; the SwiGLU and RoPE epilogues' versions 2-5): Split warps
