@@ -295,31 +295,49 @@ void BM_CudaDecodeStep(benchmark::State& state) {
   state.counters["roofline_frac"] = benchmark::Counter(wb / g_copy_bw, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// One GEMV of a decode step's shape (in -> out, bf16 w), version range(2), alone. l2 = 1: w was
-// prefetched into L2 just before (untimed; a matrix that fits, the output projection's), the
-// bound on what cuda_l2_prefetch can gain for it.
+// One GEMV of a decode step's shape (in -> out, bf16 w), version range(2), alone, with w read
+// from HBM as in a decode step: before each timed run (untimed) a 256 MB matrix is read through
+// L2, which evicts w; without that, the output projection's 32 MB would stay in the H100's 50 MB
+// L2 from one iteration to the next (a read, not a write, so no dirty lines are written back
+// during the timed run). l2 = 1: w is prefetched into L2 instead (a matrix that fits, the output
+// projection's), the bound on what cuda_l2_prefetch can gain for it.
 void BM_GemvBf16(benchmark::State& state) {
   const int in = int(state.range(0)), out = int(state.range(1)), version = int(state.range(2));
   const bool l2 = state.range(3) != 0;
   cuda::bf16_bits* w = nullptr;  // its own allocations: free_all() would free the decode step's too
   float *x = nullptr, *y = nullptr;
   ok(cudaMalloc(reinterpret_cast<void**>(&w), std::size_t(in) * out * 2), "cudaMalloc");
-  ok(cudaMalloc(reinterpret_cast<void**>(&x), std::size_t(in) * 4), "cudaMalloc");
+  constexpr int kFlushIn = 4096, kFlushOut = 32768;  // 256 MB of bf16, read to evict w
+  const std::size_t n_x = std::size_t(std::max(in, kFlushIn));  // x serves the eviction's GEMV too
+  ok(cudaMalloc(reinterpret_cast<void**>(&x), n_x * 4), "cudaMalloc");
   ok(cudaMalloc(reinterpret_cast<void**>(&y), std::size_t(out) * 4), "cudaMalloc");
   cudaStream_t s;
   ok(cudaStreamCreate(&s), "stream");
   cuda::fill_uniform_bf16(w, std::size_t(in) * out, 7, 1.0f / std::sqrt(float(in)), s);
-  ok(cudaMemsetAsync(x, 0, std::size_t(in) * 4, s), "memset");
-  const auto prefetch = [&] {
-    if (!l2) return;
-    cuda::l2_prefetch({w, std::size_t(in) * out * 2}, s);
-    ok(cudaStreamSynchronize(s), "l2 prefetch");
-    std::this_thread::sleep_for(std::chrono::microseconds(100));  // the bulk prefetch outlives its kernel
+  ok(cudaMemsetAsync(x, 0, n_x * 4, s), "memset");
+  cuda::bf16_bits* flush_w = nullptr;
+  float* flush_y = nullptr;
+  if (!l2) {
+    ok(cudaMalloc(reinterpret_cast<void**>(&flush_w), std::size_t(kFlushIn) * kFlushOut * 2), "cudaMalloc");
+    ok(cudaMalloc(reinterpret_cast<void**>(&flush_y), std::size_t(kFlushOut) * 4), "cudaMalloc");
+    ok(cudaMemsetAsync(flush_w, 0, std::size_t(kFlushIn) * kFlushOut * 2, s), "memset");
+  }
+  const auto prepare = [&] {
+    if (l2) {
+      cuda::l2_prefetch({w, std::size_t(in) * out * 2}, s);
+      ok(cudaStreamSynchronize(s), "l2 prefetch");
+      std::this_thread::sleep_for(std::chrono::microseconds(100));  // the bulk prefetch outlives its kernel
+    } else {
+      cuda::gemv_bf16(flush_y, x, flush_w, kFlushIn, kFlushOut, false, s, 2);
+      ok(cudaStreamSynchronize(s), "L2 eviction");
+    }
   };
-  time_on_stream(state, s, [&] { cuda::gemv_bf16(y, x, w, in, out, false, s, version); }, prefetch);
+  time_on_stream(state, s, [&] { cuda::gemv_bf16(y, x, w, in, out, false, s, version); }, prepare);
   ok(cudaGetLastError(), "gemv");
   cudaStreamDestroy(s);
-  for (void* p : {static_cast<void*>(w), static_cast<void*>(x), static_cast<void*>(y)}) cudaFree(p);
+  for (void* p : {static_cast<void*>(w), static_cast<void*>(x), static_cast<void*>(y), static_cast<void*>(flush_w),
+                  static_cast<void*>(flush_y)})
+    cudaFree(p);
   const double bytes = 2.0 * in * out;
   state.SetBytesProcessed(static_cast<int64_t>(bytes * double(state.iterations())));
   state.counters["copy_frac"] = benchmark::Counter(bytes / g_copy_bw, benchmark::Counter::kIsIterationInvariantRate);
