@@ -275,6 +275,10 @@ TEST_CASE("config: choice values: unknown, not implemented, numeric", "[config]"
   CHECK(error_of("backend: cuda\ndtype: bf16\nattention: flash\nmodel: {preset: smollm2-135m}\ncuda_l2_prefetch: true\n") == "");
   CHECK_THAT(error_of("backend: cuda\ncuda_l2_prefetch: true\n"),
              Contains("x.yaml:2:19: cuda_l2_prefetch: true needs attention flash or flash_split"));
+  CHECK(error_of("backend: cuda\ndtype: bf16\nattention: flash_split\nmodel: {preset: smollm2-135m}\n"
+                 "cuda_flash_decode_version: 4\n") == "");
+  CHECK_THAT(error_of("backend: cuda\ncuda_flash_decode_version: 2\n"),
+             Contains("x.yaml:2:28: cuda_flash_decode_version: 2 needs backend cuda and attention flash or flash_split"));
 #else
   CHECK_THAT(error_of("backend: cuda"), Contains("x.yaml:1:10: backend: \"cuda\" is not available in this build yet; available now: cpu"));
 #endif
