@@ -293,28 +293,25 @@ struct CudaBackend::Impl {
                          gemv_version_for(in, out), next);
   }
   void gemv_swiglu(float* h, const float* x, const DeviceBuffer& norm, float eps, const DeviceBuffer& w13, int in,
-                   int hidden, cuda::L2Prefetch next) {
+                   int hidden, cuda::L2Prefetch next, int version) {
     if (half_type == cuda::DType::bf16)
-      cuda::gemv_swiglu_bf16(h, x, w13.get<cuda::bf16_bits>(), in, hidden, stream, norm.get<float>(), eps, next,
-                             swiglu_version);
+      cuda::gemv_swiglu_bf16(h, x, w13.get<cuda::bf16_bits>(), in, hidden, stream, norm.get<float>(), eps, next, version);
     else
-      cuda::gemv_swiglu_f16(h, x, w13.get<cuda::f16_bits>(), in, hidden, stream, norm.get<float>(), eps, next,
-                            swiglu_version);
+      cuda::gemv_swiglu_f16(h, x, w13.get<cuda::f16_bits>(), in, hidden, stream, norm.get<float>(), eps, next, version);
   }
 
-  // The batch-1 QKV projection with RoPE, the K/V store (at this layer's slot `offset`) and the
-  // 16-bit query as its epilogue (flash attention; replaces the GEMV and rope_store_qkv).
-  void gemv_qkv_rope(const float* x, const DeviceBuffer& norm, float eps, const DeviceBuffer& wqkv,
-                     const std::int64_t* offset, cuda::L2Prefetch next) {
+  // The batch-1 QKV projection with RoPE (at *position), the K/V store (into k and v at element
+  // *offset) and the 16-bit query (into q16) as its epilogue (flash attention; replaces the GEMV
+  // and rope_store_qkv).
+  void gemv_qkv_rope(const float* x, const DeviceBuffer& norm, float eps, const DeviceBuffer& wqkv, const int* position,
+                     void* k, void* v, const std::int64_t* offset, void* q, cuda::L2Prefetch next, int version) {
     const int hd = shape.head_dim();
     if (half_type == cuda::DType::bf16)
-      cuda::gemv_qkv_rope_bf16(x, wqkv.get<cuda::bf16_bits>(), shape.dim, shape.n_heads, shape.n_kv_heads, hd,
-                               positions.get<int>(), shape.rope_theta, k_pool.get(), v_pool.get(), offset, q16.get(),
-                               stream, norm.get<float>(), eps, next, qkv_rope_version);
+      cuda::gemv_qkv_rope_bf16(x, wqkv.get<cuda::bf16_bits>(), shape.dim, shape.n_heads, shape.n_kv_heads, hd, position,
+                               shape.rope_theta, k, v, offset, q, stream, norm.get<float>(), eps, next, version);
     else
-      cuda::gemv_qkv_rope_f16(x, wqkv.get<cuda::f16_bits>(), shape.dim, shape.n_heads, shape.n_kv_heads, hd,
-                              positions.get<int>(), shape.rope_theta, k_pool.get(), v_pool.get(), offset, q16.get(),
-                              stream, norm.get<float>(), eps, next, qkv_rope_version);
+      cuda::gemv_qkv_rope_f16(x, wqkv.get<cuda::f16_bits>(), shape.dim, shape.n_heads, shape.n_kv_heads, hd, position,
+                              shape.rope_theta, k, v, offset, q, stream, norm.get<float>(), eps, next, version);
   }
 
   // cuda_l2_prefetch: the first kL2Ahead bytes of w, for the GEMV before it to prefetch into L2
@@ -432,10 +429,7 @@ struct CudaBackend::Impl {
           [&] { return read_f32(y, static_cast<std::size_t>(m.out)); }, report);
     swiglu_version = tune(
         "w13+swiglu", cuda::kEpilogueVersions, 1e-3f,
-        [&](int v) {
-          swiglu_version = v;
-          gemv_swiglu(y.get<float>(), xin.get<float>(), L.rms_ffn, shape.norm_eps, L.w13, dim, hidden, {});
-        },
+        [&](int v) { gemv_swiglu(y.get<float>(), xin.get<float>(), L.rms_ffn, shape.norm_eps, L.w13, dim, hidden, {}, v); },
         [&] { return read_f32(y, static_cast<std::size_t>(hidden)); }, report);
     // The QKV + RoPE GEMV into scratch: the query, key and value of one token at position 7, as
     // 16-bit values (so within 1e-2: a sum in another order can round to the neighbouring value).
@@ -451,17 +445,8 @@ struct CudaBackend::Impl {
     qkv_rope_version = tune(
         "wqkv+rope", cuda::kEpilogueVersions, 1e-2f,
         [&](int v) {
-          const auto* offset = reinterpret_cast<const std::int64_t*>(off.get());
-          if (half_type == cuda::DType::bf16)
-            cuda::gemv_qkv_rope_bf16(xin.get<float>(), L.wqkv.get<cuda::bf16_bits>(), dim, shape.n_heads,
-                                     shape.n_kv_heads, shape.head_dim(), pos.get<int>(), shape.rope_theta,
-                                     q_s + q_dim, q_s + q_dim + kv_dim, offset, q_s, stream, L.rms_att.get<float>(),
-                                     shape.norm_eps, {}, v);
-          else
-            cuda::gemv_qkv_rope_f16(xin.get<float>(), L.wqkv.get<cuda::f16_bits>(), dim, shape.n_heads,
-                                    shape.n_kv_heads, shape.head_dim(), pos.get<int>(), shape.rope_theta,
-                                    q_s + q_dim, q_s + q_dim + kv_dim, offset, q_s, stream, L.rms_att.get<float>(),
-                                    shape.norm_eps, {}, v);
+          gemv_qkv_rope(xin.get<float>(), L.rms_att, shape.norm_eps, L.wqkv, pos.get<int>(), q_s + q_dim,
+                        q_s + q_dim + kv_dim, off.get<std::int64_t>(), q_s, {}, v);
         },
         [&] {
           std::vector<std::uint16_t> bits(static_cast<std::size_t>(q_dim + 2 * kv_dim));
@@ -801,7 +786,8 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
       const cuda::L2Prefetch wo_whole = cuda_l2_prefetch ? cuda::L2Prefetch{L.wo.get(), L.wo.bytes()} : cuda::L2Prefetch{};
       if (fused_qkv) {
         // One launch: the QKV GEMV with RoPE, the K/V store and the 16-bit query as its epilogue.
-        gemv_qkv_rope(x.get<float>(), L.rms_att, s.norm_eps, L.wqkv, off, l2_ahead(L.wo));
+        gemv_qkv_rope(x.get<float>(), L.rms_att, s.norm_eps, L.wqkv, positions.get<int>(), k_pool.get(), v_pool.get(), off,
+                      q16.get(), l2_ahead(L.wo), qkv_rope_version);
       } else {
         matmul_normed(q, x.get<float>(), L.rms_att, s.norm_eps, L.wqkv, T, dim, qkv_dim, xb.get<float>(), l2_ahead(L.wo));
       }
@@ -857,7 +843,8 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
       if (flash && fused_row) gemv_x16_add(x.get<float>(), att16.get(), L.wo, dim, dim, l2_ahead(L.w13));
       else matmul_add(x.get<float>(), att.get<float>(), L.wo, T, dim, dim, xb.get<float>(), l2_ahead(L.w13));
       if (fused_row) {
-        gemv_swiglu(h.get<float>(), x.get<float>(), L.rms_ffn, s.norm_eps, L.w13, dim, hidden, l2_ahead(L.w2));
+        gemv_swiglu(h.get<float>(), x.get<float>(), L.rms_ffn, s.norm_eps, L.w13, dim, hidden, l2_ahead(L.w2),
+                    swiglu_version);
       } else {
         matmul_normed(h13.get<float>(), x.get<float>(), L.rms_ffn, s.norm_eps, L.w13, T, dim, 2 * hidden,
                       xb.get<float>());  // row: [w1 xn | w3 xn]

@@ -295,6 +295,12 @@ namespace {
 
 bool misaligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 != 0; }
 
+void check_version(const char* who, int version, int highest) {
+  if (version < 1 || version > highest)
+    throw std::invalid_argument(std::string(who) + ": version " + std::to_string(version) + "; allowed: 1.." +
+                                std::to_string(highest));
+}
+
 // X16: x in the weights' 16-bit type (versions 2-11; version 1 runs as version 2), no norm.
 template <class T, bool X16 = false>
 void gemv_16(const char* who, float* y, const void* x, const std::uint16_t* w, int in, int out, bool accumulate,
@@ -302,9 +308,7 @@ void gemv_16(const char* who, float* y, const void* x, const std::uint16_t* w, i
   if (misaligned(next.base)) throw std::invalid_argument(std::string(who) + ": the prefetch range must start 16-byte aligned");
   if (in % 8 == 0 && (misaligned(x) || (norm.weight && misaligned(norm.weight))))
     throw std::runtime_error(std::string(who) + ": x and the norm weight must be 16-byte aligned");
-  if (version < 1 || version > kGemvVersionsAll)
-    throw std::invalid_argument(std::string(who) + ": version " + std::to_string(version) + "; allowed: 1.." +
-                                std::to_string(kGemvVersionsAll));
+  check_version(who, version, kGemvVersionsAll);
   if (X16 && (in % 8 != 0 || norm.weight))
     throw std::invalid_argument(std::string(who) + ": a 16-bit x needs in % 8 == 0 and no fused norm");
   const auto* wt = reinterpret_cast<const T*>(w);
@@ -333,12 +337,6 @@ void gemv_16(const char* who, float* y, const void* x, const std::uint16_t* w, i
   detail::check_launch(who);
 }
 
-void check_epilogue_version(const char* who, int version) {
-  if (version < 1 || version > kEpilogueVersions)
-    throw std::invalid_argument(std::string(who) + ": version " + std::to_string(version) + "; allowed: 1.." +
-                                std::to_string(kEpilogueVersions));
-}
-
 // A gate/up (SwiGLU) or RoPE-pair GEMV of `pairs` warp groups by version: 1, Warps1 warps a block,
 // a warp a group; 2, 3 and 4, 8-warp blocks, a group split over 2, 4 and 8 warps; 5, split over 4
 // warps with 2 loads a row in flight (the bytes in flight of GEMV version 11, which reads 1 row).
@@ -363,7 +361,7 @@ void gemv_swiglu_16(const char* who, float* h, const float* x, const std::uint16
                     cudaStream_t stream, GemvNorm norm, L2Prefetch next, int version) {
   if (in % 8 != 0 || misaligned(x) || misaligned(w13) || (norm.weight && misaligned(norm.weight)) || misaligned(next.base))
     throw std::invalid_argument(std::string(who) + ": needs in % 8 == 0 and 16-byte aligned x, w13, norm weight and prefetch range");
-  check_epilogue_version(who, version);
+  check_version(who, version, kEpilogueVersions);
   launch_epilogue<T, kEpiSwiglu, 2>(version, hidden, stream, h, x, reinterpret_cast<const T*>(w13), in, hidden, norm,
                                     next, RopeStore{});
   detail::check_launch(who);
@@ -377,7 +375,7 @@ void gemv_qkv_rope_16(const char* who, const float* x, const std::uint16_t* wqkv
       misaligned(next.base))
     throw std::invalid_argument(std::string(who) + ": needs in % 8 == 0, an even head_dim and 16-byte aligned x, wqkv, "
                                 "norm weight and prefetch range");
-  check_epilogue_version(who, version);
+  check_version(who, version, kEpilogueVersions);
   rs.head_dim = head_dim;
   rs.q_dim = n_heads * head_dim;
   rs.kv_dim = n_kv_heads * head_dim;
