@@ -205,6 +205,29 @@ TEST_CASE("cli: run writes the three CSVs with the metrics.md columns, one row p
   CHECK(sb.entries(results / "cli_test") == 3);
 }
 
+TEST_CASE("cli: generate stops a llama2.c story where run.c does, and refuses --top-p 0", "[cli][generate]") {
+  Sandbox sb;
+  const auto models = ablate::shared_dir() / "models";
+  const std::string m = "generate --model '" + (models / "stories260K.bin").string() + "' --tokenizer '" +
+                        (models / "tok512.bin").string() + "' --prompt 'Once upon a time' ";
+  // TinyStories delimits stories with BOS (id 1); sampling 480 tokens runs into a story's end.
+  int stopped = 0;
+  for (int seed = 0; seed < 3; ++seed) {
+    const Result r = sb.ablate(m + "--temperature 1 -n 480 --seed " + std::to_string(seed));
+    REQUIRE(r.status == 0);
+    stopped += r.err.find("(stopped at EOS)") != std::string::npos;
+  }
+  CHECK(stopped == 3);
+  const Result nostop = sb.ablate(m + "--temperature 1 -n 480 --seed 0 --no-stop");
+  CHECK(nostop.status == 0);
+  CHECK_THAT(nostop.err, Contains("480 tokens generated;"));
+  // The config's sampling.top_p range, (0, 1].
+  const Result zero = sb.ablate(m + "--temperature 1 --top-p 0");
+  CHECK(zero.status == 2);
+  CHECK_THAT(zero.err, Contains("allowed: (0, 1]"));
+  CHECK(sb.ablate(m + "--temperature 1 --top-p 0.5 -n 4").status == 0);
+}
+
 TEST_CASE("cli: list and help", "[cli]") {
   Sandbox sb;
   const Result l = sb.ablate("list");

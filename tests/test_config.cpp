@@ -434,6 +434,27 @@ TEST_CASE("config: the KV budget must hold one sequence", "[config]") {
   CHECK(load("model: {preset: llama2-7b}\nkv: {memory_mb: 4096}").points.size() == 1);
 }
 
+TEST_CASE("config: what run used to refuse without a location is a config error", "[config]") {
+  // Experiment names that are not folders of their own.
+  for (const char* bad : {"..", ".", ".hidden"})
+    CHECK_THAT(error_of(std::string("experiment: \"") + bad + "\"\n"),
+               Contains("x.yaml:1:13: experiment: \"" + std::string(bad) + "\" is not a valid name; allowed: [A-Za-z0-9_.-]+, not starting with '.'"));
+  CHECK(load("experiment: a.b-c_1\n").points[0].config.experiment == "a.b-c_1");
+  // A trace window past the end of the trace.
+  TempDir tmp;
+  const auto csv = tmp.write("t.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\n"
+                                      "2023-11-16 18:15:47.68,10,4\n\n2023-11-16 18:15:48.68,12,5\n").string();
+  const std::string w = "workload: {requests: 2, arrival: trace, trace: {path: " + csv + ", start_row: ";
+  CHECK(load(w + "1}}").points.size() == 1);
+  CHECK_THAT(error_of(w + "3}}"), Contains("x.yaml:1:108: workload.trace.start_row: 3 is past the end of " + csv +
+                                           " (3 data rows); allowed: 0..2"));
+  CHECK_THAT(error_of(w + "2}}"), Contains("workload.requests: 2 requests from row 2 need 4 rows of " + csv +
+                                           ", which has 3 data rows; allowed: workload.requests <= 1"));
+  // A KV budget larger than the machine's memory.
+  CHECK_THAT(error_of("kv: {memory_mb: 1e12}\n"), Contains("x.yaml:1:17: kv.memory_mb: 1000000000000 MiB of KV cache is 1.049e+18 bytes"));
+  CHECK_THAT(error_of("kv: {memory_mb: 1e12}\n"), Contains("more than this machine has available"));
+}
+
 TEST_CASE("config: trace workloads need the trace file", "[config]") {
   TempDir tmp;
   const auto nope = (tmp.dir / "t.csv").string();
@@ -444,11 +465,11 @@ TEST_CASE("config: trace workloads need the trace file", "[config]") {
   // Not used: not checked.
   CHECK(load("workload: {trace: {path: " + nope + "}}").points[0].config.workload.trace.path == nope);
   const auto csv = tmp.write("t.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\n").string();
-  auto c = load("workload: {arrival: trace, prompt_len: {dist: trace}, output_len: {dist: trace}, trace: {path: " + csv + "}}")
+  auto c = load("workload: {requests: 1, arrival: trace, prompt_len: {dist: trace}, output_len: {dist: trace}, trace: {path: " + csv + "}}")
                .points[0].config;
   CHECK(c.workload.trace.path == csv);
   // Trace caps bound the lengths like any distribution's max.
-  CHECK_THAT(error_of("workload: {prompt_len: {dist: trace}, trace: {path: " + csv + ", max_prompt_len: 500}}"),
+  CHECK_THAT(error_of("workload: {requests: 1, prompt_len: {dist: trace}, trace: {path: " + csv + ", max_prompt_len: 500}}"),
              Contains("prompts of up to 500 tokens plus outputs of up to 128 need 628 positions"));
 }
 
@@ -485,6 +506,44 @@ TEST_CASE("config: a sweep runs the cross product, first key slowest", "[config]
   CHECK(over.points.at(0).config.kv.reserve == "prompt_plus_max_new");
   CHECK(load("sweep: {slo.preset: [interactive, llama2-70b]}").points.at(1).config.slo.tpot_ms == 200);
   CHECK(load("sweep:\n").points.size() == 1);
+}
+
+TEST_CASE("config: each sweep point is the base plus its own map, whatever the order", "[config]") {
+  // yaml-cpp's Node assignment writes through to the node it refers to, so merging a point's map
+  // over the base once leaked the first point's keys into the base and every later point.
+  const std::string base = "model: {preset: tiny}\nmax_seq_len: 64\nworkload: {requests: 4, prompt_len: 8, output_len: 8}\nkv: {layout: paged, memory_mb: 1, block_size: 1}\n";
+  const std::string a = "{layout: paged, block_size: 8, memory_mb: 0.5}", b = "{layout: paged}", c = "{layout: contiguous}";
+  for (const auto& order : {std::vector<std::string>{a, b, c}, {c, b, a}, {b, a, c}}) {
+    const auto ex = load(base + "sweep:\n  kv: [" + order[0] + ", " + order[1] + ", " + order[2] + "]\n");
+    REQUIRE(ex.points.size() == 3);
+    std::set<std::string> hashes;
+    for (std::size_t i = 0; i < 3; ++i) {
+      const auto& kv = ex.points[i].config.kv;
+      INFO("point " << i << " " << order[i]);
+      hashes.insert(ex.points[i].config_hash);
+      if (order[i] == a) {
+        CHECK(kv.memory_mb == 0.5);
+        CHECK(kv.block_size == 8);
+      } else {
+        CHECK(kv.memory_mb == 1);
+        CHECK(kv.block_size == 1);
+        CHECK(kv.layout == (order[i] == b ? "paged" : "contiguous"));
+      }
+    }
+    CHECK(hashes.size() == 3);
+  }
+  // SLO maps: a later point does not inherit an earlier preset's keys.
+  const auto slo = load("sweep:\n  slo: [{preset: interactive}, {e2el_ms: 5}]\n");
+  REQUIRE(slo.points.size() == 2);
+  CHECK(slo.points[0].config.slo.ttft_ms > 0);
+  CHECK(slo.points[1].config.slo.ttft_ms == 0);
+  CHECK(slo.points[1].config.slo.tpot_ms == 0);
+  CHECK(slo.points[1].config.slo.e2el_ms == 5);
+  // --set layers do not leak into each other either.
+  const auto set = load("max_seq_len: 64\nworkload: {prompt_len: 8, output_len: 8}\nkv: {memory_mb: 2}\n", {"sweep.kv=[{memory_mb: 0.5, block_size: 8}, {layout: paged}]"});
+  REQUIRE(set.points.size() == 2);
+  CHECK(set.points[1].config.kv.memory_mb == 2);
+  CHECK(set.points[1].config.kv.block_size == load("").points[0].config.kv.block_size);
 }
 
 TEST_CASE("config: sweep errors point at the list element", "[config]") {

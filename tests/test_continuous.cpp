@@ -121,6 +121,17 @@ void check_run(const std::vector<Request>& reqs, const RunRecords& rec, const Se
   }
   CHECK(step_preemptions == preemptions);
   if (s.batching == Batching::Static || s.layout == Layout::Contiguous) CHECK(preemptions == 0);
+  // peak_concurrency: the most unfinished sequences holding KV at a forward pass, never fewer
+  // than the batch's real rows.
+  int peak = 0, peak_batch = 0;
+  for (const auto& st : rec.steps) {
+    CHECK(st.running_at_forward >= st.prefill_seqs + st.decode_seqs);
+    CHECK(st.running_at_forward <= s.max_seqs);
+    peak = std::max(peak, st.running_at_forward);
+    peak_batch = std::max(peak_batch, st.batch_size);
+  }
+  CHECK(rec.facts.peak_concurrency == peak);
+  CHECK(rec.facts.peak_batch_size == peak_batch);
 }
 
 }  // namespace
@@ -161,6 +172,26 @@ TEST_CASE("every scheduler and KV layout finishes every request exactly once, ti
   }
   INFO(preempted_runs << " of " << runs << " runs preempted");
   CHECK(preempted_runs >= 10);  // the recompute path really ran
+}
+
+TEST_CASE("peak_concurrency counts sequences holding KV, not the largest forward batch", "[continuous]") {
+  // prefill_first with a 2-token budget runs small batches while all 8 sequences hold KV.
+  OneThread one_thread;
+  Rig rig;
+  std::vector<Request> reqs(8);
+  for (int i = 0; i < 8; ++i) {
+    reqs[static_cast<std::size_t>(i)].id = i;
+    reqs[static_cast<std::size_t>(i)].prompt.assign(8, 3 + i);
+    reqs[static_cast<std::size_t>(i)].output_len = 8;
+  }
+  Setup s;
+  s.batching = Batching::PrefillFirst;
+  s.max_seqs = 8;
+  s.max_tokens = 2;
+  s.kv_tokens = 400;
+  const RunRecords rec = rig.run(reqs, s);
+  CHECK(rec.facts.peak_concurrency == 8);
+  CHECK(rec.facts.peak_batch_size == 2);
 }
 
 TEST_CASE("a full paged cache preempts the newest sequence, recomputes it and loses nothing", "[continuous][preemption]") {

@@ -585,6 +585,11 @@ TEST_CASE("prompts files: text lines and JSONL", "[gguf][prompts]") {
   CHECK(read_prompts(txt.string()) == std::vector<std::string>{"The capital of France is", "Once upon a time"});
   CHECK(read_prompts(jl.string()) == std::vector<std::string>{"Zürich\nline two", "bare string", "t"});
   CHECK_THROWS_WITH(read_prompts(bad.string()), Catch::Contains(bad.string() + ":2:"));
+  // An empty prompt has no token to sample after (it once corrupted the heap): refused at its line.
+  const auto empty = dir / "ablate_empty_prompt.jsonl";
+  std::ofstream(empty) << "{\"text\": \"Hello\"}\n{\"prompt\": \"\"}\n";
+  CHECK_THROWS_WITH(read_prompts(empty.string()), Catch::Contains(empty.string() + ":2: empty prompt"));
+  std::filesystem::remove(empty);
   if (have_smollm2()) {
     const auto ids = tokenize_prompts(read_prompts(txt.string()), smollm2_tokenizer());
     CHECK(ids.at(0) == as_vec<int>(fixture()["cases"][0]["prompt_ids"]));

@@ -199,7 +199,7 @@ TEST_CASE("metrics: names, order, and zeros for an empty run", "[report]") {
   for (const char* s :
        {"queue_time_mean_ms", "queue_time_p99_ms", "preemptions", "steps", "mean_batch_size", "padding_rows",
         "weights_bytes", "kv_capacity_bytes", "kv_reserved_peak_bytes", "kv_used_peak_bytes", "kv_waste",
-        "peak_concurrency", "kv_blocks_peak", "peak_host_bytes", "peak_device_bytes", "workspace_peak_bytes", "num_drafts", "draft_tokens", "accepted_tokens",
+        "peak_concurrency", "peak_batch_size", "kv_blocks_peak", "peak_host_bytes", "peak_device_bytes", "workspace_peak_bytes", "num_drafts", "draft_tokens", "accepted_tokens",
         "acceptance_rate", "acceptance_length", "draft_s", "verify_s", "simulated_acceptance"})
     expected.push_back(s);
   CHECK(names == expected);
@@ -284,7 +284,7 @@ TEST_CASE("results: a committed run has every file", "[report]") {
   const auto steps = lines(slurp(dir / "steps.csv"));
   REQUIRE(steps.size() == 1 + 2 * 2);
   CHECK(steps[0].rfind("point,repeat,step,start_s,wall_s,forward_s,device_s,batch_size,", 0) == 0);
-  CHECK(steps[4] == "1,0,1,0,3,0,,4,0,0,0,0,0,0,0,0,2000,1800,0,0,200");  // no device time: the CPU
+  CHECK(steps[4] == "1,0,1,0,3,0,,4,0,0,0,0,0,0,0,0,0,2000,1800,0,0,200");  // no device time: the CPU
 
   CHECK(slurp(dir / "config.yaml") == "seed: 1\n");
   const std::string prov = slurp(dir / "provenance.yaml");

@@ -139,7 +139,7 @@ void check_identity(CpuBackend& target, const std::function<Weights()>& same, co
         if (kind == Kind::ModelSame) CHECK(f.accepted_tokens >= f.draft_tokens * 9 / 10);  // the target drafting itself
         for (const auto& q : rec.requests) preempted += q.preemptions;
         const std::size_t per_token = static_cast<std::size_t>(target.shape().kv_floats_per_token()) * sizeof(float);
-        for (const auto& st : rec.steps) {  // memory as held after verification and rollback
+        for (const auto& st : rec.steps) {  // memory as the forward pass held it, drafts included
           if (s.batching != Batching::Static) CHECK(st.prefill_tokens + st.decode_tokens <= 32);  // drafts in the budget
           CHECK(st.kv_used_bytes == static_cast<std::size_t>(st.kv_tokens_stored) * per_token);
           CHECK(st.kv_used_bytes <= st.kv_reserved_bytes);
@@ -461,6 +461,34 @@ TEST_CASE("simulated acceptance runs at alpha per position and is labelled not l
       const double expected = (1 - std::pow(alpha, k + 1)) / (1 - alpha);
       CHECK(1.0 + static_cast<double>(f.accepted_tokens) / drafts == Approx(expected).epsilon(0.05));
     }
+}
+
+TEST_CASE("KV memory per step is recorded at the forward pass, drafted tokens included", "[speculative][kv]") {
+  // One sequence alone: the tokens the cache holds at the forward pass, minus the tokens the step
+  // runs, is where the step starts; it only grows. Recorded after rejected drafts roll back (the
+  // old behaviour), that difference shrinks after every rejection.
+  OneThread one_thread;
+  const ModelShape shape = *find_preset("tiny");
+  CpuBackend target(synthetic_weights(shape, 11));
+  const auto reqs = test::random_requests(5, 1, shape.vocab_size, 8, 200, 0.0, 200);
+  const Setup s{Batching::Static, Layout::Paged, 1, 420, 420};
+  SimulatedDrafter drafter(make_draft(Kind::ModelOther, target, {}, [&] { return synthetic_weights(shape, 12); }, s, 8),
+                           0.5);
+  const RunRecords rec = run(target, drafter, reqs, s);
+  REQUIRE(rec.facts.num_drafts > 0);
+  REQUIRE(rec.facts.accepted_tokens < rec.facts.draft_tokens);  // some drafts were rejected
+  long long start = -1;
+  int most_tokens = 0;
+  for (const auto& st : rec.steps) {
+    const long long here = st.kv_tokens_stored - st.prefill_tokens - st.decode_tokens;
+    INFO("step " << st.step);
+    CHECK(here > start);
+    start = here;
+    most_tokens = std::max(most_tokens, st.decode_tokens);
+    CHECK(st.running_at_forward == 1);
+  }
+  CHECK(rec.steps.front().kv_tokens_stored == static_cast<long long>(reqs[0].prompt.size()));
+  CHECK(most_tokens == 9);  // 1 + k drafted tokens were held at once
 }
 
 TEST_CASE("make_drafter builds every registered drafter from a config", "[speculative][config]") {

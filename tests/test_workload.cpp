@@ -113,6 +113,26 @@ TEST_CASE("workload: gamma burstiness changes the spread of gaps", "[workload]")
   CHECK(cv(gaps(make_workload(w, 1, 100, 0))) == Approx(1.0).margin(0.1));
 }
 
+TEST_CASE("workload: a tiny gamma burstiness gives finite, ordered arrivals spanning N/rate", "[workload]") {
+  // Shape 1e-6 made every gap underflow to 0 in linear space, the rescale divide by 0 and the
+  // engine spin on NaN arrival times.
+  auto w = poisson_config(50, 100.0);
+  w.arrival = "gamma";
+  for (double shape : {1e-6, 1e-3, 0.05}) {
+    w.burstiness = shape;
+    const auto rs = make_workload(w, 3, 100, 0);
+    double prev = 0;
+    for (const auto& r : rs) {
+      REQUIRE(std::isfinite(r.arrival_s));
+      CHECK(r.arrival_s >= prev);
+      prev = r.arrival_s;
+    }
+    CHECK(rs.back().arrival_s == Approx(50 / 100.0));
+  }
+  Rng rng(7);
+  for (int i = 0; i < 1000; ++i) CHECK(std::isfinite(rng.log_gamma(1e-9)));
+}
+
 TEST_CASE("workload: length distributions stay in range with the right mean", "[workload]") {
   WorkloadConfig w;
   w.requests = 5000;

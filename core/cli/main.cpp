@@ -140,7 +140,13 @@ int main(int argc, char** argv) {
   generate_cmd->add_option("--prompt", gen.prompt, "the text to continue")->required();
   generate_cmd->add_option("-n", gen.n, "tokens to generate (default 64)")->check(CLI::Range(1, 1 << 20));
   generate_cmd->add_option("--temperature", gen.temperature, "0 = greedy (default)")->check(CLI::NonNegativeNumber);
-  generate_cmd->add_option("--top-p", gen.top_p, "nucleus sampling mass (default 1)")->check(CLI::Range(0.0, 1.0));
+  // The same range as the config's sampling.top_p: (0, 1]; a mass of 0 keeps no token.
+  generate_cmd->add_option("--top-p", gen.top_p, "nucleus sampling mass in (0, 1] (default 1)")
+      ->check(CLI::Validator([](std::string& v) -> std::string {
+        double x = 0;
+        try { x = std::stod(v); } catch (const std::exception&) { return "--top-p: not a number: " + v; }
+        return x > 0.0 && x <= 1.0 ? "" : "--top-p: " + v + " is out of range; allowed: (0, 1], as sampling.top_p";
+      }, "(0, 1]"));
   generate_cmd->add_option("--seed", gen.seed, "sampling seed (default 0)");
   generate_cmd->add_flag("--no-stop", gen.no_stop, "keep going past the end-of-sequence token");
 

@@ -241,7 +241,7 @@ std::string allowed_text(const Rule& r) {
                                    : fmt::format("{}{}, {}]", g.lo_open ? '(' : '[', g.lo, g.hi);
       return fmt::format("{} {}", g.lo_open ? ">" : ">=", g.lo);
     }
-    case Kind::Name: return "[A-Za-z0-9_.-]+";
+    case Kind::Name: return "[A-Za-z0-9_.-]+, not starting with '.'";
     case Kind::String: return "any text";
     case Kind::Bool: return "true, false";
     case Kind::Path: return "a file path; ${shared}/ and ${root}/ expand";
@@ -359,6 +359,18 @@ struct Entry {
   YAML::Node node;
   std::string where;   // "file:line:col" or "--set k=v"
   bool weak = false;   // filled in by slo.preset: loses to a key written beside it
+
+  Entry() = default;
+  Entry(YAML::Node n, std::string w, bool wk = false) : node(std::move(n)), where(std::move(w)), weak(wk) {}
+  Entry(const Entry&) = default;
+  // YAML::Node's own operator= writes through to the node it refers to (every copy of it, such
+  // as the base layer's entry a sweep point was merged from, sees the new value); rebind instead.
+  Entry& operator=(const Entry& o) {
+    node.reset(o.node);
+    where = o.where;
+    weak = o.weak;
+    return *this;
+  }
 };
 using Entries = std::map<std::string, Entry>;
 
@@ -491,7 +503,9 @@ void set_field(const Rule& r, const Entry& e, ExperimentConfig& c) {
       break;
     }
     case Kind::Name:
-      if (!std::all_of(text.begin(), text.end(), [](unsigned char ch) { return std::isalnum(ch) || ch == '_' || ch == '.' || ch == '-'; }))
+      // A leading '.' would name a hidden folder, the current one (".") or the parent ("..").
+      if (text.front() == '.' ||
+          !std::all_of(text.begin(), text.end(), [](unsigned char ch) { return std::isalnum(ch) || ch == '_' || ch == '.' || ch == '-'; }))
         fail(e.where, r.key, fmt::format("\"{}\" is not a valid name{}", text, allowed));
       *std::get<std::string*>(f) = text;
       break;
@@ -523,6 +537,26 @@ void check_file(const std::string& where, const std::string& key, const std::str
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) fail(where, key, fmt::format("file not found: {}{}", path, why));
   if (std::filesystem::is_directory(path, ec)) fail(where, key, fmt::format("is a directory, not a file: {}{}", path, why));
+}
+
+// Data rows of a trace CSV: non-blank lines after the header (the trace reader's rule).
+long long trace_data_rows(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string line;
+  long long lines = 0;
+  while (std::getline(in, line))
+    if (line.find_first_not_of(" \t\r") != std::string::npos) ++lines;
+  return std::max(0LL, lines - 1);
+}
+
+// Bytes the host can still give (MemAvailable), or nullopt where /proc/meminfo is not there.
+std::optional<double> host_available_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key, unit;
+  double kib = 0;
+  while (in >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024.0;
+  return std::nullopt;
 }
 
 void cross_check(const ExperimentConfig& c, const Entries& m, const std::string& file) {
@@ -570,6 +604,18 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
                            : w.output_len.dist == "trace" ? "workload.output_len.dist" : nullptr;
   if (trace_user) check_file(pick({"workload.trace.path", trace_user}).second, "workload.trace.path", w.trace.path,
                              fmt::format(" (needed by {}: trace)", trace_user));
+  if (trace_user) {
+    const long long rows = trace_data_rows(w.trace.path);
+    if (w.trace.start_row >= rows)
+      fail_at({"workload.trace.start_row", "workload.trace.path"},
+              fmt::format("{} is past the end of {} ({} data rows); allowed: 0..{}", w.trace.start_row, w.trace.path,
+                          rows, std::max(0LL, rows - 1)));
+    if (w.trace.start_row + static_cast<long long>(w.requests) > rows)
+      fail_at({"workload.requests", "workload.trace.start_row"},
+              fmt::format("{} requests from row {} need {} rows of {}, which has {} data rows; allowed: workload.requests "
+                          "<= {}", w.requests, w.trace.start_row, w.trace.start_row + w.requests, w.trace.path, rows,
+                          rows - w.trace.start_row));
+  }
   if (w.arrival == "trace" && w.trace.rows == "random")
     fail_at({"workload.trace.rows", "workload.arrival"},
             "random rows have no arrival times to replay; allowed: workload.trace.rows consecutive with workload.arrival "
@@ -662,6 +708,15 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
          fmt::format("{} MiB holds {} tokens of KV cache ({} bytes per token for {}), fewer than one sequence needs: {} tokens "
                      "({}); allowed: >= {}", c.kv.memory_mb, capacity, bytes_per_token, shape.name, need, why,
                      static_cast<double>(need * bytes_per_token) / 1048576.0));
+
+  // The CPU backend allocates its KV pools in host memory up front: refuse what the machine cannot
+  // hold instead of dying in the allocator (or in the OOM killer) mid-run.
+  if (c.backend == "cpu")
+    if (const auto avail = host_available_bytes(); avail && c.kv.memory_mb * 1048576.0 > *avail)
+      fail(pick({"kv.memory_mb"}).second, "kv.memory_mb",
+           fmt::format("{} MiB of KV cache is {:.4g} bytes, more than this machine has available ({:.4g} bytes, "
+                       "MemAvailable in /proc/meminfo); allowed: <= {:.0f}", c.kv.memory_mb, c.kv.memory_mb * 1048576.0,
+                       *avail, std::floor(*avail / 1048576.0)));
 
   const auto& s = c.speculative;
   if (c.backend == "cuda" && s.draft == "layer_skip")

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <stdexcept>
 #include <thread>
 
@@ -50,6 +51,10 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
   for (int i = 0; i < n; ++i) {
     const Request& r = requests[static_cast<std::size_t>(i)];
     if (r.id != i) throw std::invalid_argument("run_engine: request ids must be 0..n-1 in arrival order");
+    if (r.prompt.empty()) throw std::invalid_argument(fmt::format("run_engine: request {} has an empty prompt", i));
+    if (r.output_len < 1) throw std::invalid_argument(fmt::format("run_engine: request {} asks for no output", i));
+    if (!std::isfinite(r.arrival_s) || (i > 0 && r.arrival_s < requests[static_cast<std::size_t>(i) - 1].arrival_s))
+      throw std::invalid_argument(fmt::format("run_engine: request {} arrives at {} s: not a finite time in order", i, r.arrival_s));
     seqs[static_cast<std::size_t>(i)].request = &r;
     seqs[static_cast<std::size_t>(i)].id = r.id;
     seqs[static_cast<std::size_t>(i)].tokens = r.prompt;
@@ -61,7 +66,7 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
   const auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
   int next_arrival = 0, finished = 0;
   long long tokens_out = 0;
-  int peak_concurrency = 0;
+  int peak_concurrency = 0, peak_batch_size = 0;
 
   ProfileWindow profile(options.profile_start_step, options.profile_end_step);
   while (finished < n) {
@@ -181,6 +186,20 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
     rec.device_s = backend.last_forward_device_s();
     if (drafter.k() > 0) out.facts.verify_s += rec.forward_s;
 
+    // Memory as the forward pass held it: every chunk's tokens written, drafts included, before
+    // rejected drafts roll back and finished sequences give theirs back.
+    for (std::size_t i = 0; i < plan.chunks.size(); ++i) {
+      const Sequence* s = plan.chunks[i].seq;
+      kv.set_length(s->id, s->num_computed + plan.chunks[i].num_tokens + static_cast<int>(num_drafted[i]));
+    }
+    const KvUsage u = kv.usage();
+    rec.kv_reserved_bytes = u.reserved_bytes;
+    rec.kv_used_bytes = u.used_bytes;
+    rec.kv_blocks_allocated = u.blocks_allocated;
+    rec.kv_tokens_stored = u.tokens_stored;
+    // Sequences holding KV and not finished (a static batch's finished members are padding).
+    rec.running_at_forward = scheduler.num_running() - static_cast<int>(plan.padding_seqs.size());
+
     // Sample (or verify), then advance every sequence.
     std::vector<std::pair<Sequence*, int>> emitted;
     {
@@ -242,12 +261,6 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
         row += rows;
       }
     }
-    // Memory as the forward pass held it, before finished sequences give theirs back.
-    const KvUsage u = kv.usage();
-    rec.kv_reserved_bytes = u.reserved_bytes;
-    rec.kv_used_bytes = u.used_bytes;
-    rec.kv_blocks_allocated = u.blocks_allocated;
-    rec.kv_tokens_stored = u.tokens_stored;
     const double t_emit = elapsed();
     for (auto [s, count] : emitted) {
       s->emit_times.push_back(t_emit);
@@ -264,7 +277,8 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
     rec.running = scheduler.num_running();
     rec.waiting = scheduler.num_waiting();
     rec.wall_s = elapsed() - rec.start_s;
-    peak_concurrency = std::max(peak_concurrency, rec.batch_size);
+    peak_concurrency = std::max(peak_concurrency, rec.running_at_forward);
+    peak_batch_size = std::max(peak_batch_size, rec.batch_size);
     out.steps.push_back(rec);
     if (options.on_step) options.on_step(finished, n, elapsed(), tokens_out);
   }
@@ -272,6 +286,7 @@ RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, c
   out.facts.run_wall_s = elapsed();
   out.facts.lossless = drafter.lossless();
   out.facts.peak_concurrency = peak_concurrency;
+  out.facts.peak_batch_size = peak_batch_size;
   out.facts.weights_bytes = backend.weights_bytes();
   out.facts.kv_capacity_bytes = kv.usage().capacity_bytes;
   for (const Sequence& s : seqs) {

@@ -40,6 +40,7 @@ struct StepRecord {
   int decode_tokens = 0;
   int padding_rows = 0;
   int running = 0;              // after the step
+  int running_at_forward = 0;   // unfinished sequences holding KV during the forward pass
   int waiting = 0;
   int preempted = 0;            // preemptions this step
   std::size_t kv_reserved_bytes = 0;
@@ -58,7 +59,8 @@ struct RunFacts {
   std::size_t peak_host_bytes = 0;    // process peak RSS
   std::size_t peak_device_bytes = 0;  // 0 on the CPU backend
   std::size_t workspace_peak_bytes = 0;  // activations + attention scratch of the largest forward pass
-  int peak_concurrency = 0;
+  int peak_concurrency = 0;           // most unfinished sequences holding KV at once (max running_at_forward)
+  int peak_batch_size = 0;            // largest forward batch (max batch_size; padding rows excluded)
   double run_wall_s = 0;              // engine start to last completion
   // Speculative decoding (zero without a drafter).
   long long num_drafts = 0;

@@ -33,7 +33,7 @@ namespace {
 // no meaningful EOS, so their runs always generate exactly output_len.
 int eos_token_of(const ExperimentConfig& cfg) {
   if (!cfg.sampling.stop_at_eos || cfg.model.source == "synthetic") return -1;
-  if (cfg.model.source == "llama2c") return Llama2cTokenizer::kEos;
+  if (cfg.model.source == "llama2c") return Llama2cTokenizer::kStop;
   return load_tokenizer(cfg.model)->eos_id();
 }
 

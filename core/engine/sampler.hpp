@@ -1,4 +1,5 @@
 #pragma once
+#include <stdexcept>
 // Greedy and temperature / top-p sampling. Each sequence draws from its own generator seeded
 // by (run seed, request id), so its tokens do not depend on what else shares the batch.
 #include <cstdint>
@@ -16,7 +17,11 @@ int sample_from_uniform(std::span<const float> probs, double u);
 
 class Sampler {
  public:
-  Sampler(double temperature, double top_p) : temperature_(temperature), top_p_(top_p) {}
+  // top_p in (0, 1]: a zero mass keeps no token (every draw would divide by zero).
+  Sampler(double temperature, double top_p) : temperature_(temperature), top_p_(top_p) {
+    if (!(top_p > 0.0 && top_p <= 1.0)) throw std::invalid_argument("sampling: top_p must be in (0, 1]");
+    if (!(temperature >= 0.0)) throw std::invalid_argument("sampling: temperature must be >= 0");
+  }
   static std::mt19937_64 generator_for(std::uint64_t seed, int request_id);
   // Greedy (argmax, lowest id on ties) when temperature is 0; else one uniform(rng) drawn, as
   // sample_uniform.

@@ -36,6 +36,8 @@ std::vector<std::string> read_prompts(const std::string& path) {
     } else {
       throw std::runtime_error(fmt::format("{}:{}: expected a JSON string or an object with a \"prompt\" string", path, no));
     }
+    // A request needs at least one prompt token to have logits to sample from.
+    if (out.back().empty()) throw std::runtime_error(fmt::format("{}:{}: empty prompt; every prompt needs some text", path, no));
   }
   if (out.empty()) throw std::runtime_error(fmt::format("{}: no prompts", path));
   return out;
@@ -44,7 +46,12 @@ std::vector<std::string> read_prompts(const std::string& path) {
 std::vector<std::vector<int>> tokenize_prompts(const std::vector<std::string>& prompts, const Tokenizer& tok) {
   std::vector<std::vector<int>> out;
   out.reserve(prompts.size());
-  for (const auto& p : prompts) out.push_back(tok.tokenize(p));
+  for (const auto& p : prompts) {
+    out.push_back(tok.tokenize(p));
+    if (out.back().empty())
+      throw std::runtime_error(fmt::format("prompt {} (\"{}\") gives no tokens; every prompt needs at least one",
+                                           out.size(), p.substr(0, 40)));
+  }
   return out;
 }
 

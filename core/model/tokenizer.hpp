@@ -37,7 +37,10 @@ class Llama2cTokenizer final : public Tokenizer {
   Llama2cTokenizer(const std::string& path, int vocab_size);
   int vocab_size() const override { return static_cast<int>(pieces_.size()); }
   int bos_id() const override { return kBos; }
-  int eos_id() const override { return kEos; }
+  // The token that ends a generation: llama2.c's TinyStories models delimit stories with BOS (1),
+  // never EOS (2), and llama2.c's run.c stops when it samples BOS; so does ablate.
+  static constexpr int kStop = kBos;
+  int eos_id() const override { return kStop; }
   std::vector<int> tokenize(const std::string& text) const override { return encode(text, true, false); }
   std::string detokenize(const std::vector<int>& tokens) const override { return decode(tokens); }
   std::string token_text(int prev, int token) const override { return decode(prev, token); }

@@ -102,6 +102,7 @@ Metrics summarize(const RunRecords& r, const SloConfig& slo) {
   m.emplace_back("kv_used_peak_bytes", used_peak);
   m.emplace_back("kv_waste", reserved_time > 0 ? 1.0 - used_time / reserved_time : 0.0);
   m.emplace_back("peak_concurrency", f.peak_concurrency);
+  m.emplace_back("peak_batch_size", f.peak_batch_size);
   m.emplace_back("kv_blocks_peak", blocks_peak);
   m.emplace_back("peak_host_bytes", static_cast<double>(f.peak_host_bytes));
   m.emplace_back("peak_device_bytes", static_cast<double>(f.peak_device_bytes));

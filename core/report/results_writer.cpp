@@ -46,7 +46,7 @@ const char* kRequestColumns[] = {"point",   "repeat",       "request_id", "arriv
                                  "tpot_ms", "e2el_ms",      "itl_mean_ms", "prompt_len", "output_len",   "preemptions"};
 const char* kStepColumns[] = {"point",          "repeat",        "step",         "start_s",      "wall_s",
                               "forward_s",      "device_s",      "batch_size",    "prefill_seqs", "decode_seqs",  "prefill_tokens",
-                              "decode_tokens",  "padding_rows",  "running",      "waiting",      "preempted",
+                              "decode_tokens",  "padding_rows",  "running",      "running_at_forward", "waiting",      "preempted",
                               "kv_reserved_bytes", "kv_used_bytes", "kv_blocks_allocated", "kv_tokens_stored",
                               "kv_fragmentation_bytes"};
 
@@ -134,6 +134,7 @@ void ResultsWriter::add_run(int point, int repeat, const Columns& config, const 
                            std::to_string(s.batch_size), std::to_string(s.prefill_seqs),
                            std::to_string(s.decode_seqs), std::to_string(s.prefill_tokens),
                            std::to_string(s.decode_tokens), std::to_string(s.padding_rows), std::to_string(s.running),
+                           std::to_string(s.running_at_forward),
                            std::to_string(s.waiting), std::to_string(s.preempted),
                            std::to_string(s.kv_reserved_bytes), std::to_string(s.kv_used_bytes),
                            std::to_string(s.kv_blocks_allocated), std::to_string(s.kv_tokens_stored),

@@ -54,11 +54,14 @@ double Rng::normal() {
 double Rng::exponential(double rate) { return -std::log(1.0 - uniform()) / rate; }  // 1-u in (0,1]
 
 double Rng::gamma(double shape, double scale) {
-  if (!(shape > 0.0) || !(scale > 0.0)) throw std::invalid_argument("Rng::gamma: shape and scale must be > 0");
-  if (shape < 1.0) {  // boost: G(a) = G(a+1) * U^(1/a)
-    const double g = gamma(shape + 1.0, 1.0);
-    return g * std::pow(1.0 - uniform(), 1.0 / shape) * scale;
-  }
+  if (!(scale > 0.0)) throw std::invalid_argument("Rng::gamma: shape and scale must be > 0");
+  return std::exp(log_gamma(shape)) * scale;
+}
+
+double Rng::log_gamma(double shape) {
+  if (!(shape > 0.0) || !std::isfinite(shape)) throw std::invalid_argument("Rng::log_gamma: shape must be > 0");
+  if (shape < 1.0)  // boost: G(a) = G(a+1) * U^(1/a), summed as logs so that nothing underflows
+    return log_gamma(shape + 1.0) + std::log(1.0 - uniform()) / shape;
   const double d = shape - 1.0 / 3.0, c = 1.0 / std::sqrt(9.0 * d);
   for (;;) {
     double x, v;
@@ -68,8 +71,8 @@ double Rng::gamma(double shape, double scale) {
     } while (v <= 0.0);
     v = v * v * v;
     const double u = 1.0 - uniform();  // (0, 1]
-    if (u < 1.0 - 0.0331 * x * x * x * x) return d * v * scale;
-    if (std::log(u) < 0.5 * x * x + d * (1.0 - v + std::log(v))) return d * v * scale;
+    if (u < 1.0 - 0.0331 * x * x * x * x) return std::log(d * v);
+    if (std::log(u) < 0.5 * x * x + d * (1.0 - v + std::log(v))) return std::log(d * v);
   }
 }
 
@@ -305,17 +308,27 @@ std::vector<Request> make_workload(const WorkloadConfig& w, std::uint64_t seed, 
     const double shape = w.arrival == "gamma" ? w.burstiness : 1.0;
     if (!(shape > 0)) throw std::runtime_error(fmt::format("workload.burstiness must be > 0 (got {})", shape));
     Rng rng(stream_seed(seed, kArrivals));
-    double t = 0;
+    // The gaps' scale cancels in the rescale below, so they are drawn as log Gamma(shape, 1) and
+    // summed as logs: a tiny burstiness (shape 1e-6) makes most gaps underflow to 0 in linear
+    // space, and the rescale then divided by a zero total.
+    std::vector<double> log_cum(static_cast<std::size_t>(n));
+    double acc = -std::numeric_limits<double>::infinity();
     for (int i = 0; i < n; ++i) {
-      t += w.arrival == "gamma" ? rng.gamma(shape, 1.0 / (w.rate * shape)) : rng.exponential(w.rate);
-      arrival[i] = t;
+      const double g = w.arrival == "gamma" ? rng.log_gamma(shape) : std::log(rng.exponential(1.0));
+      if (g > -std::numeric_limits<double>::infinity())  // a zero gap adds nothing
+        acc = std::max(acc, g) + std::log1p(std::exp(-std::abs(acc - g)));  // log(exp(acc) + exp(g))
+      log_cum[static_cast<std::size_t>(i)] = acc;
     }
     // Rescale so the span is exactly N/rate (vLLM's benchmark does the same).
     if (n > 0) {
-      const double target = n / w.rate, factor = target / t;
-      for (auto& a : arrival) a = std::min(a * factor, target);
+      const double target = n / w.rate;
+      for (int i = 0; i < n; ++i)
+        arrival[static_cast<std::size_t>(i)] = std::min(target * std::exp(log_cum[static_cast<std::size_t>(i)] - acc), target);
       arrival.back() = target;
     }
+    for (double a : arrival)
+      if (!std::isfinite(a) || a < 0)
+        throw std::logic_error(fmt::format("workload: arrival time {} is not a finite time (rate {}, burstiness {})", a, w.rate, shape));
   } else if (w.arrival == "trace") {
     if (!(w.trace.time_scale > 0)) throw std::runtime_error("workload.trace.time_scale must be > 0");
     for (int i = 0; i < n; ++i) arrival[i] = trace[i].time_s * w.trace.time_scale;

@@ -58,6 +58,9 @@ class Rng {
   double normal();                                   // N(0, 1), Marsaglia polar
   double exponential(double rate);                   // mean 1/rate
   double gamma(double shape, double scale);          // Marsaglia-Tsang; mean shape*scale
+  // log of a Gamma(shape, 1) variate: finite for any shape > 0, where gamma() underflows to 0
+  // for tiny shapes (shape 1e-6 gives values like exp(-1e6)).
+  double log_gamma(double shape);
 
  private:
   std::mt19937_64 gen_;
