@@ -351,7 +351,11 @@ int main(int argc, char** argv) {
 #ifdef ABLATE_HAVE_CUDA
   std::string why;
   if (!cuda::cuda_device_available(&why)) {
-    benchmark::AddCustomContext("cuda", "not benchmarked: no CUDA device (" + why + ")");
+    // Nothing to run: say so on stdout, as bench_attention_cuda does (Google Benchmark alone
+    // prints only "Failed to match any benchmarks" and exits 0, which reads as done).
+    std::printf("bench_cuda_decode: SKIPPED: no CUDA device (%s)\n", why.c_str());
+    benchmark::Shutdown();
+    return 0;
   } else {
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, 0);
@@ -386,7 +390,9 @@ int main(int argc, char** argv) {
       for (int v = 1; v <= cuda::kGemvVersionsAll; ++v) gb->Args({4096, 4096, v, 1});
   }
 #else
-  benchmark::AddCustomContext("cuda", "not benchmarked: built without CUDA");
+  std::printf("bench_cuda_decode: SKIPPED: built without CUDA (no nvcc at configure time)\n");
+  benchmark::Shutdown();
+  return 0;
 #endif
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

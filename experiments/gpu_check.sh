@@ -100,7 +100,11 @@ for name in ${BENCHES-bench_cuda_decode bench_attention_cuda}; do
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
   if "${step[@]}" "$bench" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
       --benchmark_out="$out/$name.json" --benchmark_out_format=json ${BENCH_ARGS:-} > "$out/$name.txt" 2>&1; then
-    echo "gpu_check [${SECONDS}s]: $name done"
+    if grep -q "SKIPPED" "$out/$name.txt"; then  # no device: the program ran nothing
+      echo "gpu_check [${SECONDS}s]: $name $(grep -m1 -o 'SKIPPED.*' "$out/$name.txt")"; status=1
+    else
+      echo "gpu_check [${SECONDS}s]: $name done"
+    fi
   else
     echo "gpu_check [${SECONDS}s]: $name FAILED (see $out/$name.txt)"; status=1
   fi

@@ -232,7 +232,8 @@ TEST_CASE("cli: list and help", "[cli]") {
   Sandbox sb;
   const Result l = sb.ablate("list");
   CHECK(l.status == 0);
-  for (const char* s : {"batching", "kv.layout", "attention", "speculative.draft", "smollm2-135m", "kv.memory_mb"})
+  for (const char* s : {"batching", "kv.layout", "attention", "speculative.draft", "smollm2-135m", "kv.memory_mb",
+                        "slo.preset", "interactive   ttft_ms   450  tpot_ms   40"})
     CHECK_THAT(l.out, Contains(s));
   CHECK(sb.ablate("run --help").status == 0);
   CHECK(sb.ablate("").status != 0);

@@ -45,6 +45,9 @@ void print_list() {
                              name, s.dim, s.n_layers, s.n_heads, s.n_kv_heads, s.hidden_dim, s.vocab_size,
                              static_cast<double>(s.param_count()) / 1e6);
   }
+  std::cout << "\nSLO presets (slo.preset; each sets slo.ttft_ms and slo.tpot_ms, a key written beside it wins):\n";
+  for (const auto& p : slo_presets())
+    std::cout << fmt::format("  {:<13} ttft_ms {:>5}  tpot_ms {:>4}\n", p.name, p.ttft_ms, p.tpot_ms);
   std::cout << "\nConfig keys:\n";
   for (const auto& k : config_schema())
     std::cout << fmt::format("  {:<28} {:<7} default {:<24} allowed {}\n      {}\n", k.key, k.type,

@@ -188,12 +188,9 @@ const Rule* find_rule(std::string_view key) {
   return nullptr;
 }
 
-// MLPerf Inference latency constraints (TTFT, TPOT in ms), for `slo: {preset: NAME}`.
-struct SloPreset { const char* name; double ttft_ms, tpot_ms; };
-constexpr SloPreset kSloPresets[] = {{"llama2-70b", 2000, 200}, {"interactive", 450, 40}, {"llama3.1-8b", 2000, 100}};
 std::vector<std::string> slo_preset_names() {
   std::vector<std::string> v;
-  for (const auto& p : kSloPresets) v.push_back(p.name);
+  for (const auto& p : slo_presets()) v.push_back(p.name);
   return v;
 }
 
@@ -429,7 +426,7 @@ void read_value(const Origin& o, const std::string& key, const YAML::Node& v, co
   if (is_leaf(key)) return put(out, key, {v, where});
   if (key == "slo.preset") {
     const std::string name = v.IsScalar() ? v.Scalar() : "";
-    for (const auto& p : kSloPresets)
+    for (const auto& p : slo_presets())
       if (name == p.name) {
         put(out, "slo.ttft_ms", {YAML::Node(fmt::format("{}", p.ttft_ms)), where, true});
         put(out, "slo.tpot_ms", {YAML::Node(fmt::format("{}", p.tpot_ms)), where, true});
@@ -930,6 +927,13 @@ LoadedExperiment load(const std::string& text, const std::string& name, const st
 }
 
 }  // namespace
+
+// MLPerf Inference latency constraints (TTFT, TPOT in ms).
+const std::vector<SloPreset>& slo_presets() {
+  static const std::vector<SloPreset> presets = {
+      {"llama2-70b", 2000, 200}, {"interactive", 450, 40}, {"llama3.1-8b", 2000, 100}};
+  return presets;
+}
 
 const std::vector<ConfigKey>& config_schema() {
   static const std::vector<ConfigKey> schema = [] {

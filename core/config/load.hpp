@@ -25,6 +25,13 @@ struct ConfigKey {            // one row per leaf key, in a stable documented or
 };
 const std::vector<ConfigKey>& config_schema();
 
+// `slo: {preset: NAME}` fills slo.ttft_ms and slo.tpot_ms (MLPerf Inference's server constraints).
+struct SloPreset {
+  const char* name;
+  double ttft_ms, tpot_ms;
+};
+const std::vector<SloPreset>& slo_presets();
+
 struct SweepPoint {
   int index = 0;                 // 0-based point number
   ExperimentConfig config;       // validated, typed; path keys hold expanded paths

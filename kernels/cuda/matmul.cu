@@ -1,4 +1,5 @@
 // cuBLAS matmul and the device probe.
+#include <string>
 #include "cuda/check.cuh"
 #include "cuda/kernels.cuh"
 
@@ -8,7 +9,12 @@ bool cuda_device_available(std::string* why) {
   int n = 0;
   const cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess) {
-    if (why) *why = cudaGetErrorString(e);
+    // Without a driver the runtime says "CUDA driver version is insufficient for CUDA runtime
+    // version", which misleads on a machine that simply has no GPU.
+    if (why)
+      *why = e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice
+                 ? std::string("no NVIDIA driver/GPU found (") + cudaGetErrorString(e) + ")"
+                 : std::string(cudaGetErrorString(e));
     cudaGetLastError();  // clear the sticky-free error so later calls start clean
     return false;
   }
