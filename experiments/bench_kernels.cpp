@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "cpu/kernels.hpp"
-#include "engine/sampler.hpp"
+#include "base/sampler.hpp"
 #ifdef ABLATE_HAVE_CUDA
 #include "cuda/kernels.cuh"
 #endif

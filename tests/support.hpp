@@ -10,7 +10,7 @@
 
 #include "common/attention_problem.hpp"
 #include "common/kv_view.hpp"
-#include "engine/request.hpp"
+#include "base/request.hpp"
 
 namespace ablate::test {
 

@@ -9,7 +9,7 @@
 #include <sys/wait.h>
 
 #include "backend/cuda_backend.hpp"
-#include "config/paths.hpp"
+#include "base/paths.hpp"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;

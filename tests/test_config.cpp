@@ -7,7 +7,7 @@
 #include <set>
 
 #include "config/load.hpp"
-#include "config/paths.hpp"
+#include "base/paths.hpp"
 
 using namespace ablate;
 namespace fs = std::filesystem;

@@ -19,7 +19,7 @@
 #include "kv/paged_kv.hpp"
 #include "sched/continuous_scheduler.hpp"
 #include "sched/static_scheduler.hpp"
-#include "spec/no_drafter.hpp"
+#include "speculative/no_drafter.hpp"
 
 using namespace ablate;
 

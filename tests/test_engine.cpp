@@ -11,11 +11,11 @@
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
 #include "engine/engine.hpp"
-#include "engine/sampler.hpp"
+#include "base/sampler.hpp"
 #include "kv/contiguous_kv.hpp"
 #include "sched/continuous_scheduler.hpp"
 #include "sched/static_scheduler.hpp"
-#include "spec/no_drafter.hpp"
+#include "speculative/no_drafter.hpp"
 
 using namespace ablate;
 

@@ -20,18 +20,18 @@
 
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
-#include "config/experiment.hpp"
+#include "base/experiment_config.hpp"
 #include "config/load.hpp"
-#include "config/paths.hpp"
+#include "base/paths.hpp"
 #include "engine/engine.hpp"
-#include "engine/runner.hpp"
+#include "experiment/runner.hpp"
 #include "kv/contiguous_kv.hpp"
 #include "model/bpe_tokenizer.hpp"
 #include "model/gguf.hpp"
 #include "model/prompts.hpp"
 #include "model/weights.hpp"
 #include "sched/static_scheduler.hpp"
-#include "spec/no_drafter.hpp"
+#include "speculative/no_drafter.hpp"
 
 using namespace ablate;
 

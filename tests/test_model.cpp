@@ -7,13 +7,13 @@
 
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
-#include "config/experiment.hpp"
-#include "config/paths.hpp"
+#include "base/experiment_config.hpp"
+#include "base/paths.hpp"
 #include "engine/engine.hpp"
 #include "kv/contiguous_kv.hpp"
 #include "model/tokenizer.hpp"
 #include "sched/static_scheduler.hpp"
-#include "spec/no_drafter.hpp"
+#include "speculative/no_drafter.hpp"
 
 using namespace ablate;
 

@@ -7,7 +7,7 @@
 #include <numeric>
 #include <unistd.h>
 
-#include "config/paths.hpp"
+#include "base/paths.hpp"
 #include "workload/workload.hpp"
 
 using namespace ablate;

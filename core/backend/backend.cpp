@@ -3,7 +3,7 @@
 #include <stdexcept>
 
 #include "cpu/kernels.hpp"
-#include "engine/sampler.hpp"
+#include "base/sampler.hpp"
 
 namespace ablate {
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/forward_batch.hpp"
+#include "base/forward_batch.hpp"
 #include "kv/kv_cache.hpp"
 #include "model/shape.hpp"
 

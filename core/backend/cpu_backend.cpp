@@ -7,7 +7,7 @@
 
 #include "attention/attention.hpp"
 #include "cpu/kernels.hpp"
-#include "engine/nvtx.hpp"
+#include "base/nvtx.hpp"
 #include "kv/kv_cache.hpp"
 
 namespace ablate {

@@ -51,8 +51,8 @@ CudaGraphStats CudaBackend::graph_stats() const { return {}; }
 #include "attention/attention.hpp"
 #include "cuda/bf16.cuh"
 #include "cuda/kernels.cuh"
-#include "engine/nvtx.hpp"
-#include "engine/sampler.hpp"
+#include "base/nvtx.hpp"
+#include "base/sampler.hpp"
 #include "kv/kv_cache.hpp"
 #include "model/gguf.hpp"
 

@@ -9,20 +9,20 @@
 #include <fmt/format.h>
 
 #include "config/load.hpp"
-#include "config/paths.hpp"
+#include "base/paths.hpp"
 #include "config/registry.hpp"
-#include "engine/runner.hpp"
+#include "experiment/runner.hpp"
 #include "model/shape.hpp"
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
 #include "backend/cuda_backend.hpp"
-#include "config/experiment.hpp"
+#include "base/experiment_config.hpp"
 #include "engine/engine.hpp"
 #include "kv/contiguous_kv.hpp"
 #include "model/tokenizer.hpp"
 #include "model/weights.hpp"
 #include "sched/static_scheduler.hpp"
-#include "spec/no_drafter.hpp"
+#include "speculative/no_drafter.hpp"
 
 using namespace ablate;
 

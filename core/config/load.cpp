@@ -19,7 +19,7 @@
 #include <iterator>
 #include <variant>
 
-#include "config/paths.hpp"
+#include "base/paths.hpp"
 #include "config/registry.hpp"
 #include "model/shape.hpp"
 #include "model/weights.hpp"

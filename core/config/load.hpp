@@ -8,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-#include "config/experiment.hpp"
+#include "base/experiment_config.hpp"
 
 namespace ablate {
 

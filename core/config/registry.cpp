@@ -1,6 +1,11 @@
 #include "config/registry.hpp"
 
+#include <algorithm>
+#include <filesystem>
 #include <map>
+
+#include "base/experiment_config.hpp"
+#include "model/shape.hpp"
 
 namespace ablate {
 
@@ -38,6 +43,22 @@ bool is_implemented(std::string_view axis_key, std::string_view name) {
   for (const auto& n : it->second.implemented)
     if (n == name) return true;
   return false;
+}
+
+ModelConfig draft_model_config(const std::string& path) {
+  ModelConfig m;
+  if (std::filesystem::path(path).extension() == ".gguf") {
+    m.source = "gguf";
+    m.gguf = path;
+  } else {
+    m.source = "llama2c";
+    m.path = path;
+  }
+  return m;
+}
+
+int effective_max_seq_len(const ExperimentConfig& cfg, const ModelShape& shape) {
+  return cfg.max_seq_len > 0 ? std::min(cfg.max_seq_len, shape.max_seq_len) : shape.max_seq_len;
 }
 
 }  // namespace ablate

@@ -1,6 +1,6 @@
 #pragma once
-// One registry from YAML names to implementations, for every axis.
-#include <memory>
+// The names a config may give for each axis (the factories that build them are
+// experiment/factories.hpp), and the model facts the config checks share with the runner.
 #include <string>
 #include <string_view>
 #include <vector>
@@ -8,11 +8,6 @@
 namespace ablate {
 
 struct ExperimentConfig;
-class Attention;
-class Backend;
-class Drafter;
-class KvCache;
-class Scheduler;
 
 // Names a config may give for an axis key: "backend", "batching", "kv.layout", "attention",
 // "speculative.draft". Empty for any other key.
@@ -27,11 +22,5 @@ struct ModelConfig;
 ModelConfig draft_model_config(const std::string& path);
 // The longest sequence a run allows: max_seq_len if set (capped by the model), else the model's.
 int effective_max_seq_len(const ExperimentConfig& cfg, const ModelShape& shape);
-
-std::unique_ptr<Backend> make_backend(const ExperimentConfig& cfg);
-std::unique_ptr<KvCache> make_kv_cache(const ExperimentConfig& cfg, const Backend& backend);
-std::unique_ptr<Scheduler> make_scheduler(const ExperimentConfig& cfg);
-std::unique_ptr<Attention> make_attention(const ExperimentConfig& cfg);
-std::unique_ptr<Drafter> make_drafter(const ExperimentConfig& cfg, Backend& target);  // layer_skip runs the target
 
 }  // namespace ablate

@@ -10,13 +10,13 @@
 
 #include "attention/attention.hpp"
 #include "backend/backend.hpp"
-#include "engine/nvtx.hpp"
+#include "base/nvtx.hpp"
 #include "engine/profiler.hpp"
-#include "engine/sampler.hpp"
+#include "base/sampler.hpp"
 #include "kv/kv_cache.hpp"
 #include "sched/scheduler.hpp"
-#include "spec/drafter.hpp"
-#include "spec/verify.hpp"
+#include "speculative/drafter.hpp"
+#include "speculative/verify.hpp"
 
 namespace ablate {
 

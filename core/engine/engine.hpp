@@ -5,8 +5,8 @@
 #include <functional>
 #include <vector>
 
-#include "engine/records.hpp"
-#include "engine/request.hpp"
+#include "base/records.hpp"
+#include "base/request.hpp"
 
 namespace ablate {
 

@@ -7,8 +7,8 @@
 
 #include <fmt/format.h>
 
-#include "config/experiment.hpp"
-#include "config/paths.hpp"
+#include "base/experiment_config.hpp"
+#include "base/paths.hpp"
 #include "model/gguf.hpp"
 #include "model/weights.hpp"
 

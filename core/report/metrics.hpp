@@ -6,8 +6,8 @@
 #include <utility>
 #include <vector>
 
-#include "config/experiment.hpp"
-#include "engine/records.hpp"
+#include "base/experiment_config.hpp"
+#include "base/records.hpp"
 
 namespace ablate {
 

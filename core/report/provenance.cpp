@@ -11,7 +11,7 @@
 #include <fmt/format.h>
 
 #include "build_commit.h"  // generated at every build (cmake/BuildCommit.cmake)
-#include "config/paths.hpp"
+#include "base/paths.hpp"
 
 // The build defines these (core/CMakeLists.txt); defaults let a file compile on its own.
 #ifndef ABLATE_VERSION

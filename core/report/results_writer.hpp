@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/records.hpp"
+#include "base/records.hpp"
 #include "report/metrics.hpp"
 #include "report/provenance.hpp"
 

@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/request.hpp"
+#include "base/request.hpp"
 #include "kv/kv_cache.hpp"
 
 namespace ablate {

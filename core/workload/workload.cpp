@@ -12,7 +12,7 @@
 
 #include <fmt/format.h>
 
-#include "config/paths.hpp"
+#include "base/paths.hpp"
 
 namespace ablate {
 

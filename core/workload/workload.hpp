@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "config/experiment.hpp"
-#include "engine/request.hpp"
+#include "base/experiment_config.hpp"
+#include "base/request.hpp"
 
 namespace ablate {
 

@@ -1,5 +1,5 @@
 // Temperature / top-p sampling on the device (see kernels.cuh, sample_rows). CPU twin: the host
-// Sampler (core/engine/sampler.cpp), step for step:
+// Sampler (core/base/sampler.cpp), step for step:
 //   1. probabilities: p_i = float(exp((l_i - max) / T)), their sum in double, p_i = float(p_i / sum);
 //   2. top-p (top_p < 1): the tokens sorted by probability, descending, ties by lower id (CUB's
 //      segmented radix sort, which is stable); keep the first k whose running mass (double)

@@ -1,4 +1,4 @@
-#include "spec/verify.hpp"
+#include "speculative/verify.hpp"
 
 #include <algorithm>
 #include <stdexcept>

@@ -1,4 +1,4 @@
-#include "engine/sampler.hpp"
+#include "base/sampler.hpp"
 
 #include "cpu/kernels.hpp"
 

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "backend/cpu_backend.hpp"
-#include "spec/autoregressive_drafter.hpp"
+#include "speculative/autoregressive_drafter.hpp"
 
 namespace ablate {
 

@@ -4,7 +4,7 @@
 #include <memory>
 
 #include "backend/backend.hpp"
-#include "spec/autoregressive_drafter.hpp"
+#include "speculative/autoregressive_drafter.hpp"
 
 namespace ablate {
 

@@ -1,6 +1,6 @@
 #pragma once
 // speculative.draft: none. The baseline: every step emits one token per decoding sequence.
-#include "spec/drafter.hpp"
+#include "speculative/drafter.hpp"
 
 namespace ablate {
 

@@ -1,4 +1,4 @@
-#include "engine/runner.hpp"
+#include "experiment/runner.hpp"
 
 #include <omp.h>
 
@@ -13,6 +13,7 @@
 #include "backend/backend.hpp"
 #include "backend/cuda_backend.hpp"
 #include "config/registry.hpp"
+#include "experiment/factories.hpp"
 #include "engine/engine.hpp"
 #include "kv/kv_cache.hpp"
 #include "model/prompts.hpp"
@@ -22,7 +23,7 @@
 #include "report/results_writer.hpp"
 #include "report/table.hpp"
 #include "sched/scheduler.hpp"
-#include "spec/drafter.hpp"
+#include "speculative/drafter.hpp"
 #include "workload/workload.hpp"
 
 namespace ablate {

@@ -1,4 +1,4 @@
-#include "config/paths.hpp"
+#include "base/paths.hpp"
 
 #include <cstdlib>
 

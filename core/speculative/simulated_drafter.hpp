@@ -5,7 +5,7 @@
 // every output row of such a run says so (speculative.draft = simulated, lossless = 0).
 #include <memory>
 
-#include "spec/drafter.hpp"
+#include "speculative/drafter.hpp"
 
 namespace ablate {
 

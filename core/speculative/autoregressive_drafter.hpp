@@ -10,9 +10,9 @@
 #include <random>
 #include <unordered_map>
 
-#include "engine/forward_batch.hpp"
-#include "engine/sampler.hpp"
-#include "spec/drafter.hpp"
+#include "base/forward_batch.hpp"
+#include "base/sampler.hpp"
+#include "speculative/drafter.hpp"
 
 namespace ablate {
 

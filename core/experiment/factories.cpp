@@ -1,4 +1,6 @@
 // The factories: the only place that maps a config's names to classes.
+#include "experiment/factories.hpp"
+
 #include <algorithm>
 #include <filesystem>
 #include <stdexcept>
@@ -9,16 +11,16 @@
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
 #include "backend/cuda_backend.hpp"
-#include "config/experiment.hpp"
+#include "base/experiment_config.hpp"
 #include "config/registry.hpp"
 #include "kv/contiguous_kv.hpp"
 #include "kv/paged_kv.hpp"
 #include "sched/continuous_scheduler.hpp"
 #include "sched/static_scheduler.hpp"
-#include "spec/layer_skip_drafter.hpp"
-#include "spec/model_drafter.hpp"
-#include "spec/no_drafter.hpp"
-#include "spec/simulated_drafter.hpp"
+#include "speculative/layer_skip_drafter.hpp"
+#include "speculative/model_drafter.hpp"
+#include "speculative/no_drafter.hpp"
+#include "speculative/simulated_drafter.hpp"
 
 namespace ablate {
 
@@ -27,22 +29,6 @@ namespace {
   throw std::invalid_argument(fmt::format("{}: \"{}\" is not available in this build", key, name));
 }
 }  // namespace
-
-ModelConfig draft_model_config(const std::string& path) {
-  ModelConfig m;
-  if (std::filesystem::path(path).extension() == ".gguf") {
-    m.source = "gguf";
-    m.gguf = path;
-  } else {
-    m.source = "llama2c";
-    m.path = path;
-  }
-  return m;
-}
-
-int effective_max_seq_len(const ExperimentConfig& cfg, const ModelShape& shape) {
-  return cfg.max_seq_len > 0 ? std::min(cfg.max_seq_len, shape.max_seq_len) : shape.max_seq_len;
-}
 
 std::unique_ptr<Backend> make_backend(const ExperimentConfig& cfg) {
   if (cfg.backend == "cpu") return std::make_unique<CpuBackend>(load_weights(cfg.model));

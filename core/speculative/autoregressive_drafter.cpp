@@ -1,10 +1,10 @@
-#include "spec/autoregressive_drafter.hpp"
+#include "speculative/autoregressive_drafter.hpp"
 
 #include <algorithm>
 
 #include "attention/attention.hpp"
 #include "kv/kv_cache.hpp"
-#include "spec/verify.hpp"
+#include "speculative/verify.hpp"
 
 namespace ablate {
 

@@ -12,7 +12,7 @@
 #include <random>
 #include <span>
 
-#include "engine/sampler.hpp"
+#include "base/sampler.hpp"
 
 namespace ablate {
 
