@@ -1,5 +1,10 @@
 #include "speculative/verify.hpp"
 
+#include "base/nvtx.hpp"
+#include "kv/kv_cache.hpp"
+#include "speculative/drafter.hpp"
+
+
 #include <algorithm>
 #include <stdexcept>
 #include <vector>
@@ -53,6 +58,32 @@ Verdict verify_draft(const Sampler& sampler, std::span<const float> target_logit
                           std::span<float>(p).subspan(static_cast<std::size_t>(r) * static_cast<std::size_t>(vocab),
                                                       static_cast<std::size_t>(vocab)));
   return rejection_sample(p, draft_probs, draft, vocab, rng);
+}
+
+SequenceVerdict verify_sequence(Sequence& seq, std::size_t drafted, const Draft& draft, std::span<const float> target_logits,
+                                int vocab, const Sampler& sampler, std::mt19937_64& rng, KvCache& kv, Drafter& drafter,
+                                int eos_token) {
+  NVTX_RANGE("verify");
+  const auto& q = draft.probs;
+  const Verdict v = verify_draft(
+      sampler, target_logits, vocab, std::span<const int>(seq.tokens).subspan(static_cast<std::size_t>(seq.num_computed), drafted),
+      q.empty() ? std::span<const float>() : std::span<const float>(q).first(drafted * static_cast<std::size_t>(vocab)), rng,
+      drafter.simulated_alpha());
+  SequenceVerdict out{v.accepted, v.accepted, v.token};
+  seq.tokens.resize(static_cast<std::size_t>(seq.num_computed + v.accepted));
+  seq.num_computed += v.accepted;
+  kv.truncate(seq.id, seq.num_computed);  // rejected positions: both caches roll back
+  drafter.rollback(seq, seq.num_computed);
+  for (int a = 0; eos_token >= 0 && a < v.accepted; ++a)
+    if (seq.tokens[static_cast<std::size_t>(seq.num_computed - v.accepted + a)] == eos_token) {
+      seq.num_computed -= v.accepted - a;
+      seq.tokens.resize(static_cast<std::size_t>(seq.num_computed));
+      kv.truncate(seq.id, seq.num_computed);
+      out.kept = a;
+      out.token = eos_token;
+      break;
+    }
+  return out;
 }
 
 }  // namespace ablate

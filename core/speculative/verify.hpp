@@ -12,6 +12,7 @@
 #include <random>
 #include <span>
 
+#include "base/request.hpp"
 #include "base/sampler.hpp"
 
 namespace ablate {
@@ -31,5 +32,24 @@ Verdict rejection_sample(std::span<const float> p, std::span<const float> q, std
 // q (draft.size() rows) when sampling, ignored when greedy or simulated.
 Verdict verify_draft(const Sampler& sampler, std::span<const float> target_logits, int vocab, std::span<const int> draft,
                      std::span<const float> draft_probs, std::mt19937_64& rng, double simulated_alpha);
+
+class Drafter;
+class KvCache;
+struct Draft;
+
+struct SequenceVerdict {
+  int accepted = 0;  // draft tokens verification accepted (what acceptance rates count)
+  int kept = 0;      // of them, those the sequence keeps: fewer when an accepted token is EOS
+  int token = 0;     // the token that follows them (EOS itself after such a cut)
+};
+
+// Verifies the `drafted` tokens at the end of `seq` (its first num_computed tokens are computed,
+// the drafts follow) against target_logits (drafted + 1 rows of `vocab`: the last computed
+// token's and each draft's), then brings the sequence, the KV cache and the drafter to the kept
+// prefix: rejected drafts are dropped from seq.tokens and both caches, and a request that ends at
+// an accepted EOS stops there, without the tokens after it. Does not append `token`.
+SequenceVerdict verify_sequence(Sequence& seq, std::size_t drafted, const Draft& draft, std::span<const float> target_logits,
+                                int vocab, const Sampler& sampler, std::mt19937_64& rng, KvCache& kv, Drafter& drafter,
+                                int eos_token);
 
 }  // namespace ablate
