@@ -1,19 +1,33 @@
 #!/usr/bin/env python3
 """The figures of README's "What the ablations show", from the committed reference CSVs
-(results/reference/batching/, results/reference/batching_rate/, results/reference/kv/). Writes small PNGs into plots/.
-Run with Debian's python3 (python3-matplotlib, python3-pandas):  /usr/bin/python3 plots/ablations.py"""
+(results/reference/batching/, results/reference/batching_rate/, results/reference/kv/). Writes small PNGs
+into --out DIR (default plots/out/, untracked); --committed writes the README's committed plots/*.png.
+Run with Debian's python3 (python3-matplotlib, python3-pandas):
+  /usr/bin/python3 plots/ablations.py               # -> plots/out/*.png
+  /usr/bin/python3 plots/ablations.py --committed   # regenerates plots/batching_*.png, plots/kv_*_per_layout.png"""
+import argparse
 import os
 import sys
 
-import matplotlib
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _python  # noqa: E402
+
+_python.require(["pandas", "matplotlib"], __file__, __name__ == "__main__")
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def shown(path):
+    """path relative to the repository when inside it."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
 REF = os.path.join(ROOT, "results", "reference")
-OUT = os.path.join(ROOT, "plots")
+OUT = os.path.join(ROOT, "plots", "out")  # main() sets it from --out / --committed
 
 
 def read(*parts):
@@ -27,7 +41,7 @@ def save(fig, name):
     path = os.path.join(OUT, name + ".png")
     fig.savefig(path, dpi=80)
     plt.close(fig)
-    print("wrote", os.path.relpath(path, ROOT))
+    print("wrote", shown(path))
 
 
 COLORS = {"static": "tab:red", "continuous": "tab:blue"}
@@ -103,7 +117,19 @@ def kv_figures():
         save(fig, name)
 
 
-if __name__ == "__main__":
+def main(argv):
+    global OUT
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", default=OUT, metavar="DIR", help="folder for the PNGs (default plots/out/)")
+    out.add_argument("--committed", action="store_true", help="write the committed figures in plots/")
+    a = p.parse_args(argv)
+    OUT = os.path.join(ROOT, "plots") if a.committed else a.out
+    os.makedirs(OUT, exist_ok=True)
     kv_figures()
     offline_figure()
     rate_figures()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

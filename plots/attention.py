@@ -3,20 +3,31 @@
 one line per implementation, from experiments/bench_attention's Google Benchmark JSON
 (--benchmark_format=json --benchmark_out=...; aggregates or raw repetitions both work).
 Writes <out>.png (150 dpi) and <out>.pdf. Run with Debian's python3 (python3-matplotlib, python3-pandas):
-  /usr/bin/python3 plots/attention.py   # results/reference/attention/bench_attention_prefill.json -> plots/attention_prefill.*"""
+  /usr/bin/python3 plots/attention.py               # reference JSON -> plots/out/attention_prefill.* (untracked)
+  /usr/bin/python3 plots/attention.py --committed   # regenerates the committed plots/attention_prefill.*"""
 import argparse
 import json
 import os
 import re
 import sys
 
-import matplotlib
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _python  # noqa: E402
+
+_python.require(["pandas", "matplotlib"], __file__, __name__ == "__main__")
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def shown(path):
+    """path relative to the repository when inside it."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
 IMPLS = {"BM_AttentionNaive": "naive", "BM_AttentionFlash": "flash", "BM_AttentionFlashSplit": "flash_split"}
 COLORS = {"naive": "tab:red", "flash": "tab:blue", "flash_split": "tab:green"}
 TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -59,9 +70,15 @@ def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("json", nargs="?", default=os.path.join(ROOT, "results", "reference", "attention",
                                                            "bench_attention_prefill.json"))
-    p.add_argument("--out", default=os.path.join(ROOT, "plots", "attention_prefill"),
-                   help="output path without extension (.png and .pdf are written)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", default=os.path.join(ROOT, "plots", "out", "attention_prefill"),
+                     help="output path without extension (.png and .pdf are written); default plots/out/attention_prefill")
+    out.add_argument("--committed", action="store_true",
+                     help="write the committed figure plots/attention_prefill.{png,pdf} (README's)")
     a = p.parse_args(argv)
+    if a.committed:
+        a.out = os.path.join(ROOT, "plots", "attention_prefill")
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     df, setting = load(a.json)
     mode = "prefill" if setting["prefill"] == "1" else "decode"
     layout = "contiguous" if setting["page"] == "0" else f"paged/{setting['page']}"
@@ -83,7 +100,7 @@ def main(argv):
     for ext in ("png", "pdf"):
         path = f"{a.out}.{ext}"
         fig.savefig(path, dpi=150)
-        print("wrote", os.path.relpath(path, ROOT))
+        print("wrote", shown(path))
     plt.close(fig)
 
 

@@ -4,23 +4,35 @@ output: results/reference/gpu/call3/ (prefill versions 2-5 and PyTorch SDPA, one
 results/reference/gpu/benchmarks/ (prefill version 1, decode attention). Llama-2-7B heads (32 query
 and 32 KV heads of 128), bf16. Left: causal prefill time of one sequence (contiguous KV), every
 flash version beside SDPA. Right: decode attention's KV read rate (paged KV in blocks of 16)
-against the HBM peak. Writes plots/gpu_attention.png.
-Run with Debian's python3 (python3-matplotlib, python3-pandas):  /usr/bin/python3 plots/gpu_attention.py"""
+against the HBM peak. Writes <out>.png (default plots/out/gpu_attention.png, untracked).
+Run with Debian's python3 (python3-matplotlib, python3-pandas):
+  /usr/bin/python3 plots/gpu_attention.py               # -> plots/out/gpu_attention.png
+  /usr/bin/python3 plots/gpu_attention.py --committed   # regenerates the committed plots/gpu_attention.png"""
+import argparse
 import json
 import os
 import re
 import sys
 
-import matplotlib
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _python  # noqa: E402
+
+_python.require(["pandas", "matplotlib"], __file__, __name__ == "__main__")
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def shown(path):
+    """path relative to the repository when inside it."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
 BENCH = os.path.join(ROOT, "results", "reference", "gpu", "benchmarks")
 PREFILL = os.path.join(ROOT, "results", "reference", "gpu", "call3")
-OUT = os.path.join(ROOT, "plots", "gpu_attention.png")
 LLAMA = 1  # bench_attention_cuda's shape index of llama2-7b
 KV_BYTES_PER_TOKEN = 2 * 32 * 128 * 2  # K and V, 32 KV heads of 128, 2-byte elements
 
@@ -41,7 +53,15 @@ def medians(folder):
     return pd.DataFrame(rows), peak
 
 
-def main():
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", default=os.path.join(ROOT, "plots", "out", "gpu_attention"),
+                     help="output path without extension (.png is written); default plots/out/gpu_attention")
+    out.add_argument("--committed", action="store_true", help="write the committed plots/gpu_attention.png")
+    a = p.parse_args(argv)
+    OUT = os.path.join(ROOT, "plots", "gpu_attention.png") if a.committed else a.out + ".png"
+    os.makedirs(os.path.dirname(os.path.abspath(OUT)), exist_ok=True)
     df, peak = medians(BENCH)
     pre_new, _ = medians(PREFILL)
     sdpa = pd.read_csv(os.path.join(PREFILL, "sdpa.csv"))
@@ -79,8 +99,8 @@ def main():
     tmp = OUT + ".tmp.png"
     fig.savefig(tmp, dpi=80)
     os.replace(tmp, OUT)  # atomically: never a half-written figure
-    print("wrote", os.path.relpath(OUT, ROOT))
+    print("wrote", shown(OUT))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -2,15 +2,23 @@
 """Speculative decoding with simulated acceptance: measured tokens per target pass
 (acceptance_length) and speedup over the run's `none` point, against the expected
 (1 - alpha^(k+1)) / (1 - alpha). Prints the table (with each point's deviation from the formula)
-and writes <out>.png / <out>.pdf. Run with Debian's python3 (python3-matplotlib, python3-pandas):
-  /usr/bin/python3 plots/speculative.py results/reference/speculative/simulated.csv \
-      --acceptance results/reference/speculative/acceptance.csv --out plots/speculative
-The first CSV is a speculative_simulated.yaml summary (needs a `none` point for the speedup);
---acceptance adds a speculative_acceptance.yaml summary (many samples) to the tokens-per-pass panel."""
+and writes <out>.png / <out>.pdf (default plots/out/speculative.*, untracked). Run with Debian's python3
+(python3-matplotlib, python3-pandas):
+  /usr/bin/python3 plots/speculative.py results/reference/speculative/simulated \
+      --acceptance results/reference/speculative/acceptance
+  # the same with --committed regenerates the committed plots/speculative.{png,pdf}
+The first argument is a speculative_simulated.yaml run (its folder or its summary.csv; needs a `none`
+point for the speedup); --acceptance adds a speculative_acceptance.yaml run (many samples) to the
+tokens-per-pass panel. --table-only prints the tables and draws nothing."""
 import argparse
+import os
 import sys
 
-import pandas as pd
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _python  # noqa: E402
+
+_python.require(["pandas"], __file__, __name__ == "__main__")
+import pandas as pd  # noqa: E402
 
 try:
     import matplotlib
@@ -19,7 +27,19 @@ try:
     import matplotlib.pyplot as plt
 except ImportError as e:  # the table is still printed
     plt = None
-    print(f"speculative.py: no matplotlib ({e}); printing the table only", file=sys.stderr)
+    print(f"speculative.py: no matplotlib ({e}; Debian: apt-get install python3-matplotlib, run with "
+          f"{_python.SYSTEM_PYTHON}); printing the table only", file=sys.stderr)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_summary(path):
+    """A run folder (its summary.csv) or a summary CSV file."""
+    f = os.path.join(path, "summary.csv") if os.path.isdir(path) else path
+    if not os.path.exists(f):
+        sys.exit(f"speculative.py: error: {f}: no such file (give a run folder such as "
+                 f"results/reference/speculative/simulated or its summary.csv)")
+    return pd.read_csv(f)
 
 
 def expected(alpha, k):
@@ -41,12 +61,18 @@ def table(df, base_tpot=None, base_tput=None):
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("csv", help="summary.csv of speculative_simulated.yaml")
-    p.add_argument("--acceptance", help="summary.csv of speculative_acceptance.yaml (optional)")
-    p.add_argument("--out", help="output path without extension")
+    p.add_argument("csv", help="speculative_simulated.yaml run: folder or summary.csv")
+    p.add_argument("--acceptance", help="speculative_acceptance.yaml run: folder or summary.csv (optional)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", default=os.path.join(ROOT, "plots", "out", "speculative"),
+                     help="output path without extension; default plots/out/speculative")
+    out.add_argument("--committed", action="store_true", help="write the committed plots/speculative.{png,pdf}")
+    out.add_argument("--table-only", action="store_true", help="print the tables, draw nothing")
     a = p.parse_args(argv)
+    if a.committed:
+        a.out = os.path.join(ROOT, "plots", "speculative")
 
-    df = pd.read_csv(a.csv)
+    df = read_summary(a.csv)
     none = df[df["speculative.draft"] == "none"]
     pd.set_option("display.width", 200)
     if none.empty:  # tokens per pass only
@@ -60,12 +86,13 @@ def main(argv):
     print(sim.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     acc = None
     if a.acceptance:
-        acc = table(pd.read_csv(a.acceptance))
+        acc = table(read_summary(a.acceptance))
         print(f"\n{a.acceptance}:")
         print(acc.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         print(f"max |deviation| {acc['deviation_pct'].abs().max():.2f} %")
-    if plt is None or not a.out:
+    if plt is None or a.table_only:
         return
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     alphas = sorted(sim["speculative.alpha"].unique())
@@ -92,7 +119,7 @@ def main(argv):
     fig.tight_layout()
     for ext in ("png", "pdf"):
         fig.savefig(f"{a.out}.{ext}", dpi=80)
-    print("wrote", f"{a.out}.png", f"{a.out}.pdf")
+    print("wrote", *(os.path.relpath(os.path.abspath(f"{a.out}.{e}")) for e in ("png", "pdf")))
 
 
 if __name__ == "__main__":
