@@ -195,16 +195,27 @@ def collinear(df, a, b):
 
 
 def group_keys(df, config_cols, vary):
-    """The swept config columns, then the --vary columns (and their aliases) that differ and do
-    not split the rows like a key already there."""
+    """The swept config columns, then each --vary column that differs (unless it is the alias of a
+    key already there that splits the rows the same way: threads beside a swept config.threads),
+    then an alias of a --vary column where it splits the rows differently (or the named one is
+    absent or constant: --vary git_commit over runs that differ only in build_commit)."""
     keys = stats.swept_columns(df, config_cols)
-    cands = list(vary) + [ALIASES[c] for c in vary if c in ALIASES]
-    for col in cands:
-        if col in keys or col not in df.columns or len(stats.distinct(df[col])) < 2:
-            continue
-        if any(collinear(df, col, k) for k in keys):
+
+    def differs(c):
+        return c in df.columns and len(stats.distinct(df[c])) > 1
+
+    for col in vary:
+        alias = ALIASES.get(col)
+        if not differs(col) or col in keys or (alias in keys and collinear(df, col, alias)):
             continue
         keys.append(col)
+    for col in vary:
+        alias = ALIASES.get(col)
+        if not alias or alias in vary or alias in keys or not differs(alias):
+            continue
+        if col in keys and collinear(df, col, alias):
+            continue
+        keys.append(alias)
     return keys
 
 

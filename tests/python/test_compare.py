@@ -81,6 +81,20 @@ class Compare(unittest.TestCase):
         for row in b_rows:
             self.assertNotIn(" *", row, row)
 
+    def test_ab_when_the_config_schema_changed(self):
+        """Commit B knows a config key A lacks: its column is a group key, git_commit still the A/B."""
+        path = os.path.join(self.b, "summary.csv")
+        df = pd.read_csv(path)
+        df.insert(df.columns.get_loc("completed"), "cuda_graphs", "false")
+        df.to_csv(path, index=False)
+        rc, out, err = compare(self.a, self.b, "--vary", "git_commit", "--baseline", "git_commit=1111",
+                               "--metrics", "output_throughput", "--format", "csv")
+        self.assertEqual(rc, 0, err)
+        res = pd.read_csv(io.StringIO(out))
+        self.assertIn("git_commit", res.columns)
+        self.assertEqual(int(res["baseline"].sum()), 2)
+        self.assertEqual(int(res["ratio"].notna().sum()), 4)
+
     def test_aa_ratio_contains_one(self):
         """Two copies of one run, split by folder: the ratio's CI contains 1."""
         import shutil
