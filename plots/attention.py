@@ -72,7 +72,8 @@ def main(argv):
                                                            "bench_attention_prefill.json"))
     out = p.add_mutually_exclusive_group()
     out.add_argument("--out", default=os.path.join(ROOT, "plots", "out", "attention_prefill"),
-                     help="output path without extension (.png and .pdf are written); default plots/out/attention_prefill")
+                     help="output path without extension (.png and .pdf are written); "
+                          "default plots/out/attention_prefill")
     out.add_argument("--committed", action="store_true",
                      help="write the committed figure plots/attention_prefill.{png,pdf} (README's)")
     a = p.parse_args(argv)

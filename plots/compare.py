@@ -481,7 +481,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="compare.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Statistics: plots/stats.py. Examples: plots/README.md.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="results folder(s) or summary CSV file(s)")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="results folder(s) or summary CSV file(s)")
     p.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
                    help="the baseline group (repeatable; a commit matches by prefix)")
     p.add_argument("--metrics", action="append", metavar="M1,M2", help=f"default {DEFAULT_METRICS}")
@@ -498,6 +498,8 @@ def parse_args(argv):
     moved = [v for v in a.vary if v != "run" and (os.path.isdir(v) or (os.path.isfile(v) and v.endswith(".csv")))]
     a.vary = [v for v in a.vary if v not in moved]
     a.runs += moved
+    if not a.runs:
+        p.error("give at least one RUN_DIR")
     return a
 
 

@@ -5,7 +5,6 @@ errors with exit 2, and tolerance of run_index/round/order columns.
 Run: /usr/bin/python3 tests/python/test_compare.py  (about 10 s)."""
 import io
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,8 @@ class Compare(unittest.TestCase):
         self.assertIn("--vary", err)
 
     def test_refuses_other_device_and_threads(self):
-        c = synth.write_run(os.path.join(self.d, "gpu"), [({"kv.layout": "contiguous"}, reps(np.random.default_rng(2), 90, 3))],
+        c = synth.write_run(os.path.join(self.d, "gpu"),
+                            [({"kv.layout": "contiguous"}, reps(np.random.default_rng(2), 90, 3))],
                             provenance={"device": "NVIDIA H100", "threads": "16"})
         rc, _, err = compare(self.a, c, "--vary", "git_commit")
         self.assertEqual(rc, 2)
@@ -141,7 +141,8 @@ class Compare(unittest.TestCase):
         self.assertNotIn("<", body.replace("$n<3$", ""))
 
     def test_markdown_reports_no_interval_below_three(self):
-        one = synth.write_run(os.path.join(self.d, "single"), [({"kv.layout": "contiguous"}, reps(np.random.default_rng(3), 100, 2))])
+        one = synth.write_run(os.path.join(self.d, "single"),
+                              [({"kv.layout": "contiguous"}, reps(np.random.default_rng(3), 100, 2))])
         rc, out, err = compare(one, "--metrics", "output_throughput")
         self.assertEqual(rc, 0, err)
         self.assertIn("(n < 3: no interval)", out)
