@@ -1,6 +1,9 @@
 // The `ablate` command as a user runs it: exit codes, what lands on disk, the CSV columns.
 #include <catch2/catch.hpp>
 
+#include <map>
+#include <set>
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +13,7 @@
 
 #include "backend/cuda_backend.hpp"
 #include "base/paths.hpp"
+#include "experiment/run_order.hpp"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
@@ -226,6 +230,135 @@ TEST_CASE("cli: generate stops a llama2.c story where run.c does, and refuses --
   CHECK(zero.status == 2);
   CHECK_THAT(zero.err, Contains("allowed: (0, 1]"));
   CHECK(sb.ablate(m + "--temperature 1 --top-p 0.5 -n 4").status == 0);
+}
+
+namespace {
+
+// summary.csv as rows of column -> text.
+std::vector<std::map<std::string, std::string>> csv_rows(const std::string& text) {
+  std::vector<std::map<std::string, std::string>> out;
+  std::istringstream in(text);
+  std::string line;
+  std::vector<std::string> header;
+  while (std::getline(in, line)) {
+    std::vector<std::string> cells;
+    std::string cell;
+    bool quoted = false;
+    for (char c : line) {
+      if (c == '"') quoted = !quoted;
+      else if (c == ',' && !quoted) cells.push_back(cell), cell.clear();
+      else cell += c;
+    }
+    cells.push_back(cell);
+    if (header.empty()) {
+      header = cells;
+      continue;
+    }
+    std::map<std::string, std::string> row;
+    for (std::size_t i = 0; i < header.size() && i < cells.size(); ++i) row[header[i]] = cells[i];
+    out.push_back(row);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("cli: interleaved rounds run every point once per round, in the seed's order", "[cli][order]") {
+  Sandbox sb;
+  const std::string base = R"(experiment: order_test
+seed: 7
+model: {source: synthetic, preset: tiny}
+max_seq_len: 32
+kv: {memory_mb: 1}
+threads: 1
+repeat: 3
+warmup: 1
+workload: {requests: 2, prompt_len: 4, output_len: 2}
+sweep:
+  scheduler.max_batch: [1, 2, 4]
+)";
+  const fs::path results = sb.dir / "results";
+  for (const std::string order : {"interleaved", "sequential"}) {
+    INFO(order);
+    const auto cfg = sb.write(order + ".yaml", base + "order: " + order + "\n");
+    const Result r = sb.ablate("run '" + cfg.string() + "' --quiet --run-id " + order + " --out '" + results.string() + "'");
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    auto rows = csv_rows(sb.read(results / "order_test" / order / "summary.csv"));
+    REQUIRE(rows.size() == 9);
+    std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return std::stoi(a["run_index"]) < std::stoi(b["run_index"]); });
+    std::map<int, std::vector<int>> repeats;  // point -> its repeats in execution order
+    for (auto& row : rows) {
+      CHECK(row["round"] == row["repeat"]);
+      repeats[std::stoi(row["point"])].push_back(std::stoi(row["repeat"]));
+    }
+    for (int p = 0; p < 3; ++p) CHECK(repeats[p] == std::vector<int>{0, 1, 2});  // exactly `repeat` timed runs each
+    std::vector<int> points, run_index;
+    for (auto& row : rows) points.push_back(std::stoi(row["point"])), run_index.push_back(std::stoi(row["run_index"]));
+    if (order == "interleaved") {
+      std::vector<int> expected;
+      for (int round = 0; round < 3; ++round)
+        for (int p : ablate::round_order({0, 1, 2}, 7, round)) expected.push_back(p);
+      CHECK(points == expected);
+      // Each point's warm-up runs just before its first timed run, in round 0.
+      CHECK(run_index == std::vector<int>{1, 3, 5, 6, 7, 8, 9, 10, 11});
+    } else {
+      CHECK(points == std::vector<int>{0, 0, 0, 1, 1, 1, 2, 2, 2});
+      CHECK(run_index == std::vector<int>{1, 2, 3, 5, 6, 7, 9, 10, 11});
+    }
+    CHECK_THAT(sb.read(results / "order_test" / order / "provenance.yaml"), Contains("order: " + order));
+  }
+}
+
+TEST_CASE("run order: each round is a permutation, reproducible from the seed", "[order]") {
+  const std::vector<int> points = {0, 1, 2, 3, 4, 5, 6, 7};
+  std::set<std::vector<int>> seen;
+  for (int round = 0; round < 20; ++round) {
+    auto o = ablate::round_order(points, 3, round);
+    CHECK(o == ablate::round_order(points, 3, round));
+    auto sorted = o;
+    std::sort(sorted.begin(), sorted.end());
+    CHECK(sorted == points);
+    seen.insert(o);
+  }
+  CHECK(seen.size() >= 18);  // rounds differ (8! orders)
+  CHECK(ablate::round_order(points, 3, 0) != ablate::round_order(points, 4, 0));
+}
+
+TEST_CASE("cli: target_ci adds rounds until every point's interval is narrow enough, or max_repeat", "[cli][order]") {
+  Sandbox sb;
+  const std::string base = R"(experiment: ci_test
+model: {source: synthetic, preset: tiny}
+max_seq_len: 32
+kv: {memory_mb: 1}
+threads: 1
+workload: {requests: 2, prompt_len: 4, output_len: 2}
+sweep:
+  scheduler.max_batch: [1, 2]
+)";
+  const fs::path results = sb.dir / "results";
+  // Unreachable: every point runs max_repeat rounds, and the run says so.
+  const auto tight = sb.write("tight.yaml", base + "repeat: 3\ntarget_ci: 1e-9\nmax_repeat: 5\n");
+  const Result r = sb.ablate("run '" + tight.string() + "' --quiet --run-id tight --out '" + results.string() + "'");
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK(csv_rows(sb.read(results / "ci_test" / "tight" / "summary.csv")).size() == 2 * 5);
+  CHECK_THAT(r.err, Contains("NOT reached after 5 repeats"));
+  const std::string prov = sb.read(results / "ci_test" / "tight" / "provenance.yaml");
+  CHECK_THAT(prov, Contains("target_ci: 1e-09"));
+  CHECK_THAT(prov, Contains("met: false"));
+  // Loose: reached once intervals exist (n >= 3), no more rounds than needed.
+  const auto loose = sb.write("loose.yaml", base + "repeat: 3\ntarget_ci: 100\nmax_repeat: 5\n");
+  const Result l = sb.ablate("run '" + loose.string() + "' --quiet --run-id loose --out '" + results.string() + "'");
+  REQUIRE(l.status == 0);
+  CHECK(csv_rows(sb.read(results / "ci_test" / "loose" / "summary.csv")).size() == 2 * 3);
+  CHECK_THAT(sb.read(results / "ci_test" / "loose" / "provenance.yaml"), Contains("met: true"));
+  // repeat: auto is repeat 5 with target_ci 0.02.
+  const auto aut = sb.write("auto.yaml", base + "repeat: auto\nmax_repeat: 5\n");
+  const Result a = sb.ablate("validate '" + aut.string() + "'");
+  CHECK(a.status == 0);
+  CHECK_THAT(a.out, Contains("repeat: 5"));
+  CHECK_THAT(a.out, Contains("target_ci: 0.02"));
 }
 
 TEST_CASE("cli: list and help", "[cli]") {

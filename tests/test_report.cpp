@@ -256,7 +256,7 @@ TEST_CASE("results: a committed run has every file", "[report]") {
   {
     ResultsWriter w({root.path, "exp", "run1", false, "seed: 1\n"}, test_provenance());
     for (int point = 0; point < 2; ++point)
-      w.add_run(point, 0, {{"kv.layout", point ? "paged" : "contiguous"}, {"backend", "cpu"}, {"note", "a,b"}}, r,
+      w.add_run({point, 0, point, 0}, {{"kv.layout", point ? "paged" : "contiguous"}, {"backend", "cpu"}, {"note", "a,b"}}, r,
                 summarize(r, {}));
     dir = w.commit();
     CHECK(w.run_id() == "run1");
@@ -268,10 +268,10 @@ TEST_CASE("results: a committed run has every file", "[report]") {
 
   const auto summary = lines(slurp(dir / "summary.csv"));
   REQUIRE(summary.size() == 3);
-  CHECK(summary[0].rfind("point,repeat,git_commit,git_dirty,", 0) == 0);
+  CHECK(summary[0].rfind("point,repeat,run_index,round,git_commit,git_dirty,", 0) == 0);
   CHECK(summary[0].find(",start_time,kv.layout,config.backend,note,completed,duration_s,") != std::string::npos);
   CHECK(summary[0].find(",verify_s") != std::string::npos);
-  CHECK(summary[1].rfind("0,0,abc,", 0) == 0);
+  CHECK(summary[1].rfind("0,0,0,0,abc,", 0) == 0);
   CHECK(summary[2].find(",paged,cpu,\"a,b\",3,6,") != std::string::npos);
 
   const auto requests = lines(slurp(dir / "requests.csv"));
@@ -298,7 +298,7 @@ TEST_CASE("results: an existing run folder is kept unless forced", "[report]") {
   const RunRecords r = sample_run();
   auto write = [&](bool force, const std::string& yaml) {
     ResultsWriter w({root.path, "exp", "same", force, yaml}, test_provenance());
-    w.add_run(0, 0, {}, r, summarize(r, {}));
+    w.add_run({0, 0}, {}, r, summarize(r, {}));
     w.commit();
   };
   write(false, "first\n");
@@ -315,7 +315,7 @@ TEST_CASE("results: an uncommitted writer leaves nothing", "[report]") {
   const RunRecords r = sample_run();
   {
     ResultsWriter w({root.path, "exp", "", false, "x: 1\n"}, test_provenance());
-    w.add_run(0, 0, {}, r, summarize(r, {}));
+    w.add_run({0, 0}, {}, r, summarize(r, {}));
     CHECK(root.entries("exp").size() == 1);  // the hidden partial folder
   }
   CHECK(root.entries("exp").empty());
@@ -347,7 +347,7 @@ TEST_CASE("table: aligned markdown with the swept keys", "[report]") {
   const RunRecords r = sample_run();
   std::vector<SummaryRow> rows;
   for (int p = 0; p < 2; ++p)
-    rows.push_back({p, 0, {{"kv.layout", p ? "paged" : "contiguous"}, {"model", "tiny"}}, summarize(r, {})});
+    rows.push_back({p, 0, 0, 0, {{"kv.layout", p ? "paged" : "contiguous"}, {"model", "tiny"}}, summarize(r, {})});
   std::ostringstream os;
   print_summary_table(os, rows);
   const auto t = lines(os.str());
@@ -368,7 +368,7 @@ TEST_CASE("table: aligned markdown with the swept keys", "[report]") {
   // A swept map (sweep: {kv: [...]}) shows as the leaf keys that vary, not as an empty column.
   std::vector<SummaryRow> maps;
   for (int p = 0; p < 2; ++p)
-    maps.push_back({p, 0, {{"kv.layout", p ? "paged" : "contiguous"}, {"kv.block_size", "16"}, {"model", "tiny"}},
+    maps.push_back({p, 0, 0, 0, {{"kv.layout", p ? "paged" : "contiguous"}, {"kv.block_size", "16"}, {"model", "tiny"}},
                     summarize(r, {})});
   std::ostringstream ms;
   print_summary_table(ms, maps, {"kv"});

@@ -109,6 +109,10 @@ struct ExperimentConfig {
   ProfileConfig profile;
   int repeat = 1;                   // timed runs per sweep point
   int warmup = 0;                   // untimed runs per sweep point before them
+  std::string order = "interleaved";  // interleaved: round r of every point (seeded order) before round r+1
+  double target_ci = 0.0;           // > 0: add rounds until every point's CI half-width / centre <= this
+  std::string target_metric = "output_throughput";  // the metric target_ci applies to
+  int max_repeat = 20;              // the most rounds target_ci may run
 };
 
 }  // namespace ablate

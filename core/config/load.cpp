@@ -120,7 +120,15 @@ const std::vector<Rule>& rules() {
                 "kernels/cuda/attention_flash.cu), itself an ablation; 0 = the backend's choice"),
         integer("max_seq_len", F(max_seq_len), ge(0), "cap on prompt + output per sequence; 0 = the model's"),
         integer("repeat", F(repeat), ge(1), "timed runs per sweep point"),
-        integer("warmup", F(warmup), ge(0), "untimed runs per sweep point before the timed ones"),
+        integer("warmup", F(warmup), ge(0), "untimed runs per sweep point before its first timed run"),
+        choice("order", F(order), {"interleaved", "sequential"},
+               "interleaved: round r of every point, in an order drawn from the seed, before round r+1 (drift "
+               "spreads over all arms); sequential: each point's repeats back to back"),
+        number("target_ci", F(target_ci), ge(0),
+               "> 0: after `repeat` rounds, add rounds until every point's 95 % CI half-width of target_metric is "
+               "within this fraction of its centre, or max_repeat (repeat: auto = repeat 5, target_ci 0.02)"),
+        plain("target_metric", Kind::Name, F(target_metric), "the summary metric target_ci applies to"),
+        integer("max_repeat", F(max_repeat), ge(1), "target_ci: the most rounds a point runs"),
         choice("model.source", F(model.source), {"synthetic", "llama2c", "gguf"},
                "synthetic weights, a llama2.c checkpoint or a GGUF checkpoint (llama architecture)"),
         choice("model.preset", F(model.preset), presets, "synthetic: model shape"),
@@ -423,6 +431,11 @@ void read_map(const Origin& o, const std::string& prefix, const YAML::Node& m, E
 }
 
 void read_value(const Origin& o, const std::string& key, const YAML::Node& v, const std::string& where, Entries& out) {
+  if (key == "repeat" && v.IsScalar() && v.Scalar() == "auto") {  // a key written beside it wins
+    put(out, "repeat", {YAML::Node("5"), where, true});
+    put(out, "target_ci", {YAML::Node("0.02"), where, true});
+    return;
+  }
   if (is_leaf(key)) return put(out, key, {v, where});
   if (key == "slo.preset") {
     const std::string name = v.IsScalar() ? v.Scalar() : "";
@@ -595,6 +608,8 @@ const std::vector<SimpleRule>& simple_rules() {
        [](C c) { return fmt::format("\"{}\" needs backend cuda; the CPU backend computes in fp32; allowed with backend cpu: fp32", c.dtype); }},
       {{"attention", "dtype"}, [](C c) { return c.backend == "cuda" && c.attention != "naive" && c.dtype == "fp32"; },
        [](C c) { return fmt::format("{} on backend cuda runs on tensor cores and needs dtype bf16 or fp16; allowed with dtype fp32: naive", c.attention); }},
+      {{"max_repeat", "target_ci", "repeat"}, [](C c) { return c.target_ci > 0 && c.max_repeat < c.repeat; },
+       [](C c) { return fmt::format("{} is below repeat {}: target_ci adds rounds after repeat, up to max_repeat; allowed: >= {}", c.max_repeat, c.repeat, c.repeat); }},
       {{"cuda_graphs", "backend"}, [](C c) { return c.cuda_graphs && c.backend != "cuda"; },
        [](C c) { return fmt::format("true needs backend cuda (CUDA graphs replay GPU kernels); allowed with backend {}: false", c.backend); }},
       {{"cuda_pdl", "backend"}, [](C c) { return c.cuda_pdl && c.backend != "cuda"; },
@@ -821,7 +836,8 @@ void read_sweep(const Origin& o, const YAML::Node& sweep, std::vector<Axis>& axe
     const YAML::Node k = it->first, v = it->second;  // copies: it-> is a temporary proxy
     const std::string kw = o.at(k.Mark()), key = k.IsScalar() ? k.Scalar() : "";
     if (!known(key)) throw unknown_key(kw, key, " in sweep");
-    if (key == "experiment" || key == "repeat" || key == "warmup")
+    if (key == "experiment" || key == "repeat" || key == "warmup" || key == "order" || key == "target_ci" ||
+        key == "target_metric" || key == "max_repeat")
       throw ConfigError(fmt::format("{}: sweep.{}: cannot be swept (it applies to the whole experiment)", kw, key));
     if (!v.IsSequence() || v.size() == 0)
       fail(v.IsNull() ? kw : o.at(v.Mark()), "sweep." + key, "expected a non-empty list of values, got " + describe(v));
@@ -975,6 +991,10 @@ LoadedExperiment load(const std::string& text, const std::string& name, const st
 
   ex.repeat = ex.points.front().config.repeat;
   ex.warmup = ex.points.front().config.warmup;
+  ex.order = ex.points.front().config.order;
+  ex.target_ci = ex.points.front().config.target_ci;
+  ex.target_metric = ex.points.front().config.target_metric;
+  ex.max_repeat = ex.points.front().config.max_repeat;
   return ex;
 }
 

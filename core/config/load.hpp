@@ -45,7 +45,12 @@ struct LoadedExperiment {
   std::string file;
   std::vector<std::string> swept_keys;
   std::vector<SweepPoint> points;  // cross product; first swept key varies slowest
+  // Whole-experiment keys (never swept), from the first point.
   int repeat = 1, warmup = 0;
+  std::string order = "interleaved";
+  double target_ci = 0.0;
+  std::string target_metric = "output_throughput";
+  int max_repeat = 20;
 };
 
 // overrides are "dotted.key=value" strings from --set; the value is parsed as a YAML node, so

@@ -40,7 +40,9 @@ double metric(const Metrics& m, std::string_view name, double fallback = 0.0);
 // One timed run as results report it: a sweep point, a repeat, its config columns, its metrics.
 struct SummaryRow {
   int point = 0;
-  int repeat = 0;
+  int repeat = 0;     // the point's timed run number
+  int run_index = 0;  // the run's place in the experiment's execution order (warm-ups included)
+  int round = 0;      // the interleaving round: round r runs repeat r of every point
   Columns config;
   Metrics metrics;
 };

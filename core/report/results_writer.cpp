@@ -114,10 +114,11 @@ std::string ResultsWriter::pick_run_id() const {
   return id;
 }
 
-void ResultsWriter::add_run(int point, int repeat, const Columns& config, const RunRecords& records,
+void ResultsWriter::add_run(const RunKey& key, const Columns& config, const RunRecords& records,
                             const Metrics& metrics, const std::optional<Provenance>& provenance) {
   if (committed_) throw std::logic_error("ResultsWriter::add_run after commit()");
-  rows_.push_back({point, repeat, config, metrics});
+  const int point = key.point, repeat = key.repeat;
+  rows_.push_back({point, repeat, key.run_index, key.round, config, metrics});
   row_provenance_.push_back((provenance ? *provenance : provenance_).columns());
   const std::string p = std::to_string(point), r = std::to_string(repeat);
   for (const RequestRecord& q : records.requests) {
@@ -142,14 +143,14 @@ void ResultsWriter::add_run(int point, int repeat, const Columns& config, const 
   }
 }
 
-fs::path ResultsWriter::commit() {
+fs::path ResultsWriter::commit(const std::string& extra_provenance) {
   if (committed_) throw std::logic_error("ResultsWriter::commit called twice");
   requests_.close(), steps_.close();
   if (!requests_ || !steps_) throw std::runtime_error(fmt::format("writing '{}' failed", tmp_.string()));
 
   // summary.csv: the union of config and metric columns in first-seen order; a name that repeats
   // an earlier column's gets a "config." / "metric." prefix so every header is unique.
-  std::vector<std::string> header = {"point", "repeat"};
+  std::vector<std::string> header = {"point", "repeat", "run_index", "round"};
   for (const auto& [k, v] : provenance_.columns()) header.push_back(k);
   std::set<std::string> used(header.begin(), header.end());
   std::vector<std::string> config_keys, metric_keys;
@@ -166,7 +167,8 @@ fs::path ResultsWriter::commit() {
     write_csv_row(f, header);
     for (std::size_t i = 0; i < rows_.size(); ++i) {
       const SummaryRow& row = rows_[i];
-      std::vector<std::string> cells = {std::to_string(row.point), std::to_string(row.repeat)};
+      std::vector<std::string> cells = {std::to_string(row.point), std::to_string(row.repeat), std::to_string(row.run_index),
+                                        std::to_string(row.round)};
       for (const auto& [k, v] : row_provenance_[i]) cells.push_back(v);
       for (const auto& key : config_keys) {
         auto it = std::find_if(row.config.begin(), row.config.end(), [&](const auto& kv) { return kv.first == key; });
@@ -187,6 +189,7 @@ fs::path ResultsWriter::commit() {
   std::string prov = fmt::format("run_id: {}\nexperiment: {}\nconfig_hash: {}\n", yaml_quote(run_id_),
                                  yaml_quote(opts_.experiment), yaml_quote(config_hash(opts_.config_yaml)));
   for (const auto& [k, v] : provenance_.columns()) prov += fmt::format("{}: {}\n", k, yaml_quote(v));
+  prov += extra_provenance;
   write_text(tmp_ / "provenance.yaml", prov);
 
   const fs::path target = dir_ / run_id_;

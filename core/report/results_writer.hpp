@@ -10,7 +10,7 @@
 // so a results folder is either complete or absent.
 //
 //   ResultsWriter out({root, cfg.experiment, run_id, force, yaml}, collect_provenance(...));
-//   for each point, repeat: out.add_run(point, repeat, config_columns, records, summarize(records, slo));
+//   for each timed run: out.add_run({point, repeat, run_index, round}, config_columns, records, summarize(records, slo));
 //   out.commit();
 #include <filesystem>
 #include <fstream>
@@ -32,6 +32,14 @@ struct ResultsOptions {
   std::string config_yaml;   // written as config.yaml
 };
 
+// Which run a row belongs to (summary.csv's first columns).
+struct RunKey {
+  int point = 0;
+  int repeat = 0;
+  int run_index = 0;  // place in the execution order, warm-ups included
+  int round = 0;      // interleaving round (= repeat)
+};
+
 class ResultsWriter {
  public:
   // Throws std::runtime_error when an explicit run_id's folder exists and force is false (an
@@ -43,17 +51,20 @@ class ResultsWriter {
 
   // Adds one timed run. `provenance`: this run's, when it differs from the writer's (a sweep over
   // threads or backend); summary.csv then shows it on that row.
-  void add_run(int point, int repeat, const Columns& config, const RunRecords& records, const Metrics& metrics,
+  void add_run(const RunKey& key, const Columns& config, const RunRecords& records, const Metrics& metrics,
                const std::optional<Provenance>& provenance = std::nullopt);
 
   // Writes the remaining files and moves the folder into place; returns it. An automatic id that
   // was taken meanwhile moves on to the next suffix; with force an existing folder is replaced
   // (moved aside, the new one moved in, then the old one deleted, so one of them always exists).
-  std::filesystem::path commit();
+  // extra_provenance: YAML lines appended to provenance.yaml (the runner's run order and targets).
+  std::filesystem::path commit(const std::string& extra_provenance = "");
 
   const std::string& run_id() const { return run_id_; }  // final after commit()
   std::filesystem::path run_dir() const { return dir_ / run_id_; }
   const std::vector<SummaryRow>& rows() const { return rows_; }
+  // The partial folder, for a caller's scratch files (removed before commit()).
+  const std::filesystem::path& scratch_dir() const { return tmp_; }
 
  private:
   std::string pick_run_id() const;
