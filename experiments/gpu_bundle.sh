@@ -3,7 +3,7 @@
 # shared libraries its programs need that a stock Ubuntu GPU machine lacks (yaml-cpp, fmt, Google
 # Benchmark, libgomp) into build/gpu/lib, so that build/gpu can travel to a GPU machine with no
 # package registry and run there:
-#   experiments/gpu_bundle.sh                    # then carry build/gpu-carry and, there:
+#   experiments/gpu_bundle.sh                    # then copy build/gpu-carry to the GPU machine and, there:
 #   ABLATE_BUILD=build/gpu-carry ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR
 # Only the programs gpu_check.sh runs are built (tests, benchmarks, the ablate binary).
 set -euo pipefail

@@ -19,9 +19,9 @@
 #       `ablate run` flags) / the prefill versions' stalls / the GEMV versions' memory behaviour
 #   ABLATE_BUILD=build/gpu-carry ABLATE_PREBUILT=1 experiments/gpu_check.sh OUTDIR
 #       # use the programs experiments/gpu_bundle.sh built here and copied to build/gpu-carry
-# The GPU machines have CMake, nvcc and PyTorch but no package registry, so the usual way is to
-# build here with experiments/gpu_bundle.sh and carry build/gpu (its lib/ holds the shared
-# libraries that machine lacks).
+# A GPU machine without a package registry (CMake, nvcc and PyTorch only) can run a build made on
+# another machine: experiments/gpu_bundle.sh builds build/gpu and copies it, with the shared
+# libraries such a machine lacks (lib/), to build/gpu-carry; copy that folder over.
 set -uo pipefail
 
 out=${1:?usage: experiments/gpu_check.sh OUTDIR}

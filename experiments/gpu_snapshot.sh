@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# For the lent GPU machines, whose tool brings back only what a command leaves in $OUT, and
-# nothing of a command cut off at its time limit but what is already there: run
+# For GPU jobs that may be cut off at a time limit (a batch system's wall time, a short lease):
+# what a killed job leaves is only what it already wrote, so run
 # experiments/gpu_check.sh into a scratch folder and copy that folder, packed, into DEST every
 # 20 s (atomically: DEST/out.tgz is always a whole archive) and once more at the end.
 #   experiments/gpu_snapshot.sh "$OUT"            # with gpu_check.sh's variables in the environment

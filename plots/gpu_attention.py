@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The GPU attention figure of README's "What the ablations show", from the committed H100 benchmark
-output: results/reference/gpu/call3/ (prefill versions 2-5 and PyTorch SDPA, one call) and
-results/reference/gpu/benchmarks/ (prefill version 1, decode attention). Llama-2-7B heads (32 query
+output: results/reference/gpu/2026-11-26_h100_9292421/ (prefill versions 2-5 and PyTorch SDPA, one run) and
+results/reference/gpu/2026-11-26_h100_e1f6e52/ (prefill version 1, decode attention). Llama-2-7B heads (32 query
 and 32 KV heads of 128), bf16. Left: causal prefill time of one sequence (contiguous KV), every
 flash version beside SDPA. Right: decode attention's KV read rate (paged KV in blocks of 16)
 against the HBM peak. Writes <out>.png (default plots/out/gpu_attention.png, untracked).
@@ -31,8 +31,8 @@ def shown(path):
     """path relative to the repository when inside it."""
     path = os.path.abspath(path)
     return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
-BENCH = os.path.join(ROOT, "results", "reference", "gpu", "benchmarks")
-PREFILL = os.path.join(ROOT, "results", "reference", "gpu", "call3")
+BENCH = os.path.join(ROOT, "results", "reference", "gpu", "2026-11-26_h100_e1f6e52")
+PREFILL = os.path.join(ROOT, "results", "reference", "gpu", "2026-11-26_h100_9292421")
 LLAMA = 1  # bench_attention_cuda's shape index of llama2-7b
 KV_BYTES_PER_TOKEN = 2 * 32 * 128 * 2  # K and V, 32 KV heads of 128, 2-byte elements
 
@@ -67,7 +67,7 @@ def main(argv):
     sdpa = pd.read_csv(os.path.join(PREFILL, "sdpa.csv"))
     fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.2))
 
-    pre = pd.concat([df[df.version == 1], pre_new])  # v1 from the earlier call, v2-v5 from call 3
+    pre = pd.concat([df[df.version == 1], pre_new])  # v1 from build e1f6e52's run, v2-v5 from build 9292421's
     pre = pre[(pre.kernel == "BM_CudaFlashPrefill") & (pre["shape"] == LLAMA)]
     for version, style in ((1, "o--"), (2, "o--"), (3, "o-"), (4, "o-"), (5, "o-")):
         d = pre[pre.version == version].sort_values("ctx")
@@ -94,7 +94,7 @@ def main(argv):
     right.set_ylabel("KV read, TB/s")
     right.set_title("decode attention, llama2-7b heads, paged/16")
     right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle("NVIDIA H100 80GB HBM3, bf16 (results/reference/gpu/call3, results/reference/gpu/benchmarks)", fontsize=9)
+    fig.suptitle("NVIDIA H100 80GB HBM3, bf16 (results/reference/gpu/2026-11-26_h100_{9292421,e1f6e52})", fontsize=9)
     fig.tight_layout()
     tmp = OUT + ".tmp.png"
     fig.savefig(tmp, dpi=80)
