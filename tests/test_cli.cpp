@@ -5,6 +5,7 @@
 #include <set>
 #include <algorithm>
 #include <cstdlib>
+#include <tuple>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -300,12 +301,12 @@ sweep:
       for (int round = 0; round < 3; ++round)
         for (int p : ablate::round_order({0, 1, 2}, 7, round)) expected.push_back(p);
       CHECK(points == expected);
-      // Each point's warm-up runs just before its first timed run, in round 0.
-      CHECK(run_index == std::vector<int>{1, 3, 5, 6, 7, 8, 9, 10, 11});
     } else {
       CHECK(points == std::vector<int>{0, 0, 0, 1, 1, 1, 2, 2, 2});
-      CHECK(run_index == std::vector<int>{1, 2, 3, 5, 6, 7, 9, 10, 11});
     }
+    // run_index: the unit's place in the planned order (warm-ups run before a point's first unit
+    // and are not counted), so a resumed or sharded run numbers its units the same way.
+    CHECK(run_index == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8});
     CHECK_THAT(sb.read(results / "order_test" / order / "provenance.yaml"), Contains("order: " + order));
   }
 }
@@ -359,6 +360,175 @@ sweep:
   CHECK(a.status == 0);
   CHECK_THAT(a.out, Contains("repeat: 5"));
   CHECK_THAT(a.out, Contains("target_ci: 0.02"));
+}
+
+namespace {
+
+// The rows of a run's CSV as "key columns -> other columns" text, for comparing two runs' units.
+std::map<std::string, std::string> keyed(const std::string& text, const std::vector<std::string>& keys,
+                                         const std::vector<std::string>& values) {
+  std::map<std::string, std::string> out;
+  for (auto& row : csv_rows(text)) {
+    std::string k, v;
+    for (const auto& c : keys) k += row[c] + "|";
+    for (const auto& c : values) v += row[c] + "|";
+    out[k] = v;
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("cli: SIGINT/SIGTERM stop a run cleanly; --resume finishes it with the rows of an uninterrupted run",
+          "[cli][resume]") {
+  Sandbox sb;
+  // Sampling with a real stop token: each request's output length fingerprints its sampled tokens.
+  const auto cfg = sb.write("s.yaml", R"(experiment: resume_test
+model: {source: llama2c, path: "${shared}/models/stories260K.bin", tokenizer: "${shared}/models/tok512.bin"}
+threads: 1
+repeat: 3
+sampling: {temperature: 1, stop_at_eos: true}
+kv: {memory_mb: 8}
+workload: {requests: 40, prompt_len: 4, output_len: 400}
+sweep:
+  scheduler.max_batch: [1, 4]
+)");
+  const fs::path out = sb.dir / "r", exp = out / "resume_test";
+  const std::string run = "run '" + cfg.string() + "' --quiet --out '" + out.string() + "' ";
+  REQUIRE(sb.ablate(run + "--run-id full").status == 0);
+  // Stopped after about a third of the run (each unit takes about 1.5 s here).
+  for (const char* sig : {"TERM", "INT"}) {
+    INFO("SIG" << sig);
+    const std::string id = std::string("stop") + sig;
+    const fs::path bg_err = sb.dir / (id + ".err");
+    Result r = sb.ablate(run + "--run-id " + id + " 2>'" + bg_err.string() + "' & pid=$!; sleep 3; kill -" + sig +
+                         " $pid; wait $pid");
+    r.err = sb.read(bg_err);
+    CHECK(r.status == (std::string(sig) == "TERM" ? 143 : 130));
+    const fs::path partial = exp / (id + ".partial");
+    REQUIRE(fs::exists(partial / "provenance.yaml"));
+    CHECK_FALSE(fs::exists(exp / id));
+    const std::string prov = sb.read(partial / "provenance.yaml");
+    CHECK_THAT(prov, Contains("status: interrupted"));
+    CHECK_THAT(prov, Contains("units_total: 6"));
+    CHECK_THAT(r.err, Contains("resume with: "));
+    CHECK_THAT(r.err, Contains("--resume " + partial.string()));
+    const Result again = sb.ablate(run + "--run-id " + id);  // not silently started over
+    CHECK(again.status != 0);
+    CHECK_THAT(again.err, Contains("--resume"));
+    // Another config is refused, with the difference listed.
+    const Result changed = sb.ablate(run + "--set kv.memory_mb=9 --resume '" + partial.string() + "'");
+    CHECK(changed.status != 0);
+    CHECK_THAT(changed.err, Contains("the resolved config differs"));
+    CHECK_THAT(changed.err, Contains("+   memory_mb: 9"));
+    const Result res = sb.ablate(run + "--resume '" + partial.string() + "'");
+    INFO(res.err);
+    REQUIRE(res.status == 0);
+    CHECK_THAT(res.err, Contains("resuming " + partial.string()));
+    CHECK(fs::exists(exp / id / "summary.csv"));
+    CHECK_FALSE(fs::exists(partial));
+    CHECK_THAT(sb.read(exp / id / "provenance.yaml"), Contains("status: complete"));
+    for (const auto& [file, keys, values] :
+         {std::tuple{"summary.csv", std::vector<std::string>{"point", "repeat"}, std::vector<std::string>{"round", "run_index", "completed"}},
+          std::tuple{"requests.csv", std::vector<std::string>{"point", "repeat", "request_id"},
+                     std::vector<std::string>{"prompt_len", "output_len"}}}) {
+      INFO(file);
+      const auto a = keyed(sb.read(exp / "full" / file), keys, values), b = keyed(sb.read(exp / id / file), keys, values);
+      CHECK(a.size() == (std::string(file) == "summary.csv" ? 6u : 240u));
+      CHECK(a == b);
+    }
+    // Resuming a complete run changes nothing.
+    const Result done = sb.ablate(run + "--resume '" + (exp / id).string() + "'");
+    CHECK(done.status == 0);
+    CHECK_THAT(done.err, Contains("nothing to resume"));
+  }
+}
+
+TEST_CASE("cli: shards of a sweep merge into the rows of a one-process run; bad input exits 2", "[cli][shard]") {
+  Sandbox sb;
+  const auto cfg = sb.write("t.yaml", R"(experiment: shard_test
+model: {source: synthetic, preset: tiny}
+max_seq_len: 64
+kv: {memory_mb: 1}
+threads: 1
+repeat: 2
+workload: {requests: 4, prompt_len: 8, output_len: 8}
+sweep:
+  scheduler.max_batch: [1, 2, 4]
+  batching: [static, continuous]
+)");
+  const fs::path out = sb.dir / "r", exp = out / "shard_test";
+  const std::string run = "run '" + cfg.string() + "' --quiet --out '" + out.string() + "' ";
+  REQUIRE(sb.ablate(run + "--run-id one").status == 0);
+  for (int i = 0; i < 3; ++i) REQUIRE(sb.ablate(run + "--run-id sh --shard " + std::to_string(i) + "/3").status == 0);
+  // A finished shard run again is a no-op.
+  const Result again = sb.ablate(run + "--run-id sh --shard 1/3");
+  CHECK(again.status == 0);
+  CHECK_THAT(again.err, Contains("complete; nothing to run"));
+  const Result m = sb.ablate("merge '" + (exp / "sh").string() + "'");
+  INFO(m.err);
+  REQUIRE(m.status == 0);
+  const std::string merged = sb.read(exp / "sh" / "summary.csv");
+  CHECK(sb.ablate("merge '" + (exp / "sh").string() + "'").status == 0);  // idempotent
+  CHECK(sb.read(exp / "sh" / "summary.csv") == merged);
+  const std::vector<std::string> k = {"point", "repeat"}, v = {"round", "run_index", "completed", "steps"};
+  CHECK(keyed(merged, k, v) == keyed(sb.read(exp / "one" / "summary.csv"), k, v));
+  CHECK(csv_rows(merged).size() == 12);
+  std::set<std::string> shards;
+  for (auto& row : csv_rows(merged)) {
+    shards.insert(row["shard"]);
+    CHECK_FALSE(row["host"].empty());
+  }
+  CHECK(shards == std::set<std::string>{"0", "1", "2"});
+  const auto rk = std::vector<std::string>{"point", "repeat", "request_id"}, rv = std::vector<std::string>{"prompt_len", "output_len"};
+  CHECK(keyed(sb.read(exp / "sh" / "requests.csv"), rk, rv) == keyed(sb.read(exp / "one" / "requests.csv"), rk, rv));
+
+  // Bad input: one clear error, exit 2, nothing written.
+  CHECK(sb.ablate(run + "--run-id x --shard 3/2").status == 2);
+  CHECK(sb.ablate(run + "--run-id x --shard 1").status == 2);
+  CHECK_FALSE(fs::exists(exp / "x"));
+  const Result noid = sb.ablate(run + "--shard 0/2");
+  CHECK(noid.status != 0);
+  CHECK_THAT(noid.err, Contains("--shard needs --run-id"));
+  const Result notrun = sb.ablate(run + "--resume '" + sb.dir.string() + "'");
+  CHECK(notrun.status == 2);
+  CHECK_THAT(notrun.err, Contains("not a run folder"));
+  // A merge with a shard missing.
+  REQUIRE(sb.ablate(run + "--run-id two --shard 0/2").status == 0);
+  const Result missing = sb.ablate("merge '" + (exp / "two").string() + "'");
+  CHECK(missing.status == 2);
+  CHECK_THAT(missing.err, Contains("shards missing: 1"));
+  CHECK_FALSE(fs::exists(exp / "two" / "summary.csv"));
+  // Shards of another config.
+  REQUIRE(sb.ablate(run + "--run-id two --shard 1/2 --set workload.requests=3").status == 0);
+  const Result mixed = sb.ablate("merge '" + (exp / "two").string() + "'");
+  CHECK(mixed.status == 2);
+  CHECK_THAT(mixed.err, Contains("another config"));
+}
+
+TEST_CASE("cli: slurm writes an array job and a merge job, and refuses to submit without sbatch", "[cli][slurm]") {
+  Sandbox sb;
+  const auto cfg = sb.write("t.yaml", kTinyConfig);
+  const fs::path out = sb.dir / "r";
+  const Result r = sb.ablate("slurm '" + cfg.string() + "' --shards 3 --partition gpu --time 1:00:00 --gpus-per-task 1 "
+                             "--cpus-per-task 4 --account lab --extra '#SBATCH --qos=high' --run-id j --out '" + out.string() + "'");
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const std::string array = sb.read(out / "cli_test" / "j" / "slurm" / "array.sbatch");
+  for (const char* line : {"#SBATCH --array=0-2", "#SBATCH --requeue", "#SBATCH --signal=TERM@120", "#SBATCH --partition=gpu",
+                           "#SBATCH --time=1:00:00", "#SBATCH --gpus-per-task=1", "#SBATCH --cpus-per-task=4",
+                           "#SBATCH --account=lab", "#SBATCH --qos=high", "--shard \"${SLURM_ARRAY_TASK_ID}/3\"",
+                           "--run-id 'j'", "scontrol requeue"})
+    CHECK_THAT(array, Contains(line));
+  CHECK_THAT(sb.read(out / "cli_test" / "j" / "slurm" / "merge.sbatch"), Contains("merge '" + (out / "cli_test" / "j").string() + "'"));
+  CHECK_THAT(r.out, Contains("sbatch --dependency=afterok:$jid"));
+  // Never over existing scripts.
+  CHECK(sb.ablate("slurm '" + cfg.string() + "' --run-id j --out '" + out.string() + "'").status == 2);
+  if (std::system("command -v sbatch >/dev/null 2>&1") != 0) {
+    const Result s = sb.ablate("slurm '" + cfg.string() + "' --submit --run-id k --out '" + out.string() + "'");
+    CHECK(s.status == 2);
+    CHECK_THAT(s.err, Contains("sbatch is not on the PATH"));
+  }
 }
 
 TEST_CASE("cli: list and help", "[cli]") {

@@ -310,15 +310,68 @@ TEST_CASE("results: an existing run folder is kept unless forced", "[report]") {
   CHECK(root.entries("exp") == std::vector<std::string>{"same"});  // nothing aside, nothing partial
 }
 
-TEST_CASE("results: an uncommitted writer leaves nothing", "[report]") {
+TEST_CASE("results: an unfinished run keeps its finished units, durably, and nothing when it has none", "[report]") {
   TempRoot root;
   const RunRecords r = sample_run();
   {
     ResultsWriter w({root.path, "exp", "", false, "x: 1\n"}, test_provenance());
-    w.add_run({0, 0}, {}, r, summarize(r, {}));
-    CHECK(root.entries("exp").size() == 1);  // the hidden partial folder
+    CHECK(root.entries("exp").size() == 1);  // <run id>.partial, visible
   }
-  CHECK(root.entries("exp").empty());
+  CHECK(root.entries("exp").empty());  // nothing finished: nothing kept
+  fs::path partial;
+  {
+    ResultsWriter w({root.path, "exp", "kept", false, "x: 1\n"}, test_provenance());
+    w.add_run({0, 0}, {}, r, summarize(r, {}));
+    partial = w.partial_dir();
+    // On disk as soon as the unit is added, before any commit.
+    CHECK(lines(slurp(partial / "summary.csv")).size() == 2);
+    CHECK(lines(slurp(partial / "requests.csv")).size() == 1 + 3);
+    w.mark_interrupted(4, "SIGINT");
+  }
+  CHECK(root.entries("exp") == std::vector<std::string>{"kept.partial"});
+  const std::string prov = slurp(partial / "provenance.yaml");
+  CHECK(prov.find("status: interrupted") != std::string::npos);
+  CHECK(prov.find("units_done: 1") != std::string::npos);
+  CHECK(prov.find("units_total: 4") != std::string::npos);
+  // The same id again without --resume: refused, saying how to resume.
+  CHECK_THROWS_WITH(ResultsWriter({root.path, "exp", "kept", false, "x: 1\n"}, test_provenance()),
+                    Catch::Contains("--resume") && Catch::Contains("kept.partial"));
+}
+
+TEST_CASE("results: a resume drops torn lines and unfinished units' rows, then appends", "[report]") {
+  TempRoot root;
+  const RunRecords r = sample_run();
+  fs::path partial;
+  {
+    ResultsWriter w({root.path, "exp", "r", false, "x: 1\n"}, test_provenance());
+    w.add_run({0, 0, 0, 0}, {}, r, summarize(r, {}));
+    partial = w.partial_dir();
+  }
+  // A crash mid-unit: point 1's request rows written, its summary row torn.
+  { std::ofstream(partial / "requests.csv", std::ios::app) << "1,0,0,0,1,1,1,1,1,10,5,0\n1,0,1,0,1,1,1"; }
+  { std::ofstream(partial / "summary.csv", std::ios::app) << "1,0,1,0,abc,fal"; }
+  ResultsOptions ro{root.path, "exp", "", false, "x: 1\n"};
+  ro.resume = partial;
+  for (const auto& [k, v] : summarize(r, {})) ro.metric_columns.push_back(k);
+  ResultsWriter w(ro, test_provenance());
+  CHECK(w.done(0, 0));
+  CHECK_FALSE(w.done(1, 0));
+  CHECK(w.next_run_index() == 1);
+  CHECK(w.resume_report().repairs.size() == 3);  // summary torn line; requests: torn line, orphan rows
+  CHECK(lines(slurp(partial / "requests.csv")).size() == 1 + 3);
+  w.add_run({1, 0, 1, 0}, {}, r, summarize(r, {}));
+  const fs::path dir = w.commit();
+  CHECK(dir == root.path / "exp" / "r");
+  const auto summary = lines(slurp(dir / "summary.csv"));
+  REQUIRE(summary.size() == 3);
+  CHECK(summary[1].rfind("0,0,0,0,", 0) == 0);
+  CHECK(summary[2].rfind("1,0,1,0,", 0) == 0);
+  CHECK(lines(slurp(dir / "requests.csv")).size() == 1 + 2 * 3);
+  CHECK(slurp(dir / "provenance.yaml").find("status: complete") != std::string::npos);
+  // A complete run is not resumable.
+  ResultsOptions again{root.path, "exp", "", false, "x: 1\n"};
+  again.resume = dir;
+  CHECK_THROWS_WITH(ResultsWriter(again, test_provenance()), Catch::Contains("nothing to resume"));
 }
 
 TEST_CASE("results: automatic run ids do not collide", "[report]") {

@@ -12,6 +12,8 @@
 #include "base/paths.hpp"
 #include "config/registry.hpp"
 #include "experiment/runner.hpp"
+#include "experiment/slurm.hpp"
+#include "experiment/stop.hpp"
 #include "model/shape.hpp"
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
@@ -129,6 +131,29 @@ int main(int argc, char** argv) {
   run->add_option("--run-id", opts.run_id, "name of the run folder (default: UTC time + config hash)");
   run->add_flag("--force", opts.force, "replace an existing run folder of the same id");
   run->add_flag("--quiet", opts.quiet, "no progress lines on stderr");
+  std::string resume_dir, shard;
+  run->add_option("--resume", resume_dir, "continue the unfinished run in this folder (<run id>.partial): only its missing units run");
+  run->add_option("--shard", shard, "I/N: run units I, I+N, I+2N, ... (0 <= I < N) into <run id>/shards/I/ (needs --run-id)");
+
+  std::string merge_dir;
+  auto* merge = app.add_subcommand("merge", "Combine a sharded run's shards/<I>/ into the run folder's CSVs");
+  merge->add_option("run_dir", merge_dir, "the run folder (<out>/<experiment>/<run id>)")->required();
+
+  SlurmOptions slurm_opts;
+  std::string slurm_config;
+  auto* slurm = app.add_subcommand("slurm", "Write (and with --submit, submit) a Slurm array job, one shard per task, plus a merge job");
+  slurm->add_option("config", slurm_config, "experiment YAML")->required();
+  slurm->add_option("--set", slurm_opts.overrides, "override a config key (repeatable)");
+  slurm->add_option("--shards", slurm_opts.shards, "array tasks (default 2)")->check(CLI::Range(1, 100000));
+  slurm->add_option("--partition", slurm_opts.partition, "#SBATCH --partition");
+  slurm->add_option("--time", slurm_opts.time, "#SBATCH --time, per task (e.g. 4:00:00)");
+  slurm->add_option("--gpus-per-task", slurm_opts.gpus_per_task, "#SBATCH --gpus-per-task");
+  slurm->add_option("--cpus-per-task", slurm_opts.cpus_per_task, "#SBATCH --cpus-per-task");
+  slurm->add_option("--account", slurm_opts.account, "#SBATCH --account");
+  slurm->add_option("--extra", slurm_opts.extra, "another #SBATCH line, as written (repeatable)");
+  slurm->add_option("--out", out_dir, "results root folder (default: <project>/results)");
+  slurm->add_option("--run-id", slurm_opts.run_id, "the run folder's name (default: UTC time + config hash)");
+  slurm->add_flag("--submit", slurm_opts.submit, "submit with sbatch and print the job ids");
 
   auto* validate = app.add_subcommand("validate", "Check a config and print every point's resolved config");
   validate->add_option("config", config_file, "experiment YAML")->required();
@@ -168,6 +193,62 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (app.got_subcommand("generate")) return generate(gen);
+    if (app.got_subcommand("merge")) {
+      try {
+        std::cerr << "merged into " << merge_shards(merge_dir, std::cerr).string() << "\n";
+      } catch (const std::invalid_argument& e) {
+        std::cerr << "ablate: error: merge " << merge_dir << ": " << e.what() << "\n";
+        return kBadInput;
+      }
+      return 0;
+    }
+    if (app.got_subcommand("slurm")) {
+      slurm_opts.config = slurm_config;
+      slurm_opts.results_root = out_dir.empty() ? project_root() / "results" : std::filesystem::path(out_dir);
+      slurm_opts.ablate = std::filesystem::canonical("/proc/self/exe");
+      const LoadedExperiment exp = load_experiment(slurm_config, slurm_opts.overrides);
+      try {
+        const SlurmScripts js = write_slurm_job(exp, slurm_opts);
+        std::cout << fmt::format("array job: {}\nmerge job: {}\n", js.array_script.string(), js.merge_script.string());
+        if (slurm_opts.submit)
+          std::cout << fmt::format("submitted: array {} ({} tasks), merge {} (after the array succeeds)\n"
+                                   "watch:     squeue -j {},{}\nresults:   {} (shards/<I>/ as tasks finish, merged CSVs at the end)\n",
+                                   js.array_job, slurm_opts.shards, js.merge_job, js.array_job, js.merge_job, js.run_dir.string());
+        else
+          std::cout << fmt::format("submit:    jid=$(sbatch --parsable {}) && sbatch --dependency=afterok:$jid {}\n",
+                                   js.array_script.string(), js.merge_script.string());
+      } catch (const std::invalid_argument& e) {
+        std::cerr << "ablate: error: slurm: " << e.what() << "\n";
+        return kBadInput;
+      }
+      return 0;
+    }
+    if (!shard.empty()) {  // I/N, 0 <= I < N
+      const auto slash = shard.find('/');
+      int i = -1, n = 0;
+      try {
+        if (slash != std::string::npos) i = std::stoi(shard.substr(0, slash)), n = std::stoi(shard.substr(slash + 1));
+      } catch (const std::exception&) {
+      }
+      if (slash == std::string::npos || n < 1 || i < 0 || i >= n) {
+        std::cerr << "ablate: error: --shard " << shard << ": expected I/N with 0 <= I < N (shard indices start at 0, "
+                  << "as Slurm's SLURM_ARRAY_TASK_ID does)\n";
+        return kBadInput;
+      }
+      opts.shard_index = i;
+      opts.shard_count = n;
+    }
+    if (!resume_dir.empty()) {
+      if (!shard.empty()) {
+        std::cerr << "ablate: error: --resume with --shard: a shard resumes its own folder; give the same --shard and --run-id\n";
+        return kBadInput;
+      }
+      if (!std::filesystem::exists(std::filesystem::path(resume_dir) / "provenance.yaml")) {
+        std::cerr << "ablate: error: --resume " << resume_dir << ": not a run folder (no provenance.yaml)\n";
+        return kBadInput;
+      }
+      opts.resume = resume_dir;
+    }
     const LoadedExperiment exp = load_experiment(config_file, overrides);
     if (app.got_subcommand("validate")) {
       for (const auto& p : exp.points) {
@@ -189,9 +270,16 @@ int main(int argc, char** argv) {
       }
     }
     opts.results_root = out_dir.empty() ? project_root() / "results" : std::filesystem::path(out_dir);
+    for (int i = 0; i < argc; ++i) {  // the command again, for the "resume with" hint
+      if (std::string(argv[i]) == "--resume") { ++i; continue; }
+      opts.resume_command += (i ? " " : "") + std::string(argv[i]);
+    }
+    install_stop_handlers();
     const auto dir = run_experiment(exp, opts, std::cout);
     std::cerr << "results: " << dir.string() << "\n";
     return 0;
+  } catch (const RunInterrupted& e) {
+    return 128 + e.signal;
   } catch (const ConfigError& e) {
     std::cerr << "ablate: error: " << e.what() << "\n";
     return kBadInput;

@@ -93,6 +93,7 @@ class Engine {
   RunRecords run() {
     t0_ = Clock::now();
     while (finished_ < static_cast<int>(requests_.size())) {
+      if (options_.check_stop) options_.check_stop();
       admit_arrivals();
       if (!scheduler_.has_work()) {
         wait_for_next_arrival();
@@ -139,7 +140,9 @@ class Engine {
 
   void wait_for_next_arrival() {
     if (next_arrival_ >= requests_.size()) throw std::logic_error("engine: requests unfinished but none waiting or running");
-    std::this_thread::sleep_for(std::chrono::duration<double>(requests_[next_arrival_].arrival_s - elapsed()));
+    // In slices, so that a stop asked for meanwhile is seen within 50 ms.
+    const double wait = requests_[next_arrival_].arrival_s - elapsed();
+    std::this_thread::sleep_for(std::chrono::duration<double>(std::min(wait, 0.05)));
   }
 
   // The scheduler picks the step's chunks; a preempted sequence starts over from its tokens.

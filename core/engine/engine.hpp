@@ -33,6 +33,9 @@ struct EngineOptions {
   int profile_end_step = 0;
   // Called after every step: requests done, total, seconds elapsed, output tokens so far.
   std::function<void(int, int, double, long long)> on_step;
+  // Called before every step and every 50 ms while waiting for an arrival; may throw to abandon
+  // the run (the runner's clean stop on SIGINT/SIGTERM).
+  std::function<void()> check_stop;
 };
 
 // Runs the requests (sorted by arrival, ids 0..n-1) in real time: a request joins at its

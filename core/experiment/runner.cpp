@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <tuple>
 #include <memory>
 #include <map>
 #include <optional>
@@ -17,6 +20,7 @@
 #include "experiment/ci_target.hpp"
 #include "experiment/factories.hpp"
 #include "experiment/run_order.hpp"
+#include "experiment/stop.hpp"
 #include "engine/engine.hpp"
 #include "kv/kv_cache.hpp"
 #include "model/prompts.hpp"
@@ -74,6 +78,7 @@ RunRecords run_once(const ExperimentConfig& cfg, Backend& backend, const std::ve
   eo.eos_token = eos;
   eo.profile_start_step = cfg.profile.start_step;
   eo.profile_end_step = cfg.profile.end_step;
+  eo.check_stop = throw_if_stopped;  // SIGINT/SIGTERM: the unit in flight is abandoned
   if (progress)
     eo.on_step = [progress](int done, int total, double elapsed, long long tokens) {
       progress->update(done, total, elapsed, elapsed > 0 ? static_cast<double>(tokens) / elapsed : 0.0);
@@ -93,7 +98,7 @@ struct PreparedPoint {
   int eos = -1;
   int threads = 1;
   std::optional<Provenance> provenance;  // when it differs from the run's (threads, backend)
-  int runs_done = 0;                     // warm-ups and timed runs so far
+  int warmups_done = 0;                  // in this process: a resumed point warms up again
 };
 
 // The model and backend config that builds a backend: points that share it share the weights.
@@ -120,17 +125,99 @@ std::vector<std::vector<int>> backend_groups(const LoadedExperiment& exp) {
   return groups;
 }
 
+// summary.csv's columns, fixed before the first unit so that every unit's row can be appended:
+// the config keys, and the metrics with one acceptance_rate_pos_<i> per draft position of the
+// largest speculative.k swept.
+std::pair<std::vector<std::string>, std::vector<std::string>> summary_columns(const LoadedExperiment& exp) {
+  std::vector<std::string> config, metrics;
+  for (const auto& [k, v] : exp.points.front().columns) config.push_back(k);
+  int max_k = 0;
+  for (const auto& p : exp.points)
+    if (p.config.speculative.draft != "none") max_k = std::max(max_k, p.config.speculative.k);
+  RunRecords shape;
+  shape.facts.accepted_at_pos.resize(static_cast<std::size_t>(max_k));
+  for (const auto& [k, v] : summarize(shape, exp.points.front().config.slo)) metrics.push_back(k);
+  return {config, metrics};
+}
+
+std::string provenance_value(const std::filesystem::path& folder, const std::string& key) {
+  for (const auto& [k, v] : read_provenance_file(folder / "provenance.yaml"))
+    if (k == key) return v;
+  return "";
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t b = 0;
+  for (std::size_t e; (e = text.find('\n', b)) != std::string::npos; b = e + 1) out.push_back(text.substr(b, e - b));
+  if (b < text.size()) out.push_back(text.substr(b));
+  return out;
+}
+
+// A resume continues the same experiment from the same build, or says what differs.
+void check_resumable(const std::filesystem::path& folder, const std::string& config_yaml, const Provenance& now, bool force) {
+  std::vector<std::string> diffs;
+  if (provenance_value(folder, "config_hash") != config_hash(config_yaml)) {
+    std::ifstream f(folder / "config.yaml", std::ios::binary);
+    const std::string old((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const auto a = lines_of(old), b = lines_of(config_yaml);
+    std::string d;
+    int shown = 0;
+    for (const auto& l : a)
+      if (std::find(b.begin(), b.end(), l) == b.end() && shown++ < 8) d += "\n    - " + l;
+    for (const auto& l : b)
+      if (std::find(a.begin(), a.end(), l) == a.end() && shown++ < 16) d += "\n    + " + l;
+    diffs.push_back("the resolved config differs (- the run's, + this one's):" + d);
+  }
+  const std::string built = provenance_value(folder, "build_commit");
+  if (built != now.build_commit) diffs.push_back(fmt::format("the build differs: the run's {}, this one's {}", built, now.build_commit));
+  if (diffs.empty()) return;
+  std::string msg = fmt::format("{}: cannot resume:", folder.string());
+  for (const auto& d : diffs) msg += "\n  " + d;
+  if (force) {
+    std::fprintf(stderr, "%s\n  (--force: resuming anyway)\n", msg.c_str());
+    return;
+  }
+  throw std::runtime_error(msg + "\n  (--force resumes anyway; the rows then mix both)");
+}
+
 }  // namespace
 
 std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptions& opts, std::ostream& table) {
+  namespace fs = std::filesystem;
   if (exp.points.empty()) throw std::invalid_argument(fmt::format("{}: no sweep points to run", exp.file));
   const ExperimentConfig& first = exp.points.front().config;
+  const bool sharded = opts.shard_count > 0;
+  if (sharded && exp.target_ci > 0)
+    throw std::invalid_argument("--shard: target_ci decides rounds from every point's results, which needs them in one process");
+  if (sharded && opts.run_id.empty())
+    throw std::invalid_argument("--shard needs --run-id: every shard writes into the same run folder");
   if (exp.target_ci > 0) check_stats_available();
 
   std::string all_yaml;
   for (const auto& p : exp.points)
     all_yaml += exp.points.size() == 1 ? p.resolved_yaml
                                        : fmt::format("# point {}\n---\n{}\n", p.index, p.resolved_yaml);
+
+  ResultsOptions ro{opts.results_root, first.experiment, opts.run_id, opts.force, all_yaml, {}, {}, opts.resume, 0};
+  std::tie(ro.config_columns, ro.metric_columns) = summary_columns(exp);
+  ro.total_units = static_cast<int>(exp.points.size()) * exp.repeat;
+  if (sharded) {  // <run id>/shards/<I>/, resumed by itself when unfinished
+    ro.results_root = opts.results_root / first.experiment / opts.run_id;
+    ro.experiment = "shards";
+    ro.run_id = std::to_string(opts.shard_index);
+    const fs::path done = ro.results_root / "shards" / ro.run_id, partial = done.string() + ".partial";
+    if (fs::exists(done / "provenance.yaml") && provenance_value(done, "status") == "complete" && !opts.force) {
+      std::fprintf(stderr, "shard %d/%d of %s is complete; nothing to run\n", opts.shard_index, opts.shard_count,
+                   opts.run_id.c_str());
+      return done;
+    }
+    if (fs::exists(partial) && !opts.force) ro.resume = partial;
+  }
+  if (!ro.resume.empty() && fs::exists(ro.resume / "provenance.yaml") && provenance_value(ro.resume, "status") == "complete") {
+    std::fprintf(stderr, "%s is a complete run; nothing to resume\n", ro.resume.string().c_str());
+    return ro.resume;
+  }
 
   const int cores = omp_get_num_procs();
   std::unique_ptr<Backend> backend;
@@ -143,20 +230,30 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
     }
     return *backend;
   };
-
   Backend& b0 = backend_for(first);
   const int threads0 = first.threads > 0 ? first.threads : cores;
-  ResultsWriter writer({opts.results_root, first.experiment, opts.run_id, opts.force, all_yaml},
-                       collect_provenance(threads0, b0.name(), b0.device_name()));
+  const Provenance prov0 = collect_provenance(threads0, b0.name(), b0.device_name());
+  if (!ro.resume.empty()) check_resumable(ro.resume, all_yaml, prov0, opts.force);
+  ResultsWriter writer(ro, prov0);
+  if (!ro.resume.empty()) {
+    std::fprintf(stderr, "resuming %s: %d of %d units done\n", writer.partial_dir().string().c_str(),
+                 writer.resume_report().units_done, ro.total_units);
+    for (const auto& r : writer.resume_report().repairs) std::fprintf(stderr, "  repaired %s\n", r.c_str());
+  }
 
   const bool interleaved = exp.order == "interleaved";
   const auto seed = static_cast<std::uint64_t>(first.seed);
-  int total_runs = static_cast<int>(exp.points.size()) * (exp.warmup + exp.repeat), run_index = 0;
+  int total_units = ro.total_units;
+  int unit_seq = 0;  // the unit's place in the planned order: run_index, and the shard it belongs to
+  const std::string shard_text = sharded ? fmt::format("shard {}/{} ", opts.shard_index, opts.shard_count) : "";
   std::vector<PreparedPoint> prepared(exp.points.size());
 
-  // One engine run of a point: its warm-ups first if it has not had them.
+  // A unit (a point's timed run), after the point's warm-ups in this process; skipped when done
+  // already (a resume) or another shard's.
   const auto run_unit = [&](Backend& be, PreparedPoint& pp, int repeat) {
+    const int seq = unit_seq++;
     const SweepPoint& point = *pp.point;
+    if (writer.done(point.index, repeat) || (sharded && seq % opts.shard_count != opts.shard_index)) return;
     const ExperimentConfig& cfg = point.config;
     omp_set_num_threads(pp.threads);
     auto* cuda_backend = dynamic_cast<CudaBackend*>(&be);
@@ -166,9 +263,9 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
       cuda_backend->set_cuda_l2_prefetch(cfg.cuda_l2_prefetch);
       cuda_backend->set_flash_decode_version(cfg.cuda_flash_decode_version);
     }
-    for (; pp.runs_done < exp.warmup + repeat + 1; ++pp.runs_done) {
-      const bool timed = pp.runs_done >= exp.warmup;
-      std::string label = fmt::format("run {}/{} point {}", run_index + 1, total_runs, point.index);
+    for (bool timed = false; !timed;) {
+      timed = pp.warmups_done >= exp.warmup;
+      std::string label = fmt::format("{}unit {}/{} point {}", shard_text, seq + 1, total_units, point.index);
       for (const auto& [k, v] : point.swept) label += fmt::format(" {}={}", k, v);
       label += timed ? fmt::format(" repeat {}", repeat) : " warm-up";
       Progress progress(opts.quiet, label);
@@ -180,9 +277,8 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
         std::fprintf(stderr, "%s: cuda_graphs: %lld of %lld forward passes replayed a graph (%lld captured)\n",
                      label.c_str(), g.replays - graphs0.replays, g.steps - graphs0.steps, g.captures - graphs0.captures);
       }
-      if (timed)
-        writer.add_run({point.index, repeat, run_index, repeat}, point.columns, rec, summarize(rec, cfg.slo), pp.provenance);
-      ++run_index;
+      if (timed) writer.add_run({point.index, repeat, seq, repeat}, point.columns, rec, summarize(rec, cfg.slo), pp.provenance);
+      else ++pp.warmups_done;
     }
   };
 
@@ -197,54 +293,66 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
   };
 
   std::string targets;  // provenance.yaml lines: each point's interval when target_ci is set
-  for (const std::vector<int>& group : backend_groups(exp)) {
-    Backend& be = backend_for(exp.points[static_cast<std::size_t>(group.front())].config);
-    for (int p : group) {
-      const SweepPoint& point = exp.points[static_cast<std::size_t>(p)];
-      const ExperimentConfig& cfg = point.config;
-      PreparedPoint& pp = prepared[static_cast<std::size_t>(p)];
-      pp.point = &point;
-      pp.threads = cfg.threads > 0 ? cfg.threads : cores;
-      const int max_seq = effective_max_seq_len(cfg, be.shape());
-      pp.requests = make_workload(cfg.workload, static_cast<std::uint64_t>(cfg.seed), be.shape().vocab_size, max_seq);
-      apply_prompt_file(cfg, max_seq, pp.requests);
-      pp.eos = eos_token_of(cfg);
-      if (pp.threads != threads0 || be.name() != b0.name()) pp.provenance = collect_provenance(pp.threads, be.name(), be.device_name());
-    }
-    if (!interleaved) {
+  try {
+    for (const std::vector<int>& group : backend_groups(exp)) {
+      Backend& be = backend_for(exp.points[static_cast<std::size_t>(group.front())].config);
       for (int p : group) {
-        int n = exp.repeat;
-        for (int r = 0; r < n; ++r) {
-          run_unit(be, prepared[static_cast<std::size_t>(p)], r);
-          if (r + 1 == n && exp.target_ci > 0 && n < exp.max_repeat && !target_met({p})) ++n, ++total_runs;
+        const SweepPoint& point = exp.points[static_cast<std::size_t>(p)];
+        const ExperimentConfig& cfg = point.config;
+        PreparedPoint& pp = prepared[static_cast<std::size_t>(p)];
+        pp.point = &point;
+        pp.threads = cfg.threads > 0 ? cfg.threads : cores;
+        const int max_seq = effective_max_seq_len(cfg, be.shape());
+        pp.requests = make_workload(cfg.workload, static_cast<std::uint64_t>(cfg.seed), be.shape().vocab_size, max_seq);
+        apply_prompt_file(cfg, max_seq, pp.requests);
+        pp.eos = eos_token_of(cfg);
+        if (pp.threads != threads0 || be.name() != b0.name()) pp.provenance = collect_provenance(pp.threads, be.name(), be.device_name());
+      }
+      if (!interleaved) {
+        for (int p : group) {
+          int n = exp.repeat;
+          for (int r = 0; r < n; ++r) {
+            run_unit(be, prepared[static_cast<std::size_t>(p)], r);
+            if (r + 1 == n && exp.target_ci > 0 && n < exp.max_repeat && !target_met({p})) ++n, ++total_units;
+          }
+        }
+      } else {
+        int rounds = exp.repeat;
+        for (int r = 0; r < rounds; ++r) {
+          for (int p : round_order(group, seed, r)) run_unit(be, prepared[static_cast<std::size_t>(p)], r);
+          if (r + 1 == rounds && exp.target_ci > 0 && rounds < exp.max_repeat && !target_met(group)) {
+            ++rounds;
+            total_units += static_cast<int>(group.size());
+          }
         }
       }
-    } else {
-      int rounds = exp.repeat;
-      for (int r = 0; r < rounds; ++r) {
-        for (int p : round_order(group, seed, r)) run_unit(be, prepared[static_cast<std::size_t>(p)], r);
-        if (r + 1 == rounds && exp.target_ci > 0 && rounds < exp.max_repeat && !target_met(group)) {
-          ++rounds;
-          total_runs += static_cast<int>(group.size());
+      if (exp.target_ci > 0) {
+        target_met(group);
+        for (int p : group) {
+          const PointInterval& pi = intervals[p];
+          const bool met = pi.half_width && *pi.half_width <= exp.target_ci;
+          targets += fmt::format("  - {{point: {}, n: {}, centre: {}, half_width: {}, met: {}}}\n", p, pi.n,
+                                 format_number(pi.centre), pi.half_width ? format_number(*pi.half_width) : "null",
+                                 met ? "true" : "false");
+          std::fprintf(stderr, "target_ci %s <= %g: point %d %s after %d repeats (half-width %s)\n",
+                       exp.target_metric.c_str(), exp.target_ci, p, met ? "reached" : "NOT reached", pi.n,
+                       pi.half_width ? fmt::format("{:.4f}", *pi.half_width).c_str() : "none");
         }
       }
     }
-    if (exp.target_ci > 0) {
-      target_met(group);
-      for (int p : group) {
-        const PointInterval& pi = intervals[p];
-        const bool met = pi.half_width && *pi.half_width <= exp.target_ci;
-        targets += fmt::format("  - {{point: {}, n: {}, centre: {}, half_width: {}, met: {}}}\n", p, pi.n,
-                               format_number(pi.centre), pi.half_width ? format_number(*pi.half_width) : "null",
-                               met ? "true" : "false");
-        std::fprintf(stderr, "target_ci %s <= %g: point %d %s after %d repeats (half-width %s)\n",
-                     exp.target_metric.c_str(), exp.target_ci, p, met ? "reached" : "NOT reached", pi.n,
-                     pi.half_width ? fmt::format("{:.4f}", *pi.half_width).c_str() : "none");
-      }
-    }
+  } catch (const RunInterrupted& e) {
+    const int mine = sharded ? (total_units - opts.shard_index + opts.shard_count - 1) / opts.shard_count : total_units;
+    writer.mark_interrupted(mine, e.what());
+    std::fprintf(stderr,
+                 "ablate: %s: stopped; %d of %d units complete in %s (status: interrupted)\n"
+                 "resume with: %s%s%s\n",
+                 e.what(), static_cast<int>(writer.rows().size()), mine, writer.partial_dir().string().c_str(),
+                 opts.resume_command.c_str(), sharded ? "" : " --resume ", sharded ? "" : writer.partial_dir().string().c_str());
+    throw;
   }
 
   std::string extra = fmt::format("order: {}\n", exp.order);
+  if (sharded) extra += fmt::format("shard: {}\nshards: {}\n", opts.shard_index, opts.shard_count);
   if (exp.target_ci > 0)
     extra += fmt::format("target_ci: {}\ntarget_metric: {}\nmax_repeat: {}\ntarget_ci_points:\n{}", format_number(exp.target_ci),
                          exp.target_metric, exp.max_repeat, targets);
