@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <functional>
+#include <queue>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -226,25 +228,49 @@ std::vector<std::string> BpeTokenizer::pre_tokenize(const std::string& text) con
 
 void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int>& out) const {
   const ByteMap& bm = byte_map();
-  std::vector<std::string> sym;
+  // Symbols as a linked list over the piece's bytes; merging is into the left symbol.
+  struct Sym {
+    std::string text;
+    int prev, next;  // -1: none
+    bool alive = true;
+  };
+  std::vector<Sym> sym;
   sym.reserve(piece.size());
-  for (unsigned char c : piece) sym.push_back(bm.byte_str[c]);
-  // Merge the adjacent pair of lowest rank until none is in the merge list.
-  while (sym.size() > 1) {
-    int best = INT_MAX;
-    std::size_t at = 0;
-    for (std::size_t i = 0; i + 1 < sym.size(); ++i) {
-      auto it = ranks_.find(sym[i] + " " + sym[i + 1]);
-      if (it != ranks_.end() && it->second < best) {
-        best = it->second;
-        at = i;
-      }
-    }
-    if (best == INT_MAX) break;
-    sym[at] += sym[at + 1];
-    sym.erase(sym.begin() + static_cast<std::ptrdiff_t>(at) + 1);
+  for (std::size_t i = 0; i < piece.size(); ++i)
+    sym.push_back({bm.byte_str[static_cast<unsigned char>(piece[i])], static_cast<int>(i) - 1,
+                   i + 1 < piece.size() ? static_cast<int>(i) + 1 : -1});
+  // Merge the adjacent pair of lowest rank (leftmost among equals) until none is in the merge list:
+  // a heap of candidate pairs, O(n log n) (the textbook loop rescans every pair per merge: O(n^2),
+  // minutes for a 16 KB word). An entry is stale once either side changed; `len` catches the
+  // right side having grown, `alive` and adjacency the rest.
+  struct Cand {
+    int rank, left, right;
+    std::size_t len;
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+  };
+  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+  std::string key;
+  const auto push = [&](int l, int r) {
+    if (l < 0 || r < 0) return;
+    key.assign(sym[l].text).append(" ").append(sym[r].text);
+    if (auto it = ranks_.find(key); it != ranks_.end()) heap.push({it->second, l, r, sym[l].text.size() + sym[r].text.size()});
+  };
+  for (int i = 0; i + 1 < static_cast<int>(sym.size()); ++i) push(i, i + 1);
+  while (!heap.empty()) {
+    const Cand c = heap.top();
+    heap.pop();
+    Sym &l = sym[c.left], &r = sym[c.right];
+    if (!l.alive || !r.alive || l.next != c.right || l.text.size() + r.text.size() != c.len) continue;
+    l.text += r.text;
+    r.alive = false;
+    l.next = r.next;
+    if (r.next >= 0) sym[r.next].prev = c.left;
+    push(l.prev, c.left);
+    push(c.left, l.next);
   }
-  for (const auto& s : sym) {
+  for (const auto& sy : sym) {
+    if (!sy.alive) continue;
+    const std::string& s = sy.text;
     if (auto it = ids_.find(s); it != ids_.end()) {
       out.push_back(it->second);
       continue;
@@ -252,7 +278,11 @@ void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int>& out)
     for (const Cp& c : code_points(s)) {  // not in the vocabulary: its bytes one by one
       auto b = bm.cp_byte.find(c.cp);
       const int id = b == bm.cp_byte.end() ? -1 : byte_ids_[b->second];
-      if (id < 0) throw std::runtime_error(fmt::format("BPE: byte {:02x} has no token", b == bm.cp_byte.end() ? 0 : b->second));
+      if (id < 0)  // SmolLM2's vocabulary, for one, lacks 21 bytes (0x04, 0xC0, 0xF5..0xFF, ...)
+        throw std::runtime_error(fmt::format("BPE tokenizer: the text has byte 0x{:02X}, which has no token in this vocabulary "
+                                             "of {} (\"{}\" in GPT-2's byte spelling); the text cannot be encoded",
+                                             b == bm.cp_byte.end() ? 0 : b->second, tokens_.size(),
+                                             b == bm.cp_byte.end() ? "?" : bm.byte_str[b->second]));
       out.push_back(id);
     }
   }

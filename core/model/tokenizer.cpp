@@ -1,7 +1,9 @@
 #include "model/tokenizer.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <fstream>
+#include <queue>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -9,6 +11,9 @@
 namespace ablate {
 
 Llama2cTokenizer::Llama2cTokenizer(const std::string& path, int vocab_size) {
+  if (vocab_size < 3)  // BOS and EOS are ids 1 and 2
+    throw std::runtime_error(fmt::format("{}: a vocabulary of {} tokens; a llama2.c tokenizer has at least 3 (<unk>, <s>, </s>)",
+                                         path, vocab_size));
   std::ifstream f(path, std::ios::binary);
   if (!f) throw std::runtime_error(fmt::format("{}: cannot open tokenizer", path));
   int32_t max_len = 0;
@@ -26,6 +31,10 @@ Llama2cTokenizer::Llama2cTokenizer(const std::string& path, int vocab_size) {
     ids_.emplace(piece, i);
     pieces_.push_back(std::move(piece));
     scores_.push_back(score);
+  }
+  for (int b = 0; b < 256; ++b) {
+    const auto it = ids_.find(fmt::format("<0x{:02X}>", b));
+    byte_ids_[b] = it == ids_.end() ? -1 : it->second;
   }
 }
 
@@ -65,28 +74,59 @@ std::vector<int> Llama2cTokenizer::encode(const std::string& text, bool bos, boo
     if (it != ids_.end()) {
       out.push_back(it->second);
     } else {
-      for (std::size_t b = 0; b < len; ++b) out.push_back(static_cast<unsigned char>(text[i + b]) + 3);
+      for (std::size_t b = 0; b < len; ++b) {  // byte fallback: <0xHH>, id 3 + HH in llama2.c's vocabularies
+        const auto byte = static_cast<unsigned char>(text[i + b]);
+        if (byte_ids_[byte] < 0)
+          throw std::runtime_error(fmt::format("llama2.c tokenizer: byte 0x{:02X} at offset {} of the text has no piece and "
+                                               "the vocabulary of {} has no byte token <0x{:02X}>",
+                                               byte, i + b, pieces_.size(), byte));
+        out.push_back(byte_ids_[byte]);
+      }
     }
     i += len;
   }
-  // Repeatedly merge the adjacent pair whose merged piece has the best score.
-  const std::size_t first = bos ? 1 : 0;
-  while (true) {
-    float best = -1e30f;
-    int best_id = -1;
-    std::size_t best_at = 0;
-    for (std::size_t i = first; i + 1 < out.size(); ++i) {
-      auto it = ids_.find(pieces_[static_cast<std::size_t>(out[i])] + pieces_[static_cast<std::size_t>(out[i + 1])]);
-      if (it != ids_.end() && scores_[static_cast<std::size_t>(it->second)] > best) {
-        best = scores_[static_cast<std::size_t>(it->second)];
-        best_id = it->second;
-        best_at = i;
-      }
-    }
-    if (best_id < 0) break;
-    out[best_at] = best_id;
-    out.erase(out.begin() + static_cast<std::ptrdiff_t>(best_at) + 1);
+  // Repeatedly merge the adjacent pair whose merged piece has the best score (leftmost among equal
+  // scores; a score must beat -1e30, as in llama2.c). A heap of candidate pairs over a linked list
+  // of symbols: O(n log n), where rescanning every pair per merge took O(n^2) (minutes for a long
+  // prompt). An entry is stale once either side is gone or holds another piece.
+  const int first = bos ? 1 : 0, n = static_cast<int>(out.size());
+  std::vector<int> next(static_cast<std::size_t>(std::max(n, 0))), prev(next.size());
+  std::vector<char> alive(next.size(), 1);
+  for (int i = 0; i < n; ++i) {
+    next[i] = i + 1 < n ? i + 1 : -1;
+    prev[i] = i > first ? i - 1 : -1;
   }
+  struct Cand {
+    float score;
+    int left, right, left_id, right_id, id;
+    bool operator<(const Cand& o) const { return score != o.score ? score < o.score : left > o.left; }  // top: best, leftmost
+  };
+  std::priority_queue<Cand> heap;
+  std::string key;
+  const auto push = [&](int l, int r) {
+    if (l < first || r < 0) return;
+    const auto L = static_cast<std::size_t>(out[l]), R = static_cast<std::size_t>(out[r]);
+    key.assign(pieces_[L]).append(pieces_[R]);
+    if (auto it = ids_.find(key); it != ids_.end() && scores_[static_cast<std::size_t>(it->second)] > -1e30f)
+      heap.push({scores_[static_cast<std::size_t>(it->second)], l, r, out[l], out[r], it->second});
+  };
+  for (int i = first; i + 1 < n; ++i) push(i, i + 1);
+  while (!heap.empty()) {
+    const Cand c = heap.top();
+    heap.pop();
+    if (!alive[c.left] || !alive[c.right] || next[c.left] != c.right || out[c.left] != c.left_id || out[c.right] != c.right_id)
+      continue;
+    out[c.left] = c.id;
+    alive[c.right] = 0;
+    next[c.left] = next[c.right];
+    if (next[c.right] >= 0) prev[next[c.right]] = c.left;
+    push(prev[c.left], c.left);
+    push(c.left, next[c.left]);
+  }
+  std::size_t kept = 0;
+  for (int i = 0; i < n; ++i)
+    if (alive[i]) out[kept++] = out[i];
+  out.resize(kept);
   if (eos) out.push_back(kEos);
   return out;
 }

@@ -34,6 +34,8 @@ class Llama2cTokenizer final : public Tokenizer {
   static constexpr int kBos = 1;
   static constexpr int kEos = 2;
 
+  // Reads vocab_size (>= 3: <unk>, <s>, </s> come first) pieces; throws std::runtime_error naming
+  // the file on a short or malformed one.
   Llama2cTokenizer(const std::string& path, int vocab_size);
   int vocab_size() const override { return static_cast<int>(pieces_.size()); }
   int bos_id() const override { return kBos; }
@@ -48,12 +50,15 @@ class Llama2cTokenizer final : public Tokenizer {
   std::string decode(int prev, int token) const;
   std::string decode(const std::vector<int>& tokens) const;  // tokens[0] is taken as following BOS
   // Byte-pair encoding by merge scores, as llama2.c does (a leading space is added, like SentencePiece).
+  // A code point with no piece of its own becomes its bytes' <0xHH> tokens; throws
+  // std::runtime_error naming the byte when the vocabulary has no such token.
   std::vector<int> encode(const std::string& text, bool bos, bool eos) const;
 
  private:
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
   std::unordered_map<std::string, int> ids_;
+  int byte_ids_[256];  // id of each byte's <0xHH> piece (-1: none)
 };
 
 }  // namespace ablate

@@ -3,9 +3,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
+#include <string>
 
 #include <fmt/format.h>
 
@@ -173,10 +175,79 @@ ModelShape model_shape(const ModelConfig& cfg) {
   throw std::runtime_error(fmt::format("unknown model preset \"{}\"", cfg.preset));
 }
 
+namespace {
+
+// The first number in a small text file (cgroup files, meminfo fields); nullopt when absent.
+std::optional<std::uint64_t> read_number(const std::string& path, const std::string& field = "") {
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!field.empty() && line.rfind(field, 0) != 0) continue;
+    const std::string rest = line.substr(field.size());
+    const std::size_t at = rest.find_first_of("0123456789");
+    if (at == std::string::npos) return std::nullopt;  // e.g. cgroup v2 "max": no limit
+    try {
+      return std::stoull(rest.substr(at));
+    } catch (const std::exception&) {
+      return std::nullopt;
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<HostMemory> host_memory_available() {
+  std::optional<HostMemory> best;
+  const auto bound = [&](std::optional<std::uint64_t> bytes, std::string source) {
+    if (bytes && (!best || *bytes < best->bytes)) best = HostMemory{*bytes, std::move(source)};
+  };
+  if (auto kb = read_number("/proc/meminfo", "MemAvailable:")) bound(*kb * 1024, "MemAvailable in /proc/meminfo");
+  // cgroup v2, then v1: the limit less what the group already uses.
+  const auto cgroup = [&](const std::string& limit, const std::string& usage) {
+    const auto max = read_number(limit), cur = read_number(usage);
+    if (max && cur && *max < (std::uint64_t{1} << 60)) bound(*max > *cur ? *max - *cur : 0, "the cgroup memory limit (" + limit + ")");
+  };
+  cgroup("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current");
+  cgroup("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes");
+  if (const char* env = std::getenv("ABLATE_HOST_MEMORY_MB"); env && *env) {
+    char* end = nullptr;
+    const double mb = std::strtod(env, &end);
+    if (end == env || *end != '\0' || !(mb >= 0) || mb > 1e12)
+      throw std::runtime_error(fmt::format("ABLATE_HOST_MEMORY_MB=\"{}\" is not a number of MiB", env));
+    bound(static_cast<std::uint64_t>(mb * 1048576.0), "ABLATE_HOST_MEMORY_MB");
+  }
+  return best;
+}
+
+std::uint64_t weights_host_bytes(const ModelShape& shape) {
+  return static_cast<std::uint64_t>(shape.param_count()) * sizeof(float);
+}
+
+void check_weights_fit(const ModelShape& shape, const std::string& what, const std::optional<HostMemory>& available) {
+  const std::uint64_t need = weights_host_bytes(shape);
+  if (!available || need <= available->bytes) return;
+  const auto size = [](std::uint64_t b) {
+    return b >= (1u << 30) ? fmt::format("{:.2f} GiB", static_cast<double>(b) / (1u << 30))
+                           : fmt::format("{:.0f} MiB", static_cast<double>(b) / (1u << 20));
+  };
+  throw std::runtime_error(fmt::format(
+      "{}: its weights need {} of host memory ({:.0f}M parameters in fp32, loaded on the host by every backend), "
+      "more than the {} available ({}); not loading it. Use a smaller model or a machine with more memory",
+      what, size(need), static_cast<double>(shape.param_count()) / 1e6, size(available->bytes), available->source));
+}
+
 Weights load_weights(const ModelConfig& cfg) {
+  // Every source's shape is known before its weights are read (a header, GGUF metadata or a
+  // preset): refuse a model that cannot fit here with a message rather than the OOM killer.
+  const ModelShape shape = model_shape(cfg);
+  const std::string what = cfg.source == "gguf"      ? expand_path(cfg.gguf)
+                           : cfg.source == "llama2c" ? expand_path(cfg.path)
+                                                     : fmt::format("model.preset {}", cfg.preset);
+  check_weights_fit(shape, what, host_memory_available());
   if (cfg.source == "gguf") return load_gguf(expand_path(cfg.gguf));
   if (cfg.source == "llama2c") return load_llama2c(expand_path(cfg.path));
-  return synthetic_weights(model_shape(cfg), static_cast<unsigned long long>(cfg.seed));
+  return synthetic_weights(shape, static_cast<unsigned long long>(cfg.seed));
 }
 
 }  // namespace ablate

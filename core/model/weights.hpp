@@ -1,6 +1,7 @@
 #pragma once
 // Model weights as the CPU backend holds them (fp32, row-major [out][in]), from a seed or a file.
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -40,6 +41,22 @@ Weights load_llama2c(const std::string& path);
 // The shape a model config will have, without loading weights (a llama2.c header is read).
 // Throws std::runtime_error naming the file on a bad checkpoint.
 ModelShape model_shape(const ModelConfig& cfg);
+// Checks that the model fits in host memory (check_weights_fit below), then loads it.
 Weights load_weights(const ModelConfig& cfg);
+
+// Host memory this process can still use: /proc/meminfo's MemAvailable, capped by the cgroup's
+// memory limit (v2 memory.max - memory.current, or v1) and by $ABLATE_HOST_MEMORY_MB when set
+// (tests; a self-imposed budget). `source` says which bound applied. nullopt when none is readable.
+struct HostMemory {
+  std::uint64_t bytes = 0;
+  std::string source;
+};
+std::optional<HostMemory> host_memory_available();
+// The host bytes the backends' fp32 weights of `shape` take (every backend loads them on the host).
+std::uint64_t weights_host_bytes(const ModelShape& shape);
+// Throws std::runtime_error, before anything is allocated, when the fp32 weights of `shape` alone
+// exceed `available` (which the OOM killer would otherwise end): estimated vs available bytes and
+// where the figure comes from. `what` names the model in the message.
+void check_weights_fit(const ModelShape& shape, const std::string& what, const std::optional<HostMemory>& available);
 
 }  // namespace ablate
