@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The figures of README's "What the ablations show", from the committed reference CSVs
-(results/reference/batching/, results/reference/batching_rate/, results/reference/kv/). Writes small PNGs
+(results/reference/batching/, results/reference/batching_rate/, results/reference/kv/). A point's
+repeats are drawn as their median with its 95 % bootstrap interval (plots/stats.py). Writes small PNGs
 into --out DIR (default plots/out/, untracked); --committed writes the README's committed plots/*.png.
 Run with Debian's python3 (python3-matplotlib, python3-pandas):
   /usr/bin/python3 plots/ablations.py               # -> plots/out/*.png
@@ -12,12 +13,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _python  # noqa: E402
 
-_python.require(["pandas", "matplotlib"], __file__, __name__ == "__main__")
+_python.require(["pandas", "matplotlib", "scipy"], __file__, __name__ == "__main__")
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+
+import stats  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,49 +50,73 @@ def save(fig, name):
 COLORS = {"static": "tab:red", "continuous": "tab:blue"}
 
 
+def per_point(df, metric, keys):
+    """One row per sweep point: the keys, the median of `metric` over repeats, its 95 % interval
+    (lo/hi; the centre itself below 3 repeats) and n."""
+    rows = []
+    for key, part in df.groupby(keys[0] if len(keys) == 1 else keys, sort=False):
+        iv = stats.ci(part[metric].to_numpy(dtype=float))
+        lo = iv.lo if iv.lo is not None else iv.centre
+        hi = iv.hi if iv.hi is not None else iv.centre
+        rows.append(dict(zip(keys, key if isinstance(key, tuple) else (key,)), centre=iv.centre, lo=lo, hi=hi, n=iv.n))
+    return pd.DataFrame(rows)
+
+
+def bars(ax, labels, g, colors, fmt):
+    yerr = [g["centre"] - g["lo"], g["hi"] - g["centre"]]
+    ax.bar(labels, g["centre"], color=colors, yerr=yerr, capsize=3, ecolor="black")
+    for i, (v, hi) in enumerate(zip(g["centre"], g["hi"])):
+        ax.text(i, hi, fmt(v), ha="center", va="bottom", fontsize=8)
+
+
+def n_text(g):
+    ns = sorted(set(int(n) for n in g["n"]))
+    return f"median of {ns[0]} repeats, bars: 95 % CI" if len(ns) == 1 else f"medians of {ns} repeats, bars: 95 % CI"
+
+
 def offline_figure():
-    """Output throughput and step count per policy, one bar pair per committed offline run."""
+    """Output throughput and step count per policy (median over repeats, 95 % interval)."""
     df = read("batching", "summary.csv")
-    steps = read("batching", "steps.csv").groupby("point").size()
-    df["steps"] = df["point"].map(steps)
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.2), constrained_layout=True)
     for ax, metric, label in ((axes[0], "output_throughput", "output tokens/s"), (axes[1], "steps", "engine steps")):
-        vals = df[metric]
-        ax.bar(df["batching"], vals, color=[COLORS.get(b) for b in df["batching"]])
-        for i, v in enumerate(vals):
-            ax.text(i, v, f"{v:.1f}" if metric == "output_throughput" else f"{v:.0f}", ha="center", va="bottom", fontsize=8)
+        g = per_point(df, metric, ["batching"])
+        bars(ax, g["batching"], g, [COLORS.get(b) for b in g["batching"]],
+             (lambda v: f"{v:.1f}") if metric == "output_throughput" else (lambda v: f"{v:.0f}"))
         ax.set_ylabel(label)
     n, b = int(df["workload.requests"].iloc[0]), int(df["scheduler.max_batch"].iloc[0])
-    fig.suptitle(f"Static vs continuous batching: {n} Azure conv requests, batch {b}", fontsize=9)
+    fig.suptitle(f"Static vs continuous batching: {n} Azure conv requests, batch {b} ({n_text(g)})", fontsize=9)
     save(fig, "batching_offline")
+
+
+def rate_lines(ax, df, metric, style="-", label_suffix=""):
+    for b, part in df.groupby("batching"):
+        g = per_point(part, metric, ["workload.rate"]).sort_values("workload.rate")
+        ax.errorbar(g["workload.rate"], g["centre"], yerr=[g["centre"] - g["lo"], g["hi"] - g["centre"]], fmt=style,
+                    marker="o", capsize=3, label=f"{b}{label_suffix}", color=COLORS.get(b))
+    return g
 
 
 def rate_figures():
     df = read("batching_rate", "summary.csv")
     fig, ax = plt.subplots(figsize=(5, 3.4), constrained_layout=True)
-    for b, part in df.groupby("batching"):
-        part = part.sort_values("workload.rate")
-        ax.plot(part["workload.rate"], part["output_throughput"], marker="o", label=b, color=COLORS.get(b))
+    g = rate_lines(ax, df, "output_throughput")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("request rate (req/s, Poisson)")
     ax.set_ylabel("output tokens/s")
-    ax.set_title("Throughput vs request rate")
+    ax.set_title(f"Throughput vs request rate\n({n_text(g)})", fontsize=9)
     ax.legend()
     save(fig, "batching_throughput_vs_rate")
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), constrained_layout=True)
     for ax, metric, label in ((axes[0], "ttft", "TTFT"), (axes[1], "tpot", "TPOT")):
-        for b, part in df.groupby("batching"):
-            part = part.sort_values("workload.rate")
-            for q, style in (("median", "-"), ("p99", "--")):
-                ax.plot(part["workload.rate"], part[f"{metric}_{q}_ms"], style, marker="o", label=f"{b} {q}",
-                        color=COLORS.get(b))
+        for q, style in (("median", "-"), ("p99", "--")):
+            g = rate_lines(ax, df, f"{metric}_{q}_ms", style, f" {q}")
         ax.set_xscale("log", base=2)
         if metric == "ttft":
             ax.set_yscale("log")
         ax.set_xlabel("request rate (req/s, Poisson)")
         ax.set_ylabel(f"{label} (ms)")
-        ax.set_title(f"{label} p50 / p99 vs rate")
+        ax.set_title(f"{label} p50 / p99 vs rate ({n_text(g)})", fontsize=8)
     axes[0].legend(fontsize=7)
     save(fig, "batching_latency_vs_rate")
 
@@ -101,18 +128,17 @@ def layout_label(row):
 def kv_figures():
     df = read("kv", "summary.csv")
     df["layout"] = df.apply(layout_label, axis=1)
-    order = ["contiguous"] + [f"paged/{b}" for b in sorted(df.loc[df["kv.layout"] == "paged", "kv.block_size"].astype(int))]
-    df = df.set_index("layout").loc[order].reset_index()
-    colors = ["tab:red" if lay == "contiguous" else "tab:blue" for lay in df["layout"]]
+    order = ["contiguous"] + sorted({lay for lay in df["layout"] if lay != "contiguous"}, key=lambda x: int(x.split("/")[1]))
     for metric, ylabel, name, pct in (("kv_waste", "KV waste (time-weighted)", "kv_waste_per_layout", True),
                                       ("peak_concurrency", "peak concurrent sequences", "kv_concurrency_per_layout", False)):
+        g = per_point(df, metric, ["layout"]).set_index("layout").loc[order].reset_index()
+        if pct:
+            g[["centre", "lo", "hi"]] *= 100
         fig, ax = plt.subplots(figsize=(5, 3.2), constrained_layout=True)
-        vals = df[metric] * (100 if pct else 1)
-        ax.bar(df["layout"], vals, color=colors)
-        for i, v in enumerate(vals):
-            ax.text(i, v, f"{v:.1f}%" if pct else f"{v:.0f}", ha="center", va="bottom", fontsize=8)
+        bars(ax, g["layout"], g, ["tab:red" if lay == "contiguous" else "tab:blue" for lay in g["layout"]],
+             (lambda v: f"{v:.1f}%") if pct else (lambda v: f"{v:.0f}"))
         ax.set_ylabel(ylabel + (" (%)" if pct else ""))
-        ax.set_title(f"{ylabel}, KV budget {df['kv.memory_mb'].iloc[0]:g} MiB")
+        ax.set_title(f"{ylabel}, KV budget {df['kv.memory_mb'].iloc[0]:g} MiB\n({n_text(g)})", fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
         save(fig, name)
 
