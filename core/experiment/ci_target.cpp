@@ -10,6 +10,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "base/paths.hpp"
+#include "base/system.hpp"
 #include "report/csv.hpp"
 
 namespace ablate {
@@ -21,30 +22,13 @@ std::string python() {
   return p && *p ? p : "/usr/bin/python3";
 }
 
-std::string shell_quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-// stdout of `cmd`, and its exit status.
-std::pair<std::string, int> capture(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return {"", -1};
-  char buf[4096];
-  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-  const int status = ::pclose(p);
-  return {out, status};
-}
-
 std::string stats_script() { return (project_root() / "plots" / "stats.py").string(); }
 
 }  // namespace
 
 void check_stats_available() {
-  const auto [out, status] = capture(shell_quote(python()) + " " + shell_quote(stats_script()) + " --help >/dev/null 2>&1");
-  if (status != 0)
+  std::string out;
+  if (!run_command(shell_quote(python()) + " " + shell_quote(stats_script()) + " --help >/dev/null 2>&1", out))
     throw std::runtime_error(fmt::format("target_ci needs {} to run {} (Debian's python3-scipy and python3-pandas; set "
                                          "$ABLATE_PYTHON to another interpreter that has them)",
                                          python(), stats_script()));
@@ -66,9 +50,10 @@ std::map<int, PointInterval> point_intervals(const std::vector<SummaryRow>& rows
   }
   const std::string cmd = fmt::format("{} {} ci {} --metric {} --group-by point", shell_quote(python()),
                                       shell_quote(stats_script()), shell_quote(csv.string()), shell_quote(metric));
-  const auto [out, status] = capture(cmd);
+  std::string out;
+  const bool ok = run_command(cmd, out);
   std::filesystem::remove(csv);
-  if (status != 0) throw std::runtime_error(fmt::format("target_ci: `{}` failed (exit status {})", cmd, status));
+  if (!ok) throw std::runtime_error(fmt::format("target_ci: `{}` failed", cmd));
   std::map<int, PointInterval> result;
   const YAML::Node doc = YAML::Load(out);  // JSON is YAML
   for (const auto& g : doc["groups"]) {

@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "base/system.hpp"
 #include "experiment/runner.hpp"
 #include "report/csv.hpp"
 #include "report/results_writer.hpp"
@@ -20,25 +21,6 @@ namespace ablate {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  if (!f) throw std::runtime_error(fmt::format("cannot read '{}'", p.string()));
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-void write_atomically(const fs::path& p, const std::string& text) {
-  const fs::path tmp = p.string() + ".merge-tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary);
-    f << text;
-    f.close();
-    if (!f) throw std::runtime_error(fmt::format("cannot write '{}'", tmp.string()));
-  }
-  fs::rename(tmp, p);
-}
 
 std::map<std::string, std::string> provenance_of(const fs::path& folder) {
   std::map<std::string, std::string> m;
@@ -118,7 +100,7 @@ fs::path merge_shards(const fs::path& run_dir, std::ostream& log) {
     std::vector<std::pair<std::pair<int, int>, std::string>> rows;  // ((run_index or seq, order), text)
     int order = 0;
     for (const auto& [i, dir] : done) {
-      const auto records = read_csv_records(slurp(dir / file));
+      const auto records = read_csv_records(read_file(dir / file));
       if (records.empty()) throw std::invalid_argument(fmt::format("'{}' is empty", (dir / file).string()));
       if (header.empty()) header = records.front().fields;
       else if (header != records.front().fields)
@@ -137,12 +119,12 @@ fs::path merge_shards(const fs::path& run_dir, std::ostream& log) {
     header.push_back("host");
     std::string text = csv_row(header);
     for (const auto& r : rows) text += r.second;
-    write_atomically(run_dir / file, text);
+    write_file_atomically(run_dir / file, text);
     if (std::string(file) == "summary.csv") units = rows.size();
     log << fmt::format("{}: {} rows from {} shards\n", file, rows.size(), count);
   }
-  write_atomically(run_dir / "config.yaml", slurp(done.begin()->second / "config.yaml"));
-  std::string p = slurp(done.begin()->second / "provenance.yaml");
+  write_file_atomically(run_dir / "config.yaml", read_file(done.begin()->second / "config.yaml"));
+  std::string p = read_file(done.begin()->second / "provenance.yaml");
   // The merged run's own provenance: the first shard's, without its shard line, plus the hosts.
   std::string merged;
   for (std::size_t b = 0, e; b < p.size(); b = e + 1) {
@@ -154,7 +136,7 @@ fs::path merge_shards(const fs::path& run_dir, std::ostream& log) {
   }
   merged += fmt::format("units_done: {}\nunits_total: {}\nmerged_shards: {}\nhosts:\n", units, units, count);
   for (const auto& [i, pr] : prov) merged += fmt::format("  - {{shard: {}, hostname: \"{}\"}}\n", i, pr.at("hostname"));
-  write_atomically(run_dir / "provenance.yaml", merged);
+  write_file_atomically(run_dir / "provenance.yaml", merged);
   return run_dir;
 }
 

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "base/paths.hpp"
+#include "base/system.hpp"
 #include "report/provenance.hpp"
 
 namespace ablate {
@@ -16,24 +17,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
 bool on_path(const std::string& program) {
   return std::system(("command -v " + program + " >/dev/null 2>&1").c_str()) == 0;
 }
 
-// stdout of a command, first line, and whether it succeeded.
+// The first line a command prints, and whether it succeeded.
 std::pair<std::string, bool> run(const std::string& cmd) {
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return {"", false};
   std::string out;
-  char buf[512];
-  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-  const bool ok = ::pclose(p) == 0;
+  const bool ok = run_command(cmd, out);
   if (const auto nl = out.find('\n'); nl != std::string::npos) out.resize(nl);
   return {out, ok};
 }
@@ -75,7 +66,7 @@ SlurmScripts write_slurm_job(const LoadedExperiment& exp, const SlurmOptions& o)
   out.merge_script = sdir / "merge.sbatch";
 
   std::string sets;
-  for (const auto& s : o.overrides) sets += " --set " + quote(s);
+  for (const auto& s : o.overrides) sets += " --set " + shell_quote(s);
   std::string head = "#!/usr/bin/env bash\n";
   const auto opt = [&](const std::string& line) { head += "#SBATCH " + line + "\n"; };
   opt("--job-name=ablate-" + first.experiment);
@@ -107,10 +98,10 @@ if [ "$rc" -eq 143 ] || [ "$rc" -eq 130 ]; then
 fi
 exit "$rc"
 )",
-                                               fmt::arg("config", quote(fs::absolute(o.config).string())), fmt::arg("n", o.shards),
-                                               fmt::arg("run", out.run_dir.string()), fmt::arg("root_dir", quote(project_root().string())),
-                                               fmt::arg("ablate", quote(o.ablate.string())), fmt::arg("sets", sets),
-                                               fmt::arg("out", quote(root.string())), fmt::arg("id", quote(run_id)));
+                                               fmt::arg("config", shell_quote(fs::absolute(o.config).string())), fmt::arg("n", o.shards),
+                                               fmt::arg("run", out.run_dir.string()), fmt::arg("root_dir", shell_quote(project_root().string())),
+                                               fmt::arg("ablate", shell_quote(o.ablate.string())), fmt::arg("sets", sets),
+                                               fmt::arg("out", shell_quote(root.string())), fmt::arg("id", shell_quote(run_id)));
   std::string merge = "#!/usr/bin/env bash\n";
   merge += "#SBATCH --job-name=ablate-" + first.experiment + "-merge\n";
   merge += "#SBATCH --output=" + (sdir / "merge.out").string() + "\n";
@@ -121,16 +112,16 @@ exit "$rc"
 set -eu
 {ablate} merge {run_q}
 )",
-                       fmt::arg("run", out.run_dir.string()), fmt::arg("ablate", quote(o.ablate.string())),
-                       fmt::arg("run_q", quote(out.run_dir.string())));
+                       fmt::arg("run", out.run_dir.string()), fmt::arg("ablate", shell_quote(o.ablate.string())),
+                       fmt::arg("run_q", shell_quote(out.run_dir.string())));
   write_new(out.array_script, array);
   write_new(out.merge_script, merge);
 
   if (o.submit) {
-    const auto [a, ok] = run("sbatch --parsable " + quote(out.array_script.string()));
+    const auto [a, ok] = run("sbatch --parsable " + shell_quote(out.array_script.string()));
     if (!ok || a.empty()) throw std::runtime_error("sbatch of " + out.array_script.string() + " failed");
     out.array_job = a.substr(0, a.find(';'));
-    const auto [m, ok2] = run(fmt::format("sbatch --parsable --dependency=afterok:{} {}", out.array_job, quote(out.merge_script.string())));
+    const auto [m, ok2] = run(fmt::format("sbatch --parsable --dependency=afterok:{} {}", out.array_job, shell_quote(out.merge_script.string())));
     if (!ok2 || m.empty()) throw std::runtime_error("sbatch of " + out.merge_script.string() + " failed");
     out.merge_job = m.substr(0, m.find(';'));
   }

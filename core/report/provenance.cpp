@@ -12,6 +12,7 @@
 
 #include "build_commit.h"  // generated at every build (cmake/BuildCommit.cmake)
 #include "base/paths.hpp"
+#include "base/system.hpp"
 
 // The build defines these (core/CMakeLists.txt); defaults let a file compile on its own.
 #ifndef ABLATE_VERSION
@@ -34,24 +35,6 @@ namespace ablate {
 
 namespace {
 
-// Runs a shell command into `out` (trailing whitespace removed); false when it fails.
-bool run_command(const std::string& cmd, std::string& out) {
-  out.clear();
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return false;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = ::pclose(p);
-  while (!out.empty() && std::isspace(static_cast<unsigned char>(out.back()))) out.pop_back();
-  return status == 0;
-}
-
-std::string shell_quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
 
 std::string cpu_model() {
   std::ifstream in("/proc/cpuinfo");

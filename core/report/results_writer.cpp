@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include "base/system.hpp"
 #include "report/csv.hpp"
 
 namespace ablate {
@@ -39,48 +40,6 @@ std::string yaml_quote(const std::string& s) {
     else out += static_cast<char>(c);
   }
   return out + "\"";
-}
-
-[[noreturn]] void io_error(const std::string& what, const fs::path& p) {
-  throw std::runtime_error(fmt::format("cannot {} '{}': {}", what, p.string(), std::strerror(errno)));
-}
-
-void write_all(int fd, const std::string& text, const fs::path& p) {
-  for (std::size_t off = 0; off < text.size();) {
-    const ssize_t n = ::write(fd, text.data() + off, text.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) io_error("write", p);
-    off += static_cast<std::size_t>(n);
-  }
-}
-
-// Appends `text` in one piece and waits for it to reach the disk: what a crash can cut is the
-// unit in flight, never a unit already reported done.
-void append_durably(const fs::path& p, const std::string& text) {
-  const int fd = ::open(p.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) io_error("open", p);
-  write_all(fd, text, p);
-  if (::fsync(fd) != 0) io_error("sync", p);
-  ::close(fd);
-}
-
-// Replaces `p` with `text` atomically (a sibling temporary, synced, renamed over it).
-void write_atomically(const fs::path& p, const std::string& text) {
-  const fs::path tmp = p.string() + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) io_error("create", tmp);
-  write_all(fd, text, tmp);
-  if (::fsync(fd) != 0) io_error("sync", tmp);
-  ::close(fd);
-  fs::rename(tmp, p);
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  if (!f) io_error("read", p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 std::string ms(double seconds) { return format_number(seconds * 1000.0); }
@@ -177,10 +136,10 @@ ResultsWriter::ResultsWriter(ResultsOptions opts, Provenance provenance)
   run_id_ = pick_run_id();
   tmp_ = dir_ / (run_id_ + kPartialSuffix);
   fs::create_directory(tmp_);
-  write_atomically(tmp_ / "config.yaml", opts_.config_yaml);
+  write_file_atomically(tmp_ / "config.yaml", opts_.config_yaml);
   write_provenance("running", opts_.total_units, "");
-  append_durably(tmp_ / "requests.csv", csv_row(kRequestColumns));
-  append_durably(tmp_ / "steps.csv", csv_row(kStepColumns));
+  append_file_durably(tmp_ / "requests.csv", csv_row(kRequestColumns));
+  append_file_durably(tmp_ / "steps.csv", csv_row(kStepColumns));
   if (!opts_.config_columns.empty() && !opts_.metric_columns.empty()) {
     Columns c;
     Metrics m;
@@ -215,7 +174,7 @@ void ResultsWriter::write_headers(const Columns& config, const Metrics& metrics)
   // A name that repeats an earlier column's gets a "config." / "metric." prefix: every header unique.
   for (const auto& [k, v] : config) config_keys_.push_back(k), header_.push_back(used.insert(k).second ? k : "config." + k);
   for (const auto& [k, v] : metrics) metric_keys_.push_back(k), header_.push_back(used.insert(k).second ? k : "metric." + k);
-  if (!fs::exists(tmp_ / "summary.csv")) append_durably(tmp_ / "summary.csv", csv_row(header_));
+  if (!fs::exists(tmp_ / "summary.csv")) append_file_durably(tmp_ / "summary.csv", csv_row(header_));
 }
 
 void ResultsWriter::add_run(const RunKey& key, const Columns& config, const RunRecords& records, const Metrics& metrics,
@@ -241,9 +200,9 @@ void ResultsWriter::add_run(const RunKey& key, const Columns& config, const RunR
     if (std::find(metric_keys_.begin(), metric_keys_.end(), k) == metric_keys_.end())
       throw std::logic_error(fmt::format("ResultsWriter: metric '{}' is not a summary.csv column", k));
   const std::string p = std::to_string(key.point), r = std::to_string(key.repeat);
-  append_durably(tmp_ / "requests.csv", requests_text(p, r, records));
-  append_durably(tmp_ / "steps.csv", steps_text(p, r, records));
-  append_durably(tmp_ / "summary.csv", csv_row(cells));  // last: the unit is done
+  append_file_durably(tmp_ / "requests.csv", requests_text(p, r, records));
+  append_file_durably(tmp_ / "steps.csv", steps_text(p, r, records));
+  append_file_durably(tmp_ / "summary.csv", csv_row(cells));  // last: the unit is done
   rows_.push_back({key.point, key.repeat, key.run_index, key.round, config, metrics});
   done_.insert({key.point, key.repeat});
   next_run_index_ = std::max(next_run_index_, key.run_index + 1);
@@ -267,7 +226,7 @@ void ResultsWriter::resume_from(const fs::path& dir_in) {
   run_id_ = base_id_ = name.substr(0, name.size() - std::strlen(kPartialSuffix));
 
   // summary.csv: the units done. Its columns must be this build's.
-  std::string text = slurp(tmp_ / "summary.csv");
+  std::string text = read_file(tmp_ / "summary.csv");
   std::size_t torn = 0;
   auto records = read_csv_records(text, &torn);
   if (torn < text.size()) {
@@ -310,7 +269,7 @@ void ResultsWriter::resume_from(const fs::path& dir_in) {
   // requests.csv and steps.csv: rows of units without a summary row were cut off with their unit.
   for (const char* file : {"requests.csv", "steps.csv"}) {
     const fs::path p = tmp_ / file;
-    text = slurp(p);
+    text = read_file(p);
     records = read_csv_records(text, &torn);
     if (torn < text.size()) resume_.repairs.push_back(fmt::format("{}: dropped a torn last line", file));
     std::string kept;
@@ -324,7 +283,7 @@ void ResultsWriter::resume_from(const fs::path& dir_in) {
         ++dropped;
     }
     if (dropped) resume_.repairs.push_back(fmt::format("{}: dropped {} rows of units that did not finish", file, dropped));
-    if (dropped || torn < text.size()) write_atomically(p, kept);
+    if (dropped || torn < text.size()) write_file_atomically(p, kept);
   }
   resume_.units_done = static_cast<int>(done_.size());
   write_provenance("running", opts_.total_units, "");
@@ -336,7 +295,7 @@ void ResultsWriter::write_provenance(const std::string& status, int total_units,
   for (const auto& [k, v] : provenance_.columns()) prov += fmt::format("{}: {}\n", k, yaml_quote(v));
   prov += fmt::format("status: {}\nunits_done: {}\nunits_total: {}\n", status, done_.size(), total_units);
   prov += extra;
-  write_atomically(tmp_ / "provenance.yaml", prov);
+  write_file_atomically(tmp_ / "provenance.yaml", prov);
 }
 
 void ResultsWriter::mark_interrupted(int total_units, const std::string& reason) {
