@@ -1,10 +1,20 @@
-// One forward step of the whole model on the CPU backend: decode at batch 1 and 16 on the
-// smollm2-135m shape (synthetic fp32 weights), against the bandwidth roofline: a decode step
-// must read every weight once, so tokens/s <= bandwidth / weights_bytes * batch.
-//   build/default/bench_forward --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+// One forward step of the whole model on the CPU backend, smollm2-135m shape (synthetic weights),
+// for each weight dtype (fp32, bf16, fp16): decode at batch 1 and 16, and a 512-token prefill,
+// against the bandwidth roofline measured in the same run: a decode step must read every matrix
+// once, so tokens/s <= read bandwidth / bytes a step reads * batch (roofline_frac = the fraction
+// of that reached).
+//   OMP_NUM_THREADS=2 build/default/experiments/bench_forward --benchmark_repetitions=5 \
+//     --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
 #include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <vector>
 
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
@@ -14,44 +24,80 @@ using namespace ablate;
 
 namespace {
 
-constexpr double kReadBandwidth2Threads = 48e9;  // measured on the project's 2-core CPU machines
+const char* kDtypes[] = {"fp32", "bf16", "fp16"};
+double g_read_bandwidth = 0;  // bytes/s, measured in main() with the run's threads
 
-CpuBackend& smollm2() {
-  static CpuBackend backend(synthetic_weights(*find_preset("smollm2-135m"), 0));
-  return backend;
+// The best of 5 passes summing a 1 GiB buffer with every OpenMP thread: what a decode step's
+// weight stream can get at most.
+double measure_read_bandwidth() {
+  const std::size_t n = std::size_t{1} << 28;  // floats
+  std::vector<float> buf(n);
+#pragma omp parallel for
+  for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(n); ++i) buf[static_cast<std::size_t>(i)] = 1.0f;
+  double best = 0, sink = 0;
+  for (int pass = 0; pass < 5; ++pass) {
+    const auto t0 = std::chrono::steady_clock::now();
+    double sum = 0;
+#pragma omp parallel for reduction(+ : sum)
+    for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(n); ++i) sum += buf[static_cast<std::size_t>(i)];
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, static_cast<double>(n * sizeof(float)) / s);
+    sink += sum;
+  }
+  benchmark::DoNotOptimize(sink);
+  return best;
 }
 
-void BM_DecodeStep(benchmark::State& state) {
-  const int batch = static_cast<int>(state.range(0));
-  const int context = static_cast<int>(state.range(1));
-  CpuBackend& be = smollm2();
+CpuBackend& smollm2(int dtype) {
+  static std::map<int, std::unique_ptr<CpuBackend>> backends;
+  auto& b = backends[dtype];
+  if (!b) b = std::make_unique<CpuBackend>(synthetic_weights(*find_preset("smollm2-135m"), 0), kDtypes[dtype]);
+  return *b;
+}
+
+void BM_Forward(benchmark::State& state) {
+  const int batch = static_cast<int>(state.range(0)), context = static_cast<int>(state.range(1));
+  const int dtype = static_cast<int>(state.range(2)), prefill = static_cast<int>(state.range(3));
+  CpuBackend& be = smollm2(dtype);
   const ModelShape& s = be.shape();
-  ContiguousKvCache kv(s, static_cast<std::size_t>(batch) * (context + 8) * s.kv_floats_per_token() * 4, context + 8,
+  const int tokens_per_seq = prefill > 0 ? prefill : 1;
+  const int max_len = context + tokens_per_seq + 8;
+  ContiguousKvCache kv(s, static_cast<std::size_t>(batch) * max_len * s.kv_floats_per_token() * 4, max_len,
                        ContiguousKvCache::Reserve::MaxSeqLen);
   NaiveAttention att;
-  std::vector<std::vector<int>> tokens(static_cast<std::size_t>(batch), std::vector<int>{42});
+  std::vector<std::vector<int>> tokens(static_cast<std::size_t>(batch), std::vector<int>(static_cast<std::size_t>(tokens_per_seq), 42));
   ForwardBatch fb;
   for (int b = 0; b < batch; ++b) {
-    kv.admit(b, context, 1);
+    kv.admit(b, context + tokens_per_seq, 1);
     kv.set_length(b, context);  // the cache holds `context` (unset) tokens before this step
     fb.chunks.push_back({b, context, tokens[static_cast<std::size_t>(b)], false});
   }
   for (auto _ : state) benchmark::DoNotOptimize(be.forward(fb, kv, att).data());
-  const double bytes = static_cast<double>(be.weights_bytes());
-  state.counters["tokens_per_s"] = benchmark::Counter(batch, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["weight_bytes_per_s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["roofline_tokens_per_s"] = kReadBandwidth2Threads / bytes * batch;
+  const double bytes = static_cast<double>(be.matrix_bytes());
+  state.counters["tokens_per_s"] = benchmark::Counter(batch * tokens_per_seq, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["matrix_bytes"] = bytes;
+  if (prefill == 0) {
+    state.counters["roofline_tokens_per_s"] = g_read_bandwidth / bytes * batch;
+    state.counters["roofline_frac"] = benchmark::Counter(bytes / g_read_bandwidth, benchmark::Counter::kIsIterationInvariantRate);
+  }
   state.counters["threads"] = omp_get_max_threads();
 }
 
 }  // namespace
 
-BENCHMARK(BM_DecodeStep)->ArgNames({"batch", "context"})->Args({1, 64})->Args({16, 64})->Args({1, 512})
-    ->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(1.0);  // warm: first-touch page faults of the KV pool stay out
-
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
-  benchmark::AddCustomContext("roofline", "48 GB/s read bandwidth (2 threads); tokens/s <= 48e9 / weights_bytes * batch");
+  g_read_bandwidth = measure_read_bandwidth();
+  std::printf("read bandwidth: %.1f GB/s with %d threads (best of 5 passes over 1 GiB)\n", g_read_bandwidth / 1e9,
+              omp_get_max_threads());
+  std::fflush(stdout);
+  benchmark::AddCustomContext("read_GBps", std::to_string(g_read_bandwidth / 1e9));
+  auto* b = benchmark::RegisterBenchmark("BM_Forward/smollm2-135m", BM_Forward);
+  b->ArgNames({"batch", "context", "dtype", "prefill"})->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(1.0);
+  for (int d = 0; d < 3; ++d) {  // dtype 0 fp32, 1 bf16, 2 fp16
+    b->Args({1, 64, d, 0})->Args({16, 64, d, 0})->Args({1, 512, d, 0});
+    b->Args({1, 0, d, 512});  // a 512-token prompt
+  }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

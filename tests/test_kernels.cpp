@@ -63,6 +63,71 @@ TEST_CASE("matmul on the classifier shape (threaded GEMV)", "[kernels][matmul]")
   CHECK(max_rel_err(y.data(), yr.data(), out, 1.0) < 1e-5);
 }
 
+TEST_CASE("16-bit formats: every value round-trips, and rounding goes to the nearest (ties to even)", "[kernels][half]") {
+  int checked = 0;
+  for (std::uint32_t b = 0; b < 65536; ++b) {
+    const cpu::Half h{static_cast<std::uint16_t>(b)};
+    const cpu::Bf16 g{static_cast<std::uint16_t>(b)};
+    if (!std::isnan(cpu::to_float(h))) {
+      CHECK(cpu::to_half(cpu::to_float(h)).bits == h.bits);
+      ++checked;
+    }
+    if (!std::isnan(cpu::to_float(g))) CHECK(cpu::to_bf16(cpu::to_float(g)).bits == g.bits);
+  }
+  CHECK(checked == 65536 - 2046);  // all but the NaNs
+  CHECK(cpu::to_float(cpu::to_half(1.0f)) == 1.0f);
+  CHECK(cpu::to_float(cpu::to_half(65504.0f)) == 65504.0f);          // the largest fp16
+  CHECK(std::isinf(cpu::to_float(cpu::to_half(65520.0f))));           // rounds up past it
+  CHECK(cpu::to_float(cpu::to_half(5.9604645e-8f)) == 5.9604645e-8f); // the smallest subnormal
+  CHECK(cpu::to_half(1.0f + 1.0f / 2048).bits == cpu::to_half(1.0f).bits);  // a tie: to even
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> u(-70000.f, 70000.f);
+  for (int i = 0; i < 20000; ++i) {
+    const float f = i % 2 ? u(rng) : u(rng) * 1e-6f;
+    for (int fmt = 0; fmt < 2; ++fmt) {
+      const std::uint16_t b = fmt ? cpu::to_half(f).bits : cpu::to_bf16(f).bits;
+      const auto val = [&](std::uint16_t x) {
+        return double(fmt ? cpu::to_float(cpu::Half{x}) : cpu::to_float(cpu::Bf16{x}));
+      };
+      if (std::isinf(val(b))) continue;
+      const double err = std::abs(val(b) - f);
+      for (int d : {-1, 1}) {  // the neighbours are no closer
+        const double other = val(static_cast<std::uint16_t>(b + d));
+        if (std::isfinite(other) && (b & 0x7fff) != 0) CHECK(err <= std::abs(other - f));
+      }
+    }
+  }
+}
+
+TEST_CASE("matmul with bf16 and fp16 weights matches the scalar reference on the same weights", "[kernels][matmul][half]") {
+  std::mt19937 rng(11);
+  const std::pair<int, int> shapes[] = {{1, 1}, {7, 13}, {33, 65}, {576, 193}, {129, 1001}, {576, 1537}};
+  for (int rows : {1, 2, 3, 4, 5, 16, 17, 70})  // few-rows kernels, then the widened-panel GEMM
+    for (auto [in, out] : shapes) {
+      INFO("rows=" << rows << " in=" << in << " out=" << out);
+      auto x = random_vec(std::size_t(rows) * in, rng), w = random_vec(std::size_t(out) * in, rng);
+      std::vector<cpu::Bf16> wb(w.size());
+      std::vector<cpu::Half> wh(w.size());
+      for (std::size_t i = 0; i < w.size(); ++i) wb[i] = cpu::to_bf16(w[i]), wh[i] = cpu::to_half(w[i]);
+      std::vector<float> y(std::size_t(rows) * out), yr(y.size()), yh(y.size()), yhr(y.size());
+      cpu::matmul(y.data(), x.data(), wb.data(), rows, in, out);
+      ref::matmul(yr.data(), x.data(), wb.data(), rows, in, out);
+      cpu::matmul(yh.data(), x.data(), wh.data(), rows, in, out);
+      ref::matmul(yhr.data(), x.data(), wh.data(), rows, in, out);
+      // The same rounded weights on both sides: only fp32 summation order differs.
+      double worst = 0.0;
+      for (int r = 0; r < rows; ++r)
+        for (int o = 0; o < out; ++o) {
+          double mag = 0.0;
+          for (int i = 0; i < in; ++i) mag += std::abs(double(x[std::size_t(r) * in + i]) * w[std::size_t(o) * in + i]);
+          const std::size_t k = std::size_t(r) * out + o;
+          worst = std::max({worst, std::abs(double(y[k]) - yr[k]) / std::max(mag, 1e-30),
+                            std::abs(double(yh[k]) - yhr[k]) / std::max(mag, 1e-30)});
+        }
+      CHECK(worst < 1e-5);
+    }
+}
+
 TEST_CASE("rmsnorm matches the scalar reference, also in place", "[kernels][rmsnorm]") {
   std::mt19937 rng(3);
   for (int rows : {1, 4, 70})

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <stdexcept>
 
 #include "attention/attention.hpp"
 #include "cpu/kernels.hpp"
@@ -27,8 +28,49 @@ std::vector<float> stack_rows(std::initializer_list<std::vector<float>*> parts) 
 }
 }  // namespace
 
-CpuBackend::CpuBackend(Weights weights) : w_(std::move(weights)), weights_bytes_(w_.bytes()) {
-  for (LayerWeights& L : w_.layers) fused_.push_back({stack_rows({&L.wq, &L.wk, &L.wv}), stack_rows({&L.w1, &L.w3})});
+CpuBackend::Matrix CpuBackend::make_matrix(std::vector<float>&& w, const std::string& dtype) {
+  Matrix m;
+  if (dtype == "fp32") {
+    m.f32 = std::move(w);
+  } else if (dtype == "bf16") {
+    m.bf16.resize(w.size());
+    std::transform(w.begin(), w.end(), m.bf16.begin(), cpu::to_bf16);
+  } else if (dtype == "fp16") {
+    m.f16.resize(w.size());
+    std::transform(w.begin(), w.end(), m.f16.begin(), cpu::to_half);
+  } else {
+    throw std::invalid_argument("cpu backend: dtype \"" + dtype + "\" is not one of fp32, bf16, fp16");
+  }
+  std::vector<float>().swap(w);
+  return m;
+}
+
+void CpuBackend::Matrix::matmul(float* y, const float* x, int rows, int in, int out) const {
+  if (view) return cpu::matmul(y, x, view, rows, in, out);
+  if (!f32.empty()) return cpu::matmul(y, x, f32.data(), rows, in, out);
+  if (!bf16.empty()) return cpu::matmul(y, x, bf16.data(), rows, in, out);
+  cpu::matmul(y, x, f16.data(), rows, in, out);
+}
+
+CpuBackend::CpuBackend(Weights weights, const std::string& dtype) : w_(std::move(weights)) {
+  for (LayerWeights& L : w_.layers)
+    fused_.push_back({make_matrix(stack_rows({&L.wq, &L.wk, &L.wv}), dtype), make_matrix(std::move(L.wo), dtype),
+                      make_matrix(stack_rows({&L.w1, &L.w3}), dtype), make_matrix(std::move(L.w2), dtype)});
+  if (dtype == "fp32" || w_.classifier.empty()) {
+    // Tied to the embedding (which lookups need in fp32) and fp32: borrowed, not copied.
+    if (dtype == "fp32") lm_head_.view = w_.lm_head();
+    else lm_head_ = make_matrix(std::vector<float>(w_.token_embedding), dtype);
+  } else {
+    lm_head_ = make_matrix(std::move(w_.classifier), dtype);
+  }
+  weights_bytes_ = w_.bytes() + lm_head_.bytes();  // w_ now holds the embedding, norms, fp32 classifier
+  for (const FusedLayer& F : fused_) weights_bytes_ += F.wqkv.bytes() + F.wo.bytes() + F.w13.bytes() + F.w2.bytes();
+}
+
+std::size_t CpuBackend::matrix_bytes() const {
+  std::size_t n = lm_head_.view ? static_cast<std::size_t>(w_.shape.vocab_size) * w_.shape.dim * sizeof(float) : lm_head_.bytes();
+  for (const FusedLayer& F : fused_) n += F.wqkv.bytes() + F.wo.bytes() + F.w13.bytes() + F.w2.bytes();
+  return n;
 }
 
 std::string CpuBackend::device_name() const {
@@ -80,7 +122,7 @@ const std::vector<float>& CpuBackend::forward_layers(const ForwardBatch& batch, 
     // Attention block: x += wo(attention(rope(wq xn), rope(wk xn), wv xn)); one row of qkv_ is
     // [q | k | v] of one token.
     cpu::rmsnorm(xb_.data(), x_.data(), L.rms_att.data(), T, dim, s.norm_eps);
-    cpu::matmul(qkv_.data(), xb_.data(), F.wqkv.data(), T, dim, qkv_dim);
+    F.wqkv.matmul(qkv_.data(), xb_.data(), T, dim, qkv_dim);
     float* q = qkv_.data();
     float* k = q + dim;
     const float* v = k + kv_dim;
@@ -113,17 +155,17 @@ const std::vector<float>& CpuBackend::forward_layers(const ForwardBatch& batch, 
       NVTX_RANGE("attention");
       attention.forward(problems);
     }
-    cpu::matmul(xb_.data(), att_.data(), L.wo.data(), T, dim, dim);
+    F.wo.matmul(xb_.data(), att_.data(), T, dim, dim);
     cpu::add(x_.data(), xb_.data(), sz(T, dim));
     // FFN block: x += w2(silu(w1 xn) * w3 xn).
     cpu::rmsnorm(xb_.data(), x_.data(), L.rms_ffn.data(), T, dim, s.norm_eps);
-    cpu::matmul(h13_.data(), xb_.data(), F.w13.data(), T, dim, 2 * hidden);  // row: [w1 xn | w3 xn]
+    F.w13.matmul(h13_.data(), xb_.data(), T, dim, 2 * hidden);  // row: [w1 xn | w3 xn]
     for (int r = 0; r < T; ++r) {
       float* gate = &h13_[sz(r, 2 * hidden)];
       cpu::swiglu(gate, gate + hidden, static_cast<std::size_t>(hidden));
       std::memcpy(&h_[sz(r, hidden)], gate, sizeof(float) * hidden);
     }
-    cpu::matmul(xb_.data(), h_.data(), L.w2.data(), T, hidden, dim);
+    F.w2.matmul(xb_.data(), h_.data(), T, hidden, dim);
     cpu::add(x_.data(), xb_.data(), sz(T, dim));
   }
 
@@ -140,7 +182,7 @@ const std::vector<float>& CpuBackend::forward_layers(const ForwardBatch& batch, 
   }
   cpu::rmsnorm(xb_.data(), xb_.data(), w_.rms_final.data(), n_out, dim, s.norm_eps);
   logits_.resize(sz(n_out, s.vocab_size));
-  cpu::matmul(logits_.data(), xb_.data(), w_.lm_head(), n_out, dim, s.vocab_size);
+  lm_head_.matmul(logits_.data(), xb_.data(), n_out, dim, s.vocab_size);
   note_workspace(workspace + attention_scratch);
   return logits_;
 }

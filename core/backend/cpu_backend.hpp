@@ -1,20 +1,28 @@
 #pragma once
-// The CPU backend: the whole Llama forward pass in fp32, in the spirit of llama2.c's run.c,
-// over a ragged batch (all tokens of all chunks go through each matmul together).
+// The CPU backend: the whole Llama forward pass in the spirit of llama2.c's run.c, over a ragged
+// batch (all tokens of all chunks go through each matmul together). Activations, norms, the
+// embedding table and the KV cache are fp32; the matrices are held in the run's `dtype` (fp32,
+// bf16 or fp16) and widened to fp32 as the matmuls read them.
+#include <string>
 #include <vector>
 
 #include "backend/backend.hpp"
+#include "cpu/half.hpp"
 #include "model/weights.hpp"
 
 namespace ablate {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(Weights weights);
+  // dtype: "fp32" (default), "bf16" or "fp16", the matrices' storage.
+  explicit CpuBackend(Weights weights, const std::string& dtype = "fp32");
   std::string name() const override { return "cpu"; }
   std::string device_name() const override;
   const ModelShape& shape() const override { return w_.shape; }
   std::size_t weights_bytes() const override { return weights_bytes_; }
+  // What a decode step reads: every matrix and the LM head, in their stored dtype (the embedding
+  // table, read a row a token, is not counted).
+  std::size_t matrix_bytes() const;
   const std::vector<float>& forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) override;
   // Like forward() but stops after the first `n_layers` layers, then the final norm and LM head
   // (self-speculation draft; n_layers = all layers is the full model).
@@ -25,10 +33,22 @@ class CpuBackend final : public Backend {
   // Projections that read the same input are fused into one matrix, so a decode step streams
   // each layer in 4 matmuls instead of 7 (fewer thread fork/joins, longer reads):
   // wqkv = [wq; wk; wv] ([dim + 2 kv_dim][dim]) and w13 = [w1; w3] ([2 hidden][dim]).
-  struct FusedLayer {
-    std::vector<float> wqkv, w13;
+  // One weight matrix in the run's dtype; exactly one of the stores is used (`view`: an fp32
+  // matrix borrowed from w_, the tied LM head).
+  struct Matrix {
+    std::vector<float> f32;
+    std::vector<cpu::Bf16> bf16;
+    std::vector<cpu::Half> f16;
+    const float* view = nullptr;
+    void matmul(float* y, const float* x, int rows, int in, int out) const;
+    std::size_t bytes() const { return f32.size() * 4 + (bf16.size() + f16.size()) * 2; }
   };
-  Weights w_;                      // wq, wk, wv, w1, w3 moved into fused_ (left empty)
+  static Matrix make_matrix(std::vector<float>&& w, const std::string& dtype);
+  struct FusedLayer {
+    Matrix wqkv, wo, w13, w2;
+  };
+  Weights w_;                      // the layers' matrices moved into fused_ (left empty)
+  Matrix lm_head_;
   std::vector<FusedLayer> fused_;
   std::size_t weights_bytes_ = 0;
   // Activations, reused across steps (sized for the largest batch seen).

@@ -105,7 +105,8 @@ const std::vector<Rule>& rules() {
         axis("batching", F(batching), "how requests are grouped into batches"),
         axis("attention", F(attention), "attention kernel"),
         choice("dtype", F(dtype), {"fp32", "bf16", "fp16"},
-               "weights and KV precision (cuda: 16-bit weights and KV, fp32 accumulation; cpu: fp32 only)"),
+               "weight precision, fp32 accumulation (cuda: the KV cache too; cpu: the matrices, widened as read; "
+               "activations, embeddings and KV stay fp32)"),
         plain("cuda_graphs", Kind::Bool, F(cuda_graphs),
               "cuda: replay each decode step's kernels as one captured CUDA graph (flash, flash_split)"),
         plain("cuda_pdl", Kind::Bool, F(cuda_pdl),
@@ -604,8 +605,7 @@ struct SimpleRule {
 const std::vector<SimpleRule>& simple_rules() {
   using C = const ExperimentConfig&;
   static const std::vector<SimpleRule> rules = {
-      {{"dtype", "backend"}, [](C c) { return c.backend == "cpu" && c.dtype != "fp32"; },
-       [](C c) { return fmt::format("\"{}\" needs backend cuda; the CPU backend computes in fp32; allowed with backend cpu: fp32", c.dtype); }},
+
       {{"attention", "dtype"}, [](C c) { return c.backend == "cuda" && c.attention != "naive" && c.dtype == "fp32"; },
        [](C c) { return fmt::format("{} on backend cuda runs on tensor cores and needs dtype bf16 or fp16; allowed with dtype fp32: naive", c.attention); }},
       {{"max_repeat", "target_ci", "repeat"}, [](C c) { return c.target_ci > 0 && c.max_repeat < c.repeat; },

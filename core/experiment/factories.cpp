@@ -31,7 +31,7 @@ namespace {
 }  // namespace
 
 std::unique_ptr<Backend> make_backend(const ExperimentConfig& cfg) {
-  if (cfg.backend == "cpu") return std::make_unique<CpuBackend>(load_weights(cfg.model));
+  if (cfg.backend == "cpu") return std::make_unique<CpuBackend>(load_weights(cfg.model), cfg.dtype);
   if (cfg.backend == "cuda") {
     if (!is_implemented("backend", "cuda")) unavailable("backend", cfg.backend);
     cuda_backend_check_device();  // "no CUDA device: ..." before loading gigabytes of weights

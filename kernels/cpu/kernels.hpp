@@ -4,6 +4,7 @@
 #include <cstddef>
 
 #include "cpu/attention.hpp"
+#include "cpu/half.hpp"
 
 namespace ablate::cpu {
 
@@ -11,6 +12,10 @@ namespace ablate::cpu {
 // contiguous block per OpenMP thread so each thread streams its own rows of w; small products
 // (rows*in*out below kMatmulParallelMinWork) run on the calling thread.
 void matmul(float* y, const float* x, const float* w, int rows, int in, int out);
+// The same with w stored as bf16 or fp16: widened to fp32 as it is read, fp32 products and sums,
+// so the result is the fp32 product of the rounded weights; a decode step reads half the bytes.
+void matmul(float* y, const float* x, const Bf16* w, int rows, int in, int out);
+void matmul(float* y, const float* x, const Half* w, int rows, int in, int out);
 inline constexpr std::size_t kMatmulParallelMinWork = std::size_t{1} << 16;
 
 // out = x / sqrt(mean(x^2) + eps) * weight, row by row; out may alias x.

@@ -7,6 +7,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <vector>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -18,7 +19,29 @@ namespace {
 
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define ABLATE_SIMD_W 1
+// 16 weights as fp32, whatever their stored type: 16-bit formats are widened as they are read, so
+// a decode step streams half the bytes and still accumulates in fp32.
+inline __m512 load_w(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load_w(const Bf16* p, __mmask16 m) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load_w(const Half* p, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
+inline __m512 load_w(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load_w(const Bf16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load_w(const Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+#endif
+
+inline float widen(float v) { return v; }
+inline float widen(Bf16 v) { return to_float(v); }
+inline float widen(Half v) { return to_float(v); }
+
+#if defined(ABLATE_SIMD_W)
 // Few rows (decode, speculative verification, small batches): the product is bound by reading w,
 // so each row of w is read once and dotted with every row of x while it sits in L1. Hand-written
 // because, measured side by side (bench_kernels, 2 threads), Eigen's GEMV reads these short rows
@@ -26,8 +49,8 @@ using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMa
 // (a k = 4 verification pass). Tiles of 4 rows of w x up to 4 rows of x keep 16 accumulators in
 // registers; without AVX-512 everything goes through Eigen.
 // NW rows of w from o, R rows of x from r0; both compile-time so the accumulators stay in registers.
-template <int NW, int R>
-void dot_tile(float* y, const float* x, const float* w, int in, int out, int o, int r0) {
+template <int NW, int R, class W>
+void dot_tile(float* y, const float* x, const W* w, int in, int out, int o, int r0) {
   // Written out without helpers: GCC keeps the accumulators in registers only when nothing takes
   // their address (a lambda over them spilled every FMA to the stack).
   __m512 acc[NW][R];
@@ -36,7 +59,7 @@ void dot_tile(float* y, const float* x, const float* w, int in, int out, int o, 
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
   const float* xr = x + std::size_t(r0) * in;
-  const float* wr = w + std::size_t(o) * in;
+  const W* wr = w + std::size_t(o) * in;
   const int nv = in / 16, tail = in - nv * 16;
   for (int v = 0; v <= nv; ++v) {
     const int i = v * 16;
@@ -50,7 +73,7 @@ void dot_tile(float* y, const float* x, const float* w, int in, int out, int o, 
       // The next tile's rows of w, a whole tile ahead: the loads here are too sparse in time
       // (16 FMAs per 64 bytes) for the hardware prefetcher to keep the stream going.
       if (R > 1) _mm_prefetch(reinterpret_cast<const char*>(wr + std::size_t(NW + j) * in + i), _MM_HINT_T0);
-      const __m512 wv = _mm512_maskz_loadu_ps(m, wr + std::size_t(j) * in + i);
+      const __m512 wv = load_w(wr + std::size_t(j) * in + i, m);
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) acc[j][r] = _mm512_fmadd_ps(wv, xv[r], acc[j][r]);
     }
@@ -61,8 +84,8 @@ void dot_tile(float* y, const float* x, const float* w, int in, int out, int o, 
     for (int r = 0; r < R; ++r) y[std::size_t(r0 + r) * out + o + j] = _mm512_reduce_add_ps(acc[j][r]);
 }
 
-template <int NW>
-void dot_rows(float* y, const float* x, const float* w, int rows, int in, int out, int o) {
+template <int NW, class W>
+void dot_rows(float* y, const float* x, const W* w, int rows, int in, int out, int o) {
   int r = 0;
   for (; r + 4 <= rows; r += 4) dot_tile<NW, 4>(y, x, w, in, out, o, r);
   switch (rows - r) {
@@ -75,27 +98,29 @@ void dot_rows(float* y, const float* x, const float* w, int rows, int in, int ou
 
 // One row of x: each row of w is streamed start to end with four accumulators along it (one
 // stream at a time is what the hardware prefetcher follows best).
-void gemv_block(float* y, const float* x, const float* w, int in, int o0, int o1) {
+template <class W>
+void gemv_block(float* y, const float* x, const W* w, int in, int o0, int o1) {
   const int nv = in / 16, tail = in - nv * 16;
   const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1u);
   for (int o = o0; o < o1; ++o) {
-    const float* r = w + std::size_t(o) * in;
+    const W* r = w + std::size_t(o) * in;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int v = 0;
     for (; v + 4 <= nv; v += 4) {
-      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(r + v * 16), _mm512_loadu_ps(x + v * 16), a0);
-      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(r + v * 16 + 16), _mm512_loadu_ps(x + v * 16 + 16), a1);
-      a2 = _mm512_fmadd_ps(_mm512_loadu_ps(r + v * 16 + 32), _mm512_loadu_ps(x + v * 16 + 32), a2);
-      a3 = _mm512_fmadd_ps(_mm512_loadu_ps(r + v * 16 + 48), _mm512_loadu_ps(x + v * 16 + 48), a3);
+      a0 = _mm512_fmadd_ps(load_w(r + v * 16), _mm512_loadu_ps(x + v * 16), a0);
+      a1 = _mm512_fmadd_ps(load_w(r + v * 16 + 16), _mm512_loadu_ps(x + v * 16 + 16), a1);
+      a2 = _mm512_fmadd_ps(load_w(r + v * 16 + 32), _mm512_loadu_ps(x + v * 16 + 32), a2);
+      a3 = _mm512_fmadd_ps(load_w(r + v * 16 + 48), _mm512_loadu_ps(x + v * 16 + 48), a3);
     }
-    for (; v < nv; ++v) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(r + v * 16), _mm512_loadu_ps(x + v * 16), a0);
+    for (; v < nv; ++v) a0 = _mm512_fmadd_ps(load_w(r + v * 16), _mm512_loadu_ps(x + v * 16), a0);
     if (tail)
-      a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail_mask, r + nv * 16), _mm512_maskz_loadu_ps(tail_mask, x + nv * 16), a1);
+      a1 = _mm512_fmadd_ps(load_w(r + nv * 16, tail_mask), _mm512_maskz_loadu_ps(tail_mask, x + nv * 16), a1);
     y[o] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
   }
 }
 
-void few_rows_block(float* y, const float* x, const float* w, int rows, int in, int out, int o0, int o1) {
+template <class W>
+void few_rows_block(float* y, const float* x, const W* w, int rows, int in, int out, int o0, int o1) {
   if (rows == 1) return gemv_block(y, x, w, in, o0, o1);
   int o = o0;
   for (; o + 4 <= o1; o += 4) dot_rows<4>(y, x, w, rows, in, out, o);
@@ -106,7 +131,7 @@ constexpr int kFewRows = 16;
 
 // Columns [o0, o1) of y: rows o0..o1 of w, read once (few rows) or reused across x's rows (GEMM).
 void matmul_block(float* y, const float* x, const float* w, int rows, int in, int out, int o0, int o1) {
-#if defined(__AVX512F__)
+#if defined(ABLATE_SIMD_W)
   if (rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
 #endif
   const int n = o1 - o0;
@@ -119,9 +144,29 @@ void matmul_block(float* y, const float* x, const float* w, int rows, int in, in
   }
 }
 
-}  // namespace
+// 16-bit weights: few rows read them directly; many rows (prefill) widen a panel of w to fp32 at a
+// time and reuse it across every row of x through the fp32 GEMM, so the conversion costs one pass
+// over w however many rows there are.
+template <class W>
+void matmul_block(float* y, const float* x, const W* w, int rows, int in, int out, int o0, int o1) {
+#if defined(ABLATE_SIMD_W)
+  if (rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
+#endif
+  constexpr int kPanel = 64;  // rows of w widened at once: 64 x in floats stay in L2
+  thread_local std::vector<float> panel;
+  panel.resize(std::size_t(kPanel) * in);
+  for (int p0 = o0; p0 < o1; p0 += kPanel) {
+    const int p1 = std::min(o1, p0 + kPanel);
+    const std::size_t n = std::size_t(p1 - p0) * in;
+    const W* src = w + std::size_t(p0) * in;
+    for (std::size_t i = 0; i < n; ++i) panel[i] = widen(src[i]);
+    // y columns [p0, p1) from the widened panel, as the fp32 path computes them.
+    matmul_block(y + p0, x, panel.data(), rows, in, out, 0, p1 - p0);
+  }
+}
 
-void matmul(float* y, const float* x, const float* w, int rows, int in, int out) {
+template <class W>
+void matmul_any(float* y, const float* x, const W* w, int rows, int in, int out) {
   if (std::size_t(rows) * in * out < kMatmulParallelMinWork || omp_in_parallel()) {
     matmul_block(y, x, w, rows, in, out, 0, out);
     return;
@@ -135,5 +180,11 @@ void matmul(float* y, const float* x, const float* w, int rows, int in, int out)
     if (o1 > o0) matmul_block(y, x, w, rows, in, out, o0, o1);
   }
 }
+
+}  // namespace
+
+void matmul(float* y, const float* x, const float* w, int rows, int in, int out) { matmul_any(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const Bf16* w, int rows, int in, int out) { matmul_any(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const Half* w, int rows, int in, int out) { matmul_any(y, x, w, rows, in, out); }
 
 }  // namespace ablate::cpu

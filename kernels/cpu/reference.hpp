@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/attention_problem.hpp"
+#include "cpu/half.hpp"
 
 namespace ablate::ref {
 
@@ -16,6 +17,17 @@ inline void matmul(float* y, const float* x, const float* w, int rows, int in, i
     for (int o = 0; o < out; ++o) {
       double acc = 0.0;
       for (int i = 0; i < in; ++i) acc += double(x[std::size_t(r) * in + i]) * w[std::size_t(o) * in + i];
+      y[std::size_t(r) * out + o] = float(acc);
+    }
+}
+
+// w in a 16-bit format (cpu::Bf16, cpu::Half): each weight widened, then as above.
+template <class W>
+inline void matmul(float* y, const float* x, const W* w, int rows, int in, int out) {
+  for (int r = 0; r < rows; ++r)
+    for (int o = 0; o < out; ++o) {
+      double acc = 0.0;
+      for (int i = 0; i < in; ++i) acc += double(x[std::size_t(r) * in + i]) * cpu::to_float(w[std::size_t(o) * in + i]);
       y[std::size_t(r) * out + o] = float(acc);
     }
 }
