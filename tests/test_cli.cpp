@@ -531,6 +531,47 @@ TEST_CASE("cli: slurm writes an array job and a merge job, and refuses to submit
   }
 }
 
+TEST_CASE("cli: quality: true puts KL, top-1 agreement and perplexity beside each dtype's speed", "[cli][quality]") {
+  Sandbox sb;
+  const auto cfg = sb.write("q.yaml", R"(experiment: quality_test
+model: {source: llama2c, path: "${shared}/models/stories260K.bin", tokenizer: "${shared}/models/tok512.bin"}
+threads: 1
+quality: true
+kv: {memory_mb: 8}
+workload: {requests: 2, prompts: "${root}/configs/prompts/short_prompts.txt", output_len: 16}
+sweep:
+  dtype: [fp32, bf16, fp16]
+)");
+  const fs::path out = sb.dir / "r";
+  const Result r = sb.ablate("run '" + cfg.string() + "' --quiet --run-id q --out '" + out.string() + "'");
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  auto rows = csv_rows(sb.read(out / "quality_test" / "q" / "summary.csv"));
+  REQUIRE(rows.size() == 3);
+  std::map<std::string, std::map<std::string, std::string>> by;
+  for (auto& row : rows) by[row["dtype"]] = row;
+  CHECK(std::stod(by["fp32"]["quality_kl"]) < 1e-9);  // the reference itself
+  CHECK(std::stod(by["fp32"]["quality_top1"]) == 1.0);
+  for (const char* d : {"bf16", "fp16"}) {
+    INFO(d);
+    const double kl = std::stod(by[d]["quality_kl"]);
+    CHECK(kl > 1e-9);   // rounding the weights is measured...
+    CHECK(kl < 1e-2);   // ...and small for 16-bit formats
+    CHECK(std::stod(by[d]["quality_top1"]) >= 0.9);
+    CHECK(std::stod(by[d]["weights_bytes"]) < std::stod(by["fp32"]["weights_bytes"]));
+  }
+  const double ppl = std::stod(by["fp32"]["perplexity"]);
+  CHECK(ppl > 1.0);
+  CHECK(std::abs(std::stod(by["bf16"]["perplexity"]) / ppl - 1.0) < 0.05);
+  // Synthetic weights have no text to score: no perplexity, KL and top-1 still.
+  const auto syn = sb.write("s.yaml", std::string(kTinyConfig) + "quality: true\n");
+  REQUIRE(sb.ablate("run '" + syn.string() + "' --quiet --run-id s --out '" + out.string() + "'").status == 0);
+  for (auto& row : csv_rows(sb.read(out / "cli_test" / "s" / "summary.csv"))) {
+    CHECK(row["perplexity"].empty());
+    CHECK(std::stod(row["quality_top1"]) == 1.0);
+  }
+}
+
 TEST_CASE("cli: list and help", "[cli]") {
   Sandbox sb;
   const Result l = sb.ablate("list");

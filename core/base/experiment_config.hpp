@@ -93,7 +93,8 @@ struct ExperimentConfig {
   std::string backend = "cpu";      // cpu | cuda
   std::string batching = "static";  // static | continuous
   std::string attention = "naive";  // naive | flash | flash_split
-  std::string dtype = "fp32";       // fp32 | bf16 | fp16: weights and KV on the device (the CPU computes in fp32)
+  std::string dtype = "fp32";       // fp32 | bf16 | fp16: weights (cpu: the matrices); cuda: KV too
+  bool quality = false;             // measure KL / top-1 against an fp32 reference (and perplexity on real text)
   bool cuda_graphs = false;         // cuda: decode steps replayed as captured CUDA graphs
   bool cuda_pdl = false;            // cuda: programmatic dependent launch between the step's kernels
   bool cuda_l2_prefetch = false;    // cuda: each layer's output-projection weights into L2 during attention

@@ -107,6 +107,10 @@ const std::vector<Rule>& rules() {
         choice("dtype", F(dtype), {"fp32", "bf16", "fp16"},
                "weight precision, fp32 accumulation (cuda: the KV cache too; cpu: the matrices, widened as read; "
                "activations, embeddings and KV stay fp32)"),
+        plain("quality", Kind::Bool, F(quality),
+              "also measure output quality against an fp32 CPU reference of the model: quality_kl, quality_top1 "
+              "(teacher-forced over the first request's prompt and the reference's greedy continuation) and, on real "
+              "text (workload.prompts), perplexity"),
         plain("cuda_graphs", Kind::Bool, F(cuda_graphs),
               "cuda: replay each decode step's kernels as one captured CUDA graph (flash, flash_split)"),
         plain("cuda_pdl", Kind::Bool, F(cuda_pdl),

@@ -15,15 +15,18 @@
 
 #include "attention/attention.hpp"
 #include "backend/backend.hpp"
+#include "backend/cpu_backend.hpp"
 #include "backend/cuda_backend.hpp"
 #include "config/registry.hpp"
 #include "experiment/ci_target.hpp"
 #include "experiment/factories.hpp"
+#include "experiment/quality.hpp"
 #include "experiment/run_order.hpp"
 #include "experiment/stop.hpp"
 #include "engine/engine.hpp"
 #include "kv/kv_cache.hpp"
 #include "model/prompts.hpp"
+#include "model/weights.hpp"
 #include "model/tokenizer.hpp"
 #include "report/csv.hpp"
 #include "report/progress.hpp"
@@ -99,6 +102,7 @@ struct PreparedPoint {
   int threads = 1;
   std::optional<Provenance> provenance;  // when it differs from the run's (threads, backend)
   int warmups_done = 0;                  // in this process: a resumed point warms up again
+  std::optional<QualityResult> quality;  // quality: true
 };
 
 // The model and backend config that builds a backend: points that share it share the weights.
@@ -137,6 +141,8 @@ std::pair<std::vector<std::string>, std::vector<std::string>> summary_columns(co
   RunRecords shape;
   shape.facts.accepted_at_pos.resize(static_cast<std::size_t>(max_k));
   for (const auto& [k, v] : summarize(shape, exp.points.front().config.slo)) metrics.push_back(k);
+  if (std::any_of(exp.points.begin(), exp.points.end(), [](const SweepPoint& p) { return p.config.quality; }))
+    for (const char* q : {"quality_kl", "quality_top1", "perplexity"}) metrics.push_back(q);
   return {config, metrics};
 }
 
@@ -277,7 +283,15 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
         std::fprintf(stderr, "%s: cuda_graphs: %lld of %lld forward passes replayed a graph (%lld captured)\n",
                      label.c_str(), g.replays - graphs0.replays, g.steps - graphs0.steps, g.captures - graphs0.captures);
       }
-      if (timed) writer.add_run({point.index, repeat, seq, repeat}, point.columns, rec, summarize(rec, cfg.slo), pp.provenance);
+      if (timed) {
+        Metrics m = summarize(rec, cfg.slo);
+        if (pp.quality) {
+          m.emplace_back("quality_kl", pp.quality->kl);
+          m.emplace_back("quality_top1", pp.quality->top1);
+          if (pp.quality->perplexity) m.emplace_back("perplexity", *pp.quality->perplexity);
+        }
+        writer.add_run({point.index, repeat, seq, repeat}, point.columns, rec, m, pp.provenance);
+      }
       else ++pp.warmups_done;
     }
   };
@@ -293,6 +307,7 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
   };
 
   std::string targets;  // provenance.yaml lines: each point's interval when target_ci is set
+  std::unique_ptr<Backend> quality_reference;  // quality: an fp32 CPU backend of the group's model
   try {
     for (const std::vector<int>& group : backend_groups(exp)) {
       Backend& be = backend_for(exp.points[static_cast<std::size_t>(group.front())].config);
@@ -307,7 +322,15 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
         apply_prompt_file(cfg, max_seq, pp.requests);
         pp.eos = eos_token_of(cfg);
         if (pp.threads != threads0 || be.name() != b0.name()) pp.provenance = collect_provenance(pp.threads, be.name(), be.device_name());
+        if (cfg.quality && !pp.requests.empty()) {  // once a point: it does not depend on timing
+          if (!quality_reference) quality_reference = std::make_unique<CpuBackend>(load_weights(cfg.model), "fp32");
+          const Request& r0 = pp.requests.front();
+          const int continuation = std::min(64, std::max(0, max_seq - static_cast<int>(r0.prompt.size())));
+          pp.quality = measure_quality(be, *quality_reference, r0.prompt, continuation,
+                                       cfg.model.source != "synthetic" && !cfg.workload.prompts.empty());
+        }
       }
+      quality_reference.reset();
       if (!interleaved) {
         for (int p : group) {
           int n = exp.repeat;
