@@ -172,7 +172,8 @@ TEST_CASE("cli: run writes the three CSVs with the metrics.md columns, one row p
                         "scheduler.max_batch", "completed", "duration_s", "request_throughput", "output_throughput",
                         "total_token_throughput", "goodput", "preemptions", "weights_bytes", "kv_capacity_bytes",
                         "kv_reserved_peak_bytes", "kv_used_peak_bytes", "kv_waste", "peak_concurrency",
-                        "peak_host_bytes", "peak_device_bytes", "num_drafts", "acceptance_rate"})
+                        "peak_host_bytes", "peak_device_bytes", "num_drafts", "acceptance_rate", "prefix_hit_tokens",
+                        "prefix_hit_rate", "kv_blocks_shared_peak", "prefill_tokens_computed"})
   {
     INFO("summary.csv column " << c);
     CHECK(has(c));
@@ -184,7 +185,7 @@ TEST_CASE("cli: run writes the three CSVs with the metrics.md columns, one row p
   const std::string requests = sb.read(run / "requests.csv");
   CHECK(lines_of(requests) == 1 + 2 * 5);  // every request of both points, once each
   for (const char* c : {"request_id", "arrival_s", "queue_time_ms", "ttft_ms", "tpot_ms", "e2el_ms", "prompt_len",
-                        "output_len", "preemptions"}) {
+                        "output_len", "preemptions", "cached_prompt_tokens"}) {
     const auto rc = header_of(requests);
     CHECK(std::find(rc.begin(), rc.end(), c) != rc.end());
   }

@@ -199,7 +199,8 @@ TEST_CASE("metrics: names, order, and zeros for an empty run", "[report]") {
   for (const char* s :
        {"queue_time_mean_ms", "queue_time_p99_ms", "preemptions", "steps", "mean_batch_size", "padding_rows",
         "weights_bytes", "kv_capacity_bytes", "kv_reserved_peak_bytes", "kv_used_peak_bytes", "kv_waste",
-        "peak_concurrency", "peak_batch_size", "kv_blocks_peak", "peak_host_bytes", "peak_device_bytes", "workspace_peak_bytes", "num_drafts", "draft_tokens", "accepted_tokens",
+        "peak_concurrency", "peak_batch_size", "kv_blocks_peak", "prefix_hit_tokens", "prefix_hit_rate",
+        "kv_blocks_shared_peak", "prefill_tokens_computed", "peak_host_bytes", "peak_device_bytes", "workspace_peak_bytes", "num_drafts", "draft_tokens", "accepted_tokens",
         "acceptance_rate", "acceptance_length", "draft_s", "verify_s", "simulated_acceptance"})
     expected.push_back(s);
   CHECK(names == expected);
@@ -277,9 +278,9 @@ TEST_CASE("results: a committed run has every file", "[report]") {
   const auto requests = lines(slurp(dir / "requests.csv"));
   REQUIRE(requests.size() == 1 + 2 * 3);
   CHECK(requests[0] == "point,repeat,request_id,arrival_s,queue_time_ms,ttft_ms,tpot_ms,e2el_ms,itl_mean_ms,"
-                       "prompt_len,output_len,preemptions");
-  CHECK(requests[1] == "0,0,0,0,500,1000,500,3000,500,10,5,1");
-  CHECK(requests[2] == "0,0,1,1,0,500,,500,,20,1,0");  // no tpot, no itl
+                       "prompt_len,output_len,preemptions,cached_prompt_tokens");
+  CHECK(requests[1] == "0,0,0,0,500,1000,500,3000,500,10,5,1,0");
+  CHECK(requests[2] == "0,0,1,1,0,500,,500,,20,1,0,0");  // no tpot, no itl
 
   const auto steps = lines(slurp(dir / "steps.csv"));
   REQUIRE(steps.size() == 1 + 2 * 2);

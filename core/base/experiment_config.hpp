@@ -26,6 +26,11 @@ struct TraceConfig {                // workload.trace
   int max_output_len = 0;
 };
 
+struct SharedPrefixConfig {         // workload.shared_prefix: every prompt starts with one of `groups` prefixes
+  int tokens = 0;                   // prefix length (0 = none)
+  int groups = 1;                   // distinct prefixes (seeded ids); request i draws one
+};
+
 struct WorkloadConfig {             // workload
   int requests = 16;                // workload.requests
   std::string arrival = "offline";  // offline | poisson | gamma | trace
@@ -35,6 +40,7 @@ struct WorkloadConfig {             // workload
   LengthDist output_len;            // workload.output_len.*
   TraceConfig trace;                // workload.trace.*
   std::string prompts;              // workload.prompts: text/JSONL prompts file ("" = random ids); gguf, llama2c
+  SharedPrefixConfig shared_prefix; // workload.shared_prefix.*
 };
 
 struct ModelConfig {                // model
@@ -58,6 +64,7 @@ struct KvConfig {                   // kv
   double memory_mb = 256;                  // KV budget, MiB, the same for every layout
   std::string reserve = "max_seq_len";     // contiguous: max_seq_len | prompt_plus_max_new
   int block_size = 16;                     // paged: tokens per block
+  std::string prefix_cache = "off";        // paged: off | on (blocks of a common prefix shared, not recomputed)
 };
 
 struct SpeculativeConfig {          // speculative

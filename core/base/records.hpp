@@ -17,6 +17,7 @@ struct RequestRecord {
   int prompt_len = 0;
   int output_len = 0;           // tokens actually emitted
   int preemptions = 0;
+  int cached_prompt_tokens = 0; // prompt tokens the prefix cache held at first admission (not computed)
   std::vector<double> itl_s;    // gaps between consecutive emitting steps
   // Derived (seconds): queue_time = first_scheduled - arrival, ttft = first_token - arrival,
   // e2el = last_token - arrival, tpot = (e2el - ttft) / (output_len - 1) when output_len > 1.
@@ -46,6 +47,7 @@ struct StepRecord {
   std::size_t kv_reserved_bytes = 0;
   std::size_t kv_used_bytes = 0;
   int kv_blocks_allocated = 0;  // paged: blocks held (0 for contiguous)
+  int kv_blocks_shared = 0;     // prefix cache: blocks read by more than one sequence
   long long kv_tokens_stored = 0;  // tokens holding real state
   // reserved - used: paged = unused slots of last blocks (internal fragmentation);
   // contiguous = the unfilled rest of every reservation.

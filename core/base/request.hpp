@@ -20,6 +20,7 @@ struct Sequence {
   int num_computed = 0;          // leading tokens whose K/V are in the cache
   SeqState state = SeqState::Waiting;
   int preemptions = 0;
+  int cached_prompt_tokens = -1; // prompt tokens found in the prefix cache at first admission (-1: not yet admitted)
   bool stopped_at_eos = false;
 
   // Timing, seconds since run start (shared/reference/metrics.md).

@@ -55,6 +55,7 @@ RequestRecord record_of(const Sequence& s) {
   r.prompt_len = s.prompt_len();
   r.output_len = s.num_generated();
   r.preemptions = s.preemptions;
+  r.cached_prompt_tokens = std::max(0, s.cached_prompt_tokens);
   for (std::size_t i = 1; i < s.emit_times.size(); ++i) r.itl_s.push_back(s.emit_times[i] - s.emit_times[i - 1]);
   return r;
 }
@@ -145,7 +146,8 @@ class Engine {
     std::this_thread::sleep_for(std::chrono::duration<double>(std::min(wait, 0.05)));
   }
 
-  // The scheduler picks the step's chunks; a preempted sequence starts over from its tokens.
+  // The scheduler picks the step's chunks; a preempted sequence starts over from its tokens (the
+  // scheduler reset its num_computed, or set it to its cached prefix if it was re-admitted at once).
   SchedulePlan schedule(StepRecord& rec) {
     SchedulePlan plan;
     {
@@ -153,7 +155,6 @@ class Engine {
       plan = scheduler_.schedule(kv_);
     }
     for (Sequence* s : plan.preempted) {
-      s->num_computed = 0;
       ++s->preemptions;
       drafter_.release(*s);
     }
@@ -269,13 +270,15 @@ class Engine {
     rec.kv_reserved_bytes = u.reserved_bytes;
     rec.kv_used_bytes = u.used_bytes;
     rec.kv_blocks_allocated = u.blocks_allocated;
+    rec.kv_blocks_shared = u.blocks_shared;
     rec.kv_tokens_stored = u.tokens_stored;
     // Sequences holding KV and not finished (a static batch's finished members are padding).
     rec.running_at_forward = scheduler_.num_running() - static_cast<int>(plan.padding_seqs.size());
   }
 
   // Every chunk's sequence moves past the tokens it ran; one that has caught up takes its next
-  // token (sampled, chosen by the backend, or the verified draft's continuation).
+  // token (sampled, chosen by the backend, or the verified draft's continuation). The computed
+  // tokens are committed to the KV cache (a prefix cache registers their full blocks).
   std::vector<Emission> advance(const SchedulePlan& plan, const StepDrafts& d, const ForwardResult& r) {
     NVTX_RANGE("sample");
     std::vector<Emission> emitted;
@@ -308,7 +311,7 @@ class Engine {
         if (options_.eos_token >= 0 && token == options_.eos_token) s->stopped_at_eos = true;
         emitted.push_back({s, kept + 1});
       }
-      kv_.set_length(s->id, s->num_computed);
+      kv_.commit(s->id, std::span<const int>(s->tokens).first(static_cast<std::size_t>(s->num_computed)));
       row += rows;
     }
     return emitted;

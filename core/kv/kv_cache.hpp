@@ -20,7 +20,9 @@ struct KvUsage {
   std::size_t reserved_bytes = 0;  // set aside for live sequences
   std::size_t used_bytes = 0;      // holding real token state
   int live_sequences = 0;
-  int blocks_allocated = 0;        // paged: blocks held by live sequences (contiguous: 0)
+  int blocks_allocated = 0;        // paged: blocks held by live sequences, a shared block once (contiguous: 0)
+  int blocks_shared = 0;           // prefix cache: blocks read by more than one live sequence
+  int blocks_cached = 0;           // prefix cache: unreferenced blocks kept for reuse (free to evict)
   long long tokens_stored = 0;     // tokens holding real state (used_bytes / bytes per token)
 };
 
@@ -50,6 +52,15 @@ class KvCache {
   virtual void truncate(int seq, int length) = 0;
   // Give everything back (finish or preemption).
   virtual void release(int seq) = 0;
+
+  // Prefix caching (paged with kv.prefix_cache on; the defaults are a cache without one).
+  // Right after admit(): attach the cached blocks of the longest cached prefix of `tokens` (whole
+  // blocks, matched by a hash chain over their token ids) and return how many leading tokens
+  // therefore need no computing: never all of them, the last token is always computed.
+  virtual int attach_prefix(int /*seq*/, std::span<const int> /*tokens*/) { return 0; }
+  // Tokens [0, tokens.size()) hold real state computed from these ids: set_length, and a prefix
+  // cache registers the full blocks for reuse.
+  virtual void commit(int seq, std::span<const int> tokens) { set_length(seq, static_cast<int>(tokens.size())); }
 
   virtual int length(int seq) const = 0;
   virtual bool holds(int seq) const = 0;

@@ -1,6 +1,7 @@
 #include "kv/paged_kv.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -9,18 +10,50 @@ namespace ablate {
 
 namespace {
 int blocks_for(int tokens, int block_size) { return (tokens + block_size - 1) / block_size; }
+
+constexpr uint64_t kRootHash = 0x9E3779B97F4A7C15ull;
+
+uint64_t mix(uint64_t x) {  // splitmix64's finaliser
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// The block's identity: its parent's hash and its token ids.
+uint64_t chain_hash(uint64_t parent, std::span<const int> tokens) {
+  uint64_t h = mix(parent + 0x632BE59BD9B4E019ull);
+  for (int t : tokens) h = mix(h ^ static_cast<uint32_t>(t)) + 0x9E3779B97F4A7C15ull;
+  return h;
+}
 }  // namespace
 
 PagedKvCache::PagedKvCache(const ModelShape& shape, std::size_t capacity_bytes, int block_size, int max_seq_len,
-                           Admission admission, KvStorage storage)
+                           Admission admission, KvStorage storage, bool prefix_cache)
     : block_size_(block_size),
       token_floats_(shape.kv_dim()),
       n_layers_(shape.n_layers),
       max_seq_len_(max_seq_len),
       admission_(admission),
       bytes_per_token_(static_cast<std::size_t>(shape.kv_floats_per_token()) * storage.element_bytes),
-      allocator_(block_size > 0 ? static_cast<int>(capacity_bytes / (bytes_per_token_ * block_size)) : 0) {
+      allocator_(block_size > 0 ? static_cast<int>(capacity_bytes / (bytes_per_token_ * block_size)) : 0),
+      prefix_(prefix_cache) {
   if (block_size < 1) throw std::invalid_argument("paged KV: block_size must be >= 1");
+  if (prefix_ && !storage.host_pools)
+    throw std::invalid_argument("paged KV: prefix caching copies blocks on write and needs host pools");
+  const auto n = static_cast<std::size_t>(allocator_.num_blocks());
+  ref_.assign(n, 0);
+  if (prefix_) {
+    registered_.assign(n, 0);
+    hash_.assign(n, 0);
+    parent_.assign(n, 0);
+    block_tokens_.assign(n * static_cast<std::size_t>(block_size_), 0);
+    lru_pos_.resize(n);
+    in_lru_.assign(n, 0);
+  } else {
+    registered_.assign(n, 0);
+  }
   if (storage.host_pools) {
     k_.reset(new float[pool_elements()]);  // not zeroed: pages are touched only as tokens are written
     v_.reset(new float[pool_elements()]);
@@ -45,12 +78,133 @@ bool PagedKvCache::admit(int seq, int prompt_len, int max_new) {
 
 bool PagedKvCache::ensure(int seq, int length) {
   Table& t = seqs_.at(seq);
-  const int need = blocks_for(length, block_size_) - static_cast<int>(t.blocks.size());
-  if (need <= 0) return true;
-  if (admission_ == Admission::Guaranteed && static_cast<int>(t.blocks.size()) + need > t.promised) return false;
-  if (need > allocator_.num_free()) return false;  // all or nothing
-  for (int i = 0; i < need; ++i) t.blocks.push_back(allocator_.allocate());
+  const int have = static_cast<int>(t.blocks.size());
+  const int want = blocks_for(length, block_size_);
+  const int need = std::max(0, want - have);
+  // Copy-on-write: the blocks the writes [t.length, length) land in that another sequence reads.
+  int copies = 0;
+  const int first_written = t.length / block_size_;
+  if (prefix_)
+    for (int i = first_written; i < std::min(have, want); ++i) copies += ref_[static_cast<std::size_t>(t.blocks[i])] > 1;
+  if (need == 0 && copies == 0 && !prefix_) return true;
+  if (admission_ == Admission::Guaranteed && have + need > t.promised) return false;
+  if (need + copies > num_free_blocks()) return false;  // all or nothing
+  if (prefix_ && first_written < std::min(have, want)) {
+    for (int i = first_written; i < std::min(have, want); ++i) {
+      int32_t& b = t.blocks[static_cast<std::size_t>(i)];
+      if (ref_[static_cast<std::size_t>(b)] > 1) {
+        const int32_t copy = take_block();
+        copy_block(b, copy);
+        drop_ref(b);
+        b = copy;
+        ++copies_;
+      } else {
+        unregister(b);  // about to change: the cache must not hand it out as it was
+      }
+    }
+    if (static_cast<int>(t.hashes.size()) > first_written) t.hashes.resize(static_cast<std::size_t>(first_written));
+  }
+  for (int i = 0; i < need; ++i) t.blocks.push_back(take_block());
   return true;
+}
+
+int32_t PagedKvCache::take_block() {
+  int32_t b = allocator_.allocate();
+  if (b < 0) {
+    if (lru_.empty()) throw std::logic_error("paged KV: no block to take");
+    b = lru_.front();  // evict the least recently released cached block
+    lru_.pop_front();
+    in_lru_[static_cast<std::size_t>(b)] = 0;
+    unregister(b);
+  }
+  ref_[static_cast<std::size_t>(b)] = 1;
+  return b;
+}
+
+void PagedKvCache::add_ref(int32_t b) {
+  const auto i = static_cast<std::size_t>(b);
+  if (in_lru_[i]) {
+    lru_.erase(lru_pos_[i]);
+    in_lru_[i] = 0;
+  }
+  if (++ref_[i] == 2) ++shared_;
+}
+
+void PagedKvCache::drop_ref(int32_t b) {
+  const auto i = static_cast<std::size_t>(b);
+  if (ref_[i] <= 0) throw std::logic_error(fmt::format("paged KV: block {} released with no reference", b));
+  if (ref_[i]-- == 2) --shared_;
+  if (ref_[i] > 0) return;
+  if (registered_[i]) {  // keep its prefix until the pool needs the block
+    lru_pos_[i] = lru_.insert(lru_.end(), b);
+    in_lru_[i] = 1;
+  } else {
+    allocator_.free(b);
+  }
+}
+
+void PagedKvCache::unregister(int32_t b) {
+  const auto i = static_cast<std::size_t>(b);
+  if (!registered_[i]) return;
+  registered_[i] = 0;
+  if (auto it = cached_.find(hash_[i]); it != cached_.end() && it->second == b) cached_.erase(it);
+}
+
+void PagedKvCache::copy_block(int32_t from, int32_t to) {
+  const std::size_t block_floats = static_cast<std::size_t>(block_size_) * token_floats_;
+  for (int layer = 0; layer < n_layers_; ++layer) {
+    const std::size_t base = static_cast<std::size_t>(layer) * allocator_.num_blocks() * block_floats;
+    std::memcpy(k_.get() + base + to * block_floats, k_.get() + base + from * block_floats, block_floats * sizeof(float));
+    std::memcpy(v_.get() + base + to * block_floats, v_.get() + base + from * block_floats, block_floats * sizeof(float));
+  }
+}
+
+int PagedKvCache::attach_prefix(int seq, std::span<const int> tokens) {
+  if (!prefix_ || tokens.empty()) return 0;
+  Table& t = seqs_.at(seq);
+  if (!t.blocks.empty()) throw std::logic_error(fmt::format("paged KV: sequence {} attaches a prefix to blocks it holds", seq));
+  const auto bs = static_cast<std::size_t>(block_size_);
+  uint64_t h = kRootHash;
+  for (std::size_t i = 0; (i + 1) * bs <= tokens.size(); ++i) {
+    if (admission_ == Admission::Guaranteed && static_cast<int>(t.blocks.size()) >= t.promised) break;
+    const std::span<const int> blk = tokens.subspan(i * bs, bs);
+    const uint64_t parent = h;
+    h = chain_hash(parent, blk);
+    const auto it = cached_.find(h);
+    if (it == cached_.end()) break;
+    const int32_t b = it->second;
+    const auto bi = static_cast<std::size_t>(b);
+    if (parent_[bi] != parent || !std::equal(blk.begin(), blk.end(), block_tokens_.begin() + static_cast<std::ptrdiff_t>(bi * bs)))
+      break;  // a hash collision: not this prefix
+    add_ref(b);
+    t.blocks.push_back(b);
+    t.hashes.push_back(h);
+  }
+  // The last token always runs, so that there are logits to sample from.
+  t.length = std::min(static_cast<int>(t.blocks.size()) * block_size_, static_cast<int>(tokens.size()) - 1);
+  return t.length;
+}
+
+void PagedKvCache::commit(int seq, std::span<const int> tokens) {
+  set_length(seq, static_cast<int>(tokens.size()));
+  if (!prefix_) return;
+  Table& t = seqs_.at(seq);
+  const auto bs = static_cast<std::size_t>(block_size_);
+  uint64_t h = t.hashes.empty() ? kRootHash : t.hashes.back();
+  for (std::size_t i = t.hashes.size(); (i + 1) * bs <= tokens.size(); ++i) {
+    const std::span<const int> blk = tokens.subspan(i * bs, bs);
+    const uint64_t parent = h;
+    h = chain_hash(parent, blk);
+    t.hashes.push_back(h);
+    const int32_t b = t.blocks[i];
+    const auto bi = static_cast<std::size_t>(b);
+    if (registered_[bi] || cached_.count(h)) continue;  // another block holds this prefix already
+    registered_[bi] = 1;
+    hash_[bi] = h;
+    parent_[bi] = parent;
+    std::copy(blk.begin(), blk.end(), block_tokens_.begin() + static_cast<std::ptrdiff_t>(bi * bs));
+    cached_.emplace(h, b);
+  }
 }
 
 void PagedKvCache::set_length(int seq, int length) {
@@ -61,13 +215,16 @@ void PagedKvCache::set_length(int seq, int length) {
 }
 
 void PagedKvCache::free_blocks_from(Table& t, std::size_t keep) {
-  for (std::size_t i = keep; i < t.blocks.size(); ++i) allocator_.free(t.blocks[i]);
+  // Last block first: a released sequence's tail is evicted before its head (the shared prefix).
+  for (std::size_t i = t.blocks.size(); i > keep; --i) drop_ref(t.blocks[i - 1]);
   t.blocks.resize(std::min(keep, t.blocks.size()));
 }
 
 void PagedKvCache::truncate(int seq, int length) {
   Table& t = seqs_.at(seq);
   t.length = std::min(t.length, length);
+  const auto full = static_cast<std::size_t>(std::max(0, length) / block_size_);
+  if (t.hashes.size() > full) t.hashes.resize(full);
   free_blocks_from(t, static_cast<std::size_t>(blocks_for(length, block_size_)));
 }
 
@@ -135,9 +292,22 @@ PagedLayout PagedKvCache::layout(std::span<const int> seqs) const {
 KvUsage PagedKvCache::usage() const {
   KvUsage u;
   u.capacity_bytes = static_cast<std::size_t>(allocator_.num_blocks()) * block_size_ * bytes_per_token_;
-  u.blocks_allocated = allocator_.num_allocated();
+  u.blocks_cached = static_cast<int>(lru_.size());
+  u.blocks_allocated = allocator_.num_allocated() - u.blocks_cached;
+  u.blocks_shared = shared_;
   u.reserved_bytes = static_cast<std::size_t>(u.blocks_allocated) * block_size_ * bytes_per_token_;
-  for (const auto& [id, t] : seqs_) u.tokens_stored += t.length;
+  if (shared_ == 0) {
+    for (const auto& [id, t] : seqs_) u.tokens_stored += t.length;
+  } else {  // a shared block's tokens count once: each block's fullest reader
+    std::unordered_map<int32_t, int> fill;
+    for (const auto& [id, t] : seqs_)
+      for (std::size_t i = 0; i < t.blocks.size(); ++i) {
+        const int f = std::clamp(t.length - static_cast<int>(i) * block_size_, 0, block_size_);
+        int& m = fill[t.blocks[i]];
+        m = std::max(m, f);
+      }
+    for (const auto& [b, f] : fill) u.tokens_stored += f;
+  }
   u.used_bytes = static_cast<std::size_t>(u.tokens_stored) * bytes_per_token_;
   u.live_sequences = static_cast<int>(seqs_.size());
   return u;

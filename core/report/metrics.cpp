@@ -45,7 +45,7 @@ void add_stats(Metrics& m, const std::string& name, std::vector<double> s) {
 
 Metrics summarize(const RunRecords& r, const SloConfig& slo) {
   std::vector<double> ttft, tpot, itl, e2el, queue;
-  double first_arrival = 0, last_token = 0, prompt_tokens = 0, output_tokens = 0, preemptions = 0;
+  double first_arrival = 0, last_token = 0, prompt_tokens = 0, output_tokens = 0, preemptions = 0, hit_tokens = 0;
   int good = 0;
   for (std::size_t i = 0; i < r.requests.size(); ++i) {
     const RequestRecord& q = r.requests[i];
@@ -54,6 +54,7 @@ Metrics summarize(const RunRecords& r, const SloConfig& slo) {
     prompt_tokens += q.prompt_len;
     output_tokens += q.output_len;
     preemptions += q.preemptions;
+    hit_tokens += q.cached_prompt_tokens;
     ttft.push_back(q.ttft());
     e2el.push_back(q.e2el());
     queue.push_back(q.queue_time());
@@ -83,6 +84,7 @@ Metrics summarize(const RunRecords& r, const SloConfig& slo) {
   m.emplace_back("preemptions", preemptions);
 
   double batch = 0, padding = 0, reserved_peak = 0, used_peak = 0, reserved_time = 0, used_time = 0, blocks_peak = 0;
+  double shared_peak = 0, prefill_computed = 0;
   for (const StepRecord& s : r.steps) {
     batch += s.batch_size;
     padding += s.padding_rows;
@@ -91,6 +93,8 @@ Metrics summarize(const RunRecords& r, const SloConfig& slo) {
     reserved_time += static_cast<double>(s.kv_reserved_bytes) * s.wall_s;
     used_time += static_cast<double>(s.kv_used_bytes) * s.wall_s;
     blocks_peak = std::max(blocks_peak, static_cast<double>(s.kv_blocks_allocated));
+    shared_peak = std::max(shared_peak, static_cast<double>(s.kv_blocks_shared));
+    prefill_computed += s.prefill_tokens;
   }
   const RunFacts& f = r.facts;
   m.emplace_back("steps", static_cast<double>(r.steps.size()));
@@ -104,6 +108,10 @@ Metrics summarize(const RunRecords& r, const SloConfig& slo) {
   m.emplace_back("peak_concurrency", f.peak_concurrency);
   m.emplace_back("peak_batch_size", f.peak_batch_size);
   m.emplace_back("kv_blocks_peak", blocks_peak);
+  m.emplace_back("prefix_hit_tokens", hit_tokens);
+  m.emplace_back("prefix_hit_rate", ratio(hit_tokens, prompt_tokens));
+  m.emplace_back("kv_blocks_shared_peak", shared_peak);
+  m.emplace_back("prefill_tokens_computed", prefill_computed);
   m.emplace_back("peak_host_bytes", static_cast<double>(f.peak_host_bytes));
   m.emplace_back("peak_device_bytes", static_cast<double>(f.peak_device_bytes));
   m.emplace_back("workspace_peak_bytes", static_cast<double>(f.workspace_peak_bytes));

@@ -45,7 +45,8 @@ std::string yaml_quote(const std::string& s) {
 std::string ms(double seconds) { return format_number(seconds * 1000.0); }
 
 const std::vector<std::string> kRequestColumns = {"point",   "repeat",  "request_id",  "arrival_s",  "queue_time_ms", "ttft_ms",
-                                                  "tpot_ms", "e2el_ms", "itl_mean_ms", "prompt_len", "output_len",    "preemptions"};
+                                                  "tpot_ms", "e2el_ms", "itl_mean_ms", "prompt_len", "output_len",    "preemptions",
+                                                  "cached_prompt_tokens"};
 const std::vector<std::string> kStepColumns = {
     "point",         "repeat",      "step",         "start_s",        "wall_s",        "forward_s",
     "device_s",      "batch_size",  "prefill_seqs", "decode_seqs",    "prefill_tokens", "decode_tokens",
@@ -60,7 +61,7 @@ std::string requests_text(const std::string& p, const std::string& r, const RunR
     out += csv_row({p, r, std::to_string(q.request_id), format_number(q.arrival_s), ms(q.queue_time()), ms(q.ttft()),
                     q.has_tpot() ? ms(q.tpot()) : "", ms(q.e2el()),
                     q.itl_s.empty() ? "" : ms(itl_sum / static_cast<double>(q.itl_s.size())), std::to_string(q.prompt_len),
-                    std::to_string(q.output_len), std::to_string(q.preemptions)});
+                    std::to_string(q.output_len), std::to_string(q.preemptions), std::to_string(q.cached_prompt_tokens)});
   }
   return out;
 }

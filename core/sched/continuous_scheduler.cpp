@@ -56,16 +56,21 @@ void ContinuousScheduler::schedule_running(KvCache& kv, Step& st) {
 void ContinuousScheduler::admit_waiting(KvCache& kv, Step& st, bool whole_prompts) {
   while (!waiting_.empty() && static_cast<int>(running_.size()) < max_num_seqs_ && st.budget > 0) {
     Sequence* s = waiting_.front();
+    if (!kv.admit(s->id, s->prompt_len(), s->request->output_len)) break;  // strict FCFS
+    const int first_hit = s->cached_prompt_tokens;
+    attach_cached_prefix(kv, s);  // prefix cache hits cost neither tokens nor blocks
     int n = s->num_uncomputed();
+    bool fits = true;
     if (whole_prompts) {
       // A prompt longer than the whole budget still runs, alone, rather than never.
-      if (n > st.budget && !st.plan.chunks.empty()) break;
+      fits = !(n > st.budget && !st.plan.chunks.empty());
     } else {
       n = std::min(n, st.budget);
     }
-    if (!kv.admit(s->id, s->prompt_len(), s->request->output_len)) break;  // strict FCFS
-    if (!kv.ensure(s->id, s->num_computed + n)) {
+    if (!fits || !kv.ensure(s->id, s->num_computed + n)) {
       kv.release(s->id);
+      s->num_computed = 0;
+      s->cached_prompt_tokens = first_hit;  // not admitted after all
       break;
     }
     waiting_.pop_front();

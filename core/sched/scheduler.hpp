@@ -1,5 +1,6 @@
 #pragma once
 // The batching axis: which sequences run at a step, with how many tokens each.
+#include <algorithm>
 #include <limits>
 #include <string>
 #include <vector>
@@ -28,6 +29,13 @@ struct SchedulePlan {
   int tokens_left = std::numeric_limits<int>::max();
   bool empty() const { return chunks.empty() && padding_rows == 0 && padding_seqs.empty(); }
 };
+
+// Admission's KV step shared by every policy: after kv.admit(), attach the sequence's cached
+// prefix (a prefix cache; nothing otherwise), skip those tokens and record the first hit.
+inline void attach_cached_prefix(KvCache& kv, Sequence* s) {
+  s->num_computed = kv.attach_prefix(s->id, s->tokens);
+  if (s->cached_prompt_tokens < 0) s->cached_prompt_tokens = std::min(s->num_computed, s->prompt_len());
+}
 
 class Scheduler {
  public:

@@ -15,6 +15,7 @@ SchedulePlan StaticScheduler::schedule(KvCache& kv) {
     while (!waiting_.empty() && static_cast<int>(batch_.size()) < max_batch_) {
       Sequence* s = waiting_.front();
       if (!kv.admit(s->id, s->prompt_len(), s->request->output_len)) break;
+      attach_cached_prefix(kv, s);
       waiting_.pop_front();
       s->state = SeqState::Running;
       batch_.push_back(s);
@@ -28,7 +29,15 @@ SchedulePlan StaticScheduler::schedule(KvCache& kv) {
     for (const Sequence* s : batch_) plan.padding_rows += longest - s->num_uncomputed();
   } else {
     for (Sequence* s : batch_)
-      if (s->done()) plan.padding_seqs.push_back(s);  // a finished member still occupies its row
+      if (s->done()) {
+        plan.padding_seqs.push_back(s);  // a finished member still occupies its row
+        // It rewrites its last position: a block the prefix cache holds gets its own copy (or
+        // leaves the cache) first. Without a prefix cache this changes nothing.
+        kv.truncate(s->id, s->num_computed - 1);
+        if (!kv.ensure(s->id, s->num_computed))
+          throw std::logic_error("static batching: a padding row outgrew its KV reservation");
+        kv.set_length(s->id, s->num_computed);
+      }
   }
   for (Sequence* s : batch_) {
     if (s->done()) continue;

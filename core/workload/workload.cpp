@@ -223,7 +223,7 @@ std::vector<TraceRow> read_trace(const std::string& path, int start_row, int cou
 namespace {
 
 // Stream ids: fixed forever, so that a seed keeps meaning the same workload.
-enum : std::uint64_t { kArrivals = 1, kPromptLens = 2, kOutputLens = 3, kTokens = 4, kTraceRows = 5 };
+enum : std::uint64_t { kArrivals = 1, kPromptLens = 2, kOutputLens = 3, kTokens = 4, kTraceRows = 5, kPrefixes = 6, kPrefixGroups = 7 };
 
 // n distinct rows of `all`, drawn uniformly (a partial Fisher-Yates shuffle), in the order drawn.
 std::vector<TraceRow> draw_rows(std::vector<TraceRow> all, int n, Rng rng, const std::string& path, int start_row) {
@@ -337,6 +337,13 @@ std::vector<Request> make_workload(const WorkloadConfig& w, std::uint64_t seed, 
   }
 
   // Lengths.
+  const int prefix_len = w.shared_prefix.tokens;
+  if (prefix_len < 0 || w.shared_prefix.groups < 1)
+    throw std::runtime_error(fmt::format("workload.shared_prefix: tokens must be >= 0 and groups >= 1 (got {}, {})", prefix_len,
+                                         w.shared_prefix.groups));
+  if (max_seq_len > 0 && prefix_len + 2 > max_seq_len)
+    throw std::runtime_error(fmt::format("workload.shared_prefix.tokens {} leaves no room in max_seq_len {} for a prompt and an output token",
+                                         prefix_len, max_seq_len));
   std::vector<int> plen = sample_lengths(w.prompt_len, "prompt_len", n, Rng(stream_seed(seed, kPromptLens)), trace, true);
   std::vector<int> olen = sample_lengths(w.output_len, "output_len", n, Rng(stream_seed(seed, kOutputLens)), trace, false);
   for (int i = 0; i < n; ++i) {
@@ -344,11 +351,21 @@ std::vector<Request> make_workload(const WorkloadConfig& w, std::uint64_t seed, 
     if (w.prompt_len.dist == "trace" && w.trace.max_prompt_len > 0) plen[i] = std::min(plen[i], w.trace.max_prompt_len);
     plen[i] = std::max(plen[i], 1);
     olen[i] = std::max(olen[i], 1);
-    if (max_seq_len > 0 && plen[i] + olen[i] > max_seq_len) {
-      plen[i] = std::max(1, max_seq_len - olen[i]);
-      olen[i] = std::min(olen[i], max_seq_len - plen[i]);
+    if (max_seq_len > 0 && prefix_len + plen[i] + olen[i] > max_seq_len) {
+      plen[i] = std::max(1, max_seq_len - prefix_len - olen[i]);
+      olen[i] = std::min(olen[i], max_seq_len - prefix_len - plen[i]);
     }
   }
+
+  // Shared prefixes: `groups` prefixes of prefix_len ids, each from its own stream; request i's
+  // group from another, so the requests' own prompts are the same with or without them.
+  std::vector<std::vector<int>> prefixes(static_cast<std::size_t>(prefix_len > 0 ? w.shared_prefix.groups : 0));
+  for (std::size_t g = 0; g < prefixes.size(); ++g) {
+    Rng rng(stream_seed(stream_seed(seed, kPrefixes), g));
+    prefixes[g].resize(static_cast<std::size_t>(prefix_len));
+    for (auto& t : prefixes[g]) t = static_cast<int>(rng.uniform_int(0, vocab_size - 1));
+  }
+  Rng group_rng(stream_seed(seed, kPrefixGroups));
 
   // Requests; each one's token ids come from its own stream (seed, id), so they do not shift
   // when another request's length changes.
@@ -362,6 +379,10 @@ std::vector<Request> make_workload(const WorkloadConfig& w, std::uint64_t seed, 
     Rng rng(stream_seed(token_seed, static_cast<std::uint64_t>(i)));
     r.prompt.resize(static_cast<std::size_t>(plen[i]));
     for (auto& t : r.prompt) t = static_cast<int>(rng.uniform_int(0, vocab_size - 1));
+    if (!prefixes.empty()) {
+      const auto& p = prefixes[static_cast<std::size_t>(group_rng.uniform_int(0, w.shared_prefix.groups - 1))];
+      r.prompt.insert(r.prompt.begin(), p.begin(), p.end());
+    }
   }
   return out;
 }

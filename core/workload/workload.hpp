@@ -29,8 +29,11 @@ namespace ablate {
 //          caps max_output_len / max_prompt_len apply). trace.rows random draws N distinct rows of
 //          [start_row, end) uniformly with the seed instead of taking N consecutive ones: a sample of
 //          the trace's whole length distribution rather than of one time window.
-//  Every request then fits max_seq_len (> 0; <= 0 means no limit): when prompt + output exceed it,
-//  the prompt is cut (to at least 1 token), then the output. Lengths are always >= 1.
+//  shared_prefix {tokens: N, groups: G}: every prompt starts with one of G prefixes of N ids
+//          (each from its own seeded stream; request i's group drawn from another), then its own
+//          prompt of the length above, whose ids do not change with the prefix.
+//  Every request then fits max_seq_len (> 0; <= 0 means no limit): when prefix + prompt + output
+//  exceed it, the own prompt is cut (to at least 1 token), then the output. Lengths are always >= 1.
 //  Prompt ids are uniform in [0, vocab_size); request i's ids depend only on the seed, i and its
 //  prompt length.
 // Throws std::runtime_error on a bad config or trace (file:line:column: problem).
