@@ -312,6 +312,31 @@ sweep:
   }
 }
 
+TEST_CASE("cli: interleaving spans points of different backends (a dtype sweep's arms too)", "[cli][order]") {
+  Sandbox sb;
+  const auto cfg = sb.write("d.yaml", R"(experiment: dtype_order
+seed: 3
+model: {source: synthetic, preset: tiny}
+max_seq_len: 32
+kv: {memory_mb: 1}
+threads: 1
+repeat: 4
+workload: {requests: 2, prompt_len: 4, output_len: 2}
+sweep:
+  dtype: [fp32, bf16, fp16]
+)");
+  const fs::path out = sb.dir / "r";
+  REQUIRE(sb.ablate("run '" + cfg.string() + "' --quiet --run-id i --out '" + out.string() + "'").status == 0);
+  auto rows = csv_rows(sb.read(out / "dtype_order" / "i" / "summary.csv"));
+  REQUIRE(rows.size() == 12);
+  std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return std::stoi(a["run_index"]) < std::stoi(b["run_index"]); });
+  std::vector<int> points, expected;
+  for (auto& row : rows) points.push_back(std::stoi(row["point"]));
+  for (int r = 0; r < 4; ++r)
+    for (int p : ablate::round_order({0, 1, 2}, 3, r)) expected.push_back(p);
+  CHECK(points == expected);  // not fp32's four repeats, then bf16's, then fp16's
+}
+
 TEST_CASE("run order: each round is a permutation, reproducible from the seed", "[order]") {
   const std::vector<int> points = {0, 1, 2, 3, 4, 5, 6, 7};
   std::set<std::vector<int>> seen;

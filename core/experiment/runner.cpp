@@ -226,15 +226,17 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
   }
 
   const int cores = omp_get_num_procs();
-  std::unique_ptr<Backend> backend;
-  std::string loaded_key;
+  const bool interleaved = exp.order == "interleaved";
+  // Each model/backend config is loaded once. Interleaved, every backend of the sweep stays
+  // loaded, so that rounds interleave all points (a dtype sweep's arms included); sequential
+  // keeps one at a time, for sweeps over models too large to hold together.
+  std::map<std::string, std::unique_ptr<Backend>> loaded;
   const auto backend_for = [&](const ExperimentConfig& cfg) -> Backend& {
-    if (!backend || backend_key(cfg) != loaded_key) {
-      backend.reset();  // free the old weights before loading new ones
-      backend = make_backend(cfg);
-      loaded_key = backend_key(cfg);
-    }
-    return *backend;
+    const std::string key = backend_key(cfg);
+    if (!interleaved && !loaded.count(key)) loaded.clear();  // free the old weights before loading new ones
+    auto& b = loaded[key];
+    if (!b) b = make_backend(cfg);
+    return *b;
   };
   Backend& b0 = backend_for(first);
   const int threads0 = first.threads > 0 ? first.threads : cores;
@@ -247,7 +249,6 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
     for (const auto& r : writer.resume_report().repairs) std::fprintf(stderr, "  repaired %s\n", r.c_str());
   }
 
-  const bool interleaved = exp.order == "interleaved";
   const auto seed = static_cast<std::uint64_t>(first.seed);
   int total_units = ro.total_units;
   int unit_seq = 0;  // the unit's place in the planned order: run_index, and the shard it belongs to
@@ -307,13 +308,21 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
   };
 
   std::string targets;  // provenance.yaml lines: each point's interval when target_ci is set
-  std::unique_ptr<Backend> quality_reference;  // quality: an fp32 CPU backend of the group's model
+  std::map<std::string, std::unique_ptr<Backend>> quality_reference;  // quality: an fp32 CPU backend a model
+  std::vector<std::vector<int>> groups = backend_groups(exp);
+  if (interleaved) {  // one group: every point in every round
+    std::vector<int> all;
+    for (const auto& g : groups) all.insert(all.end(), g.begin(), g.end());
+    std::sort(all.begin(), all.end());
+    groups = {all};
+  }
+  const auto point_backend = [&](int p) -> Backend& { return backend_for(exp.points[static_cast<std::size_t>(p)].config); };
   try {
-    for (const std::vector<int>& group : backend_groups(exp)) {
-      Backend& be = backend_for(exp.points[static_cast<std::size_t>(group.front())].config);
+    for (const std::vector<int>& group : groups) {
       for (int p : group) {
         const SweepPoint& point = exp.points[static_cast<std::size_t>(p)];
         const ExperimentConfig& cfg = point.config;
+        Backend& be = point_backend(p);
         PreparedPoint& pp = prepared[static_cast<std::size_t>(p)];
         pp.point = &point;
         pp.threads = cfg.threads > 0 ? cfg.threads : cores;
@@ -323,26 +332,29 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
         pp.eos = eos_token_of(cfg);
         if (pp.threads != threads0 || be.name() != b0.name()) pp.provenance = collect_provenance(pp.threads, be.name(), be.device_name());
         if (cfg.quality && !pp.requests.empty()) {  // once a point: it does not depend on timing
-          if (!quality_reference) quality_reference = std::make_unique<CpuBackend>(load_weights(cfg.model), "fp32");
+          const std::string model = fmt::format("{}|{}|{}|{}|{}", cfg.model.source, cfg.model.preset, cfg.model.path,
+                                                cfg.model.gguf, cfg.model.seed);
+          auto& ref = quality_reference[model];
+          if (!ref) ref = std::make_unique<CpuBackend>(load_weights(cfg.model), "fp32");
           const Request& r0 = pp.requests.front();
           const int continuation = std::min(64, std::max(0, max_seq - static_cast<int>(r0.prompt.size())));
-          pp.quality = measure_quality(be, *quality_reference, r0.prompt, continuation,
+          pp.quality = measure_quality(be, *ref, r0.prompt, continuation,
                                        cfg.model.source != "synthetic" && !cfg.workload.prompts.empty());
         }
       }
-      quality_reference.reset();
+      quality_reference.clear();
       if (!interleaved) {
         for (int p : group) {
           int n = exp.repeat;
           for (int r = 0; r < n; ++r) {
-            run_unit(be, prepared[static_cast<std::size_t>(p)], r);
+            run_unit(point_backend(p), prepared[static_cast<std::size_t>(p)], r);
             if (r + 1 == n && exp.target_ci > 0 && n < exp.max_repeat && !target_met({p})) ++n, ++total_units;
           }
         }
       } else {
         int rounds = exp.repeat;
         for (int r = 0; r < rounds; ++r) {
-          for (int p : round_order(group, seed, r)) run_unit(be, prepared[static_cast<std::size_t>(p)], r);
+          for (int p : round_order(group, seed, r)) run_unit(point_backend(p), prepared[static_cast<std::size_t>(p)], r);
           if (r + 1 == rounds && exp.target_ci > 0 && rounds < exp.max_repeat && !target_met(group)) {
             ++rounds;
             total_units += static_cast<int>(group.size());
