@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <exception>
 #include <fstream>
+#include <set>
 #include <string>
 #include <typeinfo>
 
@@ -21,6 +22,14 @@ inline std::string write_input(const std::uint8_t* data, std::size_t size, const
     return std::string(t && *t ? t : "/tmp");
   }();
   const std::string path = dir + "/ablate_fuzz_" + std::to_string(getpid()) + suffix;
+  struct Remove {  // at exit (libFuzzer ends a run with exit()); a crashed process leaves its files
+    std::set<std::string> paths;
+    ~Remove() {
+      for (const auto& p : paths) std::remove(p.c_str());
+    }
+  };
+  static Remove remove_at_exit;
+  remove_at_exit.paths.insert(path);
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
   out.close();
