@@ -94,7 +94,7 @@ TEST_CASE("config: the schema lists every key once, with type, default and allow
     CHECK(!k.allowed.empty());
     CHECK(std::set<std::string>{"int", "number", "string", "bool", "path", "choice"}.count(k.type) == 1);
   }
-  CHECK(schema.size() == 70);  // 57 + dtype, profile.start_step, profile.end_step (issue 7), workload.trace.rows, cuda_pdl,
+  CHECK(schema.size() == 73);  // 57 + dtype, profile.start_step, profile.end_step (issue 7), workload.trace.rows, cuda_pdl,
                                // cuda_l2_prefetch, cuda_flash_decode_version
   CHECK(schema.front().key == "experiment");
   auto row = [&](const std::string& key) {
@@ -229,7 +229,7 @@ TEST_CASE("config: SLO presets fill the MLPerf numbers", "[config]") {
 
 TEST_CASE("config: unknown keys name the place, suggest a close key and list the valid ones", "[config]") {
   CHECK(error_of("kv:\n  layout: contiguous\n  memroy_mb: 3\n") ==
-        "x.yaml:3:3: unknown key \"kv.memroy_mb\" (did you mean \"kv.memory_mb\"?); keys in kv: layout, memory_mb, reserve, block_size");
+        "x.yaml:3:3: unknown key \"kv.memroy_mb\" (did you mean \"kv.memory_mb\"?); keys in kv: layout, memory_mb, reserve, block_size, prefix_cache");
   // A key in the wrong section is found by its last part.
   auto e = error_of("seed: 1\nmax_batch: 4\n");
   CHECK_THAT(e, Contains("x.yaml:2:1: unknown key \"max_batch\" (did you mean \"scheduler.max_batch\"?); top-level keys: experiment, seed"));
@@ -323,7 +323,7 @@ TEST_CASE("config: wrong types", "[config]") {
   CHECK_THAT(error_of("backend: [cpu]"), Contains("x.yaml:1:10: backend: expected a single value, got a list; allowed: cpu, cuda"));
   CHECK_THAT(error_of("experiment: my exp"), Contains("x.yaml:1:13: experiment: \"my exp\" is not a valid name; allowed: [A-Za-z0-9_.-]+"));
   CHECK_THAT(error_of("threads:\n"), Contains("x.yaml:1:1: threads: missing value; allowed: >= 0"));
-  CHECK_THAT(error_of("kv: 5"), Contains("x.yaml:1:5: kv: expected a map of layout, memory_mb, reserve, block_size, got \"5\""));
+  CHECK_THAT(error_of("kv: 5"), Contains("x.yaml:1:5: kv: expected a map of layout, memory_mb, reserve, block_size, prefix_cache, got \"5\""));
   CHECK_THAT(error_of("workload: [1]"), Contains("x.yaml:1:11: workload: expected a map of requests, arrival"));
   CHECK_THAT(error_of("- a\n- b\n"), Contains("x.yaml:1:1: expected a map of config keys at the top level, got a list"));
   CHECK_THAT(error_of("sampling: {temperature: .inf}"), Contains("sampling.temperature: expected a number, got \".inf\""));
@@ -551,7 +551,7 @@ TEST_CASE("config: sweep errors point at the list element", "[config]") {
   CHECK_THAT(error_of("sweep: {kv.layout: [contiguous, pagd]}"),
              Contains("x.yaml:1:33: kv.layout: unknown value \"pagd\" (did you mean \"paged\"?); allowed: contiguous, paged"));
   CHECK(error_of("sweep:\n  kv.memroy_mb: [1]\n") ==
-        "x.yaml:2:3: unknown key \"kv.memroy_mb\" in sweep (did you mean \"kv.memory_mb\"?); keys in kv: layout, memory_mb, reserve, block_size");
+        "x.yaml:2:3: unknown key \"kv.memroy_mb\" in sweep (did you mean \"kv.memory_mb\"?); keys in kv: layout, memory_mb, reserve, block_size, prefix_cache");
   CHECK(error_of("sweep: {kv.memory_mb: 5}") == "x.yaml:1:23: sweep.kv.memory_mb: expected a non-empty list of values, got \"5\"");
   CHECK_THAT(error_of("sweep: {kv.memory_mb: []}"), Contains("x.yaml:1:23: sweep.kv.memory_mb: expected a non-empty list of values, got a list"));
   CHECK_THAT(error_of("sweep: [1, 2]"), Contains("x.yaml:1:8: sweep: expected a map of dotted key to list of values, got a list"));
@@ -595,7 +595,7 @@ TEST_CASE("config: --set errors name the --set", "[config]") {
         "--set kv.layout=pagd: kv.layout: unknown value \"pagd\" (did you mean \"paged\"?); allowed: contiguous, paged");
   CHECK(error_of("", {"kv.memroy_mb=64"}) ==
         "--set kv.memroy_mb=64: unknown key \"kv.memroy_mb\" (did you mean \"kv.memory_mb\"?); keys in kv: layout, memory_mb, reserve, "
-        "block_size");
+        "block_size, prefix_cache");
   CHECK_THAT(error_of("", {"kv.memory_mb=lots"}), Contains("--set kv.memory_mb=lots: kv.memory_mb: expected a number, got \"lots\""));
   CHECK_THAT(error_of("", {"seed"}), Contains("--set seed: expected KEY=VALUE"));
   CHECK_THAT(error_of("", {"seed=[1,"}), Contains("--set seed=[1,: YAML syntax error in the value"));

@@ -20,6 +20,7 @@
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
 #include "base/experiment_config.hpp"
+#include "config/load.hpp"
 #include "engine/engine.hpp"
 #include "kv/paged_kv.hpp"
 #include "sched/continuous_scheduler.hpp"
@@ -534,3 +535,29 @@ TEST_CASE("workload.shared_prefix: every prompt starts with one of G seeded pref
   }
 }
 
+TEST_CASE("kv.prefix_cache: on needs the paged layout and the CPU backend; shared_prefix is read as a map",
+          "[prefix_cache][config]") {
+  auto error_of = [](const std::string& yaml) -> std::string {
+    try {
+      load_experiment_text(yaml, "x.yaml");
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  const std::string contiguous = error_of("kv:\n  layout: contiguous\n  prefix_cache: on\n");
+  CHECK(contiguous.rfind("x.yaml:3:", 0) == 0);
+  CHECK(contiguous.find("kv.prefix_cache") != std::string::npos);
+  CHECK(contiguous.find("needs kv.layout paged") != std::string::npos);
+  const std::string cuda = error_of("backend: cuda\nkv: {layout: paged, prefix_cache: on}\n");
+  CHECK(cuda.find("kv.prefix_cache") != std::string::npos);
+  CHECK(cuda.find("backend cpu") != std::string::npos);
+  CHECK(error_of("kv: {layout: paged, prefix_cache: maybe}\n").find("off, on") != std::string::npos);
+  const auto ok = load_experiment_text(
+      "kv: {layout: paged, prefix_cache: on}\nworkload: {shared_prefix: {tokens: 64, groups: 2}}\n", "x.yaml");
+  REQUIRE(ok.points.size() == 1);
+  CHECK(ok.points[0].config.kv.prefix_cache == "on");
+  CHECK(ok.points[0].config.workload.shared_prefix.tokens == 64);
+  CHECK(ok.points[0].config.workload.shared_prefix.groups == 2);
+  CHECK(error_of("workload: {shared_prefix: {groups: 0}}\n").find("workload.shared_prefix.groups") != std::string::npos);
+}

@@ -150,6 +150,8 @@ const std::vector<Rule>& rules() {
         choice("kv.reserve", F(kv.reserve), {"max_seq_len", "prompt_plus_max_new"},
                "contiguous: slots reserved per sequence"),
         choice("kv.block_size", F(kv.block_size), {"1", "8", "16", "32", "64", "128"}, "paged: tokens per block"),
+        choice("kv.prefix_cache", F(kv.prefix_cache), {"off", "on"},
+               "paged: share the blocks of a common prompt prefix (hash of parent + token ids), skip their prefill"),
         axis("speculative.draft", F(speculative.draft), "draft method for speculative decoding"),
         integer("speculative.k", F(speculative.k), in(1, 16), "tokens drafted per step"),
         number("speculative.alpha", F(speculative.alpha), in(0, 1), "simulated: acceptance probability"),
@@ -165,6 +167,10 @@ const std::vector<Rule>& rules() {
                "offline = all at t=0; trace = the trace's timestamps"),
         number("workload.rate", F(workload.rate), gt(0), "poisson, gamma: requests per second"),
         number("workload.burstiness", F(workload.burstiness), gt(0), "gamma: shape; 1 = Poisson"),
+        integer("workload.shared_prefix.tokens", F(workload.shared_prefix.tokens), ge(0),
+                "every prompt starts with one of `groups` seeded prefixes of this many tokens; 0 = none"),
+        integer("workload.shared_prefix.groups", F(workload.shared_prefix.groups), ge(1),
+                "distinct shared prefixes; each request draws one (seeded)"),
     };
     add_length_rules(r, "workload.prompt_len", &WorkloadConfig::prompt_len, "prompt");
     add_length_rules(r, "workload.output_len", &WorkloadConfig::output_len, "output");
@@ -638,6 +644,12 @@ const std::vector<SimpleRule>& simple_rules() {
       {{"speculative.draft", "backend"},
        [](C c) { return c.backend == "cuda" && c.speculative.draft == "simulated" && c.speculative.draft_preset.empty() && c.speculative.draft_model.empty(); },
        [](C) { return "simulated without a draft_preset or draft_model times the target's first draft_layers layers (layer_skip), which runs inside the CPU backend's forward pass; with backend cuda give speculative.draft_preset (allowed: " + join(preset_names()) + ") or speculative.draft_model"; }},
+      {{"kv.prefix_cache", "kv.layout"}, [](C c) { return c.kv.prefix_cache == "on" && c.kv.layout != "paged"; },
+       [](C c) { return fmt::format("on needs kv.layout paged: prefix caching shares whole KV blocks, and {} reserves one region per sequence; allowed with kv.layout {}: off", c.kv.layout, c.kv.layout); }},
+      {{"kv.prefix_cache", "backend"}, [](C c) { return c.kv.prefix_cache == "on" && c.backend == "cuda"; },
+       [](C) { return std::string("on needs backend cpu: copy-on-write of a shared block copies it in the host KV pools, and the CUDA backend keeps its pools on the device (not implemented there); allowed with backend cuda: off"); }},
+      {{"workload.shared_prefix.tokens", "workload.prompts"}, [](C c) { return c.workload.shared_prefix.tokens > 0 && !c.workload.prompts.empty(); },
+       [](C) { return std::string("a shared prefix of random ids cannot go before a prompts file's text; allowed with workload.prompts: 0"); }},
       {{"speculative.draft_model", "speculative.draft_preset"},
        [](C c) { return !c.speculative.draft_model.empty() && !c.speculative.draft_preset.empty(); },
        [](C) { return std::string("give a draft_preset or a draft_model, not both"); }},
@@ -740,6 +752,7 @@ void check_lengths(Check& k) {
     if (d->min > d->max) k.fail_at({key + ".min", key + ".max"}, fmt::format("min {} is above max {}; allowed: min <= max", d->min, d->max));
   // File prompts have unknown lengths until tokenized; the runner cuts them to fit max_seq_len.
   k.lp = !w.prompts.empty() ? std::nullopt : longest(w.prompt_len, w.trace.max_prompt_len);
+  if (k.lp) *k.lp += w.shared_prefix.tokens;  // the shared prefix goes before each prompt
   k.lo = longest(w.output_len, w.trace.max_output_len);
   k.pk = bound_key("workload.prompt_len", w.prompt_len);
   k.ok = bound_key("workload.output_len", w.output_len);

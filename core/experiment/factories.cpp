@@ -53,7 +53,7 @@ std::unique_ptr<KvCache> make_kv_cache(const ExperimentConfig& cfg, const Backen
     return std::make_unique<PagedKvCache>(backend.shape(), bytes, cfg.kv.block_size, max_len,
                                           cfg.batching == "static" ? PagedKvCache::Admission::Guaranteed
                                                                    : PagedKvCache::Admission::OnDemand,
-                                          backend.kv_storage());
+                                          backend.kv_storage(), cfg.kv.prefix_cache == "on");
   unavailable("kv.layout", cfg.kv.layout);
 }
 
