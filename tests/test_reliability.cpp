@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <climits>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -25,6 +26,7 @@
 #include "model/shape.hpp"
 #include "model/tokenizer.hpp"
 #include "model/weights.hpp"
+#include "workload/workload.hpp"
 
 using namespace ablate;
 using Catch::Matchers::Contains;
@@ -350,4 +352,23 @@ TEST_CASE("reliability: llama2.c heap merges equal the textbook loop", "[reliabi
   }
   const std::string word(200000, 'a');
   CHECK(tok.decode(tok.encode(word, false, false)) == word);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Found by tests/fuzz/fuzz_trace.cpp in code this file's owner does not own (core/workload), kept
+// hidden ([.][pending-fix]: CTest does not list it; `ablate_tests "[pending-fix]"` runs it) until
+// read_trace is fixed; then make the tags "[reliability][trace]" (under the asan preset UBSan aborts
+// the test while the bug is there). A timestamp outside 1678..2261 overflows int64 nanoseconds in
+// parse_timestamp_ns ((days * 86400 + ...) * 1'000'000'000: signed overflow, undefined behaviour).
+
+TEST_CASE("reliability: trace timestamps far from 1970 do not overflow (fuzz crash, pending fix)", "[.][pending-fix]") {
+  const std::string in = crash_input("trace/year_1167_ns_overflow");  // start row byte, count byte, CSV
+  TempDir dir;
+  write_file(dir.path / "t.csv", in.substr(2));
+  const int start_row = static_cast<unsigned char>(in[0]) % 16, count = static_cast<unsigned char>(in[1]) % 16 - 1;
+  try {
+    const auto rows = read_trace((dir.path / "t.csv").string(), start_row, count);
+    for (const auto& r : rows) CHECK(std::isfinite(r.time_s));
+  } catch (const std::runtime_error&) {
+  }
 }
