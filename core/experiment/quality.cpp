@@ -7,6 +7,7 @@
 #include "attention/naive_attention.hpp"
 #include "backend/backend.hpp"
 #include "engine/engine.hpp"
+#include "experiment/stop.hpp"
 #include "kv/contiguous_kv.hpp"
 #include "sched/static_scheduler.hpp"
 #include "speculative/no_drafter.hpp"
@@ -57,7 +58,9 @@ QualityResult measure_quality(Backend& point, Backend& reference, const std::vec
     StaticScheduler sched(1);
     NaiveAttention attention;
     NoDrafter none;
-    const RunRecords rec = run_engine({reference, kv, sched, attention, none}, {{0, 0.0, prompt, continuation}}, {});
+    EngineOptions eo;
+    eo.check_stop = throw_if_stopped;  // a stop asked for meanwhile ends the run, not this pass
+    const RunRecords rec = run_engine({reference, kv, sched, attention, none}, {{0, 0.0, prompt, continuation}}, eo);
     tokens.insert(tokens.end(), rec.output_tokens.at(0).begin(), rec.output_tokens.at(0).end());
   }
   const std::vector<float> ref = all_logits(reference, tokens), pt = all_logits(point, tokens);

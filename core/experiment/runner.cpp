@@ -320,6 +320,7 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
   try {
     for (const std::vector<int>& group : groups) {
       for (int p : group) {
+        throw_if_stopped();  // preparing (loading weights, measuring quality) can take a while
         const SweepPoint& point = exp.points[static_cast<std::size_t>(p)];
         const ExperimentConfig& cfg = point.config;
         Backend& be = point_backend(p);
