@@ -355,13 +355,11 @@ TEST_CASE("reliability: llama2.c heap merges equal the textbook loop", "[reliabi
 }
 
 // ---------------------------------------------------------------------------------------------
-// Found by tests/fuzz/fuzz_trace.cpp in code this file's owner does not own (core/workload), kept
-// hidden ([.][pending-fix]: CTest does not list it; `ablate_tests "[pending-fix]"` runs it) until
-// read_trace is fixed; then make the tags "[reliability][trace]" (under the asan preset UBSan aborts
-// the test while the bug is there). A timestamp outside 1678..2261 overflows int64 nanoseconds in
-// parse_timestamp_ns ((days * 86400 + ...) * 1'000'000'000: signed overflow, undefined behaviour).
+// Found by tests/fuzz/fuzz_trace.cpp: a timestamp outside 1678..2261 overflowed int64 nanoseconds in
+// parse_timestamp_ns ((days * 86400 + ...) * 1'000'000'000: signed overflow, undefined behaviour;
+// UBSan aborted here under the asan preset). Such years are now a bad timestamp.
 
-TEST_CASE("reliability: trace timestamps far from 1970 do not overflow (fuzz crash, pending fix)", "[.][pending-fix]") {
+TEST_CASE("reliability: trace timestamps far from 1970 do not overflow (fuzz crash)", "[reliability][trace]") {
   const std::string in = crash_input("trace/year_1167_ns_overflow");  // start row byte, count byte, CSV
   TempDir dir;
   write_file(dir.path / "t.csv", in.substr(2));
@@ -371,4 +369,8 @@ TEST_CASE("reliability: trace timestamps far from 1970 do not overflow (fuzz cra
     for (const auto& r : rows) CHECK(std::isfinite(r.time_s));
   } catch (const std::runtime_error&) {
   }
+  // A year whose nanoseconds since 1970 do not fit an int64 is a clear error naming the value.
+  write_file(dir.path / "y.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n1167-01-01 00:00:00.0,3,4\n");
+  CHECK_THROWS_WITH(read_trace((dir.path / "y.csv").string(), 0, 1),
+                    Catch::Contains("bad timestamp '1167-01-01 00:00:00.0'") && Catch::Contains("years 1678..2261"));
 }

@@ -107,7 +107,8 @@ std::optional<std::int64_t> parse_timestamp_ns(std::string_view s) {
   if (s.size() < 19 || s[4] != '-' || s[7] != '-' || (s[10] != ' ' && s[10] != 'T') || s[13] != ':' ||
       s[16] != ':')
     return std::nullopt;
-  const auto Y = num(0, 4, 0, 9999), M = num(5, 2, 1, 12), D = num(8, 2, 1, 31), h = num(11, 2, 0, 23),
+  // Years 1678..2261: nanoseconds since 1970 of any other year overflow an int64.
+  const auto Y = num(0, 4, 1678, 2261), M = num(5, 2, 1, 12), D = num(8, 2, 1, 31), h = num(11, 2, 0, 23),
              mi = num(14, 2, 0, 59), sec = num(17, 2, 0, 60);
   if (!Y || !M || !D || !h || !mi || !sec) return std::nullopt;
   std::int64_t frac_ns = 0;
@@ -195,7 +196,9 @@ std::vector<TraceRow> read_trace(const std::string& path, int start_row, int cou
       throw fail(line_no, 1, fmt::format("expected {} fields, found {}", n_fields, fields.size()));
     const Field& ts = fields[idx[0]];
     const auto ns = parse_timestamp_ns(ts.text);
-    if (!ns) throw fail(line_no, ts.column, fmt::format("bad timestamp '{}' (expected YYYY-MM-DD HH:MM:SS.fraction)", ts.text));
+    if (!ns)
+      throw fail(line_no, ts.column,
+                 fmt::format("bad timestamp '{}' (expected YYYY-MM-DD HH:MM:SS.fraction, years 1678..2261)", ts.text));
     int lens[2];
     for (int k = 1; k < 3; ++k) {
       const Field& f = fields[idx[k]];
