@@ -570,15 +570,6 @@ long long trace_data_rows(const std::string& path) {
   return std::max(0LL, lines - 1);
 }
 
-// Bytes the host can still give (MemAvailable), or nullopt where /proc/meminfo is not there.
-std::optional<double> host_available_bytes() {
-  std::ifstream in("/proc/meminfo");
-  std::string key, unit;
-  double kib = 0;
-  while (in >> key >> kib >> unit)
-    if (key == "MemAvailable:") return kib * 1024.0;
-  return std::nullopt;
-}
 
 // What every combination rule sees: the point's config, where its keys were written, and what
 // the rules before it worked out (the model's shape, the sequence and length bounds).
@@ -793,11 +784,11 @@ void check_kv_budget(Check& k) {
                      "({}); allowed: >= {}", c.kv.memory_mb, capacity, bytes_per_token, k.shape.name, need, why,
                      static_cast<double>(need * bytes_per_token) / 1048576.0));
   if (c.backend == "cpu")
-    if (const auto avail = host_available_bytes(); avail && c.kv.memory_mb * 1048576.0 > *avail)
+    if (const auto avail = host_memory_available(); avail && c.kv.memory_mb * 1048576.0 > static_cast<double>(avail->bytes))
       fail(k.pick({"kv.memory_mb"}).second, "kv.memory_mb",
            fmt::format("{} MiB of KV cache is {:.4g} bytes, more than this machine has available ({:.4g} bytes, "
-                       "MemAvailable in /proc/meminfo); allowed: <= {:.0f}", c.kv.memory_mb, c.kv.memory_mb * 1048576.0,
-                       *avail, std::floor(*avail / 1048576.0)));
+                       "{}); allowed: <= {:.0f}", c.kv.memory_mb, c.kv.memory_mb * 1048576.0,
+                       static_cast<double>(avail->bytes), avail->source, std::floor(static_cast<double>(avail->bytes) / 1048576.0)));
 }
 
 // A draft model shares the target's vocabulary; layer_skip keeps fewer layers than the model.
