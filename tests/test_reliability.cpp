@@ -147,7 +147,7 @@ TEST_CASE("reliability: ablate run stops with the memory message, not the OOM ki
   TempDir dir;
   const fs::path out = dir.path / "out", err = dir.path / "stderr.txt";
   const std::string cmd = std::string("ABLATE_HOST_MEMORY_MB=64 '") + ABLATE_BINARY + "' run '" + ABLATE_SOURCE_DIR +
-                          "/configs/quickstart.yaml' --quiet --out '" + out.string() +
+                          "/configs/quickstart.yaml' --set kv.memory_mb=32 --quiet --out '" + out.string() +
                           "' >/dev/null 2>'" + err.string() + "'";
   const int raw = std::system(cmd.c_str());
   REQUIRE(WIFEXITED(raw));
@@ -156,6 +156,16 @@ TEST_CASE("reliability: ablate run stops with the memory message, not the OOM ki
   text << std::ifstream(err).rdbuf();
   CHECK_THAT(text.str(), Contains("model.preset smollm2-135m: its weights need 513 MiB of host memory"));
   CHECK_THAT(text.str(), Contains("more than the 64 MiB available (ABLATE_HOST_MEMORY_MB)"));
+  // A KV budget above the same limit is a config error first, from the same figure.
+  const std::string kv = std::string("ABLATE_HOST_MEMORY_MB=64 '") + ABLATE_BINARY + "' validate '" + ABLATE_SOURCE_DIR +
+                         "/configs/quickstart.yaml' >/dev/null 2>'" + err.string() + "'";
+  const int raw_kv = std::system(kv.c_str());
+  REQUIRE(WIFEXITED(raw_kv));
+  CHECK(WEXITSTATUS(raw_kv) == 2);
+  std::stringstream kv_text;
+  kv_text << std::ifstream(err).rdbuf();
+  CHECK_THAT(kv_text.str(), Contains("kv.memory_mb: 256 MiB of KV cache is 2.684e+08 bytes, more than this machine has "
+                                     "available (6.711e+07 bytes, ABLATE_HOST_MEMORY_MB); allowed: <= 64"));
 }
 
 // ---------------------------------------------------------------------------------------------
