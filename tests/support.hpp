@@ -8,11 +8,21 @@
 #include <random>
 #include <vector>
 
+#include <omp.h>
+
 #include "common/attention_problem.hpp"
 #include "common/kv_view.hpp"
 #include "base/request.hpp"
 
 namespace ablate::test {
+
+// One OpenMP thread for a scope: the small test models gain nothing from threads, and on a busy
+// machine OpenMP barriers only stall.
+struct OneThread {
+  int saved = omp_get_max_threads();
+  OneThread() { omp_set_num_threads(1); }
+  ~OneThread() { omp_set_num_threads(saved); }
+};
 
 // n requests with random prompts (1..max_prompt tokens of ids below vocab) and output lengths in
 // [min_out, max_out]; arrivals spread over about span_s seconds (0: all at once), ids 0..n-1.

@@ -75,12 +75,7 @@ struct Rig {
   }
 };
 
-// The tiny model gains nothing from threads, and OpenMP barriers stall badly on a busy machine.
-struct OneThread {
-  int saved = omp_get_max_threads();
-  OneThread() { omp_set_num_threads(1); }
-  ~OneThread() { omp_set_num_threads(saved); }
-};
+using test::OneThread;
 
 // Everything a correct run must satisfy, whatever the policy.
 void check_run(const std::vector<Request>& reqs, const RunRecords& rec, const Setup& s,

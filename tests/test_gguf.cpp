@@ -4,6 +4,8 @@
 // The SmolLM2 cases need models/SmolLM2-135M-Instruct.Q4_1.gguf (experiments/fetch_smollm2.sh);
 // without it they pass with a "SKIPPED" warning.
 #include <catch2/catch.hpp>
+
+#include "support.hpp"
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -207,14 +209,7 @@ const BpeTokenizer& smollm2_tokenizer() {
   return t;
 }
 
-// The SmolLM2 cases run on one thread: on a machine whose cores are busy with other work,
-// OpenMP's barriers make two threads far slower than one (observed 1-3 vs 15-30 tok/s at
-// batch 1 on 2 shared cores). Restores the previous setting.
-struct OneThread {
-  int before = omp_get_max_threads();
-  OneThread() { omp_set_num_threads(1); }
-  ~OneThread() { omp_set_num_threads(before); }
-};
+using test::OneThread;
 
 YAML::Node fixture() {  // JSON is YAML
   static const YAML::Node n = YAML::LoadFile((project_root() / "tests" / "fixtures" / "smollm2_reference.json").string());

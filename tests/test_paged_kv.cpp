@@ -10,6 +10,7 @@
 
 #include <omp.h>
 
+#include "support.hpp"
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
 #include "engine/engine.hpp"
@@ -285,11 +286,7 @@ TEST_CASE("paged KV: guaranteed admission promises a sequence's maximum, allocat
 }
 
 TEST_CASE("paged KV inside the engine: invariants hold at every call, under preemption", "[paged][continuous][property]") {
-  struct OneThread {  // the tiny model gains nothing from threads; barriers stall on a busy machine
-    int saved = omp_get_max_threads();
-    OneThread() { omp_set_num_threads(1); }
-    ~OneThread() { omp_set_num_threads(saved); }
-  } one;
+  test::OneThread one;
   const ModelShape& shape = tiny();
   CpuBackend backend(synthetic_weights(shape, 11));
   NaiveAttention attention;

@@ -34,11 +34,7 @@ using namespace ablate;
 
 namespace {
 
-struct OneThread {
-  int saved = omp_get_max_threads();
-  OneThread() { omp_set_num_threads(1); }
-  ~OneThread() { omp_set_num_threads(saved); }
-};
+using test::OneThread;
 
 // A paged cache behind a watcher: every call is forwarded, and after every call that changes
 // the cache the bookkeeping is checked; every K/V write is checked to land in a block that no

@@ -35,12 +35,7 @@ using namespace ablate;
 
 namespace {
 
-// These models are too small to gain from threads; on a busy machine OpenMP barriers only stall.
-struct OneThread {
-  int saved = omp_get_max_threads();
-  OneThread() { omp_set_num_threads(1); }
-  ~OneThread() { omp_set_num_threads(saved); }
-};
+using test::OneThread;
 
 
 enum class Batching { Static, PrefillFirst, Chunked };

@@ -300,7 +300,7 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
   // target_ci: every point of `group` within the target, by the statistics module.
   std::map<int, PointInterval> intervals;
   const auto target_met = [&](const std::vector<int>& group) {
-    intervals = point_intervals(writer.rows(), exp.target_metric, writer.scratch_dir());
+    intervals = point_intervals(writer.rows(), exp.target_metric, writer.partial_dir());
     return std::all_of(group.begin(), group.end(), [&](int p) {
       const auto it = intervals.find(p);
       return it != intervals.end() && it->second.half_width && *it->second.half_width <= exp.target_ci;

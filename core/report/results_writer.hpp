@@ -84,13 +84,13 @@ class ResultsWriter {
 
   const std::string& run_id() const { return run_id_; }  // final after commit()
   std::filesystem::path run_dir() const { return dir_ / run_id_; }
+  // The <run id>.partial folder the run writes into (also room for a caller's scratch files,
+  // removed before commit()).
   const std::filesystem::path& partial_dir() const { return tmp_; }
   const std::vector<SummaryRow>& rows() const { return rows_; }
   bool done(int point, int repeat) const { return done_.count({point, repeat}) > 0; }
   int next_run_index() const { return next_run_index_; }
   const ResumeReport& resume_report() const { return resume_; }
-  // The partial folder, for a caller's scratch files (removed before commit()).
-  const std::filesystem::path& scratch_dir() const { return tmp_; }
 
  private:
   std::string pick_run_id() const;
