@@ -15,7 +15,12 @@ scratch=$(mktemp -d)
 source "$root/tests/slurm/local_cluster.sh"
 trap 'cluster_stop; rm -rf "$scratch"' EXIT
 cluster_start "$scratch/cluster" || exit 1
-fail() { echo "FAILED: $*"; for f in "$scratch"/results/*/*/slurm/*.out; do echo "== $f"; tail -20 "$f"; done; exit 1; }
+fail() {
+  echo "FAILED: $*"
+  for f in "$scratch"/results/*/*/slurm/*.out; do echo "== $f"; tail -20 "$f"; done
+  for f in slurmctld slurmd; do echo "== $f.log"; grep -v "^\s*$" "$scratch/cluster/$f.log" | tail -40; done
+  exit 1
+}
 
 # Waits until the jobs have left the queue (requeues included), at most $2 seconds.
 wait_jobs() {
@@ -87,10 +92,11 @@ done
 [ -f "$partial/summary.csv" ] || fail "shard 0 never started"
 scancel --signal=TERM "${array}_0" || fail "scancel"
 echo "sent SIGTERM to ${array}_0 at ${SECONDS} s"
-# Slurm holds a requeued job for about two minutes (Reason=BeginTime); the test lifts that.
+# Slurm holds a requeued job for about two minutes (Reason=BeginTime); the test lifts that, once the
+# first run's batch script has ended on the node (released at once, its relaunch can race the cleanup).
 for _ in $(seq 600); do
   case "$(squeue -h -j "${array}_0" -o '%T %r' 2>/dev/null)" in
-    "PENDING BeginTime"*) scontrol update JobId="${array}_0" StartTime=now && echo "requeued; released at ${SECONDS} s"; break ;;
+    "PENDING BeginTime"*) sleep 2; scontrol update JobId="${array}_0" StartTime=now && echo "requeued; released at ${SECONDS} s"; break ;;
   esac
   sleep 0.1
 done

@@ -547,7 +547,7 @@ TEST_CASE("cli: slurm writes an array job and a merge job, and refuses to submit
                            "--run-id 'j'", "scontrol requeue"})
     CHECK_THAT(array, Contains(line));
   CHECK_THAT(sb.read(out / "cli_test" / "j" / "slurm" / "merge.sbatch"), Contains("merge '" + (out / "cli_test" / "j").string() + "'"));
-  CHECK_THAT(r.out, Contains("sbatch --dependency=afterok:$jid"));
+  CHECK_THAT(r.out, Contains("sbatch --dependency=afterany:$jid"));
   // Never over existing scripts.
   CHECK(sb.ablate("slurm '" + cfg.string() + "' --run-id j --out '" + out.string() + "'").status == 2);
   if (std::system("command -v sbatch >/dev/null 2>&1") != 0) {

@@ -211,11 +211,11 @@ int main(int argc, char** argv) {
         const SlurmScripts js = write_slurm_job(exp, slurm_opts);
         std::cout << fmt::format("array job: {}\nmerge job: {}\n", js.array_script.string(), js.merge_script.string());
         if (slurm_opts.submit)
-          std::cout << fmt::format("submitted: array {} ({} tasks), merge {} (after the array succeeds)\n"
+          std::cout << fmt::format("submitted: array {} ({} tasks), merge {} (after every task has ended)\n"
                                    "watch:     squeue -j {},{}\nresults:   {} (shards/<I>/ as tasks finish, merged CSVs at the end)\n",
                                    js.array_job, slurm_opts.shards, js.merge_job, js.array_job, js.merge_job, js.run_dir.string());
         else
-          std::cout << fmt::format("submit:    jid=$(sbatch --parsable {}) && sbatch --dependency=afterok:$jid {}\n",
+          std::cout << fmt::format("submit:    jid=$(sbatch --parsable {}) && sbatch --dependency=afterany:$jid {}\n",
                                    js.array_script.string(), js.merge_script.string());
       } catch (const std::invalid_argument& e) {
         std::cerr << "ablate: error: slurm: " << e.what() << "\n";

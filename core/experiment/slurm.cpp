@@ -108,7 +108,8 @@ exit "$rc"
   if (!o.partition.empty()) merge += "#SBATCH --partition=" + o.partition + "\n";
   if (!o.account.empty()) merge += "#SBATCH --account=" + o.account + "\n";
   merge += fmt::format(R"(
-# The shards' rows as one run's CSVs in {run}; submitted with --dependency=afterok:<array job>.
+# The shards' rows as one run's CSVs in {run}; submitted with --dependency=afterany:<array job>, so it
+# runs however the tasks ended: `ablate merge` itself refuses, naming them, while any shard is unfinished.
 set -eu
 {ablate} merge {run_q}
 )",
@@ -121,7 +122,7 @@ set -eu
     const auto [a, ok] = run("sbatch --parsable " + shell_quote(out.array_script.string()));
     if (!ok || a.empty()) throw std::runtime_error("sbatch of " + out.array_script.string() + " failed");
     out.array_job = a.substr(0, a.find(';'));
-    const auto [m, ok2] = run(fmt::format("sbatch --parsable --dependency=afterok:{} {}", out.array_job, shell_quote(out.merge_script.string())));
+    const auto [m, ok2] = run(fmt::format("sbatch --parsable --dependency=afterany:{} {}", out.array_job, shell_quote(out.merge_script.string())));
     if (!ok2 || m.empty()) throw std::runtime_error("sbatch of " + out.merge_script.string() + " failed");
     out.merge_job = m.substr(0, m.find(';'));
   }
