@@ -1,8 +1,8 @@
 // One forward step of the whole model on the CPU backend, smollm2-135m shape (synthetic weights),
-// for each weight dtype (fp32, bf16, fp16): decode at batch 1 and 16, and a 512-token prefill,
+// for each weight dtype (fp32, bf16, fp16, q8_0): decode at batch 1 and 16, and a 512-token prefill,
 // against the bandwidth roofline measured in the same run: a decode step must read every matrix
 // once, so tokens/s <= read bandwidth / bytes a step reads * batch (roofline_frac = the fraction
-// of that reached).
+// of that reached; q8_0's bytes include its fp16 block scales).
 //   OMP_NUM_THREADS=2 build/default/experiments/bench_forward --benchmark_repetitions=5 \
 //     --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
@@ -24,7 +24,7 @@ using namespace ablate;
 
 namespace {
 
-const char* kDtypes[] = {"fp32", "bf16", "fp16"};
+const char* kDtypes[] = {"fp32", "bf16", "fp16", "q8_0"};
 double g_read_bandwidth = 0;  // bytes/s, measured in main() with the run's threads
 
 // The best of 5 passes summing a 1 GiB buffer with every OpenMP thread: what a decode step's
@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("read_GBps", std::to_string(g_read_bandwidth / 1e9));
   auto* b = benchmark::RegisterBenchmark("BM_Forward/smollm2-135m", BM_Forward);
   b->ArgNames({"batch", "context", "dtype", "prefill"})->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(1.0);
-  for (int d = 0; d < 3; ++d) {  // dtype 0 fp32, 1 bf16, 2 fp16
+  for (int d = 0; d < 4; ++d) {  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0
     b->Args({1, 64, d, 0})->Args({16, 64, d, 0})->Args({1, 512, d, 0});
     b->Args({1, 0, d, 512});  // a 512-token prompt
   }

@@ -28,7 +28,7 @@ std::vector<float> stack_rows(std::initializer_list<std::vector<float>*> parts) 
 }
 }  // namespace
 
-CpuBackend::Matrix CpuBackend::make_matrix(std::vector<float>&& w, const std::string& dtype) {
+CpuBackend::Matrix CpuBackend::make_matrix(std::vector<float>&& w, int in, const std::string& dtype) {
   Matrix m;
   if (dtype == "fp32") {
     m.f32 = std::move(w);
@@ -38,8 +38,11 @@ CpuBackend::Matrix CpuBackend::make_matrix(std::vector<float>&& w, const std::st
   } else if (dtype == "fp16") {
     m.f16.resize(w.size());
     std::transform(w.begin(), w.end(), m.f16.begin(), cpu::to_half);
+  } else if (dtype == "q8_0") {
+    // Any source type goes through fp32; a GGUF Q8_0 tensor comes back as its own blocks (quant.hpp).
+    m.q8 = cpu::quantize_q8_0(w.data(), static_cast<int>(w.size() / static_cast<std::size_t>(in)), in);
   } else {
-    throw std::invalid_argument("cpu backend: dtype \"" + dtype + "\" is not one of fp32, bf16, fp16");
+    throw std::invalid_argument("cpu backend: dtype \"" + dtype + "\" is not one of fp32, bf16, fp16, q8_0");
   }
   std::vector<float>().swap(w);
   return m;
@@ -49,19 +52,21 @@ void CpuBackend::Matrix::matmul(float* y, const float* x, int rows, int in, int 
   if (view) return cpu::matmul(y, x, view, rows, in, out);
   if (!f32.empty()) return cpu::matmul(y, x, f32.data(), rows, in, out);
   if (!bf16.empty()) return cpu::matmul(y, x, bf16.data(), rows, in, out);
+  if (!q8.empty()) return cpu::matmul(y, x, q8.data(), rows, in, out);
   cpu::matmul(y, x, f16.data(), rows, in, out);
 }
 
 CpuBackend::CpuBackend(Weights weights, const std::string& dtype) : w_(std::move(weights)) {
+  const int dim = w_.shape.dim, hidden = w_.shape.hidden_dim;
   for (LayerWeights& L : w_.layers)
-    fused_.push_back({make_matrix(stack_rows({&L.wq, &L.wk, &L.wv}), dtype), make_matrix(std::move(L.wo), dtype),
-                      make_matrix(stack_rows({&L.w1, &L.w3}), dtype), make_matrix(std::move(L.w2), dtype)});
+    fused_.push_back({make_matrix(stack_rows({&L.wq, &L.wk, &L.wv}), dim, dtype), make_matrix(std::move(L.wo), dim, dtype),
+                      make_matrix(stack_rows({&L.w1, &L.w3}), dim, dtype), make_matrix(std::move(L.w2), hidden, dtype)});
   if (dtype == "fp32" || w_.classifier.empty()) {
     // Tied to the embedding (which lookups need in fp32) and fp32: borrowed, not copied.
     if (dtype == "fp32") lm_head_.view = w_.lm_head();
-    else lm_head_ = make_matrix(std::vector<float>(w_.token_embedding), dtype);
+    else lm_head_ = make_matrix(std::vector<float>(w_.token_embedding), dim, dtype);
   } else {
-    lm_head_ = make_matrix(std::move(w_.classifier), dtype);
+    lm_head_ = make_matrix(std::move(w_.classifier), dim, dtype);
   }
   weights_bytes_ = w_.bytes() + lm_head_.bytes();  // w_ now holds the embedding, norms, fp32 classifier
   for (const FusedLayer& F : fused_) weights_bytes_ += F.wqkv.bytes() + F.wo.bytes() + F.w13.bytes() + F.w2.bytes();

@@ -2,19 +2,20 @@
 // The CPU backend: the whole Llama forward pass in the spirit of llama2.c's run.c, over a ragged
 // batch (all tokens of all chunks go through each matmul together). Activations, norms, the
 // embedding table and the KV cache are fp32; the matrices are held in the run's `dtype` (fp32,
-// bf16 or fp16) and widened to fp32 as the matmuls read them.
+// bf16, fp16 or Q8_0 blocks) and widened to fp32 as the matmuls read them.
 #include <string>
 #include <vector>
 
 #include "backend/backend.hpp"
 #include "cpu/half.hpp"
+#include "cpu/quant.hpp"
 #include "model/weights.hpp"
 
 namespace ablate {
 
 class CpuBackend final : public Backend {
  public:
-  // dtype: "fp32" (default), "bf16" or "fp16", the matrices' storage.
+  // dtype: "fp32" (default), "bf16", "fp16" or "q8_0", the matrices' storage.
   explicit CpuBackend(Weights weights, const std::string& dtype = "fp32");
   std::string name() const override { return "cpu"; }
   std::string device_name() const override;
@@ -39,11 +40,15 @@ class CpuBackend final : public Backend {
     std::vector<float> f32;
     std::vector<cpu::Bf16> bf16;
     std::vector<cpu::Half> f16;
+    std::vector<cpu::BlockQ8_0> q8;  // [out][blocks per row]: values and their fp16 scales
     const float* view = nullptr;
     void matmul(float* y, const float* x, int rows, int in, int out) const;
-    std::size_t bytes() const { return f32.size() * 4 + (bf16.size() + f16.size()) * 2; }
+    std::size_t bytes() const {
+      return f32.size() * 4 + (bf16.size() + f16.size()) * 2 + q8.size() * sizeof(cpu::BlockQ8_0);
+    }
   };
-  static Matrix make_matrix(std::vector<float>&& w, const std::string& dtype);
+  // w is [w.size() / in][in].
+  static Matrix make_matrix(std::vector<float>&& w, int in, const std::string& dtype);
   struct FusedLayer {
     Matrix wqkv, wo, w13, w2;
   };

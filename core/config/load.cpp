@@ -104,9 +104,9 @@ const std::vector<Rule>& rules() {
         axis("backend", F(backend), "where the model runs"),
         axis("batching", F(batching), "how requests are grouped into batches"),
         axis("attention", F(attention), "attention kernel"),
-        choice("dtype", F(dtype), {"fp32", "bf16", "fp16"},
+        choice("dtype", F(dtype), {"fp32", "bf16", "fp16", "q8_0"},
                "weight precision, fp32 accumulation (cuda: the KV cache too; cpu: the matrices, widened as read; "
-               "activations, embeddings and KV stay fp32)"),
+               "activations and embeddings stay fp32); q8_0: 32-value int8 blocks with an fp16 scale (cpu only)"),
         plain("quality", Kind::Bool, F(quality),
               "also measure output quality against an fp32 CPU reference of the model: quality_kl, quality_top1 "
               "(teacher-forced over the first request's prompt and the reference's greedy continuation) and, on real "
@@ -609,6 +609,8 @@ const std::vector<SimpleRule>& simple_rules() {
 
       {{"attention", "dtype"}, [](C c) { return c.backend == "cuda" && c.attention != "naive" && c.dtype == "fp32"; },
        [](C c) { return fmt::format("{} on backend cuda runs on tensor cores and needs dtype bf16 or fp16; allowed with dtype fp32: naive", c.attention); }},
+      {{"dtype", "backend"}, [](C c) { return c.backend == "cuda" && c.dtype == "q8_0"; },
+       [](C) { return std::string("q8_0 is not on cuda (its GEMV and GEMMs read fp32, bf16 or fp16 weights); allowed with backend cuda: fp32, bf16, fp16"); }},
       {{"max_repeat", "target_ci", "repeat"}, [](C c) { return c.target_ci > 0 && c.max_repeat < c.repeat; },
        [](C c) { return fmt::format("{} is below repeat {}: target_ci adds rounds after repeat, up to max_repeat; allowed: >= {}", c.max_repeat, c.repeat, c.repeat); }},
       {{"cuda_graphs", "backend"}, [](C c) { return c.cuda_graphs && c.backend != "cuda"; },

@@ -5,6 +5,7 @@
 
 #include "cpu/attention.hpp"
 #include "cpu/half.hpp"
+#include "cpu/quant.hpp"
 
 namespace ablate::cpu {
 
@@ -16,6 +17,9 @@ void matmul(float* y, const float* x, const float* w, int rows, int in, int out)
 // so the result is the fp32 product of the rounded weights; a decode step reads half the bytes.
 void matmul(float* y, const float* x, const Bf16* w, int rows, int in, int out);
 void matmul(float* y, const float* x, const Half* w, int rows, int in, int out);
+// w as Q8_0 blocks, [out][q8_0_blocks_per_row(in)]: int8 values widened and scaled as they are
+// read, fp32 sums; about 1.06 bytes a weight instead of 4.
+void matmul(float* y, const float* x, const BlockQ8_0* w, int rows, int in, int out);
 inline constexpr std::size_t kMatmulParallelMinWork = std::size_t{1} << 16;
 
 // out = x / sqrt(mean(x^2) + eps) * weight, row by row; out may alias x.

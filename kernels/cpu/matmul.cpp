@@ -127,6 +127,105 @@ void few_rows_block(float* y, const float* x, const W* w, int rows, int in, int 
   for (; o < o1; ++o) dot_rows<1>(y, x, w, rows, in, out, o);
 }
 constexpr int kFewRows = 16;
+
+// ---- Q8_0 ----------------------------------------------------------------------------------
+// Lanes of a block's 32 values that hold real columns: all but in a row's last, partial block.
+inline void block_masks(int valid, __mmask16& lo, __mmask16& hi) {
+  lo = valid >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << valid) - 1u);
+  hi = valid >= 32 ? __mmask16(0xFFFF) : valid > 16 ? static_cast<__mmask16>((1u << (valid - 16)) - 1u) : __mmask16(0);
+}
+inline __m512 q8_lo(const BlockQ8_0& b) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs))));
+}
+inline __m512 q8_hi(const BlockQ8_0& b) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + 16))));
+}
+inline float q8_scale(const BlockQ8_0& b) { return _cvtsh_ss(b.d.bits); }
+
+// One row of x: per block, the int8 values (widened) dot x's 32 values, times the block's scale
+// into the row's sum; four sums in flight over consecutive blocks.
+void gemv_q8_block(float* y, const float* x, const BlockQ8_0* w, int in, int o0, int o1) {
+  const int nb = q8_0_blocks_per_row(in), full = in / kQ8Block;
+  for (int o = o0; o < o1; ++o) {
+    const BlockQ8_0* r = w + std::size_t(o) * nb;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int b = 0;
+    for (; b + 4 <= full; b += 4) {
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        const BlockQ8_0& blk = r[b + u];
+        const float* xb = x + std::size_t(b + u) * kQ8Block;
+        const __m512 t = _mm512_fmadd_ps(q8_hi(blk), _mm512_loadu_ps(xb + 16), _mm512_mul_ps(q8_lo(blk), _mm512_loadu_ps(xb)));
+        acc[u] = _mm512_fmadd_ps(t, _mm512_set1_ps(q8_scale(blk)), acc[u]);
+      }
+    }
+    for (; b < nb; ++b) {
+      __mmask16 ml, mh;
+      block_masks(in - b * kQ8Block, ml, mh);
+      const float* xb = x + std::size_t(b) * kQ8Block;
+      const __m512 t = _mm512_fmadd_ps(q8_hi(r[b]), _mm512_maskz_loadu_ps(mh, xb + 16),
+                                       _mm512_mul_ps(q8_lo(r[b]), _mm512_maskz_loadu_ps(ml, xb)));
+      acc[0] = _mm512_fmadd_ps(t, _mm512_set1_ps(q8_scale(r[b])), acc[0]);
+    }
+    y[o] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+  }
+}
+
+// NW rows of w x R rows of x, as dot_tile: each block of a w row is widened and scaled once (the
+// product d * q is exact in fp32) and then feeds all R rows of x.
+template <int NW, int R>
+void dot_tile_q8(float* y, const float* x, const BlockQ8_0* w, int in, int out, int o, int r0) {
+  __m512 acc[NW][R];
+#pragma GCC unroll 4
+  for (int j = 0; j < NW; ++j)
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
+  const int nb = q8_0_blocks_per_row(in);
+  const float* xr = x + std::size_t(r0) * in;
+  const BlockQ8_0* wr = w + std::size_t(o) * nb;
+  for (int b = 0; b < nb; ++b) {
+    __mmask16 ml, mh;
+    block_masks(in - b * kQ8Block, ml, mh);
+    __m512 xl[R], xh[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      xl[r] = _mm512_maskz_loadu_ps(ml, xr + std::size_t(r) * in + b * kQ8Block);
+      xh[r] = _mm512_maskz_loadu_ps(mh, xr + std::size_t(r) * in + b * kQ8Block + 16);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < NW; ++j) {
+      const BlockQ8_0& blk = wr[std::size_t(j) * nb + b];
+      if (R > 1) _mm_prefetch(reinterpret_cast<const char*>(&wr[std::size_t(NW + j) * nb + b]), _MM_HINT_T0);
+      const __m512 d = _mm512_set1_ps(q8_scale(blk));
+      const __m512 wl = _mm512_mul_ps(q8_lo(blk), d), wh = _mm512_mul_ps(q8_hi(blk), d);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[j][r] = _mm512_fmadd_ps(wh, xh[r], _mm512_fmadd_ps(wl, xl[r], acc[j][r]));
+    }
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < NW; ++j)
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) y[std::size_t(r0 + r) * out + o + j] = _mm512_reduce_add_ps(acc[j][r]);
+}
+
+template <int NW>
+void dot_rows_q8(float* y, const float* x, const BlockQ8_0* w, int rows, int in, int out, int o) {
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) dot_tile_q8<NW, 4>(y, x, w, in, out, o, r);
+  switch (rows - r) {
+    case 3: dot_tile_q8<NW, 3>(y, x, w, in, out, o, r); break;
+    case 2: dot_tile_q8<NW, 2>(y, x, w, in, out, o, r); break;
+    case 1: dot_tile_q8<NW, 1>(y, x, w, in, out, o, r); break;
+    default: break;
+  }
+}
+
+void few_rows_block(float* y, const float* x, const BlockQ8_0* w, int rows, int in, int out, int o0, int o1) {
+  if (rows == 1) return gemv_q8_block(y, x, w, in, o0, o1);
+  int o = o0;
+  for (; o + 4 <= o1; o += 4) dot_rows_q8<4>(y, x, w, rows, in, out, o);
+  for (; o < o1; ++o) dot_rows_q8<1>(y, x, w, rows, in, out, o);
+}
 #endif
 
 // Columns [o0, o1) of y: rows o0..o1 of w, read once (few rows) or reused across x's rows (GEMM).
@@ -144,9 +243,28 @@ void matmul_block(float* y, const float* x, const float* w, int rows, int in, in
   }
 }
 
-// 16-bit weights: few rows read them directly; many rows (prefill) widen a panel of w to fp32 at a
+// 16-bit and Q8_0 weights: few rows read them directly; many rows (prefill) widen a panel of w to fp32 at a
 // time and reuse it across every row of x through the fp32 GEMM, so the conversion costs one pass
 // over w however many rows there are.
+// Rows [p0, p1) of w as fp32, row-major [p1 - p0][in].
+template <class W>
+void widen_rows(float* dst, const W* w, int in, int p0, int p1) {
+  const std::size_t n = std::size_t(p1 - p0) * in;
+  const W* src = w + std::size_t(p0) * in;
+  for (std::size_t i = 0; i < n; ++i) dst[i] = widen(src[i]);
+}
+void widen_rows(float* dst, const BlockQ8_0* w, int in, int p0, int p1) {
+  const int nb = q8_0_blocks_per_row(in);
+  for (int o = p0; o < p1; ++o, dst += in) {
+    const BlockQ8_0* r = w + std::size_t(o) * nb;
+    for (int b = 0; b < nb; ++b) {
+      const float d = to_float(r[b].d);
+      const int n = std::min(kQ8Block, in - b * kQ8Block);
+      for (int i = 0; i < n; ++i) dst[b * kQ8Block + i] = d * r[b].qs[i];
+    }
+  }
+}
+
 template <class W>
 void matmul_block(float* y, const float* x, const W* w, int rows, int in, int out, int o0, int o1) {
 #if defined(ABLATE_SIMD_W)
@@ -157,9 +275,7 @@ void matmul_block(float* y, const float* x, const W* w, int rows, int in, int ou
   panel.resize(std::size_t(kPanel) * in);
   for (int p0 = o0; p0 < o1; p0 += kPanel) {
     const int p1 = std::min(o1, p0 + kPanel);
-    const std::size_t n = std::size_t(p1 - p0) * in;
-    const W* src = w + std::size_t(p0) * in;
-    for (std::size_t i = 0; i < n; ++i) panel[i] = widen(src[i]);
+    widen_rows(panel.data(), w, in, p0, p1);
     // y columns [p0, p1) from the widened panel, as the fp32 path computes them.
     matmul_block(y + p0, x, panel.data(), rows, in, out, 0, p1 - p0);
   }
@@ -186,5 +302,6 @@ void matmul_any(float* y, const float* x, const W* w, int rows, int in, int out)
 void matmul(float* y, const float* x, const float* w, int rows, int in, int out) { matmul_any(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const Bf16* w, int rows, int in, int out) { matmul_any(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const Half* w, int rows, int in, int out) { matmul_any(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const BlockQ8_0* w, int rows, int in, int out) { matmul_any(y, x, w, rows, in, out); }
 
 }  // namespace ablate::cpu

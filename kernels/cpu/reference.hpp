@@ -9,6 +9,7 @@
 
 #include "common/attention_problem.hpp"
 #include "cpu/half.hpp"
+#include "cpu/quant.hpp"
 
 namespace ablate::ref {
 
@@ -28,6 +29,17 @@ inline void matmul(float* y, const float* x, const W* w, int rows, int in, int o
     for (int o = 0; o < out; ++o) {
       double acc = 0.0;
       for (int i = 0; i < in; ++i) acc += double(x[std::size_t(r) * in + i]) * cpu::to_float(w[std::size_t(o) * in + i]);
+      y[std::size_t(r) * out + o] = float(acc);
+    }
+}
+
+// w as Q8_0 blocks: each weight d * q (cpu::q8_0_value), then as above.
+inline void matmul(float* y, const float* x, const cpu::BlockQ8_0* w, int rows, int in, int out) {
+  const int nb = cpu::q8_0_blocks_per_row(in);
+  for (int r = 0; r < rows; ++r)
+    for (int o = 0; o < out; ++o) {
+      double acc = 0.0;
+      for (int i = 0; i < in; ++i) acc += double(x[std::size_t(r) * in + i]) * cpu::q8_0_value(w + std::size_t(o) * nb, i);
       y[std::size_t(r) * out + o] = float(acc);
     }
 }

@@ -1,0 +1,99 @@
+#pragma once
+// 8-bit formats for the CPU kernels: Q8_0 weight blocks (GGUF's layout) and the 8-bit KV-cache
+// element formats (fp8 e4m3, and int8 with a per-token-per-head scale). Scalar, portable code;
+// the kernels vectorise the reading side.
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "cpu/half.hpp"
+
+namespace ablate::cpu {
+
+// ---- Q8_0 ----------------------------------------------------------------------------------
+// 32 int8 values and their fp16 scale, 34 bytes: ggml's block_q8_0, so a block is read from a
+// GGUF file as it lies. Value i of a block is to_float(d) * qs[i]; that product is exact in fp32
+// (11 + 8 significant bits), so a Q8_0 matmul is the fp32 product of the dequantized matrix.
+struct BlockQ8_0 {
+  Half d;
+  std::int8_t qs[32];
+};
+static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 blocks are 34 bytes, as in GGUF");
+inline constexpr int kQ8Block = 32;
+
+inline int q8_0_blocks_per_row(int in) { return (in + kQ8Block - 1) / kQ8Block; }
+
+// One block from n <= 32 values (the rest are zeros). ggml's rule: d = max|x| / 127, q = round(x / d).
+// The division uses the fp16-rounded scale, which makes a block dequantized from a ggml Q8_0 file
+// (largest |q| = 127, as ggml writes every block) quantize back to exactly the same bytes.
+inline BlockQ8_0 quantize_q8_0_block(const float* x, int n) {
+  float amax = 0.0f;
+  for (int i = 0; i < n; ++i) amax = std::max(amax, std::abs(x[i]));
+  BlockQ8_0 b{};
+  b.d = to_half(amax / 127.0f);
+  const float d = to_float(b.d);
+  for (int i = 0; i < n; ++i)
+    b.qs[i] = d > 0.0f ? static_cast<std::int8_t>(std::clamp(std::nearbyint(x[i] / d), -127.0f, 127.0f)) : 0;
+  return b;
+}
+
+// rows x in, row-major, into rows x q8_0_blocks_per_row(in) blocks; a row whose length is not a
+// multiple of 32 ends in a zero-padded block (the matmul never reads x there).
+inline std::vector<BlockQ8_0> quantize_q8_0(const float* w, int rows, int in) {
+  const int nb = q8_0_blocks_per_row(in);
+  std::vector<BlockQ8_0> out(std::size_t(rows) * nb);
+  for (int r = 0; r < rows; ++r)
+    for (int b = 0; b < nb; ++b)
+      out[std::size_t(r) * nb + b] =
+          quantize_q8_0_block(w + std::size_t(r) * in + std::size_t(b) * kQ8Block, std::min(kQ8Block, in - b * kQ8Block));
+  return out;
+}
+
+inline float q8_0_value(const BlockQ8_0* row, int i) { return to_float(row[i / kQ8Block].d) * row[i / kQ8Block].qs[i % kQ8Block]; }
+
+// ---- fp8 e4m3 (OCP "E4M3FN": bias 7, no infinities, S.1111.111 is NaN, largest 448) --------------
+struct Fp8E4M3 {
+  std::uint8_t bits;
+};
+
+inline float to_float(Fp8E4M3 h) {
+  const int e = (h.bits >> 3) & 0xf, m = h.bits & 0x7;
+  const float sign = (h.bits & 0x80) ? -1.0f : 1.0f;
+  if (e == 15 && m == 7) return std::nanf("");
+  if (e == 0) return sign * std::ldexp(static_cast<float>(m), -9);  // subnormal: m * 2^-9
+  return sign * std::ldexp(static_cast<float>(8 + m), e - 10);     // (1 + m/8) * 2^(e-7)
+}
+
+// Round to nearest even; values beyond 448 saturate to +-448 (the "satfinite" conversion CUDA's
+// __nv_cvt_float_to_fp8 offers: a KV entry must not become NaN); NaN stays NaN.
+inline Fp8E4M3 to_fp8_e4m3(float f) {
+  const std::uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
+  if (std::isnan(f)) return {static_cast<std::uint8_t>(sign | 0x7f)};
+  const float a = std::abs(f);
+  if (a < 0.015625f) {  // below the smallest normal 2^-6: multiples of 2^-9 (8 * 2^-9 is the normal 2^-6)
+    return {static_cast<std::uint8_t>(sign | static_cast<std::uint8_t>(std::nearbyint(a * 512.0f)))};
+  }
+  int e = 0;
+  const float m = std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
+  int q = static_cast<int>(std::nearbyint((m * 2.0f - 1.0f) * 8.0f));
+  int E = e - 1 + 7;
+  if (q == 8) q = 0, ++E;
+  if (E > 15 || (E == 15 && q == 7)) return {static_cast<std::uint8_t>(sign | 0x7e)};  // 448
+  return {static_cast<std::uint8_t>(sign | (E << 3) | q)};
+}
+
+// ---- int8 KV: per token, per KV head, one fp32 scale -----------------------------------------
+// scale = max|x| / 127, q = round(x / scale): each value within scale / 2 of the original.
+inline float quantize_int8(const float* x, int n, std::int8_t* q) {
+  float amax = 0.0f;
+  for (int i = 0; i < n; ++i) amax = std::max(amax, std::abs(x[i]));
+  const float scale = amax / 127.0f;
+  for (int i = 0; i < n; ++i)
+    q[i] = scale > 0.0f ? static_cast<std::int8_t>(std::clamp(std::nearbyint(x[i] / scale), -127.0f, 127.0f)) : 0;
+  return scale;
+}
+
+}  // namespace ablate::cpu
