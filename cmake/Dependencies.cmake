@@ -4,6 +4,7 @@ find_package(Eigen3 3.4 REQUIRED NO_MODULE)
 find_package(yaml-cpp REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(fmt REQUIRED)
+find_package(nlohmann_json 3 REQUIRED)  # safetensors headers, Hugging Face config.json and tokenizer.json
 find_package(Catch2 2 REQUIRED)
 if(ABLATE_BENCHMARKS)
   find_package(benchmark REQUIRED)

@@ -68,7 +68,13 @@ CpuBackend::CpuBackend(Weights weights, const std::string& dtype) : w_(std::move
   } else {
     lm_head_ = make_matrix(std::move(w_.classifier), dim, dtype);
   }
-  weights_bytes_ = w_.bytes() + lm_head_.bytes();  // w_ now holds the embedding, norms, fp32 classifier
+  for (std::size_t l = 0; l < fused_.size() && w_.shape.qkv_bias; ++l) {
+    LayerWeights& L = w_.layers[l];
+    fused_[l].bqkv = stack_rows({&L.bq, &L.bk, &L.bv});
+    weights_bytes_ += fused_[l].bqkv.size() * sizeof(float);
+  }
+  rope_freq_ = w_.shape.rope_frequencies();
+  weights_bytes_ += w_.bytes() + lm_head_.bytes();  // w_ now holds the embedding, norms, fp32 classifier
   for (const FusedLayer& F : fused_) weights_bytes_ += F.wqkv.bytes() + F.wo.bytes() + F.w13.bytes() + F.w2.bytes();
 }
 
@@ -131,8 +137,10 @@ const std::vector<float>& CpuBackend::forward_layers(const ForwardBatch& batch, 
     float* q = qkv_.data();
     float* k = q + dim;
     const float* v = k + kv_dim;
-    cpu::rope(q, T, qkv_dim, s.n_heads, hd, positions_.data(), s.rope_theta);
-    cpu::rope(k, T, qkv_dim, s.n_kv_heads, hd, positions_.data(), s.rope_theta);
+    if (!F.bqkv.empty())
+      for (int r = 0; r < T; ++r) cpu::add(q + sz(r, qkv_dim), F.bqkv.data(), static_cast<std::size_t>(qkv_dim));
+    cpu::rope(q, T, qkv_dim, s.n_heads, hd, positions_.data(), rope_freq_.data());
+    cpu::rope(k, T, qkv_dim, s.n_kv_heads, hd, positions_.data(), rope_freq_.data());
     row = 0;
     for (std::size_t ci = 0; ci < batch.chunks.size(); ++ci) {
       const auto& c = batch.chunks[ci];

@@ -70,11 +70,12 @@ struct GenerateOptions {
 int generate(const GenerateOptions& o) {
   ModelConfig cfg;
   const bool gguf = std::filesystem::path(o.model).extension() == ".gguf";
-  cfg.source = gguf ? "gguf" : "llama2c";
+  const bool hf = std::filesystem::is_directory(o.model);  // config.json, *.safetensors, tokenizer.json
+  cfg.source = gguf ? "gguf" : hf ? "hf" : "llama2c";
   (gguf ? cfg.gguf : cfg.path) = o.model;
   cfg.tokenizer = o.tokenizer;
-  if (!gguf && o.tokenizer.empty())
-    throw std::runtime_error(o.model + ": not a .gguf file; a llama2.c checkpoint needs --tokenizer");
+  if (!gguf && !hf && o.tokenizer.empty())
+    throw std::runtime_error(o.model + ": not a .gguf file or a Hugging Face folder; a llama2.c checkpoint needs --tokenizer");
   const auto t0 = std::chrono::steady_clock::now();
   const auto tok = load_tokenizer(cfg);
   CpuBackend backend(load_weights(cfg));
@@ -163,7 +164,7 @@ int main(int argc, char** argv) {
 
   GenerateOptions gen;
   auto* generate_cmd = app.add_subcommand("generate", "Continue a prompt with a real model (CPU, batch 1); prints the text");
-  generate_cmd->add_option("--model", gen.model, "checkpoint: .gguf (llama architecture), or a llama2.c .bin with --tokenizer")->required();
+  generate_cmd->add_option("--model", gen.model, "checkpoint: .gguf (llama architecture), a Hugging Face folder (Llama, Mistral, Qwen2), or a llama2.c .bin with --tokenizer")->required();
   generate_cmd->add_option("--tokenizer", gen.tokenizer, "llama2.c tokenizer .bin (not needed for .gguf)");
   generate_cmd->add_option("--prompt", gen.prompt, "the text to continue")->required();
   generate_cmd->add_option("-n", gen.n, "tokens to generate (default 64)")->check(CLI::Range(1, 1 << 20));

@@ -22,6 +22,7 @@
 #include "base/paths.hpp"
 #include "config/registry.hpp"
 #include "model/shape.hpp"
+#include "model/tokenizer.hpp"
 #include "model/weights.hpp"
 
 namespace ablate {
@@ -134,10 +135,12 @@ const std::vector<Rule>& rules() {
                "within this fraction of its centre, or max_repeat (repeat: auto = repeat 5, target_ci 0.02)"),
         plain("target_metric", Kind::Name, F(target_metric), "the summary metric target_ci applies to"),
         integer("max_repeat", F(max_repeat), ge(1), "target_ci: the most rounds a point runs"),
-        choice("model.source", F(model.source), {"synthetic", "llama2c", "gguf"},
-               "synthetic weights, a llama2.c checkpoint or a GGUF checkpoint (llama architecture)"),
+        choice("model.source", F(model.source), {"synthetic", "llama2c", "gguf", "hf"},
+               "synthetic weights, a llama2.c checkpoint, a GGUF checkpoint (llama architecture) or a Hugging Face "
+               "checkpoint folder (Llama, Mistral, Qwen2; safetensors)"),
         choice("model.preset", F(model.preset), presets, "synthetic: model shape"),
-        plain("model.path", Kind::Path, F(model.path), "llama2c: checkpoint .bin"),
+        plain("model.path", Kind::Path, F(model.path),
+              "llama2c: checkpoint .bin; hf: checkpoint folder (config.json, *.safetensors, tokenizer.json)"),
         plain("model.tokenizer", Kind::Path, F(model.tokenizer), "llama2c: tokenizer .bin (optional)"),
         plain("model.gguf", Kind::Path, F(model.gguf), "gguf: checkpoint .gguf (weights and tokenizer)"),
         integer("model.seed", F(model.seed), ge(0), "synthetic: weights seed"),
@@ -674,6 +677,14 @@ void check_model_files(Check& k) {
     check_file(k.pick({"model.path"}).second, "model.path", c.model.path, "");
     if (!c.model.tokenizer.empty()) check_file(k.pick({"model.tokenizer"}).second, "model.tokenizer", c.model.tokenizer, "");
   }
+  if (c.model.source == "hf") {
+    if (c.model.path.empty())
+      fail(k.pick({"model.source"}).second, "model.source", "hf needs model.path (a Hugging Face checkpoint folder)");
+    if (!std::filesystem::is_directory(expand_path(c.model.path)))
+      fail(k.pick({"model.path"}).second, "model.path",
+           fmt::format("{} is not a folder; model.source hf needs a Hugging Face checkpoint folder (config.json, "
+                       "*.safetensors, tokenizer.json)", c.model.path));
+  }
   if (c.model.source == "gguf") {
     if (c.model.gguf.empty()) fail(k.pick({"model.source"}).second, "model.source", "gguf needs model.gguf (a GGUF checkpoint .gguf)");
     // The project's own real model is fetched by the set-up; say how when it is missing (offline).
@@ -689,7 +700,10 @@ void check_model_shape(Check& k) {
   try {
     k.shape = model_shape(c.model);
   } catch (const std::exception& ex) {
-    k.fail_at({c.model.source == "llama2c" ? "model.path" : c.model.source == "gguf" ? "model.gguf" : "model.preset", "model.source"},
+    k.fail_at({c.model.source == "llama2c" || c.model.source == "hf" ? "model.path"
+               : c.model.source == "gguf"                             ? "model.gguf"
+                                                                      : "model.preset",
+               "model.source"},
               ex.what());
   }
   if (c.max_seq_len > k.shape.max_seq_len)
@@ -722,11 +736,16 @@ void check_prompts(Check& k) {
   const ExperimentConfig& c = k.c;
   if (c.workload.prompts.empty()) return;
   if (c.model.source == "synthetic")
-    k.fail_at({"workload.prompts"}, "needs a model with a tokenizer (model.source gguf, or llama2c with model.tokenizer); "
+    k.fail_at({"workload.prompts"}, "needs a model with a tokenizer (model.source gguf or hf, or llama2c with model.tokenizer); "
                                     "synthetic weights have none");
   if (c.model.source == "llama2c" && c.model.tokenizer.empty())
     k.fail_at({"workload.prompts"}, "needs model.tokenizer (a llama2.c tokenizer .bin) with model.source llama2c");
   check_file(k.pick({"workload.prompts"}).second, "workload.prompts", c.workload.prompts, "");
+  if (c.model.source == "hf") try {  // the folder's tokenizer.json, read as the run will
+      (void)load_tokenizer(c.model);
+    } catch (const std::exception& ex) {
+      k.fail_at({"workload.prompts"}, fmt::format("needs the model's tokenizer: {}", ex.what()));
+    }
 }
 
 // Length distributions: min <= max, and prompt + output within the sequence limit.
@@ -754,9 +773,14 @@ void check_lengths(Check& k) {
                                                        "than {}; allowed: prompt + output <= {}", *k.lp, *k.lo, *k.lp + *k.lo, k.seq_text, k.seq));
 }
 
-// The CUDA attention kernels exist for head_dim 64 and 128 only.
+// The CUDA attention kernels exist for head_dim 64 and 128 only; Q/K/V biases and scaled RoPE are
+// not in the CUDA kernels (yet).
 void check_cuda_head_dim(Check& k) {
   const ExperimentConfig& c = k.c;
+  if (c.backend == "cuda" && (k.shape.qkv_bias || k.shape.rope_scaling.factor != 0))
+    k.fail_at({"backend", "model.path", "model.preset"},
+              fmt::format("cuda cannot run {}: its {} not implemented in the CUDA kernels; allowed for this model: cpu", k.shape.name,
+                          k.shape.qkv_bias ? "Q/K/V biases (Qwen2) are" : "RoPE scaling (rope_scaling llama3) is"));
   if (c.backend == "cuda" && c.attention != "naive" && k.shape.head_dim() != 64 && k.shape.head_dim() != 128)
     k.fail_at({"attention", "model.preset", "model.path", "model.gguf"},
               fmt::format("{} on backend cuda needs head_dim 64 or 128; {} has {}; allowed: naive", c.attention, k.shape.name,

@@ -50,6 +50,9 @@ ModelConfig draft_model_config(const std::string& path) {
   if (std::filesystem::path(path).extension() == ".gguf") {
     m.source = "gguf";
     m.gguf = path;
+  } else if (std::filesystem::is_directory(path)) {  // a Hugging Face checkpoint folder
+    m.source = "hf";
+    m.path = path;
   } else {
     m.source = "llama2c";
     m.path = path;

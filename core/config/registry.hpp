@@ -18,7 +18,8 @@ bool is_implemented(std::string_view axis_key, std::string_view name);
 
 struct ModelShape;
 struct ModelConfig;
-// The model config of a draft checkpoint: .gguf files by their extension, else llama2.c.
+// The model config of a draft checkpoint: .gguf files by their extension, a folder as a Hugging Face
+// checkpoint (hf), else llama2.c.
 ModelConfig draft_model_config(const std::string& path);
 // The longest sequence a run allows: max_seq_len if set (capped by the model), else the model's.
 int effective_max_seq_len(const ExperimentConfig& cfg, const ModelShape& shape);

@@ -12,6 +12,7 @@
 #include "base/experiment_config.hpp"
 #include "base/paths.hpp"
 #include "model/gguf.hpp"
+#include "model/hf_checkpoint.hpp"
 #include "model/weights.hpp"
 
 namespace ablate {
@@ -336,6 +337,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const ModelConfig& cfg) {
     const GgufFile f(expand_path(cfg.gguf));
     return std::make_unique<BpeTokenizer>(f);
   }
+  if (cfg.source == "hf") return load_hf_tokenizer(expand_path(cfg.path));
   if (cfg.source == "llama2c") {
     if (cfg.tokenizer.empty()) throw std::runtime_error("model.tokenizer is not set (a llama2.c tokenizer .bin)");
     const ModelShape s = model_shape(cfg);

@@ -7,6 +7,16 @@
 
 namespace ablate {
 
+// Llama 3.1's RoPE scaling (Hugging Face rope_type "llama3"): frequencies whose wavelength is
+// longer than original_max_position / low_freq_factor are divided by `factor`, those shorter than
+// original_max_position / high_freq_factor are kept, and the band between is interpolated.
+struct RopeScaling {
+  float factor = 0;  // 0: no scaling
+  float low_freq_factor = 1;
+  float high_freq_factor = 4;
+  int original_max_position = 8192;
+};
+
 struct ModelShape {
   std::string name;
   int dim = 0;          // hidden size
@@ -19,6 +29,8 @@ struct ModelShape {
   float rope_theta = 10000.0f;
   float norm_eps = 1e-5f;
   bool tied_embeddings = true;  // LM head shares the token embedding
+  bool qkv_bias = false;        // Q, K and V projections have biases (Qwen2)
+  RopeScaling rope_scaling;     // factor 0: plain RoPE
 
   int head_dim() const { return dim / n_heads; }
   int kv_dim() const { return n_kv_heads * head_dim(); }
@@ -27,9 +39,13 @@ struct ModelShape {
   long long param_count() const;
   // K and V floats stored per token, summed over layers.
   long long kv_floats_per_token() const { return 2LL * n_layers * kv_dim(); }
+  // RoPE's head_dim / 2 angular frequencies, pair i rotating by position * freq[i]: theta^(-2i/hd)
+  // in llama2.c's float arithmetic, then rope_scaling applied (in double) when it is set.
+  std::vector<float> rope_frequencies() const;
 };
 
-// Presets: tiny (tests), stories260k, smollm2-135m, llama2-7b (shape only; too big for CPU runs).
+// Presets: tiny (tests), stories260k, smollm2-135m, llama2-7b, llama3-8b, qwen2.5-7b (the last three shape
+// only: too big for CPU runs).
 std::optional<ModelShape> find_preset(std::string_view name);
 std::vector<std::string> preset_names();
 

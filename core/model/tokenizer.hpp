@@ -25,7 +25,8 @@ class Tokenizer {
   virtual std::string token_text(int prev, int token) const = 0;
 };
 
-// The tokenizer of a model config: gguf = the file's own (BPE), llama2c = model.tokenizer.
+// The tokenizer of a model config: gguf = the file's own (BPE), hf = the folder's tokenizer.json (BPE),
+// llama2c = model.tokenizer.
 // Throws std::runtime_error when the config has none.
 std::unique_ptr<Tokenizer> load_tokenizer(const ModelConfig& cfg);
 

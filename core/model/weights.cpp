@@ -14,6 +14,7 @@
 #include "base/experiment_config.hpp"
 #include "base/paths.hpp"
 #include "model/gguf.hpp"
+#include "model/hf_checkpoint.hpp"
 
 namespace ablate {
 
@@ -21,7 +22,7 @@ std::size_t Weights::bytes() const {
   std::size_t n = token_embedding.size() + rms_final.size() + classifier.size();
   for (const auto& l : layers)
     n += l.rms_att.size() + l.wq.size() + l.wk.size() + l.wv.size() + l.wo.size() + l.rms_ffn.size() + l.w1.size() +
-         l.w2.size() + l.w3.size();
+         l.w2.size() + l.w3.size() + l.bq.size() + l.bk.size() + l.bv.size();
   return n * sizeof(float);
 }
 
@@ -74,6 +75,11 @@ Weights synthetic_weights(const ModelShape& s, unsigned long long seed) {
     L.w1 = uniform_tensor(h * d, lin(s.dim), next());
     L.w2 = uniform_tensor(d * h, lin(s.hidden_dim) * resid, next());
     L.w3 = uniform_tensor(h * d, lin(s.dim), next());
+    if (s.qkv_bias) {  // at the scale of the projections' outputs, as trained Qwen2 biases are
+      L.bq = uniform_tensor(d, 1.0f, next());
+      L.bk = uniform_tensor(kv, 1.0f, next());
+      L.bv = uniform_tensor(kv, 1.0f, next());
+    }
     w.layers.push_back(std::move(L));
   }
   w.rms_final.assign(d, 1.0f);
@@ -166,6 +172,7 @@ Weights load_llama2c(const std::string& path) {
 
 ModelShape model_shape(const ModelConfig& cfg) {
   if (cfg.source == "gguf") return gguf_shape(GgufFile(expand_path(cfg.gguf)));
+  if (cfg.source == "hf") return check_hf_checkpoint(expand_path(cfg.path));
   if (cfg.source == "llama2c") {
     const std::string path = expand_path(cfg.path);
     auto f = open_checkpoint(path);
@@ -241,12 +248,13 @@ Weights load_weights(const ModelConfig& cfg) {
   // Every source's shape is known before its weights are read (a header, GGUF metadata or a
   // preset): refuse a model that cannot fit here with a message rather than the OOM killer.
   const ModelShape shape = model_shape(cfg);
-  const std::string what = cfg.source == "gguf"      ? expand_path(cfg.gguf)
-                           : cfg.source == "llama2c" ? expand_path(cfg.path)
-                                                     : fmt::format("model.preset {}", cfg.preset);
+  const std::string what = cfg.source == "gguf"                            ? expand_path(cfg.gguf)
+                           : cfg.source == "llama2c" || cfg.source == "hf" ? expand_path(cfg.path)
+                                                                           : fmt::format("model.preset {}", cfg.preset);
   check_weights_fit(shape, what, host_memory_available());
   if (cfg.source == "gguf") return load_gguf(expand_path(cfg.gguf));
   if (cfg.source == "llama2c") return load_llama2c(expand_path(cfg.path));
+  if (cfg.source == "hf") return load_hf(expand_path(cfg.path));
   return synthetic_weights(shape, static_cast<unsigned long long>(cfg.seed));
 }
 

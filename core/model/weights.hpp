@@ -22,6 +22,7 @@ struct LayerWeights {
   std::vector<float> w1;        // [hidden][dim]  gate
   std::vector<float> w2;        // [dim][hidden]  down
   std::vector<float> w3;        // [hidden][dim]  up
+  std::vector<float> bq, bk, bv;  // [dim], [kv_dim], [kv_dim] when shape.qkv_bias (Qwen2); else empty
 };
 
 struct Weights {
@@ -38,7 +39,8 @@ struct Weights {
 Weights synthetic_weights(const ModelShape& shape, unsigned long long seed);
 // A llama2.c checkpoint (legacy version 0 layout; shared/models/README.md).
 Weights load_llama2c(const std::string& path);
-// The shape a model config will have, without loading weights (a llama2.c header is read).
+// The shape a model config will have, without loading weights (a llama2.c header, GGUF metadata or
+// a Hugging Face config.json is read).
 // Throws std::runtime_error naming the file on a bad checkpoint.
 ModelShape model_shape(const ModelConfig& cfg);
 // Checks that the model fits in host memory (check_weights_fit below), then loads it.

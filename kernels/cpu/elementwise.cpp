@@ -47,6 +47,24 @@ void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const i
   }
 }
 
+void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions, const float* freq) {
+#pragma omp parallel for schedule(static) if (std::size_t(rows) * n_heads * head_dim >= kParallelMinFloats && rows > 1)
+  for (int r = 0; r < rows; ++r) {
+    float* row = x + std::size_t(r) * row_stride;
+    for (int i = 0; i < head_dim; i += 2) {
+      float val = positions[r] * freq[i / 2];
+      float fcr = cosf(val);
+      float fci = sinf(val);
+      for (int h = 0; h < n_heads; ++h) {
+        float* v = row + std::size_t(h) * head_dim + i;
+        const float v0 = v[0], v1 = v[1];
+        v[0] = v0 * fcr - v1 * fci;
+        v[1] = v0 * fci + v1 * fcr;
+      }
+    }
+  }
+}
+
 void softmax(float* x, int n) {
   float max_val = x[0];
   for (int i = 1; i < n; ++i) max_val = x[i] > max_val ? x[i] : max_val;

@@ -29,6 +29,9 @@ void rmsnorm(float* out, const float* x, const float* weight, int rows, int dim,
 // each head, angle = positions[r] * theta^(-i/head_dim), computed in float exactly as llama2.c.
 // Row r holds n_heads heads of head_dim floats at x + r * row_stride.
 void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions, float theta);
+// The same with the head_dim / 2 frequencies given (pair i turns by positions[r] * freq[i]): scaled
+// RoPE (Llama 3.1); freq[i] = 1 / theta^(i/head_dim) in float gives the unscaled kernel's bits.
+void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions, const float* freq);
 
 // Numerically stable softmax in place: subtract the max, expf, normalise by a double sum.
 void softmax(float* x, int n);
