@@ -271,6 +271,26 @@ TEST_CASE("RoPE frequencies: llama3 scaling keeps high, divides low and blends t
   }
 }
 
+TEST_CASE("Llama 3 and Qwen2 pre-tokenizers split text as Hugging Face tokenizers does", "[hf][tokenizer]") {
+  // tests/fixtures/hf/pretokenizer_reference.json: tokenizers 0.23.3's Split(regex, Isolated) +
+  // ByteLevel on Unicode, digit runs, contractions in any case, whitespace runs and \r\n.
+  const YAML::Node ref = YAML::LoadFile((project_root() / "tests" / "fixtures" / "hf" / "pretokenizer_reference.json").string());
+  int n = 0;
+  for (const char* kind : {"llama3", "qwen2"}) {
+    const BpeTokenizer tok({"!"}, {}, {}, kind, -1, -1, false);
+    for (std::size_t i = 0; i < ref["texts"].size(); ++i) {
+      const std::string text = ref["texts"][i].as<std::string>("");
+      INFO(kind << " text: \"" << text << "\"");
+      CHECK(tok.pre_tokenize(text) == as_vec<std::string>(ref["pieces"][kind][i]));
+      ++n;
+    }
+  }
+  CHECK(n >= 30);
+  // The two differ where they should: Llama 3 keeps up to 3 digits together, Qwen2 one.
+  CHECK(BpeTokenizer({"!"}, {}, {}, "llama3", -1, -1, false).pre_tokenize("12345") == std::vector<std::string>{"123", "45"});
+  CHECK(BpeTokenizer({"!"}, {}, {}, "qwen2", -1, -1, false).pre_tokenize("123").size() == 3);
+}
+
 TEST_CASE("SmolLM2 as a Hugging Face folder gives the GGUF path's logits, greedy text and token ids", "[hf][smollm2]") {
   const fs::path gguf = project_root() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf";
   if (!fs::exists(gguf)) {
@@ -298,7 +318,20 @@ TEST_CASE("SmolLM2 as a Hugging Face folder gives the GGUF path's logits, greedy
     CHECK(hf_tok->decode(hf_tok->encode(text)) == text);
     ++texts;
   }
-  CHECK(texts >= 10);
+  // SmolLM2's vocabulary under Llama 3's (with ignore_merges) and Qwen2's pre-tokenizers, as the
+  // tokenizer.json folders make_hf_fixture.py writes: the ids tokenizers gives.
+  const YAML::Node pre_ref = YAML::LoadFile((project_root() / "tests" / "fixtures" / "hf" / "pretokenizer_reference.json").string());
+  for (const char* kind : {"llama3", "qwen2"}) {
+    const auto tok = load_hf_tokenizer((folder / ("tok-" + std::string(kind))).string());
+    CHECK(tok->pre() == kind);
+    for (std::size_t i = 0; i < pre_ref["texts"].size(); ++i) {
+      const std::string text = pre_ref["texts"][i].as<std::string>("");
+      INFO(kind << " text: \"" << text << "\"");
+      CHECK(tok->encode(text, false, false) == as_vec<int>(pre_ref["ids"][kind][i]));
+      ++texts;
+    }
+  }
+  CHECK(texts >= 40);
   CHECK(hf_tok->vocab_size() == gguf_tok.vocab_size());
   CHECK(hf_tok->bos_id() == gguf_tok.bos_id());
   CHECK(hf_tok->eos_id() == gguf_tok.eos_id());

@@ -138,6 +138,50 @@ void gpt2_split(const std::vector<Cp>& cps, std::size_t b, std::size_t e, std::v
   }
 }
 
+// Llama 3's split regex (Qwen2's is the same with \p{N} for \p{N}{1,3}: max_digits 1) over cps[b, e):
+//   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+// Alternatives in order, each greedy, as a backtracking engine takes the first that matches.
+void llama3_split(const std::vector<Cp>& cps, std::size_t b, std::size_t e, std::size_t max_digits,
+                  std::vector<std::pair<std::size_t, std::size_t>>& out) {
+  const auto at = [&](std::size_t i) { return i < e ? cps[i].cp : kInvalid - 1; };  // past the end: matches nothing
+  const auto newline = [](std::uint32_t c) { return c == '\r' || c == '\n'; };
+  const auto other = [](std::uint32_t c) { return !is_space(c) && !is_letter(c) && !is_number(c); };
+  const auto lower = [](std::uint32_t c) { return c < 0x80 ? (c | 0x20) : c; };
+  std::size_t i = b;
+  while (i < e) {
+    const std::uint32_t c = cps[i].cp;
+    std::size_t j = i;
+    if (c == '\'') {  // contractions, any case
+      const std::uint32_t c1 = lower(at(i + 1)), c2 = lower(at(i + 2));
+      if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') j = i + 2;
+      else if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) j = i + 3;
+    }
+    if (j == i && (is_letter(c) || (i + 1 < e && !newline(c) && !is_letter(c) && !is_number(c) && is_letter(at(i + 1))))) {
+      j = is_letter(c) ? i : i + 1;
+      while (j < e && is_letter(cps[j].cp)) ++j;
+    }
+    if (j == i && is_number(c))
+      while (j < e && j - i < max_digits && is_number(cps[j].cp)) ++j;
+    if (j == i && (other(c) || (c == ' ' && i + 1 < e && other(at(i + 1))))) {
+      j = c == ' ' ? i + 1 : i;
+      while (j < e && other(cps[j].cp)) ++j;
+      while (j < e && newline(cps[j].cp)) ++j;
+    }
+    if (j == i) {  // whitespace
+      std::size_t run = i;
+      while (run < e && is_space(cps[run].cp)) ++run;
+      std::size_t last_newline = e;
+      for (std::size_t k = i; k < run; ++k)
+        if (newline(cps[k].cp)) last_newline = k;
+      if (last_newline != e) j = last_newline + 1;   // \s*[\r\n]+
+      else if (run == e || run - i == 1) j = run;     // \s+(?!\S) at the end, or \s+
+      else j = run - 1;                              // \s+(?!\S): the last space goes with the next word
+    }
+    out.push_back({i, j});
+    i = j;
+  }
+}
+
 }  // namespace
 
 BpeTokenizer::BpeTokenizer(const GgufFile& f) {
@@ -165,16 +209,18 @@ BpeTokenizer::BpeTokenizer(const GgufFile& f) {
 }
 
 BpeTokenizer::BpeTokenizer(std::vector<std::string> tokens, std::vector<int> token_types,
-                           const std::vector<std::string>& merges, std::string pre, int bos, int eos, bool add_bos)
+                           const std::vector<std::string>& merges, std::string pre, int bos, int eos, bool add_bos,
+                           bool ignore_merges)
     : tokens_(std::move(tokens)), types_(std::move(token_types)), pre_(std::move(pre)), bos_(bos), eos_(eos),
-      add_bos_(add_bos) {
+      add_bos_(add_bos), ignore_merges_(ignore_merges) {
   init(merges, "BpeTokenizer");
 }
 
 void BpeTokenizer::init(const std::vector<std::string>& merges, const std::string& origin) {
   if (pre_ == "smollm") split_digits_ = true;
-  else if (pre_ != "gpt2" && pre_ != "gpt-2" && pre_ != "default")
-    throw std::runtime_error(fmt::format("{}: pre-tokenizer \"{}\" is not supported; supported: smollm, gpt-2, default", origin, pre_));
+  else if (pre_ != "gpt2" && pre_ != "gpt-2" && pre_ != "default" && pre_ != "llama3" && pre_ != "qwen2")
+    throw std::runtime_error(fmt::format("{}: pre-tokenizer \"{}\" is not supported; supported: smollm, gpt-2, default, "
+                                         "llama3, qwen2", origin, pre_));
   if (tokens_.empty() || tokens_.size() > (1u << 24)) throw std::runtime_error(fmt::format("{}: vocabulary of {} tokens", origin, tokens_.size()));
   if (!types_.empty() && types_.size() != tokens_.size())
     throw std::runtime_error(fmt::format("{}: {} token types for {} tokens", origin, types_.size(), tokens_.size()));
@@ -217,6 +263,8 @@ std::vector<std::string> BpeTokenizer::pre_tokenize(const std::string& text) con
       run = i + 1;
     }
     gpt2_split(cps, run, cps.size(), spans);
+  } else if (pre_ == "llama3" || pre_ == "qwen2") {
+    llama3_split(cps, 0, cps.size(), pre_ == "llama3" ? 3 : 1, spans);
   } else {
     gpt2_split(cps, 0, cps.size(), spans);
   }
@@ -229,6 +277,15 @@ std::vector<std::string> BpeTokenizer::pre_tokenize(const std::string& text) con
 
 void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int>& out) const {
   const ByteMap& bm = byte_map();
+  if (ignore_merges_) {  // Llama 3: a piece that is a token of its own is that token, merges or not
+    std::string spelled;
+    for (unsigned char ch : piece) spelled += bm.byte_str[ch];
+    if (auto it = ids_.find(spelled); it != ids_.end() && types_[static_cast<std::size_t>(it->second)] != 3 &&
+                                      types_[static_cast<std::size_t>(it->second)] != 4) {
+      out.push_back(it->second);
+      return;
+    }
+  }
   // Symbols as a linked list over the piece's bytes; merging is into the left symbol.
   struct Sym {
     std::string text;

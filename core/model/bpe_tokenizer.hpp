@@ -1,8 +1,10 @@
 #pragma once
 // GPT-2 byte-level BPE, built from a GGUF file's tokenizer metadata (tokenizer.ggml.model "gpt2":
 // tokens, merges, token types, BOS/EOS ids, and the pre-tokenizer tokenizer.ggml.pre).
-// Pre-tokenizers: "gpt-2"/"default" (the GPT-2 split regex) and "smollm" (every digit split
-// off on its own first, then the GPT-2 regex), as llama.cpp and Hugging Face tokenizers do.
+// Pre-tokenizers: "gpt-2"/"default" (the GPT-2 split regex), "smollm" (every digit split
+// off on its own first, then the GPT-2 regex), "llama3" and "qwen2" (their split regexes, which keep
+// a leading non-letter with a word and cut digits into runs of 3 / 1), as llama.cpp and Hugging
+// Face tokenizers do. A tokenizer.json is read by model/hf_checkpoint.hpp's load_hf_tokenizer.
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -19,8 +21,10 @@ class BpeTokenizer final : public Tokenizer {
   // Throws std::runtime_error naming the file for a tokenizer it does not support.
   explicit BpeTokenizer(const GgufFile& f);
   // A tokenizer from parts (tests): tokens in GPT-2's byte-to-unicode spelling, merges "a b".
+  // `ignore_merges` (Hugging Face's BPE option, Llama 3): a pre-tokenized piece found whole in the
+  // vocabulary is that token.
   BpeTokenizer(std::vector<std::string> tokens, std::vector<int> token_types, const std::vector<std::string>& merges,
-               std::string pre, int bos, int eos, bool add_bos);
+               std::string pre, int bos, int eos, bool add_bos, bool ignore_merges = false);
 
   int vocab_size() const override { return static_cast<int>(tokens_.size()); }
   int bos_id() const override { return bos_; }
@@ -54,6 +58,7 @@ class BpeTokenizer final : public Tokenizer {
   bool split_digits_ = false;
   int bos_ = -1, eos_ = -1;
   bool add_bos_ = false;
+  bool ignore_merges_ = false;
 };
 
 }  // namespace ablate

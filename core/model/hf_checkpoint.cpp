@@ -325,6 +325,16 @@ std::string brief(const json& v) {
   return s.size() > 160 ? s.substr(0, 160) + "..." : s;
 }
 
+// The split regexes of Llama 3 and Qwen2 tokenizer.json files (Split, behavior Isolated), which
+// BpeTokenizer's "llama3" and "qwen2" pre-tokenizers implement.
+const char* const kLlama3Regex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+const char* const kQwen2Regex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+const char* const kPreTokenizers =
+    "ByteLevel with its GPT-2 regex; Sequence [Digits individual_digits, ByteLevel] (SmolLM2); Sequence [Split with "
+    "Llama 3's or Qwen2's regex, behavior Isolated, ByteLevel use_regex false]";
+
 // The BpeTokenizer pre-tokenizer name for tokenizer.json's pre_tokenizer.
 std::string pre_tokenizer_kind(const json& j, const std::string& file) {
   const auto it = j.find("pre_tokenizer");
@@ -336,16 +346,22 @@ std::string pre_tokenizer_kind(const json& j, const std::string& file) {
     if (byte_level_regex(*it)) return "gpt-2";
     if (it->is_object() && it->value("type", "") == "Sequence" && it->contains("pretokenizers")) {
       const json& seq = (*it)["pretokenizers"];
-      if (seq.is_array() && seq.size() == 2 && seq[0].value("type", "") == "Digits" && seq[0].value("individual_digits", false) &&
-          byte_level_regex(seq[1]))
+      if (seq.is_array() && seq.size() == 2 && seq[0].is_object() && seq[0].value("type", "") == "Digits" &&
+          seq[0].value("individual_digits", false) && byte_level_regex(seq[1]))
         return "smollm";
+      if (seq.is_array() && seq.size() == 2 && seq[0].is_object() && seq[0].value("type", "") == "Split" &&
+          seq[0].value("behavior", "") == "Isolated" && !seq[0].value("invert", false) && seq[0].contains("pattern") &&
+          seq[0]["pattern"].is_object() && seq[0]["pattern"].contains("Regex") && seq[1].is_object() &&
+          seq[1].value("type", "") == "ByteLevel" && !seq[1].value("use_regex", true)) {
+        const json& re = seq[0]["pattern"]["Regex"];
+        if (re == kLlama3Regex) return "llama3";
+        if (re == kQwen2Regex) return "qwen2";
+      }
     }
-    throw std::runtime_error(fmt::format("{}: pre_tokenizer: {} (type {}) is not supported; supported: ByteLevel with its "
-                                         "GPT-2 regex, Sequence [Digits individual_digits, ByteLevel] (SmolLM2)",
-                                         file, brief(*it), type_of(*it)));
+    throw std::runtime_error(fmt::format("{}: pre_tokenizer: {} (type {}) is not supported; supported: {}", file, brief(*it),
+                                         type_of(*it), kPreTokenizers));
   }
-  throw std::runtime_error(fmt::format("{}: pre_tokenizer: missing; supported: ByteLevel with its GPT-2 regex, Sequence "
-                                       "[Digits individual_digits, ByteLevel] (SmolLM2)", file));
+  throw std::runtime_error(fmt::format("{}: pre_tokenizer: missing; supported: {}", file, kPreTokenizers));
 }
 
 }  // namespace
@@ -447,7 +463,8 @@ std::unique_ptr<BpeTokenizer> load_hf_tokenizer(const std::string& folder) {
   bos = bos < 0 ? -1 : in_vocab(bos, "bos_token_id");
   const int eos = cfg.eos_token_id < 0 ? -1 : in_vocab(cfg.eos_token_id, "eos_token_id");
   try {
-    return std::make_unique<BpeTokenizer>(std::move(tokens), std::move(token_types), merges, pre, bos, eos, add_bos);
+    return std::make_unique<BpeTokenizer>(std::move(tokens), std::move(token_types), merges, pre, bos, eos, add_bos,
+                                          model.value("ignore_merges", false));
   } catch (const std::exception& e) {
     throw std::runtime_error(fmt::format("{}: {}", file, e.what()));
   }

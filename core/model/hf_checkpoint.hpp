@@ -34,10 +34,11 @@ Weights load_hf(const std::string& folder);
 // The shape, after checking without reading them that every tensor config.json implies is in the
 // safetensors files (headers only: shard present, name, shape, dtype). What `ablate validate` runs.
 ModelShape check_hf_checkpoint(const std::string& folder);
-// `folder`/tokenizer.json as the byte-level BPE tokenizer: model.type BPE (vocab, merges), the
-// added tokens (special ones parsed out of text), the pre-tokenizer (ByteLevel's GPT-2 regex, or
-// SmolLM2's Digits(individual) + ByteLevel), a BOS when the post-processor's template starts with
-// one; BOS/EOS ids from config.json. Anything else throws, naming the file and field.
+// `folder`/tokenizer.json as the byte-level BPE tokenizer: model.type BPE (vocab, merges,
+// ignore_merges), the added tokens (parsed out of text), the pre-tokenizer (ByteLevel's GPT-2 regex,
+// SmolLM2's Digits(individual) + ByteLevel, or Llama 3's / Qwen2's Split regex + ByteLevel), a BOS
+// when the post-processor's template starts with one; BOS/EOS ids from config.json. Anything else
+// (another model type or pre-tokenizer, a normalizer) throws, naming the file and field.
 std::unique_ptr<BpeTokenizer> load_hf_tokenizer(const std::string& folder);
 
 }  // namespace ablate
