@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <cstdint>
 #include <functional>
 #include <queue>
 #include <stdexcept>
 
 #include <fmt/format.h>
+#include <utf8proc.h>
 
 #include "base/experiment_config.hpp"
 #include "base/paths.hpp"
@@ -347,6 +349,19 @@ void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int>& out)
 }
 
 void BpeTokenizer::encode_plain(const std::string& text, std::vector<int>& out) const {
+  if (nfc_ && !text.empty()) {
+    // utf8proc_NFC's flags, with the length given (the text may hold NULs). Invalid UTF-8 has no
+    // normal form (utf8proc refuses it): such text is split as it is.
+    utf8proc_uint8_t* n = nullptr;
+    const utf8proc_ssize_t len = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
+                                              static_cast<utf8proc_ssize_t>(text.size()), &n, static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+    if (len >= 0) {
+      const std::string normal(reinterpret_cast<const char*>(n), static_cast<std::size_t>(len));
+      std::free(n);
+      for (const auto& piece : pre_tokenize(normal)) encode_piece(piece, out);
+      return;
+    }
+  }
   for (const auto& piece : pre_tokenize(text)) encode_piece(piece, out);
 }
 

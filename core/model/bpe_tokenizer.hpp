@@ -25,6 +25,9 @@ class BpeTokenizer final : public Tokenizer {
   // vocabulary is that token.
   BpeTokenizer(std::vector<std::string> tokens, std::vector<int> token_types, const std::vector<std::string>& merges,
                std::string pre, int bos, int eos, bool add_bos, bool ignore_merges = false);
+  // Text between special tokens is put in Unicode NFC before it is split (tokenizer.json's
+  // normalizer NFC, Qwen2's): decode(encode(text)) is then NFC(text).
+  void set_nfc(bool on) { nfc_ = on; }
 
   int vocab_size() const override { return static_cast<int>(tokens_.size()); }
   int bos_id() const override { return bos_; }
@@ -59,6 +62,7 @@ class BpeTokenizer final : public Tokenizer {
   int bos_ = -1, eos_ = -1;
   bool add_bos_ = false;
   bool ignore_merges_ = false;
+  bool nfc_ = false;
 };
 
 }  // namespace ablate

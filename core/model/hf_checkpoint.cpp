@@ -380,8 +380,10 @@ std::unique_ptr<BpeTokenizer> load_hf_tokenizer(const std::string& folder) {
   if (type != "BPE") throw fail("model.type", fmt::format("\"{}\" is not supported; supported: BPE (byte-level)", type));
   if (model.value("byte_fallback", false))
     throw fail("model.byte_fallback", "true (a SentencePiece-style BPE) is not supported; supported: byte-level BPE (false)");
-  if (const auto n = j.find("normalizer"); n != j.end() && !n->is_null())
-    throw fail("normalizer", fmt::format("{} is not supported; supported: null", brief(*n)));
+  const auto norm = j.find("normalizer");
+  const bool nfc = norm != j.end() && norm->is_object() && norm->value("type", "") == "NFC";
+  if (norm != j.end() && !norm->is_null() && !nfc)
+    throw fail("normalizer", fmt::format("{} is not supported; supported: null, NFC (Qwen2)", brief(*norm)));
   const std::string pre = pre_tokenizer_kind(j, file);
 
   // Ids: the model's vocab plus the added tokens, which may extend it; dense 0..n-1.
@@ -463,8 +465,10 @@ std::unique_ptr<BpeTokenizer> load_hf_tokenizer(const std::string& folder) {
   bos = bos < 0 ? -1 : in_vocab(bos, "bos_token_id");
   const int eos = cfg.eos_token_id < 0 ? -1 : in_vocab(cfg.eos_token_id, "eos_token_id");
   try {
-    return std::make_unique<BpeTokenizer>(std::move(tokens), std::move(token_types), merges, pre, bos, eos, add_bos,
-                                          model.value("ignore_merges", false));
+    auto tok = std::make_unique<BpeTokenizer>(std::move(tokens), std::move(token_types), merges, pre, bos, eos, add_bos,
+                                              model.value("ignore_merges", false));
+    tok->set_nfc(nfc);
+    return tok;
   } catch (const std::exception& e) {
     throw std::runtime_error(fmt::format("{}: {}", file, e.what()));
   }

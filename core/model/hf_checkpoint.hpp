@@ -38,7 +38,7 @@ ModelShape check_hf_checkpoint(const std::string& folder);
 // ignore_merges), the added tokens (parsed out of text), the pre-tokenizer (ByteLevel's GPT-2 regex,
 // SmolLM2's Digits(individual) + ByteLevel, or Llama 3's / Qwen2's Split regex + ByteLevel), a BOS
 // when the post-processor's template starts with one; BOS/EOS ids from config.json. Anything else
-// (another model type or pre-tokenizer, a normalizer) throws, naming the file and field.
+// (another model type, pre-tokenizer or normalizer than NFC) throws, naming the file and field.
 std::unique_ptr<BpeTokenizer> load_hf_tokenizer(const std::string& folder);
 
 }  // namespace ablate
