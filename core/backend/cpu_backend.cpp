@@ -70,8 +70,8 @@ CpuBackend::CpuBackend(Weights weights, const std::string& dtype) : w_(std::move
   }
   for (std::size_t l = 0; l < fused_.size() && w_.shape.qkv_bias; ++l) {
     LayerWeights& L = w_.layers[l];
-    fused_[l].bqkv = stack_rows({&L.bq, &L.bk, &L.bv});
-    weights_bytes_ += fused_[l].bqkv.size() * sizeof(float);
+    bqkv_.push_back(stack_rows({&L.bq, &L.bk, &L.bv}));
+    weights_bytes_ += bqkv_.back().size() * sizeof(float);
   }
   rope_freq_ = w_.shape.rope_frequencies();
   weights_bytes_ += w_.bytes() + lm_head_.bytes();  // w_ now holds the embedding, norms, fp32 classifier
@@ -137,8 +137,8 @@ const std::vector<float>& CpuBackend::forward_layers(const ForwardBatch& batch, 
     float* q = qkv_.data();
     float* k = q + dim;
     const float* v = k + kv_dim;
-    if (!F.bqkv.empty())
-      for (int r = 0; r < T; ++r) cpu::add(q + sz(r, qkv_dim), F.bqkv.data(), static_cast<std::size_t>(qkv_dim));
+    if (!bqkv_.empty())
+      for (int r = 0; r < T; ++r) cpu::add(q + sz(r, qkv_dim), bqkv_[static_cast<std::size_t>(l)].data(), static_cast<std::size_t>(qkv_dim));
     cpu::rope(q, T, qkv_dim, s.n_heads, hd, positions_.data(), rope_freq_.data());
     cpu::rope(k, T, qkv_dim, s.n_kv_heads, hd, positions_.data(), rope_freq_.data());
     row = 0;

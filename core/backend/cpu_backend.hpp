@@ -51,7 +51,6 @@ class CpuBackend final : public Backend {
   static Matrix make_matrix(std::vector<float>&& w, int in, const std::string& dtype);
   struct FusedLayer {
     Matrix wqkv, wo, w13, w2;
-    std::vector<float> bqkv;  // [bq | bk | bv] when the model has Q/K/V biases (Qwen2); else empty
   };
   Weights w_;                      // the layers' matrices moved into fused_ (left empty)
   Matrix lm_head_;
@@ -61,6 +60,7 @@ class CpuBackend final : public Backend {
   std::vector<float> x_, xb_, qkv_, att_, h13_, h_, logits_;
   std::vector<int> positions_;
   std::vector<float> rope_freq_;   // shape().rope_frequencies(): scaled RoPE as well as plain
+  std::vector<std::vector<float>> bqkv_;  // per layer [bq | bk | bv] when shape().qkv_bias (Qwen2); else empty
 };
 
 }  // namespace ablate

@@ -25,6 +25,8 @@
 #include "experiment/stop.hpp"
 #include "engine/engine.hpp"
 #include "kv/kv_cache.hpp"
+#include "base/paths.hpp"
+#include "model/hf_checkpoint.hpp"
 #include "model/prompts.hpp"
 #include "model/weights.hpp"
 #include "model/tokenizer.hpp"
@@ -46,6 +48,7 @@ namespace {
 int eos_token_of(const ExperimentConfig& cfg) {
   if (!cfg.sampling.stop_at_eos || cfg.model.source == "synthetic") return -1;
   if (cfg.model.source == "llama2c") return Llama2cTokenizer::kStop;
+  if (cfg.model.source == "hf") return read_hf_config(expand_path(cfg.model.path)).eos_token_id;  // config.json's, tokenizer.json or not
   return load_tokenizer(cfg.model)->eos_id();
 }
 
