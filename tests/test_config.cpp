@@ -94,8 +94,8 @@ TEST_CASE("config: the schema lists every key once, with type, default and allow
     CHECK(!k.allowed.empty());
     CHECK(std::set<std::string>{"int", "number", "string", "bool", "path", "choice"}.count(k.type) == 1);
   }
-  CHECK(schema.size() == 73);  // 57 + dtype, profile.start_step, profile.end_step (issue 7), workload.trace.rows, cuda_pdl,
-                               // cuda_l2_prefetch, cuda_flash_decode_version
+  CHECK(schema.size() == 74);  // 57 + dtype, profile.start_step, profile.end_step (issue 7), workload.trace.rows, cuda_pdl,
+                               // cuda_l2_prefetch, cuda_flash_decode_version, kv.dtype
   CHECK(schema.front().key == "experiment");
   auto row = [&](const std::string& key) {
     for (const auto& k : schema)
@@ -229,7 +229,7 @@ TEST_CASE("config: SLO presets fill the MLPerf numbers", "[config]") {
 
 TEST_CASE("config: unknown keys name the place, suggest a close key and list the valid ones", "[config]") {
   CHECK(error_of("kv:\n  layout: contiguous\n  memroy_mb: 3\n") ==
-        "x.yaml:3:3: unknown key \"kv.memroy_mb\" (did you mean \"kv.memory_mb\"?); keys in kv: layout, memory_mb, reserve, block_size, prefix_cache");
+        "x.yaml:3:3: unknown key \"kv.memroy_mb\" (did you mean \"kv.memory_mb\"?); keys in kv: layout, memory_mb, reserve, block_size, dtype, prefix_cache");
   // A key in the wrong section is found by its last part.
   auto e = error_of("seed: 1\nmax_batch: 4\n");
   CHECK_THAT(e, Contains("x.yaml:2:1: unknown key \"max_batch\" (did you mean \"scheduler.max_batch\"?); top-level keys: experiment, seed"));
@@ -258,6 +258,18 @@ TEST_CASE("config: choice values: unknown, not implemented, numeric", "[config]"
         "x.yaml:2:8: dtype: q8_0 is not on cuda (its GEMV and GEMMs read fp32, bf16 or fp16 weights); allowed with backend cuda: fp32, bf16, fp16");
 #endif
   CHECK_THAT(error_of("dtype: q4_0"), Contains("x.yaml:1:8: dtype: unknown value \"q4_0\""));
+  // kv.dtype, independent of dtype (issue 20).
+  for (const char* kvd : {"auto", "fp32", "bf16", "fp16", "fp8_e4m3", "int8"})
+    CHECK(error_of(std::string("dtype: q8_0\nkv:\n  dtype: ") + kvd + "\n") == "");
+  CHECK(error_of("kv:\n  dtype: int4\n") ==
+        "x.yaml:2:10: kv.dtype: unknown value \"int4\" (did you mean \"int8\"?); allowed: auto, fp32, bf16, fp16, fp8_e4m3, int8");
+#if defined(ABLATE_HAVE_CUDA)
+  CHECK(error_of("backend: cuda\ndtype: bf16\nkv: {dtype: bf16}\n") == "");
+  CHECK(error_of("backend: cuda\ndtype: bf16\nkv: {dtype: auto}\n") == "");
+  CHECK(error_of("backend: cuda\ndtype: bf16\nkv:\n  dtype: fp8_e4m3\n") ==
+        "x.yaml:4:10: kv.dtype: fp8_e4m3 is not on cuda: its device KV pools hold the weights' dtype (bf16 with dtype bf16); "
+        "allowed with backend cuda, dtype bf16: auto, bf16");
+#endif
 #if defined(ABLATE_HAVE_CUDA)
   CHECK(error_of("backend: cuda") == "");  // built (issue 7); whether a device exists is a run-time matter
   CHECK(error_of("backend: cuda\ndtype: bf16\nattention: flash\nmodel: {preset: smollm2-135m}\n") == "");
@@ -328,7 +340,7 @@ TEST_CASE("config: wrong types", "[config]") {
   CHECK_THAT(error_of("backend: [cpu]"), Contains("x.yaml:1:10: backend: expected a single value, got a list; allowed: cpu, cuda"));
   CHECK_THAT(error_of("experiment: my exp"), Contains("x.yaml:1:13: experiment: \"my exp\" is not a valid name; allowed: [A-Za-z0-9_.-]+"));
   CHECK_THAT(error_of("threads:\n"), Contains("x.yaml:1:1: threads: missing value; allowed: >= 0"));
-  CHECK_THAT(error_of("kv: 5"), Contains("x.yaml:1:5: kv: expected a map of layout, memory_mb, reserve, block_size, prefix_cache, got \"5\""));
+  CHECK_THAT(error_of("kv: 5"), Contains("x.yaml:1:5: kv: expected a map of layout, memory_mb, reserve, block_size, dtype, prefix_cache, got \"5\""));
   CHECK_THAT(error_of("workload: [1]"), Contains("x.yaml:1:11: workload: expected a map of requests, arrival"));
   CHECK_THAT(error_of("- a\n- b\n"), Contains("x.yaml:1:1: expected a map of config keys at the top level, got a list"));
   CHECK_THAT(error_of("sampling: {temperature: .inf}"), Contains("sampling.temperature: expected a number, got \".inf\""));
@@ -556,7 +568,7 @@ TEST_CASE("config: sweep errors point at the list element", "[config]") {
   CHECK_THAT(error_of("sweep: {kv.layout: [contiguous, pagd]}"),
              Contains("x.yaml:1:33: kv.layout: unknown value \"pagd\" (did you mean \"paged\"?); allowed: contiguous, paged"));
   CHECK(error_of("sweep:\n  kv.memroy_mb: [1]\n") ==
-        "x.yaml:2:3: unknown key \"kv.memroy_mb\" in sweep (did you mean \"kv.memory_mb\"?); keys in kv: layout, memory_mb, reserve, block_size, prefix_cache");
+        "x.yaml:2:3: unknown key \"kv.memroy_mb\" in sweep (did you mean \"kv.memory_mb\"?); keys in kv: layout, memory_mb, reserve, block_size, dtype, prefix_cache");
   CHECK(error_of("sweep: {kv.memory_mb: 5}") == "x.yaml:1:23: sweep.kv.memory_mb: expected a non-empty list of values, got \"5\"");
   CHECK_THAT(error_of("sweep: {kv.memory_mb: []}"), Contains("x.yaml:1:23: sweep.kv.memory_mb: expected a non-empty list of values, got a list"));
   CHECK_THAT(error_of("sweep: [1, 2]"), Contains("x.yaml:1:8: sweep: expected a map of dotted key to list of values, got a list"));
@@ -600,7 +612,7 @@ TEST_CASE("config: --set errors name the --set", "[config]") {
         "--set kv.layout=pagd: kv.layout: unknown value \"pagd\" (did you mean \"paged\"?); allowed: contiguous, paged");
   CHECK(error_of("", {"kv.memroy_mb=64"}) ==
         "--set kv.memroy_mb=64: unknown key \"kv.memroy_mb\" (did you mean \"kv.memory_mb\"?); keys in kv: layout, memory_mb, reserve, "
-        "block_size, prefix_cache");
+        "block_size, dtype, prefix_cache");
   CHECK_THAT(error_of("", {"kv.memory_mb=lots"}), Contains("--set kv.memory_mb=lots: kv.memory_mb: expected a number, got \"lots\""));
   CHECK_THAT(error_of("", {"seed"}), Contains("--set seed: expected KEY=VALUE"));
   CHECK_THAT(error_of("", {"seed=[1,"}), Contains("--set seed=[1,: YAML syntax error in the value"));

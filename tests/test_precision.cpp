@@ -5,15 +5,22 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <vector>
 
+#include "attention/flash_attention.hpp"
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
+#include "config/load.hpp"
 #include "cpu/kernels.hpp"
 #include "cpu/quant.hpp"
 #include "cpu/reference.hpp"
+#include "engine/engine.hpp"
 #include "kv/contiguous_kv.hpp"
+#include "kv/paged_kv.hpp"
+#include "sched/static_scheduler.hpp"
+#include "speculative/no_drafter.hpp"
 #include "model/gguf.hpp"
 #include "model/shape.hpp"
 #include "support.hpp"
@@ -143,4 +150,252 @@ TEST_CASE("dtype q8_0 on the CPU: the fp32 forward pass of the dequantized matri
   }
   CHECK(full.matrix_bytes() == weights * 4);
   CHECK(q8.matrix_bytes() == blocks * 34);
+}
+
+// ---- KV-cache element types ------------------------------------------------------------------
+
+TEST_CASE("fp8 e4m3: every code round-trips, rounding goes to the nearest, overflow saturates at 448",
+          "[precision][kv][fp8]") {
+  for (int b = 0; b < 256; ++b) {
+    const cpu::Fp8E4M3 h{static_cast<std::uint8_t>(b)};
+    const float f = cpu::to_float(h);
+    if ((b & 0x7f) == 0x7f) {
+      CHECK(std::isnan(f));
+      continue;
+    }
+    CHECK(cpu::to_fp8_e4m3(f).bits == h.bits);
+  }
+  CHECK(cpu::to_float(cpu::Fp8E4M3{0x7e}) == 448.0f);
+  CHECK(cpu::to_float(cpu::Fp8E4M3{0x01}) == std::ldexp(1.0f, -9));  // the smallest subnormal
+  CHECK(cpu::to_fp8_e4m3(1e6f).bits == 0x7e);
+  CHECK(cpu::to_fp8_e4m3(-500.0f).bits == 0xfe);
+  CHECK(cpu::to_fp8_e4m3(1.0625f).bits == cpu::to_fp8_e4m3(1.0f).bits);  // a tie: to even
+  std::mt19937 rng(31);
+  std::uniform_real_distribution<float> u(-460.f, 460.f);
+  for (int i = 0; i < 20000; ++i) {
+    const float f = i % 3 == 0 ? u(rng) : i % 3 == 1 ? u(rng) * 1e-3f : u(rng) * 1e-5f;
+    const std::uint8_t b = cpu::to_fp8_e4m3(f).bits;
+    const double err = std::abs(double(cpu::to_float(cpu::Fp8E4M3{b})) - f);
+    for (int d : {-1, 1}) {  // the neighbours (same sign, finite) are no closer
+      const int nb = b + d;
+      if ((nb & 0x80) != (b & 0x80) || (nb & 0x7f) == 0x7f || nb < 0 || nb > 255) continue;
+      CHECK(err <= std::abs(double(cpu::to_float(cpu::Fp8E4M3{static_cast<std::uint8_t>(nb)})) - f));
+    }
+  }
+}
+
+namespace {
+
+const KvDtype kKvDtypes[] = {KvDtype::fp32, KvDtype::bf16, KvDtype::fp16, KvDtype::fp8_e4m3, KvDtype::int8};
+
+// The fp32 layout of a test (test::contiguous / test::paged, NaN in slots nobody wrote) stored in
+// `dtype`: every written slot encoded as the caches encode it; unwritten slots hold all-ones bytes
+// (NaN in bf16, fp16 and fp8; -1 with a NaN scale in int8), so a stray read shows.
+struct TypedKv {
+  std::vector<std::uint8_t> k, v;
+  std::vector<float> ks, vs;
+  KvSeqView view;
+  TypedKv(const test::KvLayout& l, KvDtype dtype, int head_dim) {
+    const int ts = l.view.token_stride, heads = ts / head_dim;
+    const std::size_t slots = l.k.size() / std::size_t(ts), eb = kv_dtype_bytes(dtype);
+    k.assign(slots * ts * eb, 0xff);
+    v = k;
+    ks.assign(slots * heads, std::nanf(""));
+    vs = ks;
+    for (std::size_t s = 0; s < slots; ++s)
+      if (!std::isnan(l.k[s * ts])) {
+        cpu::kv_encode(dtype, &l.k[s * ts], heads, head_dim, &k[s * ts * eb], &ks[s * heads]);
+        cpu::kv_encode(dtype, &l.v[s * ts], heads, head_dim, &v[s * ts * eb], &vs[s * heads]);
+      }
+    view = l.view;
+    const std::size_t slot0 = std::size_t(l.view.k_pool - l.k.data()) / std::size_t(ts);
+    view.dtype = dtype;
+    view.k_pool = view.v_pool = nullptr;
+    if (dtype == KvDtype::fp32) view.k_pool = l.view.k_pool, view.v_pool = l.view.v_pool;
+    view.k_data = &k[slot0 * ts * eb];
+    view.v_data = &v[slot0 * ts * eb];
+    view.k_scale = &ks[slot0 * heads];
+    view.v_scale = &vs[slot0 * heads];
+  }
+};
+
+// Largest error of one stored element: half a unit in the last place of its format (8, 11 and 4
+// significant bits; fp8's subnormal spacing is 2^-9), or half an int8 step of its row's scale.
+double element_error(KvDtype d, double x, double row_amax) {
+  switch (d) {
+    case KvDtype::fp32: return 0.0;
+    case KvDtype::bf16: return std::abs(x) * std::ldexp(1.0, -8);
+    case KvDtype::fp16: return std::abs(x) * std::ldexp(1.0, -11);
+    case KvDtype::fp8_e4m3: return std::max(std::abs(x) * std::ldexp(1.0, -4), std::ldexp(1.0, -10));
+    case KvDtype::int8: return row_amax / 254.0;
+  }
+  return 0.0;
+}
+
+// A first-order bound on |attention(stored K, V) - attention(K, V)|: the values move the output
+// by at most max |dv|; the scores s_t move by ds_t <= scale sum_d |q_d| |dk_td|, which moves the
+// softmax weights by a factor within exp(+-2 max ds), so the output by about 2 max ds max|v|.
+// Per query head, over the keys it sees.
+double kv_error_bound(const test::AttentionCase& c, KvDtype d) {
+  const auto& s = c.s;
+  const int hd = s.head_dim, G = s.n_heads / s.n_kv_heads;
+  const auto err_of = [&](const std::vector<float>& x, int t, int h, int i) {
+    const float* row = &x[std::size_t(t) * c.ts + std::size_t(h) * hd];
+    double amax = 0;
+    for (int j = 0; j < hd; ++j) amax = std::max(amax, std::abs(double(row[j])));
+    return element_error(d, row[i], amax);
+  };
+  double worst = 0;
+  for (int i = 0; i < s.n_q; ++i)
+    for (int h = 0; h < s.n_heads; ++h) {
+      const int kvh = h / G, n_keys = s.q_pos0 + i + 1;
+      const float* q = &c.q[std::size_t(i) * c.q_stride + std::size_t(h) * hd];
+      double ds = 0, dv = 0, vmax = 0;
+      for (int t = 0; t < n_keys; ++t) {
+        double e = 0;
+        for (int j = 0; j < hd; ++j) {
+          e += std::abs(double(q[j])) * err_of(c.k, t, kvh, j);
+          dv = std::max(dv, err_of(c.v, t, kvh, j));
+          vmax = std::max(vmax, std::abs(double(c.v[std::size_t(t) * c.ts + std::size_t(kvh) * hd + j])));
+        }
+        ds = std::max(ds, e / std::sqrt(double(hd)));
+      }
+      worst = std::max(worst, dv + (std::exp(2 * ds) - 1) * vmax);
+    }
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("attention reads every KV dtype: the reference on the stored values, and the fp32 one within the format's bound",
+          "[precision][kv][attention]") {
+  std::mt19937 rng(32);
+  const test::AttentionShape cases[] = {{1, 300, 9, 3, 64}, {5, 40, 8, 8, 64}, {33, 0, 9, 3, 64}, {1, 20, 4, 2, 24}};
+  for (const auto& shape : cases) {
+    const test::AttentionCase c(shape, rng, 3, 50.0f);
+    test::KvLayout contiguous = test::contiguous(c.k, c.v, c.len, c.ts);
+    std::vector<float> exact = c.out_buffer();
+    AttentionProblem pe = c.problem(contiguous.view, exact.data());
+    ref::attention({&pe, 1});  // fp32 K/V, as computed
+    for (KvDtype dt : kKvDtypes)
+      for (int page_size : {0, 1, 16}) {
+        INFO("n_q=" << shape.n_q << " q_pos0=" << shape.q_pos0 << " head_dim=" << shape.head_dim << " dtype="
+                    << kv_dtype_name(dt) << " page_size=" << page_size);
+        // A fresh layout (prvalue): a copy would keep view pointers into the original.
+        test::KvLayout l = page_size ? test::paged(c.k, c.v, c.len, c.ts, page_size, rng) : test::contiguous(c.k, c.v, c.len, c.ts);
+        const TypedKv typed(l, dt, shape.head_dim);
+        std::vector<float> expect = c.out_buffer();
+        AttentionProblem pr = c.problem(typed.view, expect.data());
+        ref::attention({&pr, 1});
+        const double bound = kv_error_bound(c, dt);
+        const double moved = c.err(expect, exact, 1.0);
+        CHECK(moved <= bound + 1e-6);
+        if (dt != KvDtype::fp32) CHECK(moved > 0);  // the values were stored in the narrower type
+        for (int kernel = 0; kernel < 3; ++kernel) {
+          INFO("kernel " << (kernel == 0 ? "naive" : kernel == 1 ? "flash" : "flash_split x3"));
+          std::vector<float> out = c.out_buffer();
+          AttentionProblem p = c.problem(typed.view, out.data());
+          if (kernel == 0) cpu::attention_naive({&p, 1});
+          if (kernel == 1) cpu::attention_flash({&p, 1});
+          if (kernel == 2) cpu::attention_flash_split({&p, 1}, 3);
+          // The same stored values on both sides: fp32 summation order only, as for fp32 K/V.
+          CHECK(c.err(out, expect, 1.0) < 1e-5);
+          CHECK(c.err(out, exact, 1.0) <= bound + 1e-5);
+        }
+      }
+  }
+}
+
+TEST_CASE("KV dtype: a run's KV bytes per token are 2 x layers x kv_heads x head_dim x bytes (+ int8 scales), and kv.memory_mb buys tokens at that size",
+          "[precision][kv]") {
+  test::OneThread one;
+  const ModelShape shape = *find_preset("stories260k");
+  const Weights w = synthetic_weights(shape, 6);
+  const std::size_t elems = 2 * std::size_t(shape.n_layers) * shape.n_kv_heads * shape.head_dim();
+  const std::pair<KvDtype, std::size_t> expected[] = {
+      {KvDtype::fp32, elems * 4}, {KvDtype::bf16, elems * 2}, {KvDtype::fp16, elems * 2}, {KvDtype::fp8_e4m3, elems},
+      {KvDtype::int8, elems + 2 * std::size_t(shape.n_layers) * shape.n_kv_heads * 4}};
+  for (auto [dt, bytes] : expected) {
+    INFO(kv_dtype_name(dt));
+    CHECK(kv_bytes_per_token(shape, KvStorage::host(dt)) == bytes);
+    CpuBackend be(w, "fp32", kv_dtype_name(dt));
+    const std::size_t budget = 1u << 20;
+    ContiguousKvCache kv(shape, budget, 64, ContiguousKvCache::Reserve::MaxSeqLen, be.kv_storage());
+    CHECK(kv.capacity_tokens() == int(budget / bytes));
+    StaticScheduler sched(2);
+    NaiveAttention att;
+    NoDrafter none;
+    const RunRecords rec = run_engine({be, kv, sched, att, none}, test::random_requests(3, 2, shape.vocab_size, 12, 6), {});
+    long long checked = 0;
+    for (const StepRecord& s : rec.steps)
+      if (s.kv_tokens_stored > 0) {
+        CHECK(s.kv_used_bytes == std::size_t(s.kv_tokens_stored) * bytes);
+        ++checked;
+      }
+    CHECK(checked > 0);
+  }
+}
+
+TEST_CASE("KV dtype: paged and contiguous caches give the same logits at each kv.dtype, and a narrow KV moves them",
+          "[precision][kv][paged]") {
+  test::OneThread one;
+  const ModelShape shape = *find_preset("stories260k");
+  const Weights w = synthetic_weights(shape, 7);
+  const std::vector<int> prompt = {1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 300, 301, 17, 99, 5, 6, 7, 8, 9, 10};
+  std::vector<float> fp32_last;
+  for (KvDtype dt : kKvDtypes) {
+    INFO(kv_dtype_name(dt));
+    CpuBackend be(w, "fp32", kv_dtype_name(dt));
+    std::vector<float> last[2];
+    for (int layout = 0; layout < 2; ++layout) {
+      std::unique_ptr<KvCache> kv;
+      if (layout == 0) kv = std::make_unique<ContiguousKvCache>(shape, 4u << 20, 64, ContiguousKvCache::Reserve::MaxSeqLen, be.kv_storage());
+      else kv = std::make_unique<PagedKvCache>(shape, 4u << 20, 8, 64, PagedKvCache::Admission::OnDemand, be.kv_storage());
+      FlashAttention att;
+      REQUIRE(kv->admit(0, static_cast<int>(prompt.size()), 4));
+      // The prompt in two chunks, then a decode step: later steps read what earlier ones stored.
+      const std::vector<int> a(prompt.begin(), prompt.begin() + 11), b(prompt.begin() + 11, prompt.end());
+      for (auto [pos0, toks] : {std::pair{0, a}, {11, b}, {20, std::vector<int>{42}}}) {
+        REQUIRE(kv->ensure(0, pos0 + static_cast<int>(toks.size())));
+        ForwardBatch fb;
+        fb.chunks.push_back({0, pos0, toks, false});
+        last[layout] = be.forward(fb, *kv, att);
+        kv->set_length(0, pos0 + static_cast<int>(toks.size()));
+      }
+    }
+    double diff = 0, mag = 0;
+    for (std::size_t i = 0; i < last[0].size(); ++i) {
+      diff = std::max(diff, std::abs(double(last[0][i]) - last[1][i]));
+      mag = std::max(mag, std::abs(double(last[0][i])));
+    }
+    CHECK(diff / mag < 1e-5);  // the same stored K/V: page boundaries change fp32 summation order only
+    if (dt == KvDtype::fp32) {
+      fp32_last = last[0];
+    } else {
+      double drift = 0;
+      for (std::size_t i = 0; i < last[0].size(); ++i) drift = std::max(drift, std::abs(double(last[0][i]) - fp32_last[i]));
+      CHECK(drift > 1e-6);  // the cache did store the narrower type
+    }
+  }
+}
+
+TEST_CASE("ablate list's precision table is what the config accepts", "[precision][config]") {
+  const auto& table = backend_precisions();
+  REQUIRE(!table.empty());
+  REQUIRE(table.front().backend == "cpu");
+  const auto loads = [](const std::string& yaml) {
+    try {
+      load_experiment_text(yaml, "x.yaml", {});
+      return true;
+    } catch (const ConfigError&) {
+      return false;
+    }
+  };
+  const BackendPrecision& cpu = table.front();
+  for (const auto& d : cpu.dtypes)
+    for (const auto& k : cpu.kv_dtypes) CHECK(loads("dtype: " + d + "\nkv: {dtype: " + k + "}\n"));
+  CHECK(!loads("dtype: q4_0\n"));
+  CHECK(!loads("kv: {dtype: int4}\n"));
+  CHECK(cpu.kv_dtypes.size() == 6);  // auto and each KvDtype
+  for (KvDtype d : kKvDtypes) CHECK(std::count(cpu.kv_dtypes.begin(), cpu.kv_dtypes.end(), kv_dtype_name(d)) == 1);
 }

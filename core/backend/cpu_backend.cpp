@@ -56,7 +56,8 @@ void CpuBackend::Matrix::matmul(float* y, const float* x, int rows, int in, int 
   cpu::matmul(y, x, f16.data(), rows, in, out);
 }
 
-CpuBackend::CpuBackend(Weights weights, const std::string& dtype) : w_(std::move(weights)) {
+CpuBackend::CpuBackend(Weights weights, const std::string& dtype, const std::string& kv_dtype)
+    : w_(std::move(weights)), kv_dtype_(kv_dtype == "auto" ? KvDtype::fp32 : parse_kv_dtype(kv_dtype)) {
   const int dim = w_.shape.dim, hidden = w_.shape.hidden_dim;
   for (LayerWeights& L : w_.layers)
     fused_.push_back({make_matrix(stack_rows({&L.wq, &L.wk, &L.wv}), dim, dtype), make_matrix(std::move(L.wo), dim, dtype),
@@ -146,8 +147,7 @@ const std::vector<float>& CpuBackend::forward_layers(const ForwardBatch& batch, 
       const auto& c = batch.chunks[ci];
       const int n = static_cast<int>(c.tokens.size());
       for (int i = 0; i < n; ++i) {
-        std::memcpy(kv.k_slot(l, c.seq, c.pos0 + i), k + sz(row + i, qkv_dim), sizeof(float) * kv_dim);
-        std::memcpy(kv.v_slot(l, c.seq, c.pos0 + i), v + sz(row + i, qkv_dim), sizeof(float) * kv_dim);
+        kv.store(l, c.seq, c.pos0 + i, k + sz(row + i, qkv_dim), v + sz(row + i, qkv_dim), kv_dim);
       }
       AttentionProblem& p = problems[ci];
       p.q = q + sz(row, qkv_dim);

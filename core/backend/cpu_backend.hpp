@@ -1,8 +1,9 @@
 #pragma once
 // The CPU backend: the whole Llama forward pass in the spirit of llama2.c's run.c, over a ragged
-// batch (all tokens of all chunks go through each matmul together). Activations, norms, the
-// embedding table and the KV cache are fp32; the matrices are held in the run's `dtype` (fp32,
-// bf16, fp16 or Q8_0 blocks) and widened to fp32 as the matmuls read them.
+// batch (all tokens of all chunks go through each matmul together). Activations, norms and the
+// embedding table are fp32; the matrices are held in the run's `dtype` (fp32, bf16, fp16 or Q8_0
+// blocks) and widened to fp32 as the matmuls read them; K/V are stored in `kv.dtype` and widened
+// as attention reads them.
 #include <string>
 #include <vector>
 
@@ -15,12 +16,14 @@ namespace ablate {
 
 class CpuBackend final : public Backend {
  public:
-  // dtype: "fp32" (default), "bf16", "fp16" or "q8_0", the matrices' storage.
-  explicit CpuBackend(Weights weights, const std::string& dtype = "fp32");
+  // dtype: "fp32" (default), "bf16", "fp16" or "q8_0", the matrices' storage; kv_dtype: the KV
+  // caches' element type (kv.dtype: "fp32" = "auto", "bf16", "fp16", "fp8_e4m3", "int8").
+  explicit CpuBackend(Weights weights, const std::string& dtype = "fp32", const std::string& kv_dtype = "fp32");
   std::string name() const override { return "cpu"; }
   std::string device_name() const override;
   const ModelShape& shape() const override { return w_.shape; }
   std::size_t weights_bytes() const override { return weights_bytes_; }
+  KvStorage kv_storage() const override { return KvStorage::host(kv_dtype_); }
   // What a decode step reads: every matrix and the LM head, in their stored dtype (the embedding
   // table, read a row a token, is not counted).
   std::size_t matrix_bytes() const;
@@ -56,6 +59,7 @@ class CpuBackend final : public Backend {
   Matrix lm_head_;
   std::vector<FusedLayer> fused_;
   std::size_t weights_bytes_ = 0;
+  KvDtype kv_dtype_ = KvDtype::fp32;
   // Activations, reused across steps (sized for the largest batch seen).
   std::vector<float> x_, xb_, qkv_, att_, h13_, h_, logits_;
   std::vector<int> positions_;

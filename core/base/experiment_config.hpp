@@ -65,6 +65,7 @@ struct KvConfig {                   // kv
   std::string reserve = "max_seq_len";     // contiguous: max_seq_len | prompt_plus_max_new
   int block_size = 16;                     // paged: tokens per block
   std::string prefix_cache = "off";        // paged: off | on (blocks of a common prefix shared, not recomputed)
+  std::string dtype = "auto";              // K/V elements: auto | fp32 | bf16 | fp16 | fp8_e4m3 | int8
 };
 
 struct SpeculativeConfig {          // speculative

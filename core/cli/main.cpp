@@ -40,6 +40,10 @@ void print_list() {
       names += (names.empty() ? "" : ", ") + n + (is_implemented(axis, n) ? "" : "*");
     std::cout << fmt::format("  {:<18} {}\n", axis, names);
   }
+  std::cout << "\nPrecision per backend (dtype: weights; kv.dtype: K/V elements):\n";
+  for (const auto& p : backend_precisions())
+    std::cout << fmt::format("  {:<5} dtype {:<22} kv.dtype {}\n        ({})\n", p.backend, fmt::format("{}", fmt::join(p.dtypes, ", ")),
+                             fmt::format("{}", fmt::join(p.kv_dtypes, ", ")), p.kv_note);
   std::cout << "\nModel presets (model.preset):\n";
   for (const auto& name : preset_names()) {
     const ModelShape s = *find_preset(name);

@@ -21,6 +21,7 @@
 
 #include "base/paths.hpp"
 #include "config/registry.hpp"
+#include "kv/kv_cache.hpp"
 #include "model/shape.hpp"
 #include "model/tokenizer.hpp"
 #include "model/weights.hpp"
@@ -153,6 +154,10 @@ const std::vector<Rule>& rules() {
         choice("kv.reserve", F(kv.reserve), {"max_seq_len", "prompt_plus_max_new"},
                "contiguous: slots reserved per sequence"),
         choice("kv.block_size", F(kv.block_size), {"1", "8", "16", "32", "64", "128"}, "paged: tokens per block"),
+        choice("kv.dtype", F(kv.dtype), {"auto", "fp32", "bf16", "fp16", "fp8_e4m3", "int8"},
+               "K/V element type, independent of dtype (int8: one fp32 scale per token and KV head); attention "
+               "widens to fp32 as it reads; kv.memory_mb buys tokens at its size. auto: cpu fp32, cuda the weights' "
+               "dtype (cuda has no other choice)"),
         choice("kv.prefix_cache", F(kv.prefix_cache), {"off", "on"},
                "paged: share the blocks of a common prompt prefix (hash of parent + token ids), skip their prefill"),
         axis("speculative.draft", F(speculative.draft), "draft method for speculative decoding"),
@@ -606,6 +611,20 @@ struct SimpleRule {
   std::string (*message)(const ExperimentConfig&);
 };
 
+}  // namespace
+
+const std::vector<BackendPrecision>& backend_precisions() {
+  static const std::vector<BackendPrecision> table = {
+      {"cpu", {"fp32", "bf16", "fp16", "q8_0"}, {"auto", "fp32", "bf16", "fp16", "fp8_e4m3", "int8"},
+       "any kv.dtype with any dtype; auto = fp32"},
+      {"cuda", {"fp32", "bf16", "fp16"}, {"auto", "fp32", "bf16", "fp16"},
+       "kv.dtype follows dtype: auto or the same (fp32 with fp32, bf16 with bf16, fp16 with fp16)"},
+  };
+  return table;
+}
+
+namespace {
+
 const std::vector<SimpleRule>& simple_rules() {
   using C = const ExperimentConfig&;
   static const std::vector<SimpleRule> rules = {
@@ -614,6 +633,13 @@ const std::vector<SimpleRule>& simple_rules() {
        [](C c) { return fmt::format("{} on backend cuda runs on tensor cores and needs dtype bf16 or fp16; allowed with dtype fp32: naive", c.attention); }},
       {{"dtype", "backend"}, [](C c) { return c.backend == "cuda" && c.dtype == "q8_0"; },
        [](C) { return std::string("q8_0 is not on cuda (its GEMV and GEMMs read fp32, bf16 or fp16 weights); allowed with backend cuda: fp32, bf16, fp16"); }},
+      {{"kv.dtype", "backend", "dtype"},
+       [](C c) { return c.backend == "cuda" && c.kv.dtype != "auto" && c.kv.dtype != (c.dtype == "fp32" ? "fp32" : c.dtype); },
+       [](C c) {
+         const std::string same = c.dtype == "fp32" ? "fp32" : c.dtype;
+         return fmt::format("{} is not on cuda: its device KV pools hold the weights' dtype ({} with dtype {}); allowed with "
+                            "backend cuda, dtype {}: auto, {}", c.kv.dtype, same, c.dtype, c.dtype, same);
+       }},
       {{"max_repeat", "target_ci", "repeat"}, [](C c) { return c.target_ci > 0 && c.max_repeat < c.repeat; },
        [](C c) { return fmt::format("{} is below repeat {}: target_ci adds rounds after repeat, up to max_repeat; allowed: >= {}", c.max_repeat, c.repeat, c.repeat); }},
       {{"cuda_graphs", "backend"}, [](C c) { return c.cuda_graphs && c.backend != "cuda"; },
@@ -792,7 +818,11 @@ void check_cuda_head_dim(Check& k) {
 // allocator (or the OOM killer) mid-run.
 void check_kv_budget(Check& k) {
   const ExperimentConfig& c = k.c;
-  const long long bytes_per_token = k.shape.kv_floats_per_token() * (c.backend == "cuda" && c.dtype != "fp32" ? 2 : 4);
+  // What the cache will charge a token (kv_bytes_per_token): the CUDA pools hold the weights'
+  // dtype; host pools kv.dtype, int8 with its scales.
+  const KvStorage storage = c.backend == "cuda" ? KvStorage{c.dtype == "fp32" ? 4u : 2u, false}
+                                                : KvStorage::host(c.kv.dtype == "auto" ? KvDtype::fp32 : parse_kv_dtype(c.kv.dtype));
+  const auto bytes_per_token = static_cast<long long>(kv_bytes_per_token(k.shape, storage));
   const long long capacity = static_cast<long long>(std::floor(c.kv.memory_mb * 1048576.0 / bytes_per_token));
   const int longest_seq = k.lp && k.lo ? std::min(*k.lp + *k.lo, k.seq) : k.seq;
   long long need = k.seq;

@@ -25,6 +25,15 @@ struct ConfigKey {            // one row per leaf key, in a stable documented or
 };
 const std::vector<ConfigKey>& config_schema();
 
+// The precisions each backend runs (`ablate list`; the config rules refuse the rest): weight
+// dtypes and kv.dtype values, and what kv.dtype auto means there.
+struct BackendPrecision {
+  std::string backend;
+  std::vector<std::string> dtypes, kv_dtypes;
+  std::string kv_note;
+};
+const std::vector<BackendPrecision>& backend_precisions();
+
 // `slo: {preset: NAME}` fills slo.ttft_ms and slo.tpot_ms (MLPerf Inference's server constraints).
 struct SloPreset {
   const char* name;

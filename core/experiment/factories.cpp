@@ -31,7 +31,7 @@ namespace {
 }  // namespace
 
 std::unique_ptr<Backend> make_backend(const ExperimentConfig& cfg) {
-  if (cfg.backend == "cpu") return std::make_unique<CpuBackend>(load_weights(cfg.model), cfg.dtype);
+  if (cfg.backend == "cpu") return std::make_unique<CpuBackend>(load_weights(cfg.model), cfg.dtype, cfg.kv.dtype);
   if (cfg.backend == "cuda") {
     if (!is_implemented("backend", "cuda")) unavailable("backend", cfg.backend);
     cuda_backend_check_device();  // "no CUDA device: ..." before loading gigabytes of weights
@@ -43,17 +43,21 @@ std::unique_ptr<Backend> make_backend(const ExperimentConfig& cfg) {
 std::unique_ptr<KvCache> make_kv_cache(const ExperimentConfig& cfg, const Backend& backend) {
   const auto bytes = static_cast<std::size_t>(cfg.kv.memory_mb * 1024.0 * 1024.0);
   const int max_len = effective_max_seq_len(cfg, backend.shape());
+  // Host pools hold kv.dtype (also for backends that only lend a shape, the layer-skip draft's);
+  // a backend that keeps K/V itself decides (config rules keep kv.dtype to what it supports).
+  KvStorage storage = backend.kv_storage();
+  if (storage.host_pools && cfg.kv.dtype != "auto") storage = KvStorage::host(parse_kv_dtype(cfg.kv.dtype));
   if (cfg.kv.layout == "contiguous")
     return std::make_unique<ContiguousKvCache>(backend.shape(), bytes, max_len,
                                                cfg.kv.reserve == "max_seq_len"
                                                    ? ContiguousKvCache::Reserve::MaxSeqLen
                                                    : ContiguousKvCache::Reserve::PromptPlusMaxNew,
-                                               backend.kv_storage());
+                                               storage);
   if (cfg.kv.layout == "paged")  // static batching cannot preempt: it admits only what is guaranteed to fit
     return std::make_unique<PagedKvCache>(backend.shape(), bytes, cfg.kv.block_size, max_len,
                                           cfg.batching == "static" ? PagedKvCache::Admission::Guaranteed
                                                                    : PagedKvCache::Admission::OnDemand,
-                                          backend.kv_storage(), cfg.kv.prefix_cache == "on");
+                                          storage, cfg.kv.prefix_cache == "on");
   unavailable("kv.layout", cfg.kv.layout);
 }
 

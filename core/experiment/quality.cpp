@@ -21,7 +21,7 @@ std::vector<float> all_logits(Backend& be, const std::vector<int>& tokens) {
   const ModelShape& s = be.shape();
   const int n = static_cast<int>(tokens.size());
   const KvStorage storage = be.kv_storage();
-  ContiguousKvCache kv(s, static_cast<std::size_t>(n) * s.kv_floats_per_token() * storage.element_bytes, n,
+  ContiguousKvCache kv(s, static_cast<std::size_t>(n) * kv_bytes_per_token(s, storage), n,
                        ContiguousKvCache::Reserve::MaxSeqLen, storage);
   if (!kv.admit(0, n, 0) || !kv.ensure(0, n)) throw std::logic_error("quality: the evaluation sequence does not fit its cache");
   NaiveAttention attention;

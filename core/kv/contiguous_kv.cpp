@@ -13,12 +13,10 @@ ContiguousKvCache::ContiguousKvCache(const ModelShape& shape, std::size_t capaci
       n_layers_(shape.n_layers),
       max_seq_len_(max_seq_len),
       reserve_(reserve),
-      bytes_per_token_(static_cast<std::size_t>(shape.kv_floats_per_token()) * storage.element_bytes) {
+      bytes_per_token_(kv_bytes_per_token(shape, storage)) {
   capacity_tokens_ = static_cast<int>(capacity_bytes / bytes_per_token_);
-  if (storage.host_pools) {
-    k_.reset(new float[pool_elements()]);  // not zeroed: pages are touched only as tokens are written
-    v_.reset(new float[pool_elements()]);
-  }
+  if (storage.host_pools)
+    pools_ = KvPools(storage.dtype, static_cast<std::size_t>(n_layers_) * capacity_tokens_, shape.n_kv_heads, shape.head_dim());
   if (capacity_tokens_ > 0) free_[0] = capacity_tokens_;
 }
 
@@ -77,21 +75,23 @@ std::size_t ContiguousKvCache::slot_offset(int layer, int seq, int pos) const {
   return (static_cast<std::size_t>(layer) * capacity_tokens_ + r.start + pos) * token_floats_;
 }
 float* ContiguousKvCache::k_slot(int layer, int seq, int pos) {
-  if (!k_) throw std::logic_error("contiguous KV: no host pools (the backend keeps K/V)");
-  return k_.get() + slot_offset(layer, seq, pos);
+  if (!pools_) throw std::logic_error("contiguous KV: no host pools (the backend keeps K/V)");
+  return pools_.k_f32(slot_offset(layer, seq, pos) / token_floats_);
 }
 float* ContiguousKvCache::v_slot(int layer, int seq, int pos) {
-  if (!v_) throw std::logic_error("contiguous KV: no host pools (the backend keeps K/V)");
-  return v_.get() + slot_offset(layer, seq, pos);
+  if (!pools_) throw std::logic_error("contiguous KV: no host pools (the backend keeps K/V)");
+  return pools_.v_f32(slot_offset(layer, seq, pos) / token_floats_);
+}
+void ContiguousKvCache::store(int layer, int seq, int pos, const float* k, const float* v, int n) {
+  if (!pools_) throw std::logic_error("contiguous KV: no host pools (the backend keeps K/V)");
+  if (n != token_floats_) throw std::logic_error("contiguous KV: a token is n_kv_heads x head_dim floats");
+  pools_.store(slot_offset(layer, seq, pos) / token_floats_, k, v);
 }
 
 KvSeqView ContiguousKvCache::view(int layer, int seq, int length) const {
   const Range& r = seqs_.at(seq);
   KvSeqView v;
-  if (k_) {
-    v.k_pool = k_.get() + view_offset(layer, seq);
-    v.v_pool = v_.get() + view_offset(layer, seq);
-  }
+  pools_.point(v, view_offset(layer, seq) / token_floats_);
   v.indices = kOnePage;
   v.num_pages = 1;
   v.page_size = r.reserved;

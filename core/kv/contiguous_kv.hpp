@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "kv/kv_cache.hpp"
+#include "kv/kv_pools.hpp"
 #include "model/shape.hpp"
 
 namespace ablate {
@@ -29,6 +30,7 @@ class ContiguousKvCache final : public KvCache {
   int max_tokens_per_sequence() const override;
   float* k_slot(int layer, int seq, int pos) override;
   float* v_slot(int layer, int seq, int pos) override;
+  void store(int layer, int seq, int pos, const float* k, const float* v, int n) override;
   KvSeqView view(int layer, int seq, int length) const override;
   KvUsage usage() const override;
   std::size_t pool_elements() const override;
@@ -51,8 +53,7 @@ class ContiguousKvCache final : public KvCache {
   int max_seq_len_;
   Reserve reserve_;
   std::size_t bytes_per_token_;
-  std::unique_ptr<float[]> k_, v_;             // [layer][capacity_tokens][token_floats], left uninitialised;
-                                               // null without host pools
+  KvPools pools_;                              // slots [layer][capacity_tokens]; empty without host pools
   std::map<int, int> free_;                    // start -> length of each free range, coalesced
   std::unordered_map<int, Range> seqs_;
   static constexpr int32_t kOnePage[1] = {0};  // a reservation is one page: the view's index list

@@ -3,6 +3,7 @@
 // sequence's tokens live. Attention never sees the policy, only a KvSeqView: a CSR-style
 // page list (FlashInfer's indptr/indices/last_page_len, one sequence at a time). A contiguous
 // reservation is simply one page as long as the reservation, so both layouts share one reader.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -27,13 +28,24 @@ struct KvUsage {
 };
 
 // Where a cache's pools live and what one element costs. The default is the CPU backend's:
-// fp32 pools in host memory. A backend that keeps K/V elsewhere (the CUDA backend's device
-// pools, bf16 or fp32) asks for no host pools and uses the offset API below; element_bytes
-// makes kv.memory_mb buy tokens at the backend's KV precision, and every byte count follow it.
+// fp32 pools in host memory; host pools may hold any KvDtype (kv.dtype; host() below). A backend
+// that keeps K/V elsewhere (the CUDA backend's device pools, bf16 or fp32) asks for no host pools
+// and uses the offset API below; element_bytes (and int8's scales) make kv.memory_mb buy tokens
+// at the KV precision, and every byte count follow it.
 struct KvStorage {
   std::size_t element_bytes = sizeof(float);
   bool host_pools = true;
+  KvDtype dtype = KvDtype::fp32;
+  static KvStorage host(KvDtype d) { return {kv_dtype_bytes(d), true, d}; }
 };
+
+// kv.dtype's names: fp32, bf16, fp16, fp8_e4m3, int8 (std::invalid_argument otherwise).
+KvDtype parse_kv_dtype(const std::string& name);
+std::string kv_dtype_name(KvDtype d);
+
+// Bytes one token takes in a cache of `shape` (K and V, every layer): 2 x layers x kv_heads x
+// head_dim x element bytes, plus for int8 one fp32 scale per layer, K/V and KV head.
+std::size_t kv_bytes_per_token(const ModelShape& shape, const KvStorage& storage);
 
 class KvCache {
  public:
@@ -67,9 +79,16 @@ class KvCache {
   // The largest prompt_len + max_new a single sequence could ever be given (for validation).
   virtual int max_tokens_per_sequence() const = 0;
 
-  // Storage: where the forward pass writes token `pos` of `seq` in `layer` (room must exist).
+  // Storage: where the forward pass writes token `pos` of `seq` in `layer` (room must exist);
+  // fp32 host pools only.
   virtual float* k_slot(int layer, int seq, int pos) = 0;
   virtual float* v_slot(int layer, int seq, int pos) = 0;
+  // Write token `pos` of `seq` in `layer`: k and v hold `n` floats (n_kv_heads x head_dim each),
+  // converted to the pools' dtype. This default copies fp32 through k_slot / v_slot.
+  virtual void store(int layer, int seq, int pos, const float* k, const float* v, int n) {
+    std::copy_n(k, n, k_slot(layer, seq, pos));
+    std::copy_n(v, n, v_slot(layer, seq, pos));
+  }
   // Read view for attention over the first `length` tokens. Without host pools its k_pool and
   // v_pool are null; the rest (pages, strides) still describes the layout.
   virtual KvSeqView view(int layer, int seq, int length) const = 0;

@@ -36,7 +36,7 @@ PagedKvCache::PagedKvCache(const ModelShape& shape, std::size_t capacity_bytes, 
       n_layers_(shape.n_layers),
       max_seq_len_(max_seq_len),
       admission_(admission),
-      bytes_per_token_(static_cast<std::size_t>(shape.kv_floats_per_token()) * storage.element_bytes),
+      bytes_per_token_(kv_bytes_per_token(shape, storage)),
       allocator_(block_size > 0 ? static_cast<int>(capacity_bytes / (bytes_per_token_ * block_size)) : 0),
       prefix_(prefix_cache) {
   if (block_size < 1) throw std::invalid_argument("paged KV: block_size must be >= 1");
@@ -54,10 +54,9 @@ PagedKvCache::PagedKvCache(const ModelShape& shape, std::size_t capacity_bytes, 
   } else {
     registered_.assign(n, 0);
   }
-  if (storage.host_pools) {
-    k_.reset(new float[pool_elements()]);  // not zeroed: pages are touched only as tokens are written
-    v_.reset(new float[pool_elements()]);
-  }
+  if (storage.host_pools)
+    pools_ = KvPools(storage.dtype, pool_elements() / static_cast<std::size_t>(token_floats_), shape.n_kv_heads,
+                     shape.head_dim());
 }
 
 int PagedKvCache::max_tokens_per_sequence() const {
@@ -151,11 +150,10 @@ void PagedKvCache::unregister(int32_t b) {
 }
 
 void PagedKvCache::copy_block(int32_t from, int32_t to) {
-  const std::size_t block_floats = static_cast<std::size_t>(block_size_) * token_floats_;
-  for (int layer = 0; layer < n_layers_; ++layer) {
-    const std::size_t base = static_cast<std::size_t>(layer) * allocator_.num_blocks() * block_floats;
-    std::memcpy(k_.get() + base + to * block_floats, k_.get() + base + from * block_floats, block_floats * sizeof(float));
-    std::memcpy(v_.get() + base + to * block_floats, v_.get() + base + from * block_floats, block_floats * sizeof(float));
+  const auto bs = static_cast<std::size_t>(block_size_);
+  for (int layer = 0; layer < n_layers_; ++layer) {  // slots, whatever the dtype (int8 scales too)
+    const std::size_t base = static_cast<std::size_t>(layer) * allocator_.num_blocks() * bs;
+    pools_.copy(base + static_cast<std::size_t>(from) * bs, base + static_cast<std::size_t>(to) * bs, bs);
   }
 }
 
@@ -252,21 +250,23 @@ std::size_t PagedKvCache::slot_offset(int layer, int seq, int pos) const {
   return token * token_floats_;
 }
 float* PagedKvCache::k_slot(int layer, int seq, int pos) {
-  if (!k_) throw std::logic_error("paged KV: no host pools (the backend keeps K/V)");
-  return k_.get() + slot_offset(layer, seq, pos);
+  if (!pools_) throw std::logic_error("paged KV: no host pools (the backend keeps K/V)");
+  return pools_.k_f32(slot_offset(layer, seq, pos) / static_cast<std::size_t>(token_floats_));
 }
 float* PagedKvCache::v_slot(int layer, int seq, int pos) {
-  if (!v_) throw std::logic_error("paged KV: no host pools (the backend keeps K/V)");
-  return v_.get() + slot_offset(layer, seq, pos);
+  if (!pools_) throw std::logic_error("paged KV: no host pools (the backend keeps K/V)");
+  return pools_.v_f32(slot_offset(layer, seq, pos) / static_cast<std::size_t>(token_floats_));
+}
+void PagedKvCache::store(int layer, int seq, int pos, const float* k, const float* v, int n) {
+  if (!pools_) throw std::logic_error("paged KV: no host pools (the backend keeps K/V)");
+  if (n != token_floats_) throw std::logic_error("paged KV: a token is n_kv_heads x head_dim floats");
+  pools_.store(slot_offset(layer, seq, pos) / static_cast<std::size_t>(token_floats_), k, v);
 }
 
 KvSeqView PagedKvCache::view(int layer, int seq, int length) const {
   const Table& t = seqs_.at(seq);
   KvSeqView v;
-  if (k_) {
-    v.k_pool = k_.get() + view_offset(layer, seq);  // the layer's pool: indices address blocks inside it
-    v.v_pool = v_.get() + view_offset(layer, seq);
-  }
+  pools_.point(v, view_offset(layer, seq) / static_cast<std::size_t>(token_floats_));  // the layer's pool: indices address blocks inside it
   v.indices = t.blocks.data();
   v.num_pages = blocks_for(length, block_size_);
   v.page_size = block_size_;

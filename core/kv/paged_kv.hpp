@@ -25,6 +25,7 @@
 
 #include "kv/block_allocator.hpp"
 #include "kv/kv_cache.hpp"
+#include "kv/kv_pools.hpp"
 #include "model/shape.hpp"
 
 namespace ablate {
@@ -63,6 +64,7 @@ class PagedKvCache final : public KvCache {
   int max_tokens_per_sequence() const override;
   float* k_slot(int layer, int seq, int pos) override;
   float* v_slot(int layer, int seq, int pos) override;
+  void store(int layer, int seq, int pos, const float* k, const float* v, int n) override;
   KvSeqView view(int layer, int seq, int length) const override;
   KvUsage usage() const override;
   std::size_t pool_elements() const override;
@@ -79,10 +81,11 @@ class PagedKvCache final : public KvCache {
   bool is_cached(int32_t block) const { return registered_.at(static_cast<std::size_t>(block)) != 0; }
   int num_cached_unreferenced() const { return static_cast<int>(lru_.size()); }
   long long copies_on_write() const { return copies_; }
-  // One block's K (or V) in `layer`, all its slots (host pools only): for tests that watch content.
+  // One block's K (or V) in `layer`, all its slots (fp32 host pools only): for tests that watch content.
   std::span<const float> block_data(int layer, int32_t block, bool v) const {
     const std::size_t n = static_cast<std::size_t>(block_size_) * token_floats_;
-    return {(v ? v_ : k_).get() + view_offset(layer, 0) + static_cast<std::size_t>(block) * n, n};
+    const std::size_t slot = (view_offset(layer, 0) + static_cast<std::size_t>(block) * n) / token_floats_;
+    return {v ? pools_.v_f32(slot) : pools_.k_f32(slot), n};
   }
   const BlockAllocator& allocator() const { return allocator_; }
   std::span<const int32_t> block_table(int seq) const { return seqs_.at(seq).blocks; }
@@ -111,7 +114,7 @@ class PagedKvCache final : public KvCache {
   int promised_ = 0;  // Guaranteed admission: blocks promised to live sequences
   std::size_t bytes_per_token_;  // all layers, K and V
   BlockAllocator allocator_;
-  std::unique_ptr<float[]> k_, v_;  // [layer][block][slot][token_floats], left uninitialised; null without host pools
+  KvPools pools_;  // slots [layer][block][slot]; empty without host pools
   std::unordered_map<int, Table> seqs_;
 
   // Per block (prefix cache): references from block tables, registration and the registered

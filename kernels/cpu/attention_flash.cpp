@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cpu/attention.hpp"
+#include "cpu/kv_format.hpp"
 
 namespace ablate::cpu {
 namespace {
@@ -35,13 +36,17 @@ int key_block(const AttentionProblem& p) { return std::min(kFlashKeyBlock, p.kv_
 int row_block(const AttentionProblem& p) { return std::min(kFlashRowBlock, rows_of(p)); }
 
 // Per-thread tile scratch: Q tile [rb][hd] (pre-scaled), scores/probabilities [rb][bc], the
-// unnormalised output accumulator [rb][hd], running max and sum [rb] each.
-std::size_t tile_floats(int rb, int bc, int hd) { return std::size_t(rb) * (2 * hd + bc + 2); }
+// unnormalised output accumulator [rb][hd], running max and sum [rb] each; and, for a pool that is
+// not fp32, its K or V rows widened [kKvDecodeRows][hd].
+std::size_t tile_floats(int rb, int bc, int hd, KvDtype dt) {
+  return std::size_t(rb) * (2 * hd + bc + 2) + (dt == KvDtype::fp32 ? 0 : std::size_t(kKvDecodeRows) * hd);
+}
+std::size_t tile_floats(const AttentionProblem& p) { return tile_floats(row_block(p), key_block(p), p.head_dim, p.kv.dtype); }
 
 struct Tile {
-  float *q, *s, *o, *m, *l;
+  float *q, *s, *o, *m, *l, *kv;
   Tile(float* ws, int rb, int bc, int hd)
-      : q(ws), s(q + std::size_t(rb) * hd), o(s + std::size_t(rb) * bc), m(o + std::size_t(rb) * hd), l(m + rb) {}
+      : q(ws), s(q + std::size_t(rb) * hd), o(s + std::size_t(rb) * bc), m(o + std::size_t(rb) * hd), l(m + rb), kv(l + rb) {}
 };
 
 // Rows [r0, r0 + rb) of KV head g (row r is query r / G of head g*G + r % G, so one key tile feeds
@@ -51,7 +56,6 @@ struct Tile {
 void flash_rows(const AttentionProblem& p, int g, int r0, int rb, int k0, int k1, const Tile& t) {
   const int G = group_of(p), hd = p.head_dim, bc = key_block(p);
   const KvSeqView& kv = p.kv;
-  const int ps = kv.page_size;
 
   for (int rr = 0; rr < rb; ++rr) {
     const int r = r0 + rr, i = r / G, j = r % G;
@@ -68,25 +72,26 @@ void flash_rows(const AttentionProblem& p, int g, int r0, int rb, int k0, int k1
   Eigen::Map<const RowMat> q(t.q, rb, hd);
   Eigen::Map<RowMat> o(t.o, rb, hd);
 
-  // Keys [p0, p0 + n) inside one page, rows token_stride floats apart.
-  auto page = [&](const float* pool, int p0, int n) {
-    const std::size_t first = std::size_t(kv.indices[p0 / ps]) * ps + p0 % ps;
-    return ConstStridedMap(pool + first * kv.token_stride + std::size_t(g) * hd, n, hd,
-                           Eigen::OuterStride<>(kv.token_stride));
+  // Keys (or values) [p0, p0 + n) inside one page as fp32 rows: in place for an fp32 pool (rows
+  // token_stride floats apart), else widened into the tile's kv rows.
+  auto page = [&](bool v, int p0, int n) {
+    int stride = 0;
+    const float* rows = kv_rows(kv, v, g, hd, p0, n, t.kv, &stride);
+    return ConstStridedMap(rows, n, hd, Eigen::OuterStride<>(stride));
   };
-  auto run_len = [&](int p0, int stop) { return std::min(ps - p0 % ps, stop - p0); };
+  auto run_len = [&](int p0, int stop) { return kv_run(kv, p0, stop - p0); };
 
   for (int t0 = k0; t0 < end; t0 += bc) {
     const int n = std::min(bc, end - t0);
     // S = (scale Q) K^T, one GEMM per page run inside the tile (one per tile when contiguous).
     for (int p0 = t0; p0 < t0 + n;) {
       const int len = run_len(p0, t0 + n);
+      const ConstStridedMap keys = page(false, p0, len);
       if (rb <= kGemvRows) {
         for (int rr = 0; rr < rb; ++rr)
-          Eigen::Map<Eigen::RowVectorXf>(t.s + std::size_t(rr) * n + (p0 - t0), len).noalias() =
-              q.row(rr) * page(kv.k_pool, p0, len).transpose();
+          Eigen::Map<Eigen::RowVectorXf>(t.s + std::size_t(rr) * n + (p0 - t0), len).noalias() = q.row(rr) * keys.transpose();
       } else {
-        StridedMap(t.s + (p0 - t0), rb, len, Eigen::OuterStride<>(n)).noalias() = q * page(kv.k_pool, p0, len).transpose();
+        StridedMap(t.s + (p0 - t0), rb, len, Eigen::OuterStride<>(n)).noalias() = q * keys.transpose();
       }
       p0 += len;
     }
@@ -111,12 +116,12 @@ void flash_rows(const AttentionProblem& p, int g, int r0, int rb, int k0, int k1
     // O += P V, page run by page run.
     for (int p0 = t0; p0 < t0 + n;) {
       const int len = run_len(p0, t0 + n);
+      const ConstStridedMap values = page(true, p0, len);
       if (rb <= kGemvRows) {
         for (int rr = 0; rr < rb; ++rr)
-          o.row(rr).noalias() += Eigen::Map<const Eigen::RowVectorXf>(t.s + std::size_t(rr) * n + (p0 - t0), len) *
-                                 page(kv.v_pool, p0, len);
+          o.row(rr).noalias() += Eigen::Map<const Eigen::RowVectorXf>(t.s + std::size_t(rr) * n + (p0 - t0), len) * values;
       } else {
-        o.noalias() += ConstStridedMap(t.s + (p0 - t0), rb, len, Eigen::OuterStride<>(n)) * page(kv.v_pool, p0, len);
+        o.noalias() += ConstStridedMap(t.s + (p0 - t0), rb, len, Eigen::OuterStride<>(n)) * values;
       }
       p0 += len;
     }
@@ -200,7 +205,7 @@ void run_tasks(std::span<const AttentionProblem> problems, std::vector<Task>& ta
     const Task& tk = tasks[k];
     const AttentionProblem& p = problems[tk.prob];
     thread_local std::vector<float> ws;
-    const std::size_t need = tile_floats(row_block(p), key_block(p), p.head_dim);
+    const std::size_t need = tile_floats(p);
     if (ws.size() < need) ws.resize(need);
     Tile t(ws.data(), tk.rb, key_block(p), p.head_dim);
     flash_rows(p, tk.g, tk.r0, tk.rb, tk.k0, tk.k1, t);
@@ -260,7 +265,7 @@ int chunk_keys(int L, int splits, bool forced) {
 
 std::size_t attention_flash_workspace_bytes(const AttentionProblem& p) {
   if (!valid(p)) return 0;
-  return tile_floats(row_block(p), key_block(p), p.head_dim) * sizeof(float);
+  return tile_floats(p) * sizeof(float);
 }
 
 void attention_flash(std::span<const AttentionProblem> problems) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/attention.hpp"
+#include "cpu/kv_format.hpp"
 
 namespace ablate::cpu {
 namespace {
@@ -23,20 +24,21 @@ constexpr int kRowBlock = 64;  // score rows per block (fastest of 64/128/256 on
 void attend_group(const AttentionProblem& p, int g, float* ws) {
   const int G = p.n_heads / p.n_kv_heads, hd = p.head_dim, L = p.kv_len(), R = p.n_q * G;
   const KvSeqView& kv = p.kv;
-  const int ps = kv.page_size;
   float* qg = ws;                        // [R][hd]
   float* s = qg + std::size_t(R) * hd;   // [R][L]
   float* og = s + std::size_t(R) * L;    // [R][hd]
+  float* kvbuf = og + std::size_t(R) * hd;  // [kKvDecodeRows][hd]: K/V rows widened from a non-fp32 pool
 
   for (int i = 0; i < p.n_q; ++i)
     std::copy_n(p.q + std::size_t(i) * p.q_stride + std::size_t(g) * G * hd, std::size_t(G) * hd,
                 qg + std::size_t(i) * G * hd);
 
-  // Page p0 / ps of the sequence holds keys [p0, p0 + n); rows token_stride floats apart.
-  auto page = [&](const float* pool, int p0, int n) {
-    const std::size_t first = std::size_t(kv.indices[p0 / ps]) * ps;
-    return ConstStridedMap(pool + first * kv.token_stride + std::size_t(g) * hd, n, hd,
-                           Eigen::OuterStride<>(kv.token_stride));
+  // Keys (or values) [p0, p0 + n), inside one page, as fp32 rows: in place for an fp32 pool
+  // (token_stride floats apart), else widened into kvbuf.
+  auto page = [&](bool v, int p0, int n) {
+    int stride = 0;
+    const float* rows = kv_rows(kv, v, g, hd, p0, n, kvbuf, &stride);
+    return ConstStridedMap(rows, n, hd, Eigen::OuterStride<>(stride));
   };
 
   // Row blocks keep a block's queries, score rows and outputs cache-resident while every page
@@ -46,10 +48,10 @@ void attend_group(const AttentionProblem& p, int g, float* ws) {
     float* sb = s + std::size_t(r0) * L;
     Eigen::Map<const RowMat> q(qg + std::size_t(r0) * hd, rb, hd);
 
-    // S = Q K^T, one column block per page.
-    for (int p0 = 0; p0 < L; p0 += ps) {
-      const int n = std::min(ps, L - p0);
-      StridedMap(sb + p0, rb, n, Eigen::OuterStride<>(L)).noalias() = q * page(kv.k_pool, p0, n).transpose();
+    // S = Q K^T, one column block per page (per kKvDecodeRows keys of a page when widened).
+    for (int p0 = 0, n = 0; p0 < L; p0 += n) {
+      n = kv_run(kv, p0, L - p0);
+      StridedMap(sb + p0, rb, n, Eigen::OuterStride<>(L)).noalias() = q * page(false, p0, n).transpose();
     }
 
     // Causal row softmax of scale * S; masked entries become exact zeros for the PV product.
@@ -64,9 +66,9 @@ void attend_group(const AttentionProblem& p, int g, float* ws) {
     // O = P V, accumulated page by page.
     Eigen::Map<RowMat> o(og + std::size_t(r0) * hd, rb, hd);
     o.setZero();
-    for (int p0 = 0; p0 < L; p0 += ps) {
-      const int n = std::min(ps, L - p0);
-      o.noalias() += ConstStridedMap(sb + p0, rb, n, Eigen::OuterStride<>(L)) * page(kv.v_pool, p0, n);
+    for (int p0 = 0, n = 0; p0 < L; p0 += n) {
+      n = kv_run(kv, p0, L - p0);
+      o.noalias() += ConstStridedMap(sb + p0, rb, n, Eigen::OuterStride<>(L)) * page(true, p0, n);
     }
   }
 
@@ -79,7 +81,8 @@ void attend_group(const AttentionProblem& p, int g, float* ws) {
 
 std::size_t attention_naive_workspace_bytes(const AttentionProblem& p) {
   const std::size_t rows = std::size_t(p.n_q) * (p.n_heads / p.n_kv_heads);
-  return rows * (std::size_t(p.kv_len()) + 2 * std::size_t(p.head_dim)) * sizeof(float);
+  const std::size_t widened = p.kv.dtype == KvDtype::fp32 ? 0 : std::size_t(kKvDecodeRows) * p.head_dim;
+  return (rows * (std::size_t(p.kv_len()) + 2 * std::size_t(p.head_dim)) + widened) * sizeof(float);
 }
 
 void attention_naive(std::span<const AttentionProblem> problems) {

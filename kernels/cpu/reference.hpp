@@ -9,6 +9,7 @@
 
 #include "common/attention_problem.hpp"
 #include "cpu/half.hpp"
+#include "cpu/kv_format.hpp"
 #include "cpu/quant.hpp"
 
 namespace ablate::ref {
@@ -94,7 +95,16 @@ inline void add(float* x, const float* y, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
-// Per query head and query: scores over keys [0, q_pos0 + i], softmax, weighted sum of V.
+// Element d of token t's key (v = false) or value in KV head h, as stored, widened to fp32.
+inline float kv_at(const KvSeqView& kv, bool v, int t, int h, int hd, int d) {
+  if (kv.dtype == KvDtype::fp32) return (v ? kv.v(t, h, hd) : kv.k(t, h, hd))[d];
+  const std::size_t slot = kv.slot(t);
+  return cpu::kv_decode_one(kv.dtype, v ? kv.v_data : kv.k_data, slot * kv.token_stride + std::size_t(h) * hd + d,
+                            v ? kv.v_scale : kv.k_scale, slot * (kv.token_stride / hd) + h);
+}
+
+// Per query head and query: scores over keys [0, q_pos0 + i], softmax, weighted sum of V; K and V
+// read in the view's dtype (kv_at).
 inline void attention(std::span<const AttentionProblem> problems) {
   for (const AttentionProblem& p : problems) {
     const int group = p.n_heads / p.n_kv_heads;
@@ -106,18 +116,15 @@ inline void attention(std::span<const AttentionProblem> problems) {
         const int kvh = h / group, n_keys = p.q_pos0 + i + 1;
         double mx = -INFINITY, sum = 0.0;
         for (int t = 0; t < n_keys; ++t) {
-          const float* k = p.kv.k(t, kvh, hd);
           double dot = 0.0;
-          for (int d = 0; d < hd; ++d) dot += double(q[d]) * k[d];
+          for (int d = 0; d < hd; ++d) dot += double(q[d]) * kv_at(p.kv, false, t, kvh, hd, d);
           s[t] = dot * p.scale;
           mx = std::max(mx, s[t]);
         }
         for (int t = 0; t < n_keys; ++t) sum += s[t] = std::exp(s[t] - mx);
         std::fill(o.begin(), o.end(), 0.0);
-        for (int t = 0; t < n_keys; ++t) {
-          const float* v = p.kv.v(t, kvh, hd);
-          for (int d = 0; d < hd; ++d) o[d] += s[t] / sum * v[d];
-        }
+        for (int t = 0; t < n_keys; ++t)
+          for (int d = 0; d < hd; ++d) o[d] += s[t] / sum * kv_at(p.kv, true, t, kvh, hd, d);
         float* out = p.out + std::size_t(i) * p.out_stride + std::size_t(h) * hd;
         for (int d = 0; d < hd; ++d) out[d] = float(o[d]);
       }
