@@ -243,11 +243,26 @@ void check_synthetic(const SyntheticCase& c) {
   if (c.rope_factor != 0) off.shape.rope_scaling = RopeScaling{};
   CpuBackend be_off(std::move(off));
   CHECK(max_abs_diff(all_logits(be_off, toks), want) > 100 * kTol);
+
+  // qwen2 also as a GGUF (llama.cpp's qwen2 layout: biases, Q/K rows unpermuted): the HF path's logits.
+  if (fs::exists(folder / "model.gguf")) {
+    Weights g = load_gguf((folder / "model.gguf").string());
+    CHECK(g.shape.qkv_bias);
+    CpuBackend be_gguf(std::move(g));
+    const double gguf_vs_hf = max_abs_diff(all_logits(be_gguf, toks), all_logits(be, toks));
+    CHECK(gguf_vs_hf == 0.0);  // the same fp32 weights after the same permutation
+    CHECK(greedy(be_gguf, prompt, static_cast<int>(gen.size())) == gen);
+    WARN(c.kind << " GGUF vs HF folder: max |logit difference| " << gguf_vs_hf);
+  }
+  // llama3: a GGUF with llama.cpp's rope_freqs tensor is refused, not run with plain RoPE.
+  if (fs::exists(folder / "rope_freqs.gguf"))
+    CHECK_THROWS_WITH(load_gguf((folder / "rope_freqs.gguf").string()),
+                      Catch::Contains("rope_freqs.gguf") && Catch::Contains("rope_freqs.weight") && Catch::Contains("model.source hf"));
 }
 
 }  // namespace
 
-TEST_CASE("hf: a synthetic Qwen2 folder (BF16, Q/K/V biases, tied) matches the float64 numpy reference", "[hf][qwen2]") {
+TEST_CASE("hf: a synthetic Qwen2 folder (BF16, Q/K/V biases, tied) and its qwen2 GGUF match the float64 numpy reference", "[hf][qwen2]") {
   check_synthetic({"qwen2", true, 0.0f});
 }
 

@@ -192,6 +192,10 @@ BpeTokenizer::BpeTokenizer(const GgufFile& f) {
     throw std::runtime_error(fmt::format("{}: tokenizer.ggml.model \"{}\" is not supported here (gpt2 byte-level BPE)", f.path(), model));
   const GgufValue* pre = f.find("tokenizer.ggml.pre");
   pre_ = pre && pre->type == GgufType::String ? pre->s : "default";
+  if (pre_ == "llama-bpe") {  // llama.cpp's name for Llama 3's pre-tokenizer, whose BPE ignores merges
+    pre_ = "llama3";
+    ignore_merges_ = true;
+  }
   tokens_ = f.get_string_array("tokenizer.ggml.tokens");
   if (const GgufValue* tt = f.find("tokenizer.ggml.token_type")) {
     if (tt->type != GgufType::Array || tt->ints.size() != tokens_.size())

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "model/hf_checkpoint.hpp"
 #include "model/weights.hpp"
 
 namespace ablate {
@@ -483,13 +484,14 @@ std::vector<float> GgufFile::dequantize(const GgufTensorInfo& t) const {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The llama architecture
+// The llama and qwen2 architectures (qwen2: the llama layout plus Q/K/V biases, and Q/K rows in
+// Hugging Face's order, which llama.cpp's converter leaves unpermuted for its NEOX-style RoPE)
 
 ModelShape gguf_shape(const GgufFile& f) {
   const std::string arch = f.get_string("general.architecture");
-  if (arch != "llama")
-    throw GgufError(fmt::format("{}: architecture \"{}\" is not supported; supported: llama", f.path(), arch));
-  const auto key = [](const char* k) { return std::string("llama.") + k; };
+  if (arch != "llama" && arch != "qwen2")
+    throw GgufError(fmt::format("{}: architecture \"{}\" is not supported; supported: llama, qwen2", f.path(), arch));
+  const auto key = [&arch](const char* k) { return arch + "." + k; };
   const auto bad = [&](const std::string& k, long long v, const std::string& why) {
     return GgufError(fmt::format("{}: GGUF metadata {} = {} is not valid ({})", f.path(), k, v, why));
   };
@@ -499,7 +501,11 @@ ModelShape gguf_shape(const GgufFile& f) {
     return static_cast<int>(v);
   };
   if (auto e = f.get_int_opt(key("expert_count")); e && *e > 0)
-    throw GgufError(fmt::format("{}: mixture-of-experts llama (llama.expert_count = {}) is not supported", f.path(), *e));
+    throw GgufError(fmt::format("{}: mixture-of-experts {} ({} = {}) is not supported", f.path(), arch, key("expert_count"), *e));
+  // llama.cpp stores Llama 3.1's rope scaling as per-frequency factors in this tensor.
+  if (f.find_tensor("rope_freqs.weight"))
+    throw GgufError(fmt::format("{}: tensor rope_freqs.weight (per-frequency RoPE factors: Llama 3.1's rope scaling) is not "
+                                "supported in GGUF; the Hugging Face folder (model.source hf) has rope_scaling llama3", f.path()));
   ModelShape s;
   s.name = std::filesystem::path(f.path()).stem().string();
   s.dim = geti(key("embedding_length"), 1, 65536);
@@ -532,6 +538,7 @@ ModelShape gguf_shape(const GgufFile& f) {
   if (auto v = f.get_int_opt(key("vocab_size")); v && *v != s.vocab_size)
     throw bad(key("vocab_size"), *v, fmt::format("token_embd.weight has {} rows", s.vocab_size));
   s.tied_embeddings = f.find_tensor("output.weight") == nullptr;
+  s.qkv_bias = arch == "qwen2";
   return s;
 }
 
@@ -564,6 +571,13 @@ Weights load_gguf(const GgufFile& f) {
     // backend, so these load as they are.
     L.wq = get(p + "attn_q.weight", {d, d});
     L.wk = get(p + "attn_k.weight", {d, kv});
+    if (s.qkv_bias) {  // qwen2: biases, and Q/K rows still in Hugging Face's order
+      L.bq = interleave_rope_rows(get(p + "attn_q.bias", {d}), s.n_heads, s.head_dim(), 1);
+      L.bk = interleave_rope_rows(get(p + "attn_k.bias", {kv}), s.n_kv_heads, s.head_dim(), 1);
+      L.bv = get(p + "attn_v.bias", {kv});
+      L.wq = interleave_rope_rows(L.wq, s.n_heads, s.head_dim(), d);
+      L.wk = interleave_rope_rows(L.wk, s.n_kv_heads, s.head_dim(), d);
+    }
     L.wv = get(p + "attn_v.weight", {d, kv});
     L.wo = get(p + "attn_output.weight", {d, d});
     L.rms_ffn = get(p + "ffn_norm.weight", {d});

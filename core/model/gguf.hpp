@@ -117,10 +117,11 @@ float bf16_to_float(std::uint16_t h);
 // Dequantises n elements (a multiple of the type's block size) of `type` from src into dst.
 void dequantize_row(std::uint32_t type, const std::uint8_t* src, float* dst, std::size_t n);
 
-// The model shape from a llama-architecture GGUF's metadata (name = the file's stem).
+// The model shape from a llama- or qwen2-architecture GGUF's metadata (name = the file's stem).
 ModelShape gguf_shape(const GgufFile& f);
-// Weights from a llama-architecture GGUF: token_embd, blk.N.{attn_q,attn_k,attn_v,attn_output,
-// ffn_gate,ffn_up,ffn_down,attn_norm,ffn_norm}, output_norm, output (absent = tied embeddings).
+// Weights from a llama or qwen2 GGUF: token_embd, blk.N.{attn_q,attn_k,attn_v,attn_output,
+// ffn_gate,ffn_up,ffn_down,attn_norm,ffn_norm}, output_norm, output (absent = tied embeddings);
+// qwen2 also blk.N.attn_{q,k,v}.bias.
 Weights load_gguf(const GgufFile& f);
 Weights load_gguf(const std::string& path);
 

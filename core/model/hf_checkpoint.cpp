@@ -121,9 +121,8 @@ std::string folder_name(const std::string& folder) {
   return p.filename().string();
 }
 
-// Hugging Face's per-head row order for RoPE (rotate_half: pairs i, i + hd/2) to the backends'
-// adjacent pairs (2i, 2i + 1): new row h*hd + 2i + s is old row h*hd + s*hd/2 + i (llama.cpp's
-// convert_hf_to_gguf permute). `cols` = 1 for a bias.
+}  // namespace
+
 std::vector<float> interleave_rope_rows(const std::vector<float>& w, int n_heads, int hd, std::size_t cols) {
   if (w.empty()) return w;  // a check, not a load
   std::vector<float> out(w.size());
@@ -137,6 +136,8 @@ std::vector<float> interleave_rope_rows(const std::vector<float>& w, int n_heads
       }
   return out;
 }
+
+namespace {
 
 // The folder's safetensors files: one model.safetensors, or the shards model.safetensors.index.json
 // maps each tensor to.

@@ -7,8 +7,10 @@
 // F32, F16 or BF16, widened to fp32. Hugging Face orders each head's Q and K rows for RoPE by
 // rotate_half (pairs i, i + head_dim/2); the backends rotate adjacent pairs (llama2.c, GGUF), so
 // the loader permutes those rows (and the Q/K biases) as llama.cpp's converter does.
+#include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "model/shape.hpp"
 
@@ -24,6 +26,11 @@ struct HfConfig {
   int bos_token_id = -1;     // -1: none; the first of a list
   int eos_token_id = -1;
 };
+
+// Hugging Face's per-head row order for RoPE (rotate_half: pairs i, i + hd/2) to the backends'
+// adjacent pairs (2i, 2i + 1): new row h*hd + 2i + s is old row h*hd + s*hd/2 + i (llama.cpp's
+// convert_hf_to_gguf permute). w is [n_heads * hd][cols]; `cols` = 1 for a bias; empty stays empty.
+std::vector<float> interleave_rope_rows(const std::vector<float>& w, int n_heads, int hd, std::size_t cols);
 
 // Reads and checks `folder`/config.json. Throws std::runtime_error naming the file and the field
 // (a missing config.json, an unsupported architecture or rope_scaling type, a value out of range).
