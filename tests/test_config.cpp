@@ -94,8 +94,9 @@ TEST_CASE("config: the schema lists every key once, with type, default and allow
     CHECK(!k.allowed.empty());
     CHECK(std::set<std::string>{"int", "number", "string", "bool", "path", "choice"}.count(k.type) == 1);
   }
-  CHECK(schema.size() == 74);  // 57 + dtype, profile.start_step, profile.end_step (issue 7), workload.trace.rows, cuda_pdl,
-                               // cuda_l2_prefetch, cuda_flash_decode_version, kv.dtype
+  CHECK(schema.size() == 77);  // 57 + dtype, profile.start_step, profile.end_step (issue 7), workload.trace.rows, cuda_pdl,
+                               // cuda_l2_prefetch, cuda_flash_decode_version, kv.dtype,
+                               // workload.conversation.{turns, think_time_ms, think_time_dist}
   CHECK(schema.front().key == "experiment");
   auto row = [&](const std::string& key) {
     for (const auto& k : schema)

@@ -650,13 +650,13 @@ TEST_CASE("workload.prompts: requests carry the file's tokenized prompts, cycled
   std::string line;
   std::getline(in, line);
   REQUIRE(line == "point,repeat,request_id,arrival_s,queue_time_ms,ttft_ms,tpot_ms,e2el_ms,itl_mean_ms,"
-                  "prompt_len,output_len,preemptions,cached_prompt_tokens");
+                  "prompt_len,output_len,preemptions,cached_prompt_tokens,conversation,turn");
   std::vector<std::pair<int, int>> got;  // (prompt_len, output_len) per row, points in order
   while (std::getline(in, line)) {
     std::vector<std::string> f;
     std::stringstream ss(line);
     for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
-    REQUIRE(f.size() == 13);
+    REQUIRE(f.size() == 15);
     got.emplace_back(std::stoi(f[9]), std::stoi(f[10]));
   }
   const int la = static_cast<int>(a.size()), lb = static_cast<int>(b.size());

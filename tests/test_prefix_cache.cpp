@@ -6,8 +6,11 @@
 // no block another sequence can read (shared or registered in the cache) is ever written.
 #include <catch2/catch.hpp>
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <random>
@@ -20,6 +23,7 @@
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
 #include "base/experiment_config.hpp"
+#include "base/paths.hpp"
 #include "config/load.hpp"
 #include "engine/engine.hpp"
 #include "kv/paged_kv.hpp"
@@ -66,11 +70,18 @@ class CheckedKv final : public KvCache {
   void release(int seq) override {
     c_.release(seq);
     live_.erase(seq);
+    if (attached_unwritten_.erase(seq)) {  // an admission undone before it ran: not an admission
+      hits[seq].pop_back();
+      if (hits[seq].empty()) first_tokens.erase(seq);
+    }
     check();
   }
   int attach_prefix(int seq, std::span<const int> tokens) override {
     const int hit = c_.attach_prefix(seq, tokens);
     if (hit >= static_cast<int>(tokens.size()) && !tokens.empty()) ++violations;  // the last token always runs
+    first_tokens.try_emplace(seq, tokens.begin(), tokens.end());
+    hits[seq].push_back(hit);
+    attached_unwritten_.insert(seq);
     check();
     return hit;
   }
@@ -83,6 +94,7 @@ class CheckedKv final : public KvCache {
   int max_tokens_per_sequence() const override { return c_.max_tokens_per_sequence(); }
   float* k_slot(int layer, int seq, int pos) override {
     check_write(seq, pos);
+    attached_unwritten_.erase(seq);
     if (layer == 0) ++tokens_written;
     return c_.k_slot(layer, seq, pos);
   }
@@ -101,6 +113,8 @@ class CheckedKv final : public KvCache {
   long long changed_cached = 0;  // registered blocks whose contents changed
   long long tokens_written = 0;  // K/V rows written in layer 0: the tokens the backend computed
   int shared_peak = 0;
+  std::map<int, std::vector<int>> first_tokens;  // per sequence: its tokens (the whole prompt) at its first admission
+  std::map<int, std::vector<int>> hits;          // per sequence: attach_prefix's hit at every admission that ran
 
  private:
   void check_write(int seq, int pos) {
@@ -149,6 +163,7 @@ class CheckedKv final : public KvCache {
 
   PagedKvCache& c_;
   std::set<int> live_;
+  std::set<int> attached_unwritten_;  // admitted, attached, nothing written yet
   std::map<int32_t, std::vector<float>> snap_;
   int layers_ = find_preset("tiny")->n_layers;
 };
@@ -206,6 +221,7 @@ struct Outcome {
   long long violations = 0, bad_counts = 0, changed_cached = 0, tokens_written = 0, copies = 0;
   int shared_peak = 0;
   bool clean_end = false;  // no live blocks; every held block cached and unreferenced; all evictable
+  std::map<int, std::vector<int>> first_tokens, hits;  // CheckedKv's
 };
 
 struct Rig {
@@ -254,6 +270,8 @@ struct Rig {
     o.changed_cached = kv.changed_cached;
     o.tokens_written = kv.tokens_written;
     o.shared_peak = kv.shared_peak;
+    o.first_tokens = kv.first_tokens;
+    o.hits = kv.hits;
     o.copies = paged->copies_on_write();
     const KvUsage u = paged->usage();
     o.clean_end = u.live_sequences == 0 && u.blocks_allocated == 0 && u.blocks_shared == 0 &&
@@ -282,7 +300,9 @@ void check_sound(const Outcome& o, const std::vector<Request>& reqs) {
   REQUIRE(o.rec.requests.size() == reqs.size());
   for (std::size_t i = 0; i < reqs.size(); ++i) {
     CHECK(o.rec.requests[i].output_len == reqs[i].output_len);
-    CHECK(o.rec.requests[i].cached_prompt_tokens < static_cast<int>(reqs[i].prompt.size()));
+    // A later turn's prompt is the conversation so far and its message.
+    if (reqs[i].follows < 0) CHECK(o.rec.requests[i].prompt_len == static_cast<int>(reqs[i].prompt.size()));
+    CHECK(o.rec.requests[i].cached_prompt_tokens < o.rec.requests[i].prompt_len);
   }
 }
 
@@ -558,4 +578,185 @@ TEST_CASE("kv.prefix_cache: on needs the paged layout and the CPU backend, share
   CHECK(ok.points[0].config.workload.shared_prefix.tokens == 64);
   CHECK(ok.points[0].config.workload.shared_prefix.groups == 2);
   CHECK(error_of("workload: {shared_prefix: {groups: 0}}\n").find("workload.shared_prefix.groups") != std::string::npos);
+}
+
+namespace {
+
+// Conversations of up to 4 turns on the tiny model: short messages and outputs, so that every
+// context stays within the rig's max_seq_len of 64.
+std::vector<Request> conversations(std::uint64_t seed, int vocab, const std::string& arrival, double think_ms,
+                                   const std::string& think_dist) {
+  WorkloadConfig w;
+  w.requests = 4;
+  w.arrival = arrival;
+  w.rate = 500;
+  w.prompt_len = {"uniform", 0, 1, 9};
+  w.output_len = {"uniform", 0, 1, 6};
+  w.conversation.turns = 4;
+  w.conversation.think_time_ms = think_ms;
+  w.conversation.think_time_dist = think_dist;
+  return make_workload(w, seed, vocab, Setup{}.max_seq_len);
+}
+
+int full_blocks(int tokens, int block_size) { return tokens / block_size * block_size; }
+
+}  // namespace
+
+TEST_CASE("conversations: every turn runs once, on the conversation so far, a think time after the previous turn's end",
+          "[prefix_cache][conversation]") {
+  OneThread one;
+  Rig rig;
+  // Think times and Poisson arrivals make the schedule depend on timing, so the properties are
+  // checked whatever it was; offline arrivals and no think time give one fixed schedule, where
+  // the tight budget is known to preempt.
+  for (bool timed : {true, false}) {
+  const auto reqs = timed ? conversations(3, rig.shape.vocab_size, "poisson", 2.0, "exponential")
+                          : conversations(3, rig.shape.vocab_size, "offline", 0.0, "fixed");
+  REQUIRE(reqs.size() == 16);
+  int preempted = 0;
+  long long later_hits = 0;
+  for (Batching b : {Batching::Static, Batching::PrefillFirst, Batching::Chunked})
+    for (int kv_tokens : {400, 64})  // roomy (nothing is evicted: 4 contexts of <= 64 tokens); tight (preemption)
+      for (DraftKind d : {DraftKind::None, DraftKind::Model}) {
+        Setup s;
+        s.batching = b;
+        s.kv_tokens = kv_tokens;
+        s.draft = d;
+        const Outcome off = rig.run(reqs, s, false);
+        const Outcome on = rig.run(reqs, s, true);
+        INFO(describe(s, true));
+        check_sound(off, reqs);
+        check_sound(on, reqs);
+        CHECK(on.rec.output_tokens == off.rec.output_tokens);  // greedy: the prefix cache changes no token
+        for (const Outcome* o : {&off, &on}) {
+          // check_sound: one record per request, each with its whole output: every turn ran to its end once.
+          for (const Request& r : reqs) {
+            INFO("request " << r.id << " (conversation " << r.conversation << " turn " << r.turn << ")");
+            const RequestRecord& q = o->rec.requests[static_cast<std::size_t>(r.id)];
+            CHECK(q.conversation == r.conversation);
+            CHECK(q.turn == r.turn);
+            REQUIRE(o->first_tokens.count(r.id) == 1);
+            const std::vector<int>& prompt = o->first_tokens.at(r.id);
+            CHECK(static_cast<int>(prompt.size()) == q.prompt_len);
+            CHECK(q.first_scheduled_s >= q.arrival_s);
+            preempted += q.preemptions;
+            if (r.follows < 0) continue;
+            // The previous turn's prompt and output, then this turn's message, arriving think_s
+            // after the previous turn's last token.
+            const auto p = static_cast<std::size_t>(r.follows);
+            std::vector<int> expected = o->first_tokens.at(r.follows);
+            expected.insert(expected.end(), o->rec.output_tokens[p].begin(), o->rec.output_tokens[p].end());
+            expected.insert(expected.end(), r.prompt.begin(), r.prompt.end());
+            CHECK(prompt == expected);
+            CHECK(q.arrival_s == o->rec.requests[p].last_token_s + r.think_s);
+          }
+        }
+        // With nothing evicted, a later turn finds every full block of what the turn before it
+        // computed: its prompt and output but the last output token (emitted, never run). Static
+        // batching can lose the last of them: a finished member recomputes its last position as a
+        // padding row, and that block leaves the cache before it is rewritten.
+        if (kv_tokens == 400 && d == DraftKind::None)
+          for (const Request& r : reqs) {
+            if (r.follows < 0) continue;
+            const RequestRecord& prev = on.rec.requests[static_cast<std::size_t>(r.follows)];
+            const int computed = full_blocks(prev.prompt_len + prev.output_len - 1, s.block_size);
+            const int hit = on.rec.requests[static_cast<std::size_t>(r.id)].cached_prompt_tokens;
+            INFO("request " << r.id << " after " << r.follows);
+            CHECK(hit >= (b == Batching::Static ? computed - s.block_size : computed));
+            later_hits += hit;
+          }
+      }
+  CHECK(later_hits > 0);
+  if (!timed) CHECK(preempted > 0);  // the tight budget preempted
+  }
+}
+
+TEST_CASE("a preempted sequence finds its own full blocks in the cache when it is readmitted",
+          "[prefix_cache][preemption]") {
+  OneThread one;
+  Rig rig;
+  // Blocks of 4, a pool of 5. Both prompts (2 blocks each) prefill in step 0, leaving one block;
+  // in step 1 request 0 takes it for its 9th token and request 1, the newest, is preempted for
+  // its 3rd block. Request 0 then needs no new block until it ends (13 tokens, 12 computed), so
+  // nothing evicts request 1's two registered blocks; readmitted, it finds both (8 tokens) and
+  // computes only its generated token.
+  std::mt19937 rng(5);
+  std::vector<Request> reqs(2);
+  for (int i = 0; i < 2; ++i) {
+    reqs[static_cast<std::size_t>(i)].id = i;
+    reqs[static_cast<std::size_t>(i)].prompt.resize(8);
+    for (int& t : reqs[static_cast<std::size_t>(i)].prompt) t = static_cast<int>(rng() % static_cast<unsigned>(rig.shape.vocab_size));
+  }
+  reqs[0].output_len = 5;
+  reqs[1].output_len = 2;
+  for (Batching b : {Batching::PrefillFirst, Batching::Chunked}) {
+    Setup s;
+    s.batching = b;
+    s.kv_tokens = 20;
+    s.max_seqs = 2;
+    INFO(describe(s, true));
+    const Outcome off = rig.run(reqs, s, false);
+    const Outcome on = rig.run(reqs, s, true);
+    check_sound(off, reqs);
+    check_sound(on, reqs);
+    CHECK(on.rec.output_tokens == off.rec.output_tokens);
+    for (const Outcome* o : {&off, &on}) {
+      CHECK(o->rec.requests[0].preemptions == 0);
+      CHECK(o->rec.requests[1].preemptions == 1);
+    }
+    CHECK(off.hits.at(1) == std::vector<int>{0, 0});
+    CHECK(on.hits.at(1) == std::vector<int>{0, 8});  // first admission: nothing; readmission: its own 2 blocks
+    CHECK(on.rec.requests[1].cached_prompt_tokens == 0);  // the per-request figure is the first admission's
+    // Off recomputes request 1's 8 prompt tokens and its generated one; on only the generated one.
+    CHECK(off.tokens_written - on.tokens_written == 8);
+  }
+}
+
+TEST_CASE("workload.conversation: keys validated where written; with shared_prefix it loads, with a prompts file it is refused",
+          "[prefix_cache][conversation][config]") {
+  auto error_of = [](const std::string& yaml) -> std::string {
+    try {
+      load_experiment_text(yaml, "x.yaml");
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  const std::string turns = error_of("workload:\n  conversation: {turns: 0}\n");
+  CHECK(turns.rfind("x.yaml:2:", 0) == 0);
+  CHECK(turns.find("workload.conversation.turns") != std::string::npos);
+  CHECK(turns.find("1..1000") != std::string::npos);
+  const std::string dist = error_of("workload:\n  conversation:\n    think_time_dist: gamma\n");
+  CHECK(dist.rfind("x.yaml:3:", 0) == 0);
+  CHECK(dist.find("fixed, exponential") != std::string::npos);
+  CHECK(error_of("workload: {conversation: {think_time_ms: -1}}\n").find("workload.conversation.think_time_ms") != std::string::npos);
+  CHECK(error_of("workload: {conversation: {turn: 3}}\n").find("did you mean \"workload.conversation.turns\"") != std::string::npos);
+  const auto ok = load_experiment_text(
+      "kv: {layout: paged, prefix_cache: on}\nworkload:\n  shared_prefix: {tokens: 64}\n"
+      "  conversation: {turns: 3, think_time_ms: 500, think_time_dist: exponential}\n",
+      "x.yaml");
+  REQUIRE(ok.points.size() == 1);
+  CHECK(ok.points[0].config.workload.conversation.turns == 3);
+  CHECK(ok.points[0].config.workload.conversation.think_time_ms == 500);
+  CHECK(ok.points[0].config.workload.conversation.think_time_dist == "exponential");
+  // The KV budget must hold a conversation's last turn: the tiny model's 512 bytes a token, 256
+  // tokens a turn; three turns reach max_seq_len 512.
+  const std::string kv = "model: {preset: tiny}\nkv: {layout: paged, block_size: 16, memory_mb: 0.2}\n";
+  CHECK(error_of(kv + "workload: {conversation: {turns: 1}}\n") == "");
+  const std::string budget = error_of(kv + "workload: {conversation: {turns: 3}}\n");
+  CHECK(budget.find("kv.memory_mb") != std::string::npos);
+  CHECK(budget.find("the longest sequence, 512 tokens") != std::string::npos);
+  // A prompts file's text cannot be followed by random user messages (a tokenizer is needed to
+  // get that far: the shared stories260K model, where present).
+  if (std::filesystem::exists(expand_path("${shared}/models/stories260K.bin"))) {
+    const auto file = std::filesystem::temp_directory_path() / ("ablate_conversation_prompts_" + std::to_string(::getpid()) + ".txt");
+    std::ofstream(file) << "Once upon a time\n";
+    const std::string prompts = error_of(
+        "model: {source: llama2c, path: \"${shared}/models/stories260K.bin\", tokenizer: \"${shared}/models/tok512.bin\"}\n"
+        "workload:\n  prompts: " + file.string() + "\n  conversation: {turns: 2}\n");
+    std::filesystem::remove(file);
+    CHECK(prompts.rfind("x.yaml:4:", 0) == 0);
+    CHECK(prompts.find("workload.conversation.turns") != std::string::npos);
+    CHECK(prompts.find("allowed with workload.prompts: 1") != std::string::npos);
+  }
 }

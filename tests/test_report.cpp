@@ -50,7 +50,10 @@ RunRecords sample_run() {
   r.requests = {req(0, 0.0, 0.5, 1.0, 3.0, 10, 5, {0.5, 0.5, 0.5, 0.5}, 1),
                 req(1, 1.0, 1.0, 1.5, 1.5, 20, 1, {}),
                 req(2, 2.0, 2.2, 4.0, 6.0, 30, 3, {1.5, 0.5})};
+  r.requests[1].conversation = 1;  // request 2 is conversation 0's second turn
+  r.requests[2].turn = 2;
   r.steps = {step(0, 1.0, 2, 1, 1000, 500), step(1, 3.0, 4, 0, 2000, 1800)};
+  r.steps[1].kv_blocks_shared = 3;
   r.facts.weights_bytes = 123;
   r.facts.kv_capacity_bytes = 4096;
   r.facts.peak_concurrency = 3;
@@ -94,6 +97,18 @@ struct TempRoot {
     return out;
   }
 };
+
+// A writer's options for a results root (the rest left at their defaults).
+ResultsOptions options(const fs::path& root, const std::string& experiment, const std::string& run_id, bool force,
+                       const std::string& config_yaml) {
+  ResultsOptions o;
+  o.results_root = root;
+  o.experiment = experiment;
+  o.run_id = run_id;
+  o.force = force;
+  o.config_yaml = config_yaml;
+  return o;
+}
 
 Provenance test_provenance() {
   Provenance p;
@@ -255,7 +270,7 @@ TEST_CASE("results: a committed run has every file", "[report]") {
   const RunRecords r = sample_run();
   fs::path dir;
   {
-    ResultsWriter w({root.path, "exp", "run1", false, "seed: 1\n"}, test_provenance());
+    ResultsWriter w(options(root.path, "exp", "run1", false, "seed: 1\n"), test_provenance());
     for (int point = 0; point < 2; ++point)
       w.add_run({point, 0, point, 0}, {{"kv.layout", point ? "paged" : "contiguous"}, {"backend", "cpu"}, {"note", "a,b"}}, r,
                 summarize(r, {}));
@@ -278,14 +293,16 @@ TEST_CASE("results: a committed run has every file", "[report]") {
   const auto requests = lines(slurp(dir / "requests.csv"));
   REQUIRE(requests.size() == 1 + 2 * 3);
   CHECK(requests[0] == "point,repeat,request_id,arrival_s,queue_time_ms,ttft_ms,tpot_ms,e2el_ms,itl_mean_ms,"
-                       "prompt_len,output_len,preemptions,cached_prompt_tokens");
-  CHECK(requests[1] == "0,0,0,0,500,1000,500,3000,500,10,5,1,0");
-  CHECK(requests[2] == "0,0,1,1,0,500,,500,,20,1,0,0");  // no tpot, no itl
+                       "prompt_len,output_len,preemptions,cached_prompt_tokens,conversation,turn");
+  CHECK(requests[1] == "0,0,0,0,500,1000,500,3000,500,10,5,1,0,0,1");
+  CHECK(requests[2] == "0,0,1,1,0,500,,500,,20,1,0,0,1,1");  // no tpot, no itl
+  CHECK(requests[3].ends_with(",30,3,0,0,0,2"));  // conversation 0's second turn
 
   const auto steps = lines(slurp(dir / "steps.csv"));
   REQUIRE(steps.size() == 1 + 2 * 2);
   CHECK(steps[0].rfind("point,repeat,step,start_s,wall_s,forward_s,device_s,batch_size,", 0) == 0);
-  CHECK(steps[4] == "1,0,1,0,3,0,,4,0,0,0,0,0,0,0,0,0,2000,1800,0,0,200");  // no device time: the CPU
+  CHECK(steps[0].find(",kv_blocks_allocated,kv_blocks_shared,kv_tokens_stored,") != std::string::npos);
+  CHECK(steps[4] == "1,0,1,0,3,0,,4,0,0,0,0,0,0,0,0,0,2000,1800,0,3,0,200");  // no device time: the CPU
 
   CHECK(slurp(dir / "config.yaml") == "seed: 1\n");
   const std::string prov = slurp(dir / "provenance.yaml");
@@ -298,7 +315,7 @@ TEST_CASE("results: an existing run folder is kept unless forced", "[report]") {
   TempRoot root;
   const RunRecords r = sample_run();
   auto write = [&](bool force, const std::string& yaml) {
-    ResultsWriter w({root.path, "exp", "same", force, yaml}, test_provenance());
+    ResultsWriter w(options(root.path, "exp", "same", force, yaml), test_provenance());
     w.add_run({0, 0}, {}, r, summarize(r, {}));
     w.commit();
   };
@@ -315,13 +332,13 @@ TEST_CASE("results: an unfinished run keeps its finished units, durably, and not
   TempRoot root;
   const RunRecords r = sample_run();
   {
-    ResultsWriter w({root.path, "exp", "", false, "x: 1\n"}, test_provenance());
+    ResultsWriter w(options(root.path, "exp", "", false, "x: 1\n"), test_provenance());
     CHECK(root.entries("exp").size() == 1);  // <run id>.partial, visible
   }
   CHECK(root.entries("exp").empty());  // nothing finished: nothing kept
   fs::path partial;
   {
-    ResultsWriter w({root.path, "exp", "kept", false, "x: 1\n"}, test_provenance());
+    ResultsWriter w(options(root.path, "exp", "kept", false, "x: 1\n"), test_provenance());
     w.add_run({0, 0}, {}, r, summarize(r, {}));
     partial = w.partial_dir();
     // On disk as soon as the unit is added, before any commit.
@@ -335,7 +352,7 @@ TEST_CASE("results: an unfinished run keeps its finished units, durably, and not
   CHECK(prov.find("units_done: 1") != std::string::npos);
   CHECK(prov.find("units_total: 4") != std::string::npos);
   // The same id again without --resume: refused, saying how to resume.
-  CHECK_THROWS_WITH(ResultsWriter({root.path, "exp", "kept", false, "x: 1\n"}, test_provenance()),
+  CHECK_THROWS_WITH(ResultsWriter(options(root.path, "exp", "kept", false, "x: 1\n"), test_provenance()),
                     Catch::Contains("--resume") && Catch::Contains("kept.partial"));
 }
 
@@ -344,14 +361,14 @@ TEST_CASE("results: a resume drops torn lines and unfinished units' rows, then a
   const RunRecords r = sample_run();
   fs::path partial;
   {
-    ResultsWriter w({root.path, "exp", "r", false, "x: 1\n"}, test_provenance());
+    ResultsWriter w(options(root.path, "exp", "r", false, "x: 1\n"), test_provenance());
     w.add_run({0, 0, 0, 0}, {}, r, summarize(r, {}));
     partial = w.partial_dir();
   }
   // A crash mid-unit: point 1's request rows written, its summary row torn.
   { std::ofstream(partial / "requests.csv", std::ios::app) << "1,0,0,0,1,1,1,1,1,10,5,0\n1,0,1,0,1,1,1"; }
   { std::ofstream(partial / "summary.csv", std::ios::app) << "1,0,1,0,abc,fal"; }
-  ResultsOptions ro{root.path, "exp", "", false, "x: 1\n"};
+  ResultsOptions ro = options(root.path, "exp", "", false, "x: 1\n");
   ro.resume = partial;
   for (const auto& [k, v] : summarize(r, {})) ro.metric_columns.push_back(k);
   ResultsWriter w(ro, test_provenance());
@@ -370,14 +387,14 @@ TEST_CASE("results: a resume drops torn lines and unfinished units' rows, then a
   CHECK(lines(slurp(dir / "requests.csv")).size() == 1 + 2 * 3);
   CHECK(slurp(dir / "provenance.yaml").find("status: complete") != std::string::npos);
   // A complete run is not resumable.
-  ResultsOptions again{root.path, "exp", "", false, "x: 1\n"};
+  ResultsOptions again = options(root.path, "exp", "", false, "x: 1\n");
   again.resume = dir;
   CHECK_THROWS_WITH(ResultsWriter(again, test_provenance()), Catch::Contains("nothing to resume"));
 }
 
 TEST_CASE("results: automatic run ids do not collide", "[report]") {
   TempRoot root;
-  const ResultsOptions opts{root.path, "exp", "", false, "model: tiny\n"};
+  const ResultsOptions opts = options(root.path, "exp", "", false, "model: tiny\n");
   ResultsWriter a(opts, test_provenance()), b(opts, test_provenance());  // both partial at once
   ResultsWriter c(opts, test_provenance());
   const fs::path pa = a.commit(), pc = c.commit(), pb = b.commit();
@@ -393,8 +410,8 @@ TEST_CASE("results: automatic run ids do not collide", "[report]") {
 
 TEST_CASE("results: bad names are refused", "[report]") {
   TempRoot root;
-  CHECK_THROWS(ResultsWriter({root.path, "../up", "", false, ""}, test_provenance()));
-  CHECK_THROWS(ResultsWriter({root.path, "exp", ".hidden", false, ""}, test_provenance()));
+  CHECK_THROWS(ResultsWriter(options(root.path, "../up", "", false, ""), test_provenance()));
+  CHECK_THROWS(ResultsWriter(options(root.path, "exp", ".hidden", false, ""), test_provenance()));
 }
 
 TEST_CASE("table: aligned markdown with the swept keys", "[report]") {

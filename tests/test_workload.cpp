@@ -317,3 +317,71 @@ TEST_CASE("rng: uniform_int covers its range without bias", "[workload]") {
   // The sequence is specified by std::mt19937_64: this value holds on every platform.
   CHECK(Rng(5489).next() == 14514284786278117030ULL);
 }
+
+TEST_CASE("workload.conversation: N conversations of T turns, turn-major ids, first turns the single-turn workload",
+          "[workload][conversation]") {
+  auto w = poisson_config(6, 5.0);
+  const auto single = make_workload(w, 4, 1000, 0);
+  w.conversation.turns = 3;
+  w.conversation.think_time_ms = 250;
+  const auto chat = make_workload(w, 4, 1000, 0);
+  REQUIRE(chat.size() == 18);
+  std::map<int, int> last_turn_of;  // conversation -> latest turn's id
+  for (const Request& r : chat) {
+    CHECK(r.id == static_cast<int>(&r - chat.data()));
+    CHECK(r.turn == 1 + r.id / 6);  // turn-major: every first turn, then every second turn, ...
+    CHECK(r.conversation == r.id % 6);
+    if (r.turn == 1) {  // the single-turn workload's request, bit for bit
+      const Request& s = single[static_cast<std::size_t>(r.id)];
+      CHECK(r.follows == -1);
+      CHECK(r.arrival_s == s.arrival_s);
+      CHECK(r.prompt == s.prompt);
+      CHECK(r.output_len == s.output_len);
+    } else {  // a new user message that follows the conversation's previous turn
+      CHECK(r.follows == last_turn_of.at(r.conversation));
+      CHECK(r.think_s == 0.25);
+      CHECK((r.prompt.size() >= 4 && r.prompt.size() <= 64));
+    }
+    last_turn_of[r.conversation] = r.id;
+  }
+  // Later turns' messages are drawn, not copies of the first turns'.
+  CHECK(chat[6].prompt != chat[0].prompt);
+  w.conversation.think_time_dist = "exponential";
+  w.requests = 400;
+  const auto exp_chat = make_workload(w, 4, 1000, 0);
+  std::vector<double> think;
+  for (const Request& r : exp_chat)
+    if (r.follows >= 0) think.push_back(r.think_s);
+  REQUIRE(think.size() == 800);
+  CHECK(mean(think) == Approx(0.25).epsilon(0.1));
+  CHECK(cv(think) == Approx(1.0).epsilon(0.15));  // exponential: std = mean
+}
+
+TEST_CASE("workload.conversation: the planned context fits max_seq_len; a full conversation ends early",
+          "[workload][conversation]") {
+  WorkloadConfig w;
+  w.requests = 3;
+  w.prompt_len = {"fixed", 10};
+  w.output_len = {"fixed", 6};
+  w.shared_prefix.tokens = 8;
+  w.conversation.turns = 5;
+  // 8 + 16 + 16 = 40; turn 3 has 10 positions left: message cut to 4; turn 4 has none.
+  const auto chat = make_workload(w, 1, 50, 50);
+  REQUIRE(chat.size() == 9);
+  std::map<int, long long> context;  // planned: prefix, messages and whole outputs
+  std::map<int, int> turns;
+  for (const Request& r : chat) {
+    context[r.conversation] += static_cast<long long>(r.prompt.size()) + r.output_len;
+    turns[r.conversation] = r.turn;
+    CHECK(context[r.conversation] <= 50);
+    CHECK(r.prompt.size() >= 1);
+    CHECK(r.output_len >= 1);
+    if (r.turn == 3) CHECK((r.prompt.size() == 4 && r.output_len == 6));
+  }
+  for (const auto& [c, t] : turns) CHECK(t == 3);
+  CHECK(context.size() == 3);
+  CHECK_THROWS_WITH(([&] { auto bad = w; bad.conversation.turns = 0; make_workload(bad, 1, 50, 50); }()),
+                    Catch::Contains("workload.conversation.turns"));
+  CHECK_THROWS_WITH(([&] { auto bad = w; bad.conversation.think_time_dist = "gamma"; make_workload(bad, 1, 50, 50); }()),
+                    Catch::Contains("fixed | exponential"));
+}

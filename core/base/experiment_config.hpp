@@ -31,6 +31,12 @@ struct SharedPrefixConfig {         // workload.shared_prefix: every prompt star
   int groups = 1;                   // distinct prefixes (seeded ids); request i draws one
 };
 
+struct ConversationConfig {         // workload.conversation: multi-turn chats
+  int turns = 1;                    // turns per conversation; 1 = independent requests
+  double think_time_ms = 0.0;       // a turn arrives this long after the previous turn's last token (mean)
+  std::string think_time_dist = "fixed";  // fixed | exponential (seeded, mean think_time_ms)
+};
+
 struct WorkloadConfig {             // workload
   int requests = 16;                // workload.requests
   std::string arrival = "offline";  // offline | poisson | gamma | trace
@@ -41,6 +47,7 @@ struct WorkloadConfig {             // workload
   TraceConfig trace;                // workload.trace.*
   std::string prompts;              // workload.prompts: text/JSONL prompts file ("" = random ids); gguf, llama2c
   SharedPrefixConfig shared_prefix; // workload.shared_prefix.*
+  ConversationConfig conversation;  // workload.conversation.*
 };
 
 struct ModelConfig {                // model

@@ -18,6 +18,8 @@ struct RequestRecord {
   int output_len = 0;           // tokens actually emitted
   int preemptions = 0;
   int cached_prompt_tokens = 0; // prompt tokens the prefix cache held at first admission (not computed)
+  int conversation = 0;         // the conversation's id (its first turn's request id; a single-turn request's own)
+  int turn = 1;                 // 1-based turn within the conversation
   std::vector<double> itl_s;    // gaps between consecutive emitting steps
   // Derived (seconds): queue_time = first_scheduled - arrival, ttft = first_token - arrival,
   // e2el = last_token - arrival, tpot = (e2el - ttft) / (output_len - 1) when output_len > 1.

@@ -9,6 +9,15 @@ struct Request {
   double arrival_s = 0.0;        // scheduled arrival, seconds after the run starts
   std::vector<int> prompt;       // token ids
   int output_len = 0;            // tokens to generate (synthetic runs ignore EOS)
+
+  // Multi-turn conversations (workload.conversation). A later turn follows the request `follows`
+  // (an earlier id): until that request finishes, `prompt` holds only the new user message; the
+  // engine then makes the prompt that request's prompt and output followed by the message, and
+  // the arrival its last token's time plus think_s (arrival_s is unused until then).
+  int conversation = -1;         // the conversation's id (its first turn's request id); -1: the request's own
+  int turn = 1;                  // 1-based
+  int follows = -1;              // the previous turn's request id; -1: an independent arrival
+  double think_s = 0.0;          // the user's think time before this turn
 };
 
 enum class SeqState { Waiting, Running, Finished };

@@ -179,6 +179,14 @@ const std::vector<Rule>& rules() {
                 "every prompt starts with one of `groups` seeded prefixes of this many tokens; 0 = none"),
         integer("workload.shared_prefix.groups", F(workload.shared_prefix.groups), ge(1),
                 "distinct shared prefixes; each request draws one (seeded)"),
+        integer("workload.conversation.turns", F(workload.conversation.turns), in(1, 1000),
+                "multi-turn chats: workload.requests conversations of this many turns; turn t's prompt is turn t-1's "
+                "prompt and output plus a new user message (prompt_len), arriving think_time_ms after turn t-1's last "
+                "token; 1 = independent requests"),
+        number("workload.conversation.think_time_ms", F(workload.conversation.think_time_ms), ge(0),
+               "conversation: the user's think time between a turn's last token and the next turn's arrival"),
+        choice("workload.conversation.think_time_dist", F(workload.conversation.think_time_dist), {"fixed", "exponential"},
+               "conversation: think time exactly think_time_ms, or exponential with that mean (seeded)"),
     };
     add_length_rules(r, "workload.prompt_len", &WorkloadConfig::prompt_len, "prompt");
     add_length_rules(r, "workload.output_len", &WorkloadConfig::output_len, "output");
@@ -672,6 +680,8 @@ const std::vector<SimpleRule>& simple_rules() {
        [](C) { return std::string("on needs backend cpu: copy-on-write of a shared block copies it in the host KV pools, and the CUDA backend keeps its pools on the device (not implemented there); allowed with backend cuda: off"); }},
       {{"workload.shared_prefix.tokens", "workload.prompts"}, [](C c) { return c.workload.shared_prefix.tokens > 0 && !c.workload.prompts.empty(); },
        [](C) { return std::string("a shared prefix of random ids cannot go before a prompts file's text; allowed with workload.prompts: 0"); }},
+      {{"workload.conversation.turns", "workload.prompts"}, [](C c) { return c.workload.conversation.turns > 1 && !c.workload.prompts.empty(); },
+       [](C) { return std::string("later turns are user messages of random ids, which cannot follow a prompts file's text; allowed with workload.prompts: 1"); }},
       {{"speculative.draft_model", "speculative.draft_preset"},
        [](C c) { return !c.speculative.draft_model.empty() && !c.speculative.draft_preset.empty(); },
        [](C) { return std::string("give a draft_preset or a draft_model, not both"); }},
@@ -751,10 +761,17 @@ void check_trace(Check& k) {
     k.fail_at({"workload.trace.start_row", "workload.trace.path"},
               fmt::format("{} is past the end of {} ({} data rows); allowed: 0..{}", w.trace.start_row, w.trace.path, rows,
                           std::max(0LL, rows - 1)));
-  if (w.trace.start_row + static_cast<long long>(w.requests) > rows)
-    k.fail_at({"workload.requests", "workload.trace.start_row"},
-              fmt::format("{} requests from row {} need {} rows of {}, which has {} data rows; allowed: workload.requests <= {}",
-                          w.requests, w.trace.start_row, w.trace.start_row + w.requests, w.trace.path, rows, rows - w.trace.start_row));
+  // Trace lengths take a row per message: every turn of every conversation.
+  const bool per_turn = w.prompt_len.dist == "trace" || w.output_len.dist == "trace";
+  const long long turns = per_turn ? w.conversation.turns : 1;
+  if (w.trace.start_row + w.requests * turns > rows) {
+    const std::string what = turns > 1 ? fmt::format("{} conversations of {} turns (a row per turn)", w.requests, turns)
+                                       : fmt::format("{} requests", w.requests);
+    k.fail_at({"workload.requests", "workload.conversation.turns", "workload.trace.start_row"},
+              fmt::format("{} from row {} need {} rows of {}, which has {} data rows; allowed: workload.requests <= {}", what,
+                          w.trace.start_row, w.trace.start_row + w.requests * turns, w.trace.path, rows,
+                          (rows - w.trace.start_row) / turns));
+  }
 }
 
 // Real text needs the model's tokenizer.
@@ -797,6 +814,10 @@ void check_lengths(Check& k) {
   if (k.lp && k.lo && *k.lp + *k.lo > k.seq)
     k.fail_at({k.ok, k.pk, "max_seq_len"}, fmt::format("prompts of up to {} tokens plus outputs of up to {} need {} positions, more "
                                                        "than {}; allowed: prompt + output <= {}", *k.lp, *k.lo, *k.lp + *k.lo, k.seq_text, k.seq));
+  // A conversation's last turn carries every earlier turn (the workload ends a conversation that
+  // reaches the sequence limit): its prompt bounds the longest sequence.
+  if (k.lp && k.lo && w.conversation.turns > 1)
+    k.lp = static_cast<int>(std::min<long long>(k.seq, *k.lp + (w.conversation.turns - 1) * static_cast<long long>(*k.lp - w.shared_prefix.tokens + *k.lo)));
 }
 
 // The CUDA attention kernels exist for head_dim 64 and 128 only; Q/K/V biases and scaled RoPE are

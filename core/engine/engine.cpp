@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
+#include <limits>
+#include <queue>
 #include <stdexcept>
 #include <thread>
 
@@ -56,20 +59,72 @@ RequestRecord record_of(const Sequence& s) {
   r.output_len = s.num_generated();
   r.preemptions = s.preemptions;
   r.cached_prompt_tokens = std::max(0, s.cached_prompt_tokens);
+  r.conversation = s.request->conversation >= 0 ? s.request->conversation : s.id;
+  r.turn = s.request->turn;
   for (std::size_t i = 1; i < s.emit_times.size(); ++i) r.itl_s.push_back(s.emit_times[i] - s.emit_times[i - 1]);
   return r;
 }
 
-void check_requests(const std::vector<Request>& requests) {
+// The requests, after checking that run_engine can run them.
+const std::vector<Request>& checked(const std::vector<Request>& requests) {
+  double last_arrival = -std::numeric_limits<double>::infinity();
+  std::vector<char> followed(requests.size(), 0);
   for (std::size_t i = 0; i < requests.size(); ++i) {
     const Request& r = requests[i];
     if (r.id != static_cast<int>(i)) throw std::invalid_argument("run_engine: request ids must be 0..n-1 in arrival order");
     if (r.prompt.empty()) throw std::invalid_argument(fmt::format("run_engine: request {} has an empty prompt", i));
     if (r.output_len < 1) throw std::invalid_argument(fmt::format("run_engine: request {} asks for no output", i));
-    if (!std::isfinite(r.arrival_s) || (i > 0 && r.arrival_s < requests[i - 1].arrival_s))
+    if (r.follows >= 0) {  // a later turn: its arrival is made when the turn before it finishes
+      if (r.follows >= r.id)
+        throw std::invalid_argument(fmt::format("run_engine: request {} follows request {}, not an earlier one", i, r.follows));
+      if (followed[static_cast<std::size_t>(r.follows)]++)
+        throw std::invalid_argument(fmt::format("run_engine: two requests follow request {}", r.follows));
+      if (!std::isfinite(r.think_s) || r.think_s < 0)
+        throw std::invalid_argument(fmt::format("run_engine: request {} thinks for {} s: not a finite time >= 0", i, r.think_s));
+      continue;
+    }
+    if (!std::isfinite(r.arrival_s) || r.arrival_s < last_arrival)
       throw std::invalid_argument(fmt::format("run_engine: request {} arrives at {} s: not a finite time in order", i, r.arrival_s));
+    last_arrival = r.arrival_s;
   }
+  return requests;
 }
+
+// Requests in arrival order: the independent ones from the start, a conversation's next turn
+// once the turn before it retires, since its prompt holds that turn's output and it arrives a
+// think time after that turn's last token.
+class Arrivals {
+ public:
+  explicit Arrivals(std::vector<Request>& requests) : requests_(requests), next_turn_(requests.size(), -1) {
+    for (const Request& r : requests) {
+      if (r.follows >= 0) next_turn_[static_cast<std::size_t>(r.follows)] = r.id;
+      else due_.push({r.arrival_s, r.id});
+    }
+  }
+  bool empty() const { return due_.empty(); }
+  double next_time() const { return due_.top().first; }
+  // The earliest request due by `now` (ties: the lower id), or -1.
+  int pop_due(double now) {
+    if (due_.empty() || due_.top().first > now) return -1;
+    const int id = due_.top().second;
+    due_.pop();
+    return id;
+  }
+  // Request `id` emitted its last token at `t`; `tokens` are its prompt and output.
+  void retired(int id, std::span<const int> tokens, double t) {
+    const int next = next_turn_[static_cast<std::size_t>(id)];
+    if (next < 0) return;
+    Request& r = requests_[static_cast<std::size_t>(next)];
+    r.prompt.insert(r.prompt.begin(), tokens.begin(), tokens.end());  // the history, then the new message
+    r.arrival_s = t + r.think_s;
+    due_.push({r.arrival_s, r.id});
+  }
+
+ private:
+  std::vector<Request>& requests_;
+  std::vector<int> next_turn_;  // per request: the id of the turn that follows it, or -1
+  std::priority_queue<std::pair<double, int>, std::vector<std::pair<double, int>>, std::greater<>> due_;
+};
 
 // One run of the decode loop. step() names the phases; each phase below is a member with one
 // job, taking the step's data as arguments (only the run-wide state lives in members).
@@ -77,16 +132,14 @@ class Engine {
  public:
   Engine(EngineParts parts, const std::vector<Request>& requests, const EngineOptions& options)
       : backend_(parts.backend), kv_(parts.kv), scheduler_(parts.scheduler), attention_(parts.attention),
-        drafter_(parts.drafter), requests_(requests), options_(options),
+        drafter_(parts.drafter), requests_(checked(requests)), arrivals_(requests_), options_(options),
         sampler_(options.temperature, options.top_p), vocab_(parts.backend.shape().vocab_size),
         profile_(options.profile_start_step, options.profile_end_step) {
-    check_requests(requests);
-    seqs_.resize(requests.size());
-    for (const Request& r : requests) {
+    seqs_.resize(requests_.size());
+    for (const Request& r : requests_) {
       Sequence& s = seqs_[static_cast<std::size_t>(r.id)];
       s.request = &r;
       s.id = r.id;
-      s.tokens = r.prompt;
       rngs_.push_back(Sampler::generator_for(options.seed, r.id));
     }
   }
@@ -132,17 +185,21 @@ class Engine {
 
   double elapsed() const { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
 
-  // Requests whose arrival time has passed join the scheduler's queue.
+  // Requests whose arrival time has passed join the scheduler's queue with their prompt (a later
+  // turn's is complete only now).
   void admit_arrivals() {
     const double now = elapsed();
-    while (next_arrival_ < requests_.size() && requests_[next_arrival_].arrival_s <= now)
-      scheduler_.add(&seqs_[next_arrival_++]);
+    for (int id; (id = arrivals_.pop_due(now)) >= 0;) {
+      Sequence& s = seqs_[static_cast<std::size_t>(id)];
+      s.tokens = s.request->prompt;
+      scheduler_.add(&s);
+    }
   }
 
   void wait_for_next_arrival() {
-    if (next_arrival_ >= requests_.size()) throw std::logic_error("engine: requests unfinished but none waiting or running");
+    if (arrivals_.empty()) throw std::logic_error("engine: requests unfinished but none waiting, running or to arrive");
     // In slices, so that a stop asked for meanwhile is seen within 50 ms.
-    const double wait = requests_[next_arrival_].arrival_s - elapsed();
+    const double wait = arrivals_.next_time() - elapsed();
     std::this_thread::sleep_for(std::chrono::duration<double>(std::min(wait, 0.05)));
   }
 
@@ -327,7 +384,8 @@ class Engine {
   }
 
   // The step's tokens are out: stamp them, and retire the sequences that are done (continuous
-  // batching frees their KV now, static batching when the whole batch is done).
+  // batching frees their KV now, static batching when the whole batch is done); a conversation's
+  // next turn is due a think time from now.
   void emit_and_retire(const std::vector<Emission>& emitted) {
     const double t_emit = elapsed();
     for (auto [s, count] : emitted) {
@@ -338,6 +396,7 @@ class Engine {
         s->state = SeqState::Finished;
         scheduler_.finished(s, kv_);
         drafter_.release(*s);
+        arrivals_.retired(s->id, s->tokens, t_emit);
         ++finished_;
       }
     }
@@ -362,7 +421,8 @@ class Engine {
   Scheduler& scheduler_;
   Attention& attention_;
   Drafter& drafter_;
-  const std::vector<Request>& requests_;
+  std::vector<Request> requests_;  // a copy: a later turn's prompt and arrival are filled in at run time
+  Arrivals arrivals_;
   const EngineOptions& options_;
   const Sampler sampler_;
   const int vocab_;
@@ -371,7 +431,6 @@ class Engine {
   std::vector<Sequence> seqs_;
   std::vector<std::mt19937_64> rngs_;  // one sampling stream per request
   Clock::time_point t0_;
-  std::size_t next_arrival_ = 0;
   int finished_ = 0;
   long long tokens_out_ = 0;
   int peak_concurrency_ = 0, peak_batch_size_ = 0;

@@ -38,8 +38,10 @@ struct EngineOptions {
   std::function<void()> check_stop;
 };
 
-// Runs the requests (sorted by arrival, ids 0..n-1) in real time: a request joins at its
-// arrival time, and the engine sleeps when it has nothing to do.
+// Runs the requests (ids 0..n-1, the independent ones in arrival order) in real time: a request
+// joins at its arrival time, and the engine sleeps when it has nothing to do. A request that
+// follows another (a conversation's later turn, Request::follows) arrives its think time after
+// that one's last token, its prompt that one's prompt and output followed by its own.
 RunRecords run_engine(EngineParts parts, const std::vector<Request>& requests, const EngineOptions& options);
 
 }  // namespace ablate

@@ -46,12 +46,12 @@ std::string ms(double seconds) { return format_number(seconds * 1000.0); }
 
 const std::vector<std::string> kRequestColumns = {"point",   "repeat",  "request_id",  "arrival_s",  "queue_time_ms", "ttft_ms",
                                                   "tpot_ms", "e2el_ms", "itl_mean_ms", "prompt_len", "output_len",    "preemptions",
-                                                  "cached_prompt_tokens"};
+                                                  "cached_prompt_tokens", "conversation", "turn"};
 const std::vector<std::string> kStepColumns = {
     "point",         "repeat",      "step",         "start_s",        "wall_s",        "forward_s",
     "device_s",      "batch_size",  "prefill_seqs", "decode_seqs",    "prefill_tokens", "decode_tokens",
     "padding_rows",  "running",     "running_at_forward", "waiting",  "preempted",     "kv_reserved_bytes",
-    "kv_used_bytes", "kv_blocks_allocated", "kv_tokens_stored", "kv_fragmentation_bytes"};
+    "kv_used_bytes", "kv_blocks_allocated", "kv_blocks_shared", "kv_tokens_stored", "kv_fragmentation_bytes"};
 
 std::string requests_text(const std::string& p, const std::string& r, const RunRecords& records) {
   std::string out;
@@ -61,7 +61,8 @@ std::string requests_text(const std::string& p, const std::string& r, const RunR
     out += csv_row({p, r, std::to_string(q.request_id), format_number(q.arrival_s), ms(q.queue_time()), ms(q.ttft()),
                     q.has_tpot() ? ms(q.tpot()) : "", ms(q.e2el()),
                     q.itl_s.empty() ? "" : ms(itl_sum / static_cast<double>(q.itl_s.size())), std::to_string(q.prompt_len),
-                    std::to_string(q.output_len), std::to_string(q.preemptions), std::to_string(q.cached_prompt_tokens)});
+                    std::to_string(q.output_len), std::to_string(q.preemptions), std::to_string(q.cached_prompt_tokens),
+                    std::to_string(q.conversation), std::to_string(q.turn)});
   }
   return out;
 }
@@ -75,7 +76,7 @@ std::string steps_text(const std::string& p, const std::string& r, const RunReco
                     std::to_string(s.decode_tokens), std::to_string(s.padding_rows), std::to_string(s.running),
                     std::to_string(s.running_at_forward), std::to_string(s.waiting), std::to_string(s.preempted),
                     std::to_string(s.kv_reserved_bytes), std::to_string(s.kv_used_bytes),
-                    std::to_string(s.kv_blocks_allocated), std::to_string(s.kv_tokens_stored),
+                    std::to_string(s.kv_blocks_allocated), std::to_string(s.kv_blocks_shared), std::to_string(s.kv_tokens_stored),
                     std::to_string(s.kv_fragmentation_bytes())});
   return out;
 }

@@ -226,7 +226,10 @@ std::vector<TraceRow> read_trace(const std::string& path, int start_row, int cou
 namespace {
 
 // Stream ids: fixed forever, so that a seed keeps meaning the same workload.
-enum : std::uint64_t { kArrivals = 1, kPromptLens = 2, kOutputLens = 3, kTokens = 4, kTraceRows = 5, kPrefixes = 6, kPrefixGroups = 7 };
+enum : std::uint64_t {
+  kArrivals = 1, kPromptLens = 2, kOutputLens = 3, kTokens = 4, kTraceRows = 5, kPrefixes = 6, kPrefixGroups = 7,
+  kThinkTimes = 8
+};
 
 // n distinct rows of `all`, drawn uniformly (a partial Fisher-Yates shuffle), in the order drawn.
 std::vector<TraceRow> draw_rows(std::vector<TraceRow> all, int n, Rng rng, const std::string& path, int start_row) {
@@ -281,22 +284,34 @@ std::vector<int> sample_lengths(const LengthDist& d, const char* key, int n, Rng
 }  // namespace
 
 std::vector<Request> make_workload(const WorkloadConfig& w, std::uint64_t seed, int vocab_size, int max_seq_len) {
-  const int n = w.requests;
+  const int n = w.requests;  // conversations, when they have several turns
   if (n < 0) throw std::runtime_error(fmt::format("workload.requests must be >= 0 (got {})", n));
   if (vocab_size < 1) throw std::runtime_error(fmt::format("vocab_size must be >= 1 (got {})", vocab_size));
   if (max_seq_len > 0 && max_seq_len < 2)
     throw std::runtime_error(fmt::format("max_seq_len {} leaves no room for a prompt and an output token", max_seq_len));
+  const ConversationConfig& conv = w.conversation;
+  if (conv.turns < 1 || static_cast<long long>(n) * conv.turns > std::numeric_limits<int>::max())
+    throw std::runtime_error(fmt::format("workload.conversation.turns must be >= 1 with requests * turns an int (got {})", conv.turns));
+  if (!(conv.think_time_ms >= 0) || !std::isfinite(conv.think_time_ms))
+    throw std::runtime_error(fmt::format("workload.conversation.think_time_ms must be >= 0 (got {})", conv.think_time_ms));
+  if (conv.think_time_dist != "fixed" && conv.think_time_dist != "exponential")
+    throw std::runtime_error(fmt::format("workload.conversation.think_time_dist: unknown '{}' (fixed | exponential)", conv.think_time_dist));
+  // User messages, turn-major: message m = t * n + c is conversation c's turn t (0-based), so the
+  // first n are the first turns, exactly the requests of a single-turn workload.
+  const int n_msgs = n * conv.turns;
+  const bool trace_lengths = w.prompt_len.dist == "trace" || w.output_len.dist == "trace";
 
   std::vector<TraceRow> trace;
-  if (w.arrival == "trace" || w.prompt_len.dist == "trace" || w.output_len.dist == "trace") {
+  if (w.arrival == "trace" || trace_lengths) {
     if (w.trace.path.empty()) throw std::runtime_error("workload.trace.path is required by a trace arrival or length");
     const std::string path = expand_path(w.trace.path);
+    const int rows = trace_lengths ? n_msgs : n;  // a row per message; arrivals use the first n
     if (w.trace.rows == "consecutive") {
-      trace = read_trace(path, w.trace.start_row, n);
+      trace = read_trace(path, w.trace.start_row, rows);
     } else if (w.trace.rows == "random") {
       if (w.arrival == "trace")
         throw std::runtime_error("workload.trace.rows random has no arrival times to replay (workload.arrival trace)");
-      trace = draw_rows(read_trace(path, w.trace.start_row, -1), n, Rng(stream_seed(seed, kTraceRows)), path,
+      trace = draw_rows(read_trace(path, w.trace.start_row, -1), rows, Rng(stream_seed(seed, kTraceRows)), path,
                         w.trace.start_row);
     } else {
       throw std::runtime_error(fmt::format("workload.trace.rows: unknown '{}' (consecutive | random)", w.trace.rows));
@@ -347,17 +362,40 @@ std::vector<Request> make_workload(const WorkloadConfig& w, std::uint64_t seed, 
   if (max_seq_len > 0 && prefix_len + 2 > max_seq_len)
     throw std::runtime_error(fmt::format("workload.shared_prefix.tokens {} leaves no room in max_seq_len {} for a prompt and an output token",
                                          prefix_len, max_seq_len));
-  std::vector<int> plen = sample_lengths(w.prompt_len, "prompt_len", n, Rng(stream_seed(seed, kPromptLens)), trace, true);
-  std::vector<int> olen = sample_lengths(w.output_len, "output_len", n, Rng(stream_seed(seed, kOutputLens)), trace, false);
-  for (int i = 0; i < n; ++i) {
-    if (w.output_len.dist == "trace" && w.trace.max_output_len > 0) olen[i] = std::min(olen[i], w.trace.max_output_len);
-    if (w.prompt_len.dist == "trace" && w.trace.max_prompt_len > 0) plen[i] = std::min(plen[i], w.trace.max_prompt_len);
-    plen[i] = std::max(plen[i], 1);
-    olen[i] = std::max(olen[i], 1);
-    if (max_seq_len > 0 && prefix_len + plen[i] + olen[i] > max_seq_len) {
-      plen[i] = std::max(1, max_seq_len - prefix_len - olen[i]);
-      olen[i] = std::min(olen[i], max_seq_len - prefix_len - plen[i]);
+  std::vector<int> plen = sample_lengths(w.prompt_len, "prompt_len", n_msgs, Rng(stream_seed(seed, kPromptLens)), trace, true);
+  std::vector<int> olen = sample_lengths(w.output_len, "output_len", n_msgs, Rng(stream_seed(seed, kOutputLens)), trace, false);
+  for (int m = 0; m < n_msgs; ++m) {
+    if (w.output_len.dist == "trace" && w.trace.max_output_len > 0) olen[m] = std::min(olen[m], w.trace.max_output_len);
+    if (w.prompt_len.dist == "trace" && w.trace.max_prompt_len > 0) plen[m] = std::min(plen[m], w.trace.max_prompt_len);
+    plen[m] = std::max(plen[m], 1);
+    olen[m] = std::max(olen[m], 1);
+  }
+  // Each conversation's context as planned (every turn's whole output; EOS only shortens it): a
+  // turn that does not fit max_seq_len has its message cut, then its output, and a conversation
+  // with no room for another turn (message and output of 1 token) ends there.
+  std::vector<int> turns_kept(static_cast<std::size_t>(n), conv.turns);
+  for (int c = 0; c < n; ++c) {
+    long long context = prefix_len;
+    for (int t = 0; t < conv.turns; ++t) {
+      const auto m = static_cast<std::size_t>(t) * n + c;
+      if (max_seq_len > 0) {
+        if (context + 2 > max_seq_len) {
+          turns_kept[static_cast<std::size_t>(c)] = t;
+          break;
+        }
+        const int room = max_seq_len - static_cast<int>(context);
+        if (plen[m] + olen[m] > room) {
+          plen[m] = std::max(1, room - olen[m]);
+          olen[m] = std::min(olen[m], room - plen[m]);
+        }
+      }
+      context += plen[m] + olen[m];
     }
+  }
+  std::vector<double> think_s(static_cast<std::size_t>(n_msgs), conv.think_time_ms / 1000.0);
+  if (conv.think_time_dist == "exponential" && conv.think_time_ms > 0) {
+    Rng rng(stream_seed(seed, kThinkTimes));
+    for (double& t : think_s) t = rng.exponential(1000.0 / conv.think_time_ms);
   }
 
   // Shared prefixes: `groups` prefixes of prefix_len ids, each from its own stream; request i's
@@ -370,23 +408,37 @@ std::vector<Request> make_workload(const WorkloadConfig& w, std::uint64_t seed, 
   }
   Rng group_rng(stream_seed(seed, kPrefixGroups));
 
-  // Requests; each one's token ids come from its own stream (seed, id), so they do not shift
-  // when another request's length changes.
-  std::vector<Request> out(static_cast<std::size_t>(n));
+  // Requests, turn-major: ids 0..n-1 are the conversations' first turns in arrival order, then
+  // every second turn, and so on. Each message's token ids come from its own stream (seed,
+  // message), so they do not shift when another message's length changes. A later turn's prompt
+  // is only its message here; the engine puts the conversation so far before it.
+  std::vector<Request> out;
+  std::vector<int> prev_id(static_cast<std::size_t>(n), -1);  // each conversation's latest turn
   const std::uint64_t token_seed = stream_seed(seed, kTokens);
-  for (int i = 0; i < n; ++i) {
-    Request& r = out[i];
-    r.id = i;
-    r.arrival_s = arrival[i];
-    r.output_len = olen[i];
-    Rng rng(stream_seed(token_seed, static_cast<std::uint64_t>(i)));
-    r.prompt.resize(static_cast<std::size_t>(plen[i]));
-    for (auto& t : r.prompt) t = static_cast<int>(rng.uniform_int(0, vocab_size - 1));
-    if (!prefixes.empty()) {
-      const auto& p = prefixes[static_cast<std::size_t>(group_rng.uniform_int(0, w.shared_prefix.groups - 1))];
-      r.prompt.insert(r.prompt.begin(), p.begin(), p.end());
+  for (int t = 0; t < conv.turns; ++t)
+    for (int c = 0; c < n; ++c) {
+      if (t >= turns_kept[static_cast<std::size_t>(c)]) continue;
+      const auto m = static_cast<std::size_t>(t) * n + c;
+      Request& r = out.emplace_back();
+      r.id = static_cast<int>(out.size()) - 1;
+      r.conversation = c;
+      r.turn = t + 1;
+      r.output_len = olen[m];
+      Rng rng(stream_seed(token_seed, static_cast<std::uint64_t>(m)));
+      r.prompt.resize(static_cast<std::size_t>(plen[m]));
+      for (auto& id : r.prompt) id = static_cast<int>(rng.uniform_int(0, vocab_size - 1));
+      if (t == 0) {
+        r.arrival_s = arrival[static_cast<std::size_t>(c)];
+        if (!prefixes.empty()) {
+          const auto& p = prefixes[static_cast<std::size_t>(group_rng.uniform_int(0, w.shared_prefix.groups - 1))];
+          r.prompt.insert(r.prompt.begin(), p.begin(), p.end());
+        }
+      } else {
+        r.follows = prev_id[static_cast<std::size_t>(c)];
+        r.think_s = think_s[m];
+      }
+      prev_id[static_cast<std::size_t>(c)] = r.id;
     }
-  }
   return out;
 }
 

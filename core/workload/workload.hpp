@@ -16,7 +16,8 @@
 
 namespace ablate {
 
-// Builds workload.requests requests, ids 0..N-1 in arrival order (non-decreasing arrival_s).
+// Builds workload.requests requests, ids 0..N-1 in arrival order (non-decreasing arrival_s); with
+// conversation.turns T > 1, N conversations of up to T turns (below).
 //  arrival offline: all at 0.
 //          poisson / gamma: N gaps (exponential; gamma with shape = burstiness, scale =
 //            1/(rate*burstiness)), summed and rescaled so the last arrival is exactly N/rate, as
@@ -36,6 +37,19 @@ namespace ablate {
 //  exceed it, the own prompt is cut (to at least 1 token), then the output. Lengths are always >= 1.
 //  Prompt ids are uniform in [0, vocab_size); request i's ids depend only on the seed, i and its
 //  prompt length.
+//  conversation {turns: T, think_time_ms, think_time_dist}: the N requests above are the first
+//          turns of N conversations. Turn t > 1 of a conversation is a new user message whose
+//          length is drawn from prompt_len like a first turn's (trace: one row per message), with
+//          its own output_len; its Request follows turn t-1 (Request::follows), and the engine
+//          makes its prompt turn t-1's prompt and output followed by the message, arriving
+//          think_s after turn t-1's last token (think_time_ms, or exponential with that mean).
+//          Message m = (t-1) * N + c is conversation c's turn t: lengths, think times and ids of
+//          the first N messages are the single-turn workload's, and a message's ids come from its
+//          own stream. The context as planned (whole outputs) fits max_seq_len: a turn that does
+//          not fit has its message cut, then its output, and a conversation with no room for a
+//          turn of 1 + 1 tokens ends. Ids are turn-major: 0..N-1 the first turns, then the
+//          conversations' second turns in conversation order, and so on; Request::conversation
+//          is the conversation's first request id.
 // Throws std::runtime_error on a bad config or trace (file:line:column: problem).
 std::vector<Request> make_workload(const WorkloadConfig& w, std::uint64_t seed, int vocab_size,
                                    int max_seq_len);
