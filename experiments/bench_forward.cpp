@@ -3,8 +3,8 @@
 // against the bandwidth roofline measured in the same run: a decode step must read every matrix
 // once, so tokens/s <= read bandwidth / bytes a step reads * batch (roofline_frac = the fraction
 // of that reached; q8_0's bytes include its fp16 block scales).
-//   OMP_NUM_THREADS=2 build/default/experiments/bench_forward --benchmark_repetitions=5 \
-//     --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true
+// kv.dtype: decode at a long context with each KV element type.
+//   OMP_NUM_THREADS=2 build/default/experiments/bench_forward --benchmark_repetitions=5 --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
 #include <omp.h>
@@ -25,6 +25,7 @@ using namespace ablate;
 namespace {
 
 const char* kDtypes[] = {"fp32", "bf16", "fp16", "q8_0"};
+const char* kKvDtypes[] = {"fp32", "bf16", "fp16", "fp8_e4m3", "int8"};
 double g_read_bandwidth = 0;  // bytes/s, measured in main() with the run's threads
 
 // The best of 5 passes summing a 1 GiB buffer with every OpenMP thread: what a decode step's
@@ -48,28 +49,39 @@ double measure_read_bandwidth() {
   return best;
 }
 
-CpuBackend& smollm2(int dtype) {
-  static std::map<int, std::unique_ptr<CpuBackend>> backends;
-  auto& b = backends[dtype];
-  if (!b) b = std::make_unique<CpuBackend>(synthetic_weights(*find_preset("smollm2-135m"), 0), kDtypes[dtype]);
+CpuBackend& smollm2(int dtype, int kv_dtype) {
+  static std::map<std::pair<int, int>, std::unique_ptr<CpuBackend>> backends;
+  auto& b = backends[{dtype, kv_dtype}];
+  if (!b) b = std::make_unique<CpuBackend>(synthetic_weights(*find_preset("smollm2-135m"), 0), kDtypes[dtype], kKvDtypes[kv_dtype]);
   return *b;
 }
 
 void BM_Forward(benchmark::State& state) {
   const int batch = static_cast<int>(state.range(0)), context = static_cast<int>(state.range(1));
   const int dtype = static_cast<int>(state.range(2)), prefill = static_cast<int>(state.range(3));
-  CpuBackend& be = smollm2(dtype);
+  const int kv_dtype = static_cast<int>(state.range(4));
+  CpuBackend& be = smollm2(dtype, kv_dtype);
   const ModelShape& s = be.shape();
   const int tokens_per_seq = prefill > 0 ? prefill : 1;
   const int max_len = context + tokens_per_seq + 8;
-  ContiguousKvCache kv(s, static_cast<std::size_t>(batch) * max_len * s.kv_floats_per_token() * 4, max_len,
-                       ContiguousKvCache::Reserve::MaxSeqLen);
+  ContiguousKvCache kv(s, static_cast<std::size_t>(batch) * max_len * kv_bytes_per_token(s, be.kv_storage()), max_len,
+                       ContiguousKvCache::Reserve::MaxSeqLen, be.kv_storage());
   NaiveAttention att;
   std::vector<std::vector<int>> tokens(static_cast<std::size_t>(batch), std::vector<int>(static_cast<std::size_t>(tokens_per_seq), 42));
   ForwardBatch fb;
+  // The cache holds `context` tokens before this step, set to values of a plausible size: memory
+  // left as allocated may hold denormals or NaNs, whose arithmetic is many times slower.
+  std::vector<float> kv_row(static_cast<std::size_t>(s.kv_dim()));
+  unsigned state_bits = 12345;
   for (int b = 0; b < batch; ++b) {
     kv.admit(b, context + tokens_per_seq, 1);
-    kv.set_length(b, context);  // the cache holds `context` (unset) tokens before this step
+    kv.ensure(b, context + tokens_per_seq);
+    for (int l = 0; l < s.n_layers; ++l)
+      for (int p = 0; p < context; ++p) {
+        for (float& x : kv_row) x = static_cast<float>((state_bits = state_bits * 1664525u + 1013904223u) >> 8) / 8388608.0f - 1.0f;
+        kv.store(l, b, p, kv_row.data(), kv_row.data(), s.kv_dim());
+      }
+    kv.set_length(b, context);
     fb.chunks.push_back({b, context, tokens[static_cast<std::size_t>(b)], false});
   }
   for (auto _ : state) benchmark::DoNotOptimize(be.forward(fb, kv, att).data());
@@ -93,11 +105,14 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   benchmark::AddCustomContext("read_GBps", std::to_string(g_read_bandwidth / 1e9));
   auto* b = benchmark::RegisterBenchmark("BM_Forward/smollm2-135m", BM_Forward);
-  b->ArgNames({"batch", "context", "dtype", "prefill"})->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(1.0);
-  for (int d = 0; d < 4; ++d) {  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0
-    b->Args({1, 64, d, 0})->Args({16, 64, d, 0})->Args({1, 512, d, 0});
-    b->Args({1, 0, d, 512});  // a 512-token prompt
+  b->ArgNames({"batch", "context", "dtype", "prefill", "kv"})->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(1.0);
+  for (int d = 0; d < 4; ++d) {  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0; fp32 KV
+    b->Args({1, 64, d, 0, 0})->Args({16, 64, d, 0, 0})->Args({1, 512, d, 0, 0});
+    b->Args({1, 0, d, 512, 0});  // a 512-token prompt
   }
+  // kv.dtype 1 bf16, 2 fp16, 3 fp8_e4m3, 4 int8 where attention's reads count: 16 sequences of
+  // 1024 tokens (bf16 matrices). The KV cache read is not in matrix_bytes (roofline_frac ignores it).
+  for (int kv = 0; kv < 5; ++kv) b->Args({16, 1024, 1, 0, kv});
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

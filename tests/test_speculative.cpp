@@ -377,7 +377,7 @@ TEST_CASE("temperature 1 speculative decoding samples the target's distribution 
   OneThread one_thread;
   // A model with 8 tokens; the draft has other weights, so q differs from p. Exact marginals of the
   // 2nd and 3rd generated tokens by enumeration; the speculative engine's samples against them.
-  ModelShape shape{"micro", 32, 64, 2, 4, 2, 8, 64, 10000.f, 1e-5f, true};
+  ModelShape shape{"micro", 32, 64, 2, 4, 2, 8, 64, 10000.f, 1e-5f, true, false, {}};
   CpuBackend target(synthetic_weights(shape, 31));
   const std::vector<int> prompt{1, 2, 3};
   NaiveAttention att;
