@@ -596,6 +596,19 @@ sweep:
     CHECK(row["perplexity"].empty());
     CHECK(std::stod(row["quality_top1"]) == 1.0);
   }
+  // kv.dtype points share one backend (the same weights and dtype); each point's pass stores its
+  // K/V at its own kv.dtype and reads them back, so a narrow KV is measured (it once was not: the
+  // pass used the shared backend's KV type for every point).
+  const Result kv = sb.ablate("run '" + syn.string() + "' --quiet --run-id k --out '" + out.string() +
+                              "' --set 'sweep.kv.dtype=[fp32,int8,fp8_e4m3]' --set 'sweep.scheduler.max_batch=[4]'");
+  INFO(kv.err);
+  REQUIRE(kv.status == 0);
+  std::map<std::string, double> kl;
+  for (auto& row : csv_rows(sb.read(out / "cli_test" / "k" / "summary.csv"))) kl[row["kv.dtype"]] = std::stod(row["quality_kl"]);
+  REQUIRE(kl.size() == 3);
+  CHECK(kl["fp32"] < 1e-12);
+  CHECK(kl["int8"] > 1e-9);
+  CHECK(kl["fp8_e4m3"] > kl["int8"]);  // 3 mantissa bits against int8's 7 with a per-token scale
 }
 
 TEST_CASE("cli: list and help", "[cli]") {

@@ -40,13 +40,15 @@ std::unique_ptr<Backend> make_backend(const ExperimentConfig& cfg) {
   unavailable("backend", cfg.backend);
 }
 
+KvStorage kv_storage_for(const ExperimentConfig& cfg, const Backend& backend) {
+  const KvStorage storage = backend.kv_storage();
+  return storage.host_pools && cfg.kv.dtype != "auto" ? KvStorage::host(parse_kv_dtype(cfg.kv.dtype)) : storage;
+}
+
 std::unique_ptr<KvCache> make_kv_cache(const ExperimentConfig& cfg, const Backend& backend) {
   const auto bytes = static_cast<std::size_t>(cfg.kv.memory_mb * 1024.0 * 1024.0);
   const int max_len = effective_max_seq_len(cfg, backend.shape());
-  // Host pools hold kv.dtype (also for backends that only lend a shape, the layer-skip draft's);
-  // a backend that keeps K/V itself decides (config rules keep kv.dtype to what it supports).
-  KvStorage storage = backend.kv_storage();
-  if (storage.host_pools && cfg.kv.dtype != "auto") storage = KvStorage::host(parse_kv_dtype(cfg.kv.dtype));
+  const KvStorage storage = kv_storage_for(cfg, backend);
   if (cfg.kv.layout == "contiguous")
     return std::make_unique<ContiguousKvCache>(backend.shape(), bytes, max_len,
                                                cfg.kv.reserve == "max_seq_len"

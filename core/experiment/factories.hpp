@@ -2,6 +2,8 @@
 // The one place that maps a config's names (config/registry.hpp) to implementations.
 #include <memory>
 
+#include "kv/kv_cache.hpp"
+
 namespace ablate {
 
 struct ExperimentConfig;
@@ -12,6 +14,10 @@ class KvCache;
 class Scheduler;
 
 std::unique_ptr<Backend> make_backend(const ExperimentConfig& cfg);
+// What the point's K/V are stored as: host pools hold kv.dtype (also for backends that only lend
+// a shape, the layer-skip draft's, and for a backend shared by points of several kv.dtype); a
+// backend that keeps K/V itself decides (config rules keep kv.dtype to what it supports).
+KvStorage kv_storage_for(const ExperimentConfig& cfg, const Backend& backend);
 std::unique_ptr<KvCache> make_kv_cache(const ExperimentConfig& cfg, const Backend& backend);
 std::unique_ptr<Scheduler> make_scheduler(const ExperimentConfig& cfg);
 std::unique_ptr<Attention> make_attention(const ExperimentConfig& cfg);

@@ -17,10 +17,9 @@ namespace ablate {
 namespace {
 
 // Every position's logits for `tokens`, in one forward pass on a fresh cache.
-std::vector<float> all_logits(Backend& be, const std::vector<int>& tokens) {
+std::vector<float> all_logits(Backend& be, const KvStorage& storage, const std::vector<int>& tokens) {
   const ModelShape& s = be.shape();
   const int n = static_cast<int>(tokens.size());
-  const KvStorage storage = be.kv_storage();
   ContiguousKvCache kv(s, static_cast<std::size_t>(n) * kv_bytes_per_token(s, storage), n,
                        ContiguousKvCache::Reserve::MaxSeqLen, storage);
   if (!kv.admit(0, n, 0) || !kv.ensure(0, n)) throw std::logic_error("quality: the evaluation sequence does not fit its cache");
@@ -43,8 +42,8 @@ std::vector<double> log_probs(const float* row, int n) {
 
 }  // namespace
 
-QualityResult measure_quality(Backend& point, Backend& reference, const std::vector<int>& prompt, int continuation,
-                              bool real_text) {
+QualityResult measure_quality(Backend& point, const KvStorage& point_kv, Backend& reference, const std::vector<int>& prompt,
+                              int continuation, bool real_text) {
   if (prompt.empty()) throw std::invalid_argument("quality: an empty prompt");
   const int vocab = reference.shape().vocab_size;
   if (point.shape().vocab_size != vocab) throw std::invalid_argument("quality: the reference has another vocabulary");
@@ -63,7 +62,7 @@ QualityResult measure_quality(Backend& point, Backend& reference, const std::vec
     const RunRecords rec = run_engine({reference, kv, sched, attention, none}, {{0, 0.0, prompt, continuation}}, eo);
     tokens.insert(tokens.end(), rec.output_tokens.at(0).begin(), rec.output_tokens.at(0).end());
   }
-  const std::vector<float> ref = all_logits(reference, tokens), pt = all_logits(point, tokens);
+  const std::vector<float> ref = all_logits(reference, reference.kv_storage(), tokens), pt = all_logits(point, point_kv, tokens);
   QualityResult q;
   double nll = 0;
   const int n = static_cast<int>(tokens.size());

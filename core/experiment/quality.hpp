@@ -7,6 +7,8 @@
 #include <optional>
 #include <vector>
 
+#include "kv/kv_cache.hpp"
+
 namespace ablate {
 
 class Backend;
@@ -19,8 +21,10 @@ struct QualityResult {
 };
 
 // `prompt` (>= 1 token) is continued greedily by `reference` for `continuation` tokens; both
-// backends then read prompt + continuation in one pass.
-QualityResult measure_quality(Backend& point, Backend& reference, const std::vector<int>& prompt, int continuation,
-                              bool real_text);
+// backends then read prompt + continuation in one pass, the point's K/V stored as `point_kv` (its
+// kv.dtype: the pass reads them back from the cache, so a narrow KV is measured too), the
+// reference's in fp32.
+QualityResult measure_quality(Backend& point, const KvStorage& point_kv, Backend& reference, const std::vector<int>& prompt,
+                              int continuation, bool real_text);
 
 }  // namespace ablate

@@ -342,7 +342,7 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
           if (!ref) ref = std::make_unique<CpuBackend>(load_weights(cfg.model), "fp32");
           const Request& r0 = pp.requests.front();
           const int continuation = std::min(64, std::max(0, max_seq - static_cast<int>(r0.prompt.size())));
-          pp.quality = measure_quality(be, *ref, r0.prompt, continuation,
+          pp.quality = measure_quality(be, kv_storage_for(cfg, be), *ref, r0.prompt, continuation,
                                        cfg.model.source != "synthetic" && !cfg.workload.prompts.empty());
         }
       }
