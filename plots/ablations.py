@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """The figures of README's "What the ablations show", from the committed reference CSVs
-(results/reference/batching/, results/reference/batching_rate/, results/reference/kv/). A point's
+(results/reference/batching/, batching_rate/, kv/, prefix/, precision/, precision_kv/). A point's
 repeats are drawn as their median with its 95 % bootstrap interval (plots/stats.py). Writes small PNGs
 into --out DIR (default plots/out/, untracked); --committed writes the README's committed plots/*.png.
 Run with Debian's python3 (python3-matplotlib, python3-pandas):
   /usr/bin/python3 plots/ablations.py               # -> plots/out/*.png
-  /usr/bin/python3 plots/ablations.py --committed   # regenerates plots/batching_*.png, plots/kv_*_per_layout.png"""
+  /usr/bin/python3 plots/ablations.py --committed   # regenerates plots/batching_*.png, kv_*_per_layout.png,
+                                                    # prefix_cache.png, precision_weights.png, precision_kv.png"""
 import argparse
 import os
 import sys
@@ -143,6 +144,82 @@ def kv_figures():
         save(fig, name)
 
 
+def errorbar_bars(ax, x, g, color, label, width):
+    ax.bar(x, g["centre"], width, color=color, label=label,
+           yerr=[g["centre"] - g["lo"], g["hi"] - g["centre"]], capsize=3, ecolor="black")
+
+
+def prefix_label(row):
+    turns = row.get("workload.conversation.turns", 1)
+    if pd.notna(turns) and int(turns) > 1:
+        return f"{int(turns)}-turn chat"
+    return f"prefix {int(row['workload.shared_prefix.tokens'])}"
+
+
+def prefix_figure():
+    """TTFT, output throughput and KV memory per sequence, prefix cache off vs on, per workload."""
+    df = read("prefix", "summary.csv").sort_values(["point", "repeat"])  # rows are in run order
+    df["workload"] = df.apply(prefix_label, axis=1)
+    df["kv_per_seq_mib"] = df["kv_used_peak_bytes"] / df["peak_concurrency"] / 2**20
+    order = list(dict.fromkeys(df["workload"]))
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), constrained_layout=True)
+    for ax, metric, label in ((axes[0], "ttft_median_ms", "TTFT p50 (ms)"),
+                              (axes[1], "output_throughput", "output tokens/s"),
+                              (axes[2], "kv_per_seq_mib", "KV at the peak per running sequence (MiB)")):
+        for i, (cache, color) in enumerate((("off", "tab:red"), ("on", "tab:blue"))):
+            g = per_point(df[df["kv.prefix_cache"] == cache], metric, ["workload"]).set_index("workload").loc[order]
+            errorbar_bars(ax, [j + (i - 0.5) * 0.38 for j in range(len(order))], g, color, f"prefix cache {cache}", 0.38)
+        ax.set_xticks(range(len(order)), order, fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Prefix caching: {int(df['workload.requests'].iloc[0])} requests (chats), paged blocks of "
+                 f"{int(df['kv.block_size'].iloc[0])} ({n_text(g)})", fontsize=9)
+    save(fig, "prefix_cache")
+
+
+def precision_weights_figure():
+    """Output throughput against the KL divergence from fp32, per weight dtype and batch."""
+    df = read("precision", "summary.csv").sort_values(["point", "repeat"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
+    markers = {1: "o", 8: "s"}
+    colors = {"fp32": "black", "bf16": "tab:blue", "fp16": "tab:green", "q8_0": "tab:orange"}
+    for (dtype, batch), part in df.groupby(["dtype", "scheduler.max_batch"], sort=False):
+        g = per_point(part, "output_throughput", ["dtype"])
+        kl = max(float(part["quality_kl"].median()), 1e-8)  # fp32's 0 drawn at the axis floor
+        ax.errorbar([kl], g["centre"], yerr=[g["centre"] - g["lo"], g["hi"] - g["centre"]], marker=markers.get(int(batch), "^"),
+                    color=colors.get(dtype), capsize=3, linestyle="none",
+                    label=f"{dtype}, batch {int(batch)}, {part['weights_bytes'].iloc[0] / 1e6:.0f} MB")
+    ax.set_xscale("log")
+    ax.set_xlabel("KL divergence from fp32 (nats; fp32 drawn at 1e-8)")
+    ax.set_ylabel("output tokens/s")
+    ax.legend(fontsize=7)
+    ax.set_title(f"Weight precision: speed against quality ({n_text(g)})", fontsize=9)
+    save(fig, "precision_weights")
+
+
+def precision_kv_figure():
+    """Per kv.dtype: output throughput, peak concurrency and bytes per token from one KV budget."""
+    df = read("precision_kv", "summary.csv").sort_values(["point", "repeat"])
+    steps = read("precision_kv", "steps.csv")
+    stored = steps[steps["kv_tokens_stored"] > 0]
+    per_token = (stored["kv_used_bytes"] / stored["kv_tokens_stored"]).groupby(stored["point"]).median()
+    df["kv_bytes_per_token"] = df["point"].map(per_token)
+    order = list(dict.fromkeys(df["kv.dtype"]))
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), constrained_layout=True)
+    for ax, metric, label, fmt in ((axes[0], "output_throughput", "output tokens/s", lambda v: f"{v:.1f}"),
+                                   (axes[1], "peak_concurrency", "peak running sequences", lambda v: f"{v:.0f}"),
+                                   (axes[2], "kv_bytes_per_token", "KV bytes per token", lambda v: f"{v:.0f}")):
+        g = per_point(df, metric, ["kv.dtype"]).set_index("kv.dtype").loc[order].reset_index()
+        bars(ax, g["kv.dtype"], g, ["tab:red" if d == "fp32" else "tab:blue" for d in g["kv.dtype"]], fmt)
+        ax.set_ylabel(label, fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+    kl = df.groupby("kv.dtype", sort=False)["quality_kl"].median().loc[order]
+    axes[0].set_title("KL from fp32: " + ", ".join(f"{d} {v:.1e}" for d, v in kl.items()), fontsize=7)
+    fig.suptitle(f"KV precision: {int(df['workload.requests'].iloc[0])} x {int(df['workload.prompt_len.value'].iloc[0])}-token "
+                 f"prompts, {df['kv.memory_mb'].iloc[0]:g} MiB of KV, {df['dtype'].iloc[0]} matrices ({n_text(g)})", fontsize=9)
+    save(fig, "precision_kv")
+
+
 def main(argv):
     global OUT
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -155,6 +232,9 @@ def main(argv):
     kv_figures()
     offline_figure()
     rate_figures()
+    prefix_figure()
+    precision_weights_figure()
+    precision_kv_figure()
 
 
 if __name__ == "__main__":
