@@ -384,3 +384,17 @@ TEST_CASE("reliability: trace timestamps far from 1970 do not overflow (fuzz cra
   CHECK_THROWS_WITH(read_trace((dir.path / "y.csv").string(), 0, 1),
                     Catch::Contains("bad timestamp '1167-01-01 00:00:00.0'") && Catch::Contains("years 1678..2261"));
 }
+
+// Found by the trace fuzzer in CI: two allowed years more than 292 years apart (1707, then 2023)
+// overflowed the int64 nanoseconds between a row and the first one. Now a clear error.
+TEST_CASE("reliability: trace rows more than 292 years apart are an error, not an overflow (fuzz crash)", "[reliability][trace]") {
+  const std::string in = crash_input("trace/span_292_years_ns_overflow");  // start row byte, count byte, CSV
+  TempDir dir;
+  write_file(dir.path / "t.csv", in.substr(2));
+  CHECK_THROWS_WITH(read_trace((dir.path / "t.csv").string(), 0, -1),
+                    Catch::Contains("t.csv:3:") && Catch::Contains("more than 292 years after the first row's"));
+  write_file(dir.path / "ok.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n1700-01-01 00:00:00.0,3,4\n1990-01-01 00:00:00.5,5,6\n");
+  const auto rows = read_trace((dir.path / "ok.csv").string(), 0, -1);
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[1].time_s == Approx(290 * 365.2425 * 86400).epsilon(1e-3));
+}

@@ -211,7 +211,10 @@ std::vector<TraceRow> read_trace(const std::string& path, int start_row, int cou
     if (out.empty()) t0 = prev = *ns;
     if (*ns < prev) throw fail(line_no, ts.column, fmt::format("timestamp '{}' is earlier than the previous row's", ts.text));
     prev = *ns;
-    out.push_back({static_cast<double>(*ns - t0) * 1e-9, lens[0], lens[1]});
+    std::int64_t since_first = 0;  // the allowed years span 584; int64 nanoseconds hold 292 of them
+    if (__builtin_sub_overflow(*ns, t0, &since_first))
+      throw fail(line_no, ts.column, fmt::format("timestamp '{}' is more than 292 years after the first row's", ts.text));
+    out.push_back({static_cast<double>(since_first) * 1e-9, lens[0], lens[1]});
   }
   if (!have_header) throw std::runtime_error(fmt::format("trace '{}' is empty (no header row)", path));
   if (!to_end && out.size() < want)
