@@ -2,8 +2,11 @@
 // and running sum per row), so the score matrix is never materialised; and flash-decoding
 // (flash_split), which splits a sequence's key range over threads and merges the partial results
 // by log-sum-exp. Both read K/V page by page through the KvSeqView, like attention_naive.
-// GCC 12 reports false -Wmaybe-uninitialized positives inside Eigen's AVX-512 packet code.
+// GCC 12 reports false -Wmaybe-uninitialized positives inside Eigen's AVX-512 packet code, and
+// at -O1 (the asan preset) a false -Wuninitialized in avx512fintrin.h's unpack intrinsics that
+// Eigen's transpose uses (their __Y is an intentionally undefined vector).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <omp.h>
 
 #include <Eigen/Core>
