@@ -7,6 +7,8 @@
 //   OMP_NUM_THREADS=2 build/default/experiments/bench_forward --benchmark_repetitions=5 --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
+#include <Eigen/Core>
+
 #include <omp.h>
 
 #include <algorithm>
@@ -38,9 +40,16 @@ double measure_read_bandwidth() {
   double best = 0, sink = 0;
   for (int pass = 0; pass < 5; ++pass) {
     const auto t0 = std::chrono::steady_clock::now();
-    double sum = 0;
-#pragma omp parallel for reduction(+ : sum)
-    for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(n); ++i) sum += buf[static_cast<std::size_t>(i)];
+    // Each thread sums its slice with Eigen (vector lanes, several accumulators): a plain loop's
+    // serial chain of adds is bound by the add latency and measured 9.7 GB/s here, a third of
+    // what the decode itself streams.
+    float sum = 0;
+#pragma omp parallel reduction(+ : sum)
+    {
+      const auto t = static_cast<std::size_t>(omp_get_thread_num()), nt = static_cast<std::size_t>(omp_get_num_threads());
+      const std::size_t lo = n * t / nt, hi = n * (t + 1) / nt;
+      sum += Eigen::Map<const Eigen::VectorXf>(buf.data() + lo, static_cast<Eigen::Index>(hi - lo)).sum();
+    }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, static_cast<double>(n * sizeof(float)) / s);
     sink += sum;
