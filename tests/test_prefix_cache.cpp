@@ -551,16 +551,22 @@ TEST_CASE("workload.shared_prefix: every prompt starts with one of G seeded pref
   }
 }
 
+namespace {
+
+// The ConfigError a config text (named x.yaml) gets, or "" when it loads.
+std::string error_of(const std::string& yaml) {
+  try {
+    load_experiment_text(yaml, "x.yaml");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
 TEST_CASE("kv.prefix_cache: on needs the paged layout and the CPU backend, shared_prefix is read as a map",
           "[prefix_cache][config]") {
-  auto error_of = [](const std::string& yaml) -> std::string {
-    try {
-      load_experiment_text(yaml, "x.yaml");
-    } catch (const ConfigError& e) {
-      return e.what();
-    }
-    return "";
-  };
   const std::string contiguous = error_of("kv:\n  layout: contiguous\n  prefix_cache: on\n");
   CHECK(contiguous.rfind("x.yaml:3:", 0) == 0);
   CHECK(contiguous.find("kv.prefix_cache") != std::string::npos);
@@ -714,14 +720,6 @@ TEST_CASE("a preempted sequence finds its own full blocks in the cache when it i
 
 TEST_CASE("workload.conversation: keys validated where written; with shared_prefix it loads, with a prompts file it is refused",
           "[prefix_cache][conversation][config]") {
-  auto error_of = [](const std::string& yaml) -> std::string {
-    try {
-      load_experiment_text(yaml, "x.yaml");
-    } catch (const ConfigError& e) {
-      return e.what();
-    }
-    return "";
-  };
   const std::string turns = error_of("workload:\n  conversation: {turns: 0}\n");
   CHECK(turns.rfind("x.yaml:2:", 0) == 0);
   CHECK(turns.find("workload.conversation.turns") != std::string::npos);
