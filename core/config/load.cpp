@@ -107,8 +107,9 @@ const std::vector<Rule>& rules() {
         axis("batching", F(batching), "how requests are grouped into batches"),
         axis("attention", F(attention), "attention kernel"),
         choice("dtype", F(dtype), {"fp32", "bf16", "fp16", "q8_0"},
-               "weight precision, fp32 accumulation (cuda: the KV cache too; cpu: the matrices, widened as read; "
-               "activations and embeddings stay fp32); q8_0: 32-value int8 blocks with an fp16 scale (cpu only)"),
+               "weight precision, fp32 accumulation (cuda: the KV cache too; cpu: the matrices; bf16 rounds each "
+               "matmul's input to bf16 too, as a tensor-core GEMM, fp16 widens the weights as read; norms, embeddings "
+               "and the residual stream stay fp32); q8_0: 32-value int8 blocks with an fp16 scale (cpu only)"),
         plain("quality", Kind::Bool, F(quality),
               "also measure output quality against an fp32 CPU reference of the model: quality_kl, quality_top1 "
               "(teacher-forced over the first request's prompt and the reference's greedy continuation) and, on real "

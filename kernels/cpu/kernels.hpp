@@ -13,10 +13,16 @@ namespace ablate::cpu {
 // contiguous block per OpenMP thread so each thread streams its own rows of w; small products
 // (rows*in*out below kMatmulParallelMinWork) run on the calling thread.
 void matmul(float* y, const float* x, const float* w, int rows, int in, int out);
-// The same with w stored as bf16 or fp16: widened to fp32 as it is read, fp32 products and sums,
-// so the result is the fp32 product of the rounded weights; a decode step reads half the bytes.
+// w stored as bf16: x is rounded to bf16 too (round_to_bf16) and the bf16 x bf16 products (exact
+// in fp32) are summed in fp32, as a tensor-core bf16 GEMM does; with AVX-512 BF16 (vdpbf16ps)
+// both operands are read as stored, which at 16 rows makes the step about twice the
+// multiply-adds per instruction of fp32. The same products on every row count and build.
 void matmul(float* y, const float* x, const Bf16* w, int rows, int in, int out);
+// w stored as fp16: widened to fp32 as it is read, fp32 products and sums, so the result is the
+// fp32 product of the rounded weights (no CPU here has an fp16 dot product).
 void matmul(float* y, const float* x, const Half* w, int rows, int in, int out);
+// dst[i] = to_bf16(src[i]), 16 at a time where the build has AVX-512.
+void round_to_bf16(Bf16* dst, const float* src, std::size_t n);
 // w as Q8_0 blocks, [out][q8_0_blocks_per_row(in)]: int8 values widened and scaled as they are
 // read, fp32 sums; about 1.06 bytes a weight instead of 4.
 void matmul(float* y, const float* x, const BlockQ8_0* w, int rows, int in, int out);

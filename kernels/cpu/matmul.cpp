@@ -128,6 +128,87 @@ void few_rows_block(float* y, const float* x, const W* w, int rows, int in, int 
 }
 constexpr int kFewRows = 16;
 
+#if defined(__AVX512BF16__)
+#define ABLATE_DPBF16 1
+// ---- bf16 x bf16 (vdpbf16ps) ----------------------------------------------------------------
+// dtype bf16 multiplies bf16 weights by bf16-rounded inputs with fp32 sums, as a tensor-core bf16
+// GEMM does. vdpbf16ps takes 32 bf16 pairs a step (two fp32 FMAs' worth of products in one
+// instruction); both operands are read as stored, with no widening. Each product of two bf16
+// values is exact in fp32, so only the sums round.
+inline __m512bh load_bh(const Bf16* p, __mmask32 m) { return (__m512bh)_mm512_maskz_loadu_epi16(m, p); }
+inline __m512bh load_bh(const Bf16* p) { return (__m512bh)_mm512_loadu_si512(p); }
+
+template <int NW, int R>
+void dp_tile(float* y, const Bf16* x, const Bf16* w, int in, int out, int o, int r0) {
+  __m512 acc[NW][R];  // as dot_tile: no helpers, so the accumulators stay in registers
+#pragma GCC unroll 4
+  for (int j = 0; j < NW; ++j)
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
+  const Bf16* xr = x + std::size_t(r0) * in;
+  const Bf16* wr = w + std::size_t(o) * in;
+  const int nv = in / 32, tail = in - nv * 32;
+  for (int v = 0; v <= nv; ++v) {
+    const int i = v * 32;
+    const __mmask32 m = v < nv ? __mmask32(0xFFFFFFFFu) : static_cast<__mmask32>((1ull << tail) - 1u);
+    if (m == 0) break;
+    __m512bh xv[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) xv[r] = load_bh(xr + std::size_t(r) * in + i, m);
+#pragma GCC unroll 4
+    for (int j = 0; j < NW; ++j) {
+      if (R > 1) _mm_prefetch(reinterpret_cast<const char*>(wr + std::size_t(NW + j) * in + i), _MM_HINT_T0);
+      const __m512bh wv = load_bh(wr + std::size_t(j) * in + i, m);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[j][r] = _mm512_dpbf16_ps(acc[j][r], wv, xv[r]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < NW; ++j)
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) y[std::size_t(r0 + r) * out + o + j] = _mm512_reduce_add_ps(acc[j][r]);
+}
+
+template <int NW>
+void dp_rows(float* y, const Bf16* x, const Bf16* w, int rows, int in, int out, int o) {
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) dp_tile<NW, 4>(y, x, w, in, out, o, r);
+  switch (rows - r) {
+    case 3: dp_tile<NW, 3>(y, x, w, in, out, o, r); break;
+    case 2: dp_tile<NW, 2>(y, x, w, in, out, o, r); break;
+    case 1: dp_tile<NW, 1>(y, x, w, in, out, o, r); break;
+    default: break;
+  }
+}
+
+// One row of x: each row of w streamed start to end, four sums in flight along it (as gemv_block).
+void gemv_dp_block(float* y, const Bf16* x, const Bf16* w, int in, int o0, int o1) {
+  const int nv = in / 32, tail = in - nv * 32;
+  const __mmask32 tail_mask = static_cast<__mmask32>((1ull << tail) - 1u);
+  for (int o = o0; o < o1; ++o) {
+    const Bf16* r = w + std::size_t(o) * in;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int v = 0;
+    for (; v + 4 <= nv; v += 4) {
+      a0 = _mm512_dpbf16_ps(a0, load_bh(r + v * 32), load_bh(x + v * 32));
+      a1 = _mm512_dpbf16_ps(a1, load_bh(r + v * 32 + 32), load_bh(x + v * 32 + 32));
+      a2 = _mm512_dpbf16_ps(a2, load_bh(r + v * 32 + 64), load_bh(x + v * 32 + 64));
+      a3 = _mm512_dpbf16_ps(a3, load_bh(r + v * 32 + 96), load_bh(x + v * 32 + 96));
+    }
+    for (; v < nv; ++v) a0 = _mm512_dpbf16_ps(a0, load_bh(r + v * 32), load_bh(x + v * 32));
+    if (tail) a1 = _mm512_dpbf16_ps(a1, load_bh(r + nv * 32, tail_mask), load_bh(x + nv * 32, tail_mask));
+    y[o] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  }
+}
+
+void few_rows_block(float* y, const Bf16* x, const Bf16* w, int rows, int in, int out, int o0, int o1) {
+  if (rows == 1) return gemv_dp_block(y, x, w, in, o0, o1);
+  int o = o0;
+  for (; o + 4 <= o1; o += 4) dp_rows<4>(y, x, w, rows, in, out, o);
+  for (; o < o1; ++o) dp_rows<1>(y, x, w, rows, in, out, o);
+}
+#endif
+
 // ---- Q8_0 ----------------------------------------------------------------------------------
 // Lanes of a block's 32 values that hold real columns: all but in a row's last, partial block.
 inline void block_masks(int valid, __mmask16& lo, __mmask16& hi) {
@@ -281,8 +362,16 @@ void matmul_block(float* y, const float* x, const W* w, int rows, int in, int ou
   }
 }
 
-template <class W>
-void matmul_any(float* y, const float* x, const W* w, int rows, int in, int out) {
+#if defined(ABLATE_DPBF16)
+// bf16 inputs, few rows: vdpbf16ps (larger products take the widened-panel GEMM on rounded fp32
+// inputs, the same products).
+void matmul_block(float* y, const Bf16* x, const Bf16* w, int rows, int in, int out, int o0, int o1) {
+  few_rows_block(y, x, w, rows, in, out, o0, o1);
+}
+#endif
+
+template <class X, class W>
+void matmul_any(float* y, const X* x, const W* w, int rows, int in, int out) {
   if (std::size_t(rows) * in * out < kMatmulParallelMinWork || omp_in_parallel()) {
     matmul_block(y, x, w, rows, in, out, 0, out);
     return;
@@ -300,7 +389,37 @@ void matmul_any(float* y, const float* x, const W* w, int rows, int in, int out)
 }  // namespace
 
 void matmul(float* y, const float* x, const float* w, int rows, int in, int out) { matmul_any(y, x, w, rows, in, out); }
-void matmul(float* y, const float* x, const Bf16* w, int rows, int in, int out) { matmul_any(y, x, w, rows, in, out); }
+void round_to_bf16(Bf16* dst, const float* src, std::size_t n) {
+  std::size_t i = 0;
+#if defined(ABLATE_SIMD_W)
+  // to_bf16's rounding, 16 at a time: round to nearest even, NaN kept quiet with its sign.
+  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff), quiet = _mm512_set1_epi32(0x400000);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 f = _mm512_loadu_ps(src + i);
+    const __m512i b = _mm512_castps_si512(f);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), one);
+    __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(bias, lsb));
+    r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), b, quiet);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = to_bf16(src[i]);
+}
+
+void matmul(float* y, const float* x, const Bf16* w, int rows, int in, int out) {
+  // The inputs rounded to bf16 once per call, before the threads split w between them.
+  thread_local std::vector<Bf16> xb;
+  const std::size_t n = std::size_t(rows) * in;
+  xb.resize(n);
+  round_to_bf16(xb.data(), x, n);
+#if defined(ABLATE_DPBF16)
+  if (rows <= kFewRows) return matmul_any(y, xb.data(), w, rows, in, out);
+#endif
+  thread_local std::vector<float> xr;
+  xr.resize(n);
+  for (std::size_t i = 0; i < n; ++i) xr[i] = to_float(xb[i]);
+  matmul_any(y, xr.data(), w, rows, in, out);
+}
 void matmul(float* y, const float* x, const Half* w, int rows, int in, int out) { matmul_any(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const BlockQ8_0* w, int rows, int in, int out) { matmul_any(y, x, w, rows, in, out); }
 

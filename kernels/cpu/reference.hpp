@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstddef>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "common/attention_problem.hpp"
@@ -23,13 +24,15 @@ inline void matmul(float* y, const float* x, const float* w, int rows, int in, i
     }
 }
 
-// w in a 16-bit format (cpu::Bf16, cpu::Half): each weight widened, then as above.
+// w in a 16-bit format (cpu::Bf16, cpu::Half): each weight widened, then as above; with bf16
+// weights x is rounded to bf16 as well (cpu::matmul's bf16 x bf16 products).
 template <class W>
 inline void matmul(float* y, const float* x, const W* w, int rows, int in, int out) {
+  const auto input = [](float v) { return std::is_same_v<W, cpu::Bf16> ? cpu::to_float(cpu::to_bf16(v)) : v; };
   for (int r = 0; r < rows; ++r)
     for (int o = 0; o < out; ++o) {
       double acc = 0.0;
-      for (int i = 0; i < in; ++i) acc += double(x[std::size_t(r) * in + i]) * cpu::to_float(w[std::size_t(o) * in + i]);
+      for (int i = 0; i < in; ++i) acc += double(input(x[std::size_t(r) * in + i])) * cpu::to_float(w[std::size_t(o) * in + i]);
       y[std::size_t(r) * out + o] = float(acc);
     }
 }
