@@ -173,11 +173,7 @@ const std::vector<float>& CpuBackend::forward_layers(const ForwardBatch& batch, 
     // FFN block: x += w2(silu(w1 xn) * w3 xn).
     cpu::rmsnorm(xb_.data(), x_.data(), L.rms_ffn.data(), T, dim, s.norm_eps);
     F.w13.matmul(h13_.data(), xb_.data(), T, dim, 2 * hidden);  // row: [w1 xn | w3 xn]
-    for (int r = 0; r < T; ++r) {
-      float* gate = &h13_[sz(r, 2 * hidden)];
-      cpu::swiglu(gate, gate + hidden, static_cast<std::size_t>(hidden));
-      std::memcpy(&h_[sz(r, hidden)], gate, sizeof(float) * hidden);
-    }
+    cpu::swiglu_rows(h_.data(), h13_.data(), T, hidden);
     F.w2.matmul(xb_.data(), h_.data(), T, hidden, dim);
     cpu::add(x_.data(), xb_.data(), sz(T, dim));
   }
