@@ -75,6 +75,22 @@ inline void reduce_store_4x4(float* y, std::size_t out, __m512 a00, __m512 a01, 
   _mm_storeu_ps(y + 3 * out, _mm512_extractf32x4_ps(sums, 3));
 }
 
+// y[r0 + r][o + j] = the sum of acc[j][r]'s lanes, for every tile shape (inlined, so the
+// accumulators never leave their registers).
+template <int NW, int R>
+[[gnu::always_inline]] inline void store_sums(float* y, int out, int o, int r0, const __m512 (&acc)[NW][R]) {
+  if constexpr (NW == 4 && R == 4) {
+    reduce_store_4x4(y + std::size_t(r0) * out + o, std::size_t(out), acc[0][0], acc[0][1], acc[0][2], acc[0][3],
+                     acc[1][0], acc[1][1], acc[1][2], acc[1][3], acc[2][0], acc[2][1], acc[2][2], acc[2][3], acc[3][0],
+                     acc[3][1], acc[3][2], acc[3][3]);
+  } else {
+#pragma GCC unroll 4
+    for (int j = 0; j < NW; ++j)
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) y[std::size_t(r0 + r) * out + o + j] = _mm512_reduce_add_ps(acc[j][r]);
+  }
+}
+
 // NW rows of w from o, R rows of x from r0; both compile-time so the accumulators stay in registers.
 template <int NW, int R, class W>
 void dot_tile(float* y, const float* x, const W* w, int in, int out, int o, int r0) {
@@ -105,10 +121,7 @@ void dot_tile(float* y, const float* x, const W* w, int in, int out, int o, int 
       for (int r = 0; r < R; ++r) acc[j][r] = _mm512_fmadd_ps(wv, xv[r], acc[j][r]);
     }
   }
-#pragma GCC unroll 4
-  for (int j = 0; j < NW; ++j)
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) y[std::size_t(r0 + r) * out + o + j] = _mm512_reduce_add_ps(acc[j][r]);
+  store_sums(y, out, o, r0, acc);
 }
 
 template <int NW, class W>
@@ -190,16 +203,7 @@ void dp_tile(float* y, const Bf16* x, const Bf16* w, int in, int out, int o, int
       for (int r = 0; r < R; ++r) acc[j][r] = _mm512_dpbf16_ps(acc[j][r], wv, xv[r]);
     }
   }
-  if constexpr (NW == 4 && R == 4) {
-    reduce_store_4x4(y + std::size_t(r0) * out + o, std::size_t(out), acc[0][0], acc[0][1], acc[0][2], acc[0][3],
-                     acc[1][0], acc[1][1], acc[1][2], acc[1][3], acc[2][0], acc[2][1], acc[2][2], acc[2][3], acc[3][0],
-                     acc[3][1], acc[3][2], acc[3][3]);
-    return;
-  }
-#pragma GCC unroll 4
-  for (int j = 0; j < NW; ++j)
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) y[std::size_t(r0 + r) * out + o + j] = _mm512_reduce_add_ps(acc[j][r]);
+  store_sums(y, out, o, r0, acc);
 }
 
 template <int NW>
@@ -316,10 +320,7 @@ void dot_tile_q8(float* y, const float* x, const BlockQ8_0* w, int in, int out, 
       for (int r = 0; r < R; ++r) acc[j][r] = _mm512_fmadd_ps(wh, xh[r], _mm512_fmadd_ps(wl, xl[r], acc[j][r]));
     }
   }
-#pragma GCC unroll 4
-  for (int j = 0; j < NW; ++j)
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) y[std::size_t(r0 + r) * out + o + j] = _mm512_reduce_add_ps(acc[j][r]);
+  store_sums(y, out, o, r0, acc);
 }
 
 template <int NW>
