@@ -4,7 +4,9 @@
 
 #include <cmath>
 #include <filesystem>
+#include <omp.h>
 
+#include "attention/flash_attention.hpp"
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
 #include "cpu/half.hpp"
@@ -203,4 +205,31 @@ TEST_CASE("batched, padded and incremental forward passes give the same logits",
   std::vector<float> last;
   for (int p = 0; p < 7; ++p) last = forward_one(be, kv3, att, 0, p, {a[static_cast<std::size_t>(p)]});
   for (std::size_t i = 0; i < V; ++i) REQUIRE(last[i] == Approx(la[i]).margin(1e-5));
+}
+
+TEST_CASE("a forward pass on 2 threads is bitwise repeatable, both attention kernels", "[model][determinism]") {
+  // Which thread runs an attention task (dynamic scheduling) must not change its bits: the
+  // kernels' scratch is 64-byte aligned on every thread (cpu/scratch.hpp), so Eigen's reductions
+  // peel alike. With malloc's 16-byte alignment this test saw other logits on most passes.
+  const ModelShape shape = *find_preset("stories260k");
+  CpuBackend be(synthetic_weights(shape, 9), "fp32");
+  std::vector<int> prompt(69);
+  for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int>((i * 37 + 11) % static_cast<std::size_t>(shape.vocab_size));
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(2);
+  NaiveAttention naive;
+  FlashAttention flash;
+  for (Attention* att : {static_cast<Attention*>(&naive), static_cast<Attention*>(&flash)}) {
+    INFO(att->name());
+    std::vector<float> first;
+    for (int pass = 0; pass < 12; ++pass) {
+      std::vector<float> junk(std::size_t(1000 + 999 * pass));  // shift the heap between passes
+      ContiguousKvCache kv(shape, 8u << 20, shape.max_seq_len, ContiguousKvCache::Reserve::MaxSeqLen);
+      REQUIRE(kv.admit(0, static_cast<int>(prompt.size()), 0));
+      const std::vector<float> logits = forward_one(be, kv, *att, 0, 0, prompt, true);
+      if (pass == 0) first = logits;
+      else CHECK(logits == first);
+    }
+  }
+  omp_set_num_threads(threads);
 }

@@ -13,6 +13,7 @@
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
 #include "config/load.hpp"
+#include "experiment/quality.hpp"
 #include "cpu/kernels.hpp"
 #include "cpu/quant.hpp"
 #include "cpu/reference.hpp"
@@ -398,4 +399,34 @@ TEST_CASE("ablate list's precision table is what the config accepts", "[precisio
   CHECK(!loads("kv: {dtype: int4}\n"));
   CHECK(cpu.kv_dtypes.size() == 6);  // auto and each KvDtype
   for (KvDtype d : kKvDtypes) CHECK(std::count(cpu.kv_dtypes.begin(), cpu.kv_dtypes.end(), kv_dtype_name(d)) == 1);
+}
+
+TEST_CASE("quality: the same backends and prompt give the same KL, top-1 and perplexity, every dtype", "[precision][quality]") {
+  // The quality columns are a property of (model, dtype, prompt): a second pass over the same
+  // backends, after other forward passes on them, must reproduce them bit for bit.
+  const ModelShape shape = *find_preset("tiny");
+  const Weights w = synthetic_weights(shape, 5);
+  CpuBackend reference(w, "fp32");
+  std::vector<int> prompt(40);
+  for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int>((i * 37 + 11) % static_cast<std::size_t>(shape.vocab_size));
+  for (const char* dtype : {"fp32", "bf16", "fp16", "q8_0"}) {
+    INFO(dtype);
+    CpuBackend point(w, dtype);
+    const QualityResult a = measure_quality(point, point.kv_storage(), reference, prompt, 24, false);
+    // Other work in between: decode-sized and prefill-sized passes on both backends.
+    for (Backend* be : {static_cast<Backend*>(&point), static_cast<Backend*>(&reference)}) {
+      ContiguousKvCache kv(shape, 64u << 20, shape.max_seq_len, ContiguousKvCache::Reserve::MaxSeqLen, be->kv_storage());
+      NaiveAttention att;
+      REQUIRE(kv.admit(0, 30, 0));
+      REQUIRE(kv.ensure(0, 30));
+      const std::vector<int> head(prompt.begin(), prompt.begin() + 29);
+      ForwardBatch fb;
+      fb.chunks.push_back({0, 0, head, true});
+      be->forward(fb, kv, att);
+    }
+    const QualityResult b = measure_quality(point, point.kv_storage(), reference, prompt, 24, false);
+    CHECK(a.kl == b.kl);
+    CHECK(a.top1 == b.top1);
+    CHECK(a.positions == b.positions);
+  }
 }

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cpu/attention.hpp"
+#include "cpu/scratch.hpp"
 #include "cpu/kv_format.hpp"
 
 namespace ablate::cpu {
@@ -207,7 +208,7 @@ void run_tasks(std::span<const AttentionProblem> problems, std::vector<Task>& ta
   for (std::size_t k = 0; k < tasks.size(); ++k) {
     const Task& tk = tasks[k];
     const AttentionProblem& p = problems[tk.prob];
-    thread_local std::vector<float> ws;
+    thread_local ScratchFloats ws;
     const std::size_t need = tile_floats(p);
     if (ws.size() < need) ws.resize(need);
     Tile t(ws.data(), tk.rb, key_block(p), p.head_dim);
@@ -320,7 +321,7 @@ void attention_flash_split(std::span<const AttentionProblem> problems, int force
       }
     }
   }
-  thread_local std::vector<float> partials;
+  thread_local ScratchFloats partials;
   if (partials.size() < std::size_t(floats)) partials.resize(floats);
   run_tasks(problems, tasks, partials.data(), &groups);  // workers get the pointer, not the thread_local
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu/attention.hpp"
+#include "cpu/scratch.hpp"
 #include "cpu/kv_format.hpp"
 
 namespace ablate::cpu {
@@ -99,7 +100,7 @@ void attention_naive(std::span<const AttentionProblem> problems) {
   const bool parallel = tasks.size() > 1 && flops >= (std::size_t{1} << 17) && !omp_in_parallel();
 #pragma omp parallel for schedule(dynamic) if (parallel)
   for (std::size_t t = 0; t < tasks.size(); ++t) {
-    thread_local std::vector<float> ws;
+    thread_local ScratchFloats ws;
     const AttentionProblem& p = problems[tasks[t].first];
     const std::size_t need = attention_naive_workspace_bytes(p) / sizeof(float);
     if (ws.size() < need) ws.resize(need);
