@@ -275,6 +275,8 @@ TEST_CASE("config: choice values: unknown, not implemented, numeric", "[config]"
   CHECK(error_of("backend: cuda") == "");  // built (issue 7); whether a device exists is a run-time matter
   CHECK(error_of("backend: cuda\ndtype: bf16\nattention: flash\nmodel: {preset: smollm2-135m}\n") == "");
   CHECK(error_of("backend: cuda\ndtype: fp16\nattention: flash_split\nmodel: {preset: smollm2-135m}\n") == "");
+  // Q/K/V biases (Qwen2) run on CUDA too (issue 22; scaled RoPE is tested through the backend).
+  CHECK(error_of("backend: cuda\ndtype: bf16\nattention: flash\nmodel: {preset: qwen2.5-7b}\nkv: {memory_mb: 4096}\n") == "");
   CHECK(error_of("backend: cuda\nattention: flash\n") ==
         "x.yaml:2:12: attention: flash on backend cuda runs on tensor cores and needs dtype bf16 or fp16; allowed with dtype fp32: naive");
   CHECK_THAT(error_of("backend: cuda\ndtype: bf16\nattention: flash_split\nmodel: {preset: tiny}\n"),

@@ -369,6 +369,39 @@ TEST_CASE("GGUF: truncated and malformed files are clear errors naming the file 
   CHECK_THROWS_WITH(GgufFile(missing.string()), Catch::Contains(missing.string()) && Catch::Contains("cannot open"));
 }
 
+TEST_CASE("GGUF: rope_freqs.weight divides each RoPE pair's frequency; a bad one is an error naming the file and tensor",
+          "[gguf][rope]") {
+  const auto with_rope_freqs = [](std::vector<std::uint64_t> dims, const std::vector<float>& v) {
+    TinyModel m;  // head_dim 4: 2 pairs
+    m.metadata();
+    m.tensors();
+    m.g.tensor_f32("rope_freqs.weight", std::move(dims), v);
+    return m.g.build();
+  };
+  const auto good = with_rope_freqs({2}, {1.0f, 8.0f});
+  GgufFile f(good.data(), good.size(), "scaled.gguf");
+  const Weights w = load_gguf(f);
+  CHECK(w.shape.rope_scaling.freq_factors == std::vector<float>{1.0f, 8.0f});
+  CHECK(w.shape.rope_scaling.active());
+  ModelShape plain = w.shape;
+  plain.rope_scaling = RopeScaling{};
+  const auto p = plain.rope_frequencies(), s = w.shape.rope_frequencies();
+  REQUIRE(s.size() == 2);
+  CHECK(s[0] == p[0]);
+  CHECK(s[1] == p[1] / 8.0f);
+
+  const auto err = [&](std::vector<std::uint64_t> dims, const std::vector<float>& v) {
+    return error_of(with_rope_freqs(std::move(dims), v), "bad.gguf");
+  };
+  CHECK_THAT(err({3}, {1.0f, 1.0f, 1.0f}), Catch::StartsWith("bad.gguf: ") && Catch::Contains("rope_freqs.weight has shape [3], expected [2]"));
+  CHECK_THAT(err({2, 1}, {1.0f, 1.0f}), Catch::Contains("rope_freqs.weight has shape [2, 1], expected [2]"));
+  CHECK_THAT(err({2}, {1.0f, 0.0f}), Catch::StartsWith("bad.gguf: ") && Catch::Contains("rope_freqs.weight[1] = 0 is not valid") &&
+                                         Catch::Contains("allowed: finite and > 0"));
+  CHECK_THAT(err({2}, {-2.0f, 1.0f}), Catch::Contains("rope_freqs.weight[0] = -2 is not valid"));
+  CHECK_THAT(err({2}, {1.0f, std::nanf("")}), Catch::Contains("rope_freqs.weight[1] = nan is not valid"));
+  CHECK_THAT(err({2}, {HUGE_VALF, 1.0f}), Catch::Contains("rope_freqs.weight[0] = inf is not valid"));
+}
+
 TEST_CASE("BPE: encode/decode round-trips arbitrary UTF-8 and bytes", "[gguf][tokenizer]") {
   // A byte-level vocabulary (256 byte tokens) plus a few merges, in GPT-2's byte-to-unicode spelling.
   std::vector<std::string> tokens;

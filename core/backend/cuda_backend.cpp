@@ -123,13 +123,18 @@ struct CudaBackend::Impl {
   std::size_t weights_bytes = 0;
   std::size_t peak_used = 0;
 
-  // Weights: matrices in the weight dtype, fused like the CPU backend's (wqkv, w13); norms and the
-  // embedding table (a gather, not a matmul) in fp32.
+  // Weights: matrices in the weight dtype, fused like the CPU backend's (wqkv, w13); norms, the
+  // Q/K/V biases and the embedding table (a gather, not a matmul) in fp32.
   struct Layer {
     DeviceBuffer rms_att, wqkv, wo, rms_ffn, w13, w2;
+    DeviceBuffer bqkv;  // [bq | bk | bv] when shape.qkv_bias (Qwen2); else unallocated (nullptr)
   };
   std::vector<Layer> layers;
   DeviceBuffer embedding, rms_final, lm_head;
+  // Scaled RoPE (shape.rope_scaling active): the CPU backend's frequency table, head_dim / 2 floats.
+  // Plain RoPE keeps computing them on the device (unallocated: nullptr), its bits unchanged.
+  DeviceBuffer rope_freq;
+  cuda::RopeFreq rope() const { return {shape.rope_theta, rope_freq.get<float>()}; }
 
   // KV pools, sized to the cache in use (pool_elements each).
   DeviceBuffer k_pool, v_pool;
@@ -300,18 +305,19 @@ struct CudaBackend::Impl {
       cuda::gemv_swiglu_f16(h, x, w13.get<cuda::f16_bits>(), in, hidden, stream, norm.get<float>(), eps, next, version);
   }
 
-  // The batch-1 QKV projection with RoPE (at *position), the K/V store (into k and v at element
-  // *offset) and the 16-bit query (into q16) as its epilogue (flash attention; replaces the GEMV
-  // and rope_store_qkv).
-  void gemv_qkv_rope(const float* x, const DeviceBuffer& norm, float eps, const DeviceBuffer& wqkv, const int* position,
-                     void* k, void* v, const std::int64_t* offset, void* q, cuda::L2Prefetch next, int version) {
+  // The batch-1 QKV projection with the biases (bias: nullptr for none), RoPE (at *position), the
+  // K/V store (into k and v at element *offset) and the 16-bit query (into q16) as its epilogue
+  // (flash attention; replaces the GEMV and rope_store_qkv).
+  void gemv_qkv_rope(const float* x, const DeviceBuffer& norm, float eps, const DeviceBuffer& wqkv, const float* bias,
+                     const int* position, void* k, void* v, const std::int64_t* offset, void* q, cuda::L2Prefetch next,
+                     int version) {
     const int hd = shape.head_dim();
     if (half_type == cuda::DType::bf16)
       cuda::gemv_qkv_rope_bf16(x, wqkv.get<cuda::bf16_bits>(), shape.dim, shape.n_heads, shape.n_kv_heads, hd, position,
-                               shape.rope_theta, k, v, offset, q, stream, norm.get<float>(), eps, next, version);
+                               rope(), k, v, offset, q, stream, norm.get<float>(), eps, next, version, bias);
     else
       cuda::gemv_qkv_rope_f16(x, wqkv.get<cuda::f16_bits>(), shape.dim, shape.n_heads, shape.n_kv_heads, hd, position,
-                              shape.rope_theta, k, v, offset, q, stream, norm.get<float>(), eps, next, version);
+                              rope(), k, v, offset, q, stream, norm.get<float>(), eps, next, version, bias);
   }
 
   // cuda_l2_prefetch: the first kL2Ahead bytes of w, for the GEMV before it to prefetch into L2
@@ -445,7 +451,7 @@ struct CudaBackend::Impl {
     qkv_rope_version = tune(
         "wqkv+rope", cuda::kEpilogueVersions, 1e-2f,
         [&](int v) {
-          gemv_qkv_rope(xin.get<float>(), L.rms_att, shape.norm_eps, L.wqkv, pos.get<int>(), q_s + q_dim,
+          gemv_qkv_rope(xin.get<float>(), L.rms_att, shape.norm_eps, L.wqkv, L.bqkv.get<float>(), pos.get<int>(), q_s + q_dim,
                         q_s + q_dim + kv_dim, off.get<std::int64_t>(), q_s, {}, v);
         },
         [&] {
@@ -473,10 +479,6 @@ struct CudaBackend::Impl {
 
 CudaBackend::CudaBackend(const Weights& w, CudaBackendOptions options) : impl_(std::make_unique<Impl>()) {
   cuda_backend_check_device();
-  // Not in the CUDA kernels yet (load.cpp refuses such configs first; this guards direct callers).
-  if (w.shape.qkv_bias || w.shape.rope_scaling.factor != 0)
-    throw std::invalid_argument(fmt::format("model {}: {} not implemented on backend cuda; allowed: backend cpu", w.shape.name,
-                                            w.shape.qkv_bias ? "Q/K/V biases (Qwen2) are" : "rope_scaling llama3 is"));
   Impl& m = *impl_;
   if (options.dtype != "fp32" && options.dtype != "bf16" && options.dtype != "fp16")
     throw std::invalid_argument(
@@ -504,7 +506,21 @@ CudaBackend::CudaBackend(const Weights& w, CudaBackendOptions options) : impl_(s
     m.upload_matrix(D.wo, {&L.wo}, staging);
     m.upload_matrix(D.w13, {&L.w1, &L.w3}, staging);
     m.upload_matrix(D.w2, {&L.w2}, staging);
+    if (w.shape.qkv_bias) {
+      std::vector<float> b(L.bq);
+      b.insert(b.end(), L.bk.begin(), L.bk.end());
+      b.insert(b.end(), L.bv.begin(), L.bv.end());
+      if (b.size() != static_cast<std::size_t>(w.shape.dim + 2 * w.shape.kv_dim()))
+        throw std::invalid_argument(fmt::format("model {}: layer {} has {} Q/K/V bias values, expected {}", w.shape.name, l,
+                                                b.size(), w.shape.dim + 2 * w.shape.kv_dim()));
+      m.upload_f32(D.bqkv, b.data(), b.size());
+    }
     check(cudaStreamSynchronize(m.stream), "weights upload");  // staging is reused by the next layer
+  }
+  if (w.shape.rope_scaling.active()) {
+    const std::vector<float> freq = w.shape.rope_frequencies();
+    m.rope_freq.reserve(freq.size() * sizeof(float));
+    check(cudaMemcpy(m.rope_freq.get(), freq.data(), freq.size() * sizeof(float), cudaMemcpyHostToDevice), "upload");
   }
   m.upload_f32(m.embedding, w.token_embedding.data(), w.token_embedding.size());
   m.upload_f32(m.rms_final, w.rms_final.data(), w.rms_final.size());
@@ -790,18 +806,20 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
       const cuda::L2Prefetch wo_whole = cuda_l2_prefetch ? cuda::L2Prefetch{L.wo.get(), L.wo.bytes()} : cuda::L2Prefetch{};
       if (fused_qkv) {
         // One launch: the QKV GEMV with RoPE, the K/V store and the 16-bit query as its epilogue.
-        gemv_qkv_rope(x.get<float>(), L.rms_att, s.norm_eps, L.wqkv, positions.get<int>(), k_pool.get(), v_pool.get(), off,
-                      q16.get(), l2_ahead(L.wo), qkv_rope_version);
+        gemv_qkv_rope(x.get<float>(), L.rms_att, s.norm_eps, L.wqkv, L.bqkv.get<float>(), positions.get<int>(), k_pool.get(),
+                      v_pool.get(), off, q16.get(), l2_ahead(L.wo), qkv_rope_version);
       } else {
         matmul_normed(q, x.get<float>(), L.rms_att, s.norm_eps, L.wqkv, T, dim, qkv_dim, xb.get<float>(), l2_ahead(L.wo));
       }
-      // RoPE on the query heads and the key heads that follow them in each row, K and V into the
-      // cache; flash (16-bit) also takes the queries in 16 bits: one launch for all of it.
+      // The Q/K/V biases (Qwen2), RoPE on the query heads and the key heads that follow them in each
+      // row, K and V into the cache; flash (16-bit) also takes the queries in 16 bits: one launch
+      // for all of it.
       if (flash && !fused_qkv) {
-        cuda::rope_store_qkv(q, T, n_real, s.n_heads, s.n_kv_heads, hd, positions.get<int>(), s.rope_theta, k_pool.get(),
-                             v_pool.get(), off, q16.get(), half_type, stream, wo_whole);
+        cuda::rope_store_qkv(q, T, n_real, s.n_heads, s.n_kv_heads, hd, positions.get<int>(), rope(), k_pool.get(),
+                             v_pool.get(), off, q16.get(), half_type, stream, wo_whole, L.bqkv.get<float>());
       } else if (!flash) {
-        cuda::rope(q, T, qkv_dim, s.n_heads + s.n_kv_heads, hd, positions.get<int>(), s.rope_theta, stream);
+        if (L.bqkv.get()) cuda::add_bias_rows(q, L.bqkv.get<float>(), T, qkv_dim, stream);
+        cuda::rope(q, T, qkv_dim, s.n_heads + s.n_kv_heads, hd, positions.get<int>(), rope(), stream);
         cuda::kv_write(k_pool.get(), off, q + dim, qkv_dim, n_real, kv_dim, kv_elem(), stream);
         cuda::kv_write(v_pool.get(), off, q + dim + kv_dim, qkv_dim, n_real, kv_dim, kv_elem(), stream);
       }

@@ -7,6 +7,8 @@
 //   KV in the same 16-bit type, fp32 activations and accumulation.
 //   attention naive: each sequence's K/V gathered to fp32, cuBLAS score GEMMs + softmax kernel;
 //   flash: tensor-core prefill, paged decode; flash_split: split-KV decode + LSE reduction.
+// Q/K/V biases (Qwen2) and scaled RoPE (Llama 3.x: the CPU's per-pair frequency table, uploaded)
+// as on the CPU.
 // The attention kernel follows the run's Attention (its name), so one loaded model serves a sweep
 // over attention. With cuda_graphs, decode steps replay as captured CUDA graphs. Logits come back to
 // the host (one row per sequence, vocab floats), where the engine samples, except in greedy

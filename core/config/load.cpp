@@ -821,14 +821,9 @@ void check_lengths(Check& k) {
     k.lp = static_cast<int>(std::min<long long>(k.seq, *k.lp + (w.conversation.turns - 1) * static_cast<long long>(*k.lp - w.shared_prefix.tokens + *k.lo)));
 }
 
-// The CUDA attention kernels exist for head_dim 64 and 128 only; Q/K/V biases and scaled RoPE are
-// not in the CUDA kernels (yet).
+// The CUDA attention kernels exist for head_dim 64 and 128 only.
 void check_cuda_head_dim(Check& k) {
   const ExperimentConfig& c = k.c;
-  if (c.backend == "cuda" && (k.shape.qkv_bias || k.shape.rope_scaling.factor != 0))
-    k.fail_at({"backend", "model.path", "model.preset"},
-              fmt::format("cuda cannot run {}: its {} not implemented in the CUDA kernels; allowed for this model: cpu", k.shape.name,
-                          k.shape.qkv_bias ? "Q/K/V biases (Qwen2) are" : "RoPE scaling (rope_scaling llama3) is"));
   if (c.backend == "cuda" && c.attention != "naive" && k.shape.head_dim() != 64 && k.shape.head_dim() != 128)
     k.fail_at({"attention", "model.preset", "model.path", "model.gguf"},
               fmt::format("{} on backend cuda needs head_dim 64 or 128; {} has {}; allowed: naive", c.attention, k.shape.name,

@@ -502,10 +502,6 @@ ModelShape gguf_shape(const GgufFile& f) {
   };
   if (auto e = f.get_int_opt(key("expert_count")); e && *e > 0)
     throw GgufError(fmt::format("{}: mixture-of-experts {} ({} = {}) is not supported", f.path(), arch, key("expert_count"), *e));
-  // llama.cpp stores Llama 3.1's rope scaling as per-frequency factors in this tensor.
-  if (f.find_tensor("rope_freqs.weight"))
-    throw GgufError(fmt::format("{}: tensor rope_freqs.weight (per-frequency RoPE factors: Llama 3.1's rope scaling) is not "
-                                "supported in GGUF; the Hugging Face folder (model.source hf) has rope_scaling llama3", f.path()));
   ModelShape s;
   s.name = std::filesystem::path(f.path()).stem().string();
   s.dim = geti(key("embedding_length"), 1, 65536);
@@ -539,6 +535,19 @@ ModelShape gguf_shape(const GgufFile& f) {
     throw bad(key("vocab_size"), *v, fmt::format("token_embd.weight has {} rows", s.vocab_size));
   s.tied_embeddings = f.find_tensor("output.weight") == nullptr;
   s.qkv_bias = arch == "qwen2";
+  // llama.cpp stores Llama 3.1's rope scaling as per-pair divisors of the RoPE frequencies
+  // (theta_i = pos * base^(-2i/d) / rope_freqs[i]).
+  if (const GgufTensorInfo* t = f.find_tensor("rope_freqs.weight")) {
+    const auto pairs = static_cast<std::uint64_t>(s.head_dim() / 2);
+    if (t->dims != std::vector<std::uint64_t>{pairs})
+      throw GgufError(fmt::format("{}: tensor rope_freqs.weight has shape [{}], expected [{}] (head size {} / 2)", f.path(),
+                                  fmt::join(t->dims, ", "), pairs, s.head_dim()));
+    s.rope_scaling.freq_factors = f.dequantize(*t);
+    for (std::size_t i = 0; i < s.rope_scaling.freq_factors.size(); ++i)
+      if (const float v = s.rope_scaling.freq_factors[i]; !(v > 0) || !std::isfinite(v))
+        throw GgufError(fmt::format("{}: tensor rope_freqs.weight[{}] = {} is not valid; allowed: finite and > 0", f.path(),
+                                    i, v));
+  }
   return s;
 }
 

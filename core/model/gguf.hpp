@@ -121,7 +121,8 @@ void dequantize_row(std::uint32_t type, const std::uint8_t* src, float* dst, std
 ModelShape gguf_shape(const GgufFile& f);
 // Weights from a llama or qwen2 GGUF: token_embd, blk.N.{attn_q,attn_k,attn_v,attn_output,
 // ffn_gate,ffn_up,ffn_down,attn_norm,ffn_norm}, output_norm, output (absent = tied embeddings);
-// qwen2 also blk.N.attn_{q,k,v}.bias.
+// qwen2 also blk.N.attn_{q,k,v}.bias; rope_freqs.weight (head_dim / 2 positive factors, Llama 3.x's
+// scaled RoPE as llama.cpp stores it) becomes the shape's rope_scaling.freq_factors.
 Weights load_gguf(const GgufFile& f);
 Weights load_gguf(const std::string& path);
 

@@ -16,6 +16,10 @@ std::vector<float> ModelShape::rope_frequencies() const {
   std::vector<float> freq(static_cast<std::size_t>(hd / 2));
   for (int i = 0; i < hd; i += 2) freq[static_cast<std::size_t>(i / 2)] = 1.0f / powf(rope_theta, i / (float)hd);  // llama2.c's
   const RopeScaling& r = rope_scaling;
+  if (!r.freq_factors.empty()) {  // a GGUF's rope_freqs (gguf_shape checked its length and values)
+    for (std::size_t i = 0; i < freq.size(); ++i) freq[i] /= r.freq_factors.at(i);
+    return freq;
+  }
   if (r.factor == 0) return freq;
   // Hugging Face's _compute_llama3_parameters.
   const double low_wavelen = r.original_max_position / double(r.low_freq_factor);

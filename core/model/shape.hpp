@@ -10,11 +10,16 @@ namespace ablate {
 // Llama 3.1's RoPE scaling (Hugging Face rope_type "llama3"): frequencies whose wavelength is
 // longer than original_max_position / low_freq_factor are divided by `factor`, those shorter than
 // original_max_position / high_freq_factor are kept, and the band between is interpolated.
+// A GGUF holds the same scaling as llama.cpp's per-pair divisors instead (tensor rope_freqs.weight):
+// freq_factors, which then replace the formula.
 struct RopeScaling {
-  float factor = 0;  // 0: no scaling
+  float factor = 0;  // 0: no scaling (unless freq_factors are given)
   float low_freq_factor = 1;
   float high_freq_factor = 4;
   int original_max_position = 8192;
+  std::vector<float> freq_factors;  // head_dim / 2 divisors of the pairs' frequencies; empty: none
+
+  bool active() const { return factor != 0 || !freq_factors.empty(); }
 };
 
 struct ModelShape {
@@ -30,7 +35,7 @@ struct ModelShape {
   float norm_eps = 1e-5f;
   bool tied_embeddings = true;  // LM head shares the token embedding
   bool qkv_bias = false;        // Q, K and V projections have biases (Qwen2)
-  RopeScaling rope_scaling;     // factor 0: plain RoPE
+  RopeScaling rope_scaling;     // inactive (factor 0, no freq_factors): plain RoPE
 
   int head_dim() const { return dim / n_heads; }
   int kv_dim() const { return n_kv_heads * head_dim(); }
@@ -40,7 +45,8 @@ struct ModelShape {
   // K and V floats stored per token, summed over layers.
   long long kv_floats_per_token() const { return 2LL * n_layers * kv_dim(); }
   // RoPE's head_dim / 2 angular frequencies, pair i rotating by position * freq[i]: theta^(-2i/hd)
-  // in llama2.c's float arithmetic, then rope_scaling applied (in double) when it is set.
+  // in llama2.c's float arithmetic, then rope_scaling applied when it is active: each divided by
+  // its freq_factors entry (in float, as llama.cpp), or else the llama3 formula (in double).
   std::vector<float> rope_frequencies() const;
 };
 

@@ -39,12 +39,14 @@ __global__ void kv_write_kernel(T* pool, const std::int64_t* offsets, const floa
     pool[offsets[r] + j] = Half16<T>::from(src[std::size_t(r) * src_stride + j]);
 }
 
-// One thread per pair (r, 2p) of a qkv row: the query and key pairs rotated in place, then the
-// row's query pair into q16, its key or value pair into the pools (rows < store_rows).
+// One thread per pair (r, 2p) of a qkv row: the bias added (when given) and the query and key pairs
+// rotated, in place, then the row's query pair into q16, its key or value pair into the pools
+// (rows < store_rows).
 template <typename T>
 __global__ void rope_store_qkv_kernel(float* qkv, int rows, int store_rows, int q_dim, int kv_dim, int head_dim,
-                                      const int* positions, float theta, T* k_pool, T* v_pool,
-                                      const std::int64_t* offsets, T* q16, L2Prefetch prefetch) {
+                                      const int* positions, float theta, const float* freq_table, T* k_pool,
+                                      T* v_pool, const std::int64_t* offsets, T* q16, L2Prefetch prefetch,
+                                      const float* bias) {
   pdl_trigger();
   pdl_wait();  // the prefetch too: before it, the previous GEMV is still streaming its own weights
   l2_prefetch_grid(prefetch.base, prefetch.bytes);
@@ -54,8 +56,9 @@ __global__ void rope_store_qkv_kernel(float* qkv, int rows, int store_rows, int 
   const int r = int(idx / pairs), i = int(idx % pairs) * 2;
   float* v = qkv + std::size_t(r) * row_dim + i;
   float v0 = v[0], v1 = v[1];
-  if (i < q_dim + kv_dim) {
-    rope_rotate(v0, v1, positions[r], i % head_dim, head_dim, theta);
+  if (bias) v0 += bias[i], v1 += bias[i + 1];
+  if (i < q_dim + kv_dim) rope_rotate(v0, v1, positions[r], i % head_dim, head_dim, theta, freq_table);
+  if (bias || i < q_dim + kv_dim) {
     v[0] = v0;
     v[1] = v1;
   }
@@ -113,8 +116,8 @@ void kv_write(void* pool, const std::int64_t* offsets, const float* src, int src
 }
 
 void rope_store_qkv(float* qkv, int rows, int store_rows, int n_heads, int n_kv_heads, int head_dim,
-                    const int* positions, float theta, void* k_pool, void* v_pool, const std::int64_t* offsets,
-                    void* q16, DType dtype, cudaStream_t stream, L2Prefetch prefetch) {
+                    const int* positions, RopeFreq freq, void* k_pool, void* v_pool, const std::int64_t* offsets,
+                    void* q16, DType dtype, cudaStream_t stream, L2Prefetch prefetch, const float* bias) {
   if (head_dim % 2 != 0) throw std::invalid_argument("rope_store_qkv: head_dim must be even");
   if (reinterpret_cast<std::uintptr_t>(prefetch.base) % 16 != 0)
     throw std::invalid_argument("rope_store_qkv: the prefetch range must start 16-byte aligned");
@@ -123,12 +126,12 @@ void rope_store_qkv(float* qkv, int rows, int store_rows, int n_heads, int n_kv_
   const int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
   if (dtype == DType::bf16)
     launch_pdl(rope_store_qkv_kernel<__nv_bfloat16>, grid_for(threads), kBlock, 0, stream, qkv, rows, store_rows, q_dim,
-               kv_dim, head_dim, positions, theta, static_cast<__nv_bfloat16*>(k_pool),
-               static_cast<__nv_bfloat16*>(v_pool), offsets, static_cast<__nv_bfloat16*>(q16), prefetch);
+               kv_dim, head_dim, positions, freq.theta, freq.table, static_cast<__nv_bfloat16*>(k_pool),
+               static_cast<__nv_bfloat16*>(v_pool), offsets, static_cast<__nv_bfloat16*>(q16), prefetch, bias);
   else
     launch_pdl(rope_store_qkv_kernel<__half>, grid_for(threads), kBlock, 0, stream, qkv, rows, store_rows, q_dim, kv_dim,
-               head_dim, positions, theta, static_cast<__half*>(k_pool), static_cast<__half*>(v_pool), offsets,
-               static_cast<__half*>(q16), prefetch);
+               head_dim, positions, freq.theta, freq.table, static_cast<__half*>(k_pool), static_cast<__half*>(v_pool),
+               offsets, static_cast<__half*>(q16), prefetch, bias);
 }
 
 void kv_gather_f32(float* dst, const void* pool, const std::int32_t* indices, int page_size, int length,

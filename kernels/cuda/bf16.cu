@@ -52,6 +52,8 @@ struct RopeStore {
   void *k_pool, *v_pool, *q16;  // the weights' 16-bit type
   int head_dim, q_dim, kv_dim;
   float theta;
+  const float* freq_table;  // device, head_dim / 2 floats (scaled RoPE); nullptr: from theta
+  const float* bias;        // device, one qkv row of Q/K/V biases (Qwen2); nullptr: none
 };
 
 // 16 bytes of a stream read once, L2 asked to fetch the whole 256-byte line around them.
@@ -270,7 +272,11 @@ __global__ void gemv_bf16_multi_kernel(float* y, const void* xv, const T* w, int
       float v0 = sum[0] * inv, v1 = sum[1] * inv;
       if (o0 + 1 < out) {
         const int i = o0;
-        if (i < rs.q_dim + rs.kv_dim) detail::rope_rotate(v0, v1, *rs.position, i % rs.head_dim, rs.head_dim, rs.theta);
+        // __fadd_rn: never fused with the product above into an FMA, so the same bits as the
+        // GEMV's stored output plus the bias (rope_store_qkv, add_bias_rows, the CPU).
+        if (rs.bias) v0 = __fadd_rn(v0, rs.bias[i]), v1 = __fadd_rn(v1, rs.bias[i + 1]);
+        if (i < rs.q_dim + rs.kv_dim)
+          detail::rope_rotate(v0, v1, *rs.position, i % rs.head_dim, rs.head_dim, rs.theta, rs.freq_table);
         T* dst = i < rs.q_dim                ? static_cast<T*>(rs.q16) + i
                  : i < rs.q_dim + rs.kv_dim ? static_cast<T*>(rs.k_pool) + *rs.offset + (i - rs.q_dim)
                                             : static_cast<T*>(rs.v_pool) + *rs.offset + (i - rs.q_dim - rs.kv_dim);
@@ -399,20 +405,20 @@ void gemv_swiglu_f16(float* h, const float* x, const f16_bits* w13, int in, int 
 }
 
 void gemv_qkv_rope_bf16(const float* x, const bf16_bits* wqkv, int in, int n_heads, int n_kv_heads, int head_dim,
-                        const int* position, float theta, void* k_pool, void* v_pool, const std::int64_t* offset,
+                        const int* position, RopeFreq freq, void* k_pool, void* v_pool, const std::int64_t* offset,
                         void* q16, cudaStream_t stream, const float* norm_weight, float norm_eps, L2Prefetch next,
-                        int version) {
+                        int version, const float* bias) {
   gemv_qkv_rope_16<__nv_bfloat16>("gemv_qkv_rope_bf16", x, wqkv, in, n_heads, n_kv_heads, head_dim,
-                                  {position, offset, k_pool, v_pool, q16, 0, 0, 0, theta}, stream,
+                                  {position, offset, k_pool, v_pool, q16, 0, 0, 0, freq.theta, freq.table, bias}, stream,
                                   {norm_weight, norm_eps}, next, version);
 }
 void gemv_qkv_rope_f16(const float* x, const f16_bits* wqkv, int in, int n_heads, int n_kv_heads, int head_dim,
-                       const int* position, float theta, void* k_pool, void* v_pool, const std::int64_t* offset,
+                       const int* position, RopeFreq freq, void* k_pool, void* v_pool, const std::int64_t* offset,
                        void* q16, cudaStream_t stream, const float* norm_weight, float norm_eps, L2Prefetch next,
-                       int version) {
+                       int version, const float* bias) {
   gemv_qkv_rope_16<__half>("gemv_qkv_rope_f16", x, wqkv, in, n_heads, n_kv_heads, head_dim,
-                           {position, offset, k_pool, v_pool, q16, 0, 0, 0, theta}, stream, {norm_weight, norm_eps},
-                           next, version);
+                           {position, offset, k_pool, v_pool, q16, 0, 0, 0, freq.theta, freq.table, bias}, stream,
+                           {norm_weight, norm_eps}, next, version);
 }
 
 void gemv_bf16(float* y, const float* x, const bf16_bits* w, int in, int out, bool accumulate, cudaStream_t stream,

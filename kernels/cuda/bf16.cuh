@@ -86,15 +86,17 @@ void gemv_swiglu_f16(float* h, const float* x, const f16_bits* w13, int in, int 
 // k_pool and v_pool at element *offset (position and offset are device pointers). The same bits
 // as gemv version 3 into an fp32 qkv row followed by rope_store_qkv (tested), in one launch; the
 // fp32 row is not written. in % 8 == 0. Versions as gemv_swiglu's: 1 (the same bits as the two
-// launches), 2-5 (each RoPE pair's rows split over several warps).
+// launches), 2-5 (each RoPE pair's rows split over several warps). freq: RoPE's frequencies (a
+// table for scaled RoPE); bias (device, one qkv row, nullptr: none): Qwen2's Q/K/V biases, added
+// to the product before RoPE, as rope_store_qkv's.
 void gemv_qkv_rope_bf16(const float* x, const bf16_bits* wqkv, int in, int n_heads, int n_kv_heads, int head_dim,
-                        const int* position, float theta, void* k_pool, void* v_pool, const std::int64_t* offset,
+                        const int* position, RopeFreq freq, void* k_pool, void* v_pool, const std::int64_t* offset,
                         void* q16, cudaStream_t stream, const float* norm_weight = nullptr, float norm_eps = 0.0f,
-                        L2Prefetch next = {}, int version = 1);
+                        L2Prefetch next = {}, int version = 1, const float* bias = nullptr);
 void gemv_qkv_rope_f16(const float* x, const f16_bits* wqkv, int in, int n_heads, int n_kv_heads, int head_dim,
-                       const int* position, float theta, void* k_pool, void* v_pool, const std::int64_t* offset,
+                       const int* position, RopeFreq freq, void* k_pool, void* v_pool, const std::int64_t* offset,
                        void* q16, cudaStream_t stream, const float* norm_weight = nullptr, float norm_eps = 0.0f,
-                       L2Prefetch next = {}, int version = 1);
+                       L2Prefetch next = {}, int version = 1, const float* bias = nullptr);
 
 // Deterministic pseudo-random fill for benchmarks and tests: dst[i] uniform in [-scale, scale)
 // from a hash of (seed, i), computed on the device (no host copy of multi-GB weights).

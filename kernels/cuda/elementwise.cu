@@ -54,13 +54,13 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const float* weight, 
 // One thread per (row, head, pair i): every rotation is independent (a thread per (row, pair)
 // looping over the heads left one 64-thread block doing 64 heads in turn at batch 1).
 __global__ void rope_kernel(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions,
-                            float theta) {
+                            float theta, const float* freq_table) {
   const int half = head_dim / 2;
   const std::size_t idx = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= std::size_t(rows) * n_heads * half) return;
   const int p = int(idx % half), h = int(idx / half % n_heads), r = int(idx / half / n_heads);
   float* v = x + std::size_t(r) * row_stride + std::size_t(h) * head_dim + 2 * p;
-  rope_rotate(v[0], v[1], positions[r], 2 * p, head_dim, theta);
+  rope_rotate(v[0], v[1], positions[r], 2 * p, head_dim, theta, freq_table);
 }
 
 __global__ void softmax_kernel(float* x, int n) {
@@ -116,6 +116,11 @@ __global__ void add_kernel(float* x, const float* y, std::size_t n) {
   if (i < n) x[i] += y[i];
 }
 
+__global__ void add_bias_rows_kernel(float* x, const float* bias, std::size_t total, int n) {
+  const std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < total) x[i] += bias[i % n];
+}
+
 }  // namespace
 
 void set_programmatic_launch(bool on) { g_programmatic_launch = on; }
@@ -141,11 +146,12 @@ void rmsnorm(float* out, const float* x, const float* weight, int rows, int dim,
   launch_pdl(rmsnorm_kernel, rows, kBlock, 0, stream, out, x, weight, dim, eps);
 }
 
-void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions, float theta,
+void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions, RopeFreq freq,
           cudaStream_t stream) {
   const std::size_t threads = std::size_t(rows) * n_heads * (head_dim / 2);
   if (threads == 0) return;
-  rope_kernel<<<grid_for(threads), kBlock, 0, stream>>>(x, rows, row_stride, n_heads, head_dim, positions, theta);
+  rope_kernel<<<grid_for(threads), kBlock, 0, stream>>>(x, rows, row_stride, n_heads, head_dim, positions, freq.theta,
+                                                        freq.table);
   check_launch("rope");
 }
 
@@ -176,6 +182,13 @@ void add(float* x, const float* y, std::size_t n, cudaStream_t stream) {
   if (n == 0) return;
   add_kernel<<<grid_for(n), kBlock, 0, stream>>>(x, y, n);
   check_launch("add");
+}
+
+void add_bias_rows(float* x, const float* bias, int rows, int n, cudaStream_t stream) {
+  const std::size_t total = std::size_t(rows) * n;
+  if (rows <= 0 || n <= 0) return;
+  add_bias_rows_kernel<<<grid_for(total), kBlock, 0, stream>>>(x, bias, total, n);
+  check_launch("add_bias_rows");
 }
 
 }  // namespace ablate::cuda

@@ -47,8 +47,19 @@ void l2_prefetch(L2Prefetch range, cudaStream_t stream);
 // out = x / sqrt(mean(x^2) + eps) * weight, row by row; out may alias x.
 void rmsnorm(float* out, const float* x, const float* weight, int rows, int dim, float eps, cudaStream_t stream);
 
+// RoPE's frequencies: pair i of a head turns by position * freq_i, where freq_i = 1 / theta^(2i /
+// head_dim) computed on the device (llama2.c's float expression), or table[i] when a table is given:
+// a device array of head_dim / 2 floats (ModelShape::rope_frequencies: scaled RoPE, Llama 3.x).
+// A bare theta converts to the first.
+struct RopeFreq {
+  float theta = 10000.0f;
+  const float* table = nullptr;
+  RopeFreq(float theta_) : theta(theta_) {}  // implicit: the launchers' plain-RoPE callers pass theta
+  RopeFreq(float theta_, const float* table_) : theta(theta_), table(table_) {}
+};
+
 // In place, llama2.c convention (adjacent pairs); `positions` is a device array of `rows` ints.
-void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions, float theta,
+void rope(float* x, int rows, int row_stride, int n_heads, int head_dim, const int* positions, RopeFreq freq,
           cudaStream_t stream);
 
 // Row-wise numerically stable softmax in place, x is [rows][n].
@@ -75,6 +86,9 @@ void swiglu_rows(float* out, const float* gate_up, int rows, int hidden, cudaStr
 
 // x[i] += y[i].
 void add(float* x, const float* y, std::size_t n, cudaStream_t stream);
+// x[r][j] += bias[j] for rows r < rows of n floats (the Q/K/V biases after the QKV projection, as
+// the CPU backend's cpu::add per row).
+void add_bias_rows(float* x, const float* bias, int rows, int n, cudaStream_t stream);
 
 // Naive attention: scores S[n_heads][n_q][kv_len] = scale * Q K^T by cuBLAS strided-batched
 // GEMMs (one call per query head within a GQA group, batched over KV heads), a causal masked
@@ -199,16 +213,18 @@ void kv_write(void* pool, const std::int64_t* offsets, const float* src, int src
               cudaStream_t stream);
 
 // The flash path's step between the QKV projection and attention, in one launch: for rows of
-// qkv ([rows][(n_heads + 2 n_kv_heads) head_dim] fp32: queries, keys, values), RoPE on the query
+// qkv ([rows][(n_heads + 2 n_kv_heads) head_dim] fp32: queries, keys, values), the biases added
+// when `bias` is given (device, one row's (n_heads + 2 n_kv_heads) head_dim floats: Qwen2's Q/K/V
+// biases; all of the row in place, as add_bias_rows), RoPE on the query
 // and key heads in place, then for rows < store_rows the keys and values into the pools at
 // offsets[r] (as kv_write) and the rotated queries into q16 (same row stride), in dtype (bf16 or
-// fp16, also the pools' type). The same results, bit for bit, as rope(), two kv_write()s and
-// cast_from_float() (four launches; tested against them). prefetch: once the kernel ahead of it
+// fp16, also the pools' type). The same results, bit for bit, as (add_bias_rows(),) rope(), two
+// kv_write()s and cast_from_float() (four launches; tested against them). prefetch: once the kernel ahead of it
 // has finished (pdl), its threads also ask L2 to fetch that range (cuda_l2_prefetch: the output
 // projection's weights, read after the attention that follows; HBM is otherwise idle meanwhile).
 void rope_store_qkv(float* qkv, int rows, int store_rows, int n_heads, int n_kv_heads, int head_dim,
-                    const int* positions, float theta, void* k_pool, void* v_pool, const std::int64_t* offsets,
-                    void* q16, DType dtype, cudaStream_t stream, L2Prefetch prefetch = {});
+                    const int* positions, RopeFreq freq, void* k_pool, void* v_pool, const std::int64_t* offsets,
+                    void* q16, DType dtype, cudaStream_t stream, L2Prefetch prefetch = {}, const float* bias = nullptr);
 
 // dst[t][token_stride] (fp32, contiguous) = token t < length of a page list (KvSeqView layout):
 // pool points at the view's k_pool or v_pool, indices is a device array of its pages.

@@ -205,16 +205,26 @@ TEST_CASE("cuda embed, kv_write and kv_gather_f32 match the CPU's copies and KvS
 
 // The fused kernel against the four it replaces (rope, kv_write of K and V, the 16-bit cast of
 // the queries), each of which has its own CPU comparison: equal bit for bit. Rows past
-// store_rows (padding rows) are rotated but not stored.
+// store_rows (padding rows) are rotated but not stored. With Q/K/V biases and a frequency table
+// (Qwen2, scaled RoPE): against add_bias_rows before the four.
 TEST_CASE("cuda rope_store_qkv equals rope, two kv_writes and cast_from_float, bit for bit", "[cuda][backend]") {
   std::mt19937 rng(11);
   std::uniform_real_distribution<float> u(-1, 1);
+  for (bool bias_and_table : {false, true})
   for (cuda::DType type : {cuda::DType::bf16, cuda::DType::f16})
     for (auto [n_heads, n_kv_heads, hd] : {std::tuple{8, 2, 64}, std::tuple{4, 4, 128}, std::tuple{9, 3, 64}}) {
-      INFO(cuda::dtype_name(type) << " heads " << n_heads << "/" << n_kv_heads << " head_dim " << hd);
+      INFO(cuda::dtype_name(type) << " heads " << n_heads << "/" << n_kv_heads << " head_dim " << hd << " bias and table "
+                                  << bias_and_table);
       const int rows = 7, store_rows = 5, q_dim = n_heads * hd, kv_dim = n_kv_heads * hd, row_dim = q_dim + 2 * kv_dim;
-      std::vector<float> qkv(std::size_t(rows) * row_dim);
+      std::vector<float> qkv(std::size_t(rows) * row_dim), bias(static_cast<std::size_t>(row_dim)),
+          table(static_cast<std::size_t>(hd / 2));
       for (float& v : qkv) v = u(rng);
+      for (float& v : bias) v = u(rng);
+      for (std::size_t i = 0; i < table.size(); ++i)
+        table[i] = std::pow(10000.0f, -2.0f * float(i) / float(hd)) / (1 + float(i % 3));  // some pairs scaled
+      Dev<float> d_bias(bias), d_table(table);
+      const float* bias_ptr = bias_and_table ? d_bias.ptr : nullptr;
+      const cuda::RopeFreq freq = bias_and_table ? cuda::RopeFreq{10000.0f, d_table.ptr} : cuda::RopeFreq{10000.0f};
       std::vector<int> pos{0, 1, 17, 300, 4095, 5, 9};
       std::vector<std::int64_t> offsets(store_rows);
       std::vector<int> slot{3, 0, 6, 2, 5};  // scattered slots of a 7-token pool
@@ -225,12 +235,13 @@ TEST_CASE("cuda rope_store_qkv equals rope, two kv_writes and cast_from_float, b
       Dev<std::int64_t> d_off(offsets);
       Dev<std::uint16_t> k1(pool_elems), v1(pool_elems), q1(q16_elems), k2(pool_elems), v2(pool_elems), q2(q16_elems);
       const cuda::KvElem elem = type == cuda::DType::bf16 ? cuda::KvElem::bf16 : cuda::KvElem::f16;
-      cuda::rope(a.ptr, rows, row_dim, n_heads + n_kv_heads, hd, d_pos.ptr, 10000.0f, nullptr);
+      if (bias_ptr) cuda::add_bias_rows(a.ptr, bias_ptr, rows, row_dim, nullptr);
+      cuda::rope(a.ptr, rows, row_dim, n_heads + n_kv_heads, hd, d_pos.ptr, freq, nullptr);
       cuda::kv_write(k1.ptr, d_off.ptr, a.ptr + q_dim, row_dim, store_rows, kv_dim, elem, nullptr);
       cuda::kv_write(v1.ptr, d_off.ptr, a.ptr + q_dim + kv_dim, row_dim, store_rows, kv_dim, elem, nullptr);
       cuda::cast_from_float(q1.ptr, a.ptr, std::size_t(store_rows) * row_dim, type, nullptr);
-      cuda::rope_store_qkv(b.ptr, rows, store_rows, n_heads, n_kv_heads, hd, d_pos.ptr, 10000.0f, k2.ptr, v2.ptr,
-                           d_off.ptr, q2.ptr, type, nullptr);
+      cuda::rope_store_qkv(b.ptr, rows, store_rows, n_heads, n_kv_heads, hd, d_pos.ptr, freq, k2.ptr, v2.ptr,
+                           d_off.ptr, q2.ptr, type, nullptr, {}, bias_ptr);
       CHECK(a.host() == b.host());
       CHECK(k1.host() == k2.host());
       CHECK(v1.host() == v2.host());
@@ -243,8 +254,9 @@ TEST_CASE("cuda rope_store_qkv equals rope, two kv_writes and cast_from_float, b
       // The range: more pieces than the grid has threads, and a length that is not a multiple of 16.
       Dev<float> c(qkv);
       Dev<std::uint16_t> k3(pool_elems), v3(pool_elems), q3(q16_elems), ahead(std::size_t(1) << 25);
-      cuda::rope_store_qkv(c.ptr, rows, store_rows, n_heads, n_kv_heads, hd, d_pos.ptr, 10000.0f, k3.ptr, v3.ptr,
-                           d_off.ptr, q3.ptr, type, nullptr, cuda::L2Prefetch{ahead.ptr, (std::size_t(1) << 26) - 6});
+      cuda::rope_store_qkv(c.ptr, rows, store_rows, n_heads, n_kv_heads, hd, d_pos.ptr, freq, k3.ptr, v3.ptr,
+                           d_off.ptr, q3.ptr, type, nullptr, cuda::L2Prefetch{ahead.ptr, (std::size_t(1) << 26) - 6},
+                           bias_ptr);
       CHECK(b.host() == c.host());
       CHECK(k2.host() == k3.host());
       CHECK(v2.host() == v3.host());
@@ -278,6 +290,42 @@ TEST_CASE("cuda backend: stories260K greedy tokens equal the CPU's (fp32, naive,
   CHECK(gpu.peak_device_bytes() > gpu.weights_bytes());
 }
 
+namespace {
+
+// Logits of every row of three steps of a ragged batch: p0's first 40 tokens beside p1's first
+// 20 (prefill), then p0's 41st token decoded beside a 3-token verification chunk of p1, then
+// p0's 42nd alone (batch 1: the fused batch-1 kernels). p0 holds 42 tokens, p1 23.
+std::vector<float> ragged_steps_logits(Backend& b, const std::string& layout, const std::string& attention,
+                                       const std::vector<int>& p0, const std::vector<int>& p1) {
+  auto kv = cache_for(b, layout, 256);
+  auto att = attention_named(attention);
+  REQUIRE(kv->admit(0, 41, 8));
+  REQUIRE(kv->admit(1, 23, 8));
+  REQUIRE(kv->ensure(0, 41));
+  REQUIRE(kv->ensure(1, 23));
+  ForwardBatch prefill;
+  prefill.chunks.push_back({0, 0, std::span<const int>(p0).first(40), false});
+  prefill.chunks.push_back({1, 0, std::span<const int>(p1).first(20), false});
+  std::vector<float> first = b.forward(prefill, *kv, *att);
+  kv->set_length(0, 40);
+  kv->set_length(1, 20);
+  ForwardBatch mixed;
+  mixed.chunks.push_back({0, 40, std::span<const int>(p0).subspan(40, 1), false});
+  mixed.chunks.push_back({1, 20, std::span<const int>(p1).subspan(20, 3), true});
+  std::vector<float> second = b.forward(mixed, *kv, *att);
+  first.insert(first.end(), second.begin(), second.end());
+  kv->set_length(0, 41);
+  kv->set_length(1, 23);
+  REQUIRE(kv->ensure(0, 42));
+  ForwardBatch single;
+  single.chunks.push_back({0, 41, std::span<const int>(p0).subspan(41, 1), false});
+  std::vector<float> third = b.forward(single, *kv, *att);
+  first.insert(first.end(), third.begin(), third.end());
+  return first;
+}
+
+}  // namespace
+
 TEST_CASE("cuda backend: logits within 16-bit tolerance of the CPU's (bf16, fp16), every attention kernel, both layouts",
           "[cuda][backend]") {
   const ModelShape shape = *find_preset("smollm2-135m");
@@ -295,31 +343,7 @@ TEST_CASE("cuda backend: logits within 16-bit tolerance of the CPU's (bf16, fp16
   };
   const auto p0 = ids(42), p1 = ids(23);
   auto steps_logits = [&](Backend& b, const std::string& layout, const std::string& attention) {
-    auto kv = cache_for(b, layout, 256);
-    auto att = attention_named(attention);
-    REQUIRE(kv->admit(0, 41, 8));
-    REQUIRE(kv->admit(1, 23, 8));
-    REQUIRE(kv->ensure(0, 41));
-    REQUIRE(kv->ensure(1, 23));
-    ForwardBatch prefill;
-    prefill.chunks.push_back({0, 0, std::span<const int>(p0).first(40), false});
-    prefill.chunks.push_back({1, 0, std::span<const int>(p1).first(20), false});
-    std::vector<float> first = b.forward(prefill, *kv, *att);
-    kv->set_length(0, 40);
-    kv->set_length(1, 20);
-    ForwardBatch mixed;
-    mixed.chunks.push_back({0, 40, std::span<const int>(p0).subspan(40, 1), false});
-    mixed.chunks.push_back({1, 20, std::span<const int>(p1).subspan(20, 3), true});
-    std::vector<float> second = b.forward(mixed, *kv, *att);
-    first.insert(first.end(), second.begin(), second.end());
-    kv->set_length(0, 41);
-    kv->set_length(1, 23);
-    REQUIRE(kv->ensure(0, 42));
-    ForwardBatch single;
-    single.chunks.push_back({0, 41, std::span<const int>(p0).subspan(41, 1), false});
-    std::vector<float> third = b.forward(single, *kv, *att);
-    first.insert(first.end(), third.begin(), third.end());
-    return first;
+    return ragged_steps_logits(b, layout, attention, p0, p1);
   };
   const auto want = steps_logits(cpu, "contiguous", "naive");
   float scale = 0;
@@ -415,5 +439,120 @@ TEST_CASE("cuda backend: cuda_graphs gives the same greedy tokens as launching k
     REQUIRE(gpu.last_forward_device_s().has_value());
     CHECK(*gpu.last_forward_device_s() > 0.0);
     CHECK(*gpu.last_forward_device_s() < 1.0);
+  }
+}
+
+namespace {
+
+// A small model with the flash kernels' head_dim (64; GQA 2:1) and Qwen2's Q/K/V biases and/or
+// Llama 3's scaled RoPE. Scaling with original_max_position 32: at theta 1e4 and head_dim 64 the
+// pairs' wavelengths (6 to 4e4 positions) fall in all three bands (kept, blended, divided), and
+// the steps' positions (up to 127) run past 32.
+ModelShape feature_shape(bool qkv_bias, bool scaled) {
+  ModelShape s;
+  s.name = std::string(qkv_bias ? "bias" : "") + (scaled ? "scaled" : "");
+  s.dim = 256;
+  s.hidden_dim = 512;
+  s.n_layers = 2;
+  s.n_heads = 4;
+  s.n_kv_heads = 2;
+  s.vocab_size = 1000;
+  s.max_seq_len = 512;
+  s.tied_embeddings = qkv_bias;  // Qwen2.5's small models tie, Llama 3's do not
+  s.qkv_bias = qkv_bias;
+  if (scaled) s.rope_scaling = {8.0f, 1.0f, 4.0f, 32, {}};
+  return s;
+}
+
+double max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::abs(a[i] - b[i])));
+  return worst;
+}
+
+}  // namespace
+
+// The CUDA backend with Q/K/V biases (added after the QKV projection: add_bias_rows on the naive
+// path, in rope_store_qkv and the fused batch-1 QKV GEMV on the flash paths) and scaled RoPE (the
+// CPU's frequency table on the device, read by every RoPE kernel) against the CPU backend: fp32
+// logits to float rounding and the same greedy tokens; 16-bit logits within 16-bit tolerance, every
+// attention kernel, both layouts; with the feature removed the CPU's logits move by far more than
+// the fp32 tolerance (the comparison sees it).
+TEST_CASE("cuda backend: Q/K/V biases (Qwen2) and scaled RoPE (Llama 3) give the CPU's logits, every attention kernel",
+          "[cuda][backend][qwen2][llama3]") {
+  for (auto [bias, scaled] : {std::pair{true, false}, std::pair{false, true}, std::pair{true, true}}) {
+    const ModelShape shape = feature_shape(bias, scaled);
+    INFO("qkv_bias " << bias << ", rope_scaling llama3 " << scaled);
+    const Weights w = synthetic_weights(shape, 9);
+    CpuBackend cpu(synthetic_weights(shape, 9));
+    std::mt19937 rng(10);
+    auto ids = [&](int n) {
+      std::vector<int> t(static_cast<std::size_t>(n));
+      for (int& x : t) x = static_cast<int>(rng() % static_cast<unsigned>(shape.vocab_size));
+      return t;
+    };
+    const auto p0 = ids(42), p1 = ids(23);
+    const auto want = ragged_steps_logits(cpu, "contiguous", "naive", p0, p1);
+    float scale = 0;
+    for (float v : want) scale = std::max(scale, std::abs(v));
+    const double fp32_tol = 1e-4 * scale;
+
+    Weights off = synthetic_weights(shape, 9);  // the same weights without the feature(s)
+    off.shape.qkv_bias = false;
+    for (LayerWeights& L : off.layers) L.bq.clear(), L.bk.clear(), L.bv.clear();
+    off.shape.rope_scaling = RopeScaling{};
+    CpuBackend cpu_off(std::move(off));
+    const double feature = max_diff(ragged_steps_logits(cpu_off, "contiguous", "naive", p0, p1), want);
+    INFO("without the feature the CPU's logits move by " << feature << " (logits up to " << scale << ")");
+    CHECK(feature > 100 * fp32_tol);
+
+    CudaBackend gpu32(w, {"fp32"});
+    for (const std::string layout : {"contiguous", "paged"}) {
+      INFO("fp32, naive on " << layout);
+      const double worst = max_diff(ragged_steps_logits(gpu32, layout, "naive", p0, p1), want);
+      INFO("worst |gpu - cpu| = " << worst);
+      CHECK(worst <= fp32_tol);
+    }
+    const auto reqs = test::random_requests(15, 6, shape.vocab_size, 40, 60);
+    for (const std::string layout : {"contiguous", "paged"}) {
+      INFO("fp32 greedy tokens, naive on " << layout);
+      const auto greedy_cpu = greedy_run(cpu, layout, "naive", reqs, 128);
+      const auto greedy_gpu = greedy_run(gpu32, layout, "naive", reqs, 128);
+      REQUIRE(greedy_gpu.size() == greedy_cpu.size());
+      for (std::size_t i = 0; i < greedy_cpu.size(); ++i) CHECK(greedy_gpu[i] == greedy_cpu[i]);
+    }
+
+    for (const std::string dtype : {"bf16", "fp16"}) {
+      CudaBackend gpu(w, {dtype});
+      for (const std::string attention : {"naive", "flash", "flash_split"})
+        for (const std::string layout : {"contiguous", "paged"}) {
+          INFO(dtype << ", " << attention << " on " << layout);
+          const double worst = max_diff(ragged_steps_logits(gpu, layout, attention, p0, p1), want);
+          INFO("worst |gpu - cpu| = " << worst << " of logits up to " << scale);
+          CHECK(worst <= 0.03 * scale);  // as the 16-bit test above
+        }
+    }
+  }
+}
+
+// The features' device buffers (biases, frequency table) under CUDA graphs: decode steps
+// captured and replayed give the tokens launched kernel by kernel gives.
+TEST_CASE("cuda backend: cuda_graphs with Q/K/V biases and scaled RoPE gives the eager greedy tokens",
+          "[cuda][backend][qwen2][llama3]") {
+  const ModelShape shape = feature_shape(true, true);
+  const Weights w = synthetic_weights(shape, 4);
+  const auto reqs = test::random_requests(16, 6, shape.vocab_size, 20, 80);
+  CudaBackend gpu(w, {"bf16"});
+  for (const std::string attention : {"flash", "flash_split"}) {
+    INFO(attention);
+    gpu.set_cuda_graphs(false);
+    const auto want = greedy_run(gpu, "paged", attention, reqs, 128);
+    gpu.set_cuda_graphs(true);
+    const CudaGraphStats before = gpu.graph_stats();
+    const auto got = greedy_run(gpu, "paged", attention, reqs, 128);
+    CHECK(gpu.graph_stats().replays - before.replays > 0);
+    REQUIRE(got.size() == want.size());
+    for (std::size_t i = 0; i < want.size(); ++i) CHECK(got[i] == want[i]);
   }
 }

@@ -261,7 +261,8 @@ TEST_CASE("cuda gemv_swiglu (gate/up GEMV with the SwiGLU epilogue) matches the 
 
 // The fused QKV projection (RoPE and the K/V store as the GEMV's epilogue) against the two
 // launches it replaces, gemv version 3 into an fp32 row and rope_store_qkv (itself tested bit for
-// bit against rope, kv_write and cast_from_float): the same bits in q16 and both pools.
+// bit against rope, kv_write and cast_from_float): the same bits in q16 and both pools. Also with
+// Q/K/V biases and a RoPE frequency table (Qwen2, scaled RoPE), given to both.
 TEST_CASE("cuda gemv_qkv_rope equals gemv version 3 then rope_store_qkv, bit for bit (versions 2-5: to 16-bit rounding)",
           "[cuda][bf16]") {
   std::mt19937 rng(21);
@@ -270,14 +271,21 @@ TEST_CASE("cuda gemv_qkv_rope equals gemv version 3 then rope_store_qkv, bit for
   for (cuda::DType type : {cuda::DType::bf16, cuda::DType::f16})
     for (auto [in, n_heads, n_kv_heads, hd] :
          {std::tuple{576, 9, 3, 64}, std::tuple{1024, 8, 2, 64}, std::tuple{512, 4, 4, 128}, std::tuple{4096, 32, 32, 128}})
-      for (bool norm : {false, true}) {
+      for (auto [norm, extras] : {std::pair{false, false}, std::pair{true, false}, std::pair{true, true}}) {
         INFO(cuda::dtype_name(type) << " in=" << in << " heads " << n_heads << "/" << n_kv_heads << " head_dim " << hd
-                                    << " norm=" << norm);
+                                    << " norm=" << norm << " bias and frequency table=" << extras);
         const int q_dim = n_heads * hd, kv_dim = n_kv_heads * hd, out = q_dim + 2 * kv_dim;
-        std::vector<float> x(in), g(in), w(std::size_t(out) * in);
+        std::vector<float> x(in), g(in), w(std::size_t(out) * in), bias(static_cast<std::size_t>(out)),
+            table(static_cast<std::size_t>(hd / 2));
         for (auto& v : x) v = u(rng);
         for (auto& v : g) v = 1.0f + 0.5f * u(rng);
         for (auto& v : w) v = u(rng) / std::sqrt(float(in));
+        for (auto& v : bias) v = u(rng);
+        for (std::size_t i = 0; i < table.size(); ++i)
+          table[i] = std::pow(10000.0f, -2.0f * float(i) / float(hd)) / (1 + float(i % 3));  // some pairs scaled
+        float *dbias = upload(bias), *dtable = upload(table);
+        const float* bias_ptr = extras ? dbias : nullptr;
+        const cuda::RopeFreq freq = extras ? cuda::RopeFreq{10000.0f, dtable} : cuda::RopeFreq{10000.0f};
         const int position = 777;
         const std::int64_t slot = std::int64_t(5) * kv_dim;  // token slot 5 of an 8-token pool
         const std::size_t pool = std::size_t(8) * kv_dim;
@@ -296,15 +304,16 @@ TEST_CASE("cuda gemv_qkv_rope equals gemv version 3 then rope_store_qkv, bit for
         // The pair of launches it replaces.
         if (type == cuda::DType::bf16) cuda::gemv_bf16(dqkv, dx, dw16, in, out, false, nullptr, 3, nw, eps);
         else cuda::gemv_f16(dqkv, dx, dw16, in, out, false, nullptr, 3, nw, eps);
-        cuda::rope_store_qkv(dqkv, 1, 1, n_heads, n_kv_heads, hd, dpos, 10000.0f, k1, v1, doff, q1, type, nullptr);
+        cuda::rope_store_qkv(dqkv, 1, 1, n_heads, n_kv_heads, hd, dpos, freq, k1, v1, doff, q1, type, nullptr, {},
+                             bias_ptr);
         // The fused one, with an L2 prefetch riding along (a hint).
         const cuda::L2Prefetch next{dw, w.size() * sizeof(float)};
         if (type == cuda::DType::bf16)
-          cuda::gemv_qkv_rope_bf16(dx, dw16, in, n_heads, n_kv_heads, hd, dpos, 10000.0f, k2, v2, doff, q2, nullptr, nw,
-                                   eps, next);
+          cuda::gemv_qkv_rope_bf16(dx, dw16, in, n_heads, n_kv_heads, hd, dpos, freq, k2, v2, doff, q2, nullptr, nw,
+                                   eps, next, 1, bias_ptr);
         else
-          cuda::gemv_qkv_rope_f16(dx, dw16, in, n_heads, n_kv_heads, hd, dpos, 10000.0f, k2, v2, doff, q2, nullptr, nw,
-                                  eps, next);
+          cuda::gemv_qkv_rope_f16(dx, dw16, in, n_heads, n_kv_heads, hd, dpos, freq, k2, v2, doff, q2, nullptr, nw,
+                                  eps, next, 1, bias_ptr);
         REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
         const auto qa = download(q1, std::size_t(out)), qb = download(q2, std::size_t(out));
         int q_mismatch = 0;
@@ -322,11 +331,11 @@ TEST_CASE("cuda gemv_qkv_rope equals gemv version 3 then rope_store_qkv, bit for
           INFO("version " << version);
           std::uint16_t *k3 = upload(zeros_pool), *v3 = upload(zeros_pool), *q3 = upload(zeros_q);
           if (type == cuda::DType::bf16)
-            cuda::gemv_qkv_rope_bf16(dx, dw16, in, n_heads, n_kv_heads, hd, dpos, 10000.0f, k3, v3, doff, q3, nullptr,
-                                     nw, eps, {}, version);
+            cuda::gemv_qkv_rope_bf16(dx, dw16, in, n_heads, n_kv_heads, hd, dpos, freq, k3, v3, doff, q3, nullptr,
+                                     nw, eps, {}, version, bias_ptr);
           else
-            cuda::gemv_qkv_rope_f16(dx, dw16, in, n_heads, n_kv_heads, hd, dpos, 10000.0f, k3, v3, doff, q3, nullptr, nw,
-                                    eps, {}, version);
+            cuda::gemv_qkv_rope_f16(dx, dw16, in, n_heads, n_kv_heads, hd, dpos, freq, k3, v3, doff, q3, nullptr, nw,
+                                    eps, {}, version, bias_ptr);
           REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
           const auto value = [&](std::uint16_t b) { return type == cuda::DType::bf16 ? bf16_to_float(b) : fp16_to_float(b); };
           const auto near = [&](const std::vector<std::uint16_t>& a, const std::vector<std::uint16_t>& b, std::size_t from,
@@ -344,7 +353,8 @@ TEST_CASE("cuda gemv_qkv_rope equals gemv version 3 then rope_store_qkv, bit for
         for (void* p : {static_cast<void*>(dx), static_cast<void*>(dg), static_cast<void*>(dw), static_cast<void*>(dqkv),
                         static_cast<void*>(dpos), static_cast<void*>(doff), static_cast<void*>(dw16),
                         static_cast<void*>(k1), static_cast<void*>(v1), static_cast<void*>(q1), static_cast<void*>(k2),
-                        static_cast<void*>(v2), static_cast<void*>(q2)})
+                        static_cast<void*>(v2), static_cast<void*>(q2), static_cast<void*>(dbias),
+                        static_cast<void*>(dtable)})
           cudaFree(p);
       }
 }

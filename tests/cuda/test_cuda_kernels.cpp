@@ -15,6 +15,7 @@
 #include "cpu/reference.hpp"
 #include "cuda/kernels.cuh"
 #include "device.hpp"
+#include "model/shape.hpp"
 #include "../support.hpp"
 
 using namespace ablate;
@@ -146,6 +147,44 @@ TEST_CASE("cuda rope matches the CPU", "[cuda]") {
   cpu::rope(x.data(), rows, row_stride, n_heads, head_dim, pos.data(), 10000.0f);
   // Device powf may differ from glibc's by an ulp, which moves an angle of ~4e3 rad by ~2e-4.
   CHECK(max_rel_err(dx.host(), x) < 1e-3);
+}
+
+// Scaled RoPE (Llama 3.x): the frequency table the CPU backend uses (ModelShape::rope_frequencies
+// with rope_scaling llama3, pairs in all three bands), on the device and on the host: the same
+// angles, so only sincosf's last bits differ.
+TEST_CASE("cuda rope with a frequency table (scaled RoPE) matches the CPU's", "[cuda]") {
+  std::mt19937 rng(13);
+  ModelShape s;
+  s.dim = 576;
+  s.n_heads = 9;
+  s.rope_theta = 10000.0f;
+  s.rope_scaling = {8.0f, 1.0f, 4.0f, 64, {}};
+  const auto freq = s.rope_frequencies();
+  REQUIRE(freq.size() == 32);
+  const int rows = 7, n_heads = 9, head_dim = 64, row_stride = 576 + 2 * 192;
+  auto x = random_vec(std::size_t(rows) * row_stride, rng);
+  std::vector<int> pos = {0, 1, 2, 100, 511, 2047, 4095};
+  Dev<float> dx(x), dfreq(freq);
+  Dev<int> dpos(pos);
+  cuda::rope(dx.ptr, rows, row_stride, n_heads, head_dim, dpos.ptr, cuda::RopeFreq{s.rope_theta, dfreq.ptr}, nullptr);
+  const auto plain = x;
+  cpu::rope(x.data(), rows, row_stride, n_heads, head_dim, pos.data(), freq.data());
+  CHECK(max_rel_err(dx.host(), x) < 1e-4);
+  // The table was used: plain RoPE on the device lands elsewhere.
+  Dev<float> dplain(plain);
+  cuda::rope(dplain.ptr, rows, row_stride, n_heads, head_dim, dpos.ptr, s.rope_theta, nullptr);
+  CHECK(max_rel_err(dplain.host(), x) > 1e-2);
+}
+
+TEST_CASE("cuda add_bias_rows adds one bias row to every row, as cpu::add per row", "[cuda]") {
+  std::mt19937 rng(14);
+  const int rows = 5, n = 1000;
+  auto x = random_vec(std::size_t(rows) * n, rng);
+  const auto bias = random_vec(std::size_t(n), rng);
+  Dev<float> dx(x), db(bias);
+  cuda::add_bias_rows(dx.ptr, db.ptr, rows, n, nullptr);
+  for (int r = 0; r < rows; ++r) cpu::add(x.data() + std::size_t(r) * n, bias.data(), std::size_t(n));
+  CHECK(dx.host() == x);
 }
 
 TEST_CASE("cuda attention_naive matches the CPU", "[cuda][attention]") {

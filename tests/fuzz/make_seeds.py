@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes a few small valid GGUF files (llama metadata, F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors, a
-tiny BPE vocabulary) into the directory given, as the fuzzer's seed corpus. Standard library only."""
+tiny BPE vocabulary, one with a rope_freqs tensor) into the directory given, as the fuzzer's seed corpus. Standard library only."""
 import os
 import struct
 import sys
@@ -17,7 +17,7 @@ def kv(key, t, payload):
     return s(key) + struct.pack("<I", t) + payload
 
 
-def make(path, ttype, dim=32, hidden=64, vocab=8, align=32, tok=True):
+def make(path, ttype, dim=32, hidden=64, vocab=8, align=32, tok=True, rope_freqs=False):
     meta = [
         kv("general.architecture", GGUF_STR, s("llama")),
         kv("general.alignment", GGUF_U32, struct.pack("<I", align)),
@@ -46,6 +46,8 @@ def make(path, ttype, dim=32, hidden=64, vocab=8, align=32, tok=True):
               ("blk.0.attn_k.weight", [dim, kvd]), ("blk.0.attn_v.weight", [dim, kvd]), ("blk.0.attn_output.weight", [dim, dim]),
               ("blk.0.ffn_norm.weight", [dim]), ("blk.0.ffn_gate.weight", [dim, hidden]), ("blk.0.ffn_down.weight", [hidden, dim]),
               ("blk.0.ffn_up.weight", [dim, hidden]), ("output_norm.weight", [dim])]
+    if rope_freqs:  # Llama 3.x's scaled RoPE as llama.cpp stores it: head_dim / 2 factors
+        shapes.append(("rope_freqs.weight", [dim // 2 // 2]))
     sizes = {0: (1, 4), 1: (1, 2), 30: (1, 2), 8: (32, 34), 2: (32, 18), 3: (32, 20)}
     infos, blobs, off = b"", [], 0
     for name, dims in shapes:
@@ -76,3 +78,4 @@ os.makedirs(out, exist_ok=True)
 for t, name in [(0, "f32"), (1, "f16"), (30, "bf16"), (8, "q8_0"), (2, "q4_0"), (3, "q4_1")]:
     make(os.path.join(out, f"seed_{name}.gguf"), t)
 make(os.path.join(out, "seed_notok.gguf"), 3, tok=False)
+make(os.path.join(out, "seed_rope_freqs.gguf"), 0, rope_freqs=True)
