@@ -794,6 +794,20 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
   }
 
   check(cudaEventRecord(forward_begin, stream), "cudaEventRecord");
+  // The prefix cache's copy-on-write since the last pass (PagedKvCache::ensure records it: the
+  // pools are here), in recorded order, before this pass writes K/V. Each copy's source holds
+  // what it held at that ensure(): K/V change only in forward passes, and it was a block others
+  // read, so no sequence wrote it since; its target is a block only the copying sequence holds.
+  // So the pools end as the host pools would, where ensure() copies at once.
+  for (const KvSlotCopy& c : kv.take_pending_copies()) {
+    const std::size_t eb = cuda::kv_elem_bytes(kv_elem()), bytes = c.elements * eb;
+    if (std::max(c.from, c.to) + c.elements > pool_elements)
+      throw std::logic_error("cuda backend: a KV block copy past the pools");
+    for (DeviceBuffer* pool : {&k_pool, &v_pool})
+      check(cudaMemcpyAsync(pool->get<char>() + c.to * eb, pool->get<char>() + c.from * eb, bytes,
+                            cudaMemcpyDeviceToDevice, stream),
+            "KV block copy");
+  }
   // Through pinned memory: a copy from pageable memory stages through the driver and holds the
   // host for each of them; from pinned memory it is queued and returns (the step's last
   // synchronisation keeps the staging from being overwritten while a copy still reads it).

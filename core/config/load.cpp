@@ -677,8 +677,6 @@ const std::vector<SimpleRule>& simple_rules() {
        [](C) { return "simulated without a draft_preset or draft_model times the target's first draft_layers layers (layer_skip), which runs inside the CPU backend's forward pass; with backend cuda give speculative.draft_preset (allowed: " + join(preset_names()) + ") or speculative.draft_model"; }},
       {{"kv.prefix_cache", "kv.layout"}, [](C c) { return c.kv.prefix_cache == "on" && c.kv.layout != "paged"; },
        [](C c) { return fmt::format("on needs kv.layout paged: prefix caching shares whole KV blocks, and {} reserves one region per sequence; allowed with kv.layout {}: off", c.kv.layout, c.kv.layout); }},
-      {{"kv.prefix_cache", "backend"}, [](C c) { return c.kv.prefix_cache == "on" && c.backend == "cuda"; },
-       [](C) { return std::string("on needs backend cpu: copy-on-write of a shared block copies it in the host KV pools, and the CUDA backend keeps its pools on the device (not implemented there); allowed with backend cuda: off"); }},
       {{"workload.shared_prefix.tokens", "workload.prompts"}, [](C c) { return c.workload.shared_prefix.tokens > 0 && !c.workload.prompts.empty(); },
        [](C) { return std::string("a shared prefix of random ids cannot go before a prompts file's text; allowed with workload.prompts: 0"); }},
       {{"workload.conversation.turns", "workload.prompts"}, [](C c) { return c.workload.conversation.turns > 1 && !c.workload.prompts.empty(); },

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "common/kv_view.hpp"
 
@@ -37,6 +38,13 @@ struct KvStorage {
   bool host_pools = true;
   KvDtype dtype = KvDtype::fp32;
   static KvStorage host(KvDtype d) { return {kv_dtype_bytes(d), true, d}; }
+};
+
+// A copy of `elements` pool elements from element offset `from` to `to` (KvCache::slot_offset's
+// vocabulary), the same in the K and the V pool.
+struct KvSlotCopy {
+  std::size_t from = 0, to = 0, elements = 0;
+  bool operator==(const KvSlotCopy&) const = default;
 };
 
 // kv.dtype's names: fp32, bf16, fp16, fp8_e4m3, int8 (std::invalid_argument otherwise).
@@ -99,6 +107,10 @@ class KvCache {
   virtual std::size_t pool_elements() const = 0;
   virtual std::size_t slot_offset(int layer, int seq, int pos) const = 0;
   virtual std::size_t view_offset(int layer, int seq) const = 0;
+  // Copies the cache decided on but could not do because its pools are not on the host (the
+  // prefix cache's copy-on-write in ensure()), oldest first; taking them empties the list. The
+  // backend keeping the pools applies them in this order before its next K/V write.
+  virtual std::vector<KvSlotCopy> take_pending_copies() { return {}; }
 
   virtual KvUsage usage() const = 0;
 };
