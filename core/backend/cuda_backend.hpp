@@ -2,7 +2,9 @@
 // The CUDA backend: CpuBackend::forward (cpu_backend.cpp) step for step on one GPU, with the
 // weights and the KV pools resident in device memory. The engine, schedulers, KV caches
 // (placement and accounting) and drafters are the CPU's, unchanged: the caches decide where each
-// token lives (KvCache::slot_offset, view_offset, block tables) and this backend keeps the bytes.
+// token lives (KvCache::slot_offset, view_offset, block tables) and this backend keeps the bytes,
+// the prefix cache's copy-on-write included (KvCache::take_pending_copies, applied at the start of
+// each forward pass, before it writes K/V).
 //   dtype fp32: SGEMM.  dtype bf16 / fp16: 16-bit weights (GEMV at one row, cublasGemmEx above);
 //   fp32 activations and accumulation. KV pools of kv_dtype, independent of dtype (auto: the
 //   weights' type): fp32, bf16, fp16 or fp8_e4m3, rounded as the CPU's kv_encode rounds.
