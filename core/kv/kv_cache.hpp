@@ -30,7 +30,7 @@ struct KvUsage {
 
 // Where a cache's pools live and what one element costs. The default is the CPU backend's:
 // fp32 pools in host memory; host pools may hold any KvDtype (kv.dtype; host() below). A backend
-// that keeps K/V elsewhere (the CUDA backend's device pools, bf16 or fp32) asks for no host pools
+// that keeps K/V elsewhere (the CUDA backend's device pools: fp32, bf16, fp16 or fp8_e4m3) asks for no host pools
 // and uses the offset API below; element_bytes (and int8's scales) make kv.memory_mb buy tokens
 // at the KV precision, and every byte count follow it.
 struct KvStorage {
