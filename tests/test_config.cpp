@@ -6,6 +6,8 @@
 #include <random>
 #include <set>
 
+#include <fmt/format.h>
+
 #include "config/load.hpp"
 #include "base/paths.hpp"
 
@@ -267,9 +269,30 @@ TEST_CASE("config: choice values: unknown, not implemented, numeric", "[config]"
 #if defined(ABLATE_HAVE_CUDA)
   CHECK(error_of("backend: cuda\ndtype: bf16\nkv: {dtype: bf16}\n") == "");
   CHECK(error_of("backend: cuda\ndtype: bf16\nkv: {dtype: auto}\n") == "");
-  CHECK(error_of("backend: cuda\ndtype: bf16\nkv:\n  dtype: fp8_e4m3\n") ==
-        "x.yaml:4:10: kv.dtype: fp8_e4m3 is not on cuda: its device KV pools hold the weights' dtype (bf16 with dtype bf16); "
-        "allowed with backend cuda, dtype bf16: auto, bf16");
+  // On cuda too, independent of dtype (the CUDA part of issue 20): what was refused now validates,
+  // with every attention kernel but fp32 K/V under the 16-bit flash kernels.
+  for (const char* dt : {"fp32", "bf16", "fp16"})
+    for (const char* kvd : {"auto", "fp32", "bf16", "fp16", "fp8_e4m3"}) {
+      INFO(dt << " " << kvd);
+      CHECK(error_of(fmt::format("backend: cuda\ndtype: {}\nkv: {{dtype: {}}}\n", dt, kvd)) == "");
+      if (std::string(dt) != "fp32" && std::string(kvd) != "fp32")
+        for (const char* att : {"flash", "flash_split"})
+          CHECK(error_of(fmt::format("backend: cuda\ndtype: {}\nattention: {}\nmodel: {{preset: smollm2-135m}}\nkv: {{dtype: {}}}\n",
+                                     dt, att, kvd)) == "");
+    }
+  CHECK(error_of("backend: cuda\ndtype: bf16\nkv:\n  dtype: int8\n") ==
+        "x.yaml:4:10: kv.dtype: int8 is not on cuda (its per-token, per-head scales are not in the CUDA kernels); allowed with "
+        "backend cuda: auto, fp32, bf16, fp16, fp8_e4m3");
+  CHECK(error_of("backend: cuda\ndtype: bf16\nattention: flash\nmodel: {preset: smollm2-135m}\nkv:\n  dtype: fp32\n") ==
+        "x.yaml:6:10: kv.dtype: fp32 K/V cannot feed flash on backend cuda: its kernels read 16-bit or fp8 K/V tiles (fp32 "
+        "would be rounded to 16 bits as read, kv.dtype bf16's precision at twice the memory); allowed with attention flash: "
+        "auto, bf16, fp16, fp8_e4m3");
+  // kv.memory_mb buys tokens at the KV dtype's size on cuda too: smollm2-135m's token is 30 x 2 x
+  // 192 elements, 23040 bytes in bf16, 11520 in fp8_e4m3; at 4 MiB (182 bf16 tokens, 364 fp8) a
+  // 256-token sequence fits in fp8 only.
+  const std::string budget = "backend: cuda\ndtype: bf16\nmodel: {preset: smollm2-135m}\nmax_seq_len: 256\nkv: {memory_mb: 4, dtype: ";
+  CHECK_THAT(error_of(budget + "bf16}\n"), Contains("4 MiB holds 182 tokens of KV cache (23040 bytes per token"));
+  CHECK(error_of(budget + "fp8_e4m3}\n") == "");
 #endif
 #if defined(ABLATE_HAVE_CUDA)
   CHECK(error_of("backend: cuda") == "");  // built (issue 7); whether a device exists is a run-time matter

@@ -565,16 +565,20 @@ std::string error_of(const std::string& yaml) {
 
 }  // namespace
 
-TEST_CASE("kv.prefix_cache: on needs the paged layout and the CPU backend, shared_prefix is read as a map",
+TEST_CASE("kv.prefix_cache: on needs the paged layout (either backend), shared_prefix is read as a map",
           "[prefix_cache][config]") {
   const std::string contiguous = error_of("kv:\n  layout: contiguous\n  prefix_cache: on\n");
   CHECK(contiguous.rfind("x.yaml:3:", 0) == 0);
   CHECK(contiguous.find("kv.prefix_cache") != std::string::npos);
   CHECK(contiguous.find("needs kv.layout paged") != std::string::npos);
 #if defined(ABLATE_HAVE_CUDA)  // without CUDA built, backend cuda is refused before any combination
-  const std::string cuda = error_of("backend: cuda\nkv: {layout: paged, prefix_cache: on}\n");
-  CHECK(cuda.find("kv.prefix_cache") != std::string::npos);
-  CHECK(cuda.find("backend cpu") != std::string::npos);
+  // On cuda too: the backend applies the cache's copy-on-write in its device pools
+  // (KvCache::take_pending_copies).
+  CHECK(error_of("backend: cuda\nkv: {layout: paged, prefix_cache: on}\n") == "");
+  CHECK(error_of("backend: cuda\ndtype: bf16\nattention: flash\nmodel: {preset: smollm2-135m}\n"
+                 "kv: {layout: paged, prefix_cache: on, dtype: fp8_e4m3}\n") == "");
+  CHECK(error_of("backend: cuda\nkv: {layout: contiguous, prefix_cache: on}\n").find("needs kv.layout paged") !=
+        std::string::npos);
 #endif
   CHECK(error_of("kv: {layout: paged, prefix_cache: maybe}\n").find("off, on") != std::string::npos);
   const auto ok = load_experiment_text(
@@ -757,4 +761,197 @@ TEST_CASE("workload.conversation: keys validated where written; with shared_pref
     CHECK(prompts.find("workload.conversation.turns") != std::string::npos);
     CHECK(prompts.find("allowed with workload.prompts: 1") != std::string::npos);
   }
+}
+
+namespace {
+
+// One engine run through two paged caches with the prefix cache on: `host` with fp32 host pools
+// (the CPU backend reads and writes it) and `dev` without host pools (the CUDA backend's kind),
+// fed the same calls. dev's K/V live in a mirror (two arrays of pool_elements floats, NaN until
+// written) that gets every K/V write at dev's slot_offset and dev's pending copies, applied in
+// order before the next write, as the CUDA backend applies them before a forward pass writes K/V.
+// After each pass the mirror must hold what the host pools hold at every token of every live
+// sequence: the pending copies are exactly the host copy-on-write.
+class TwinKv final : public KvCache {
+ public:
+  TwinKv(PagedKvCache& host, PagedKvCache& dev)
+      : a_(host), b_(dev), k_(dev.pool_elements(), test::kNaN), v_(dev.pool_elements(), test::kNaN) {}
+  std::string name() const override { return a_.name(); }
+  bool admit(int seq, int prompt_len, int max_new) override {
+    const bool x = a_.admit(seq, prompt_len, max_new), y = b_.admit(seq, prompt_len, max_new);
+    CHECK(x == y);
+    if (x) live_.insert(seq);
+    return x;
+  }
+  bool ensure(int seq, int length) override {
+    const bool x = a_.ensure(seq, length), y = b_.ensure(seq, length);
+    CHECK(x == y);
+    return x;
+  }
+  void set_length(int seq, int length) override {
+    a_.set_length(seq, length);
+    b_.set_length(seq, length);
+    compare();
+  }
+  void truncate(int seq, int length) override {
+    a_.truncate(seq, length);
+    b_.truncate(seq, length);
+  }
+  void release(int seq) override {
+    a_.release(seq);
+    b_.release(seq);
+    live_.erase(seq);
+  }
+  int attach_prefix(int seq, std::span<const int> tokens) override {
+    const int x = a_.attach_prefix(seq, tokens), y = b_.attach_prefix(seq, tokens);
+    CHECK(x == y);
+    return x;
+  }
+  void commit(int seq, std::span<const int> tokens) override {
+    a_.commit(seq, tokens);
+    b_.commit(seq, tokens);
+    compare();
+  }
+  int length(int seq) const override { return a_.length(seq); }
+  bool holds(int seq) const override { return a_.holds(seq); }
+  int max_tokens_per_sequence() const override { return a_.max_tokens_per_sequence(); }
+  float* k_slot(int layer, int seq, int pos) override { return a_.k_slot(layer, seq, pos); }
+  float* v_slot(int layer, int seq, int pos) override { return a_.v_slot(layer, seq, pos); }
+  void store(int layer, int seq, int pos, const float* k, const float* v, int n) override {
+    apply();  // before the pass's first write
+    a_.store(layer, seq, pos, k, v, n);
+    const std::size_t o = b_.slot_offset(layer, seq, pos);
+    CHECK(o == a_.slot_offset(layer, seq, pos));
+    std::copy_n(k, n, k_.begin() + static_cast<std::ptrdiff_t>(o));
+    std::copy_n(v, n, v_.begin() + static_cast<std::ptrdiff_t>(o));
+  }
+  KvSeqView view(int layer, int seq, int length) const override { return a_.view(layer, seq, length); }
+  std::size_t pool_elements() const override { return a_.pool_elements(); }
+  std::size_t slot_offset(int layer, int seq, int pos) const override { return a_.slot_offset(layer, seq, pos); }
+  std::size_t view_offset(int layer, int seq) const override { return a_.view_offset(layer, seq); }
+  KvUsage usage() const override { return a_.usage(); }
+
+  long long copies_applied = 0;  // KvSlotCopy entries
+  long long tokens_compared = 0;
+
+ private:
+  void apply() {
+    for (const KvSlotCopy& c : b_.take_pending_copies()) {
+      REQUIRE(std::max(c.from, c.to) + c.elements <= k_.size());
+      for (std::vector<float>* pool : {&k_, &v_})
+        std::copy_n(pool->begin() + static_cast<std::ptrdiff_t>(c.from), c.elements,
+                    pool->begin() + static_cast<std::ptrdiff_t>(c.to));
+      ++copies_applied;
+    }
+  }
+  void compare() {
+    const int n = a_.view(0, *live_.begin(), 0).token_stride;
+    for (int seq : live_)
+      for (int layer = 0; layer < layers_; ++layer)
+        for (int pos = 0; pos < a_.length(seq); ++pos) {
+          const std::size_t o = b_.slot_offset(layer, seq, pos);
+          const float* k = a_.k_slot(layer, seq, pos);
+          const float* v = a_.v_slot(layer, seq, pos);
+          bool same = true;
+          for (int i = 0; i < n; ++i) same = same && k[i] == k_[o + std::size_t(i)] && v[i] == v_[o + std::size_t(i)];
+          if (!same) FAIL_CHECK("sequence " << seq << " layer " << layer << " position " << pos << ": mirror differs from the host pools");
+          ++tokens_compared;
+        }
+  }
+
+ public:
+  int layers_ = 0;
+
+ private:
+  PagedKvCache& a_;
+  PagedKvCache& b_;
+  std::vector<float> k_, v_;
+  std::set<int> live_;
+};
+
+}  // namespace
+
+TEST_CASE("without host pools the paged cache records exactly the copy-on-write the host pools perform",
+          "[prefix_cache][cow][pending]") {
+  OneThread one;
+  const ModelShape shape = *find_preset("tiny");
+  CpuBackend backend(synthetic_weights(shape, 11));
+  const std::size_t per_token = static_cast<std::size_t>(shape.kv_floats_per_token()) * sizeof(float);
+  // Two identical whole-block prompts (the second finds all but its last token cached and writes
+  // that token into a copy of the sharer's last block), then a shared_prefix workload; speculative
+  // decoding (a model drafter) rolls back into blocks too.
+  std::vector<Request> reqs(2);
+  for (int i = 0; i < 2; ++i) {
+    reqs[static_cast<std::size_t>(i)].id = i;
+    reqs[static_cast<std::size_t>(i)].prompt = {5, 9, 2, 7, 1, 1, 3, 8, 4, 6, 0, 2, 9, 9, 5, 3};
+    reqs[static_cast<std::size_t>(i)].output_len = 12;
+  }
+  WorkloadConfig w;
+  w.requests = 10;
+  w.prompt_len.value = 6;
+  w.output_len.value = 9;
+  w.shared_prefix.tokens = 8;
+  w.shared_prefix.groups = 2;
+  for (Request r : make_workload(w, 5, shape.vocab_size, 0)) {
+    r.id += 2;
+    reqs.push_back(r);
+  }
+  for (bool speculative : {false, true}) {
+    INFO("speculative " << speculative);
+    PagedKvCache host(shape, 40 * 4 * per_token, 4, 64, PagedKvCache::Admission::OnDemand, {}, true);
+    PagedKvCache dev(shape, 40 * 4 * per_token, 4, 64, PagedKvCache::Admission::OnDemand,
+                     KvStorage{sizeof(float), false, KvDtype::fp32}, true);
+    TwinKv kv(host, dev);
+    kv.layers_ = shape.n_layers;
+    ContinuousScheduler sched(3, 16, ContinuousScheduler::Prefill::Chunked);
+    NaiveAttention att;
+    std::unique_ptr<Drafter> drafter = std::make_unique<NoDrafter>();
+    if (speculative) {
+      auto draft = std::make_unique<CpuBackend>(synthetic_weights(shape, 12));
+      auto draft_kv = std::make_unique<PagedKvCache>(shape, 40 * 4 * per_token, 4, 64, PagedKvCache::Admission::OnDemand,
+                                                     KvStorage{}, true);
+      drafter = std::make_unique<ModelDrafter>(std::move(draft), std::move(draft_kv), std::make_unique<NaiveAttention>(),
+                                               DraftOptions{2, 0.0, 1.0, 0});
+    }
+    const RunRecords rec = run_engine({backend, kv, sched, att, *drafter}, reqs, {});
+    CHECK(rec.requests[1].cached_prompt_tokens == 15);
+    CHECK(host.copies_on_write() >= 1);
+    CHECK(dev.copies_on_write() == host.copies_on_write());
+    // Each block copy is one slot copy per layer; they were all applied (none left over).
+    CHECK(kv.copies_applied == host.copies_on_write() * shape.n_layers);
+    CHECK(dev.take_pending_copies().empty());
+    CHECK(kv.tokens_compared > 0);
+  }
+  // The host cache records nothing: it copies at once.
+  PagedKvCache host(shape, 8 * 4 * per_token, 4, 64, PagedKvCache::Admission::OnDemand, {}, true);
+  const std::vector<int> p = {1, 2, 3, 4, 5, 6, 7, 8};
+  REQUIRE(host.admit(0, 8, 1));
+  REQUIRE(host.ensure(0, 8));
+  host.commit(0, p);
+  REQUIRE(host.admit(1, 8, 1));
+  CHECK(host.attach_prefix(1, p) == 7);
+  REQUIRE(host.ensure(1, 8));
+  CHECK(host.copies_on_write() == 1);
+  CHECK(host.take_pending_copies().empty());
+  // Without host pools: one copy per layer, block to block in the offsets slot_offset gives.
+  PagedKvCache dev(shape, 8 * 4 * per_token, 4, 64, PagedKvCache::Admission::OnDemand,
+                   KvStorage{sizeof(float), false, KvDtype::fp32}, true);
+  REQUIRE(dev.admit(0, 8, 1));
+  REQUIRE(dev.ensure(0, 8));
+  dev.commit(0, p);
+  REQUIRE(dev.admit(1, 8, 1));
+  CHECK(dev.attach_prefix(1, p) == 7);
+  const std::size_t shared_last = dev.slot_offset(0, 1, 4);  // seq 1's second block, still seq 0's
+  REQUIRE(dev.ensure(1, 8));
+  const std::vector<KvSlotCopy> copies = dev.take_pending_copies();
+  REQUIRE(copies.size() == static_cast<std::size_t>(shape.n_layers));
+  const std::size_t block_elems = 4 * static_cast<std::size_t>(shape.kv_dim());
+  for (int l = 0; l < shape.n_layers; ++l) {
+    const KvSlotCopy& c = copies[static_cast<std::size_t>(l)];
+    CHECK(c.from == dev.slot_offset(l, 0, 4));  // the sharer's block
+    CHECK(c.to == dev.slot_offset(l, 1, 4));    // seq 1's new block
+    CHECK(c.elements == block_elems);
+  }
+  CHECK(copies[0].from == shared_last);
+  CHECK(dev.take_pending_copies().empty());  // taken: gone
 }

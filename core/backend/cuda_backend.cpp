@@ -30,6 +30,7 @@ void CudaBackend::set_cuda_graphs(bool) {}
 void CudaBackend::set_cuda_pdl(bool) {}
 void CudaBackend::set_cuda_l2_prefetch(bool) {}
 void CudaBackend::set_flash_decode_version(int) {}
+void CudaBackend::set_kv_dtype(const std::string&) {}
 std::optional<double> CudaBackend::last_forward_device_s() const { return std::nullopt; }
 CudaGraphStats CudaBackend::graph_stats() const { return {}; }
 
@@ -115,8 +116,10 @@ void cuda_backend_check_device() {
 
 struct CudaBackend::Impl {
   ModelShape shape;
-  bool half = false;                          // 16-bit weights and KV (dtype bf16 or fp16)
+  bool half = false;                          // 16-bit weights (dtype bf16 or fp16)
   cuda::DType half_type = cuda::DType::bf16;  // which
+  cuda::KvElem kv_type = cuda::KvElem::bf16;  // the KV pools' element type (kv_dtype)
+  std::string dtype;                          // the weights' (options.dtype), for kv_dtype auto
   std::string device;
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
@@ -138,6 +141,9 @@ struct CudaBackend::Impl {
 
   // KV pools, sized to the cache in use (pool_elements each).
   DeviceBuffer k_pool, v_pool;
+  // Flash prefill over KV of another type than the weights': the chunks' K/V widened to 16 bits,
+  // read as one page each through zero_page (a device 0).
+  DeviceBuffer widened_k, widened_v, zero_page;
   std::size_t pool_elements = 0;
 
   // Activations and step inputs (grown to the largest batch seen).
@@ -219,9 +225,7 @@ struct CudaBackend::Impl {
     ++graph_replays;
   }
 
-  cuda::KvElem kv_elem() const {
-    return !half ? cuda::KvElem::f32 : half_type == cuda::DType::bf16 ? cuda::KvElem::bf16 : cuda::KvElem::f16;
-  }
+  cuda::KvElem kv_elem() const { return kv_type; }
   std::size_t weight_elem_bytes() const { return half ? 2 : 4; }
   // src (fp32) -> dst in the 16-bit weight type.
   void to_half(void* dst, const float* src, std::size_t n) {
@@ -486,11 +490,15 @@ CudaBackend::CudaBackend(const Weights& w, CudaBackendOptions options) : impl_(s
   m.shape = w.shape;
   m.half = options.dtype != "fp32";
   m.half_type = options.dtype == "fp16" ? cuda::DType::f16 : cuda::DType::bf16;
+  m.dtype = options.dtype;
+  set_kv_dtype(options.kv_dtype);
   m.cuda_graphs = options.cuda_graphs;
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   m.device = prop.name;
   check(cudaStreamCreate(&m.stream), "cudaStreamCreate");
+  m.zero_page.reserve(sizeof(std::int32_t));
+  check(cudaMemset(m.zero_page.get(), 0, sizeof(std::int32_t)), "cudaMemset");
   check(cudaEventCreate(&m.forward_begin), "cudaEventCreate");
   check(cudaEventCreate(&m.forward_end), "cudaEventCreate");
   if (cublasCreate(&m.cublas) != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cuda backend: cublasCreate failed");
@@ -540,7 +548,14 @@ CudaBackend::~CudaBackend() = default;
 std::string CudaBackend::device_name() const { return impl_->device; }
 const ModelShape& CudaBackend::shape() const { return impl_->shape; }
 std::size_t CudaBackend::weights_bytes() const { return impl_->weights_bytes; }
-KvStorage CudaBackend::kv_storage() const { return {cuda::kv_elem_bytes(impl_->kv_elem()), false}; }
+KvStorage CudaBackend::kv_storage() const {
+  const cuda::KvElem e = impl_->kv_elem();
+  const KvDtype d = e == cuda::KvElem::f32    ? KvDtype::fp32
+                    : e == cuda::KvElem::bf16 ? KvDtype::bf16
+                    : e == cuda::KvElem::f16  ? KvDtype::fp16
+                                              : KvDtype::fp8_e4m3;
+  return {cuda::kv_elem_bytes(e), false, d};
+}
 void CudaBackend::set_cuda_graphs(bool on) {
   impl_->cuda_graphs = on;
   if (!on) impl_->drop_graphs();
@@ -569,6 +584,22 @@ void CudaBackend::set_flash_decode_version(int version) {
                                             version, cuda::kDecodeVersions));
   impl_->flash_decode_version = version;
 }
+void CudaBackend::set_kv_dtype(const std::string& kv_dtype) {
+  Impl& m = *impl_;
+  const std::string name = kv_dtype == "auto" ? m.dtype : kv_dtype;
+  cuda::KvElem e;
+  if (name == "fp32") e = cuda::KvElem::f32;
+  else if (name == "bf16") e = cuda::KvElem::bf16;
+  else if (name == "fp16") e = cuda::KvElem::f16;
+  else if (name == "fp8_e4m3") e = cuda::KvElem::fp8_e4m3;
+  else
+    throw std::invalid_argument(fmt::format(
+        "kv.dtype: \"{}\" is not available on backend cuda; allowed: auto, fp32, bf16, fp16, fp8_e4m3", kv_dtype));
+  if (e == m.kv_type) return;
+  m.kv_type = e;
+  m.pool_elements = 0;  // the next forward pass sizes the pools for this element size
+  m.drop_graphs();      // captured kernels read the old type
+}
 CudaGraphStats CudaBackend::graph_stats() const { return {impl_->steps, impl_->graph_replays, impl_->graph_captures}; }
 std::optional<double> CudaBackend::last_forward_device_s() const {
   if (impl_->last_device_s < 0) return std::nullopt;
@@ -577,25 +608,28 @@ std::optional<double> CudaBackend::last_forward_device_s() const {
 std::size_t CudaBackend::peak_device_bytes() const { return impl_->peak_used; }
 
 namespace {
-std::string cuda_attention_name(const Attention& attention, bool half) {
+std::string cuda_attention_name(const Attention& attention, bool half, cuda::KvElem kv) {
   std::string name = attention.name();
   if (name != "naive" && name != "flash" && name != "flash_split")
     throw std::invalid_argument(fmt::format("attention: \"{}\" has no CUDA kernel; allowed: naive, flash, flash_split", name));
   if (name != "naive" && !half)
     throw std::invalid_argument(fmt::format("attention {} on backend cuda needs dtype bf16 or fp16", name));
+  if (name != "naive" && kv == cuda::KvElem::f32)
+    throw std::invalid_argument(fmt::format("attention {} on backend cuda reads 16-bit or fp8 K/V; allowed kv.dtype: auto, "
+                                            "bf16, fp16, fp8_e4m3 (fp32 KV: attention naive)", name));
   return name;
 }
 }  // namespace
 
 const std::vector<float>& CudaBackend::forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) {
-  impl_->forward(batch, kv, cuda_attention_name(attention, impl_->half), nullptr);
+  impl_->forward(batch, kv, cuda_attention_name(attention, impl_->half, impl_->kv_type), nullptr);
   note_workspace(impl_->host_workspace);
   return impl_->host_logits;
 }
 
 const std::vector<int>& CudaBackend::forward_argmax(const ForwardBatch& batch, KvCache& kv, Attention& attention) {
   const Impl::Tokens argmax;
-  impl_->forward(batch, kv, cuda_attention_name(attention, impl_->half), &argmax);
+  impl_->forward(batch, kv, cuda_attention_name(attention, impl_->half, impl_->kv_type), &argmax);
   note_workspace(impl_->host_workspace);
   return impl_->host_ids;
 }
@@ -604,7 +638,7 @@ const std::vector<int>& CudaBackend::forward_sample(const ForwardBatch& batch, K
                                                     const Sampler& sampler, std::span<const double> uniforms) {
   if (sampler.greedy()) return forward_argmax(batch, kv, attention);
   const Impl::Tokens drawn{true, sampler.temperature(), sampler.top_p(), uniforms};
-  impl_->forward(batch, kv, cuda_attention_name(attention, impl_->half), &drawn);
+  impl_->forward(batch, kv, cuda_attention_name(attention, impl_->half, impl_->kv_type), &drawn);
   note_workspace(impl_->host_workspace);
   return impl_->host_ids;
 }
@@ -620,8 +654,11 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
   const bool flash = attention != "naive", split = attention == "flash_split";
   // One 16-bit row whose projections take the fused batch-1 GEMVs (see gemv_x16_add, gemv_swiglu).
   const bool fused_row = half && T == 1 && dim % 8 == 0;
-  // ... whose QKV projection also does RoPE and the K/V store (gemv_qkv_rope): a real token, flash.
-  const bool fused_qkv = fused_row && n_real == 1 && flash;
+  // ... whose QKV projection also does RoPE and the K/V store (gemv_qkv_rope): a real token, flash,
+  // KV in the weights' type (the GEMV's epilogue stores that type).
+  const bool fused_qkv = fused_row && n_real == 1 && flash && kv_type == cuda::kv_elem_of(half_type);
+  // Flash prefill reads K/V of the weights' 16-bit type: other pools are widened into a copy.
+  const bool widen_kv = flash && kv_type != cuda::kv_elem_of(half_type);
 
   // KV pools the size of this cache's (a new run's cache may differ).
   if (kv.pool_elements() != pool_elements) {
@@ -731,6 +768,13 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
   std::vector<int> prefill_chunks, decode_chunks;
   for (int ci = 0; ci < n_chunks && flash; ++ci)
     (batch.chunks[static_cast<std::size_t>(ci)].tokens.size() > 16 ? prefill_chunks : decode_chunks).push_back(ci);
+  std::size_t widened_elements = 0;  // the prefill chunks' keys (widen_kv)
+  for (int ci : prefill_chunks)
+    if (widen_kv) widened_elements += sz(problem_of(ci, 0).kv_len(), kv_dim);
+  if (widened_elements) {
+    size_for_step(widened_k, widened_elements * 2);
+    size_for_step(widened_v, widened_elements * 2);
+  }
   cuda::DecodePlan plan;
   int decode_version = 2;  // of the decode attention kernel (cuda::attention_decode_version)
   std::vector<long long> layer_delta(static_cast<std::size_t>(s.n_layers), 0);  // elements past layer 0's pools
@@ -748,7 +792,7 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
       const std::size_t ws = std::size_t(decode_rows) * s.n_heads * split_bound * (hd + 1) * f;  // any counts <= bound
       size_for_step(split_workspace, ws);
     }
-    plan = cuda::make_decode_plan(problems, counts, half_type);
+    plan = cuda::make_decode_plan(problems, counts, half_type, kv_type);
     decode_version = flash_decode_version ? flash_decode_version : cuda::attention_decode_version(decode_rows, s.n_heads);
     size_for_step(plan_buffer, std::max<std::size_t>(plan.bytes.size() * 2, 16 * 1024), plan.bytes.size());
     // One plan serves every layer: the caches place a sequence's layers at one stride apart.
@@ -766,6 +810,20 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
   }
 
   check(cudaEventRecord(forward_begin, stream), "cudaEventRecord");
+  // The prefix cache's copy-on-write since the last pass (PagedKvCache::ensure records it: the
+  // pools are here), in recorded order, before this pass writes K/V. Each copy's source holds
+  // what it held at that ensure(): K/V change only in forward passes, and it was a block others
+  // read, so no sequence wrote it since; its target is a block only the copying sequence holds.
+  // So the pools end as the host pools would, where ensure() copies at once.
+  for (const KvSlotCopy& c : kv.take_pending_copies()) {
+    const std::size_t eb = cuda::kv_elem_bytes(kv_elem()), bytes = c.elements * eb;
+    if (std::max(c.from, c.to) + c.elements > pool_elements)
+      throw std::logic_error("cuda backend: a KV block copy past the pools");
+    for (DeviceBuffer* pool : {&k_pool, &v_pool})
+      check(cudaMemcpyAsync(pool->get<char>() + c.to * eb, pool->get<char>() + c.from * eb, bytes,
+                            cudaMemcpyDeviceToDevice, stream),
+            "KV block copy");
+  }
   // Through pinned memory: a copy from pageable memory stages through the driver and holds the
   // host for each of them; from pinned memory it is queued and returns (the step's last
   // synchronisation keeps the staging from being overwritten while a copy still reads it).
@@ -816,7 +874,7 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
       // for all of it.
       if (flash && !fused_qkv) {
         cuda::rope_store_qkv(q, T, n_real, s.n_heads, s.n_kv_heads, hd, positions.get<int>(), rope(), k_pool.get(),
-                             v_pool.get(), off, q16.get(), half_type, stream, wo_whole, L.bqkv.get<float>());
+                             v_pool.get(), off, q16.get(), half_type, stream, wo_whole, L.bqkv.get<float>(), kv_type);
       } else if (!flash) {
         if (L.bqkv.get()) cuda::add_bias_rows(q, L.bqkv.get<float>(), T, qkv_dim, stream);
         cuda::rope(q, T, qkv_dim, s.n_heads + s.n_kv_heads, hd, positions.get<int>(), rope(), stream);
@@ -829,6 +887,21 @@ void CudaBackend::Impl::forward(const ForwardBatch& batch, KvCache& kv, const st
           if (!prefill_chunks.empty()) {
             std::vector<AttentionProblem> prefill;
             for (int ci : prefill_chunks) prefill.push_back(problem_of(ci, l));
+            std::size_t at = 0;  // widen_kv: each chunk's K/V into the 16-bit copies, one page each
+            for (AttentionProblem& p : prefill) {
+              if (!widen_kv) break;
+              const int n = p.kv_len();
+              auto* wk = widened_k.get<std::uint16_t>() + at;
+              auto* wv = widened_v.get<std::uint16_t>() + at;
+              cuda::kv_gather_16(wk, half_type, p.kv.k_pool, p.kv.indices, p.kv.page_size, n, kv_dim, kv_type, stream);
+              cuda::kv_gather_16(wv, half_type, p.kv.v_pool, p.kv.indices, p.kv.page_size, n, kv_dim, kv_type, stream);
+              p.kv.k_pool = reinterpret_cast<const float*>(wk);
+              p.kv.v_pool = reinterpret_cast<const float*>(wv);
+              p.kv.indices = zero_page.get<std::int32_t>();
+              p.kv.num_pages = 1;
+              p.kv.page_size = p.kv.length = n;
+              at += sz(n, kv_dim);
+            }
             cuda::attention_flash(prefill, half_type, stream);
           }
           if (!decode_chunks.empty())

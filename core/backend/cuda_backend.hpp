@@ -2,11 +2,18 @@
 // The CUDA backend: CpuBackend::forward (cpu_backend.cpp) step for step on one GPU, with the
 // weights and the KV pools resident in device memory. The engine, schedulers, KV caches
 // (placement and accounting) and drafters are the CPU's, unchanged: the caches decide where each
-// token lives (KvCache::slot_offset, view_offset, block tables) and this backend keeps the bytes.
-//   dtype fp32: SGEMM, fp32 KV.  dtype bf16 / fp16: 16-bit weights (GEMV at one row, cublasGemmEx above),
-//   KV in the same 16-bit type, fp32 activations and accumulation.
+// token lives (KvCache::slot_offset, view_offset, block tables) and this backend keeps the bytes,
+// the prefix cache's copy-on-write included (KvCache::take_pending_copies, applied at the start of
+// each forward pass, before it writes K/V).
+//   dtype fp32: SGEMM.  dtype bf16 / fp16: 16-bit weights (GEMV at one row, cublasGemmEx above);
+//   fp32 activations and accumulation. KV pools of kv_dtype, independent of dtype (auto: the
+//   weights' type): fp32, bf16, fp16 or fp8_e4m3, rounded as the CPU's kv_encode rounds.
 //   attention naive: each sequence's K/V gathered to fp32, cuBLAS score GEMMs + softmax kernel;
-//   flash: tensor-core prefill, paged decode; flash_split: split-KV decode + LSE reduction.
+//   flash: tensor-core prefill, paged decode; flash_split: split-KV decode + LSE reduction. The
+//   decode kernels read any 16-bit or fp8 KV, widened as loaded; the prefill kernel reads K/V of
+//   the weights' 16-bit type, so another KV type is first widened into a copy (per layer, the
+//   prefill chunks' tokens: linear in the keys, beside the quadratic tile work). flash with fp32
+//   KV is refused: the 16-bit kernels cannot read it without rounding it to kv.dtype bf16/fp16.
 // Q/K/V biases (Qwen2) and scaled RoPE (Llama 3.x: the CPU's per-pair frequency table, uploaded)
 // as on the CPU.
 // The attention kernel follows the run's Attention (its name), so one loaded model serves a sweep
@@ -27,6 +34,7 @@ struct CudaBackendOptions {
   bool cuda_graphs = false;        // replay decode steps as CUDA graphs (see set_cuda_graphs)
   bool cuda_pdl = false;           // programmatic dependent launch in the decode step (see set_cuda_pdl)
   bool cuda_l2_prefetch = false;   // the output projection's weights into L2 during attention (see set_cuda_l2_prefetch)
+  std::string kv_dtype = "auto";   // auto (dtype's) | fp32 | bf16 | fp16 | fp8_e4m3 (flash: not fp32)
 };
 
 struct CudaGraphStats {
@@ -82,6 +90,11 @@ class CudaBackend final : public Backend {
   // cuda::kDecodeVersions); 0 = the backend's choice (cuda::attention_decode_version). Throws
   // std::invalid_argument for any other value.
   void set_flash_decode_version(int version);
+  // kv.dtype: the KV pools' element type from the next forward pass on (auto: the weights' type),
+  // so that the points of a kv.dtype sweep share one loaded model. kv_storage() follows it; a
+  // cache made before the change must not be used after it. Throws std::invalid_argument naming
+  // the allowed values (auto, fp32, bf16, fp16, fp8_e4m3).
+  void set_kv_dtype(const std::string& kv_dtype);
   CudaGraphStats graph_stats() const;
 
  private:

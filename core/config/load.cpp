@@ -107,9 +107,9 @@ const std::vector<Rule>& rules() {
         axis("batching", F(batching), "how requests are grouped into batches"),
         axis("attention", F(attention), "attention kernel"),
         choice("dtype", F(dtype), {"fp32", "bf16", "fp16", "q8_0"},
-               "weight precision, fp32 accumulation (cuda: the KV cache too; cpu: the matrices; bf16 rounds each "
-               "matmul's input to bf16 too, as a tensor-core GEMM, fp16 widens the weights as read; norms, embeddings "
-               "and the residual stream stay fp32); q8_0: 32-value int8 blocks with an fp16 scale (cpu only)"),
+               "weight precision, fp32 accumulation (cpu: the matrices; bf16 rounds each matmul's input to bf16 "
+               "too, as a tensor-core GEMM, fp16 widens the weights as read; norms, embeddings and the residual "
+               "stream stay fp32); q8_0: 32-value int8 blocks with an fp16 scale (cpu only)"),
         plain("quality", Kind::Bool, F(quality),
               "also measure output quality against an fp32 CPU reference of the model: quality_kl, quality_top1 "
               "(teacher-forced over the first request's prompt and the reference's greedy continuation) and, on real "
@@ -158,7 +158,7 @@ const std::vector<Rule>& rules() {
         choice("kv.dtype", F(kv.dtype), {"auto", "fp32", "bf16", "fp16", "fp8_e4m3", "int8"},
                "K/V element type, independent of dtype (int8: one fp32 scale per token and KV head); attention "
                "widens to fp32 as it reads; kv.memory_mb buys tokens at its size. auto: cpu fp32, cuda the weights' "
-               "dtype (cuda has no other choice)"),
+               "dtype. cuda: not int8; flash and flash_split not fp32 (16-bit kernels)"),
         choice("kv.prefix_cache", F(kv.prefix_cache), {"off", "on"},
                "paged: share the blocks of a common prompt prefix (hash of parent + token ids), skip their prefill"),
         axis("speculative.draft", F(speculative.draft), "draft method for speculative decoding"),
@@ -626,8 +626,8 @@ const std::vector<BackendPrecision>& backend_precisions() {
   static const std::vector<BackendPrecision> table = {
       {"cpu", {"fp32", "bf16", "fp16", "q8_0"}, {"auto", "fp32", "bf16", "fp16", "fp8_e4m3", "int8"},
        "any kv.dtype with any dtype; auto = fp32"},
-      {"cuda", {"fp32", "bf16", "fp16"}, {"auto", "fp32", "bf16", "fp16"},
-       "kv.dtype follows dtype: auto or the same (fp32 with fp32, bf16 with bf16, fp16 with fp16)"},
+      {"cuda", {"fp32", "bf16", "fp16"}, {"auto", "fp32", "bf16", "fp16", "fp8_e4m3"},
+       "any of these kv.dtype with any dtype; auto = the weights' dtype; attention flash / flash_split: not fp32"},
   };
   return table;
 }
@@ -642,13 +642,14 @@ const std::vector<SimpleRule>& simple_rules() {
        [](C c) { return fmt::format("{} on backend cuda runs on tensor cores and needs dtype bf16 or fp16; allowed with dtype fp32: naive", c.attention); }},
       {{"dtype", "backend"}, [](C c) { return c.backend == "cuda" && c.dtype == "q8_0"; },
        [](C) { return std::string("q8_0 is not on cuda (its GEMV and GEMMs read fp32, bf16 or fp16 weights); allowed with backend cuda: fp32, bf16, fp16"); }},
-      {{"kv.dtype", "backend", "dtype"},
-       [](C c) { return c.backend == "cuda" && c.kv.dtype != "auto" && c.kv.dtype != (c.dtype == "fp32" ? "fp32" : c.dtype); },
-       [](C c) {
-         const std::string same = c.dtype == "fp32" ? "fp32" : c.dtype;
-         return fmt::format("{} is not on cuda: its device KV pools hold the weights' dtype ({} with dtype {}); allowed with "
-                            "backend cuda, dtype {}: auto, {}", c.kv.dtype, same, c.dtype, c.dtype, same);
-       }},
+      {{"kv.dtype", "backend"}, [](C c) { return c.backend == "cuda" && c.kv.dtype == "int8"; },
+       [](C) { return std::string("int8 is not on cuda (its per-token, per-head scales are not in the CUDA kernels); allowed with "
+                                  "backend cuda: auto, fp32, bf16, fp16, fp8_e4m3"); }},
+      {{"kv.dtype", "attention", "backend"},
+       [](C c) { return c.backend == "cuda" && c.attention != "naive" && c.kv.dtype == "fp32"; },
+       [](C c) { return fmt::format("fp32 K/V cannot feed {} on backend cuda: its kernels read 16-bit or fp8 K/V tiles (fp32 would "
+                                    "be rounded to 16 bits as read, kv.dtype bf16's precision at twice the memory); allowed with "
+                                    "attention {}: auto, bf16, fp16, fp8_e4m3", c.attention, c.attention); }},
       {{"max_repeat", "target_ci", "repeat"}, [](C c) { return c.target_ci > 0 && c.max_repeat < c.repeat; },
        [](C c) { return fmt::format("{} is below repeat {}: target_ci adds rounds after repeat, up to max_repeat; allowed: >= {}", c.max_repeat, c.repeat, c.repeat); }},
       {{"cuda_graphs", "backend"}, [](C c) { return c.cuda_graphs && c.backend != "cuda"; },
@@ -677,8 +678,6 @@ const std::vector<SimpleRule>& simple_rules() {
        [](C) { return "simulated without a draft_preset or draft_model times the target's first draft_layers layers (layer_skip), which runs inside the CPU backend's forward pass; with backend cuda give speculative.draft_preset (allowed: " + join(preset_names()) + ") or speculative.draft_model"; }},
       {{"kv.prefix_cache", "kv.layout"}, [](C c) { return c.kv.prefix_cache == "on" && c.kv.layout != "paged"; },
        [](C c) { return fmt::format("on needs kv.layout paged: prefix caching shares whole KV blocks, and {} reserves one region per sequence; allowed with kv.layout {}: off", c.kv.layout, c.kv.layout); }},
-      {{"kv.prefix_cache", "backend"}, [](C c) { return c.kv.prefix_cache == "on" && c.backend == "cuda"; },
-       [](C) { return std::string("on needs backend cpu: copy-on-write of a shared block copies it in the host KV pools, and the CUDA backend keeps its pools on the device (not implemented there); allowed with backend cuda: off"); }},
       {{"workload.shared_prefix.tokens", "workload.prompts"}, [](C c) { return c.workload.shared_prefix.tokens > 0 && !c.workload.prompts.empty(); },
        [](C) { return std::string("a shared prefix of random ids cannot go before a prompts file's text; allowed with workload.prompts: 0"); }},
       {{"workload.conversation.turns", "workload.prompts"}, [](C c) { return c.workload.conversation.turns > 1 && !c.workload.prompts.empty(); },
@@ -835,10 +834,11 @@ void check_cuda_head_dim(Check& k) {
 // allocator (or the OOM killer) mid-run.
 void check_kv_budget(Check& k) {
   const ExperimentConfig& c = k.c;
-  // What the cache will charge a token (kv_bytes_per_token): the CUDA pools hold the weights'
-  // dtype; host pools kv.dtype, int8 with its scales.
-  const KvStorage storage = c.backend == "cuda" ? KvStorage{c.dtype == "fp32" ? 4u : 2u, false}
-                                                : KvStorage::host(c.kv.dtype == "auto" ? KvDtype::fp32 : parse_kv_dtype(c.kv.dtype));
+  // What the cache will charge a token (kv_bytes_per_token): kv.dtype's size (int8 with its
+  // scales); auto: the CUDA pools hold the weights' dtype, host pools fp32.
+  const std::string kv_dtype = c.kv.dtype != "auto" ? c.kv.dtype : c.backend == "cuda" && (c.dtype == "bf16" || c.dtype == "fp16") ? c.dtype : "fp32";
+  KvStorage storage = KvStorage::host(parse_kv_dtype(kv_dtype));
+  storage.host_pools = c.backend != "cuda";
   const auto bytes_per_token = static_cast<long long>(kv_bytes_per_token(k.shape, storage));
   const long long capacity = static_cast<long long>(std::floor(c.kv.memory_mb * 1048576.0 / bytes_per_token));
   const int longest_seq = k.lp && k.lo ? std::min(*k.lp + *k.lo, k.seq) : k.seq;

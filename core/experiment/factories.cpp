@@ -35,7 +35,7 @@ std::unique_ptr<Backend> make_backend(const ExperimentConfig& cfg) {
   if (cfg.backend == "cuda") {
     if (!is_implemented("backend", "cuda")) unavailable("backend", cfg.backend);
     cuda_backend_check_device();  // "no CUDA device: ..." before loading gigabytes of weights
-    return std::make_unique<CudaBackend>(load_weights(cfg.model), CudaBackendOptions{cfg.dtype, cfg.cuda_graphs, cfg.cuda_pdl, cfg.cuda_l2_prefetch});
+    return std::make_unique<CudaBackend>(load_weights(cfg.model), CudaBackendOptions{cfg.dtype, cfg.cuda_graphs, cfg.cuda_pdl, cfg.cuda_l2_prefetch, cfg.kv.dtype});
   }
   unavailable("backend", cfg.backend);
 }

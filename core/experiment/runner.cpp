@@ -272,6 +272,7 @@ std::filesystem::path run_experiment(const LoadedExperiment& exp, const RunOptio
       cuda_backend->set_cuda_pdl(cfg.cuda_pdl);
       cuda_backend->set_cuda_l2_prefetch(cfg.cuda_l2_prefetch);
       cuda_backend->set_flash_decode_version(cfg.cuda_flash_decode_version);
+      cuda_backend->set_kv_dtype(cfg.kv.dtype);
     }
     for (bool timed = false; !timed;) {
       timed = pp.warmups_done >= exp.warmup;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "common/kv_view.hpp"
 
@@ -29,7 +30,7 @@ struct KvUsage {
 
 // Where a cache's pools live and what one element costs. The default is the CPU backend's:
 // fp32 pools in host memory; host pools may hold any KvDtype (kv.dtype; host() below). A backend
-// that keeps K/V elsewhere (the CUDA backend's device pools, bf16 or fp32) asks for no host pools
+// that keeps K/V elsewhere (the CUDA backend's device pools: fp32, bf16, fp16 or fp8_e4m3) asks for no host pools
 // and uses the offset API below; element_bytes (and int8's scales) make kv.memory_mb buy tokens
 // at the KV precision, and every byte count follow it.
 struct KvStorage {
@@ -37,6 +38,13 @@ struct KvStorage {
   bool host_pools = true;
   KvDtype dtype = KvDtype::fp32;
   static KvStorage host(KvDtype d) { return {kv_dtype_bytes(d), true, d}; }
+};
+
+// A copy of `elements` pool elements from element offset `from` to `to` (KvCache::slot_offset's
+// vocabulary), the same in the K and the V pool.
+struct KvSlotCopy {
+  std::size_t from = 0, to = 0, elements = 0;
+  bool operator==(const KvSlotCopy&) const = default;
 };
 
 // kv.dtype's names: fp32, bf16, fp16, fp8_e4m3, int8 (std::invalid_argument otherwise).
@@ -99,6 +107,10 @@ class KvCache {
   virtual std::size_t pool_elements() const = 0;
   virtual std::size_t slot_offset(int layer, int seq, int pos) const = 0;
   virtual std::size_t view_offset(int layer, int seq) const = 0;
+  // Copies the cache decided on but could not do because its pools are not on the host (the
+  // prefix cache's copy-on-write in ensure()), oldest first; taking them empties the list. The
+  // backend keeping the pools applies them in this order before its next K/V write.
+  virtual std::vector<KvSlotCopy> take_pending_copies() { return {}; }
 
   virtual KvUsage usage() const = 0;
 };

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -40,8 +41,6 @@ PagedKvCache::PagedKvCache(const ModelShape& shape, std::size_t capacity_bytes, 
       allocator_(block_size > 0 ? static_cast<int>(capacity_bytes / (bytes_per_token_ * block_size)) : 0),
       prefix_(prefix_cache) {
   if (block_size < 1) throw std::invalid_argument("paged KV: block_size must be >= 1");
-  if (prefix_ && !storage.host_pools)
-    throw std::invalid_argument("paged KV: prefix caching copies blocks on write and needs host pools");
   const auto n = static_cast<std::size_t>(allocator_.num_blocks());
   ref_.assign(n, 0);
   if (prefix_) {
@@ -150,12 +149,16 @@ void PagedKvCache::unregister(int32_t b) {
 }
 
 void PagedKvCache::copy_block(int32_t from, int32_t to) {
-  const auto bs = static_cast<std::size_t>(block_size_);
+  const auto bs = static_cast<std::size_t>(block_size_), tf = static_cast<std::size_t>(token_floats_);
   for (int layer = 0; layer < n_layers_; ++layer) {  // slots, whatever the dtype (int8 scales too)
     const std::size_t base = static_cast<std::size_t>(layer) * allocator_.num_blocks() * bs;
-    pools_.copy(base + static_cast<std::size_t>(from) * bs, base + static_cast<std::size_t>(to) * bs, bs);
+    const std::size_t src = base + static_cast<std::size_t>(from) * bs, dst = base + static_cast<std::size_t>(to) * bs;
+    if (pools_) pools_.copy(src, dst, bs);
+    else pending_.push_back({src * tf, dst * tf, bs * tf});
   }
 }
+
+std::vector<KvSlotCopy> PagedKvCache::take_pending_copies() { return std::exchange(pending_, {}); }
 
 int PagedKvCache::attach_prefix(int seq, std::span<const int> tokens) {
   if (!prefix_ || tokens.empty()) return 0;

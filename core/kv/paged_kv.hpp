@@ -12,7 +12,9 @@
 // attaches the matching blocks (attach_prefix) and skips computing them; blocks carry reference
 // counts, and every sequence reads a shared block in place through its block table. Before a
 // sequence writes into a block another sequence reads (the last prompt token of a fully cached
-// prompt, a rollback into a shared block) it gets its own copy (copy-on-write, inside ensure()).
+// prompt, a rollback into a shared block) it gets its own copy (copy-on-write, inside ensure()):
+// in the host pools at once, or, when a backend keeps the pools (no host pools), recorded for it
+// to apply before its next forward pass writes K/V (take_pending_copies).
 // A released block that holds a registered prefix stays cached, unreferenced, until the pool
 // needs it: allocation takes free blocks first, then evicts the least recently released cached
 // block. Counts: a shared block is one block; cached unreferenced blocks count as free.
@@ -70,6 +72,7 @@ class PagedKvCache final : public KvCache {
   std::size_t pool_elements() const override;
   std::size_t slot_offset(int layer, int seq, int pos) const override;
   std::size_t view_offset(int layer, int seq) const override;  // the layer's pool: indices address blocks in it
+  std::vector<KvSlotCopy> take_pending_copies() override;
 
   int block_size() const { return block_size_; }
   int num_blocks() const { return allocator_.num_blocks(); }
@@ -130,6 +133,7 @@ class PagedKvCache final : public KvCache {
   std::vector<char> in_lru_;
   int shared_ = 0;                                // blocks with ref > 1
   long long copies_ = 0;
+  std::vector<KvSlotCopy> pending_;  // no host pools: copy_block's copies, for the backend
 };
 
 }  // namespace ablate

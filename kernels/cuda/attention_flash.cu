@@ -6,12 +6,14 @@
 //    back to back), ldmatrix for K and V, cp.async double buffering. Versions 1-4 (WMMA through
 //    shared memory; mma.sync with synchronous loads; + cp.async; 4 warps) stay beside it.
 //  - attention_flash_decode: paged decode (n_q = 1 .. k+1), one block per (query head, query),
-//    D/8 threads per key reading 16-byte vectors, several keys in flight per block, a
+//    D/8 threads per key reading 8 elements at once (16 bytes; 8 of fp8 K/V, widened as loaded:
+//    decode is bound by the K/V bytes it reads), several keys in flight per block, a
 //    shared-memory merge of the per-key-slot softmax states.
 //  - attention_flash_split: the same kernel over key chunks (grid z = splits), each writing a
 //    normalised partial output and its log-sum-exp to a workspace, then a reduction kernel.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <mma.h>
 
 #include <algorithm>
@@ -36,24 +38,25 @@ using namespace detail;
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-// An AttentionProblem with its pointers at their real element type (all device pointers).
-template <class T>
+// An AttentionProblem with its pointers at their real element type (all device pointers): T the
+// query and output's 16-bit type, K the pools' (the decode kernels' only; prefill reads K = T).
+template <class T, class K = T>
 struct Prob {
   const T* q;
   T* out;
-  const T* k;
-  const T* v;
+  const K* k;
+  const K* v;
   const int32_t* idx;
   int q_stride, out_stride, token_stride, page_size, n_q, q_pos0, n_heads, n_kv_heads, kv_len;
   float scale_log2;  // scale * log2(e): scores go straight into exp2
 };
 
-template <class T>
-Prob<T> prob_of(const AttentionProblem& p) {
+template <class T, class K = T>
+Prob<T, K> prob_of(const AttentionProblem& p) {
   return {reinterpret_cast<const T*>(p.q),
           reinterpret_cast<T*>(p.out),
-          reinterpret_cast<const T*>(p.kv.k_pool),
-          reinterpret_cast<const T*>(p.kv.v_pool),
+          reinterpret_cast<const K*>(p.kv.k_pool),
+          reinterpret_cast<const K*>(p.kv.v_pool),
           p.kv.indices,
           p.q_stride,
           p.out_stride,
@@ -68,15 +71,45 @@ Prob<T> prob_of(const AttentionProblem& p) {
 }
 
 // Start of token t's vector for KV head kvh (t < kv_len), t being on page `page` of the pool.
-template <class T>
-__device__ __forceinline__ std::size_t kv_offset_in(const Prob<T>& p, int page, int t, int kvh, int D) {
+template <class T, class K>
+__device__ __forceinline__ std::size_t kv_offset_in(const Prob<T, K>& p, int page, int t, int kvh, int D) {
   return (std::size_t(page) * p.page_size + t % p.page_size) * p.token_stride + std::size_t(kvh) * D;
 }
 // The same, its page read from the page table.
-template <class T>
-__device__ __forceinline__ std::size_t kv_offset(const Prob<T>& p, int t, int kvh, int D) {
+template <class T, class K>
+__device__ __forceinline__ std::size_t kv_offset(const Prob<T, K>& p, int t, int kvh, int D) {
   return kv_offset_in(p, p.idx[t / p.page_size], t, kvh, D);
 }
+
+// 8 consecutive K (or V) elements of type K as one decode thread loads them (Raw: one vector load,
+// 16 bytes of a 16-bit type, 8 of fp8) and widens them to fp32 at use. fp8 e4m3 -> fp16 is exact
+// (cvt.rn.f16x2.e4m3x2 on sm_89+), so the fp32 values are cpu::to_float's.
+template <class K>
+struct Kv8 {
+  using Raw = uint4;
+  static __device__ __forceinline__ Raw zero() { return make_uint4(0, 0, 0, 0); }
+  static __device__ __forceinline__ Raw load(const K* p) { return *reinterpret_cast<const uint4*>(p); }
+  static __device__ __forceinline__ void widen(const Raw& r, float (&f)[8]) {
+    const K* e = reinterpret_cast<const K*>(&r);
+#pragma unroll
+    for (int c = 0; c < 8; ++c) f[c] = Half16<K>::to(e[c]);
+  }
+};
+template <>
+struct Kv8<__nv_fp8_e4m3> {
+  using Raw = uint2;
+  static __device__ __forceinline__ Raw zero() { return make_uint2(0, 0); }
+  static __device__ __forceinline__ Raw load(const __nv_fp8_e4m3* p) { return *reinterpret_cast<const uint2*>(p); }
+  static __device__ __forceinline__ void widen(const Raw& r, float (&f)[8]) {
+    const auto* pairs = reinterpret_cast<const __nv_fp8x2_storage_t*>(&r);
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const float2 x = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(pairs[c], __NV_E4M3)));
+      f[2 * c] = x.x;
+      f[2 * c + 1] = x.y;
+    }
+  }
+};
 
 // ---- prefill: WMMA flash ---------------------------------------------------------------------
 
@@ -606,8 +639,8 @@ constexpr int kDecodeThreads = 128;
 
 // A decode thread's 8 query elements (its 16-byte slice li of query i, head h), pre-scaled into the
 // exp2 domain, and a zeroed accumulator.
-template <class T>
-__device__ __forceinline__ void load_q8(float (&q)[8], float (&acc)[8], const Prob<T>& p, int i, int h, int D, int li) {
+template <class T, class K>
+__device__ __forceinline__ void load_q8(float (&q)[8], float (&acc)[8], const Prob<T, K>& p, int i, int h, int D, int li) {
   const uint4 raw = *reinterpret_cast<const uint4*>(p.q + std::size_t(i) * p.q_stride + std::size_t(h) * D + li * 8);
   const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
@@ -667,8 +700,8 @@ __device__ __forceinline__ void reduce_splits(T* out, int D, int splits, const f
 // Block (h, i, s): query i of head h over keys [s * chunk, (s+1) * chunk) clipped to what query i
 // sees. part == nullptr: write the normalised output. Else write the normalised partial output to
 // part_o[((i * n_heads + h) * splits + s) * D ...] and its log2-sum-exp to part_lse[...].
-template <class T, int D>
-__global__ void __launch_bounds__(kDecodeThreads) flash_decode_kernel(Prob<T> p, int chunk, float* part_o, float* part_lse) {
+template <class T, class K, int D>
+__global__ void __launch_bounds__(kDecodeThreads) flash_decode_kernel(Prob<T, K> p, int chunk, float* part_o, float* part_lse) {
   constexpr int tpk = D / 8, kpb = kDecodeThreads / tpk;  // threads per key, keys per block step
 
   const int h = blockIdx.x, i = blockIdx.y, s = blockIdx.z, splits = gridDim.z;
@@ -685,25 +718,27 @@ __global__ void __launch_bounds__(kDecodeThreads) flash_decode_kernel(Prob<T> p,
   for (int tb = k0; tb < k1; tb += kpb) {
     const int t = tb + sub;
     const bool ok = t < k1;
-    uint4 kr = make_uint4(0, 0, 0, 0), vr = make_uint4(0, 0, 0, 0);
+    typename Kv8<K>::Raw kr = Kv8<K>::zero(), vr = Kv8<K>::zero();
     if (ok) {
       const std::size_t off = kv_offset(p, t, kvh, D) + li * 8;
-      kr = *reinterpret_cast<const uint4*>(p.k + off);
-      vr = *reinterpret_cast<const uint4*>(p.v + off);
+      kr = Kv8<K>::load(p.k + off);
+      vr = Kv8<K>::load(p.v + off);
     }
-    const T* ke = reinterpret_cast<const T*>(&kr);
+    float ke[8];
+    Kv8<K>::widen(kr, ke);
     float dot = 0.0f;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) dot += q[j] * Half16<T>::to(ke[j]);
+    for (int j = 0; j < 8; ++j) dot += q[j] * ke[j];
 #pragma unroll
     for (int o = tpk / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
     if (ok) {
       const float m_new = fmaxf(m, dot);
       const float corr = exp2f(m - m_new), pr = exp2f(dot - m_new);
       l = l * corr + pr;
-      const T* ve = reinterpret_cast<const T*>(&vr);
+      float ve[8];
+      Kv8<K>::widen(vr, ve);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) acc[j] = acc[j] * corr + pr * Half16<T>::to(ve[j]);
+      for (int j = 0; j < 8; ++j) acc[j] = acc[j] * corr + pr * ve[j];
       m = m_new;
     }
   }
@@ -742,9 +777,9 @@ struct DecodeVersion {
   static constexpr int threads = Version == 4 ? 512 : kDecodeThreads;
 };
 
-template <class T>
+template <class T, class K = T>
 struct DecodeGroup {
-  Prob<T> p[kDecodeGroup];
+  Prob<T, K> p[kDecodeGroup];
   int row0[kDecodeGroup + 1];  // prefix sums of n_q: grid row r belongs to problem j when row0[j] <= r < row0[j+1]
   int chunk[kDecodeGroup];     // keys per split
   int splits[kDecodeGroup];    // 1: write the output directly
@@ -756,8 +791,8 @@ static_assert(sizeof(DecodeGroup<__half>) <= 4000, "kernel parameters are limite
 // Block (h, r, s): head h of grid row r (problem j, query i = r - row0[j]), key chunk s. K and V
 // are read layer_delta elements past the problem's k_pool / v_pool (a plan made for layer 0
 // serves every layer).
-template <class T, int D, int Version>
-__device__ __forceinline__ void decode_block(const DecodeGroup<T>& g, float* workspace, long long layer_delta) {
+template <class T, class K, int D, int Version>
+__device__ __forceinline__ void decode_block(const DecodeGroup<T, K>& g, float* workspace, long long layer_delta) {
   constexpr int tpk = D / 8, kpb = DecodeVersion<Version>::threads / tpk, U = DecodeVersion<Version>::keys;
   constexpr bool stage = DecodeVersion<Version>::stage_pages;
   static_assert(kpb * U <= kDecodePageWindow, "a step's keys span at most kDecodePageWindow pages");
@@ -766,7 +801,7 @@ __device__ __forceinline__ void decode_block(const DecodeGroup<T>& g, float* wor
   const int h = blockIdx.x, r = blockIdx.y, s = blockIdx.z;
   int j = 0;
   while (j + 1 < g.n && g.row0[j + 1] <= r) ++j;
-  Prob<T> p = g.p[j];
+  Prob<T, K> p = g.p[j];
   p.k += layer_delta;
   p.v += layer_delta;
   const int i = r - g.row0[j], splits = g.splits[j];
@@ -792,26 +827,27 @@ __device__ __forceinline__ void decode_block(const DecodeGroup<T>& g, float* wor
         __syncthreads();
       }
     }
-    uint4 kr[U], vr[U];
+    typename Kv8<K>::Raw kr[U], vr[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int t = tb + u * kpb + sub;
-      kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+      kr[u] = vr[u] = Kv8<K>::zero();
       if (t < k1) {
         const std::size_t off =
             (stage ? kv_offset_in(p, pages[t / p.page_size - first_page], t, kvh, D) : kv_offset(p, t, kvh, D)) + li * 8;
-        kr[u] = *reinterpret_cast<const uint4*>(p.k + off);
-        vr[u] = *reinterpret_cast<const uint4*>(p.v + off);
+        kr[u] = Kv8<K>::load(p.k + off);
+        vr[u] = Kv8<K>::load(p.v + off);
       }
     }
     float dot[U];
     float mx = -INFINITY;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const T* ke = reinterpret_cast<const T*>(&kr[u]);
+      float ke[8];
+      Kv8<K>::widen(kr[u], ke);
       float d = 0.0f;
 #pragma unroll
-      for (int c = 0; c < 8; ++c) d += q[c] * Half16<T>::to(ke[c]);
+      for (int c = 0; c < 8; ++c) d += q[c] * ke[c];
 #pragma unroll
       for (int o = tpk / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
       dot[u] = tb + u * kpb + sub < k1 ? d : -INFINITY;
@@ -827,9 +863,10 @@ __device__ __forceinline__ void decode_block(const DecodeGroup<T>& g, float* wor
       for (int u = 0; u < U; ++u) {
         const float pr = exp2f(dot[u] - m_new);  // 0 for a key past k1
         l += pr;
-        const T* ve = reinterpret_cast<const T*>(&vr[u]);
+        float ve[8];
+        Kv8<K>::widen(vr[u], ve);
 #pragma unroll
-        for (int c = 0; c < 8; ++c) acc[c] += pr * Half16<T>::to(ve[c]);
+        for (int c = 0; c < 8; ++c) acc[c] += pr * ve[c];
       }
       m = m_new;
     }
@@ -846,28 +883,28 @@ __device__ __forceinline__ void decode_block(const DecodeGroup<T>& g, float* wor
   });
 }
 
-template <class T, int D, int Version>
-__global__ void __launch_bounds__(DecodeVersion<Version>::threads) flash_decode_v2_kernel(DecodeGroup<T> g, float* workspace) {
-  decode_block<T, D, Version>(g, workspace, 0);
+template <class T, class K, int D, int Version>
+__global__ void __launch_bounds__(DecodeVersion<Version>::threads) flash_decode_v2_kernel(DecodeGroup<T, K> g, float* workspace) {
+  decode_block<T, K, D, Version>(g, workspace, 0);
 }
-template <class T, int D, int Version>
+template <class T, class K, int D, int Version>
 __global__ void __launch_bounds__(DecodeVersion<Version>::threads)
-    flash_decode_planned_kernel(const DecodeGroup<T>* g, float* workspace, long long layer_delta, L2Prefetch prefetch) {
+    flash_decode_planned_kernel(const DecodeGroup<T, K>* g, float* workspace, long long layer_delta, L2Prefetch prefetch) {
   pdl_trigger();
   pdl_wait();
   l2_prefetch_grid(prefetch.base, prefetch.bytes);  // after the wait: HBM is ours
-  decode_block<T, D, Version>(*g, workspace, layer_delta);
+  decode_block<T, K, D, Version>(*g, workspace, layer_delta);
 }
 
 // Block (h, r): the split problems' reduction, as split_reduce_kernel, for a whole group.
-template <class T>
-__device__ __forceinline__ void split_reduce_v2_block(const DecodeGroup<T>& g, int D, const float* workspace) {
+template <class T, class K>
+__device__ __forceinline__ void split_reduce_v2_block(const DecodeGroup<T, K>& g, int D, const float* workspace) {
   const int h = blockIdx.x, r = blockIdx.y;
   int j = 0;
   while (j + 1 < g.n && g.row0[j + 1] <= r) ++j;
   const int splits = g.splits[j];
   if (splits == 1) return;
-  const Prob<T>& p = g.p[j];
+  const Prob<T, K>& p = g.p[j];
   const int i = r - g.row0[j];
   const std::size_t slots = std::size_t(p.n_q) * p.n_heads * splits, base = (std::size_t(i) * p.n_heads + h) * splits;
   const float* part_o = workspace + g.part[j];
@@ -875,20 +912,20 @@ __device__ __forceinline__ void split_reduce_v2_block(const DecodeGroup<T>& g, i
                    part_o + slots * D + base);
 }
 
-template <class T>
-__global__ void split_reduce_v2_kernel(DecodeGroup<T> g, int D, const float* workspace) {
-  split_reduce_v2_block<T>(g, D, workspace);
+template <class T, class K>
+__global__ void split_reduce_v2_kernel(DecodeGroup<T, K> g, int D, const float* workspace) {
+  split_reduce_v2_block<T, K>(g, D, workspace);
 }
-template <class T>
-__global__ void split_reduce_planned_kernel(const DecodeGroup<T>* g, int D, const float* workspace) {
+template <class T, class K>
+__global__ void split_reduce_planned_kernel(const DecodeGroup<T, K>* g, int D, const float* workspace) {
   pdl_trigger();
   pdl_wait();
-  split_reduce_v2_block<T>(*g, D, workspace);
+  split_reduce_v2_block<T, K>(*g, D, workspace);
 }
 
 // Block (h, i): out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M).
-template <class T>
-__global__ void split_reduce_kernel(Prob<T> p, int D, int splits, const float* part_o, const float* part_lse) {
+template <class T, class K>
+__global__ void split_reduce_kernel(Prob<T, K> p, int D, int splits, const float* part_o, const float* part_lse) {
   const int h = blockIdx.x, i = blockIdx.y;
   const std::size_t base = (std::size_t(i) * p.n_heads + h) * splits;
   reduce_splits<T>(p.out + std::size_t(i) * p.out_stride + std::size_t(h) * D, D, splits, part_o + base * D,
@@ -990,16 +1027,17 @@ int chunk_for(int kv_len, int splits) {
   return (c + kGranule - 1) / kGranule * kGranule;
 }
 
-template <class T>
+template <class T, class K>
 void decode_dispatch(const AttentionProblem& p, int splits, float* part_o, float* part_lse, cudaStream_t stream) {
   const int chunk = chunk_for(p.kv_len(), splits);
   splits = (p.kv_len() + chunk - 1) / chunk;
   const dim3 grid(p.n_heads, p.n_q, splits);
-  if (p.head_dim == 64) flash_decode_kernel<T, 64><<<grid, kDecodeThreads, 0, stream>>>(prob_of<T>(p), chunk, part_o, part_lse);
-  else flash_decode_kernel<T, 128><<<grid, kDecodeThreads, 0, stream>>>(prob_of<T>(p), chunk, part_o, part_lse);
+  const Prob<T, K> pk = prob_of<T, K>(p);
+  if (p.head_dim == 64) flash_decode_kernel<T, K, 64><<<grid, kDecodeThreads, 0, stream>>>(pk, chunk, part_o, part_lse);
+  else flash_decode_kernel<T, K, 128><<<grid, kDecodeThreads, 0, stream>>>(pk, chunk, part_o, part_lse);
   check_launch("attention_flash_decode/split (decode kernel)");
   if (part_o) {
-    split_reduce_kernel<T><<<dim3(p.n_heads, p.n_q), p.head_dim, 0, stream>>>(prob_of<T>(p), p.head_dim, splits, part_o, part_lse);
+    split_reduce_kernel<T, K><<<dim3(p.n_heads, p.n_q), p.head_dim, 0, stream>>>(pk, p.head_dim, splits, part_o, part_lse);
     check_launch("attention_flash_split (reduce kernel)");
   }
 }
@@ -1014,15 +1052,15 @@ int effective_splits(const AttentionProblem& p, int splits) {
 // launched as one grid (heads, the group's rows, its largest split count). splits[k] is problem
 // k's split count (1 = direct); its partial outputs sit in the workspace where version 1 puts
 // them.
-template <class T>
+template <class T, class K>
 struct Grouped {
-  std::vector<DecodeGroup<T>> groups;
+  std::vector<DecodeGroup<T, K>> groups;
   std::vector<DecodeGroupShape> shapes;
 };
 
-template <class T>
-Grouped<T> make_groups(std::span<const AttentionProblem> problems, std::span<const int> splits) {
-  Grouped<T> out;
+template <class T, class K>
+Grouped<T, K> make_groups(std::span<const AttentionProblem> problems, std::span<const int> splits) {
+  Grouped<T, K> out;
   std::size_t off = 0;
   for (std::size_t k = 0; k < problems.size(); ++k) {
     const AttentionProblem& p = problems[k];
@@ -1033,10 +1071,10 @@ Grouped<T> make_groups(std::span<const AttentionProblem> problems, std::span<con
       out.groups.emplace_back();
       out.shapes.push_back({0, p.n_heads, p.head_dim, 1, false});
     }
-    DecodeGroup<T>& g = out.groups.back();
+    DecodeGroup<T, K>& g = out.groups.back();
     DecodeGroupShape& sh = out.shapes.back();
     const int sp = splits[k];
-    g.p[g.n] = prob_of<T>(p);
+    g.p[g.n] = prob_of<T, K>(p);
     g.chunk[g.n] = chunk_for(p.kv_len(), sp);
     g.splits[g.n] = sp;
     g.part[g.n] = static_cast<long long>(off);
@@ -1052,39 +1090,56 @@ Grouped<T> make_groups(std::span<const AttentionProblem> problems, std::span<con
 
 // A decode kernel of version 2, 3 or 4 (grouped) for head_dim D: func(kernel, threads a block)
 // launches it.
-template <class T, template <class, int, int> class Kernel, int D, class F>
+template <class T, class K, template <class, class, int, int> class Kernel, int D, class F>
 void with_decode_version(int version, F&& func) {
-  if (version == 4) func(Kernel<T, D, 4>::get(), DecodeVersion<4>::threads);
-  else if (version == 3) func(Kernel<T, D, 3>::get(), DecodeVersion<3>::threads);
-  else func(Kernel<T, D, 2>::get(), DecodeVersion<2>::threads);
+  if (version == 4) func(Kernel<T, K, D, 4>::get(), DecodeVersion<4>::threads);
+  else if (version == 3) func(Kernel<T, K, D, 3>::get(), DecodeVersion<3>::threads);
+  else func(Kernel<T, K, D, 2>::get(), DecodeVersion<2>::threads);
 }
-template <class T, template <class, int, int> class Kernel, class F>
+template <class T, class K, template <class, class, int, int> class Kernel, class F>
 void with_decode_kernel(int head_dim, int version, F&& func) {
-  if (head_dim == 64) with_decode_version<T, Kernel, 64>(version, func);
-  else with_decode_version<T, Kernel, 128>(version, func);
+  if (head_dim == 64) with_decode_version<T, K, Kernel, 64>(version, func);
+  else with_decode_version<T, K, Kernel, 128>(version, func);
 }
-template <class T, int D, int V>
+template <class T, class K, int D, int V>
 struct GroupedKernel {
-  static auto get() { return flash_decode_v2_kernel<T, D, V>; }
+  static auto get() { return flash_decode_v2_kernel<T, K, D, V>; }
 };
-template <class T, int D, int V>
+template <class T, class K, int D, int V>
 struct PlannedKernel {
-  static auto get() { return flash_decode_planned_kernel<T, D, V>; }
+  static auto get() { return flash_decode_planned_kernel<T, K, D, V>; }
 };
 
-template <class T>
+// f(T{}, K{}) for the decode kernels' query type T (dtype) and K/V type K (kv, default dtype's
+// own). fp32 pools are refused: a 16-bit kernel would read half of them (see kernels.cuh).
+template <class F>
+void with_decode_types(DType dtype, std::optional<KvElem> kv, const char* who, F&& f) {
+  const auto with_t = [&](auto k) {
+    if (dtype == DType::f16) f(__half{}, k);
+    else f(__nv_bfloat16{}, k);
+  };
+  switch (kv.value_or(kv_elem_of(dtype))) {
+    case KvElem::f16: return with_t(__half{});
+    case KvElem::bf16: return with_t(__nv_bfloat16{});
+    case KvElem::fp8_e4m3: return with_t(__nv_fp8_e4m3{});
+    case KvElem::f32: break;
+  }
+  throw std::invalid_argument(std::string(who) + ": K/V of fp32; the decode kernels read bf16, fp16 or fp8_e4m3");
+}
+
+template <class T, class K>
 void decode_v2(std::span<const AttentionProblem> problems, std::span<const int> splits, float* workspace,
                cudaStream_t stream, int version) {
-  const Grouped<T> gr = make_groups<T>(problems, splits);
+  const Grouped<T, K> gr = make_groups<T, K>(problems, splits);
   for (std::size_t i = 0; i < gr.groups.size(); ++i) {
     const DecodeGroupShape& sh = gr.shapes[i];
     const dim3 grid(sh.heads, sh.rows, sh.max_splits);
-    with_decode_kernel<T, GroupedKernel>(sh.head_dim, version, [&](auto kernel, int threads) {
+    with_decode_kernel<T, K, GroupedKernel>(sh.head_dim, version, [&](auto kernel, int threads) {
       kernel<<<grid, threads, 0, stream>>>(gr.groups[i], workspace);
     });
     check_launch("attention_flash_decode/split v2-4 (decode kernel)");
     if (sh.split) {
-      split_reduce_v2_kernel<T><<<dim3(sh.heads, sh.rows), sh.head_dim, 0, stream>>>(gr.groups[i], sh.head_dim, workspace);
+      split_reduce_v2_kernel<T, K><<<dim3(sh.heads, sh.rows), sh.head_dim, 0, stream>>>(gr.groups[i], sh.head_dim, workspace);
       check_launch("attention_flash_split v2 (reduce kernel)");
     }
   }
@@ -1129,22 +1184,25 @@ void check_decode_version(int version, const char* who, int lowest = 1) {
                                 std::to_string(lowest) + " .. " + std::to_string(kDecodeVersions));
 }
 
-void attention_flash_decode(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream, int version) {
+void attention_flash_decode(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream, int version,
+                            std::optional<KvElem> kv) {
   check_decode_version(version, "cuda::attention_flash_decode");
-  if (version >= 2) {
-    std::vector<int> ones(problems.size(), 1);
-    for (const AttentionProblem& p : problems)
-      if (p.n_q > 0) validate(p, "cuda::attention_flash_decode");
-    if (dtype == DType::f16) decode_v2<__half>(problems, ones, nullptr, stream, version);
-    else decode_v2<__nv_bfloat16>(problems, ones, nullptr, stream, version);
-    return;
-  }
-  for (const AttentionProblem& p : problems) {
-    if (p.n_q <= 0) continue;
-    validate(p, "cuda::attention_flash_decode");
-    if (dtype == DType::f16) decode_dispatch<__half>(p, 1, nullptr, nullptr, stream);
-    else decode_dispatch<__nv_bfloat16>(p, 1, nullptr, nullptr, stream);
-  }
+  with_decode_types(dtype, kv, "cuda::attention_flash_decode", [&](auto t, auto k) {
+    using T = decltype(t);
+    using K = decltype(k);
+    if (version >= 2) {
+      std::vector<int> ones(problems.size(), 1);
+      for (const AttentionProblem& p : problems)
+        if (p.n_q > 0) validate(p, "cuda::attention_flash_decode");
+      decode_v2<T, K>(problems, ones, nullptr, stream, version);
+      return;
+    }
+    for (const AttentionProblem& p : problems) {
+      if (p.n_q <= 0) continue;
+      validate(p, "cuda::attention_flash_decode");
+      decode_dispatch<T, K>(p, 1, nullptr, nullptr, stream);
+    }
+  });
 }
 
 int attention_flash_split_count(std::span<const AttentionProblem> problems, std::size_t i) {
@@ -1170,7 +1228,8 @@ std::size_t attention_flash_split_workspace_bytes(std::span<const AttentionProbl
 }
 
 void attention_flash_split(std::span<const AttentionProblem> problems, DType dtype, float* workspace,
-                           std::size_t workspace_bytes, cudaStream_t stream, int splits, int version) {
+                           std::size_t workspace_bytes, cudaStream_t stream, int splits, int version,
+                           std::optional<KvElem> kv) {
   check_decode_version(version, "cuda::attention_flash_split");
   if (attention_flash_split_workspace_bytes(problems, splits) > workspace_bytes)
     throw std::invalid_argument("cuda::attention_flash_split: workspace too small");
@@ -1181,39 +1240,43 @@ void attention_flash_split(std::span<const AttentionProblem> problems, DType dty
     validate(p, "cuda::attention_flash_split");
     counts[i] = splits > 0 ? effective_splits(p, splits) : attention_flash_split_count(problems, i);
   }
-  if (version >= 2) {
-    if (dtype == DType::f16) decode_v2<__half>(problems, counts, workspace, stream, version);
-    else decode_v2<__nv_bfloat16>(problems, counts, workspace, stream, version);
-    return;
-  }
-  std::size_t off = 0;
-  for (std::size_t i = 0; i < problems.size(); ++i) {
-    const AttentionProblem& p = problems[i];
-    if (p.n_q <= 0) continue;
-    const int s = counts[i];
-    const std::size_t slots = std::size_t(p.n_q) * p.n_heads * s;
-    float* part_o = s > 1 ? workspace + off : nullptr;
-    float* part_lse = s > 1 ? workspace + off + slots * p.head_dim : nullptr;
-    if (dtype == DType::f16) decode_dispatch<__half>(p, s, part_o, part_lse, stream);
-    else decode_dispatch<__nv_bfloat16>(p, s, part_o, part_lse, stream);
-    off += slots * (p.head_dim + 1);
-  }
+  with_decode_types(dtype, kv, "cuda::attention_flash_split", [&](auto t, auto k) {
+    using T = decltype(t);
+    using K = decltype(k);
+    if (version >= 2) {
+      decode_v2<T, K>(problems, counts, workspace, stream, version);
+      return;
+    }
+    std::size_t off = 0;
+    for (std::size_t i = 0; i < problems.size(); ++i) {
+      const AttentionProblem& p = problems[i];
+      if (p.n_q <= 0) continue;
+      const int s = counts[i];
+      const std::size_t slots = std::size_t(p.n_q) * p.n_heads * s;
+      float* part_o = s > 1 ? workspace + off : nullptr;
+      float* part_lse = s > 1 ? workspace + off + slots * p.head_dim : nullptr;
+      decode_dispatch<T, K>(p, s, part_o, part_lse, stream);
+      off += slots * (p.head_dim + 1);
+    }
+  });
 }
 
-DecodePlan make_decode_plan(std::span<const AttentionProblem> problems, std::span<const int> splits, DType dtype) {
+DecodePlan make_decode_plan(std::span<const AttentionProblem> problems, std::span<const int> splits, DType dtype,
+                            std::optional<KvElem> kv) {
   if (splits.size() != problems.size()) throw std::invalid_argument("cuda::make_decode_plan: one split count per problem");
   for (const AttentionProblem& p : problems)
     if (p.n_q > 0) validate(p, "cuda::make_decode_plan");
   DecodePlan plan;
   plan.dtype = dtype;
+  plan.kv = kv.value_or(kv_elem_of(dtype));
   plan.group_bytes = sizeof(DecodeGroup<__half>);
-  const auto pack = [&](const auto& gr) {
+  with_decode_types(dtype, plan.kv, "cuda::make_decode_plan", [&](auto t, auto k) {
+    const auto gr = make_groups<decltype(t), decltype(k)>(problems, splits);
+    static_assert(sizeof(gr.groups[0]) == sizeof(DecodeGroup<__half>), "one group size for every element type");
     plan.shapes = gr.shapes;
     plan.bytes.resize(gr.groups.size() * plan.group_bytes);
     if (!gr.groups.empty()) std::memcpy(plan.bytes.data(), gr.groups.data(), plan.bytes.size());
-  };
-  if (dtype == DType::f16) pack(make_groups<__half>(problems, splits));
-  else pack(make_groups<__nv_bfloat16>(problems, splits));
+  });
   return plan;
 }
 
@@ -1228,18 +1291,17 @@ void attention_decode_planned(const DecodePlan& plan, const void* device_plan, i
     const DecodeGroupShape& sh = plan.shapes[i];
     const void* g = base + i * plan.group_bytes;
     const dim3 grid(sh.heads, sh.rows, std::max(max_splits, 1));
-    const auto launch = [&](auto tag) {
-      using T = decltype(tag);
-      const auto* gt = static_cast<const DecodeGroup<T>*>(g);
-      with_decode_kernel<T, PlannedKernel>(sh.head_dim, version, [&](auto kernel, int threads) {
+    with_decode_types(plan.dtype, plan.kv, "cuda::attention_decode_planned", [&](auto t, auto k) {
+      using T = decltype(t);
+      using K = decltype(k);
+      const auto* gt = static_cast<const DecodeGroup<T, K>*>(g);
+      with_decode_kernel<T, K, PlannedKernel>(sh.head_dim, version, [&](auto kernel, int threads) {
         launch_pdl(kernel, grid, threads, 0, stream, gt, workspace, layer_delta, i == 0 ? prefetch : L2Prefetch{});
       });
       if (reduce)
-        launch_pdl(split_reduce_planned_kernel<T>, dim3(sh.heads, sh.rows), sh.head_dim, 0, stream, gt, sh.head_dim,
+        launch_pdl(split_reduce_planned_kernel<T, K>, dim3(sh.heads, sh.rows), sh.head_dim, 0, stream, gt, sh.head_dim,
                    static_cast<const float*>(workspace));
-    };
-    if (plan.dtype == DType::f16) launch(__half{});
-    else launch(__nv_bfloat16{});
+    });
   }
 }
 

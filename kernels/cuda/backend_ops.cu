@@ -1,7 +1,9 @@
 // The CUDA backend's data movement: embedding gather, KV writes into the cache's pools (either
-// layout: the cache gives each token's slot as an element offset), and KV gather into a
-// contiguous fp32 copy (naive attention on a paged or bf16 cache). CPU twins: the memcpy loops of
-// CpuBackend::forward and KvSeqView::k()/v(); tests/cuda/test_cuda_backend.cpp compares them.
+// layout: the cache gives each token's slot as an element offset, in any KV element type), and KV
+// gather into a contiguous fp32 copy (naive attention on a paged or 16/8-bit cache) or 16-bit copy
+// (flash prefill on a KV type other than its own). CPU twins: the memcpy loops of
+// CpuBackend::forward, cpu::kv_encode and KvSeqView::k()/v(); tests/cuda/test_cuda_backend.cpp
+// compares them.
 #include <algorithm>
 #include <stdexcept>
 
@@ -41,11 +43,11 @@ __global__ void kv_write_kernel(T* pool, const std::int64_t* offsets, const floa
 
 // One thread per pair (r, 2p) of a qkv row: the bias added (when given) and the query and key pairs
 // rotated, in place, then the row's query pair into q16, its key or value pair into the pools
-// (rows < store_rows).
-template <typename T>
+// (rows < store_rows). T: the query's 16-bit type; K: the pools' element type.
+template <typename T, typename K>
 __global__ void rope_store_qkv_kernel(float* qkv, int rows, int store_rows, int q_dim, int kv_dim, int head_dim,
-                                      const int* positions, float theta, const float* freq_table, T* k_pool,
-                                      T* v_pool, const std::int64_t* offsets, T* q16, L2Prefetch prefetch,
+                                      const int* positions, float theta, const float* freq_table, K* k_pool,
+                                      K* v_pool, const std::int64_t* offsets, T* q16, L2Prefetch prefetch,
                                       const float* bias) {
   pdl_trigger();
   pdl_wait();  // the prefetch too: before it, the previous GEMV is still streaming its own weights
@@ -63,21 +65,38 @@ __global__ void rope_store_qkv_kernel(float* qkv, int rows, int store_rows, int 
     v[1] = v1;
   }
   if (r >= store_rows) return;
-  T* dst = i < q_dim ? q16 + std::size_t(r) * row_dim + i
-           : i < q_dim + kv_dim ? k_pool + offsets[r] + (i - q_dim)
-                                : v_pool + offsets[r] + (i - q_dim - kv_dim);
-  dst[0] = Half16<T>::from(v0);
-  dst[1] = Half16<T>::from(v1);
+  if (i < q_dim) {
+    T* dst = q16 + std::size_t(r) * row_dim + i;
+    dst[0] = Half16<T>::from(v0);
+    dst[1] = Half16<T>::from(v1);
+    return;
+  }
+  K* dst = i < q_dim + kv_dim ? k_pool + offsets[r] + (i - q_dim) : v_pool + offsets[r] + (i - q_dim - kv_dim);
+  dst[0] = Half16<K>::from(v0);
+  dst[1] = Half16<K>::from(v1);
 }
 
-// One block per token t: dst[t][j] = token t of the page list, j < token_stride.
-template <typename T>
-__global__ void kv_gather_kernel(float* dst, const T* pool, const std::int32_t* indices, int page_size,
+// One block per token t: dst[t][j] = token t of the page list, j < token_stride, converted from
+// the pool's type S to D through fp32 (exact when D is fp32, or 16 bits and S fp8 or the same type).
+template <typename D, typename S>
+__global__ void kv_gather_kernel(D* dst, const S* pool, const std::int32_t* indices, int page_size,
                                  int token_stride) {
   const int t = blockIdx.x;
-  const T* src = pool + (std::size_t(indices[t / page_size]) * page_size + t % page_size) * token_stride;
-  float* d = dst + std::size_t(t) * token_stride;
-  for (int j = threadIdx.x; j < token_stride; j += blockDim.x) d[j] = Half16<T>::to(src[j]);
+  const S* src = pool + (std::size_t(indices[t / page_size]) * page_size + t % page_size) * token_stride;
+  D* d = dst + std::size_t(t) * token_stride;
+  for (int j = threadIdx.x; j < token_stride; j += blockDim.x) d[j] = Half16<D>::from(Half16<S>::to(src[j]));
+}
+
+// f(K{}) with K the element type of e.
+template <class F>
+void with_kv_elem(KvElem e, F&& f) {
+  switch (e) {
+    case KvElem::f32: return f(float{});
+    case KvElem::f16: return f(__half{});
+    case KvElem::bf16: return f(__nv_bfloat16{});
+    case KvElem::fp8_e4m3: return f(__nv_fp8_e4m3{});
+  }
+  throw std::invalid_argument("cuda: unknown KV element type");
 }
 
 }  // namespace
@@ -87,10 +106,12 @@ const char* kv_elem_name(KvElem e) {
     case KvElem::f32: return "fp32";
     case KvElem::f16: return "fp16";
     case KvElem::bf16: return "bf16";
+    case KvElem::fp8_e4m3: return "fp8_e4m3";
   }
   return "?";
 }
-std::size_t kv_elem_bytes(KvElem e) { return e == KvElem::f32 ? 4 : 2; }
+std::size_t kv_elem_bytes(KvElem e) { return e == KvElem::f32 ? 4 : e == KvElem::fp8_e4m3 ? 1 : 2; }
+KvElem kv_elem_of(DType t) { return t == DType::bf16 ? KvElem::bf16 : KvElem::f16; }
 
 void embed(float* x, const float* table, const int* tokens, int rows, int dim, cudaStream_t stream) {
   if (rows <= 0) return;
@@ -101,56 +122,59 @@ void kv_write(void* pool, const std::int64_t* offsets, const float* src, int src
               cudaStream_t stream) {
   if (rows <= 0 || n <= 0) return;
   const dim3 grid(unsigned((n + kKvWriteChunk - 1) / kKvWriteChunk), unsigned(std::min(rows, 65535)));
-  switch (elem) {
-    case KvElem::f32:
-      kv_write_kernel<<<grid, kKvWriteChunk, 0, stream>>>(static_cast<float*>(pool), offsets, src, src_stride, rows, n);
-      break;
-    case KvElem::f16:
-      kv_write_kernel<<<grid, kKvWriteChunk, 0, stream>>>(static_cast<__half*>(pool), offsets, src, src_stride, rows, n);
-      break;
-    case KvElem::bf16:
-      kv_write_kernel<<<grid, kKvWriteChunk, 0, stream>>>(static_cast<__nv_bfloat16*>(pool), offsets, src, src_stride, rows, n);
-      break;
-  }
+  with_kv_elem(elem, [&](auto k) {
+    using K = decltype(k);
+    kv_write_kernel<<<grid, kKvWriteChunk, 0, stream>>>(static_cast<K*>(pool), offsets, src, src_stride, rows, n);
+  });
   check_launch("kv_write");
 }
 
 void rope_store_qkv(float* qkv, int rows, int store_rows, int n_heads, int n_kv_heads, int head_dim,
                     const int* positions, RopeFreq freq, void* k_pool, void* v_pool, const std::int64_t* offsets,
-                    void* q16, DType dtype, cudaStream_t stream, L2Prefetch prefetch, const float* bias) {
+                    void* q16, DType dtype, cudaStream_t stream, L2Prefetch prefetch, const float* bias,
+                    std::optional<KvElem> kv) {
   if (head_dim % 2 != 0) throw std::invalid_argument("rope_store_qkv: head_dim must be even");
   if (reinterpret_cast<std::uintptr_t>(prefetch.base) % 16 != 0)
     throw std::invalid_argument("rope_store_qkv: the prefetch range must start 16-byte aligned");
   const std::size_t threads = std::size_t(rows) * (n_heads + 2 * n_kv_heads) * head_dim / 2;
   if (threads == 0) return;
   const int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
-  if (dtype == DType::bf16)
-    launch_pdl(rope_store_qkv_kernel<__nv_bfloat16>, grid_for(threads), kBlock, 0, stream, qkv, rows, store_rows, q_dim,
-               kv_dim, head_dim, positions, freq.theta, freq.table, static_cast<__nv_bfloat16*>(k_pool),
-               static_cast<__nv_bfloat16*>(v_pool), offsets, static_cast<__nv_bfloat16*>(q16), prefetch, bias);
-  else
-    launch_pdl(rope_store_qkv_kernel<__half>, grid_for(threads), kBlock, 0, stream, qkv, rows, store_rows, q_dim, kv_dim,
-               head_dim, positions, freq.theta, freq.table, static_cast<__half*>(k_pool), static_cast<__half*>(v_pool),
-               offsets, static_cast<__half*>(q16), prefetch, bias);
+  const auto launch = [&](auto t, auto k) {
+    using T = decltype(t);
+    using K = decltype(k);
+    launch_pdl(rope_store_qkv_kernel<T, K>, grid_for(threads), kBlock, 0, stream, qkv, rows, store_rows, q_dim, kv_dim,
+               head_dim, positions, freq.theta, freq.table, static_cast<K*>(k_pool), static_cast<K*>(v_pool), offsets,
+               static_cast<T*>(q16), prefetch, bias);
+  };
+  with_kv_elem(kv.value_or(kv_elem_of(dtype)), [&](auto k) {
+    if (dtype == DType::bf16) launch(__nv_bfloat16{}, k);
+    else launch(__half{}, k);
+  });
 }
 
 void kv_gather_f32(float* dst, const void* pool, const std::int32_t* indices, int page_size, int length,
                    int token_stride, KvElem elem, cudaStream_t stream) {
   if (length <= 0) return;
-  switch (elem) {
-    case KvElem::f32:
-      kv_gather_kernel<<<length, 128, 0, stream>>>(dst, static_cast<const float*>(pool), indices, page_size, token_stride);
-      break;
-    case KvElem::f16:
-      kv_gather_kernel<<<length, 128, 0, stream>>>(dst, static_cast<const __half*>(pool), indices, page_size,
-                                                   token_stride);
-      break;
-    case KvElem::bf16:
-      kv_gather_kernel<<<length, 128, 0, stream>>>(dst, static_cast<const __nv_bfloat16*>(pool), indices, page_size,
-                                                   token_stride);
-      break;
-  }
+  with_kv_elem(elem, [&](auto k) {
+    using K = decltype(k);
+    kv_gather_kernel<<<length, 128, 0, stream>>>(dst, static_cast<const K*>(pool), indices, page_size, token_stride);
+  });
   check_launch("kv_gather_f32");
+}
+
+void kv_gather_16(void* dst, DType dtype, const void* pool, const std::int32_t* indices, int page_size, int length,
+                  int token_stride, KvElem elem, cudaStream_t stream) {
+  if (length <= 0) return;
+  with_kv_elem(elem, [&](auto k) {
+    using K = decltype(k);
+    if (dtype == DType::bf16)
+      kv_gather_kernel<<<length, 128, 0, stream>>>(static_cast<__nv_bfloat16*>(dst), static_cast<const K*>(pool), indices,
+                                                   page_size, token_stride);
+    else
+      kv_gather_kernel<<<length, 128, 0, stream>>>(static_cast<__half*>(dst), static_cast<const K*>(pool), indices,
+                                                   page_size, token_stride);
+  });
+  check_launch("kv_gather_16");
 }
 
 }  // namespace ablate::cuda

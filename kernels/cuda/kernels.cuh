@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 #include <string>
@@ -119,6 +120,16 @@ enum class DType { f16, bf16 };
 const char* dtype_name(DType t);
 std::size_t dtype_bytes(DType t);
 
+// Element type of the KV pools (kv.dtype; fp8_e4m3: round to nearest even, saturating at +-448,
+// cpu::to_fp8_e4m3's bytes). The decode kernels (attention_flash_decode, attention_flash_split,
+// the planned decode) read K/V of dtype, of the other 16-bit type or of fp8_e4m3, widened to fp32
+// as loaded (kv; default dtype's own); the prefill kernel (attention_flash) reads K/V of dtype only
+// (kv_gather_16 widens another type into a copy first).
+enum class KvElem { f32, f16, bf16, fp8_e4m3 };
+const char* kv_elem_name(KvElem e);
+std::size_t kv_elem_bytes(KvElem e);
+KvElem kv_elem_of(DType t);  // the 16-bit type's own KvElem
+
 // dst (dtype) = src (fp32) and back, n elements, device pointers.
 void cast_from_float(void* dst, const float* src, std::size_t n, DType dtype, cudaStream_t stream);
 void cast_to_float(float* dst, const void* src, std::size_t n, DType dtype, cudaStream_t stream);
@@ -153,7 +164,7 @@ inline constexpr int kDecodeVersions = 4;
 inline constexpr int kDecodeVersionFewBlocks = 4;
 int attention_decode_version(int rows, int heads);
 void attention_flash_decode(std::span<const AttentionProblem> problems, DType dtype, cudaStream_t stream,
-                            int version = 2);
+                            int version = 2, std::optional<KvElem> kv = std::nullopt);
 
 // Split-KV decode (flash-decoding): the decode kernel over `splits` key chunks per (head, query),
 // each writing a normalised partial output and its log-sum-exp to `workspace`, then a reduction
@@ -165,7 +176,8 @@ int attention_flash_split_count(std::span<const AttentionProblem> problems, std:
 std::size_t attention_flash_split_workspace_bytes(std::span<const AttentionProblem> problems, int splits = 0);
 // version as attention_flash_decode's.
 void attention_flash_split(std::span<const AttentionProblem> problems, DType dtype, float* workspace,
-                           std::size_t workspace_bytes, cudaStream_t stream, int splits = 0, int version = 2);
+                           std::size_t workspace_bytes, cudaStream_t stream, int splits = 0, int version = 2,
+                           std::optional<KvElem> kv = std::nullopt);
 
 // Decode plans: version 2 in a form a CUDA graph can replay. The problems' descriptors (pointers,
 // lengths, page tables, split counts) are packed into bytes for device memory; launching from the
@@ -181,11 +193,13 @@ struct DecodeGroupShape {
 };
 struct DecodePlan {
   DType dtype = DType::bf16;
+  KvElem kv = KvElem::bf16;  // the pools' element type (kv: make_decode_plan's, default dtype's own)
   std::size_t group_bytes = 0;
   std::vector<DecodeGroupShape> shapes;  // one per group (launch)
   std::vector<unsigned char> bytes;      // shapes.size() * group_bytes, for the device
 };
-DecodePlan make_decode_plan(std::span<const AttentionProblem> problems, std::span<const int> splits, DType dtype);
+DecodePlan make_decode_plan(std::span<const AttentionProblem> problems, std::span<const int> splits, DType dtype,
+                            std::optional<KvElem> kv = std::nullopt);
 // max_splits: the grid's split dimension, at least every problem's split count (blocks past a
 // problem's count return at once), e.g. attention_flash_split_bound(rows, heads). version: the
 // decode kernel's, 2 to kDecodeVersions (the plan is the same for all). prefetch: once the kernels ahead have
@@ -199,10 +213,6 @@ void attention_decode_planned(const DecodePlan& plan, const void* device_plan, i
 int attention_flash_split_bound(int rows, int heads);
 
 // ---- data movement of the CUDA backend (backend_ops.cu) -----------------------------------------
-// Element type of the backend's KV pools.
-enum class KvElem { f32, f16, bf16 };
-const char* kv_elem_name(KvElem e);
-std::size_t kv_elem_bytes(KvElem e);
 
 // x[r][:] = table[tokens[r]][:], fp32; tokens is a device array of `rows` ids.
 void embed(float* x, const float* table, const int* tokens, int rows, int dim, cudaStream_t stream);
@@ -218,17 +228,23 @@ void kv_write(void* pool, const std::int64_t* offsets, const float* src, int src
 // biases; all of the row in place, as add_bias_rows), RoPE on the query
 // and key heads in place, then for rows < store_rows the keys and values into the pools at
 // offsets[r] (as kv_write) and the rotated queries into q16 (same row stride), in dtype (bf16 or
-// fp16, also the pools' type). The same results, bit for bit, as (add_bias_rows(),) rope(), two
-// kv_write()s and cast_from_float() (four launches; tested against them). prefetch: once the kernel ahead of it
+// fp16; the pools' type is kv, default dtype's own). The same results, bit for bit, as
+// (add_bias_rows(),) rope(), two kv_write()s and cast_from_float() (four launches; tested against
+// them). prefetch: once the kernel ahead of it
 // has finished (pdl), its threads also ask L2 to fetch that range (cuda_l2_prefetch: the output
 // projection's weights, read after the attention that follows; HBM is otherwise idle meanwhile).
 void rope_store_qkv(float* qkv, int rows, int store_rows, int n_heads, int n_kv_heads, int head_dim,
                     const int* positions, RopeFreq freq, void* k_pool, void* v_pool, const std::int64_t* offsets,
-                    void* q16, DType dtype, cudaStream_t stream, L2Prefetch prefetch = {}, const float* bias = nullptr);
+                    void* q16, DType dtype, cudaStream_t stream, L2Prefetch prefetch = {}, const float* bias = nullptr,
+                    std::optional<KvElem> kv = std::nullopt);
 
 // dst[t][token_stride] (fp32, contiguous) = token t < length of a page list (KvSeqView layout):
 // pool points at the view's k_pool or v_pool, indices is a device array of its pages.
 void kv_gather_f32(float* dst, const void* pool, const std::int32_t* indices, int page_size, int length,
                    int token_stride, KvElem elem, cudaStream_t stream);
+// The same into dtype (16-bit) elements: the flash prefill's K/V when the pools hold another type
+// (exact from fp8_e4m3 or the same type; fp32 and the other 16-bit type round to nearest even).
+void kv_gather_16(void* dst, DType dtype, const void* pool, const std::int32_t* indices, int page_size, int length,
+                  int token_stride, KvElem elem, cudaStream_t stream);
 
 }  // namespace ablate::cuda
