@@ -28,15 +28,17 @@ namespace {
 
 const char* kDtypes[] = {"fp32", "bf16", "fp16", "q8_0"};
 const char* kKvDtypes[] = {"fp32", "bf16", "fp16", "fp8_e4m3", "int8"};
-double g_read_bandwidth = 0;  // bytes/s, measured in main() with the run's threads
-
 // The best of 5 passes summing a 1 GiB buffer with every OpenMP thread: what a decode step's
-// weight stream can get at most.
+// weight stream can get at most. Measured again beside every benchmark run (0.2 s): this host's
+// bandwidth drifts by a fifth over minutes, so one figure at the start made later rooflines wrong.
 double measure_read_bandwidth() {
   const std::size_t n = std::size_t{1} << 28;  // floats
-  std::vector<float> buf(n);
+  static std::vector<float> buf;
+  if (buf.empty()) {
+    buf.resize(n);
 #pragma omp parallel for
-  for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(n); ++i) buf[static_cast<std::size_t>(i)] = 1.0f;
+    for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(n); ++i) buf[static_cast<std::size_t>(i)] = 1.0f;
+  }
   double best = 0, sink = 0;
   for (int pass = 0; pass < 5; ++pass) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -93,26 +95,28 @@ void BM_Forward(benchmark::State& state) {
     kv.set_length(b, context);
     fb.chunks.push_back({b, context, tokens[static_cast<std::size_t>(b)], false});
   }
+  const double read_bandwidth = measure_read_bandwidth();  // just before the timed steps, with their threads
   for (auto _ : state) benchmark::DoNotOptimize(be.forward(fb, kv, att).data());
   const double bytes = static_cast<double>(be.matrix_bytes());
   state.counters["tokens_per_s"] = benchmark::Counter(batch * tokens_per_seq, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["matrix_bytes"] = bytes;
   if (prefill == 0) {
-    state.counters["roofline_tokens_per_s"] = g_read_bandwidth / bytes * batch;
-    state.counters["roofline_frac"] = benchmark::Counter(bytes / g_read_bandwidth, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["roofline_tokens_per_s"] = read_bandwidth / bytes * batch;
+    state.counters["roofline_frac"] = benchmark::Counter(bytes / read_bandwidth, benchmark::Counter::kIsIterationInvariantRate);
   }
   state.counters["threads"] = omp_get_max_threads();
+  state.counters["read_GBps"] = read_bandwidth / 1e9;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
-  g_read_bandwidth = measure_read_bandwidth();
-  std::printf("read bandwidth: %.1f GB/s with %d threads (best of 5 passes over 1 GiB)\n", g_read_bandwidth / 1e9,
-              omp_get_max_threads());
+  const double read_bandwidth = measure_read_bandwidth();
+  std::printf("read bandwidth: %.1f GB/s with %d threads at the start (best of 5 passes over 1 GiB; each run "
+              "measures its own, read_GBps)\n", read_bandwidth / 1e9, omp_get_max_threads());
   std::fflush(stdout);
-  benchmark::AddCustomContext("read_GBps", std::to_string(g_read_bandwidth / 1e9));
+  benchmark::AddCustomContext("read_GBps", std::to_string(read_bandwidth / 1e9));
   auto* b = benchmark::RegisterBenchmark("BM_Forward/smollm2-135m", BM_Forward);
   b->ArgNames({"batch", "context", "dtype", "prefill", "kv"})->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(1.0);
   for (int d = 0; d < 4; ++d) {  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0; fp32 KV

@@ -92,6 +92,19 @@ template <int NW, int R>
 }
 
 // NW rows of w from o, R rows of x from r0; both compile-time so the accumulators stay in registers.
+// tile<R>(r0) over rows of x in tiles of 4, then the 1 to 3 rows left as one smaller tile.
+template <class Tile>
+[[gnu::always_inline]] inline void over_rows(int rows, Tile&& tile) {
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) tile.template operator()<4>(r);
+  switch (rows - r) {
+    case 3: tile.template operator()<3>(r); break;
+    case 2: tile.template operator()<2>(r); break;
+    case 1: tile.template operator()<1>(r); break;
+    default: break;
+  }
+}
+
 template <int NW, int R, class W>
 void dot_tile(float* y, const float* x, const W* w, int in, int out, int o, int r0) {
   // Written out without helpers: GCC keeps the accumulators in registers only when nothing takes
@@ -126,14 +139,7 @@ void dot_tile(float* y, const float* x, const W* w, int in, int out, int o, int 
 
 template <int NW, class W>
 void dot_rows(float* y, const float* x, const W* w, int rows, int in, int out, int o) {
-  int r = 0;
-  for (; r + 4 <= rows; r += 4) dot_tile<NW, 4>(y, x, w, in, out, o, r);
-  switch (rows - r) {
-    case 3: dot_tile<NW, 3>(y, x, w, in, out, o, r); break;
-    case 2: dot_tile<NW, 2>(y, x, w, in, out, o, r); break;
-    case 1: dot_tile<NW, 1>(y, x, w, in, out, o, r); break;
-    default: break;
-  }
+  over_rows(rows, [&]<int R>(int r0) { dot_tile<NW, R>(y, x, w, in, out, o, r0); });
 }
 
 // One row of x: each row of w is streamed start to end with four accumulators along it (one
@@ -208,14 +214,7 @@ void dp_tile(float* y, const Bf16* x, const Bf16* w, int in, int out, int o, int
 
 template <int NW>
 void dp_rows(float* y, const Bf16* x, const Bf16* w, int rows, int in, int out, int o) {
-  int r = 0;
-  for (; r + 4 <= rows; r += 4) dp_tile<NW, 4>(y, x, w, in, out, o, r);
-  switch (rows - r) {
-    case 3: dp_tile<NW, 3>(y, x, w, in, out, o, r); break;
-    case 2: dp_tile<NW, 2>(y, x, w, in, out, o, r); break;
-    case 1: dp_tile<NW, 1>(y, x, w, in, out, o, r); break;
-    default: break;
-  }
+  over_rows(rows, [&]<int R>(int r0) { dp_tile<NW, R>(y, x, w, in, out, o, r0); });
 }
 
 // One row of x: each row of w streamed start to end, four sums in flight along it (as gemv_block).
@@ -325,14 +324,7 @@ void dot_tile_q8(float* y, const float* x, const BlockQ8_0* w, int in, int out, 
 
 template <int NW>
 void dot_rows_q8(float* y, const float* x, const BlockQ8_0* w, int rows, int in, int out, int o) {
-  int r = 0;
-  for (; r + 4 <= rows; r += 4) dot_tile_q8<NW, 4>(y, x, w, in, out, o, r);
-  switch (rows - r) {
-    case 3: dot_tile_q8<NW, 3>(y, x, w, in, out, o, r); break;
-    case 2: dot_tile_q8<NW, 2>(y, x, w, in, out, o, r); break;
-    case 1: dot_tile_q8<NW, 1>(y, x, w, in, out, o, r); break;
-    default: break;
-  }
+  over_rows(rows, [&]<int R>(int r0) { dot_tile_q8<NW, R>(y, x, w, in, out, o, r0); });
 }
 
 void few_rows_block(float* y, const float* x, const BlockQ8_0* w, int rows, int in, int out, int o0, int o1) {

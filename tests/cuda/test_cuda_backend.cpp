@@ -26,27 +26,17 @@
 #include "sched/continuous_scheduler.hpp"
 #include "speculative/no_drafter.hpp"
 #include "../support.hpp"
+#include "backend_support.hpp"
 
 using namespace ablate;
 
 namespace {
 
+using test::attention_named;
+using test::cache_for;
+using test::ragged_steps_logits;
+
 using test::Dev;
-
-std::unique_ptr<Attention> attention_named(const std::string& name) {
-  if (name == "naive") return std::make_unique<NaiveAttention>();
-  if (name == "flash") return std::make_unique<FlashAttention>();
-  return std::make_unique<FlashSplitAttention>();
-}
-
-std::unique_ptr<KvCache> cache_for(const Backend& b, const std::string& layout, int max_len) {
-  const std::size_t bytes = 64u << 20;
-  if (layout == "paged")
-    return std::make_unique<PagedKvCache>(b.shape(), bytes, 16, max_len, PagedKvCache::Admission::OnDemand,
-                                          b.kv_storage());
-  return std::make_unique<ContiguousKvCache>(b.shape(), bytes, max_len, ContiguousKvCache::Reserve::MaxSeqLen,
-                                             b.kv_storage());
-}
 
 // Greedy continuous-batching run (or sampling, with `options`); the outputs of every request.
 std::vector<std::vector<int>> greedy_run(Backend& b, const std::string& layout, const std::string& attention,
@@ -290,42 +280,6 @@ TEST_CASE("cuda backend: stories260K greedy tokens equal the CPU's (fp32, naive,
   CHECK(gpu.peak_device_bytes() > gpu.weights_bytes());
 }
 
-namespace {
-
-// Logits of every row of three steps of a ragged batch: p0's first 40 tokens beside p1's first
-// 20 (prefill), then p0's 41st token decoded beside a 3-token verification chunk of p1, then
-// p0's 42nd alone (batch 1: the fused batch-1 kernels). p0 holds 42 tokens, p1 23.
-std::vector<float> ragged_steps_logits(Backend& b, const std::string& layout, const std::string& attention,
-                                       const std::vector<int>& p0, const std::vector<int>& p1) {
-  auto kv = cache_for(b, layout, 256);
-  auto att = attention_named(attention);
-  REQUIRE(kv->admit(0, 41, 8));
-  REQUIRE(kv->admit(1, 23, 8));
-  REQUIRE(kv->ensure(0, 41));
-  REQUIRE(kv->ensure(1, 23));
-  ForwardBatch prefill;
-  prefill.chunks.push_back({0, 0, std::span<const int>(p0).first(40), false});
-  prefill.chunks.push_back({1, 0, std::span<const int>(p1).first(20), false});
-  std::vector<float> first = b.forward(prefill, *kv, *att);
-  kv->set_length(0, 40);
-  kv->set_length(1, 20);
-  ForwardBatch mixed;
-  mixed.chunks.push_back({0, 40, std::span<const int>(p0).subspan(40, 1), false});
-  mixed.chunks.push_back({1, 20, std::span<const int>(p1).subspan(20, 3), true});
-  std::vector<float> second = b.forward(mixed, *kv, *att);
-  first.insert(first.end(), second.begin(), second.end());
-  kv->set_length(0, 41);
-  kv->set_length(1, 23);
-  REQUIRE(kv->ensure(0, 42));
-  ForwardBatch single;
-  single.chunks.push_back({0, 41, std::span<const int>(p0).subspan(41, 1), false});
-  std::vector<float> third = b.forward(single, *kv, *att);
-  first.insert(first.end(), third.begin(), third.end());
-  return first;
-}
-
-}  // namespace
-
 TEST_CASE("cuda backend: logits within 16-bit tolerance of the CPU's (bf16, fp16), every attention kernel, both layouts",
           "[cuda][backend]") {
   const ModelShape shape = *find_preset("smollm2-135m");
@@ -367,6 +321,26 @@ TEST_CASE("cuda backend: logits within 16-bit tolerance of the CPU's (bf16, fp16
   for (std::size_t i = 0; i < want.size(); ++i) CHECK(got[i] == Approx(want[i]).margin(1e-3 * scale));
 }
 
+// The greedy tokens of `reqs` on the paged cache launched kernel by kernel, then with
+// cuda_graphs: graphs captured, most steps (4-row decode steps) replayed, the same tokens.
+// Returns the eager tokens.
+template <class Reqs>
+auto check_graphs_match_eager(CudaBackend& gpu, const std::string& attention, const Reqs& reqs) {
+  gpu.set_cuda_graphs(false);
+  const auto want = greedy_run(gpu, "paged", attention, reqs, 128);
+  gpu.set_cuda_graphs(true);
+  const CudaGraphStats before = gpu.graph_stats();
+  const auto got = greedy_run(gpu, "paged", attention, reqs, 128);
+  const CudaGraphStats after = gpu.graph_stats();
+  INFO("replays " << after.replays - before.replays << " of " << after.steps - before.steps << " steps, captures "
+                  << after.captures - before.captures);
+  CHECK(after.captures - before.captures > 0);
+  CHECK(after.replays - before.replays > (after.steps - before.steps) / 4);
+  REQUIRE(got.size() == want.size());
+  for (std::size_t i = 0; i < want.size(); ++i) CHECK(got[i] == want[i]);
+  return want;
+}
+
 TEST_CASE("cuda backend: cuda_graphs gives the same greedy tokens as launching kernel by kernel", "[cuda][backend]") {
   // Continuous batching of 6 requests, at most 4 running: prefill steps run eagerly, decode steps
   // of 1..4 rows are captured once per shape and replayed, while lengths, block tables and split
@@ -377,18 +351,7 @@ TEST_CASE("cuda backend: cuda_graphs gives the same greedy tokens as launching k
   CudaBackend gpu(w, {"bf16"});
   for (const std::string attention : {"flash", "flash_split"}) {
     INFO(attention);
-    gpu.set_cuda_graphs(false);
-    const auto want = greedy_run(gpu, "paged", attention, reqs, 128);
-    gpu.set_cuda_graphs(true);
-    const CudaGraphStats before = gpu.graph_stats();
-    const auto got = greedy_run(gpu, "paged", attention, reqs, 128);
-    const CudaGraphStats after = gpu.graph_stats();
-    INFO("replays " << after.replays - before.replays << " of " << after.steps - before.steps << " steps, captures "
-                    << after.captures - before.captures);
-    CHECK(after.captures - before.captures > 0);
-    CHECK(after.replays - before.replays > (after.steps - before.steps) / 4);  // most steps are 4-row decode steps
-    REQUIRE(got.size() == want.size());
-    for (std::size_t i = 0; i < want.size(); ++i) CHECK(got[i] == want[i]);
+    const auto want = check_graphs_match_eager(gpu, attention, reqs);
     // Programmatic dependent launch (Hopper), eager and captured: the same tokens again.
     if (cuda::programmatic_launch_supported()) {
       for (bool graphs : {false, true}) {
@@ -546,13 +509,6 @@ TEST_CASE("cuda backend: cuda_graphs with Q/K/V biases and scaled RoPE gives the
   CudaBackend gpu(w, {"bf16"});
   for (const std::string attention : {"flash", "flash_split"}) {
     INFO(attention);
-    gpu.set_cuda_graphs(false);
-    const auto want = greedy_run(gpu, "paged", attention, reqs, 128);
-    gpu.set_cuda_graphs(true);
-    const CudaGraphStats before = gpu.graph_stats();
-    const auto got = greedy_run(gpu, "paged", attention, reqs, 128);
-    CHECK(gpu.graph_stats().replays - before.replays > 0);
-    REQUIRE(got.size() == want.size());
-    for (std::size_t i = 0; i < want.size(); ++i) CHECK(got[i] == want[i]);
+    check_graphs_match_eager(gpu, attention, reqs);
   }
 }

@@ -32,10 +32,15 @@
 #include "sched/continuous_scheduler.hpp"
 #include "speculative/no_drafter.hpp"
 #include "../support.hpp"
+#include "backend_support.hpp"
 
 using namespace ablate;
 
 namespace {
+
+using test::attention_named;
+using test::cache_for;
+using test::ragged_steps_logits;
 
 using test::Dev;
 using test::ok;
@@ -61,21 +66,6 @@ std::vector<float> awkward_values(std::mt19937& rng, std::size_t n) {
                         1.0625f, 1.1875f, 1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 1.0f + 0x1p-11f, 65520.0f, 0.0f, -0.0f};
   for (std::size_t i = 0; i < std::size(ties) && i < n; ++i) v[i] = ties[i];
   return v;
-}
-
-std::unique_ptr<Attention> attention_named(const std::string& name) {
-  if (name == "naive") return std::make_unique<NaiveAttention>();
-  if (name == "flash") return std::make_unique<FlashAttention>();
-  return std::make_unique<FlashSplitAttention>();
-}
-
-std::unique_ptr<KvCache> cache_for(const Backend& b, const std::string& layout, int max_len) {
-  const std::size_t bytes = 64u << 20;
-  if (layout == "paged")
-    return std::make_unique<PagedKvCache>(b.shape(), bytes, 16, max_len, PagedKvCache::Admission::OnDemand,
-                                          b.kv_storage());
-  return std::make_unique<ContiguousKvCache>(b.shape(), bytes, max_len, ContiguousKvCache::Reserve::MaxSeqLen,
-                                             b.kv_storage());
 }
 
 }  // namespace
@@ -289,34 +279,8 @@ TEST_CASE("cuda backend: kv.dtype independent of dtype, logits within tolerance 
     return t;
   };
   const auto p0 = ids(42), p1 = ids(23);
-  // A prefill of two chunks (40 and 20 tokens), a mixed step (a decode row beside a 3-token
-  // verification chunk), a batch-1 decode step; logits of every step's rows.
   auto steps_logits = [&](Backend& b, const std::string& layout, const std::string& attention) {
-    auto kv = cache_for(b, layout, 256);
-    auto att = attention_named(attention);
-    REQUIRE(kv->admit(0, 41, 8));
-    REQUIRE(kv->admit(1, 23, 8));
-    REQUIRE(kv->ensure(0, 41));
-    REQUIRE(kv->ensure(1, 23));
-    ForwardBatch prefill;
-    prefill.chunks.push_back({0, 0, std::span<const int>(p0).first(40), false});
-    prefill.chunks.push_back({1, 0, std::span<const int>(p1).first(20), false});
-    std::vector<float> first = b.forward(prefill, *kv, *att);
-    kv->set_length(0, 40);
-    kv->set_length(1, 20);
-    ForwardBatch mixed;
-    mixed.chunks.push_back({0, 40, std::span<const int>(p0).subspan(40, 1), false});
-    mixed.chunks.push_back({1, 20, std::span<const int>(p1).subspan(20, 3), true});
-    std::vector<float> second = b.forward(mixed, *kv, *att);
-    first.insert(first.end(), second.begin(), second.end());
-    kv->set_length(0, 41);
-    kv->set_length(1, 23);
-    REQUIRE(kv->ensure(0, 42));
-    ForwardBatch single;
-    single.chunks.push_back({0, 41, std::span<const int>(p0).subspan(41, 1), false});
-    std::vector<float> third = b.forward(single, *kv, *att);
-    first.insert(first.end(), third.begin(), third.end());
-    return first;
+    return ragged_steps_logits(b, layout, attention, p0, p1);
   };
   const auto mean_abs = [](const std::vector<float>& a, const std::vector<float>& b) {
     double s = 0;

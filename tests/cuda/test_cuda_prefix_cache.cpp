@@ -23,16 +23,13 @@
 #include "speculative/no_drafter.hpp"
 #include "workload/workload.hpp"
 #include "../support.hpp"
+#include "backend_support.hpp"
 
 using namespace ablate;
 
 namespace {
 
-std::unique_ptr<Attention> attention_named(const std::string& name) {
-  if (name == "naive") return std::make_unique<NaiveAttention>();
-  if (name == "flash") return std::make_unique<FlashAttention>();
-  return std::make_unique<FlashSplitAttention>();
-}
+using test::attention_named;
 
 std::vector<float> pass(Backend& b, KvCache& kv, Attention& att, int seq, int pos0, std::span<const int> tokens,
                         bool all_logits) {
