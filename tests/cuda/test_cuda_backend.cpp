@@ -443,7 +443,7 @@ double max_diff(const std::vector<float>& a, const std::vector<float>& b) {
 // attention kernel, both layouts; with the feature removed the CPU's logits move by far more than
 // the fp32 tolerance (the comparison sees it).
 TEST_CASE("cuda backend: Q/K/V biases (Qwen2) and scaled RoPE (Llama 3) give the CPU's logits, every attention kernel",
-          "[cuda][backend][qwen2][llama3]") {
+          "[.][cuda][backend][qwen2][llama3]") {
   for (auto [bias, scaled] : {std::pair{true, false}, std::pair{false, true}, std::pair{true, true}}) {
     const ModelShape shape = feature_shape(bias, scaled);
     INFO("qkv_bias " << bias << ", rope_scaling llama3 " << scaled);
@@ -502,7 +502,7 @@ TEST_CASE("cuda backend: Q/K/V biases (Qwen2) and scaled RoPE (Llama 3) give the
 // The features' device buffers (biases, frequency table) under CUDA graphs: decode steps
 // captured and replayed give the tokens launched kernel by kernel gives.
 TEST_CASE("cuda backend: cuda_graphs with Q/K/V biases and scaled RoPE gives the eager greedy tokens",
-          "[cuda][backend][qwen2][llama3]") {
+          "[.][cuda][backend][qwen2][llama3]") {
   const ModelShape shape = feature_shape(true, true);
   const Weights w = synthetic_weights(shape, 4);
   const auto reqs = test::random_requests(16, 6, shape.vocab_size, 20, 80);

@@ -152,7 +152,7 @@ TEST_CASE("cuda rope matches the CPU", "[cuda]") {
 // Scaled RoPE (Llama 3.x): the frequency table the CPU backend uses (ModelShape::rope_frequencies
 // with rope_scaling llama3, pairs in all three bands), on the device and on the host: the same
 // angles, so only sincosf's last bits differ.
-TEST_CASE("cuda rope with a frequency table (scaled RoPE) matches the CPU's", "[cuda]") {
+TEST_CASE("cuda rope with a frequency table (scaled RoPE) matches the CPU's", "[.][cuda][llama3]") {
   std::mt19937 rng(13);
   ModelShape s;
   s.dim = 576;
@@ -176,7 +176,7 @@ TEST_CASE("cuda rope with a frequency table (scaled RoPE) matches the CPU's", "[
   CHECK(max_rel_err(dplain.host(), x) > 1e-2);
 }
 
-TEST_CASE("cuda add_bias_rows adds one bias row to every row, as cpu::add per row", "[cuda]") {
+TEST_CASE("cuda add_bias_rows adds one bias row to every row, as cpu::add per row", "[.][cuda][qwen2]") {
   std::mt19937 rng(14);
   const int rows = 5, n = 1000;
   auto x = random_vec(std::size_t(rows) * n, rng);

@@ -71,7 +71,7 @@ std::vector<float> awkward_values(std::mt19937& rng, std::size_t n) {
 }  // namespace
 
 TEST_CASE("cuda kv_write and rope_store_qkv give cpu::kv_encode's bytes for every KV element type",
-          "[cuda][kv_dtype]") {
+          "[.][cuda][kv_dtype]") {
   std::mt19937 rng(20);
   const int rows = 5, n = 384;  // kv_write is element-wise: any row length
   const std::vector<float> src = awkward_values(rng, std::size_t(rows) * n);
@@ -153,7 +153,7 @@ TEST_CASE("cuda kv_write and rope_store_qkv give cpu::kv_encode's bytes for ever
 // fp16 all hold exactly (fp8 values: 4 significant bits, |x| <= 448, multiples of 2^-9) give the
 // same output bits from pools of any of the three types: every K/V type is tied to the query
 // type's own, which test_cuda_kernels checks against the CPU reference.
-TEST_CASE("cuda decode kernels read fp8_e4m3 and the other 16-bit K/V as exactly as their own", "[cuda][kv_dtype]") {
+TEST_CASE("cuda decode kernels read fp8_e4m3 and the other 16-bit K/V as exactly as their own", "[.][cuda][kv_dtype]") {
   std::mt19937 rng(21);
   const int n_heads = 8, n_kv_heads = 2, page_size = 16;
   for (int hd : {64, 128}) {
@@ -269,7 +269,7 @@ TEST_CASE("cuda decode kernels read fp8_e4m3 and the other 16-bit K/V as exactly
 // CPU K/V in the weights' type|): it catches a wrong page, a missing write or a wrong format
 // (tested exactly above), not the chaos of rounding.
 TEST_CASE("cuda backend: kv.dtype independent of dtype, logits within tolerance of the CPU's at the same dtype and kv.dtype",
-          "[cuda][backend][kv_dtype]") {
+          "[.][cuda][backend][kv_dtype]") {
   const ModelShape shape = *find_preset("smollm2-135m");
   const Weights w = synthetic_weights(shape, 3);
   std::mt19937 rng(8);
@@ -343,7 +343,7 @@ TEST_CASE("cuda backend: kv.dtype independent of dtype, logits within tolerance 
 // 1/8 steps amplify summation-order differences up to its own effect on the logits (see above),
 // which may flip a close greedy choice; its format is tested exactly above.
 TEST_CASE("cuda backend: stories260K greedy tokens equal the CPU's with fp32 weights and bf16 / fp16 K/V",
-          "[cuda][backend][kv_dtype]") {
+          "[.][cuda][backend][kv_dtype]") {
   const auto path = std::filesystem::path(expand_path("${shared}/models/stories260K.bin"));
   if (!std::filesystem::exists(path)) {
     WARN("SKIPPED: no " << path.string());
@@ -372,7 +372,7 @@ TEST_CASE("cuda backend: stories260K greedy tokens equal the CPU's with fp32 wei
 
 // set_kv_dtype: one loaded model serves the points of a kv.dtype sweep; each point's cache is
 // charged at its own element size and its run at that precision.
-TEST_CASE("cuda backend: set_kv_dtype switches the pools' type between runs", "[cuda][backend][kv_dtype]") {
+TEST_CASE("cuda backend: set_kv_dtype switches the pools' type between runs", "[.][cuda][backend][kv_dtype]") {
   const ModelShape shape = *find_preset("smollm2-135m");
   const Weights w = synthetic_weights(shape, 4);
   const auto reqs = test::random_requests(3, 3, shape.vocab_size, 30, 12);

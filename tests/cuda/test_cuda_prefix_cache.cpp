@@ -48,7 +48,7 @@ std::vector<float> pass(Backend& b, KvCache& kv, Attention& att, int seq, int po
 // finds all 4 blocks cached and runs the 20 as one chunk (the flash prefill kernel) over the
 // shared blocks: the same bits as sequence 0 running those 20 tokens after P.
 TEST_CASE("cuda backend: prefix cache blocks read in place and copied on write in the device pools, every kernel",
-          "[cuda][backend][prefix_cache]") {
+          "[.][cuda][backend][prefix_cache]") {
   const ModelShape shape = *find_preset("smollm2-135m");
   const Weights w = synthetic_weights(shape, 6);
   std::mt19937 rng(31);
@@ -178,7 +178,7 @@ void check_prefix_on_equals_off(Backend& b, const std::string& attention, int wh
 // stories260K in fp32 with naive attention, and SmolLM2-135M (models/, where fetched) in bf16 with
 // the flash kernels.
 TEST_CASE("cuda backend: greedy tokens with the prefix cache on equal those with it off (shared_prefix, copy-on-write)",
-          "[cuda][backend][prefix_cache]") {
+          "[.][cuda][backend][prefix_cache]") {
   const auto path = std::filesystem::path(expand_path("${shared}/models/stories260K.bin"));
   if (std::filesystem::exists(path)) {
     const Weights w = load_llama2c(path.string());
