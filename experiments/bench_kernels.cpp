@@ -92,6 +92,41 @@ void BM_Matmul(benchmark::State& state) {
   set_rate_counters(state, double(wn) * sizeof(float), 2.0 * rows * wn);
 }
 
+// One matrix in each weight format, the same one every iteration (1-8 MB: it stays in L2/L3): what
+// the kernel can read when memory is not the limit, in bytes of the stored format (bytes_per_second).
+// Beside BM_Matmul's streaming figure, it tells a compute-bound kernel from a memory-bound one.
+void BM_MatmulCached(benchmark::State& state) {
+  const int rows = int(state.range(0)), in = int(state.range(1)), out = int(state.range(2)), dtype = int(state.range(3));
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> x(std::size_t(rows) * in), w(std::size_t(in) * out), y(std::size_t(rows) * out);
+  for (float& v : x) v = u(rng);
+  for (float& v : w) v = u(rng);
+  std::vector<cpu::Bf16> wb(w.size());
+  std::vector<cpu::Half> wh(w.size());
+  for (std::size_t i = 0; i < w.size(); ++i) wb[i] = cpu::to_bf16(w[i]), wh[i] = cpu::to_half(w[i]);
+  const auto wq = cpu::quantize_q8_0(w.data(), out, in);
+  const double bytes[] = {4.0 * w.size(), 2.0 * w.size(), 2.0 * w.size(), double(wq.size() * sizeof(cpu::BlockQ8_0))};
+  for (auto _ : state) {
+    switch (dtype) {
+      case 0: cpu::matmul(y.data(), x.data(), w.data(), rows, in, out); break;
+      case 1: cpu::matmul(y.data(), x.data(), wb.data(), rows, in, out); break;
+      case 2: cpu::matmul(y.data(), x.data(), wh.data(), rows, in, out); break;
+      default: cpu::matmul(y.data(), x.data(), wq.data(), rows, in, out); break;
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(bytes[dtype] * double(state.iterations())));
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * rows * w.size(), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = omp_get_max_threads();
+}
+
+void matmul_cached_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0
+  for (int rows : {1, 16})
+    for (int dtype = 0; dtype < 4; ++dtype) b->Args({rows, kDim, 2 * kHidden, dtype})->Args({rows, kHidden, kDim, dtype});
+}
+
 void BM_Rmsnorm(benchmark::State& state) {
   const int rows = int(state.range(0));
   std::vector<float> x(std::size_t(rows) * kDim, 0.25f), out(x.size()), w(kDim, 1.0f);
@@ -189,6 +224,7 @@ void BM_Sample(benchmark::State& state) {
 BENCHMARK(BM_StreamRead)->ArgName("MiB")->Arg(64)->Arg(256)->UseRealTime();
 BENCHMARK(BM_Sample)->ArgNames({"vocab", "top_p_pct"})->Args({32000, 100})->Args({32000, 90})->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Matmul)->Apply(matmul_args)->UseRealTime();
+BENCHMARK(BM_MatmulCached)->Apply(matmul_cached_args)->UseRealTime();
 BENCHMARK(BM_Rmsnorm)->ArgName("rows")->Arg(1)->Arg(16)->UseRealTime();
 BENCHMARK(BM_AttentionNaive)->Apply(attention_args)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
