@@ -119,6 +119,7 @@ struct CudaBackend::Impl {
   bool half = false;                          // 16-bit weights (dtype bf16 or fp16)
   cuda::DType half_type = cuda::DType::bf16;  // which
   cuda::KvElem kv_type = cuda::KvElem::bf16;  // the KV pools' element type (kv_dtype)
+  KvDtype kv_dtype = KvDtype::bf16;           // the same, in the KV caches' vocabulary
   std::string dtype;                          // the weights' (options.dtype), for kv_dtype auto
   std::string device;
   cudaStream_t stream = nullptr;
@@ -548,14 +549,7 @@ CudaBackend::~CudaBackend() = default;
 std::string CudaBackend::device_name() const { return impl_->device; }
 const ModelShape& CudaBackend::shape() const { return impl_->shape; }
 std::size_t CudaBackend::weights_bytes() const { return impl_->weights_bytes; }
-KvStorage CudaBackend::kv_storage() const {
-  const cuda::KvElem e = impl_->kv_elem();
-  const KvDtype d = e == cuda::KvElem::f32    ? KvDtype::fp32
-                    : e == cuda::KvElem::bf16 ? KvDtype::bf16
-                    : e == cuda::KvElem::f16  ? KvDtype::fp16
-                                              : KvDtype::fp8_e4m3;
-  return {cuda::kv_elem_bytes(e), false, d};
-}
+KvStorage CudaBackend::kv_storage() const { return {cuda::kv_elem_bytes(impl_->kv_type), false, impl_->kv_dtype}; }
 void CudaBackend::set_cuda_graphs(bool on) {
   impl_->cuda_graphs = on;
   if (!on) impl_->drop_graphs();
@@ -586,17 +580,27 @@ void CudaBackend::set_flash_decode_version(int version) {
 }
 void CudaBackend::set_kv_dtype(const std::string& kv_dtype) {
   Impl& m = *impl_;
-  const std::string name = kv_dtype == "auto" ? m.dtype : kv_dtype;
-  cuda::KvElem e;
-  if (name == "fp32") e = cuda::KvElem::f32;
-  else if (name == "bf16") e = cuda::KvElem::bf16;
-  else if (name == "fp16") e = cuda::KvElem::f16;
-  else if (name == "fp8_e4m3") e = cuda::KvElem::fp8_e4m3;
-  else
-    throw std::invalid_argument(fmt::format(
+  const auto unavailable = [&] {
+    return std::invalid_argument(fmt::format(
         "kv.dtype: \"{}\" is not available on backend cuda; allowed: auto, fp32, bf16, fp16, fp8_e4m3", kv_dtype));
+  };
+  KvDtype d;
+  try {
+    d = parse_kv_dtype(kv_dtype == "auto" ? m.dtype : kv_dtype);
+  } catch (const std::invalid_argument&) {
+    throw unavailable();
+  }
+  cuda::KvElem e;
+  switch (d) {
+    case KvDtype::fp32: e = cuda::KvElem::f32; break;
+    case KvDtype::bf16: e = cuda::KvElem::bf16; break;
+    case KvDtype::fp16: e = cuda::KvElem::f16; break;
+    case KvDtype::fp8_e4m3: e = cuda::KvElem::fp8_e4m3; break;
+    default: throw unavailable();  // int8: not in the CUDA kernels
+  }
   if (e == m.kv_type) return;
   m.kv_type = e;
+  m.kv_dtype = d;
   m.pool_elements = 0;  // the next forward pass sizes the pools for this element size
   m.drop_graphs();      // captured kernels read the old type
 }

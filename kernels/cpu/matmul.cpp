@@ -48,6 +48,7 @@ inline float widen(Half v) { return to_float(v); }
 // (576 floats) ~10 % slower at rows = 1, and its GEMM packs w first: 1.4-2.2x slower at rows = 5
 // (a k = 4 verification pass). Tiles of 4 rows of w x up to 4 rows of x keep 16 accumulators in
 // registers; without AVX-512 everything goes through Eigen.
+
 // The sums of a 4 x 4 tile's 16 accumulators, y[r][j] = sum of acc[j][r]'s lanes, stored as four
 // rows of four floats: a tree of 128-bit-lane shuffles and adds (45 instructions) instead of 16
 // horizontal reductions (~110), which at in = 576 was a quarter of the tile's instructions.
@@ -91,7 +92,6 @@ template <int NW, int R>
   }
 }
 
-// NW rows of w from o, R rows of x from r0; both compile-time so the accumulators stay in registers.
 // tile<R>(r0) over rows of x in tiles of 4, then the 1 to 3 rows left as one smaller tile.
 template <class Tile>
 [[gnu::always_inline]] inline void over_rows(int rows, Tile&& tile) {
@@ -105,6 +105,7 @@ template <class Tile>
   }
 }
 
+// NW rows of w from o, R rows of x from r0; both compile-time so the accumulators stay in registers.
 template <int NW, int R, class W>
 void dot_tile(float* y, const float* x, const W* w, int in, int out, int o, int r0) {
   // Written out without helpers: GCC keeps the accumulators in registers only when nothing takes
