@@ -15,6 +15,7 @@
 #include "config/load.hpp"
 #include "experiment/quality.hpp"
 #include "cpu/kernels.hpp"
+#include "cpu/kv_format.hpp"
 #include "cpu/quant.hpp"
 #include "cpu/reference.hpp"
 #include "engine/engine.hpp"
@@ -183,6 +184,56 @@ TEST_CASE("fp8 e4m3: every code round-trips, rounding goes to the nearest, overf
       CHECK(err <= std::abs(double(cpu::to_float(cpu::Fp8E4M3{static_cast<std::uint8_t>(nb)})) - f));
     }
   }
+}
+
+TEST_CASE("kv_rows widens every stored code exactly as kv_decode_one does, SIMD lanes and tail",
+          "[precision][kv]") {
+  // The attention kernels read K/V through kv_rows (AVX-512 or AVX2 where the CPU has them);
+  // kv_decode_one is the scalar definition. head_dim 13 and 72 exercise both the vector lanes and
+  // the scalar tail.
+  std::mt19937 rng(41);
+  for (KvDtype dt : {KvDtype::bf16, KvDtype::fp16, KvDtype::fp8_e4m3, KvDtype::int8})
+    for (int hd : {13, 72}) {
+      INFO("kv.dtype=" << kv_dtype_name(dt) << " head_dim=" << hd);
+      const int tokens = 256, heads = 2, stride = heads * hd;
+      const std::size_t bytes = kv_dtype_bytes(dt), n = std::size_t(tokens) * stride;
+      std::vector<std::uint8_t> pool(n * bytes);
+      for (std::size_t i = 0; i < n; ++i) {
+        // 8-bit types: every byte value appears (code = element index mod 256), NaN codes excepted.
+        std::uint32_t code = bytes == 1 ? std::uint32_t(i % 256) : std::uint32_t(rng() & 0xffff);
+        const float f = bytes == 1 ? 0.0f
+                        : dt == KvDtype::bf16 ? cpu::to_float(cpu::Bf16{std::uint16_t(code)})
+                                              : cpu::to_float(cpu::Half{std::uint16_t(code)});
+        if ((dt == KvDtype::fp8_e4m3 && (code & 0x7f) == 0x7f) || std::isnan(f)) code = 0;
+        std::memcpy(&pool[i * bytes], &code, bytes);
+      }
+      std::vector<float> scales(std::size_t(tokens) * heads);
+      for (float& s : scales) s = std::uniform_real_distribution<float>(1e-4f, 2.0f)(rng);
+      const std::int32_t page = 0;
+      KvSeqView view;
+      view.indices = &page;
+      view.num_pages = 1;
+      view.page_size = tokens;
+      view.length = tokens;
+      view.token_stride = stride;
+      view.dtype = dt;
+      view.k_data = view.v_data = pool.data();
+      view.k_scale = view.v_scale = scales.data();
+      std::vector<float> buf(std::size_t(cpu::kKvDecodeRows) * hd);
+      int mismatches = 0;
+      for (int g = 0; g < heads; ++g) {
+        int row_stride = 0;
+        const float* rows = cpu::kv_rows(view, g == 1, g, hd, 0, tokens, buf.data(), &row_stride);
+        for (int t = 0; t < tokens; ++t)
+          for (int i = 0; i < hd; ++i) {
+            const std::size_t e = std::size_t(t) * stride + std::size_t(g) * hd + i;
+            const float want = cpu::kv_decode_one(dt, pool.data(), e, scales.data(), std::size_t(t) * heads + g);
+            const float got = rows[std::size_t(t) * row_stride + i];
+            if (std::memcmp(&want, &got, sizeof(float)) != 0) ++mismatches;
+          }
+      }
+      CHECK(mismatches == 0);
+    }
 }
 
 namespace {

@@ -8,7 +8,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <vector>
-#if defined(__AVX512F__)
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -40,6 +40,23 @@ inline __m512 load_w(const Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(
 inline float widen(float v) { return v; }
 inline float widen(Bf16 v) { return to_float(v); }
 inline float widen(Half v) { return to_float(v); }
+
+// Products with at most kFewRows rows of x take the few-rows kernels below (where the CPU has
+// AVX-512 or AVX2); larger ones the GEMM paths.
+constexpr int kFewRows = 16;
+
+// tile<R>(r0) over rows of x in tiles of 4, then the 1 to 3 rows left as one smaller tile.
+template <class Tile>
+[[gnu::always_inline]] inline void over_rows(int rows, Tile&& tile) {
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) tile.template operator()<4>(r);
+  switch (rows - r) {
+    case 3: tile.template operator()<3>(r); break;
+    case 2: tile.template operator()<2>(r); break;
+    case 1: tile.template operator()<1>(r); break;
+    default: break;
+  }
+}
 
 #if defined(ABLATE_SIMD_W)
 // Few rows (decode, speculative verification, small batches): the product is bound by reading w,
@@ -89,19 +106,6 @@ template <int NW, int R>
     for (int j = 0; j < NW; ++j)
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) y[std::size_t(r0 + r) * out + o + j] = _mm512_reduce_add_ps(acc[j][r]);
-  }
-}
-
-// tile<R>(r0) over rows of x in tiles of 4, then the 1 to 3 rows left as one smaller tile.
-template <class Tile>
-[[gnu::always_inline]] inline void over_rows(int rows, Tile&& tile) {
-  int r = 0;
-  for (; r + 4 <= rows; r += 4) tile.template operator()<4>(r);
-  switch (rows - r) {
-    case 3: tile.template operator()<3>(r); break;
-    case 2: tile.template operator()<2>(r); break;
-    case 1: tile.template operator()<1>(r); break;
-    default: break;
   }
 }
 
@@ -173,7 +177,6 @@ void few_rows_block(float* y, const float* x, const W* w, int rows, int in, int 
   for (; o + 4 <= o1; o += 4) dot_rows<4>(y, x, w, rows, in, out, o);
   for (; o < o1; ++o) dot_rows<1>(y, x, w, rows, in, out, o);
 }
-constexpr int kFewRows = 16;
 
 #if defined(__AVX512BF16__)
 #define ABLATE_DPBF16 1
@@ -336,10 +339,145 @@ void few_rows_block(float* y, const float* x, const BlockQ8_0* w, int rows, int 
 }
 #endif
 
+#if !defined(ABLATE_SIMD_W) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define ABLATE_SIMD_W8 1
+// ---- AVX2 (8 lanes): the same few-rows kernels for CPUs without AVX-512 -----------------------
+// (AMD Zen 1-3, Intel before Skylake-X). Same products as the AVX-512 kernels (each weight widened
+// to fp32, or d * q for Q8_0, times the fp32 input), only a different summation order; a row's
+// last in % 8 columns are summed by scalar code.
+
+// 8 weights from column i of one row of w, as fp32.
+inline __m256 load8(const float* r, int i) { return _mm256_loadu_ps(r + i); }
+inline __m256 load8(const Bf16* r, int i) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline __m256 load8(const Half* r, int i) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i))); }
+inline __m256 q8_group(const BlockQ8_0& b, int g) {  // values 8g..8g+7 of a block, unscaled
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + 8 * g))));
+}
+inline float q8_scale(const BlockQ8_0& b) { return _cvtsh_ss(b.d.bits); }
+inline __m256 load8(const BlockQ8_0* r, int i) {  // i % 8 == 0, so the 8 values share one block
+  const BlockQ8_0& b = r[i / kQ8Block];
+  return _mm256_mul_ps(q8_group(b, (i % kQ8Block) / 8), _mm256_set1_ps(q8_scale(b)));
+}
+inline float load1(const float* r, int i) { return r[i]; }
+inline float load1(const Bf16* r, int i) { return to_float(r[i]); }
+inline float load1(const Half* r, int i) { return to_float(r[i]); }
+inline float load1(const BlockQ8_0* r, int i) { return q8_0_value(r, i); }
+
+// Row o of w: rows are in values long, or q8_0_blocks_per_row(in) blocks.
+template <class W>
+const W* row_of(const W* w, int o, int in) { return w + std::size_t(o) * in; }
+inline const BlockQ8_0* row_of(const BlockQ8_0* w, int o, int in) { return w + std::size_t(o) * q8_0_blocks_per_row(in); }
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// NW rows of w from o x R rows of x from r0, NW * R accumulators in registers (2 x 4 of AVX2's 16).
+template <int NW, int R, class W>
+void dot_tile8(float* y, const float* x, const W* w, int in, int out, int o, int r0) {
+  __m256 acc[NW][R];  // no helpers take their address, so they stay in registers (as dot_tile)
+#pragma GCC unroll 4
+  for (int j = 0; j < NW; ++j)
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[j][r] = _mm256_setzero_ps();
+  const float* xr = x + std::size_t(r0) * in;
+  const int n8 = in / 8 * 8;
+  for (int i = 0; i < n8; i += 8) {
+    __m256 xv[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(xr + std::size_t(r) * in + i);
+#pragma GCC unroll 4
+    for (int j = 0; j < NW; ++j) {
+      const __m256 wv = load8(row_of(w, o + j, in), i);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[j][r] = _mm256_fmadd_ps(wv, xv[r], acc[j][r]);
+    }
+  }
+  for (int j = 0; j < NW; ++j) {
+    const W* wr = row_of(w, o + j, in);
+    for (int r = 0; r < R; ++r) {
+      float s = hsum8(acc[j][r]);
+      for (int i = n8; i < in; ++i) s += load1(wr, i) * xr[std::size_t(r) * in + i];
+      y[std::size_t(r0 + r) * out + o + j] = s;
+    }
+  }
+}
+
+// One row of x: each row of w streamed start to end, four sums in flight along it.
+template <class W>
+void gemv8_block(float* y, const float* x, const W* w, int in, int o0, int o1) {
+  const int n8 = in / 8 * 8;
+  for (int o = o0; o < o1; ++o) {
+    const W* r = row_of(w, o, in);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 32 <= n8; i += 32) {
+      a0 = _mm256_fmadd_ps(load8(r, i), _mm256_loadu_ps(x + i), a0);
+      a1 = _mm256_fmadd_ps(load8(r, i + 8), _mm256_loadu_ps(x + i + 8), a1);
+      a2 = _mm256_fmadd_ps(load8(r, i + 16), _mm256_loadu_ps(x + i + 16), a2);
+      a3 = _mm256_fmadd_ps(load8(r, i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i < n8; i += 8) a0 = _mm256_fmadd_ps(load8(r, i), _mm256_loadu_ps(x + i), a0);
+    float s = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < in; ++i) s += load1(r, i) * x[i];
+    y[o] = s;
+  }
+}
+
+// Q8_0, one row of x: a block's four groups of 8 are dotted unscaled (as a two-deep tree) and the
+// sum scaled once; four blocks in flight, since a chain of dependent FMAs per block left the FMA
+// units idle (latency 4, two a cycle).
+inline __m256 q8_dot8(const BlockQ8_0& blk, const float* xb) {
+  const __m256 lo = _mm256_fmadd_ps(q8_group(blk, 1), _mm256_loadu_ps(xb + 8), _mm256_mul_ps(q8_group(blk, 0), _mm256_loadu_ps(xb)));
+  const __m256 hi = _mm256_fmadd_ps(q8_group(blk, 3), _mm256_loadu_ps(xb + 24), _mm256_mul_ps(q8_group(blk, 2), _mm256_loadu_ps(xb + 16)));
+  return _mm256_add_ps(lo, hi);
+}
+template <>
+void gemv8_block(float* y, const float* x, const BlockQ8_0* w, int in, int o0, int o1) {
+  const int full = in / kQ8Block;
+  for (int o = o0; o < o1; ++o) {
+    const BlockQ8_0* r = row_of(w, o, in);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int b = 0;
+    for (; b + 4 <= full; b += 4) {
+      const float* xb = x + std::size_t(b) * kQ8Block;
+      a0 = _mm256_fmadd_ps(q8_dot8(r[b], xb), _mm256_set1_ps(q8_scale(r[b])), a0);
+      a1 = _mm256_fmadd_ps(q8_dot8(r[b + 1], xb + 32), _mm256_set1_ps(q8_scale(r[b + 1])), a1);
+      a2 = _mm256_fmadd_ps(q8_dot8(r[b + 2], xb + 64), _mm256_set1_ps(q8_scale(r[b + 2])), a2);
+      a3 = _mm256_fmadd_ps(q8_dot8(r[b + 3], xb + 96), _mm256_set1_ps(q8_scale(r[b + 3])), a3);
+    }
+    for (; b < full; ++b) a0 = _mm256_fmadd_ps(q8_dot8(r[b], x + std::size_t(b) * kQ8Block), _mm256_set1_ps(q8_scale(r[b])), a0);
+    float s = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (int i = full * kQ8Block; i < in; ++i) s += load1(r, i) * x[i];
+    y[o] = s;
+  }
+}
+
+template <class W>
+void few_rows_block(float* y, const float* x, const W* w, int rows, int in, int out, int o0, int o1) {
+  if (rows == 1) return gemv8_block(y, x, w, in, o0, o1);
+  int o = o0;
+  for (; o + 2 <= o1; o += 2) over_rows(rows, [&]<int R>(int r0) { dot_tile8<2, R>(y, x, w, in, out, o, r0); });
+  for (; o < o1; ++o) over_rows(rows, [&]<int R>(int r0) { dot_tile8<1, R>(y, x, w, in, out, o, r0); });
+}
+#endif
+#if defined(ABLATE_SIMD_W) || defined(ABLATE_SIMD_W8)
+#define ABLATE_FEW_ROWS 1
+#endif
+
 // Columns [o0, o1) of y: rows o0..o1 of w, read once (few rows) or reused across x's rows (GEMM).
 void matmul_block(float* y, const float* x, const float* w, int rows, int in, int out, int o0, int o1) {
 #if defined(ABLATE_SIMD_W)
   if (rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
+#elif defined(ABLATE_SIMD_W8)
+  // With AVX2, Eigen's fp32 GEMV beats gemv8_block (bench_kernels BM_Matmul, rows 1, Zen 3: ours
+  // at 0.88-0.96 of its speed), so only the multi-row tiles are ours (1.1-2.6x faster there).
+  if (rows > 1 && rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
 #endif
   const int n = o1 - o0;
   Eigen::Map<const RowMat> wb(w + std::size_t(o0) * in, n, in);
@@ -375,7 +513,7 @@ void widen_rows(float* dst, const BlockQ8_0* w, int in, int p0, int p1) {
 
 template <class W>
 void matmul_block(float* y, const float* x, const W* w, int rows, int in, int out, int o0, int o1) {
-#if defined(ABLATE_SIMD_W)
+#if defined(ABLATE_FEW_ROWS)
   if (rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
 #endif
   constexpr int kPanel = 64;  // rows of w widened at once: 64 x in floats stay in L2
