@@ -7,6 +7,8 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
@@ -57,6 +59,118 @@ template <class Tile>
     default: break;
   }
 }
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define ABLATE_Q8_INT8 1
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+inline float hmax8(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+
+// ---- Q8_0 x Q8_0 (dtype q8_0; AVX2, so also what AVX-512 CPUs run) ---------------------------
+// Both operands are blocks of 32 int8 values with an fp16 scale: a block pair's 32 products are
+// summed exactly in int32, then times d_w * d_x (exact in fp32: two 11-bit significands). AVX2 has
+// no signed x signed byte product, so |w| (unsigned) times x with w's sign: vpmaddubsw sums pairs,
+// at most 2 * 128 * 127 < 2^15 in magnitude, so it never saturates; vpmaddwd then sums quads.
+inline __m256i q8_bytes(const BlockQ8_0& b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs)); }
+inline float q8_d(const BlockQ8_0& b) { return _cvtsh_ss(b.d.bits); }
+inline __m256 q8_pair_sums(__m256i w_abs, __m256i w, __m256i x) {  // 8 lanes of 4 products each, as fp32
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1)));
+}
+
+// NW rows of w from o x R rows of x from r0: each w block's |w| is formed once for all R rows;
+// x's blocks (a few KiB) are read from L1 by every row of w.
+template <int NW, int R>
+void tile_q8q8(float* y, const BlockQ8_0* x, const BlockQ8_0* w, int nb, int out, int o, int r0) {
+  __m256 acc[NW][R];  // as dot_tile: no helpers take their address
+#pragma GCC unroll 4
+  for (int j = 0; j < NW; ++j)
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[j][r] = _mm256_setzero_ps();
+  const BlockQ8_0* xr = x + std::size_t(r0) * nb;
+  const BlockQ8_0* wr = w + std::size_t(o) * nb;
+  for (int b = 0; b < nb; ++b) {
+    __m256i wq[NW], wa[NW];
+    float dw[NW];
+#pragma GCC unroll 4
+    for (int j = 0; j < NW; ++j) {
+      const BlockQ8_0& blk = wr[std::size_t(j) * nb + b];
+      wq[j] = q8_bytes(blk), wa[j] = _mm256_sign_epi8(wq[j], wq[j]), dw[j] = q8_d(blk);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const BlockQ8_0& xb = xr[std::size_t(r) * nb + b];
+      const __m256i xq = q8_bytes(xb);
+      const float dx = q8_d(xb);
+#pragma GCC unroll 4
+      for (int j = 0; j < NW; ++j) acc[j][r] = _mm256_fmadd_ps(q8_pair_sums(wa[j], wq[j], xq), _mm256_set1_ps(dw[j] * dx), acc[j][r]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    float* yr = y + std::size_t(r0 + r) * out + o;
+    if constexpr (NW == 4) {  // the four rows' sums together: two rounds of hadd, then the halves
+      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0][r], acc[1][r]), _mm256_hadd_ps(acc[2][r], acc[3][r]));
+      _mm_storeu_ps(yr, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    } else {
+#pragma GCC unroll 4
+      for (int j = 0; j < NW; ++j) yr[j] = hsum8(acc[j][r]);
+    }
+  }
+}
+
+void matmul_block(float* y, const BlockQ8_0* x, const BlockQ8_0* w, int rows, int in, int out, int o0, int o1) {
+  const int nb = q8_0_blocks_per_row(in);
+  int o = o0;
+  if (rows == 1) {  // decode: four rows of w per pass, so four independent sums are in flight
+    for (; o + 4 <= o1; o += 4) tile_q8q8<4, 1>(y, x, w, nb, out, o, 0);
+    for (; o < o1; ++o) tile_q8q8<1, 1>(y, x, w, nb, out, o, 0);
+    return;
+  }
+  for (; o + 2 <= o1; o += 2) over_rows(rows, [&]<int R>(int r0) { tile_q8q8<2, R>(y, x, w, nb, out, o, r0); });
+  for (; o < o1; ++o) over_rows(rows, [&]<int R>(int r0) { tile_q8q8<1, R>(y, x, w, nb, out, o, r0); });
+}
+
+// Rows of x as Q8_0 blocks, 8 lanes at a time with quantize_q8_0_block's arithmetic (the same
+// division by the fp16-rounded scale, round to nearest even), so the same bytes; a partial last
+// block goes through quantize_q8_0_block itself.
+void quantize_row_q8(BlockQ8_0* dst, const float* x, int in) {
+  const int full = in / kQ8Block;
+  const __m256 sign = _mm256_set1_ps(-0.0f), lim = _mm256_set1_ps(127.0f), nlim = _mm256_set1_ps(-127.0f);
+  for (int b = 0; b < full; ++b) {
+    const float* xb = x + std::size_t(b) * kQ8Block;
+    __m256 v[4], m = _mm256_setzero_ps();
+    for (int g = 0; g < 4; ++g) v[g] = _mm256_loadu_ps(xb + 8 * g), m = _mm256_max_ps(_mm256_andnot_ps(sign, v[g]), m);  // a NaN lane keeps m, as std::max does
+    const float amax = hmax8(m);
+    dst[b].d = to_half(amax / 127.0f);
+    const float d = to_float(dst[b].d);
+    if (!(d > 0.0f)) {
+      std::memset(dst[b].qs, 0, sizeof dst[b].qs);
+      continue;
+    }
+    __m256i q[4];
+    for (int g = 0; g < 4; ++g) {
+      const __m256 t = _mm256_round_ps(_mm256_div_ps(v[g], _mm256_set1_ps(d)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      q[g] = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(t, nlim), lim));
+    }
+    // int32 -> int8: packs work within 128-bit lanes, so the result is permuted back to order.
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst[b].qs), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  }
+  if (full * kQ8Block < in) dst[full] = quantize_q8_0_block(x + std::size_t(full) * kQ8Block, in - full * kQ8Block);
+}
+#else
+void quantize_row_q8(BlockQ8_0* dst, const float* x, int in) {
+  for (int b = 0; b < q8_0_blocks_per_row(in); ++b)
+    dst[b] = quantize_q8_0_block(x + std::size_t(b) * kQ8Block, std::min(kQ8Block, in - b * kQ8Block));
+}
+#endif
 
 #if defined(ABLATE_SIMD_W)
 // Few rows (decode, speculative verification, small batches): the product is bound by reading w,
@@ -249,102 +363,14 @@ void few_rows_block(float* y, const Bf16* x, const Bf16* w, int rows, int in, in
 }
 #endif
 
-// ---- Q8_0 ----------------------------------------------------------------------------------
-// Lanes of a block's 32 values that hold real columns: all but in a row's last, partial block.
-inline void block_masks(int valid, __mmask16& lo, __mmask16& hi) {
-  lo = valid >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << valid) - 1u);
-  hi = valid >= 32 ? __mmask16(0xFFFF) : valid > 16 ? static_cast<__mmask16>((1u << (valid - 16)) - 1u) : __mmask16(0);
-}
-inline __m512 q8_lo(const BlockQ8_0& b) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs))));
-}
-inline __m512 q8_hi(const BlockQ8_0& b) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + 16))));
-}
-inline float q8_scale(const BlockQ8_0& b) { return _cvtsh_ss(b.d.bits); }
-
-// One row of x: per block, the int8 values (widened) dot x's 32 values, times the block's scale
-// into the row's sum; four sums in flight over consecutive blocks.
-void gemv_q8_block(float* y, const float* x, const BlockQ8_0* w, int in, int o0, int o1) {
-  const int nb = q8_0_blocks_per_row(in), full = in / kQ8Block;
-  for (int o = o0; o < o1; ++o) {
-    const BlockQ8_0* r = w + std::size_t(o) * nb;
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    int b = 0;
-    for (; b + 4 <= full; b += 4) {
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u) {
-        const BlockQ8_0& blk = r[b + u];
-        const float* xb = x + std::size_t(b + u) * kQ8Block;
-        const __m512 t = _mm512_fmadd_ps(q8_hi(blk), _mm512_loadu_ps(xb + 16), _mm512_mul_ps(q8_lo(blk), _mm512_loadu_ps(xb)));
-        acc[u] = _mm512_fmadd_ps(t, _mm512_set1_ps(q8_scale(blk)), acc[u]);
-      }
-    }
-    for (; b < nb; ++b) {
-      __mmask16 ml, mh;
-      block_masks(in - b * kQ8Block, ml, mh);
-      const float* xb = x + std::size_t(b) * kQ8Block;
-      const __m512 t = _mm512_fmadd_ps(q8_hi(r[b]), _mm512_maskz_loadu_ps(mh, xb + 16),
-                                       _mm512_mul_ps(q8_lo(r[b]), _mm512_maskz_loadu_ps(ml, xb)));
-      acc[0] = _mm512_fmadd_ps(t, _mm512_set1_ps(q8_scale(r[b])), acc[0]);
-    }
-    y[o] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
-  }
-}
-
-// NW rows of w x R rows of x, as dot_tile: each block of a w row is widened and scaled once (the
-// product d * q is exact in fp32) and then feeds all R rows of x.
-template <int NW, int R>
-void dot_tile_q8(float* y, const float* x, const BlockQ8_0* w, int in, int out, int o, int r0) {
-  __m512 acc[NW][R];
-#pragma GCC unroll 4
-  for (int j = 0; j < NW; ++j)
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
-  const int nb = q8_0_blocks_per_row(in);
-  const float* xr = x + std::size_t(r0) * in;
-  const BlockQ8_0* wr = w + std::size_t(o) * nb;
-  for (int b = 0; b < nb; ++b) {
-    __mmask16 ml, mh;
-    block_masks(in - b * kQ8Block, ml, mh);
-    __m512 xl[R], xh[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      xl[r] = _mm512_maskz_loadu_ps(ml, xr + std::size_t(r) * in + b * kQ8Block);
-      xh[r] = _mm512_maskz_loadu_ps(mh, xr + std::size_t(r) * in + b * kQ8Block + 16);
-    }
-#pragma GCC unroll 4
-    for (int j = 0; j < NW; ++j) {
-      const BlockQ8_0& blk = wr[std::size_t(j) * nb + b];
-      if (R > 1) _mm_prefetch(reinterpret_cast<const char*>(&wr[std::size_t(NW + j) * nb + b]), _MM_HINT_T0);
-      const __m512 d = _mm512_set1_ps(q8_scale(blk));
-      const __m512 wl = _mm512_mul_ps(q8_lo(blk), d), wh = _mm512_mul_ps(q8_hi(blk), d);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[j][r] = _mm512_fmadd_ps(wh, xh[r], _mm512_fmadd_ps(wl, xl[r], acc[j][r]));
-    }
-  }
-  store_sums(y, out, o, r0, acc);
-}
-
-template <int NW>
-void dot_rows_q8(float* y, const float* x, const BlockQ8_0* w, int rows, int in, int out, int o) {
-  over_rows(rows, [&]<int R>(int r0) { dot_tile_q8<NW, R>(y, x, w, in, out, o, r0); });
-}
-
-void few_rows_block(float* y, const float* x, const BlockQ8_0* w, int rows, int in, int out, int o0, int o1) {
-  if (rows == 1) return gemv_q8_block(y, x, w, in, o0, o1);
-  int o = o0;
-  for (; o + 4 <= o1; o += 4) dot_rows_q8<4>(y, x, w, rows, in, out, o);
-  for (; o < o1; ++o) dot_rows_q8<1>(y, x, w, rows, in, out, o);
-}
 #endif
 
 #if !defined(ABLATE_SIMD_W) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define ABLATE_SIMD_W8 1
 // ---- AVX2 (8 lanes): the same few-rows kernels for CPUs without AVX-512 -----------------------
 // (AMD Zen 1-3, Intel before Skylake-X). Same products as the AVX-512 kernels (each weight widened
-// to fp32, or d * q for Q8_0, times the fp32 input), only a different summation order; a row's
-// last in % 8 columns are summed by scalar code.
+// to fp32 times the fp32 input), only a different summation order; a row's last in % 8 columns are
+// summed by scalar code.
 
 // 8 weights from column i of one row of w, as fp32.
 inline __m256 load8(const float* r, int i) { return _mm256_loadu_ps(r + i); }
@@ -353,29 +379,7 @@ inline __m256 load8(const Bf16* r, int i) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 inline __m256 load8(const Half* r, int i) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i))); }
-inline __m256 q8_group(const BlockQ8_0& b, int g) {  // values 8g..8g+7 of a block, unscaled
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + 8 * g))));
-}
-inline float q8_scale(const BlockQ8_0& b) { return _cvtsh_ss(b.d.bits); }
-inline __m256 load8(const BlockQ8_0* r, int i) {  // i % 8 == 0, so the 8 values share one block
-  const BlockQ8_0& b = r[i / kQ8Block];
-  return _mm256_mul_ps(q8_group(b, (i % kQ8Block) / 8), _mm256_set1_ps(q8_scale(b)));
-}
-inline float load1(const float* r, int i) { return r[i]; }
-inline float load1(const Bf16* r, int i) { return to_float(r[i]); }
-inline float load1(const Half* r, int i) { return to_float(r[i]); }
-inline float load1(const BlockQ8_0* r, int i) { return q8_0_value(r, i); }
 
-// Row o of w: rows are in values long, or q8_0_blocks_per_row(in) blocks.
-template <class W>
-const W* row_of(const W* w, int o, int in) { return w + std::size_t(o) * in; }
-inline const BlockQ8_0* row_of(const BlockQ8_0* w, int o, int in) { return w + std::size_t(o) * q8_0_blocks_per_row(in); }
-
-inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
 
 // NW rows of w from o x R rows of x from r0, NW * R accumulators in registers (2 x 4 of AVX2's 16).
 template <int NW, int R, class W>
@@ -393,16 +397,16 @@ void dot_tile8(float* y, const float* x, const W* w, int in, int out, int o, int
     for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(xr + std::size_t(r) * in + i);
 #pragma GCC unroll 4
     for (int j = 0; j < NW; ++j) {
-      const __m256 wv = load8(row_of(w, o + j, in), i);
+      const __m256 wv = load8(w + std::size_t(o + j) * in, i);
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) acc[j][r] = _mm256_fmadd_ps(wv, xv[r], acc[j][r]);
     }
   }
   for (int j = 0; j < NW; ++j) {
-    const W* wr = row_of(w, o + j, in);
+    const W* wr = w + std::size_t(o + j) * in;
     for (int r = 0; r < R; ++r) {
       float s = hsum8(acc[j][r]);
-      for (int i = n8; i < in; ++i) s += load1(wr, i) * xr[std::size_t(r) * in + i];
+      for (int i = n8; i < in; ++i) s += widen(wr[i]) * xr[std::size_t(r) * in + i];
       y[std::size_t(r0 + r) * out + o + j] = s;
     }
   }
@@ -413,7 +417,7 @@ template <class W>
 void gemv8_block(float* y, const float* x, const W* w, int in, int o0, int o1) {
   const int n8 = in / 8 * 8;
   for (int o = o0; o < o1; ++o) {
-    const W* r = row_of(w, o, in);
+    const W* r = w + std::size_t(o) * in;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = 0;
     for (; i + 32 <= n8; i += 32) {
@@ -424,36 +428,7 @@ void gemv8_block(float* y, const float* x, const W* w, int in, int o0, int o1) {
     }
     for (; i < n8; i += 8) a0 = _mm256_fmadd_ps(load8(r, i), _mm256_loadu_ps(x + i), a0);
     float s = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; i < in; ++i) s += load1(r, i) * x[i];
-    y[o] = s;
-  }
-}
-
-// Q8_0, one row of x: a block's four groups of 8 are dotted unscaled (as a two-deep tree) and the
-// sum scaled once; four blocks in flight, since a chain of dependent FMAs per block left the FMA
-// units idle (latency 4, two a cycle).
-inline __m256 q8_dot8(const BlockQ8_0& blk, const float* xb) {
-  const __m256 lo = _mm256_fmadd_ps(q8_group(blk, 1), _mm256_loadu_ps(xb + 8), _mm256_mul_ps(q8_group(blk, 0), _mm256_loadu_ps(xb)));
-  const __m256 hi = _mm256_fmadd_ps(q8_group(blk, 3), _mm256_loadu_ps(xb + 24), _mm256_mul_ps(q8_group(blk, 2), _mm256_loadu_ps(xb + 16)));
-  return _mm256_add_ps(lo, hi);
-}
-template <>
-void gemv8_block(float* y, const float* x, const BlockQ8_0* w, int in, int o0, int o1) {
-  const int full = in / kQ8Block;
-  for (int o = o0; o < o1; ++o) {
-    const BlockQ8_0* r = row_of(w, o, in);
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int b = 0;
-    for (; b + 4 <= full; b += 4) {
-      const float* xb = x + std::size_t(b) * kQ8Block;
-      a0 = _mm256_fmadd_ps(q8_dot8(r[b], xb), _mm256_set1_ps(q8_scale(r[b])), a0);
-      a1 = _mm256_fmadd_ps(q8_dot8(r[b + 1], xb + 32), _mm256_set1_ps(q8_scale(r[b + 1])), a1);
-      a2 = _mm256_fmadd_ps(q8_dot8(r[b + 2], xb + 64), _mm256_set1_ps(q8_scale(r[b + 2])), a2);
-      a3 = _mm256_fmadd_ps(q8_dot8(r[b + 3], xb + 96), _mm256_set1_ps(q8_scale(r[b + 3])), a3);
-    }
-    for (; b < full; ++b) a0 = _mm256_fmadd_ps(q8_dot8(r[b], x + std::size_t(b) * kQ8Block), _mm256_set1_ps(q8_scale(r[b])), a0);
-    float s = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (int i = full * kQ8Block; i < in; ++i) s += load1(r, i) * x[i];
+    for (; i < in; ++i) s += widen(r[i]) * x[i];
     y[o] = s;
   }
 }
@@ -514,7 +489,9 @@ void widen_rows(float* dst, const BlockQ8_0* w, int in, int p0, int p1) {
 template <class W>
 void matmul_block(float* y, const float* x, const W* w, int rows, int in, int out, int o0, int o1) {
 #if defined(ABLATE_FEW_ROWS)
-  if (rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
+  // (Q8_0 with few rows multiplies int8 inputs: matmul_block on Q8_0 x, above.)
+  if constexpr (!std::is_same_v<W, BlockQ8_0>)
+    if (rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
 #endif
   constexpr int kPanel = 64;  // rows of w widened at once: 64 x in floats stay in L2
   thread_local std::vector<float> panel;
@@ -586,6 +563,28 @@ void matmul(float* y, const float* x, const Bf16* w, int rows, int in, int out) 
   matmul_any(y, xr.data(), w, rows, in, out);
 }
 void matmul(float* y, const float* x, const Half* w, int rows, int in, int out) { matmul_any(y, x, w, rows, in, out); }
-void matmul(float* y, const float* x, const BlockQ8_0* w, int rows, int in, int out) { matmul_any(y, x, w, rows, in, out); }
+void quantize_q8_0_rows(BlockQ8_0* dst, const float* x, int rows, int in) {
+  const int nb = q8_0_blocks_per_row(in);
+#pragma omp parallel for schedule(static) if (std::size_t(rows) * in >= kMatmulParallelMinWork && !omp_in_parallel())
+  for (int r = 0; r < rows; ++r) quantize_row_q8(dst + std::size_t(r) * nb, x + std::size_t(r) * in, in);
+}
+
+void matmul(float* y, const float* x, const BlockQ8_0* w, int rows, int in, int out) {
+  // x's rows as Q8_0 blocks, once per call, before the threads split w between them.
+  thread_local std::vector<BlockQ8_0> xq;
+  const int nb = q8_0_blocks_per_row(in);
+  xq.resize(std::size_t(rows) * nb);
+  quantize_q8_0_rows(xq.data(), x, rows, in);
+#if defined(ABLATE_Q8_INT8)
+  if (rows <= kFewRows) return matmul_any(y, xq.data(), w, rows, in, out);
+#endif
+  // Many rows (prefill), or no AVX2: the same products through the widened-panel GEMM, on x's
+  // blocks dequantized (each d * q is exact in fp32).
+  thread_local std::vector<float> xr;
+  xr.resize(std::size_t(rows) * in);
+  for (int r = 0; r < rows; ++r)
+    for (int i = 0; i < in; ++i) xr[std::size_t(r) * in + i] = q8_0_value(&xq[std::size_t(r) * nb], i);
+  matmul_any(y, xr.data(), w, rows, in, out);
+}
 
 }  // namespace ablate::cpu

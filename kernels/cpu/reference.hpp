@@ -37,13 +37,20 @@ inline void matmul(float* y, const float* x, const W* w, int rows, int in, int o
     }
 }
 
-// w as Q8_0 blocks: each weight d * q (cpu::q8_0_value), then as above.
+// w as Q8_0 blocks: x's rows quantized to Q8_0 blocks as well (cpu::quantize_q8_0), then each
+// block pair's int8 dot product times the two scales (cpu::matmul's Q8_0 x Q8_0 products).
 inline void matmul(float* y, const float* x, const cpu::BlockQ8_0* w, int rows, int in, int out) {
   const int nb = cpu::q8_0_blocks_per_row(in);
+  const std::vector<cpu::BlockQ8_0> xq = cpu::quantize_q8_0(x, rows, in);
   for (int r = 0; r < rows; ++r)
     for (int o = 0; o < out; ++o) {
       double acc = 0.0;
-      for (int i = 0; i < in; ++i) acc += double(x[std::size_t(r) * in + i]) * cpu::q8_0_value(w + std::size_t(o) * nb, i);
+      for (int b = 0; b < nb; ++b) {
+        const cpu::BlockQ8_0 &wb = w[std::size_t(o) * nb + b], &xb = xq[std::size_t(r) * nb + b];
+        long dot = 0;
+        for (int i = 0; i < cpu::kQ8Block; ++i) dot += long(wb.qs[i]) * xb.qs[i];
+        acc += double(dot) * cpu::to_float(wb.d) * cpu::to_float(xb.d);
+      }
       y[std::size_t(r) * out + o] = float(acc);
     }
 }
