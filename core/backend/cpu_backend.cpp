@@ -86,10 +86,16 @@ std::size_t CpuBackend::matrix_bytes() const {
 }
 
 std::string CpuBackend::device_name() const {
+  // Two hosts can share a model name and differ in ISA (an AMD EPYC with or without AVX-512):
+  // the kernel path tells their results apart.
+  std::string model = "unknown CPU";
   std::ifstream f("/proc/cpuinfo");
   for (std::string line; std::getline(f, line);)
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown CPU";
+    if (line.rfind("model name", 0) == 0) {
+      model = line.substr(line.find(':') + 2);
+      break;
+    }
+  return model + " (" + cpu::kernel_isa() + " kernels)";
 }
 
 const std::vector<float>& CpuBackend::forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) {

@@ -2,8 +2,9 @@
 // The CPU backend: the whole Llama forward pass in the spirit of llama2.c's run.c, over a ragged
 // batch (all tokens of all chunks go through each matmul together). Activations, norms and the
 // embedding table are fp32; the matrices are held in the run's `dtype` (fp32, bf16, fp16 or Q8_0
-// blocks) and widened to fp32 as the matmuls read them; K/V are stored in `kv.dtype` and widened
-// as attention reads them.
+// blocks) and multiplied as cpu::matmul defines for each (16-bit widened as read, bf16 times
+// bf16-rounded inputs, Q8_0 times Q8_0-quantized inputs), fp32 sums; K/V are stored in `kv.dtype`
+// and widened as attention reads them.
 #include <string>
 #include <vector>
 

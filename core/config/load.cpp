@@ -109,7 +109,8 @@ const std::vector<Rule>& rules() {
         choice("dtype", F(dtype), {"fp32", "bf16", "fp16", "q8_0"},
                "weight precision, fp32 accumulation (cpu: the matrices; bf16 rounds each matmul's input to bf16 "
                "too, as a tensor-core GEMM, fp16 widens the weights as read; norms, embeddings and the residual "
-               "stream stay fp32); q8_0: 32-value int8 blocks with an fp16 scale (cpu only)"),
+               "stream stay fp32); q8_0: 32-value int8 blocks with an fp16 scale, times each matmul's input "
+               "quantized the same way (int8 x int8 products, as llama.cpp; cpu only)"),
         plain("quality", Kind::Bool, F(quality),
               "also measure output quality against an fp32 CPU reference of the model: quality_kl, quality_top1 "
               "(teacher-forced over the first request's prompt and the reference's greedy continuation) and, on real "

@@ -30,6 +30,11 @@ void matmul(float* y, const float* x, const BlockQ8_0* w, int rows, int in, int 
 // rows x in floats as rows x q8_0_blocks_per_row(in) blocks: the bytes of quant.hpp's
 // quantize_q8_0 (vectorised where the CPU has AVX2).
 void quantize_q8_0_rows(BlockQ8_0* dst, const float* x, int rows, int in);
+
+// The instruction set the CPU kernels were compiled for (-march=native: the build host's):
+// "avx512-bf16", "avx512", "avx2" or "generic". Each takes different kernel paths (speed, and the
+// fp32 summation order), so it is part of the CPU backend's device name in every result row.
+const char* kernel_isa();
 inline constexpr std::size_t kMatmulParallelMinWork = std::size_t{1} << 16;
 
 // out = x / sqrt(mean(x^2) + eps) * weight, row by row; out may alias x.
