@@ -1,5 +1,6 @@
 // CPU kernels vs their scalar references (kernels/cpu/reference.hpp), random inputs, fixed seeds.
 #include <algorithm>
+#include <bit>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
@@ -103,6 +104,25 @@ TEST_CASE("16-bit formats: every value round-trips, and rounding goes to the nea
       }
     }
   }
+}
+
+TEST_CASE("round_to_bf16 gives to_bf16's bits: ties to even, NaN quieted with its sign, infinities, subnormals", "[kernels][half]") {
+  // The vectorised loop (AVX-512 or AVX2, whichever the build has) and its scalar tail.
+  std::mt19937 rng(12);
+  std::vector<float> src;
+  for (std::uint32_t hi = 0; hi < 65536; hi += 7)  // every 7th bf16 value, with low halves at and around the tie
+    for (std::uint32_t lo : {0x0000u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu, static_cast<std::uint32_t>(rng() & 0xffff)})
+      src.push_back(std::bit_cast<float>((hi << 16) | lo));
+  for (float f : {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(), 0.0f, -0.0f,
+                  std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::max(), std::nanf("")})
+    src.push_back(f);
+  src.push_back(std::bit_cast<float>(0xff800001u));  // a signalling NaN with the sign set
+  std::vector<cpu::Bf16> got(src.size());
+  cpu::round_to_bf16(got.data(), src.data(), src.size());
+  int mismatches = 0;
+  for (std::size_t i = 0; i < src.size(); ++i) mismatches += got[i].bits != cpu::to_bf16(src[i]).bits;
+  CHECK(mismatches == 0);
+  CHECK(src.size() % 8 != 0);  // a scalar tail ran too
 }
 
 TEST_CASE("matmul with bf16 and fp16 weights matches the scalar reference on the same weights", "[kernels][matmul][half]") {

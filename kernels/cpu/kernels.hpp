@@ -21,7 +21,7 @@ void matmul(float* y, const float* x, const Bf16* w, int rows, int in, int out);
 // w stored as fp16: widened to fp32 as it is read, fp32 products and sums, so the result is the
 // fp32 product of the rounded weights (no CPU here has an fp16 dot product).
 void matmul(float* y, const float* x, const Half* w, int rows, int in, int out);
-// dst[i] = to_bf16(src[i]), 16 at a time where the build has AVX-512.
+// dst[i] = to_bf16(src[i]) (the same bits), 16 at a time with AVX-512, 8 with AVX2.
 void round_to_bf16(Bf16* dst, const float* src, std::size_t n);
 // w as Q8_0 blocks, [out][q8_0_blocks_per_row(in)], about 1.06 bytes a weight instead of 4. As
 // llama.cpp's Q8_0 matmul: each row of x is quantized to Q8_0 blocks too (quantize_q8_0_rows),

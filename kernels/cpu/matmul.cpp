@@ -61,7 +61,16 @@ template <class Tile>
 }
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+// ---- AVX2-level helpers and kernels, which AVX-512 CPUs run too ----------------------------
+#define ABLATE_AVX2 1
 #define ABLATE_Q8_INT8 1
+// 8 values from element i, as fp32 (exact).
+inline __m256 load8(const float* r, int i) { return _mm256_loadu_ps(r + i); }
+inline __m256 load8(const Bf16* r, int i) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline __m256 load8(const Half* r, int i) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i))); }
 inline float hsum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -121,8 +130,8 @@ void tile_q8q8(float* y, const BlockQ8_0* x, const BlockQ8_0* w, int nb, int out
     for (int j = 0; j < NW; ++j) {
       const BlockQ8_0& blk = wr[std::size_t(j) * nb + b];
       // The next tile's rows, a tile ahead: NW rows read side by side are NW interleaved streams,
-      // which the hardware prefetcher follows poorly (4 rows at batch 1 made the decode step 1.5x
-      // slower without this, so decode streams one row at a time instead: row_q8q8).
+      // which the hardware prefetcher follows poorly (tiles of 4 rows at batch 1 made the decode
+      // step 1.5x slower without this; decode now streams one row at a time: row_q8q8).
       _mm_prefetch(reinterpret_cast<const char*>(&wr[std::size_t(NW + j) * nb + b]), _MM_HINT_T0);
       wq[j] = q8_bytes(blk), wa[j] = _mm256_sign_epi8(wq[j], wq[j]), dw[j] = q8_d(blk);
     }
@@ -136,16 +145,9 @@ void tile_q8q8(float* y, const BlockQ8_0* x, const BlockQ8_0* w, int nb, int out
     }
   }
 #pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) {
-    float* yr = y + std::size_t(r0 + r) * out + o;
-    if constexpr (NW == 4) {  // the four rows' sums together: two rounds of hadd, then the halves
-      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0][r], acc[1][r]), _mm256_hadd_ps(acc[2][r], acc[3][r]));
-      _mm_storeu_ps(yr, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
-    } else {
+  for (int j = 0; j < NW; ++j)
 #pragma GCC unroll 4
-      for (int j = 0; j < NW; ++j) yr[j] = hsum8(acc[j][r]);
-    }
-  }
+    for (int r = 0; r < R; ++r) y[std::size_t(r0 + r) * out + o + j] = hsum8(acc[j][r]);
 }
 
 void matmul_block(float* y, const BlockQ8_0* x, const BlockQ8_0* w, int rows, int in, int out, int o0, int o1) {
@@ -400,15 +402,6 @@ void few_rows_block(float* y, const Bf16* x, const Bf16* w, int rows, int in, in
 // to fp32 times the fp32 input), only a different summation order; a row's last in % 8 columns are
 // summed by scalar code.
 
-// 8 weights from column i of one row of w, as fp32.
-inline __m256 load8(const float* r, int i) { return _mm256_loadu_ps(r + i); }
-inline __m256 load8(const Bf16* r, int i) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-inline __m256 load8(const Half* r, int i) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i))); }
-
-
 // NW rows of w from o x R rows of x from r0, NW * R accumulators in registers (2 x 4 of AVX2's 16).
 template <int NW, int R, class W>
 void dot_tile8(float* y, const float* x, const W* w, int in, int out, int o, int r0) {
@@ -571,6 +564,17 @@ void round_to_bf16(Bf16* dst, const float* src, std::size_t n) {
     __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(bias, lsb));
     r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), b, quiet);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+  }
+#elif defined(ABLATE_AVX2)
+  const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff), quiet = _mm256_set1_epi32(0x400000);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 f = _mm256_loadu_ps(src + i);
+    const __m256i b = _mm256_castps_si256(f);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), one);
+    __m256i r = _mm256_add_epi32(b, _mm256_add_epi32(bias, lsb));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(b, quiet), _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
+    const __m256i h = _mm256_srli_epi32(r, 16);  // 0..65535: packus keeps them exactly
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
   }
 #endif
   for (; i < n; ++i) dst[i] = to_bf16(src[i]);
