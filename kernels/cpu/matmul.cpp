@@ -86,7 +86,8 @@ inline float hmax8(__m256 v) {
 // Both operands are blocks of 32 int8 values with an fp16 scale: a block pair's 32 products are
 // summed exactly in int32, then times d_w * d_x (exact in fp32: two 11-bit significands). AVX2 has
 // no signed x signed byte product, so |w| (unsigned) times x with w's sign: vpmaddubsw sums pairs,
-// at most 2 * 128 * 127 < 2^15 in magnitude, so it never saturates; vpmaddwd then sums quads.
+// at most 2 * 128 * 127 < 2^15 in magnitude (x is within +-127; a file's w may hold -128), so it
+// never saturates; vpmaddwd then sums quads.
 inline __m256i q8_bytes(const BlockQ8_0& b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs)); }
 inline float q8_d(const BlockQ8_0& b) { return _cvtsh_ss(b.d.bits); }
 inline __m256 q8_pair_sums(__m256i w_abs, __m256i w, __m256i x) {  // 8 lanes of 4 products each, as fp32
@@ -176,7 +177,10 @@ void quantize_row_q8(BlockQ8_0* dst, const float* x, int in) {
   for (int b = 0; b < full; ++b) {
     const float* xb = x + std::size_t(b) * kQ8Block;
     __m256 v[4], m = _mm256_setzero_ps();
-    for (int g = 0; g < 4; ++g) v[g] = _mm256_loadu_ps(xb + 8 * g), m = _mm256_max_ps(_mm256_andnot_ps(sign, v[g]), m);  // a NaN lane keeps m, as std::max does
+    for (int g = 0; g < 4; ++g) {  // max |x|; a NaN lane keeps m, as std::max does
+      v[g] = _mm256_loadu_ps(xb + 8 * g);
+      m = _mm256_max_ps(_mm256_andnot_ps(sign, v[g]), m);
+    }
     const float amax = hmax8(m);
     dst[b].d = to_half(amax / 127.0f);
     const float d = to_float(dst[b].d);
@@ -208,7 +212,8 @@ void quantize_row_q8(BlockQ8_0* dst, const float* x, int in) {
 // because, measured side by side (bench_kernels, 2 threads), Eigen's GEMV reads these short rows
 // (576 floats) ~10 % slower at rows = 1, and its GEMM packs w first: 1.4-2.2x slower at rows = 5
 // (a k = 4 verification pass). Tiles of 4 rows of w x up to 4 rows of x keep 16 accumulators in
-// registers; without AVX-512 everything goes through Eigen.
+// registers. Without AVX-512 the AVX2 kernels below do the same with 8 lanes (and fp32 at rows = 1
+// stays on Eigen's GEMV, faster there).
 
 // The sums of a 4 x 4 tile's 16 accumulators, y[r][j] = sum of acc[j][r]'s lanes, stored as four
 // rows of four floats: a tree of 128-bit-lane shuffles and adds (45 instructions) instead of 16
