@@ -631,8 +631,7 @@ void matmul(float* y, const float* x, const BlockQ8_0* w, int rows, int in, int 
   // blocks dequantized (each d * q is exact in fp32).
   thread_local std::vector<float> xr;
   xr.resize(std::size_t(rows) * in);
-  for (int r = 0; r < rows; ++r)
-    for (int i = 0; i < in; ++i) xr[std::size_t(r) * in + i] = q8_0_value(&xq[std::size_t(r) * nb], i);
+  widen_rows(xr.data(), xq.data(), in, 0, rows);  // x's blocks laid out as w's rows are
   matmul_any(y, xr.data(), w, rows, in, out);
 }
 
