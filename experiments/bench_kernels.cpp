@@ -105,14 +105,14 @@ void BM_MatmulCached(benchmark::State& state) {
   std::vector<cpu::Bf16> wb(w.size());
   std::vector<cpu::Half> wh(w.size());
   for (std::size_t i = 0; i < w.size(); ++i) wb[i] = cpu::to_bf16(w[i]), wh[i] = cpu::to_half(w[i]);
-  const auto wq = cpu::quantize_q8_0(w.data(), out, in);
-  const double bytes[] = {4.0 * w.size(), 2.0 * w.size(), 2.0 * w.size(), double(wq.size() * sizeof(cpu::BlockQ8_0))};
+  const auto wq = cpu::pack_q8_0(cpu::quantize_q8_0(w.data(), out, in), out, in);
+  const double bytes[] = {4.0 * w.size(), 2.0 * w.size(), 2.0 * w.size(), double(wq.bytes())};
   for (auto _ : state) {
     switch (dtype) {
       case 0: cpu::matmul(y.data(), x.data(), w.data(), rows, in, out); break;
       case 1: cpu::matmul(y.data(), x.data(), wb.data(), rows, in, out); break;
       case 2: cpu::matmul(y.data(), x.data(), wh.data(), rows, in, out); break;
-      default: cpu::matmul(y.data(), x.data(), wq.data(), rows, in, out); break;
+      default: cpu::matmul(y.data(), x.data(), wq, rows, in, out); break;
     }
     benchmark::DoNotOptimize(y.data());
   }

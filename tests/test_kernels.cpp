@@ -4,8 +4,10 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <numeric>
+#include <omp.h>
 #include <random>
 #include <vector>
 
@@ -68,6 +70,38 @@ TEST_CASE("matmul on the classifier shape (threaded GEMV)", "[kernels][matmul]")
   cpu::matmul(y.data(), x.data(), w.data(), 1, in, out);
   ref::matmul(yr.data(), x.data(), w.data(), 1, in, out);
   CHECK(max_rel_err(y.data(), yr.data(), out, 1.0) < 1e-5);
+}
+
+TEST_CASE("matmul gives the same bits on every call: threads take rows as they free up, the pieces stay the same", "[kernels][matmul]") {
+  // Threads claim pieces of w in whichever order they finish, so a piece's result must not depend
+  // on the thread that computes it: 2 threads, every dtype, the GEMV, the few-rows tiles and the GEMM.
+  std::mt19937 rng(12);
+  const int in = 576, out = 1001;  // 1001 = 125 groups of 8 and a tail row; parallel at every row count
+  const auto w = random_vec(std::size_t(out) * in, rng);
+  std::vector<cpu::Bf16> wb(w.size());
+  std::vector<cpu::Half> wh(w.size());
+  for (std::size_t i = 0; i < w.size(); ++i) wb[i] = cpu::to_bf16(w[i]), wh[i] = cpu::to_half(w[i]);
+  const cpu::PackedQ8_0 wq = cpu::pack_q8_0(cpu::quantize_q8_0(w.data(), out, in), out, in);
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(2);
+  for (int rows : {1, 5, 40}) {
+    const auto x = random_vec(std::size_t(rows) * in, rng);
+    for (int dtype = 0; dtype < 4; ++dtype) {
+      INFO("rows=" << rows << " dtype=" << dtype);
+      std::vector<float> first(std::size_t(rows) * out), y(first.size());
+      for (int call = 0; call < 20; ++call) {
+        float* dst = call == 0 ? first.data() : y.data();
+        switch (dtype) {
+          case 0: cpu::matmul(dst, x.data(), w.data(), rows, in, out); break;
+          case 1: cpu::matmul(dst, x.data(), wb.data(), rows, in, out); break;
+          case 2: cpu::matmul(dst, x.data(), wh.data(), rows, in, out); break;
+          default: cpu::matmul(dst, x.data(), wq, rows, in, out); break;
+        }
+        if (call > 0) REQUIRE(std::memcmp(y.data(), first.data(), y.size() * sizeof(float)) == 0);
+      }
+    }
+  }
+  omp_set_num_threads(threads);
 }
 
 TEST_CASE("16-bit formats: every value round-trips, and rounding goes to the nearest (ties to even)", "[kernels][half]") {

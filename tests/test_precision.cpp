@@ -88,6 +88,27 @@ TEST_CASE("Q8_0 blocks: each value within half a step of the original, and ggml'
   }
 }
 
+TEST_CASE("pack_q8_0 keeps every block: groups of 8 rows interleaved, the rest plain, the same bytes in all", "[precision][q8_0]") {
+  std::mt19937 rng(24);
+  for (int out : {1, 7, 8, 9, 24, 61})  // 24 and 61: groups 1 and 2 hold rows 8..23
+    for (int in : {32, 70}) {
+      INFO("out=" << out << " in=" << in);
+      const auto w = random_vec(std::size_t(out) * in, rng, -2.0f, 2.0f);
+      const auto q = cpu::quantize_q8_0(w.data(), out, in);
+      const cpu::PackedQ8_0 p = cpu::pack_q8_0(q, out, in);
+      const int nb = cpu::q8_0_blocks_per_row(in);
+      CHECK(p.bytes() == q.size() * sizeof(cpu::BlockQ8_0));
+      CHECK(p.groups.size() == std::size_t(out / 8) * nb);
+      for (int o = 0; o < out; ++o)
+        for (int b = 0; b < nb; ++b) {
+          const cpu::BlockQ8_0 got = p.block(o, b);
+          CHECK(std::memcmp(&got, &q[std::size_t(o) * nb + b], sizeof got) == 0);
+        }
+      // Lane j of a group block's k-th 32 bytes is row j's values 4k..4k+3: what the AVX2 kernel reads.
+      if (out >= 16) CHECK(p.groups[std::size_t(nb)].qs[32 * 2 + 4 * 3 + 1] == q[std::size_t(8 + 3) * nb].qs[4 * 2 + 1]);
+    }
+}
+
 TEST_CASE("matmul with Q8_0 weights matches the scalar reference on the same blocks", "[precision][q8_0][matmul]") {
   std::mt19937 rng(22);
   const std::pair<int, int> shapes[] = {{32, 1}, {7, 13}, {33, 65}, {576, 193}, {100, 1001}, {576, 1537}, {1536, 64}};
@@ -97,7 +118,7 @@ TEST_CASE("matmul with Q8_0 weights matches the scalar reference on the same blo
       auto x = random_vec(std::size_t(rows) * in, rng), w = random_vec(std::size_t(out) * in, rng);
       const auto q = cpu::quantize_q8_0(w.data(), out, in);
       std::vector<float> y(std::size_t(rows) * out), yr(y.size());
-      cpu::matmul(y.data(), x.data(), q.data(), rows, in, out);
+      cpu::matmul(y.data(), x.data(), cpu::pack_q8_0(q, out, in), rows, in, out);
       ref::matmul(yr.data(), x.data(), q.data(), rows, in, out);
       // Both sides quantize x's rows to the same blocks and sum each block pair's int8 products
       // exactly; only the fp32 scaling and summation order differ, so the fp32 matmul's bound

@@ -40,7 +40,8 @@ CpuBackend::Matrix CpuBackend::make_matrix(std::vector<float>&& w, int in, const
     std::transform(w.begin(), w.end(), m.f16.begin(), cpu::to_half);
   } else if (dtype == "q8_0") {
     // Any source type goes through fp32; a GGUF Q8_0 tensor comes back as its own blocks (quant.hpp).
-    m.q8 = cpu::quantize_q8_0(w.data(), static_cast<int>(w.size() / static_cast<std::size_t>(in)), in);
+    const int out = static_cast<int>(w.size() / static_cast<std::size_t>(in));
+    m.q8 = cpu::pack_q8_0(cpu::quantize_q8_0(w.data(), out, in), out, in);
   } else {
     throw std::invalid_argument("cpu backend: dtype \"" + dtype + "\" is not one of fp32, bf16, fp16, q8_0");
   }
@@ -52,7 +53,7 @@ void CpuBackend::Matrix::matmul(float* y, const float* x, int rows, int in, int 
   if (view) return cpu::matmul(y, x, view, rows, in, out);
   if (!f32.empty()) return cpu::matmul(y, x, f32.data(), rows, in, out);
   if (!bf16.empty()) return cpu::matmul(y, x, bf16.data(), rows, in, out);
-  if (!q8.empty()) return cpu::matmul(y, x, q8.data(), rows, in, out);
+  if (!q8.empty()) return cpu::matmul(y, x, q8, rows, in, out);
   cpu::matmul(y, x, f16.data(), rows, in, out);
 }
 

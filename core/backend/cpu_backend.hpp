@@ -44,11 +44,11 @@ class CpuBackend final : public Backend {
     std::vector<float> f32;
     std::vector<cpu::Bf16> bf16;
     std::vector<cpu::Half> f16;
-    std::vector<cpu::BlockQ8_0> q8;  // [out][blocks per row]: values and their fp16 scales
+    cpu::PackedQ8_0 q8;  // Q8_0 blocks (values and their fp16 scales), rows interleaved 8 at a time
     const float* view = nullptr;
     void matmul(float* y, const float* x, int rows, int in, int out) const;
     std::size_t bytes() const {
-      return f32.size() * 4 + (bf16.size() + f16.size()) * 2 + q8.size() * sizeof(cpu::BlockQ8_0);
+      return f32.size() * 4 + (bf16.size() + f16.size()) * 2 + q8.bytes();
     }
   };
   // w is [w.size() / in][in].

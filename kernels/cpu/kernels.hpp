@@ -23,10 +23,11 @@ void matmul(float* y, const float* x, const Bf16* w, int rows, int in, int out);
 void matmul(float* y, const float* x, const Half* w, int rows, int in, int out);
 // dst[i] = to_bf16(src[i]) (the same bits), 16 at a time with AVX-512, 8 with AVX2.
 void round_to_bf16(Bf16* dst, const float* src, std::size_t n);
-// w as Q8_0 blocks, [out][q8_0_blocks_per_row(in)], about 1.06 bytes a weight instead of 4. As
-// llama.cpp's Q8_0 matmul: each row of x is quantized to Q8_0 blocks too (quantize_q8_0_rows),
-// each block pair's 32 int8 products summed exactly, times the two blocks' scales, fp32 sums.
-void matmul(float* y, const float* x, const BlockQ8_0* w, int rows, int in, int out);
+// w as Q8_0 blocks (pack_q8_0 of [out][q8_0_blocks_per_row(in)]), about 1.06 bytes a weight
+// instead of 4. As llama.cpp's Q8_0 matmul: each row of x is quantized to Q8_0 blocks too
+// (quantize_q8_0_rows), each block pair's 32 int8 products summed exactly, times the two blocks'
+// scales, fp32 sums. Throws std::invalid_argument if w is not [out][in].
+void matmul(float* y, const float* x, const PackedQ8_0& w, int rows, int in, int out);
 // rows x in floats as rows x q8_0_blocks_per_row(in) blocks: the bytes of quant.hpp's
 // quantize_q8_0 (vectorised where the CPU has AVX2).
 void quantize_q8_0_rows(BlockQ8_0* dst, const float* x, int rows, int in);
