@@ -9,9 +9,10 @@
 
 namespace ablate::cpu {
 
-// y[rows][out] = x[rows][in] * w[out][in]^T. The decode hot path: `out` is split into one
-// contiguous block per OpenMP thread so each thread streams its own rows of w; small products
-// (rows*in*out below kMatmulParallelMinWork) run on the calling thread.
+// y[rows][out] = x[rows][in] * w[out][in]^T. The decode hot path: the OpenMP threads claim
+// contiguous pieces of w's rows as they free up (large pieces first, the same pieces every call),
+// so each streams long runs of w and none waits long for the other; small products (rows*in*out
+// below kMatmulParallelMinWork) run on the calling thread.
 void matmul(float* y, const float* x, const float* w, int rows, int in, int out);
 // w stored as bf16: x is rounded to bf16 too (round_to_bf16) and the bf16 x bf16 products (exact
 // in fp32) are summed in fp32, as a tensor-core bf16 GEMM does; with AVX-512 BF16 (vdpbf16ps)
