@@ -1,8 +1,9 @@
 // Kernel benchmarks against the physical limit. matmul at rows=1 only streams its weights, so
-// weight bytes / time is compared with the machine's read bandwidth (roofline_frac). Weights
-// rotate through an arena as large as smollm2-135m's fp32 weights (ABLATE_BENCH_ARENA_MB, default
-// 540), so each matrix is re-read after as many bytes as in a real decode step and caches help
-// no more than they would there; BM_StreamRead measures plain read bandwidth over the same arena.
+// weight bytes / time (in the stored dtype: fp32, bf16, fp16, Q8_0 with its scales) is compared
+// with the host's read bandwidth, measured just before each benchmark (read_GBps, roofline_frac).
+// Weights rotate through as many copies as smollm2-135m has weights (ABLATE_BENCH_ARENA_MB of fp32,
+// default 540), so each matrix is re-read after as many bytes as in a real decode step in its dtype
+// and caches help no more than they would there; BM_StreamRead reads the fp32 arena itself.
 //   build/default/experiments/bench_kernels --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 #include <omp.h>
@@ -20,6 +21,7 @@
 
 #include "cpu/kernels.hpp"
 #include "base/sampler.hpp"
+#include "read_bandwidth.hpp"
 #ifdef ABLATE_HAVE_CUDA
 #include "cuda/kernels.cuh"
 #endif
@@ -28,7 +30,6 @@ using namespace ablate;
 
 namespace {
 
-constexpr double kReadBandwidth = 48e9;  // measured read bandwidth, 2 threads (24 GB/s with 1)
 
 // smollm2-135m
 constexpr int kDim = 576, kKvDim = 192, kHidden = 1536, kVocab = 49152;
@@ -54,10 +55,12 @@ const Arena& arena() {
   return a;
 }
 
-void set_rate_counters(benchmark::State& state, double bytes, double flops) {
+// read_bandwidth: bench::measure_read_bandwidth() just before the timed loop, with its threads.
+void set_rate_counters(benchmark::State& state, double bytes, double flops, double read_bandwidth) {
   state.SetBytesProcessed(static_cast<int64_t>(bytes * double(state.iterations())));
   state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["roofline_frac"] = benchmark::Counter(bytes / kReadBandwidth, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["read_GBps"] = read_bandwidth / 1e9;
+  state.counters["roofline_frac"] = benchmark::Counter(bytes / read_bandwidth, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["threads"] = omp_get_max_threads();
 }
 
@@ -65,6 +68,7 @@ void BM_StreamRead(benchmark::State& state) {
   const Arena& a = arena();
   const std::size_t n = std::size_t(state.range(0)) << 18;
   std::size_t k = 0;
+  const double bw = bench::measure_read_bandwidth();
   for (auto _ : state) {
     const float* p = a.slice(n, k++);
     float total = 0.0f;
@@ -77,19 +81,52 @@ void BM_StreamRead(benchmark::State& state) {
     }
     benchmark::DoNotOptimize(total);
   }
-  set_rate_counters(state, double(n) * sizeof(float), double(n));
+  set_rate_counters(state, double(n) * sizeof(float), double(n), bw);
 }
 
+// One matrix of the arena's values in `dtype`, copied as many times as the arena holds matrices of
+// its size: the k-th call reads copy k (cycling), as bench_forward's decode reads its layers.
+struct MatmulCopies {
+  std::size_t count = 0, wn = 0;
+  std::vector<cpu::Bf16> bf16;
+  std::vector<cpu::Half> f16;
+  std::vector<cpu::PackedQ8_0> q8;
+  MatmulCopies(int dtype, int in, int out) : wn(std::size_t(in) * out) {
+    count = std::max<std::size_t>(1, arena().floats / wn);
+    const float* w = arena().slice(wn, 0);
+    if (dtype == 1 || dtype == 2) {
+      std::vector<cpu::Bf16> b(wn);
+      std::vector<cpu::Half> h(wn);
+      for (std::size_t i = 0; i < wn; ++i) b[i] = cpu::to_bf16(w[i]), h[i] = cpu::to_half(w[i]);
+      for (std::size_t c = 0; c < count; ++c) {
+        if (dtype == 1) bf16.insert(bf16.end(), b.begin(), b.end());
+        else f16.insert(f16.end(), h.begin(), h.end());
+      }
+    } else if (dtype == 3) {
+      q8.assign(count, cpu::pack_q8_0(cpu::quantize_q8_0(w, out, in), out, in));
+    }
+  }
+};
+
 void BM_Matmul(benchmark::State& state) {
-  const int rows = int(state.range(0)), in = int(state.range(1)), out = int(state.range(2));
+  const int rows = int(state.range(0)), in = int(state.range(1)), out = int(state.range(2)), dtype = int(state.range(3));
   const std::size_t wn = std::size_t(in) * out;
   std::vector<float> x(std::size_t(rows) * in, 0.5f), y(std::size_t(rows) * out);
+  const MatmulCopies copies(dtype, in, out);
   std::size_t k = 0;
+  const double bw = bench::measure_read_bandwidth();
   for (auto _ : state) {
-    cpu::matmul(y.data(), x.data(), arena().slice(wn, k++), rows, in, out);
+    const std::size_t c = k++ % copies.count;
+    switch (dtype) {
+      case 0: cpu::matmul(y.data(), x.data(), arena().slice(wn, c), rows, in, out); break;
+      case 1: cpu::matmul(y.data(), x.data(), copies.bf16.data() + c * wn, rows, in, out); break;
+      case 2: cpu::matmul(y.data(), x.data(), copies.f16.data() + c * wn, rows, in, out); break;
+      default: cpu::matmul(y.data(), x.data(), copies.q8[c], rows, in, out); break;
+    }
     benchmark::DoNotOptimize(y.data());
   }
-  set_rate_counters(state, double(wn) * sizeof(float), 2.0 * rows * wn);
+  const double bytes = dtype == 0 ? 4.0 * wn : dtype == 3 ? double(copies.q8[0].bytes()) : 2.0 * wn;
+  set_rate_counters(state, bytes, 2.0 * rows * wn, bw);
 }
 
 // One matrix in each weight format, the same one every iteration (1-8 MB: it stays in L2/L3): what
@@ -130,11 +167,12 @@ void matmul_cached_args(benchmark::internal::Benchmark* b) {
 void BM_Rmsnorm(benchmark::State& state) {
   const int rows = int(state.range(0));
   std::vector<float> x(std::size_t(rows) * kDim, 0.25f), out(x.size()), w(kDim, 1.0f);
+  const double bw = bench::measure_read_bandwidth();
   for (auto _ : state) {
     cpu::rmsnorm(out.data(), x.data(), w.data(), rows, kDim, 1e-5f);
     benchmark::DoNotOptimize(out.data());
   }
-  set_rate_counters(state, (2.0 * rows * kDim + kDim) * sizeof(float), 4.0 * rows * kDim);
+  set_rate_counters(state, (2.0 * rows * kDim + kDim) * sizeof(float), 4.0 * rows * kDim, bw);
 }
 
 // One sequence of one layer with smollm2's heads; K/V contiguous (page_size 0) or in shuffled
@@ -170,27 +208,30 @@ struct AttnSetup {
   }
 };
 
-void attention_counters(benchmark::State& state, const AttentionProblem& p, std::size_t workspace) {
+void attention_counters(benchmark::State& state, const AttentionProblem& p, std::size_t workspace, double bw) {
   const double kv_bytes = 2.0 * p.kv_len() * kKvDim * sizeof(float);
-  set_rate_counters(state, kv_bytes, 4.0 * p.n_q * p.n_heads * p.kv_len() * p.head_dim);
+  set_rate_counters(state, kv_bytes, 4.0 * p.n_q * p.n_heads * p.kv_len() * p.head_dim, bw);
   state.counters["workspace_bytes"] = double(workspace);
 }
 
 void BM_AttentionNaive(benchmark::State& state) {
   const int ctx = int(state.range(0)), n_q = state.range(1) ? ctx : 1;
   AttnSetup s(ctx, n_q, int(state.range(2)));
+  const double bw = bench::measure_read_bandwidth();
   for (auto _ : state) {
     cpu::attention_naive({&s.p, 1});
     benchmark::DoNotOptimize(s.out.data());
   }
-  attention_counters(state, s.p, cpu::attention_naive_workspace_bytes(s.p));
+  attention_counters(state, s.p, cpu::attention_naive_workspace_bytes(s.p), bw);
 }
 
 void matmul_args(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"rows", "in", "out"});
+  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0
   const std::pair<int, int> shapes[] = {{kDim, kDim}, {kDim, kKvDim}, {kDim, kHidden}, {kHidden, kDim}, {kDim, kVocab}};
   for (int rows : {1, 5, 16})
-    for (auto [in, out] : shapes) b->Args({rows, in, out});
+    for (int dtype = 0; dtype < 4; ++dtype)
+      if (rows != 5 || dtype == 0)
+        for (auto [in, out] : shapes) b->Args({rows, in, out, dtype});
 }
 
 void attention_args(benchmark::internal::Benchmark* b) {
@@ -365,8 +406,8 @@ void register_cuda_benchmarks() {
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   benchmark::AddCustomContext("roofline",
-                              "48 GB/s read bandwidth with 2 threads (24 GB/s with 1); roofline_frac = bytes/s / 48e9, "
-                              "bytes = weights (matmul), x+out+weight (rmsnorm), K+V (attention)");
+                              "roofline_frac = bytes/s / read bandwidth measured before each benchmark (read_GBps), "
+                              "bytes = weights in their dtype (matmul), x+out+weight (rmsnorm), K+V (attention)");
   benchmark::AddCustomContext("omp_threads", std::to_string(omp_get_max_threads()));
 #ifdef ABLATE_HAVE_CUDA
   register_cuda_benchmarks();
