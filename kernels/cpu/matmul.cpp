@@ -111,8 +111,10 @@ void group_q8q8(float* y, const BlockQ8_0* x, const BlockQ8_0x8* g, int nb, int 
     __m256i sum[R];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) sum[r] = _mm256_setzero_si256();
-    // The stream 2 KiB (7.5 group blocks) ahead into L2: the decode step streams ~240 matrices of
-    // 0.2-2 MB, each a fresh start for the hardware prefetcher (qb harness, Zen 3: 13 % faster).
+    // The stream 2 KiB (7.5 group blocks) ahead into L2: the decode step streams ~120 matrices of
+    // 0.1-2 MB, each a fresh start for the hardware prefetcher (bench_kernels BM_Matmul rows 1
+    // dtype 3 on Zen 3, medians of 4 alternating runs: 0.61 -> 0.70 of the roofline at 576 x 576,
+    // 0.76 -> 0.81 at 576 x 1536; no change at 576 x 49152).
     for (int c = 0; c < 5; ++c) _mm_prefetch(reinterpret_cast<const char*>(&g[b]) + 2048 + 64 * c, _MM_HINT_T1);
 #pragma GCC unroll 8
     for (int k = 0; k < 8; ++k) {
