@@ -94,14 +94,16 @@ struct MatmulCopies {
   MatmulCopies(int dtype, int in, int out) : wn(std::size_t(in) * out) {
     count = std::max<std::size_t>(1, arena().floats / wn);
     const float* w = arena().slice(wn, 0);
-    if (dtype == 1 || dtype == 2) {
-      std::vector<cpu::Bf16> b(wn);
-      std::vector<cpu::Half> h(wn);
-      for (std::size_t i = 0; i < wn; ++i) b[i] = cpu::to_bf16(w[i]), h[i] = cpu::to_half(w[i]);
-      for (std::size_t c = 0; c < count; ++c) {
-        if (dtype == 1) bf16.insert(bf16.end(), b.begin(), b.end());
-        else f16.insert(f16.end(), h.begin(), h.end());
-      }
+    // One copy converted, then repeated.
+    const auto repeat = [&](auto& dst, auto convert) {
+      dst.resize(count * wn);
+      for (std::size_t i = 0; i < wn; ++i) dst[i] = convert(w[i]);
+      for (std::size_t c = 1; c < count; ++c) std::copy_n(dst.begin(), wn, dst.begin() + std::ptrdiff_t(c * wn));
+    };
+    if (dtype == 1) {
+      repeat(bf16, cpu::to_bf16);
+    } else if (dtype == 2) {
+      repeat(f16, cpu::to_half);
     } else if (dtype == 3) {
       q8.assign(count, cpu::pack_q8_0(cpu::quantize_q8_0(w, out, in), out, in));
     }

@@ -513,24 +513,9 @@ void widen_rows(float* dst, const BlockQ8_0* w, int in, int p0, int p1) {
     for (int b = 0; b < nb; ++b) widen_block(dst + b * kQ8Block, w[std::size_t(o) * nb + b], std::min(kQ8Block, in - b * kQ8Block));
 }
 void widen_rows(float* dst, const PackedQ8_0* w, int in, int p0, int p1) {
-  const int nb = q8_0_blocks_per_row(in), full = w->out / 8 * 8;
-  for (int o = p0; o < p1;) {
-    if (o % 8 == 0 && o + 8 <= std::min(p1, full)) {  // a whole group: its 8 rows block by block
-      for (int b = 0; b < nb; ++b) {
-        const BlockQ8_0x8& g = w->groups[std::size_t(o / 8) * nb + b];
-        const int n = std::min(kQ8Block, in - b * kQ8Block);
-        for (int j = 0; j < 8; ++j) {
-          float* row = dst + std::size_t(j) * in + b * kQ8Block;
-          const float d = to_float(g.d[j]);
-          for (int i = 0; i < n; ++i) row[i] = d * g.qs[32 * (i / 4) + 4 * j + i % 4];
-        }
-      }
-      o += 8, dst += std::size_t(8) * in;
-    } else {
-      for (int b = 0; b < nb; ++b) widen_block(dst + b * kQ8Block, w->block(o, b), std::min(kQ8Block, in - b * kQ8Block));
-      ++o, dst += in;
-    }
-  }
+  const int nb = q8_0_blocks_per_row(in);
+  for (int o = p0; o < p1; ++o, dst += in)
+    for (int b = 0; b < nb; ++b) widen_block(dst + b * kQ8Block, w->block(o, b), std::min(kQ8Block, in - b * kQ8Block));
 }
 
 template <class W>

@@ -62,9 +62,11 @@ inline float q8_0_value(const BlockQ8_0* row, int i) { return to_float(row[i / k
 // quantized weights rests on the same idea).
 struct BlockQ8_0x8 {
   Half d[8];              // d[j]: row j's scale
-  std::int8_t qs[8 * 32];  // qs[32 k + 4 j + i]: value 4 k + i of row j's block
+  std::int8_t qs[8 * 32];  // qs[32 k + 4 j + i]: value 4 k + i of row j's block (q8_0x8_index)
 };
 static_assert(sizeof(BlockQ8_0x8) == 8 * sizeof(BlockQ8_0), "a group block holds 8 blocks' bytes");
+// Where value i of row j's block lies in BlockQ8_0x8::qs.
+inline constexpr int q8_0x8_index(int j, int i) { return 32 * (i / 4) + 4 * j + i % 4; }
 
 struct PackedQ8_0 {
   int out = 0, in = 0;
@@ -79,7 +81,7 @@ struct PackedQ8_0 {
     const BlockQ8_0x8& g = groups[std::size_t(o / 8) * nb + b];
     BlockQ8_0 r{};
     r.d = g.d[o % 8];
-    for (int i = 0; i < kQ8Block; ++i) r.qs[i] = g.qs[32 * (i / 4) + 4 * (o % 8) + i % 4];
+    for (int i = 0; i < kQ8Block; ++i) r.qs[i] = g.qs[q8_0x8_index(o % 8, i)];
     return r;
   }
 };
@@ -95,7 +97,7 @@ inline PackedQ8_0 pack_q8_0(const std::vector<BlockQ8_0>& blocks, int out, int i
       const BlockQ8_0& src = blocks[std::size_t(o) * nb + b];
       BlockQ8_0x8& g = p.groups[std::size_t(o / 8) * nb + b];
       g.d[o % 8] = src.d;
-      for (int i = 0; i < kQ8Block; ++i) g.qs[32 * (i / 4) + 4 * (o % 8) + i % 4] = src.qs[i];
+      for (int i = 0; i < kQ8Block; ++i) g.qs[q8_0x8_index(o % 8, i)] = src.qs[i];
     }
   p.tail.assign(blocks.begin() + std::ptrdiff_t(std::size_t(full) * nb), blocks.end());
   return p;
