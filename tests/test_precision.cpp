@@ -1,5 +1,5 @@
-// Precision formats below 16 bits: Q8_0 weights (blocks, GEMV/GEMM vs the scalar reference, the
-// CPU backend at dtype q8_0) and the KV-cache element types.
+// Precision formats below 16 bits: Q8_0 and Q4_1 weights (blocks, GEMV/GEMM vs the scalar
+// reference, the CPU backend at dtype q8_0 and native) and the KV-cache element types.
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -125,6 +125,83 @@ TEST_CASE("matmul with Q8_0 weights matches the scalar reference on the same blo
       // applies.
       CHECK(worst_term_relative_q8(y, yr, x, q, rows, in, out) < 1e-5);
     }
+}
+
+namespace {
+// out x in / 32 Q4_1 blocks of random nibbles, scales and offsets (a GGUF tensor's shape).
+std::vector<cpu::BlockQ4_1> random_q4_1(int out, int in, std::mt19937& rng) {
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> d(0.001f, 0.1f), m(-0.8f, 0.2f);
+  std::vector<cpu::BlockQ4_1> w(std::size_t(out) * (in / 32));
+  for (auto& b : w) {
+    b.d = cpu::to_half(d(rng)), b.m = cpu::to_half(m(rng));
+    for (auto& q : b.qs) q = static_cast<std::uint8_t>(byte(rng));
+  }
+  return w;
+}
+}  // namespace
+
+TEST_CASE("Q4_1 and Q4_0 blocks: pack_q4_1 keeps every block, and Q4_0 as Q4_1 keeps every value", "[precision][q4_1]") {
+  std::mt19937 rng(31);
+  for (int out : {1, 7, 8, 9, 24, 29})
+    for (int in : {32, 96}) {
+      INFO("out=" << out << " in=" << in);
+      const auto q = random_q4_1(out, in, rng);
+      const cpu::PackedQ4_1 p = cpu::pack_q4_1(q, out, in);
+      CHECK(p.bytes() == q.size() * sizeof(cpu::BlockQ4_1));
+      for (int o = 0; o < out; ++o)
+        for (int b = 0; b < in / 32; ++b) {
+          const cpu::BlockQ4_1 got = p.block(o, b);
+          CHECK(std::memcmp(&got, &q[std::size_t(o) * (in / 32) + b], sizeof got) == 0);
+        }
+    }
+  CHECK_THROWS_WITH(cpu::pack_q4_1(std::vector<cpu::BlockQ4_1>(3), 1, 96 + 16), Catch::Contains("positive multiple of 32"));
+  // Every Q4_0 block of a few scales: the Q4_1 form gives ggml's Q4_0 values bit for bit.
+  for (float d : {0.0f, 1e-4f, 0.0371f, -0.5f, 3.0f, 8000.0f}) {
+    std::uint8_t raw[18];
+    const std::uint16_t h = cpu::to_half(d).bits;
+    std::memcpy(raw, &h, 2);
+    for (int i = 0; i < 16; ++i) raw[2 + i] = static_cast<std::uint8_t>(17 * i + 3);
+    cpu::BlockQ4_0 b0;
+    std::memcpy(&b0, raw, sizeof b0);
+    float want[32];
+    dequantize_row(static_cast<std::uint32_t>(GgmlType::Q4_0), raw, want, 32);
+    const cpu::BlockQ4_1 b1 = cpu::q4_0_as_q4_1(b0);
+    for (int i = 0; i < 32; ++i) CHECK(cpu::q4_1_value(b1, i) == want[i]);
+  }
+  cpu::BlockQ4_0 huge{cpu::to_half(9000.0f), {}};
+  CHECK_THROWS_WITH(cpu::q4_0_as_q4_1(huge), Catch::Contains("|d| < 8188"));
+}
+
+TEST_CASE("matmul with Q4_1 weights matches the scalar reference on the same blocks", "[precision][q4_1][matmul]") {
+  std::mt19937 rng(32);
+  const std::pair<int, int> shapes[] = {{32, 1}, {64, 13}, {96, 65}, {576, 193}, {1536, 64}, {576, 1537}};
+  for (int rows : {1, 2, 3, 4, 5, 16, 17, 70})  // GEMV, the few-rows tiles and tails, then the widened-panel GEMM
+    for (auto [in, out] : shapes) {
+      INFO("rows=" << rows << " in=" << in << " out=" << out);
+      const auto x = random_vec(std::size_t(rows) * in, rng);
+      const auto q = random_q4_1(out, in, rng);
+      std::vector<float> y(std::size_t(rows) * out), yr(y.size());
+      cpu::matmul(y.data(), x.data(), cpu::pack_q4_1(q, out, in), rows, in, out);
+      ref::matmul(yr.data(), x.data(), q.data(), rows, in, out);
+      // Both sides sum the same int8 products exactly; the fp32 scalings and summation order
+      // differ, so the fp32 matmul's bound applies, relative to the sum of |terms|.
+      const auto xq = cpu::quantize_q8_0(x.data(), rows, in);
+      const int nb = in / 32;
+      double worst = 0.0;
+      for (int r = 0; r < rows; ++r)
+        for (int o = 0; o < out; ++o) {
+          double mag = 0.0;
+          for (int i = 0; i < in; ++i)
+            mag += std::abs(double(cpu::q8_0_value(&xq[std::size_t(r) * nb], i)) * cpu::q4_1_value(q[std::size_t(o) * nb + i / 32], i % 32));
+          const std::size_t k = std::size_t(r) * out + o;
+          worst = std::max(worst, std::abs(double(y[k]) - yr[k]) / std::max(mag, 1e-30));
+        }
+      CHECK(worst < 1e-5);
+    }
+  CHECK_THROWS_AS(cpu::matmul(std::vector<float>(64).data(), std::vector<float>(64).data(),
+                              cpu::pack_q4_1(random_q4_1(2, 32, rng), 2, 32), 1, 64, 2),
+                  std::invalid_argument);
 }
 
 TEST_CASE("quantize_q8_0_rows writes quantize_q8_0's bytes, vector lanes and partial blocks alike", "[precision][q8_0]") {

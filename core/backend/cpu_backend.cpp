@@ -10,6 +10,7 @@
 #include "cpu/kernels.hpp"
 #include "base/nvtx.hpp"
 #include "kv/kv_cache.hpp"
+#include "model/gguf.hpp"
 
 namespace ablate {
 
@@ -43,9 +44,71 @@ CpuBackend::Matrix CpuBackend::make_matrix(std::vector<float>&& w, int in, const
     const int out = static_cast<int>(w.size() / static_cast<std::size_t>(in));
     m.q8 = cpu::pack_q8_0(cpu::quantize_q8_0(w.data(), out, in), out, in);
   } else {
-    throw std::invalid_argument("cpu backend: dtype \"" + dtype + "\" is not one of fp32, bf16, fp16, q8_0");
+    throw std::invalid_argument("cpu backend: dtype \"" + dtype + "\" is not one of fp32, bf16, fp16, q8_0, native");
   }
   std::vector<float>().swap(w);
+  return m;
+}
+
+CpuBackend::Matrix CpuBackend::make_stored_matrix(std::initializer_list<StoredMatrix*> parts) {
+  const StoredMatrix& first = **parts.begin();
+  const auto type = static_cast<GgmlType>(first.ggml_type);
+  const std::size_t in = first.cols;
+  std::size_t rows = 0;
+  bool same = true;
+  for (const StoredMatrix* p : parts) {
+    if (p->empty() || p->cols != in) throw std::invalid_argument("cpu backend: dtype native needs every matrix as the GGUF stores it (load_gguf keep_stored)");
+    rows += p->rows;
+    same = same && p->ggml_type == first.ggml_type;
+  }
+  Matrix m;
+  if (!same) {  // e.g. a Q4_1 K beside a Q8_0 V: one fused matrix holds one encoding, so fp32 (exact)
+    m.f32.resize(rows * in);
+    float* dst = m.f32.data();
+    for (StoredMatrix* p : parts) {
+      dequantize_row(p->ggml_type, p->bytes.data(), dst, p->rows * p->cols);
+      dst += p->rows * p->cols;
+      std::vector<std::uint8_t>().swap(p->bytes);
+    }
+    return m;
+  }
+  std::vector<std::uint8_t> bytes;
+  for (StoredMatrix* p : parts) {
+    bytes.insert(bytes.end(), p->bytes.begin(), p->bytes.end());
+    std::vector<std::uint8_t>().swap(p->bytes);
+  }
+  const auto as = [&]<class T>(std::vector<T>& v) {
+    v.resize(bytes.size() / sizeof(T));
+    std::memcpy(v.data(), bytes.data(), v.size() * sizeof(T));
+  };
+  const int out = static_cast<int>(rows), cols = static_cast<int>(in);
+  switch (type) {
+    case GgmlType::F32: as(m.f32); break;
+    case GgmlType::F16: as(m.f16); break;
+    case GgmlType::BF16: as(m.bf16); break;
+    case GgmlType::Q8_0: {
+      std::vector<cpu::BlockQ8_0> blocks;
+      as(blocks);
+      m.q8 = cpu::pack_q8_0(blocks, out, cols);
+      break;
+    }
+    case GgmlType::Q4_1: {
+      std::vector<cpu::BlockQ4_1> blocks;
+      as(blocks);
+      m.q4 = cpu::pack_q4_1(blocks, out, cols);
+      break;
+    }
+    case GgmlType::Q4_0: {
+      std::vector<cpu::BlockQ4_0> blocks;
+      as(blocks);
+      std::vector<cpu::BlockQ4_1> q41(blocks.size());
+      std::transform(blocks.begin(), blocks.end(), q41.begin(), cpu::q4_0_as_q4_1);
+      m.q4 = cpu::pack_q4_1(q41, out, cols);
+      break;
+    }
+    default:
+      throw std::invalid_argument("cpu backend: dtype native cannot hold a " + ggml_type_name(first.ggml_type) + " matrix");
+  }
   return m;
 }
 
@@ -54,21 +117,31 @@ void CpuBackend::Matrix::matmul(float* y, const float* x, int rows, int in, int 
   if (!f32.empty()) return cpu::matmul(y, x, f32.data(), rows, in, out);
   if (!bf16.empty()) return cpu::matmul(y, x, bf16.data(), rows, in, out);
   if (!q8.empty()) return cpu::matmul(y, x, q8, rows, in, out);
+  if (!q4.empty()) return cpu::matmul(y, x, q4, rows, in, out);
   cpu::matmul(y, x, f16.data(), rows, in, out);
 }
 
 CpuBackend::CpuBackend(Weights weights, const std::string& dtype, const std::string& kv_dtype)
     : w_(std::move(weights)), kv_dtype_(kv_dtype == "auto" ? KvDtype::fp32 : parse_kv_dtype(kv_dtype)) {
   const int dim = w_.shape.dim, hidden = w_.shape.hidden_dim;
-  for (LayerWeights& L : w_.layers)
-    fused_.push_back({make_matrix(stack_rows({&L.wq, &L.wk, &L.wv}), dim, dtype), make_matrix(std::move(L.wo), dim, dtype),
-                      make_matrix(stack_rows({&L.w1, &L.w3}), dim, dtype), make_matrix(std::move(L.w2), hidden, dtype)});
-  if (dtype == "fp32" || w_.classifier.empty()) {
-    // Tied to the embedding (which lookups need in fp32) and fp32: borrowed, not copied.
-    if (dtype == "fp32") lm_head_.view = w_.lm_head();
-    else lm_head_ = make_matrix(std::vector<float>(w_.token_embedding), dim, dtype);
+  if (dtype == "native") {  // each matrix as the GGUF stores it; a tied LM head is token_embd's blocks
+    for (LayerWeights& L : w_.layers) {
+      auto& S = L.stored;
+      fused_.push_back({make_stored_matrix({&S.wq, &S.wk, &S.wv}), make_stored_matrix({&S.wo}),
+                        make_stored_matrix({&S.w1, &S.w3}), make_stored_matrix({&S.w2})});
+    }
+    lm_head_ = make_stored_matrix({&w_.stored_lm_head});
   } else {
-    lm_head_ = make_matrix(std::move(w_.classifier), dim, dtype);
+    for (LayerWeights& L : w_.layers)
+      fused_.push_back({make_matrix(stack_rows({&L.wq, &L.wk, &L.wv}), dim, dtype), make_matrix(std::move(L.wo), dim, dtype),
+                        make_matrix(stack_rows({&L.w1, &L.w3}), dim, dtype), make_matrix(std::move(L.w2), hidden, dtype)});
+    if (dtype == "fp32" || w_.classifier.empty()) {
+      // Tied to the embedding (which lookups need in fp32) and fp32: borrowed, not copied.
+      if (dtype == "fp32") lm_head_.view = w_.lm_head();
+      else lm_head_ = make_matrix(std::vector<float>(w_.token_embedding), dim, dtype);
+    } else {
+      lm_head_ = make_matrix(std::move(w_.classifier), dim, dtype);
+    }
   }
   for (std::size_t l = 0; l < fused_.size() && w_.shape.qkv_bias; ++l) {
     LayerWeights& L = w_.layers[l];

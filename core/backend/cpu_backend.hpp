@@ -2,9 +2,10 @@
 // The CPU backend: the whole Llama forward pass in the spirit of llama2.c's run.c, over a ragged
 // batch (all tokens of all chunks go through each matmul together). Activations, norms and the
 // embedding table are fp32; the matrices are held in the run's `dtype` (fp32, bf16, fp16 or Q8_0
-// blocks) and multiplied as cpu::matmul defines for each (16-bit widened as read, bf16 times
+// blocks, or a GGUF's own Q4_1 / Q4_0 / Q8_0 blocks at dtype native) and multiplied as cpu::matmul defines for each (16-bit widened as read, bf16 times
 // bf16-rounded inputs, Q8_0 times Q8_0-quantized inputs), fp32 sums; K/V are stored in `kv.dtype`
 // and widened as attention reads them.
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -17,8 +18,11 @@ namespace ablate {
 
 class CpuBackend final : public Backend {
  public:
-  // dtype: "fp32" (default), "bf16", "fp16" or "q8_0", the matrices' storage; kv_dtype: the KV
-  // caches' element type (kv.dtype: "fp32" = "auto", "bf16", "fp16", "fp8_e4m3", "int8").
+  // dtype: "fp32" (default), "bf16", "fp16" or "q8_0", the matrices' storage, or "native": each
+  // matrix as the GGUF file stores it (weights from load_gguf with keep_stored: F32, F16, BF16,
+  // Q8_0 kept; Q4_1 and Q4_0 as Q4_1 blocks; a fused matrix whose parts differ, fp32 of their
+  // values). kv_dtype: the KV caches' element type (kv.dtype: "fp32" = "auto", "bf16", "fp16",
+  // "fp8_e4m3", "int8").
   explicit CpuBackend(Weights weights, const std::string& dtype = "fp32", const std::string& kv_dtype = "fp32");
   std::string name() const override { return "cpu"; }
   std::string device_name() const override;
@@ -45,14 +49,17 @@ class CpuBackend final : public Backend {
     std::vector<cpu::Bf16> bf16;
     std::vector<cpu::Half> f16;
     cpu::PackedQ8_0 q8;  // Q8_0 blocks (values and their fp16 scales), rows interleaved 8 at a time
+    cpu::PackedQ4_1 q4;  // Q4_1 blocks (dtype native), interleaved likewise
     const float* view = nullptr;
     void matmul(float* y, const float* x, int rows, int in, int out) const;
     std::size_t bytes() const {
-      return f32.size() * 4 + (bf16.size() + f16.size()) * 2 + q8.bytes();
+      return f32.size() * 4 + (bf16.size() + f16.size()) * 2 + q8.bytes() + q4.bytes();
     }
   };
   // w is [w.size() / in][in].
   static Matrix make_matrix(std::vector<float>&& w, int in, const std::string& dtype);
+  // dtype native: the parts' rows, in order, as one matrix (their bytes are freed).
+  static Matrix make_stored_matrix(std::initializer_list<StoredMatrix*> parts);
   struct FusedLayer {
     Matrix wqkv, wo, w13, w2;
   };

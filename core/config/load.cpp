@@ -106,11 +106,13 @@ const std::vector<Rule>& rules() {
         axis("backend", F(backend), "where the model runs"),
         axis("batching", F(batching), "how requests are grouped into batches"),
         axis("attention", F(attention), "attention kernel"),
-        choice("dtype", F(dtype), {"fp32", "bf16", "fp16", "q8_0"},
+        choice("dtype", F(dtype), {"fp32", "bf16", "fp16", "q8_0", "native"},
                "weight precision, fp32 accumulation (cpu: the matrices; bf16 rounds each matmul's input to bf16 "
                "too, as a tensor-core GEMM, fp16 widens the weights as read; norms, embeddings and the residual "
                "stream stay fp32); q8_0: 32-value int8 blocks with an fp16 scale, times each matmul's input "
-               "quantized the same way (int8 x int8 products, as llama.cpp; cpu only)"),
+               "quantized the same way (int8 x int8 products, as llama.cpp; cpu only); native: each matrix as "
+               "the GGUF file stores it (Q4_1, Q4_0, Q8_0 blocks times Q8_0-quantized inputs; F16, BF16, F32 as "
+               "above; model.source gguf, cpu only)"),
         plain("quality", Kind::Bool, F(quality),
               "also measure output quality against an fp32 CPU reference of the model: quality_kl, quality_top1 "
               "(teacher-forced over the first request's prompt and the reference's greedy continuation) and, on real "
@@ -625,7 +627,7 @@ struct SimpleRule {
 
 const std::vector<BackendPrecision>& backend_precisions() {
   static const std::vector<BackendPrecision> table = {
-      {"cpu", {"fp32", "bf16", "fp16", "q8_0"}, {"auto", "fp32", "bf16", "fp16", "fp8_e4m3", "int8"},
+      {"cpu", {"fp32", "bf16", "fp16", "q8_0", "native"}, {"auto", "fp32", "bf16", "fp16", "fp8_e4m3", "int8"},
        "any kv.dtype with any dtype; auto = fp32"},
       {"cuda", {"fp32", "bf16", "fp16"}, {"auto", "fp32", "bf16", "fp16", "fp8_e4m3"},
        "any of these kv.dtype with any dtype; auto = the weights' dtype; attention flash / flash_split: not fp32"},
@@ -643,6 +645,10 @@ const std::vector<SimpleRule>& simple_rules() {
        [](C c) { return fmt::format("{} on backend cuda runs on tensor cores and needs dtype bf16 or fp16; allowed with dtype fp32: naive", c.attention); }},
       {{"dtype", "backend"}, [](C c) { return c.backend == "cuda" && c.dtype == "q8_0"; },
        [](C) { return std::string("q8_0 is not on cuda (its GEMV and GEMMs read fp32, bf16 or fp16 weights); allowed with backend cuda: fp32, bf16, fp16"); }},
+      {{"dtype", "backend"}, [](C c) { return c.backend == "cuda" && c.dtype == "native"; },
+       [](C) { return std::string("native is not on cuda (its GEMV and GEMMs read fp32, bf16 or fp16 weights, not a GGUF's blocks); allowed with backend cuda: fp32, bf16, fp16"); }},
+      {{"dtype", "model.source"}, [](C c) { return c.dtype == "native" && c.model.source != "gguf"; },
+       [](C c) { return fmt::format("native keeps a GGUF file's own encoding, and model.source {} has none; allowed with model.source {}: fp32, bf16, fp16, q8_0", c.model.source, c.model.source); }},
       {{"kv.dtype", "backend"}, [](C c) { return c.backend == "cuda" && c.kv.dtype == "int8"; },
        [](C) { return std::string("int8 is not on cuda (its per-token, per-head scales are not in the CUDA kernels); allowed with "
                                   "backend cuda: auto, fp32, bf16, fp16, fp8_e4m3"); }},

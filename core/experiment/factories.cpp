@@ -31,7 +31,13 @@ namespace {
 }  // namespace
 
 std::unique_ptr<Backend> make_backend(const ExperimentConfig& cfg) {
-  if (cfg.backend == "cpu") return std::make_unique<CpuBackend>(load_weights(cfg.model), cfg.dtype, cfg.kv.dtype);
+  if (cfg.backend == "cpu") {
+    // dtype native keeps a GGUF's own blocks; a draft model from a preset or a llama2.c file,
+    // stored in fp32, runs in fp32 (its own encoding).
+    const bool native = cfg.dtype == "native";
+    if (native && cfg.model.source != "gguf") return std::make_unique<CpuBackend>(load_weights(cfg.model), "fp32", cfg.kv.dtype);
+    return std::make_unique<CpuBackend>(load_weights(cfg.model, native), cfg.dtype, cfg.kv.dtype);
+  }
   if (cfg.backend == "cuda") {
     if (!is_implemented("backend", "cuda")) unavailable("backend", cfg.backend);
     cuda_backend_check_device();  // "no CUDA device: ..." before loading gigabytes of weights

@@ -551,7 +551,7 @@ ModelShape gguf_shape(const GgufFile& f) {
   return s;
 }
 
-Weights load_gguf(const GgufFile& f) {
+Weights load_gguf(const GgufFile& f, bool keep_stored) {
   Weights w;
   w.shape = gguf_shape(f);
   const ModelShape& s = w.shape;
@@ -567,41 +567,70 @@ Weights load_gguf(const GgufFile& f) {
     if (t->dims != dims)
       throw GgufError(fmt::format("{}: tensor {} has shape [{}], expected [{}]", f.path(), name, fmt::join(t->dims, ", "),
                                   fmt::join(dims, ", ")));
-    return f.dequantize(*t);
+    return t;
   };
-  w.token_embedding = get("token_embd.weight", {d, V});
+  const auto values = [&](const std::string& name, std::vector<std::uint64_t> dims) { return f.dequantize(*get(name, dims)); };
+  // A matrix as fp32 into `fp32`, or (keep_stored) as the file has it into `stored`, rows
+  // reordered for RoPE over rope_heads heads (qwen2's Q and K; 0: as stored).
+  const auto matrix = [&](const std::string& name, std::vector<std::uint64_t> dims, std::vector<float>& fp32,
+                          StoredMatrix& stored, int rope_heads = 0) {
+    const GgufTensorInfo* t = get(name, dims);
+    if (!keep_stored) {
+      fp32 = f.dequantize(*t);
+      if (rope_heads) fp32 = interleave_rope_rows(fp32, rope_heads, s.head_dim(), dims[0]);
+      return;
+    }
+    stored.ggml_type = t->type;
+    stored.cols = dims[0], stored.rows = dims[1];
+    const std::uint8_t* src = f.tensor_data(*t);
+    stored.bytes.assign(src, src + t->n_bytes);
+    if (rope_heads) {  // the same row order as the fp32 path: interleave_rope_rows of the row numbers
+      std::vector<float> order(stored.rows);
+      for (std::size_t r = 0; r < order.size(); ++r) order[r] = static_cast<float>(r);
+      order = interleave_rope_rows(order, rope_heads, s.head_dim(), 1);
+      const std::size_t row_bytes = t->n_bytes / stored.rows;
+      std::vector<std::uint8_t> out(stored.bytes.size());
+      for (std::size_t r = 0; r < order.size(); ++r)
+        std::memcpy(out.data() + r * row_bytes, stored.bytes.data() + static_cast<std::size_t>(order[r]) * row_bytes, row_bytes);
+      stored.bytes = std::move(out);
+    }
+  };
+  w.token_embedding = values("token_embd.weight", {d, V});
   w.layers.resize(static_cast<std::size_t>(s.n_layers));
   for (int l = 0; l < s.n_layers; ++l) {
     LayerWeights& L = w.layers[static_cast<std::size_t>(l)];
     const std::string p = fmt::format("blk.{}.", l);
-    L.rms_att = get(p + "attn_norm.weight", {d});
+    L.rms_att = values(p + "attn_norm.weight", {d});
     // llama.cpp's converter permutes the Q and K rows of Hugging Face checkpoints so that RoPE
     // rotates adjacent pairs (x[2i], x[2i+1]): the same convention as llama2.c and the CPU
-    // backend, so these load as they are.
-    L.wq = get(p + "attn_q.weight", {d, d});
-    L.wk = get(p + "attn_k.weight", {d, kv});
-    if (s.qkv_bias) {  // qwen2: biases, and Q/K rows still in Hugging Face's order
-      L.bq = interleave_rope_rows(get(p + "attn_q.bias", {d}), s.n_heads, s.head_dim(), 1);
-      L.bk = interleave_rope_rows(get(p + "attn_k.bias", {kv}), s.n_kv_heads, s.head_dim(), 1);
-      L.bv = get(p + "attn_v.bias", {kv});
-      L.wq = interleave_rope_rows(L.wq, s.n_heads, s.head_dim(), d);
-      L.wk = interleave_rope_rows(L.wk, s.n_kv_heads, s.head_dim(), d);
+    // backend, so these load as they are. qwen2: biases, and Q/K rows still in Hugging Face's order.
+    matrix(p + "attn_q.weight", {d, d}, L.wq, L.stored.wq, s.qkv_bias ? s.n_heads : 0);
+    matrix(p + "attn_k.weight", {d, kv}, L.wk, L.stored.wk, s.qkv_bias ? s.n_kv_heads : 0);
+    if (s.qkv_bias) {
+      L.bq = interleave_rope_rows(values(p + "attn_q.bias", {d}), s.n_heads, s.head_dim(), 1);
+      L.bk = interleave_rope_rows(values(p + "attn_k.bias", {kv}), s.n_kv_heads, s.head_dim(), 1);
+      L.bv = values(p + "attn_v.bias", {kv});
     }
-    L.wv = get(p + "attn_v.weight", {d, kv});
-    L.wo = get(p + "attn_output.weight", {d, d});
-    L.rms_ffn = get(p + "ffn_norm.weight", {d});
-    L.w1 = get(p + "ffn_gate.weight", {d, h});
-    L.w2 = get(p + "ffn_down.weight", {h, d});
-    L.w3 = get(p + "ffn_up.weight", {d, h});
+    matrix(p + "attn_v.weight", {d, kv}, L.wv, L.stored.wv);
+    matrix(p + "attn_output.weight", {d, d}, L.wo, L.stored.wo);
+    L.rms_ffn = values(p + "ffn_norm.weight", {d});
+    matrix(p + "ffn_gate.weight", {d, h}, L.w1, L.stored.w1);
+    matrix(p + "ffn_down.weight", {h, d}, L.w2, L.stored.w2);
+    matrix(p + "ffn_up.weight", {d, h}, L.w3, L.stored.w3);
   }
-  w.rms_final = get("output_norm.weight", {d});
-  if (!s.tied_embeddings) w.classifier = get("output.weight", {d, V});
+  w.rms_final = values("output_norm.weight", {d});
+  if (!s.tied_embeddings) {
+    matrix("output.weight", {d, V}, w.classifier, w.stored_lm_head);
+  } else if (keep_stored) {
+    std::vector<float> unused;
+    matrix("token_embd.weight", {d, V}, unused, w.stored_lm_head);
+  }
   return w;
 }
 
 Weights load_gguf(const std::string& path) {
   const GgufFile f(path);
-  return load_gguf(f);
+  return load_gguf(f, false);
 }
 
 }  // namespace ablate

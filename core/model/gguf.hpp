@@ -123,7 +123,9 @@ ModelShape gguf_shape(const GgufFile& f);
 // ffn_gate,ffn_up,ffn_down,attn_norm,ffn_norm}, output_norm, output (absent = tied embeddings);
 // qwen2 also blk.N.attn_{q,k,v}.bias; rope_freqs.weight (head_dim / 2 positive factors, Llama 3.x's
 // scaled RoPE as llama.cpp stores it) becomes the shape's rope_scaling.freq_factors.
-Weights load_gguf(const GgufFile& f);
+// keep_stored: the matrices (and the LM head) as StoredMatrix in the file's encoding, their fp32
+// vectors left empty (dtype native); the embedding table and norms are fp32 either way.
+Weights load_gguf(const GgufFile& f, bool keep_stored = false);
 Weights load_gguf(const std::string& path);
 
 }  // namespace ablate

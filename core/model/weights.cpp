@@ -23,7 +23,11 @@ std::size_t Weights::bytes() const {
   for (const auto& l : layers)
     n += l.rms_att.size() + l.wq.size() + l.wk.size() + l.wv.size() + l.wo.size() + l.rms_ffn.size() + l.w1.size() +
          l.w2.size() + l.w3.size() + l.bq.size() + l.bk.size() + l.bv.size();
-  return n * sizeof(float);
+  std::size_t stored = stored_lm_head.bytes.size();
+  for (const auto& l : layers)
+    for (const StoredMatrix* m : {&l.stored.wq, &l.stored.wk, &l.stored.wv, &l.stored.wo, &l.stored.w1, &l.stored.w2, &l.stored.w3})
+      stored += m->bytes.size();
+  return n * sizeof(float) + stored;
 }
 
 namespace {
@@ -244,7 +248,9 @@ void check_weights_fit(const ModelShape& shape, const std::string& what, const s
       what, size(need), static_cast<double>(shape.param_count()) / 1e6, size(available->bytes), available->source));
 }
 
-Weights load_weights(const ModelConfig& cfg) {
+Weights load_weights(const ModelConfig& cfg, bool keep_stored) {
+  if (keep_stored && cfg.source != "gguf")
+    throw std::invalid_argument(fmt::format("dtype native keeps a GGUF file's own encoding; model.source {} has none", cfg.source));
   // Every source's shape is known before its weights are read (a header, GGUF metadata or a
   // preset): refuse a model that cannot fit here with a message rather than the OOM killer.
   const ModelShape shape = model_shape(cfg);
@@ -252,7 +258,7 @@ Weights load_weights(const ModelConfig& cfg) {
                            : cfg.source == "llama2c" || cfg.source == "hf" ? expand_path(cfg.path)
                                                                            : fmt::format("model.preset {}", cfg.preset);
   check_weights_fit(shape, what, host_memory_available());
-  if (cfg.source == "gguf") return load_gguf(expand_path(cfg.gguf));
+  if (cfg.source == "gguf") return load_gguf(GgufFile(expand_path(cfg.gguf)), keep_stored);
   if (cfg.source == "llama2c") return load_llama2c(expand_path(cfg.path));
   if (cfg.source == "hf") return load_hf(expand_path(cfg.path));
   return synthetic_weights(shape, static_cast<unsigned long long>(cfg.seed));

@@ -12,6 +12,16 @@ namespace ablate {
 
 struct ModelConfig;
 
+// A matrix as a GGUF file stores it, for dtype native: its ggml type (GgmlType) and rows x cols
+// values in that type's encoding, row after row (whole blocks a row). Empty unless the model was
+// loaded with keep_stored; the matching fp32 matrix is then left empty.
+struct StoredMatrix {
+  std::uint32_t ggml_type = 0;
+  std::size_t rows = 0, cols = 0;
+  std::vector<std::uint8_t> bytes;
+  bool empty() const { return bytes.empty(); }
+};
+
 struct LayerWeights {
   std::vector<float> rms_att;   // [dim]
   std::vector<float> wq;        // [dim][dim]
@@ -23,6 +33,9 @@ struct LayerWeights {
   std::vector<float> w2;        // [dim][hidden]  down
   std::vector<float> w3;        // [hidden][dim]  up
   std::vector<float> bq, bk, bv;  // [dim], [kv_dim], [kv_dim] when shape.qkv_bias (Qwen2); else empty
+  struct Stored {
+    StoredMatrix wq, wk, wv, wo, w1, w2, w3;
+  } stored;  // keep_stored: the same matrices as the file has them
 };
 
 struct Weights {
@@ -31,6 +44,7 @@ struct Weights {
   std::vector<LayerWeights> layers;
   std::vector<float> rms_final;        // [dim]
   std::vector<float> classifier;       // [vocab][dim]; empty when tied to the embedding
+  StoredMatrix stored_lm_head;         // keep_stored: output.weight, or token_embd.weight when tied
   const float* lm_head() const { return classifier.empty() ? token_embedding.data() : classifier.data(); }
   std::size_t bytes() const;
 };
@@ -44,7 +58,9 @@ Weights load_llama2c(const std::string& path);
 // Throws std::runtime_error naming the file on a bad checkpoint.
 ModelShape model_shape(const ModelConfig& cfg);
 // Checks that the model fits in host memory (check_weights_fit below), then loads it.
-Weights load_weights(const ModelConfig& cfg);
+// keep_stored (dtype native): a GGUF's matrices stay in their stored encoding (StoredMatrix);
+// throws std::invalid_argument for any other source, which has none to keep.
+Weights load_weights(const ModelConfig& cfg, bool keep_stored = false);
 
 // Host memory this process can still use: /proc/meminfo's MemAvailable, capped by the cgroup's
 // memory limit (v2 memory.max - memory.current, or v1) and by $ABLATE_HOST_MEMORY_MB when set

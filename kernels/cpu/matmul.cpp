@@ -62,6 +62,13 @@ template <class Tile>
   }
 }
 
+// x's rows as Q8_0 blocks, and each block's d * sum(q): what a Q4_1 block's offset m multiplies
+// (ggml's block_q8_1 carries the same sum).
+struct Q8Rows {
+  const BlockQ8_0* q;
+  const float* s;
+};
+
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 // ---- AVX2-level helpers and kernels, which AVX-512 CPUs run too ----------------------------
 #define ABLATE_AVX2 1
@@ -168,6 +175,93 @@ void matmul_block(float* y, const BlockQ8_0* x, const PackedQ8_0* w, int rows, i
   for (; o < o1; ++o) {
     const BlockQ8_0* wr = w->tail.data() + std::size_t(o - full) * nb;
     over_rows(rows, [&]<int R>(int r0) { row_q8q8<R>(y, x, wr, nb, out, o, r0); });
+  }
+}
+
+// ---- Q4_1 x Q8_0 (dtype native on a GGUF's Q4_1 / Q4_0 tensors) -------------------------------
+// Per block pair, sum_i (d_w q_w + m_w) d_x q_x = d_w d_x sum(q_w q_x) + m_w (d_x sum(q_x)): the
+// int8 products summed exactly in int32, then the two scalings (llama.cpp's Q4_1 x Q8_1 product;
+// x's d_x sum(q_x) per block is computed once per call). Unsigned 4-bit w goes straight into
+// vpmaddubsw: each pair sum is at most 2 * 15 * 127 = 3810 in magnitude, so a block's 8 of them
+// add up in int16 (at most 30480) before one vpmaddwd.
+template <int R>
+void group_q4q8(float* y, const Q8Rows& x, const BlockQ4_1x8* g, int nb, int out, int o, int r0) {
+  const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
+  __m256 acc[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const BlockQ8_0* xr = x.q + std::size_t(r0) * nb;
+  const float* sr = x.s + std::size_t(r0) * nb;
+  for (int b = 0; b < nb; ++b) {
+    __m256i sum[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) sum[r] = _mm256_setzero_si256();
+    // 2 KiB ahead into L2, as group_q8q8 (160-byte group blocks: 3 cache lines a block).
+    for (int c = 0; c < 3; ++c) _mm_prefetch(reinterpret_cast<const char*>(&g[b]) + 2048 + 64 * c, _MM_HINT_T1);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g[b].qs + 32 * k));
+      const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        std::int32_t xlo, xhi;
+        std::memcpy(&xlo, xr[std::size_t(r) * nb + b].qs + 4 * k, 4);
+        std::memcpy(&xhi, xr[std::size_t(r) * nb + b].qs + 16 + 4 * k, 4);
+        sum[r] = _mm256_add_epi16(sum[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xlo)),
+                                                           _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xhi))));
+      }
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].d)));
+    const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].m)));
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum[r], ones));
+      acc[r] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, _mm256_set1_ps(q8_d(xr[std::size_t(r) * nb + b]))), acc[r]);
+      acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sr[std::size_t(r) * nb + b]), acc[r]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + std::size_t(r0 + r) * out + o, acc[r]);
+}
+
+// One plain row of w (PackedQ4_1's last out % 8 rows) x R rows of x from r0.
+template <int R>
+void row_q4q8(float* y, const Q8Rows& x, const BlockQ4_1* wr, int nb, int out, int o, int r0) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m128i low = _mm_set1_epi8(0x0F);
+  __m256 acc[R];
+  float offset[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps(), offset[r] = 0.0f;
+  const BlockQ8_0* xr = x.q + std::size_t(r0) * nb;
+  const float* sr = x.s + std::size_t(r0) * nb;
+  for (int b = 0; b < nb; ++b) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[b].qs));
+    const __m256i wq = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low), _mm_and_si128(v, low));  // values 0..31
+    const float dw = _cvtsh_ss(wr[b].d.bits), mw = _cvtsh_ss(wr[b].m.bits);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const BlockQ8_0& xb = xr[std::size_t(r) * nb + b];
+      const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, q8_bytes(xb)), ones));
+      acc[r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dw * q8_d(xb)), acc[r]);
+      offset[r] += mw * sr[std::size_t(r) * nb + b];
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) y[std::size_t(r0 + r) * out + o] = hsum8(acc[r]) + offset[r];
+}
+
+// Columns [o0, o1) of y; o0 is a multiple of 8.
+void matmul_block(float* y, const Q8Rows* x, const PackedQ4_1* w, int rows, int in, int out, int o0, int o1) {
+  const int nb = in / kQ8Block, full = out / 8 * 8;
+  int o = o0;
+  for (; o + 8 <= std::min(o1, full); o += 8) {
+    const BlockQ4_1x8* g = w->groups.data() + std::size_t(o / 8) * nb;
+    over_rows(rows, [&]<int R>(int r0) { group_q4q8<R>(y, *x, g, nb, out, o, r0); });
+  }
+  for (; o < o1; ++o) {
+    const BlockQ4_1* wr = w->tail.data() + std::size_t(o - full) * nb;
+    over_rows(rows, [&]<int R>(int r0) { row_q4q8<R>(y, *x, wr, nb, out, o, r0); });
   }
 }
 
@@ -518,11 +612,20 @@ void widen_rows(float* dst, const PackedQ8_0* w, int in, int p0, int p1) {
     for (int b = 0; b < nb; ++b) widen_block(dst + b * kQ8Block, w->block(o, b), std::min(kQ8Block, in - b * kQ8Block));
 }
 
+void widen_rows(float* dst, const PackedQ4_1* w, int in, int p0, int p1) {
+  const int nb = in / kQ8Block;
+  for (int o = p0; o < p1; ++o, dst += in)
+    for (int b = 0; b < nb; ++b) {
+      const BlockQ4_1 blk = w->block(o, b);
+      for (int i = 0; i < kQ8Block; ++i) dst[b * kQ8Block + i] = q4_1_value(blk, i);
+    }
+}
+
 template <class W>
 void matmul_block(float* y, const float* x, const W* w, int rows, int in, int out, int o0, int o1) {
 #if defined(ABLATE_FEW_ROWS)
-  // (Q8_0 with few rows multiplies int8 inputs: matmul_block on Q8_0 x, above.)
-  if constexpr (!std::is_same_v<W, PackedQ8_0>)
+  // (Q8_0 and Q4_1 with few rows multiply int8 inputs: matmul_block on Q8_0 x, above.)
+  if constexpr (!std::is_same_v<W, PackedQ8_0> && !std::is_same_v<W, PackedQ4_1>)
     if (rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
 #endif
   constexpr int kPanel = 64;  // rows of w widened at once: 64 x in floats stay in L2
@@ -651,6 +754,32 @@ void matmul(float* y, const float* x, const PackedQ8_0& w, int rows, int in, int
   thread_local std::vector<float> xr;
   xr.resize(std::size_t(rows) * in);
   widen_rows(xr.data(), xq.data(), in, 0, rows);  // x's blocks laid out as w's rows are
+  matmul_any(y, xr.data(), &w, rows, in, out);
+}
+
+void matmul(float* y, const float* x, const PackedQ4_1& w, int rows, int in, int out) {
+  if (w.in != in || w.out != out) throw std::invalid_argument("matmul: the Q4_1 matrix is not [out][in]");
+  thread_local std::vector<BlockQ8_0> xq;
+  const int nb = in / kQ8Block;
+  xq.resize(std::size_t(rows) * nb);
+  quantize_q8_0_rows(xq.data(), x, rows, in);
+#if defined(ABLATE_Q8_INT8)
+  if (rows <= kFewRows) {
+    thread_local std::vector<float> xs;  // d * sum(q) of each of x's blocks
+    xs.resize(xq.size());
+    for (std::size_t i = 0; i < xq.size(); ++i) {
+      int sum = 0;
+      for (int v : xq[i].qs) sum += v;
+      xs[i] = to_float(xq[i].d) * float(sum);
+    }
+    const Q8Rows xr{xq.data(), xs.data()};
+    return matmul_any(y, &xr, &w, rows, in, out);
+  }
+#endif
+  // Many rows (prefill), or no AVX2: the widened-panel GEMM on x's blocks dequantized, as Q8_0.
+  thread_local std::vector<float> xr;
+  xr.resize(std::size_t(rows) * in);
+  widen_rows(xr.data(), xq.data(), in, 0, rows);
   matmul_any(y, xr.data(), &w, rows, in, out);
 }
 

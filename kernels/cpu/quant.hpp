@@ -103,6 +103,59 @@ inline PackedQ8_0 pack_q8_0(const std::vector<BlockQ8_0>& blocks, int out, int i
   return p;
 }
 
+// ---- Q4_1 and Q4_0 (dtype native: a GGUF file's own 4-bit blocks) ----------------------------
+// ggml's block_q4_1: 32 values as unsigned 4-bit q, value = d * q + m (d * q exact in fp32, one
+// rounding for + m, as ggml dequantizes); byte i holds value i in its low nibble and value i + 16
+// in its high one. block_q4_0 is the same with m = -8 d (value = d (q - 8)); q4_0_as_q4_1 rewrites
+// it so, exactly, and one kernel serves both (2 more bytes a block: 20 instead of 18).
+struct BlockQ4_1 {
+  Half d, m;
+  std::uint8_t qs[16];
+};
+struct BlockQ4_0 {
+  Half d;
+  std::uint8_t qs[16];
+};
+static_assert(sizeof(BlockQ4_1) == 20 && sizeof(BlockQ4_0) == 18, "Q4_1 / Q4_0 blocks are 20 / 18 bytes, as in GGUF");
+
+inline int q4_nibble(const std::uint8_t* qs, int i) { return i < 16 ? qs[i] & 0x0F : qs[i - 16] >> 4; }
+inline float q4_1_value(const BlockQ4_1& b, int i) { return float(q4_nibble(b.qs, i)) * to_float(b.d) + to_float(b.m); }
+
+// Throws std::invalid_argument when -8 d does not fit in fp16 (|d| >= 8188, no real checkpoint's).
+BlockQ4_1 q4_0_as_q4_1(const BlockQ4_0& b);
+
+// Q4_1 rows as the CPU matmul holds them, PackedQ8_0's design for 4-bit blocks: whole groups of 8
+// rows interleaved block by block, the last out % 8 rows as plain blocks. In a group block, the
+// 32-byte chunk k holds bytes 4k..4k+3 of each of the 8 rows' blocks, so its low nibbles are those
+// rows' values 4k..4k+3 and its high nibbles values 16+4k..16+4k+3: unsigned 4-bit values go
+// straight into vpmaddubsw against x's int8 values broadcast to all 8 lanes.
+struct BlockQ4_1x8 {
+  Half d[8], m[8];          // row j's scale and offset
+  std::uint8_t qs[8 * 16];  // qs[q8_0x8_index(j, i)]: byte i (< 16) of row j's block
+};
+static_assert(sizeof(BlockQ4_1x8) == 8 * sizeof(BlockQ4_1), "a group block holds 8 blocks' bytes");
+
+struct PackedQ4_1 {
+  int out = 0, in = 0;  // in: a multiple of 32 (GGUF stores whole blocks)
+  std::vector<BlockQ4_1x8> groups;  // [out / 8][in / 32]
+  std::vector<BlockQ4_1> tail;      // [out % 8][in / 32]
+  bool empty() const { return groups.empty() && tail.empty(); }
+  std::size_t bytes() const { return groups.size() * sizeof(BlockQ4_1x8) + tail.size() * sizeof(BlockQ4_1); }
+  BlockQ4_1 block(int o, int b) const {
+    const int nb = in / kQ8Block, full = out / 8 * 8;
+    if (o >= full) return tail[std::size_t(o - full) * nb + b];
+    const BlockQ4_1x8& g = groups[std::size_t(o / 8) * nb + b];
+    BlockQ4_1 r{};
+    r.d = g.d[o % 8], r.m = g.m[o % 8];
+    for (int i = 0; i < 16; ++i) r.qs[i] = g.qs[q8_0x8_index(o % 8, i)];
+    return r;
+  }
+};
+
+// blocks: [out][in / 32], row-major, as a GGUF Q4_1 tensor lies. Throws std::invalid_argument
+// unless in is a positive multiple of 32 and blocks.size() == out * in / 32.
+PackedQ4_1 pack_q4_1(const std::vector<BlockQ4_1>& blocks, int out, int in);
+
 // ---- fp8 e4m3 (OCP "E4M3FN": bias 7, no infinities, S.1111.111 is NaN, largest 448) --------------
 struct Fp8E4M3 {
   std::uint8_t bits;
