@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include "support.hpp"
+#include "support_model.hpp"
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <sstream>
 
@@ -24,6 +26,7 @@
 #include "backend/cpu_backend.hpp"
 #include "base/experiment_config.hpp"
 #include "config/load.hpp"
+#include "cpu/quant.hpp"
 #include "base/paths.hpp"
 #include "engine/engine.hpp"
 #include "experiment/runner.hpp"
@@ -125,28 +128,71 @@ void put16(std::vector<std::uint8_t>& b, std::uint16_t v) {
   b.push_back(static_cast<std::uint8_t>(v >> 8));
 }
 
-// A tiny llama model (dim 8, 1 layer, 2 heads / 1 KV head, FFN 16, vocab 10) in F32, from
-// synthetic weights; `extra` may add metadata or replace a tensor.
+// A matrix's values ([rows][cols], cols a multiple of 32 for the block types) in ggml type `type`
+// (F32, F16, Q8_0, Q4_1, Q4_0): the bytes a GGUF file holds.
+std::vector<std::uint8_t> encode(std::uint32_t type, const std::vector<float>& v, std::size_t cols) {
+  std::vector<std::uint8_t> b;
+  const auto nibbles = [&](const float* x, auto q_of) {  // byte j: value j low, value j + 16 high
+    for (int j = 0; j < 16; ++j) b.push_back(static_cast<std::uint8_t>(q_of(x[j]) | (q_of(x[j + 16]) << 4)));
+  };
+  switch (static_cast<GgmlType>(type)) {
+    case GgmlType::F32:
+      b.resize(v.size() * 4);
+      std::memcpy(b.data(), v.data(), b.size());
+      break;
+    case GgmlType::F16:
+      for (float x : v) put16(b, cpu::to_half(x).bits);
+      break;
+    case GgmlType::Q8_0: {
+      const auto q = cpu::quantize_q8_0(v.data(), static_cast<int>(v.size() / cols), static_cast<int>(cols));
+      b.resize(q.size() * sizeof(cpu::BlockQ8_0));
+      std::memcpy(b.data(), q.data(), b.size());
+      break;
+    }
+    case GgmlType::Q4_1:  // d = (max - min) / 15, m = min, as ggml's quantize_row_q4_1
+      for (std::size_t i = 0; i < v.size(); i += 32) {
+        const auto [lo, hi] = std::minmax_element(v.begin() + std::ptrdiff_t(i), v.begin() + std::ptrdiff_t(i + 32));
+        const cpu::Half d = cpu::to_half((*hi - *lo) / 15.0f), m = cpu::to_half(*lo);
+        put16(b, d.bits), put16(b, m.bits);
+        nibbles(&v[i], [&](float x) { return std::clamp(int(std::lround((x - cpu::to_float(m)) / cpu::to_float(d))), 0, 15); });
+      }
+      break;
+    case GgmlType::Q4_0:  // d = max|x| / 7, q = round(x / d) + 8
+      for (std::size_t i = 0; i < v.size(); i += 32) {
+        float amax = 0.0f;
+        for (std::size_t j = i; j < i + 32; ++j) amax = std::max(amax, std::abs(v[j]));
+        const cpu::Half d = cpu::to_half(amax / 7.0f);
+        put16(b, d.bits);
+        nibbles(&v[i], [&](float x) { return std::clamp(int(std::lround(x / cpu::to_float(d))) + 8, 0, 15); });
+      }
+      break;
+    default: FAIL("encode: type " << type);
+  }
+  return b;
+}
+
+// A tiny llama model (by default dim 8, 1 layer, 2 heads / 1 KV head, FFN 16, vocab 10) from
+// synthetic weights; its matrices in F32 unless `type_of` names another type for a tensor.
 struct TinyModel {
   ModelShape shape;
   Weights w;
   GgufBuilder g;
-  TinyModel() {
+  explicit TinyModel(int dim = 8, int hidden = 16, int vocab = 10) {
     shape.name = "tinygguf";
-    shape.dim = 8;
-    shape.hidden_dim = 16;
+    shape.dim = dim;
+    shape.hidden_dim = hidden;
     shape.n_layers = 1;
     shape.n_heads = 2;
     shape.n_kv_heads = 1;
-    shape.vocab_size = 10;
+    shape.vocab_size = vocab;
     shape.max_seq_len = 64;
     shape.tied_embeddings = false;
     w = synthetic_weights(shape, 5);
   }
   void metadata(const std::string& arch = "llama") {
     g.kv_string("general.architecture", arch);
-    g.kv_u32("llama.embedding_length", 8);
-    g.kv_u32("llama.feed_forward_length", 16);
+    g.kv_u32("llama.embedding_length", static_cast<std::uint32_t>(shape.dim));
+    g.kv_u32("llama.feed_forward_length", static_cast<std::uint32_t>(shape.hidden_dim));
     g.kv_u32("llama.block_count", 1);
     g.kv_u32("llama.attention.head_count", 2);
     g.kv_u32("llama.attention.head_count_kv", 1);
@@ -154,21 +200,26 @@ struct TinyModel {
     g.kv_f32("llama.rope.freq_base", 500.0f);
     g.kv_f32("llama.attention.layer_norm_rms_epsilon", 1e-6f);
   }
-  void tensors() {
-    const std::uint64_t d = 8, kv = 4, h = 16, V = 10;
+  void tensors(const std::function<GgmlType(const std::string&)>& type_of = {}) {
+    const auto d = static_cast<std::uint64_t>(shape.dim), kv = static_cast<std::uint64_t>(shape.kv_dim()),
+               h = static_cast<std::uint64_t>(shape.hidden_dim), V = static_cast<std::uint64_t>(shape.vocab_size);
     const auto& L = w.layers[0];
+    const auto matrix = [&](const std::string& name, std::vector<std::uint64_t> dims, const std::vector<float>& v) {
+      const auto type = static_cast<std::uint32_t>(type_of ? type_of(name) : GgmlType::F32);
+      g.tensor(name, dims, type, encode(type, v, dims[0]));
+    };
     g.tensor_f32("token_embd.weight", {d, V}, w.token_embedding);
     g.tensor_f32("blk.0.attn_norm.weight", {d}, L.rms_att);
-    g.tensor_f32("blk.0.attn_q.weight", {d, d}, L.wq);
-    g.tensor_f32("blk.0.attn_k.weight", {d, kv}, L.wk);
-    g.tensor_f32("blk.0.attn_v.weight", {d, kv}, L.wv);
-    g.tensor_f32("blk.0.attn_output.weight", {d, d}, L.wo);
+    matrix("blk.0.attn_q.weight", {d, d}, L.wq);
+    matrix("blk.0.attn_k.weight", {d, kv}, L.wk);
+    matrix("blk.0.attn_v.weight", {d, kv}, L.wv);
+    matrix("blk.0.attn_output.weight", {d, d}, L.wo);
     g.tensor_f32("blk.0.ffn_norm.weight", {d}, L.rms_ffn);
-    g.tensor_f32("blk.0.ffn_gate.weight", {d, h}, L.w1);
-    g.tensor_f32("blk.0.ffn_down.weight", {h, d}, L.w2);
-    g.tensor_f32("blk.0.ffn_up.weight", {d, h}, L.w3);
+    matrix("blk.0.ffn_gate.weight", {d, h}, L.w1);
+    matrix("blk.0.ffn_down.weight", {h, d}, L.w2);
+    matrix("blk.0.ffn_up.weight", {d, h}, L.w3);
     g.tensor_f32("output_norm.weight", {d}, w.rms_final);
-    g.tensor_f32("output.weight", {d, V}, w.classifier);
+    matrix("output.weight", {d, V}, w.classifier);
   }
 };
 
@@ -306,6 +357,54 @@ TEST_CASE("GGUF: a llama file maps to Weights tensor by tensor", "[gguf]") {
   CHECK(w.rms_final == m.w.rms_final);
   CHECK(w.classifier == m.w.classifier);
   std::filesystem::remove(path);
+}
+
+TEST_CASE("dtype native: a GGUF's F32, F16 and Q8_0 matrices run as stored, bit for bit the dtype they convert to", "[gguf][native]") {
+  const std::vector<int> toks = {1, 7, 3, 22, 9, 4, 39};
+  for (auto [type, dtype] : {std::pair{GgmlType::F32, "fp32"}, {GgmlType::F16, "fp16"}, {GgmlType::Q8_0, "q8_0"}}) {
+    INFO(dtype);
+    TinyModel m(32, 64, 40);
+    m.metadata();
+    m.tensors([t = type](const std::string&) { return t; });
+    const auto bytes = m.g.build();
+    const GgufFile f(bytes.data(), bytes.size(), "native.gguf");
+    const Weights kept = load_gguf(f, true);
+    CHECK(kept.layers[0].wq.empty());  // kept as stored, not also in fp32
+    CHECK(kept.layers[0].stored.wq.ggml_type == static_cast<std::uint32_t>(type));
+    CHECK(kept.stored_lm_head.rows == 40);
+    CpuBackend native(load_gguf(f, true), "native"), converted(load_gguf(f), dtype);
+    CHECK(native.matrix_bytes() == converted.matrix_bytes());
+    CHECK(test::all_logits(native, toks) == test::all_logits(converted, toks));
+  }
+}
+
+TEST_CASE("dtype native: Q4_1 and Q4_0 matrices as Q4_1 blocks, a fused matrix of mixed types in fp32, near the fp32 pass",
+          "[gguf][native]") {
+  TinyModel m(32, 64, 40);
+  m.metadata();
+  m.tensors([](const std::string& name) {
+    if (name == "blk.0.attn_q.weight" || name == "blk.0.attn_output.weight") return GgmlType::Q4_0;
+    if (name == "output.weight") return GgmlType::Q8_0;
+    return GgmlType::Q4_1;
+  });
+  const auto bytes = m.g.build();
+  const GgufFile f(bytes.data(), bytes.size(), "native4.gguf");
+  CpuBackend native(load_gguf(f, true), "native"), fp32(load_gguf(f), "fp32");
+  // [wq; wk; wv] mixes Q4_0 and Q4_1: fp32. wo (Q4_0) 32 rows of one 20-byte block as Q4_1; [w1; w3]
+  // 128 rows of one; w2 32 rows of two; the LM head 40 rows of one 34-byte Q8_0 block.
+  CHECK(native.matrix_bytes() == 64 * 32 * 4 + 32 * 20 + 128 * 20 + 32 * 2 * 20 + 40 * 34);
+  const std::vector<int> toks = {1, 7, 3, 22, 9, 4, 39};
+  const auto a = test::all_logits(native, toks), b = test::all_logits(fp32, toks);
+  double scale = 0;
+  for (float v : b) scale = std::max(scale, double(std::abs(v)));
+  // The same weight values; native also rounds each matmul's input to 8 bits per 32 values (Q8_0),
+  // about 1/254 of a block's largest value each, which moves these logits by a few percent at most (measured 1.6 %).
+  const double diff = test::max_abs_diff(a, b);
+  CHECK(diff > 1e-5 * scale);
+  CHECK(diff < 0.05 * scale);
+  WARN("native vs fp32 of the same values: max |logit difference| " << diff << " of max |logit| " << scale);
+  // Without the file's encoding there is nothing to run natively.
+  CHECK_THROWS_WITH(CpuBackend(load_gguf(f), "native"), Catch::Contains("keep_stored"));
 }
 
 TEST_CASE("GGUF: truncated and malformed files are clear errors naming the file and field", "[gguf]") {

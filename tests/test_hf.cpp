@@ -34,8 +34,11 @@
 #include "sched/static_scheduler.hpp"
 #include "speculative/no_drafter.hpp"
 #include "support.hpp"
+#include "support_model.hpp"
 
 using namespace ablate;
+using test::all_logits;
+using test::max_abs_diff;
 namespace fs = std::filesystem;
 
 namespace {
@@ -86,18 +89,6 @@ ModelConfig hf_config(const fs::path& folder) {
   return m;
 }
 
-// Logits of every position of `toks` in one prefill pass.
-std::vector<float> all_logits(CpuBackend& be, const std::vector<int>& toks) {
-  const int n = static_cast<int>(toks.size());
-  ContiguousKvCache kv(be.shape(), std::size_t(64) << 20, n, ContiguousKvCache::Reserve::MaxSeqLen);
-  REQUIRE(kv.admit(0, n, 0));
-  REQUIRE(kv.ensure(0, n));
-  NaiveAttention att;
-  ForwardBatch b;
-  b.chunks.push_back({0, 0, toks, true});
-  return be.forward(b, kv, att);
-}
-
 // Greedy continuation of `prompt` through the engine (KV cache, one token a step).
 std::vector<int> greedy(CpuBackend& be, const std::vector<int>& prompt, int n) {
   ContiguousKvCache kv(be.shape(), std::size_t(64) << 20, static_cast<int>(prompt.size()) + n, ContiguousKvCache::Reserve::MaxSeqLen);
@@ -106,13 +97,6 @@ std::vector<int> greedy(CpuBackend& be, const std::vector<int>& prompt, int n) {
   NoDrafter none;
   std::vector<Request> reqs{{0, 0.0, prompt, n}};
   return run_engine({be, kv, sched, att, none}, reqs, EngineOptions{}).output_tokens.at(0);
-}
-
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  double worst = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(double(a[i]) - double(b[i])));
-  return worst;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -267,6 +251,10 @@ void check_synthetic(const SyntheticCase& c) {
   else CHECK(gguf_vs_hf < 1e-4);  // logits up to ~40: a few float ulps
   CHECK(greedy(be_gguf, prompt, static_cast<int>(gen.size())) == gen);
   WARN(c.kind << " GGUF vs HF folder: max |logit difference| " << gguf_vs_hf);
+  // dtype native keeps this F32 file's matrices as they are (qwen2: Q/K rows reordered as bytes):
+  // the fp32 pass's bits.
+  CpuBackend be_native(load_gguf(GgufFile((folder / "model.gguf").string()), true), "native");
+  CHECK(all_logits(be_native, toks) == all_logits(be_gguf, toks));
 }
 
 }  // namespace
