@@ -1,5 +1,7 @@
 // One forward step of the whole model on the CPU backend, smollm2-135m shape (synthetic weights),
-// for each weight dtype (fp32, bf16, fp16, q8_0): decode at batch 1 and 16, and a 512-token prefill,
+// for each weight dtype (fp32, bf16, fp16, q8_0; native: the real SmolLM2-135M-Instruct Q4_1
+// GGUF's own blocks, Q4_1 layers and a Q8_0 LM head, when models/ has it): decode at batch 1 and
+// 16, and a 512-token prefill,
 // against the bandwidth roofline measured in the same run: a decode step must read every matrix
 // once, so tokens/s <= read bandwidth / bytes a step reads * batch (roofline_frac = the fraction
 // of that reached; q8_0's bytes include its fp16 block scales).
@@ -14,12 +16,17 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <string>
 #include <map>
 #include <memory>
 #include <vector>
 
 #include "attention/naive_attention.hpp"
 #include "backend/cpu_backend.hpp"
+#include "base/experiment_config.hpp"
+#include "base/paths.hpp"
+#include "model/weights.hpp"
 #include "kv/contiguous_kv.hpp"
 #include "read_bandwidth.hpp"
 
@@ -28,12 +35,19 @@ using bench::measure_read_bandwidth;
 
 namespace {
 
-const char* kDtypes[] = {"fp32", "bf16", "fp16", "q8_0"};
+const char* kDtypes[] = {"fp32", "bf16", "fp16", "q8_0", "native"};
 const char* kKvDtypes[] = {"fp32", "bf16", "fp16", "fp8_e4m3", "int8"};
 CpuBackend& smollm2(int dtype, int kv_dtype) {
   static std::map<std::pair<int, int>, std::unique_ptr<CpuBackend>> backends;
   auto& b = backends[{dtype, kv_dtype}];
-  if (!b) b = std::make_unique<CpuBackend>(synthetic_weights(*find_preset("smollm2-135m"), 0), kDtypes[dtype], kKvDtypes[kv_dtype]);
+  if (!b) {
+    ModelConfig real;  // native needs a file's own encoding: the real model (same shape, same speed)
+    real.source = "gguf";
+    real.gguf = (project_root() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").string();
+    const bool native = std::string(kDtypes[dtype]) == "native";
+    b = std::make_unique<CpuBackend>(native ? load_weights(real, true) : synthetic_weights(*find_preset("smollm2-135m"), 0),
+                                     kDtypes[dtype], kKvDtypes[kv_dtype]);
+  }
   return *b;
 }
 
@@ -41,6 +55,10 @@ void BM_Forward(benchmark::State& state) {
   const int batch = static_cast<int>(state.range(0)), context = static_cast<int>(state.range(1));
   const int dtype = static_cast<int>(state.range(2)), prefill = static_cast<int>(state.range(3));
   const int kv_dtype = static_cast<int>(state.range(4));
+  if (std::string(kDtypes[dtype]) == "native" && !std::filesystem::exists(project_root() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")) {
+    state.SkipWithError("native needs models/SmolLM2-135M-Instruct.Q4_1.gguf (experiments/fetch_smollm2.sh)");
+    return;
+  }
   CpuBackend& be = smollm2(dtype, kv_dtype);
   const ModelShape& s = be.shape();
   const int tokens_per_seq = prefill > 0 ? prefill : 1;
@@ -89,7 +107,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("read_GBps", std::to_string(read_bandwidth / 1e9));
   auto* b = benchmark::RegisterBenchmark("BM_Forward/smollm2-135m", BM_Forward);
   b->ArgNames({"batch", "context", "dtype", "prefill", "kv"})->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(1.0);
-  for (int d = 0; d < 4; ++d) {  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0; fp32 KV
+  for (int d = 0; d < 5; ++d) {  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0, 4 native; fp32 KV
     b->Args({1, 64, d, 0, 0})->Args({16, 64, d, 0, 0})->Args({1, 512, d, 0, 0});
     b->Args({1, 0, d, 512, 0});  // a 512-token prompt
   }
