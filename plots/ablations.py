@@ -182,7 +182,7 @@ def precision_weights_figure():
     df = read("precision", "summary.csv").sort_values(["point", "repeat"])
     fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
     markers = {1: "o", 8: "s"}
-    colors = {"fp32": "black", "bf16": "tab:blue", "fp16": "tab:green", "q8_0": "tab:orange"}
+    colors = {"fp32": "black", "bf16": "tab:blue", "fp16": "tab:green", "q8_0": "tab:orange", "native": "tab:red"}
     for (dtype, batch), part in df.groupby(["dtype", "scheduler.max_batch"], sort=False):
         g = per_point(part, "output_throughput", ["dtype"])
         kl = max(float(part["quality_kl"].median()), 1e-8)  # fp32's 0 drawn at the axis floor

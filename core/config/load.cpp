@@ -628,7 +628,7 @@ struct SimpleRule {
 const std::vector<BackendPrecision>& backend_precisions() {
   static const std::vector<BackendPrecision> table = {
       {"cpu", {"fp32", "bf16", "fp16", "q8_0", "native"}, {"auto", "fp32", "bf16", "fp16", "fp8_e4m3", "int8"},
-       "any kv.dtype with any dtype; auto = fp32"},
+       "any kv.dtype with any dtype; auto = fp32; native: model.source gguf"},
       {"cuda", {"fp32", "bf16", "fp16"}, {"auto", "fp32", "bf16", "fp16", "fp8_e4m3"},
        "any of these kv.dtype with any dtype; auto = the weights' dtype; attention flash / flash_split: not fp32"},
   };

@@ -20,9 +20,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       } catch (const std::exception&) {
       }
     }
-    try {
-      (void)ablate::load_gguf(f);
-    } catch (const std::exception&) {
+    for (bool keep_stored : {false, true}) {  // keep_stored: dtype native's raw matrices
+      try {
+        (void)ablate::load_gguf(f, keep_stored);
+      } catch (const std::exception&) {
+      }
     }
     try {
       const ablate::BpeTokenizer tok(f);
