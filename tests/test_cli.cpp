@@ -617,8 +617,8 @@ TEST_CASE("cli: list and help", "[cli]") {
   CHECK(l.status == 0);
   for (const char* s : {"batching", "kv.layout", "attention", "speculative.draft", "smollm2-135m", "kv.memory_mb",
                         "slo.preset", "interactive   ttft_ms   450  tpot_ms   40",
-                        "cpu   dtype fp32, bf16, fp16, q8_0 kv.dtype auto, fp32, bf16, fp16, fp8_e4m3, int8",
-                        "cuda  dtype fp32, bf16, fp16       kv.dtype auto, fp32, bf16, fp16, fp8_e4m3"})
+                        "cpu   dtype fp32, bf16, fp16, q8_0, native kv.dtype auto, fp32, bf16, fp16, fp8_e4m3, int8",
+                        "cuda  dtype fp32, bf16, fp16               kv.dtype auto, fp32, bf16, fp16, fp8_e4m3"})
     CHECK_THAT(l.out, Contains(s));
   CHECK(sb.ablate("run --help").status == 0);
   CHECK(sb.ablate("").status != 0);

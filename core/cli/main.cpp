@@ -42,7 +42,7 @@ void print_list() {
   }
   std::cout << "\nPrecision per backend (dtype: weights; kv.dtype: K/V elements):\n";
   for (const auto& p : backend_precisions())
-    std::cout << fmt::format("  {:<5} dtype {:<22} kv.dtype {}\n        ({})\n", p.backend, fmt::format("{}", fmt::join(p.dtypes, ", ")),
+    std::cout << fmt::format("  {:<5} dtype {:<30} kv.dtype {}\n        ({})\n", p.backend, fmt::format("{}", fmt::join(p.dtypes, ", ")),
                              fmt::format("{}", fmt::join(p.kv_dtypes, ", ")), p.kv_note);
   std::cout << "\nModel presets (model.preset):\n";
   for (const auto& name : preset_names()) {
