@@ -1,5 +1,6 @@
 // Kernel benchmarks against the physical limit. matmul at rows=1 only streams its weights, so
-// weight bytes / time (in the stored dtype: fp32, bf16, fp16, Q8_0 with its scales) is compared
+// weight bytes / time (in the stored dtype: fp32, bf16, fp16, Q8_0 with its scales, Q4_1 with its
+// scales and offsets) is compared
 // with the host's read bandwidth, measured just before each benchmark (read_GBps, roofline_frac).
 // Weights rotate through as many copies as smollm2-135m has weights (ABLATE_BENCH_ARENA_MB of fp32,
 // default 540), so each matrix is re-read after as many bytes as in a real decode step in its dtype
@@ -91,6 +92,7 @@ struct MatmulCopies {
   std::vector<cpu::Bf16> bf16;
   std::vector<cpu::Half> f16;
   std::vector<cpu::PackedQ8_0> q8;
+  std::vector<cpu::PackedQ4_1> q4;
   MatmulCopies(int dtype, int in, int out) : wn(std::size_t(in) * out) {
     count = std::max<std::size_t>(1, arena().floats / wn);
     const float* w = arena().slice(wn, 0);
@@ -106,6 +108,8 @@ struct MatmulCopies {
       repeat(f16, cpu::to_half);
     } else if (dtype == 3) {
       q8.assign(count, cpu::pack_q8_0(cpu::quantize_q8_0(w, out, in), out, in));
+    } else if (dtype == 4) {
+      q4.assign(count, cpu::pack_q4_1(cpu::quantize_q4_1(w, out, in), out, in));
     }
   }
 };
@@ -123,11 +127,15 @@ void BM_Matmul(benchmark::State& state) {
       case 0: cpu::matmul(y.data(), x.data(), arena().slice(wn, c), rows, in, out); break;
       case 1: cpu::matmul(y.data(), x.data(), copies.bf16.data() + c * wn, rows, in, out); break;
       case 2: cpu::matmul(y.data(), x.data(), copies.f16.data() + c * wn, rows, in, out); break;
-      default: cpu::matmul(y.data(), x.data(), copies.q8[c], rows, in, out); break;
+      case 3: cpu::matmul(y.data(), x.data(), copies.q8[c], rows, in, out); break;
+      default: cpu::matmul(y.data(), x.data(), copies.q4[c], rows, in, out); break;
     }
     benchmark::DoNotOptimize(y.data());
   }
-  const double bytes = dtype == 0 ? 4.0 * wn : dtype == 3 ? double(copies.q8[0].bytes()) : 2.0 * wn;
+  const double bytes = dtype == 0   ? 4.0 * wn
+                       : dtype == 3 ? double(copies.q8[0].bytes())
+                       : dtype == 4 ? double(copies.q4[0].bytes())
+                                    : 2.0 * wn;
   set_rate_counters(state, bytes, 2.0 * rows * wn, bw);
 }
 
@@ -228,10 +236,10 @@ void BM_AttentionNaive(benchmark::State& state) {
 }
 
 void matmul_args(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0
+  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0, 4 Q4_1 (native)
   const std::pair<int, int> shapes[] = {{kDim, kDim}, {kDim, kKvDim}, {kDim, kHidden}, {kHidden, kDim}, {kDim, kVocab}};
   for (int rows : {1, 5, 16})
-    for (int dtype = 0; dtype < 4; ++dtype)
+    for (int dtype = 0; dtype < 5; ++dtype)
       if (rows != 5 || dtype == 0)
         for (auto [in, out] : shapes) b->Args({rows, in, out, dtype});
 }

@@ -149,14 +149,12 @@ std::vector<std::uint8_t> encode(std::uint32_t type, const std::vector<float>& v
       std::memcpy(b.data(), q.data(), b.size());
       break;
     }
-    case GgmlType::Q4_1:  // d = (max - min) / 15, m = min, as ggml's quantize_row_q4_1
-      for (std::size_t i = 0; i < v.size(); i += 32) {
-        const auto [lo, hi] = std::minmax_element(v.begin() + std::ptrdiff_t(i), v.begin() + std::ptrdiff_t(i + 32));
-        const cpu::Half d = cpu::to_half((*hi - *lo) / 15.0f), m = cpu::to_half(*lo);
-        put16(b, d.bits), put16(b, m.bits);
-        nibbles(&v[i], [&](float x) { return std::clamp(int(std::lround((x - cpu::to_float(m)) / cpu::to_float(d))), 0, 15); });
-      }
+    case GgmlType::Q4_1: {
+      const auto q = cpu::quantize_q4_1(v.data(), static_cast<int>(v.size() / cols), static_cast<int>(cols));
+      b.resize(q.size() * sizeof(cpu::BlockQ4_1));
+      std::memcpy(b.data(), q.data(), b.size());
       break;
+    }
     case GgmlType::Q4_0:  // d = max|x| / 7, q = round(x / d) + 8
       for (std::size_t i = 0; i < v.size(); i += 32) {
         float amax = 0.0f;

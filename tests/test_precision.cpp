@@ -158,6 +158,16 @@ TEST_CASE("Q4_1 and Q4_0 blocks: pack_q4_1 keeps every block, and Q4_0 as Q4_1 k
         }
     }
   CHECK_THROWS_WITH(cpu::pack_q4_1(std::vector<cpu::BlockQ4_1>(3), 1, 96 + 16), Catch::Contains("positive multiple of 32"));
+  // quantize_q4_1 (ggml's rule): each value within half a step of the original, plus the fp16
+  // rounding of the scale (times at most 15 steps) and of the offset.
+  const auto x = random_vec(5 * 64, rng, -3.0f, 2.0f);
+  const auto q = cpu::quantize_q4_1(x.data(), 5, 64);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const cpu::BlockQ4_1& b = q[i / 32];
+    const float d = cpu::to_float(b.d), m = cpu::to_float(b.m);
+    CHECK(std::abs(x[i] - cpu::q4_1_value(b, int(i % 32))) <= 0.5f * d + 15.0f * d * 0x1p-11f + std::abs(m) * 0x1p-11f + 1e-6f);
+  }
+  CHECK_THROWS_WITH(cpu::quantize_q4_1(x.data(), 1, 48), Catch::Contains("multiple of 32"));
   // Every Q4_0 block of a few scales: the Q4_1 form gives ggml's Q4_0 values bit for bit.
   for (float d : {0.0f, 1e-4f, 0.0371f, -0.5f, 3.0f, 8000.0f}) {
     std::uint8_t raw[18];

@@ -1,4 +1,5 @@
 // The 4-bit weight blocks' conversions (quant.hpp).
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -16,6 +17,21 @@ BlockQ4_1 q4_0_as_q4_1(const BlockQ4_0& b) {
   r.m = to_half(-8.0f * d);  // a power-of-two multiple: exact
   std::memcpy(r.qs, b.qs, sizeof r.qs);
   return r;
+}
+
+std::vector<BlockQ4_1> quantize_q4_1(const float* w, int rows, int in) {
+  if (in <= 0 || in % kQ8Block != 0) throw std::invalid_argument("quantize_q4_1: " + std::to_string(in) + " values a row is not a positive multiple of 32");
+  std::vector<BlockQ4_1> out(std::size_t(rows) * (in / kQ8Block));
+  for (std::size_t b = 0; b < out.size(); ++b) {
+    const float* x = w + b * kQ8Block;
+    float lo = x[0], hi = x[0];
+    for (int i = 1; i < kQ8Block; ++i) lo = std::min(lo, x[i]), hi = std::max(hi, x[i]);
+    const float d = (hi - lo) / 15.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    out[b].d = to_half(d), out[b].m = to_half(lo);
+    const auto q = [&](float v) { return std::min(15, static_cast<int>((v - lo) * id + 0.5f)); };
+    for (int i = 0; i < 16; ++i) out[b].qs[i] = static_cast<std::uint8_t>(q(x[i]) | (q(x[i + 16]) << 4));
+  }
+  return out;
 }
 
 PackedQ4_1 pack_q4_1(const std::vector<BlockQ4_1>& blocks, int out, int in) {

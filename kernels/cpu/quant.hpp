@@ -121,6 +121,10 @@ static_assert(sizeof(BlockQ4_1) == 20 && sizeof(BlockQ4_0) == 18, "Q4_1 / Q4_0 b
 inline int q4_nibble(const std::uint8_t* qs, int i) { return i < 16 ? qs[i] & 0x0F : qs[i - 16] >> 4; }
 inline float q4_1_value(const BlockQ4_1& b, int i) { return float(q4_nibble(b.qs, i)) * to_float(b.d) + to_float(b.m); }
 
+// rows x in values (in a multiple of 32) as Q4_1 blocks by ggml's rule: per block d = (max - min) / 15,
+// m = min, q = min(15, int((x - min) / d + 0.5)) (the benchmarks' and tests' Q4_1 matrices).
+std::vector<BlockQ4_1> quantize_q4_1(const float* w, int rows, int in);
+
 // Throws std::invalid_argument when -8 d does not fit in fp16 (|d| >= 8188, no real checkpoint's).
 BlockQ4_1 q4_0_as_q4_1(const BlockQ4_0& b);
 
