@@ -663,19 +663,22 @@ TEST_CASE("SmolLM2: incremental greedy decoding through the engine reproduces th
   CHECK(smollm2_tokenizer().decode(rec.output_tokens.at(0)).find("Paris") != std::string::npos);
 }
 
-TEST_CASE("ablate generate continues \"The capital of France is\" with Paris", "[gguf][smollm2][cli]") {
+TEST_CASE("ablate generate continues \"The capital of France is\" with Paris, in fp32 and in the file's own Q4_1 blocks",
+          "[gguf][smollm2][cli]") {
   if (!have_smollm2()) return;
-  const std::string cmd = "OMP_NUM_THREADS=1 " + std::string(ABLATE_BINARY) + " generate --model '" + smollm2_path().string() +
-                          "' --prompt 'The capital of France is' -n 4 2>/dev/null";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  std::string out;
-  char buf[256];
-  while (std::size_t k = std::fread(buf, 1, sizeof buf, p)) out.append(buf, k);
-  const int rc = pclose(p);
-  INFO("command: " << cmd << "\noutput: " << out);
-  CHECK(rc == 0);
-  CHECK(out.find("Paris") != std::string::npos);
+  for (const char* dtype : {"fp32", "native"}) {
+    const std::string cmd = "OMP_NUM_THREADS=1 " + std::string(ABLATE_BINARY) + " generate --model '" + smollm2_path().string() +
+                            "' --prompt 'The capital of France is' -n 4 --dtype " + dtype + " 2>/dev/null";
+    FILE* p = popen(cmd.c_str(), "r");
+    REQUIRE(p);
+    std::string out;
+    char buf[256];
+    while (std::size_t k = std::fread(buf, 1, sizeof buf, p)) out.append(buf, k);
+    const int rc = pclose(p);
+    INFO("command: " << cmd << "\noutput: " << out);
+    CHECK(rc == 0);
+    CHECK(out.find("Paris") != std::string::npos);
+  }
 }
 
 TEST_CASE("config: model.source gguf needs model.gguf, an existing llama GGUF", "[gguf][config]") {

@@ -62,6 +62,7 @@ void print_list() {
 
 struct GenerateOptions {
   std::string model, tokenizer, prompt;
+  std::string dtype = "fp32";
   int n = 64;
   double temperature = 0.0;
   double top_p = 1.0;
@@ -82,7 +83,8 @@ int generate(const GenerateOptions& o) {
     throw std::runtime_error(o.model + ": not a .gguf file or a Hugging Face folder; a llama2.c checkpoint needs --tokenizer");
   const auto t0 = std::chrono::steady_clock::now();
   const auto tok = load_tokenizer(cfg);
-  CpuBackend backend(load_weights(cfg));
+  if (o.dtype == "native" && !gguf) throw std::runtime_error(o.model + ": --dtype native keeps a GGUF file's own blocks; this model is not a .gguf");
+  CpuBackend backend(load_weights(cfg, o.dtype == "native"), o.dtype);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const ModelShape& s = backend.shape();
   std::vector<int> prompt = tok->tokenize(o.prompt);
@@ -114,8 +116,8 @@ int generate(const GenerateOptions& o) {
   for (int t : out) text += tok->token_text(prev, t), prev = t;
   std::cout << text << std::endl;
   const auto& r = rec.requests.at(0);
-  std::cerr << fmt::format("[{}: loaded in {:.2f} s; prompt {} tokens, TTFT {:.1f} ms; {} tokens generated{}; decode {:.1f} tok/s]\n",
-                           s.name, load_s, prompt.size(), r.ttft() * 1e3, r.output_len, stopped ? " (stopped at EOS)" : "",
+  std::cerr << fmt::format("[{} ({}): loaded in {:.2f} s; prompt {} tokens, TTFT {:.1f} ms; {} tokens generated{}; decode {:.1f} tok/s]\n",
+                           s.name, o.dtype, load_s, prompt.size(), r.ttft() * 1e3, r.output_len, stopped ? " (stopped at EOS)" : "",
                            r.has_tpot() ? 1.0 / r.tpot() : 0.0);
   return 0;
 }
@@ -180,6 +182,8 @@ int main(int argc, char** argv) {
         try { x = std::stod(v); } catch (const std::exception&) { return "--top-p: not a number: " + v; }
         return x > 0.0 && x <= 1.0 ? "" : "--top-p: " + v + " is out of range; allowed: (0, 1], as sampling.top_p";
       }, "(0, 1]"));
+  generate_cmd->add_option("--dtype", gen.dtype, "weight precision, as the config's dtype (default fp32)")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16", "q8_0", "native"}));
   generate_cmd->add_option("--seed", gen.seed, "sampling seed (default 0)");
   generate_cmd->add_flag("--no-stop", gen.no_stop, "keep going past the end-of-sequence token");
 
