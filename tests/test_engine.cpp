@@ -153,6 +153,7 @@ struct SamplingSpy final : Backend {
   std::string device_name() const override { return inner.device_name(); }
   const ModelShape& shape() const override { return inner.shape(); }
   std::size_t weights_bytes() const override { return inner.weights_bytes(); }
+  double bits_per_weight() const override { return inner.bits_per_weight(); }
   const std::vector<float>& forward(const ForwardBatch& b, KvCache& kv, Attention& a) override {
     return inner.forward(b, kv, a);
   }

@@ -391,6 +391,7 @@ TEST_CASE("dtype native: Q4_1 and Q4_0 matrices as Q4_1 blocks, a fused matrix o
   // [wq; wk; wv] mixes Q4_0 and Q4_1: fp32. wo (Q4_0) 32 rows of one 20-byte block as Q4_1; [w1; w3]
   // 128 rows of one; w2 32 rows of two; the LM head 40 rows of one 34-byte Q8_0 block.
   CHECK(native.matrix_bytes() == 64 * 32 * 4 + 32 * 20 + 128 * 20 + 32 * 2 * 20 + 40 * 34);
+  CHECK(native.bits_per_weight() == Approx(8.0 * native.matrix_bytes() / (64 * 32 + 32 * 32 + 128 * 32 + 32 * 64 + 40 * 32)));
   const std::vector<int> toks = {1, 7, 3, 22, 9, 4, 39};
   const auto a = test::all_logits(native, toks), b = test::all_logits(fp32, toks);
   double scale = 0;
@@ -541,6 +542,22 @@ TEST_CASE("BPE: encode/decode round-trips arbitrary UTF-8 and bytes", "[gguf][to
     }
     REQUIRE(tok.decode(tok.encode(s)) == s);
   }
+}
+
+TEST_CASE("SmolLM2: dtype native holds the file's own bytes, Q4_1 layers and the Q8_0 token_embd as LM head", "[gguf][smollm2][native]") {
+  if (!have_smollm2()) return;
+  const GgufFile f(smollm2_path().string());
+  std::size_t file_bytes = 0, weights = 0;
+  for (const auto& t : f.tensors())
+    if (t.dims.size() == 2 && (t.name.rfind("blk.", 0) == 0 || t.name == "token_embd.weight")) {
+      CHECK(ggml_type_name(t.type) == (t.name == "token_embd.weight" ? "Q8_0" : "Q4_1"));
+      file_bytes += t.n_bytes, weights += t.n_elements;
+    }
+  const CpuBackend native(load_gguf(f, true), "native");
+  CHECK(native.matrix_bytes() == file_bytes);  // packed, not converted: the same bytes
+  CHECK(native.bits_per_weight() == Approx(8.0 * double(file_bytes) / double(weights)));
+  CHECK(native.bits_per_weight() > 5.0);
+  CHECK(native.bits_per_weight() < 8.5);
 }
 
 TEST_CASE("SmolLM2: GGUF metadata gives the documented shape", "[gguf][smollm2]") {

@@ -283,6 +283,10 @@ TEST_CASE("dtype q8_0 on the CPU: int8 inputs times int8 weights, near the fp32 
   }
   CHECK(full.matrix_bytes() == weights * 4);
   CHECK(q8.matrix_bytes() == blocks * 34);
+  // bits_per_weight: the same bytes over the weights (w2's rows end in a zero-padded block).
+  CHECK(full.bits_per_weight() == 32.0);
+  CHECK(q8.bits_per_weight() == Approx(8.0 * double(blocks * 34) / double(weights)).epsilon(1e-12));
+  CHECK(CpuBackend(w, "bf16").bits_per_weight() == 16.0);
 }
 
 // ---- KV-cache element types ------------------------------------------------------------------

@@ -55,6 +55,7 @@ RunRecords sample_run() {
   r.steps = {step(0, 1.0, 2, 1, 1000, 500), step(1, 3.0, 4, 0, 2000, 1800)};
   r.steps[1].kv_blocks_shared = 3;
   r.facts.weights_bytes = 123;
+  r.facts.bits_per_weight = 8.5;
   r.facts.kv_capacity_bytes = 4096;
   r.facts.peak_concurrency = 3;
   r.facts.num_drafts = 4;
@@ -171,6 +172,7 @@ TEST_CASE("metrics: summarize on a hand-built run", "[report]") {
   CHECK(v("mean_batch_size") == Approx(3));
   CHECK(v("padding_rows") == 1);
   CHECK(v("weights_bytes") == 123);
+  CHECK(v("bits_per_weight") == 8.5);
   CHECK(v("kv_capacity_bytes") == 4096);
   CHECK(v("kv_reserved_peak_bytes") == 2000);
   CHECK(v("kv_used_peak_bytes") == 1800);
@@ -213,7 +215,7 @@ TEST_CASE("metrics: names, order, and zeros for an empty run", "[report]") {
       expected.push_back(std::string(s) + "_" + stat + "_ms");
   for (const char* s :
        {"queue_time_mean_ms", "queue_time_p99_ms", "preemptions", "steps", "mean_batch_size", "padding_rows",
-        "weights_bytes", "kv_capacity_bytes", "kv_reserved_peak_bytes", "kv_used_peak_bytes", "kv_waste",
+        "weights_bytes", "bits_per_weight", "kv_capacity_bytes", "kv_reserved_peak_bytes", "kv_used_peak_bytes", "kv_waste",
         "peak_concurrency", "peak_batch_size", "kv_blocks_peak", "prefix_hit_tokens", "prefix_hit_rate",
         "kv_blocks_shared_peak", "prefill_tokens_computed", "peak_host_bytes", "peak_device_bytes", "workspace_peak_bytes", "num_drafts", "draft_tokens", "accepted_tokens",
         "acceptance_rate", "acceptance_length", "draft_s", "verify_s", "simulated_acceptance"})

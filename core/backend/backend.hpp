@@ -22,6 +22,10 @@ class Backend {
   virtual std::string device_name() const = 0;  // CPU model or GPU name, for provenance
   virtual const ModelShape& shape() const = 0;
   virtual std::size_t weights_bytes() const = 0;
+  // Bits a matrix weight takes as held: the bytes of the layers' matrices and the LM head (block
+  // scales and offsets included) x 8 / their weights; the norms and the embedding table, which a
+  // decode step does not stream, are left out. 0 where a backend does not say.
+  virtual double bits_per_weight() const { return 0.0; }
   // Run the batch, write its K/V into `kv`, and return logits row-major
   // [batch.num_logit_rows()][vocab] in chunk order.
   virtual const std::vector<float>& forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) = 0;

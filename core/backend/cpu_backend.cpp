@@ -159,6 +159,13 @@ std::size_t CpuBackend::matrix_bytes() const {
   return n;
 }
 
+double CpuBackend::bits_per_weight() const {
+  const ModelShape& s = w_.shape;
+  const double dim = s.dim, kv = s.kv_dim(), hidden = s.hidden_dim;
+  const double weights = s.n_layers * ((dim + 2 * kv) * dim + dim * dim + 3 * hidden * dim) + double(s.vocab_size) * dim;
+  return weights > 0 ? 8.0 * static_cast<double>(matrix_bytes()) / weights : 0.0;
+}
+
 std::string CpuBackend::device_name() const {
   // Two hosts can share a model name and differ in ISA (an AMD EPYC with or without AVX-512):
   // the kernel path tells their results apart.

@@ -32,6 +32,7 @@ class CpuBackend final : public Backend {
   // What a decode step reads: every matrix and the LM head, in their stored dtype (the embedding
   // table, read a row a token, is not counted).
   std::size_t matrix_bytes() const;
+  double bits_per_weight() const override;
   const std::vector<float>& forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) override;
   // Like forward() but stops after the first `n_layers` layers, then the final norm and LM head
   // (self-speculation draft; n_layers = all layers is the full model).

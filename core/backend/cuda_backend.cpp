@@ -549,6 +549,7 @@ CudaBackend::~CudaBackend() = default;
 std::string CudaBackend::device_name() const { return impl_->device; }
 const ModelShape& CudaBackend::shape() const { return impl_->shape; }
 std::size_t CudaBackend::weights_bytes() const { return impl_->weights_bytes; }
+double CudaBackend::bits_per_weight() const { return 8.0 * static_cast<double>(impl_->weight_elem_bytes()); }  // the LM head too
 KvStorage CudaBackend::kv_storage() const { return {cuda::kv_elem_bytes(impl_->kv_type), false, impl_->kv_dtype}; }
 void CudaBackend::set_cuda_graphs(bool on) {
   impl_->cuda_graphs = on;

@@ -55,6 +55,7 @@ class CudaBackend final : public Backend {
   std::string device_name() const override;
   const ModelShape& shape() const override;
   std::size_t weights_bytes() const override;
+  double bits_per_weight() const override;
   const std::vector<float>& forward(const ForwardBatch& batch, KvCache& kv, Attention& attention) override;
   // Greedy decoding: the argmax of each logit row on the device (cuda::argmax_rows); only the ids
   // come back.

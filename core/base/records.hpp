@@ -59,6 +59,7 @@ struct StepRecord {
 // Facts about one run that are not per request or per step.
 struct RunFacts {
   std::size_t weights_bytes = 0;
+  double bits_per_weight = 0;         // Backend::bits_per_weight
   std::size_t kv_capacity_bytes = 0;
   std::size_t peak_host_bytes = 0;    // process peak RSS
   std::size_t peak_device_bytes = 0;  // 0 on the CPU backend

@@ -408,6 +408,7 @@ class Engine {
     out_.facts.peak_concurrency = peak_concurrency_;
     out_.facts.peak_batch_size = peak_batch_size_;
     out_.facts.weights_bytes = backend_.weights_bytes();
+    out_.facts.bits_per_weight = backend_.bits_per_weight();
     out_.facts.kv_capacity_bytes = kv_.usage().capacity_bytes;
     for (const Sequence& s : seqs_) {
       out_.requests.push_back(record_of(s));

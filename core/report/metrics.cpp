@@ -101,6 +101,7 @@ Metrics summarize(const RunRecords& r, const SloConfig& slo) {
   m.emplace_back("mean_batch_size", ratio(batch, static_cast<double>(r.steps.size())));
   m.emplace_back("padding_rows", padding);
   m.emplace_back("weights_bytes", static_cast<double>(f.weights_bytes));
+  m.emplace_back("bits_per_weight", f.bits_per_weight);
   m.emplace_back("kv_capacity_bytes", static_cast<double>(f.kv_capacity_bytes));
   m.emplace_back("kv_reserved_peak_bytes", reserved_peak);
   m.emplace_back("kv_used_peak_bytes", used_peak);

@@ -17,7 +17,7 @@ using Columns = std::vector<std::pair<std::string, std::string>>;  // ordered na
 // In this order: completed, duration_s, request_throughput, output_throughput,
 // total_token_throughput, goodput; for ttft, tpot, itl, e2el: <m>_mean_ms, _median_ms, _std_ms,
 // _p90_ms, _p95_ms, _p99_ms; queue_time_mean_ms, queue_time_p99_ms, preemptions, steps,
-// mean_batch_size, padding_rows, weights_bytes, kv_capacity_bytes, kv_reserved_peak_bytes,
+// mean_batch_size, padding_rows, weights_bytes, bits_per_weight, kv_capacity_bytes, kv_reserved_peak_bytes,
 // kv_used_peak_bytes, kv_waste, peak_concurrency, kv_blocks_peak, prefix_hit_tokens, prefix_hit_rate,
 // kv_blocks_shared_peak, prefill_tokens_computed, peak_host_bytes, peak_device_bytes,
 // workspace_peak_bytes, num_drafts,
