@@ -14,6 +14,7 @@ CudaBackend::~CudaBackend() = default;
 std::string CudaBackend::device_name() const { return ""; }
 const ModelShape& CudaBackend::shape() const { throw std::logic_error("no CUDA backend"); }
 std::size_t CudaBackend::weights_bytes() const { return 0; }
+double CudaBackend::bits_per_weight() const { return 0.0; }
 const std::vector<float>& CudaBackend::forward(const ForwardBatch&, KvCache&, Attention&) {
   throw std::logic_error("no CUDA backend");
 }
