@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdio>
+#include <string>
 #include <vector>
 
 #include "attention/naive_attention.hpp"
@@ -30,6 +32,23 @@ inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>
   double worst = 0;
   for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(double(a[i]) - double(b[i])));
   return worst;
+}
+
+// `ablate generate` on one thread (the binary this build made), its stdout kept.
+struct GenerateRun {
+  std::string command, output;
+  int rc = -1;
+};
+inline GenerateRun run_generate(const std::string& model, const std::string& extra_args) {
+  GenerateRun r;
+  r.command = "OMP_NUM_THREADS=1 '" + std::string(ABLATE_BINARY) + "' generate --model '" + model +
+              "' --prompt 'The capital of France is' -n 4 " + extra_args + " 2>/dev/null";
+  FILE* p = popen(r.command.c_str(), "r");
+  REQUIRE(p);
+  char buf[256];
+  while (std::size_t k = std::fread(buf, 1, sizeof buf, p)) r.output.append(buf, k);
+  r.rc = pclose(p);
+  return r;
 }
 
 }  // namespace ablate::test

@@ -684,17 +684,10 @@ TEST_CASE("ablate generate continues \"The capital of France is\" with Paris, in
           "[gguf][smollm2][cli]") {
   if (!have_smollm2()) return;
   for (const char* dtype : {"fp32", "native"}) {
-    const std::string cmd = "OMP_NUM_THREADS=1 " + std::string(ABLATE_BINARY) + " generate --model '" + smollm2_path().string() +
-                            "' --prompt 'The capital of France is' -n 4 --dtype " + dtype + " 2>/dev/null";
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p);
-    std::string out;
-    char buf[256];
-    while (std::size_t k = std::fread(buf, 1, sizeof buf, p)) out.append(buf, k);
-    const int rc = pclose(p);
-    INFO("command: " << cmd << "\noutput: " << out);
-    CHECK(rc == 0);
-    CHECK(out.find("Paris") != std::string::npos);
+    const test::GenerateRun r = test::run_generate(smollm2_path().string(), std::string("--dtype ") + dtype);
+    INFO("command: " << r.command << "\noutput: " << r.output);
+    CHECK(r.rc == 0);
+    CHECK(r.output.find("Paris") != std::string::npos);
   }
 }
 

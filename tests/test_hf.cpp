@@ -378,17 +378,10 @@ TEST_CASE("hf: SmolLM2 as a Hugging Face folder gives the GGUF path's logits, gr
        << from_hf.shape().vocab_size << "; greedy: \"" << hf_tok->decode(g_hf) << "\"");
 
   // `ablate generate --model FOLDER`
-  const std::string cmd = "OMP_NUM_THREADS=1 '" + std::string(ABLATE_BINARY) + "' generate --model '" + folder.string() +
-                          "' --prompt 'The capital of France is' -n 4 2>/dev/null";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  std::string out;
-  char buf[256];
-  while (std::size_t k = std::fread(buf, 1, sizeof buf, p)) out.append(buf, k);
-  const int rc = pclose(p);
-  INFO("command: " << cmd << "\noutput: " << out);
-  CHECK(rc == 0);
-  CHECK(out.find("Paris") != std::string::npos);
+  const test::GenerateRun r = test::run_generate(folder.string(), "");
+  INFO("command: " << r.command << "\noutput: " << r.output);
+  CHECK(r.rc == 0);
+  CHECK(r.output.find("Paris") != std::string::npos);
 }
 
 TEST_CASE("hf: bad folders are config errors naming the file and field (ablate validate, exit 2)", "[hf][config][cli]") {
