@@ -260,10 +260,10 @@ TEST_CASE("config: choice values: unknown, not implemented, numeric", "[config]"
   CHECK(error_of("backend: cuda\ndtype: q8_0\n") ==
         "x.yaml:2:8: dtype: q8_0 is not on cuda (its GEMV and GEMMs read fp32, bf16 or fp16 weights); allowed with backend cuda: fp32, bf16, fp16");
 #endif
-  // native: a GGUF's own blocks (issue 20), so not for a model without any.
+  // native: a checkpoint file's own encoding (issue 20), so not for a model without any.
   CHECK(error_of("dtype: native\n") ==
-        "x.yaml:1:8: dtype: native keeps a GGUF file's own encoding, and model.source synthetic has none; allowed with "
-        "model.source synthetic: fp32, bf16, fp16, q8_0");
+        "x.yaml:1:8: dtype: native keeps a checkpoint file's own encoding (model.source gguf or hf), and model.source "
+        "synthetic has none; allowed with model.source synthetic: fp32, bf16, fp16, q8_0");
 #if defined(ABLATE_HAVE_CUDA)
   CHECK_THAT(error_of("backend: cuda\ndtype: native\n"), Contains("x.yaml:2:8: dtype: native is not on cuda"));
 #endif

@@ -192,6 +192,7 @@ struct SyntheticCase {
   const char* kind;
   bool qkv_bias;
   float rope_factor;
+  const char* stored_dtype;  // the dtype of the folder's tensors (make_hf_fixture.py)
 };
 
 void check_synthetic(const SyntheticCase& c) {
@@ -255,16 +256,23 @@ void check_synthetic(const SyntheticCase& c) {
   // the fp32 pass's bits.
   CpuBackend be_native(load_gguf(GgufFile((folder / "model.gguf").string()), true), "native");
   CHECK(all_logits(be_native, toks) == all_logits(be_gguf, toks));
+  // And the folder's own BF16 / F16 tensors (Q/K rows reordered as bytes too): the bits of that
+  // dtype converted from fp32, since the fp32 values are the stored ones widened; 16 bits a weight.
+  CpuBackend be_hf_native(load_weights(hf_config(folder), true), "native");
+  CpuBackend be_hf_dtype(load_weights(hf_config(folder)), c.stored_dtype);
+  CHECK(be_hf_native.bits_per_weight() == 16.0);
+  CHECK(all_logits(be_hf_native, toks) == all_logits(be_hf_dtype, toks));
+  CHECK(greedy(be_hf_native, prompt, static_cast<int>(gen.size())) == gen);
 }
 
 }  // namespace
 
 TEST_CASE("hf: a synthetic Qwen2 folder (BF16, Q/K/V biases, tied) and its qwen2 GGUF match the float64 numpy reference", "[hf][qwen2]") {
-  check_synthetic({"qwen2", true, 0.0f});
+  check_synthetic({"qwen2", true, 0.0f, "bf16"});
 }
 
 TEST_CASE("hf: a synthetic Llama folder with rope_scaling llama3 (F16) and its GGUF (rope_freqs) match the float64 numpy reference", "[hf][llama3]") {
-  check_synthetic({"llama3", false, 8.0f});
+  check_synthetic({"llama3", false, 8.0f, "fp16"});
 }
 
 TEST_CASE("hf: RoPE frequencies: llama3 scaling keeps high, divides low and blends the band between", "[hf][rope]") {
@@ -378,10 +386,12 @@ TEST_CASE("hf: SmolLM2 as a Hugging Face folder gives the GGUF path's logits, gr
        << from_hf.shape().vocab_size << "; greedy: \"" << hf_tok->decode(g_hf) << "\"");
 
   // `ablate generate --model FOLDER`
-  const test::GenerateRun r = test::run_generate(folder.string(), "");
-  INFO("command: " << r.command << "\noutput: " << r.output);
-  CHECK(r.rc == 0);
-  CHECK(r.output.find("Paris") != std::string::npos);
+  for (const char* dtype : {"fp32", "native"}) {  // native: this folder's F32 tensors as stored
+    const test::GenerateRun r = test::run_generate(folder.string(), std::string("--dtype ") + dtype);
+    INFO("command: " << r.command << "\noutput: " << r.output);
+    CHECK(r.rc == 0);
+    CHECK(r.output.find("Paris") != std::string::npos);
+  }
 }
 
 TEST_CASE("hf: bad folders are config errors naming the file and field (ablate validate, exit 2)", "[hf][config][cli]") {
@@ -411,6 +421,11 @@ TEST_CASE("hf: bad folders are config errors naming the file and field (ablate v
 
   {
     const auto [rc, err] = validate([](const fs::path&) {});
+    INFO(err);
+    CHECK(rc == 0);
+  }
+  {  // dtype native keeps the folder's own BF16 tensors
+    const auto [rc, err] = validate([](const fs::path&) {}, "dtype: native\nworkload: {prompt_len: {value: 8}, output_len: {value: 8}}\n");
     INFO(err);
     CHECK(rc == 0);
   }

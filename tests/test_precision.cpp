@@ -579,7 +579,7 @@ TEST_CASE("ablate list's precision table is what the config accepts", "[precisio
     }
   };
   const BackendPrecision& cpu = table.front();
-  // native keeps a GGUF's own blocks, so it is listed for a GGUF model (and refused for others).
+  // native keeps a checkpoint file's own encoding, so it is listed for a GGUF model (and refused for a synthetic one).
   const std::filesystem::path gguf = project_root() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf";
   for (const auto& d : cpu.dtypes) {
     if (d == "native" && !std::filesystem::exists(gguf)) continue;

@@ -83,7 +83,8 @@ int generate(const GenerateOptions& o) {
     throw std::runtime_error(o.model + ": not a .gguf file or a Hugging Face folder; a llama2.c checkpoint needs --tokenizer");
   const auto t0 = std::chrono::steady_clock::now();
   const auto tok = load_tokenizer(cfg);
-  if (o.dtype == "native" && !gguf) throw std::runtime_error(o.model + ": --dtype native keeps a GGUF file's own blocks; this model is not a .gguf");
+  if (o.dtype == "native" && !has_stored_encoding(cfg.source))
+    throw std::runtime_error(o.model + ": --dtype native keeps a checkpoint file's own encoding; a llama2.c checkpoint is fp32 (use --dtype fp32)");
   CpuBackend backend(load_weights(cfg, o.dtype == "native"), o.dtype);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const ModelShape& s = backend.shape();

@@ -111,8 +111,8 @@ const std::vector<Rule>& rules() {
                "too, as a tensor-core GEMM, fp16 widens the weights as read; norms, embeddings and the residual "
                "stream stay fp32); q8_0: 32-value int8 blocks with an fp16 scale, times each matmul's input "
                "quantized the same way (int8 x int8 products, as llama.cpp; cpu only); native: each matrix as "
-               "the GGUF file stores it (Q4_1, Q4_0, Q8_0 blocks times Q8_0-quantized inputs; F16, BF16, F32 as "
-               "above; model.source gguf, cpu only)"),
+               "the checkpoint file stores it (a GGUF's Q4_1, Q4_0, Q8_0 blocks times Q8_0-quantized inputs; F16, "
+               "BF16, F32 tensors as above; model.source gguf or hf, cpu only)"),
         plain("quality", Kind::Bool, F(quality),
               "also measure output quality against an fp32 CPU reference of the model: quality_kl, quality_top1 "
               "(teacher-forced over the first request's prompt and the reference's greedy continuation) and, on real "
@@ -628,7 +628,7 @@ struct SimpleRule {
 const std::vector<BackendPrecision>& backend_precisions() {
   static const std::vector<BackendPrecision> table = {
       {"cpu", {"fp32", "bf16", "fp16", "q8_0", "native"}, {"auto", "fp32", "bf16", "fp16", "fp8_e4m3", "int8"},
-       "any kv.dtype with any dtype; auto = fp32; native: model.source gguf"},
+       "any kv.dtype with any dtype; auto = fp32; native: model.source gguf or hf"},
       {"cuda", {"fp32", "bf16", "fp16"}, {"auto", "fp32", "bf16", "fp16", "fp8_e4m3"},
        "any of these kv.dtype with any dtype; auto = the weights' dtype; attention flash / flash_split: not fp32"},
   };
@@ -647,8 +647,8 @@ const std::vector<SimpleRule>& simple_rules() {
        [](C) { return std::string("q8_0 is not on cuda (its GEMV and GEMMs read fp32, bf16 or fp16 weights); allowed with backend cuda: fp32, bf16, fp16"); }},
       {{"dtype", "backend"}, [](C c) { return c.backend == "cuda" && c.dtype == "native"; },
        [](C) { return std::string("native is not on cuda (its GEMV and GEMMs read fp32, bf16 or fp16 weights, not a GGUF's blocks); allowed with backend cuda: fp32, bf16, fp16"); }},
-      {{"dtype", "model.source"}, [](C c) { return c.dtype == "native" && c.model.source != "gguf"; },
-       [](C c) { return fmt::format("native keeps a GGUF file's own encoding, and model.source {} has none; allowed with model.source {}: fp32, bf16, fp16, q8_0", c.model.source, c.model.source); }},
+      {{"dtype", "model.source"}, [](C c) { return c.dtype == "native" && !has_stored_encoding(c.model.source); },
+       [](C c) { return fmt::format("native keeps a checkpoint file's own encoding (model.source gguf or hf), and model.source {} has none; allowed with model.source {}: fp32, bf16, fp16, q8_0", c.model.source, c.model.source); }},
       {{"kv.dtype", "backend"}, [](C c) { return c.backend == "cuda" && c.kv.dtype == "int8"; },
        [](C) { return std::string("int8 is not on cuda (its per-token, per-head scales are not in the CUDA kernels); allowed with "
                                   "backend cuda: auto, fp32, bf16, fp16, fp8_e4m3"); }},

@@ -32,10 +32,10 @@ namespace {
 
 std::unique_ptr<Backend> make_backend(const ExperimentConfig& cfg) {
   if (cfg.backend == "cpu") {
-    // dtype native keeps a GGUF's own blocks; a draft model from a preset or a llama2.c file,
-    // stored in fp32, runs in fp32 (its own encoding).
+    // dtype native keeps a checkpoint file's own encoding; a draft model from a preset or a
+    // llama2.c file, stored in fp32, runs in fp32 (its own encoding).
     const bool native = cfg.dtype == "native";
-    if (native && cfg.model.source != "gguf") return std::make_unique<CpuBackend>(load_weights(cfg.model), "fp32", cfg.kv.dtype);
+    if (native && !has_stored_encoding(cfg.model.source)) return std::make_unique<CpuBackend>(load_weights(cfg.model), "fp32", cfg.kv.dtype);
     return std::make_unique<CpuBackend>(load_weights(cfg.model, native), cfg.dtype, cfg.kv.dtype);
   }
   if (cfg.backend == "cuda") {

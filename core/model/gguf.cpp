@@ -584,16 +584,7 @@ Weights load_gguf(const GgufFile& f, bool keep_stored) {
     stored.cols = dims[0], stored.rows = dims[1];
     const std::uint8_t* src = f.tensor_data(*t);
     stored.bytes.assign(src, src + t->n_bytes);
-    if (rope_heads) {  // the same row order as the fp32 path: interleave_rope_rows of the row numbers
-      std::vector<float> order(stored.rows);
-      for (std::size_t r = 0; r < order.size(); ++r) order[r] = static_cast<float>(r);
-      order = interleave_rope_rows(order, rope_heads, s.head_dim(), 1);
-      const std::size_t row_bytes = t->n_bytes / stored.rows;
-      std::vector<std::uint8_t> out(stored.bytes.size());
-      for (std::size_t r = 0; r < order.size(); ++r)
-        std::memcpy(out.data() + r * row_bytes, stored.bytes.data() + static_cast<std::size_t>(order[r]) * row_bytes, row_bytes);
-      stored.bytes = std::move(out);
-    }
+    if (rope_heads) interleave_rope_rows(stored, rope_heads, s.head_dim());  // the fp32 path's row order
   };
   w.token_embedding = values("token_embd.weight", {d, V});
   w.layers.resize(static_cast<std::size_t>(s.n_layers));

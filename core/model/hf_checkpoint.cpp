@@ -7,12 +7,14 @@
 #include <memory>
 #include <optional>
 #include <stdexcept>
+#include <utility>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "model/bpe_tokenizer.hpp"
+#include "model/gguf.hpp"  // GgmlType
 #include "model/safetensors.hpp"
 #include "model/weights.hpp"
 
@@ -123,18 +125,32 @@ std::string folder_name(const std::string& folder) {
 
 }  // namespace
 
-std::vector<float> interleave_rope_rows(const std::vector<float>& w, int n_heads, int hd, std::size_t cols) {
-  if (w.empty()) return w;  // a check, not a load
-  std::vector<float> out(w.size());
+namespace {
+
+// Row h*hd + 2i + s of `out` is row h*hd + s*hd/2 + i of `in`; `row` elements a row.
+template <class T>
+void interleave_rows(const T* in, T* out, int n_heads, int hd, std::size_t row) {
   const int half = hd / 2;
   for (int h = 0; h < n_heads; ++h)
     for (int i = 0; i < half; ++i)
-      for (int s = 0; s < 2; ++s) {
-        const std::size_t to = static_cast<std::size_t>(h * hd + 2 * i + s) * cols;
-        const std::size_t from = static_cast<std::size_t>(h * hd + s * half + i) * cols;
-        std::copy_n(w.begin() + static_cast<std::ptrdiff_t>(from), cols, out.begin() + static_cast<std::ptrdiff_t>(to));
-      }
+      for (int s = 0; s < 2; ++s)
+        std::copy_n(in + static_cast<std::size_t>(h * hd + s * half + i) * row, row, out + static_cast<std::size_t>(h * hd + 2 * i + s) * row);
+}
+
+}  // namespace
+
+std::vector<float> interleave_rope_rows(const std::vector<float>& w, int n_heads, int hd, std::size_t cols) {
+  if (w.empty()) return w;  // a check, not a load
+  std::vector<float> out(w.size());
+  interleave_rows(w.data(), out.data(), n_heads, hd, cols);
   return out;
+}
+
+void interleave_rope_rows(StoredMatrix& m, int n_heads, int hd) {
+  if (m.empty()) return;
+  std::vector<std::uint8_t> out(m.bytes.size());
+  interleave_rows(m.bytes.data(), out.data(), n_heads, hd, m.bytes.size() / m.rows);
+  m.bytes = std::move(out);
 }
 
 namespace {
@@ -182,6 +198,22 @@ class HfTensors {
   // The tensor as fp32 (`load`) or nothing (a check), its shape and dtype checked first: `why`
   // says where the expected shape comes from.
   std::vector<float> get(const std::string& name, const std::vector<std::uint64_t>& shape, const std::string& why, bool load) const {
+    const auto [file, t] = checked(name, shape, why);
+    return load ? file->to_float(*t) : std::vector<float>{};
+  }
+  // A [rows][cols] matrix as stored, its safetensors dtype as the ggml type of the same encoding.
+  StoredMatrix stored(const std::string& name, const std::vector<std::uint64_t>& shape, const std::string& why) const {
+    const auto [file, t] = checked(name, shape, why);
+    StoredMatrix m;
+    m.ggml_type = static_cast<std::uint32_t>(t->dtype == "F32" ? GgmlType::F32 : t->dtype == "F16" ? GgmlType::F16 : GgmlType::BF16);
+    m.rows = static_cast<std::size_t>(shape[0]), m.cols = static_cast<std::size_t>(shape[1]);
+    m.bytes.assign(file->data(*t), file->data(*t) + (t->end - t->begin));
+    return m;
+  }
+
+ private:
+  std::pair<const SafetensorsFile*, const SafetensorsTensor*> checked(const std::string& name, const std::vector<std::uint64_t>& shape,
+                                                                      const std::string& why) const {
     const auto it = where_.find(name);
     if (it == where_.end()) throw std::runtime_error(fmt::format("{}: tensor {} is missing", origin_, name));
     const SafetensorsTensor* t = it->second->find(name);
@@ -192,10 +224,9 @@ class HfTensors {
     if (t->dtype != "F32" && t->dtype != "F16" && t->dtype != "BF16")
       throw std::runtime_error(fmt::format("{}: tensor {} has dtype {}, which is not supported; supported: F32, F16, BF16",
                                            it->second->path(), name, t->dtype));
-    return load ? it->second->to_float(*t) : std::vector<float>{};
+    return {it->second, t};
   }
 
- private:
   std::map<std::string, std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, const SafetensorsFile*> where_;
   std::string origin_;
@@ -265,8 +296,9 @@ HfConfig read_hf_config(const std::string& folder) {
 
 namespace {
 
-// Every tensor the config implies, checked (shape, dtype, in its shard) and, when `load`, read.
-Weights read_weights(const std::string& folder, bool load) {
+// Every tensor the config implies, checked (shape, dtype, in its shard) and, when `load`, read;
+// keep_stored: the matrices as stored instead (load_hf).
+Weights read_weights(const std::string& folder, bool load, bool keep_stored = false) {
   const HfConfig h = read_hf_config(folder);
   const HfTensors tensors{fs::path(folder)};
   const struct {
@@ -285,36 +317,50 @@ Weights read_weights(const std::string& folder, bool load) {
   const std::string ffn = fmt::format("hidden_size {}, intermediate_size {}", s.dim, s.hidden_dim);
   const std::string vocab = fmt::format("vocab_size {}, hidden_size {}", s.vocab_size, s.dim);
   const std::string hs = fmt::format("hidden_size {}", s.dim);
+  const int hd = s.head_dim();
+  // A [rows][cols] matrix as fp32 into `fp32`, or (keep_stored) as stored into `stored`, its rows
+  // reordered for RoPE over rope_heads heads (Q and K; 0: as stored).
+  const auto matrix = [&](const std::string& name, std::vector<std::uint64_t> shape, const std::string& why, std::vector<float>& fp32,
+                          StoredMatrix& stored, int rope_heads = 0) {
+    if (keep_stored) {
+      stored = tensors.stored(name, shape, why);
+      if (rope_heads) interleave_rope_rows(stored, rope_heads, hd);
+    } else {
+      fp32 = t.get(name, shape, why);
+      if (rope_heads) fp32 = interleave_rope_rows(fp32, rope_heads, hd, static_cast<std::size_t>(shape[1]));
+    }
+  };
   w.token_embedding = t.get("model.embed_tokens.weight", {V, d}, vocab);
   w.layers.resize(static_cast<std::size_t>(s.n_layers));
-  const int hd = s.head_dim();
   for (int l = 0; l < s.n_layers; ++l) {
     LayerWeights& L = w.layers[static_cast<std::size_t>(l)];
     const std::string p = fmt::format("model.layers.{}.", l);
     L.rms_att = t.get(p + "input_layernorm.weight", {d}, hs);
-    L.wq = interleave_rope_rows(t.get(p + "self_attn.q_proj.weight", {d, d}, dims), s.n_heads, hd, d);
-    L.wk = interleave_rope_rows(t.get(p + "self_attn.k_proj.weight", {kv, d}, dims), s.n_kv_heads, hd, d);
-    L.wv = t.get(p + "self_attn.v_proj.weight", {kv, d}, dims);
-    L.wo = t.get(p + "self_attn.o_proj.weight", {d, d}, dims);
+    matrix(p + "self_attn.q_proj.weight", {d, d}, dims, L.wq, L.stored.wq, s.n_heads);
+    matrix(p + "self_attn.k_proj.weight", {kv, d}, dims, L.wk, L.stored.wk, s.n_kv_heads);
+    matrix(p + "self_attn.v_proj.weight", {kv, d}, dims, L.wv, L.stored.wv);
+    matrix(p + "self_attn.o_proj.weight", {d, d}, dims, L.wo, L.stored.wo);
     if (s.qkv_bias) {
       L.bq = interleave_rope_rows(t.get(p + "self_attn.q_proj.bias", {d}, dims), s.n_heads, hd, 1);
       L.bk = interleave_rope_rows(t.get(p + "self_attn.k_proj.bias", {kv}, dims), s.n_kv_heads, hd, 1);
       L.bv = t.get(p + "self_attn.v_proj.bias", {kv}, dims);
     }
     L.rms_ffn = t.get(p + "post_attention_layernorm.weight", {d}, hs);
-    L.w1 = t.get(p + "mlp.gate_proj.weight", {hid, d}, ffn);
-    L.w3 = t.get(p + "mlp.up_proj.weight", {hid, d}, ffn);
-    L.w2 = t.get(p + "mlp.down_proj.weight", {d, hid}, ffn);
+    matrix(p + "mlp.gate_proj.weight", {hid, d}, ffn, L.w1, L.stored.w1);
+    matrix(p + "mlp.up_proj.weight", {hid, d}, ffn, L.w3, L.stored.w3);
+    matrix(p + "mlp.down_proj.weight", {d, hid}, ffn, L.w2, L.stored.w2);
   }
   w.rms_final = t.get("model.norm.weight", {d}, hs);
   // Tied checkpoints may still carry lm_head.weight (a copy): the embedding is used.
-  if (!s.tied_embeddings) w.classifier = t.get("lm_head.weight", {V, d}, vocab);
+  std::vector<float> unused;
+  if (!s.tied_embeddings) matrix("lm_head.weight", {V, d}, vocab, w.classifier, w.stored_lm_head);
+  else if (keep_stored) matrix("model.embed_tokens.weight", {V, d}, vocab, unused, w.stored_lm_head);
   return w;
 }
 
 }  // namespace
 
-Weights load_hf(const std::string& folder) { return read_weights(folder, true); }
+Weights load_hf(const std::string& folder, bool keep_stored) { return read_weights(folder, true, keep_stored); }
 
 ModelShape check_hf_checkpoint(const std::string& folder) { return read_weights(folder, false).shape; }
 

@@ -17,6 +17,7 @@
 namespace ablate {
 
 struct Weights;
+struct StoredMatrix;
 class BpeTokenizer;
 
 struct HfConfig {
@@ -31,13 +32,17 @@ struct HfConfig {
 // adjacent pairs (2i, 2i + 1): new row h*hd + 2i + s is old row h*hd + s*hd/2 + i (llama.cpp's
 // convert_hf_to_gguf permute). w is [n_heads * hd][cols]; `cols` = 1 for a bias; empty stays empty.
 std::vector<float> interleave_rope_rows(const std::vector<float>& w, int n_heads, int hd, std::size_t cols);
+// The same reordering of a matrix kept in its stored encoding (dtype native): whole rows of bytes.
+void interleave_rope_rows(StoredMatrix& m, int n_heads, int hd);
 
 // Reads and checks `folder`/config.json. Throws std::runtime_error naming the file and the field
 // (a missing config.json, an unsupported architecture or rope_scaling type, a value out of range).
 HfConfig read_hf_config(const std::string& folder);
 // The weights of `folder`: every tensor's shape checked against config.json, errors naming the
 // safetensors file (or the index's missing shard) and the tensor.
-Weights load_hf(const std::string& folder);
+// keep_stored (dtype native): the matrices also stay as stored (F32, F16 or BF16 bytes, as a
+// GGUF's of the same type), the fp32 ones left empty; vectors and the embedding are fp32 always.
+Weights load_hf(const std::string& folder, bool keep_stored = false);
 // The shape, after checking without reading them that every tensor config.json implies is in the
 // safetensors files (headers only: shard present, name, shape, dtype). What `ablate validate` runs.
 ModelShape check_hf_checkpoint(const std::string& folder);

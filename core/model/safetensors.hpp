@@ -45,6 +45,8 @@ class SafetensorsFile {
   const SafetensorsTensor* find(const std::string& name) const;
   // The tensor's values as fp32 (F32, F16, BF16; any other dtype throws, naming the tensor).
   std::vector<float> to_float(const SafetensorsTensor& t) const;
+  // The tensor's bytes as stored (little-endian, row-major); valid while the file is.
+  const std::uint8_t* data(const SafetensorsTensor& t) const { return data_ + data_offset_ + t.begin; }
 
  private:
   void parse();

@@ -248,9 +248,11 @@ void check_weights_fit(const ModelShape& shape, const std::string& what, const s
       what, size(need), static_cast<double>(shape.param_count()) / 1e6, size(available->bytes), available->source));
 }
 
+bool has_stored_encoding(const std::string& source) { return source == "gguf" || source == "hf"; }
+
 Weights load_weights(const ModelConfig& cfg, bool keep_stored) {
-  if (keep_stored && cfg.source != "gguf")
-    throw std::invalid_argument(fmt::format("dtype native keeps a GGUF file's own encoding; model.source {} has none", cfg.source));
+  if (keep_stored && !has_stored_encoding(cfg.source))
+    throw std::invalid_argument(fmt::format("dtype native keeps a checkpoint file's own encoding; model.source {} has none", cfg.source));
   // Every source's shape is known before its weights are read (a header, GGUF metadata or a
   // preset): refuse a model that cannot fit here with a message rather than the OOM killer.
   const ModelShape shape = model_shape(cfg);
@@ -260,7 +262,7 @@ Weights load_weights(const ModelConfig& cfg, bool keep_stored) {
   check_weights_fit(shape, what, host_memory_available());
   if (cfg.source == "gguf") return load_gguf(GgufFile(expand_path(cfg.gguf)), keep_stored);
   if (cfg.source == "llama2c") return load_llama2c(expand_path(cfg.path));
-  if (cfg.source == "hf") return load_hf(expand_path(cfg.path));
+  if (cfg.source == "hf") return load_hf(expand_path(cfg.path), keep_stored);
   return synthetic_weights(shape, static_cast<unsigned long long>(cfg.seed));
 }
 

@@ -58,9 +58,13 @@ Weights load_llama2c(const std::string& path);
 // Throws std::runtime_error naming the file on a bad checkpoint.
 ModelShape model_shape(const ModelConfig& cfg);
 // Checks that the model fits in host memory (check_weights_fit below), then loads it.
-// keep_stored (dtype native): a GGUF's matrices stay in their stored encoding (StoredMatrix);
-// throws std::invalid_argument for any other source, which has none to keep.
+// keep_stored (dtype native): a checkpoint file's matrices stay in their stored encoding
+// (StoredMatrix: a GGUF's blocks, a Hugging Face folder's F32/F16/BF16 tensors); throws
+// std::invalid_argument for a source without one (has_stored_encoding).
 Weights load_weights(const ModelConfig& cfg, bool keep_stored = false);
+// Whether model.source reads a file with an encoding of its own to keep: gguf and hf (a preset's
+// weights are generated in fp32; a llama2.c file is fp32).
+bool has_stored_encoding(const std::string& source);
 
 // Host memory this process can still use: /proc/meminfo's MemAvailable, capped by the cgroup's
 // memory limit (v2 memory.max - memory.current, or v1) and by $ABLATE_HOST_MEMORY_MB when set
