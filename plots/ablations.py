@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """The figures of README's "What the ablations show", from the committed reference CSVs
-(results/reference/batching/, batching_rate/, kv/, prefix/, precision/, precision_kv/). A point's
+(results/reference/batching/, batching_rate/, kv/, prefix/, precision/, precision_kv/,
+precision_grid/). A point's
 repeats are drawn as their median with its 95 % bootstrap interval (plots/stats.py). Writes small PNGs
 into --out DIR (default plots/out/, untracked); --committed writes the README's committed plots/*.png.
 Run with Debian's python3 (python3-matplotlib, python3-pandas):
   /usr/bin/python3 plots/ablations.py               # -> plots/out/*.png
   /usr/bin/python3 plots/ablations.py --committed   # regenerates plots/batching_*.png, kv_*_per_layout.png,
-                                                    # prefix_cache.png, precision_weights.png, precision_kv.png"""
+                                                    # prefix_cache.png, precision_weights.png, precision_kv.png,
+                                                    # precision_grid.png"""
 import argparse
 import os
 import sys
@@ -220,6 +222,39 @@ def precision_kv_figure():
     save(fig, "precision_kv")
 
 
+def precision_grid_figure():
+    """dtype x kv.dtype: output throughput against the fp32/fp32 pair, and KL from it (medians)."""
+    df = read("precision_grid", "summary.csv").sort_values(["point", "repeat"])  # the config's order
+    rows, cols = list(dict.fromkeys(df["dtype"])), list(dict.fromkeys(df["kv.dtype"]))
+    med = df.groupby(["dtype", "kv.dtype"])[["output_throughput", "quality_kl"]].median()
+    n = int(df.groupby(["dtype", "kv.dtype"]).size().min())
+    base = med.loc[("fp32", "fp32"), "output_throughput"]
+    speed = med["output_throughput"].unstack().loc[rows, cols] / base
+    kl = med["quality_kl"].unstack().loc[rows, cols]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    positive = kl.values[kl.values > 0]
+    kl_norm = matplotlib.colors.LogNorm(vmin=positive.min() / 2, vmax=positive.max()) if positive.size else None
+    for ax, grid, title, text, cmap, norm in (
+            (axes[0], speed, f"output tokens/s vs fp32/fp32 ({base:.1f} tok/s)", lambda v: f"{v:.2f}x", "Blues", None),
+            (axes[1], kl, "KL from fp32/fp32 (nats, log colour)", lambda v: "0" if v == 0 else f"{v:.1e}", "Reds", kl_norm)):
+        values = grid.values.astype(float)
+        if norm is not None:
+            values = values.clip(min=norm.vmin)  # 0 (the baseline itself) at the lightest colour
+        image = ax.imshow(values, cmap=cmap, norm=norm, aspect="auto")
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                dark = image.norm(values[i, j]) > 0.6
+                ax.text(j, i, text(grid.loc[r, c]), ha="center", va="center", fontsize=8, color="white" if dark else "black")
+        ax.set_xticks(range(len(cols)), cols, fontsize=8)
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.set_xlabel("kv.dtype", fontsize=8)
+        ax.set_ylabel("dtype (weights)", fontsize=8)
+        ax.set_title(title, fontsize=8)
+    fig.suptitle(f"Weights x KV precision, real SmolLM2-135M, {df['kv.memory_mb'].iloc[0]:g} MiB of KV "
+                 f"(median of {n} repeats)", fontsize=9)
+    save(fig, "precision_grid")
+
+
 def main(argv):
     global OUT
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -235,6 +270,7 @@ def main(argv):
     prefix_figure()
     precision_weights_figure()
     precision_kv_figure()
+    precision_grid_figure()
 
 
 if __name__ == "__main__":
