@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The figures of README's "What the ablations show", from the committed reference CSVs
 (results/reference/batching/, batching_rate/, kv/, prefix/, precision/, precision_kv/,
-precision_grid/). A point's
-repeats are drawn as their median with its 95 % bootstrap interval (plots/stats.py). Writes small PNGs
+precision_grid/). A point's repeats are drawn as their median with its 95 % bootstrap interval
+(plots/stats.py; the precision_grid heatmaps show medians only, the README table the intervals). Writes small PNGs
 into --out DIR (default plots/out/, untracked); --committed writes the README's committed plots/*.png.
 Run with Debian's python3 (python3-matplotlib, python3-pandas):
   /usr/bin/python3 plots/ablations.py               # -> plots/out/*.png
