@@ -128,8 +128,56 @@ void put16(std::vector<std::uint8_t>& b, std::uint16_t v) {
   b.push_back(static_cast<std::uint8_t>(v >> 8));
 }
 
-// A matrix's values ([rows][cols], cols a multiple of 32 for the block types) in ggml type `type`
-// (F32, F16, Q8_0, Q4_1, Q4_0): the bytes a GGUF file holds.
+// tests/fixtures/quant_reference.json (made by make_quant_fixture.py): for each block type, a few
+// blocks and PyPI gguf's decoding of them.
+struct QuantReference {
+  std::string name;
+  std::uint32_t id = 0;
+  std::size_t block = 0, block_bytes = 0;
+  std::vector<std::uint8_t> bytes;
+  std::vector<float> values;
+};
+
+const std::vector<QuantReference>& quant_references() {
+  static const std::vector<QuantReference> refs = [] {
+    const YAML::Node n = YAML::LoadFile((project_root() / "tests" / "fixtures" / "quant_reference.json").string());  // JSON is YAML
+    std::vector<QuantReference> out;
+    for (const auto& t : n["types"]) {
+      QuantReference r{t["type"].as<std::string>(), t["id"].as<std::uint32_t>(), t["block"].as<std::size_t>(),
+                       t["block_bytes"].as<std::size_t>(), {}, {}};
+      const auto hex = t["bytes"].as<std::string>();
+      for (std::size_t i = 0; i + 1 < hex.size(); i += 2) r.bytes.push_back(static_cast<std::uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+      for (const auto& v : t["values"]) r.values.push_back(v.as<float>());
+      out.push_back(std::move(r));
+    }
+    return out;
+  }();
+  return refs;
+}
+
+const QuantReference& quant_reference(std::uint32_t type) {
+  for (const auto& r : quant_references())
+    if (r.id == type) return r;
+  throw std::runtime_error("quant_reference.json has no type " + std::to_string(type));
+}
+
+// n values of `type` made of the reference's blocks in turn: the file's bytes and gguf's decoding.
+std::pair<std::vector<std::uint8_t>, std::vector<float>> reference_blocks(std::uint32_t type, std::size_t n) {
+  const QuantReference& r = quant_reference(type);
+  const std::size_t have = r.values.size() / r.block;
+  std::pair<std::vector<std::uint8_t>, std::vector<float>> out;
+  for (std::size_t b = 0; b < n / r.block; ++b) {
+    const std::size_t k = b % have;
+    out.first.insert(out.first.end(), r.bytes.begin() + k * r.block_bytes, r.bytes.begin() + (k + 1) * r.block_bytes);
+    out.second.insert(out.second.end(), r.values.begin() + k * r.block, r.values.begin() + (k + 1) * r.block);
+  }
+  return out;
+}
+
+// A matrix's values ([rows][cols], cols a multiple of the block size) in ggml type `type`: the
+// bytes a GGUF file holds. F32, F16, Q8_0, Q4_1 and Q4_0 encode v; the types with no quantizer
+// here (Q5_0, Q5_1, the K-quants) ignore v and take the reference fixture's blocks in turn
+// (reference_blocks(type, v.size()).second are then the values the file holds).
 std::vector<std::uint8_t> encode(std::uint32_t type, const std::vector<float>& v, std::size_t cols) {
   std::vector<std::uint8_t> b;
   const auto nibbles = [&](const float* x, auto q_of) {  // byte j: value j low, value j + 16 high
@@ -164,7 +212,7 @@ std::vector<std::uint8_t> encode(std::uint32_t type, const std::vector<float>& v
         nibbles(&v[i], [&](float x) { return std::clamp(int(std::lround(x / cpu::to_float(d))) + 8, 0, 15); });
       }
       break;
-    default: FAIL("encode: type " << type);
+    default: return reference_blocks(type, v.size()).first;
   }
   return b;
 }
@@ -321,6 +369,73 @@ TEST_CASE("GGUF: fp16, bf16, Q8_0, Q4_0, Q4_1 dequantise as ggml defines them", 
   }
 }
 
+TEST_CASE("GGUF: every block type decodes as PyPI gguf's numpy decoder does (tests/fixtures/quant_reference.json)",
+          "[gguf]") {
+  // Both follow ggml's formulas and their order of float operations, so the values agree exactly.
+  std::vector<std::string> covered;
+  for (const QuantReference& r : quant_references()) {
+    INFO(r.name);
+    covered.push_back(r.name);
+    REQUIRE(ggml_type_traits(r.id) != nullptr);
+    CHECK(ggml_type_name(r.id) == r.name);
+    CHECK(ggml_type_traits(r.id)->block == r.block);
+    CHECK(ggml_type_traits(r.id)->block_bytes == r.block_bytes);
+    REQUIRE(r.bytes.size() == r.values.size() / r.block * r.block_bytes);
+    GgufBuilder g;
+    g.kv_string("general.architecture", "llama");
+    g.tensor("t", {r.block, r.values.size() / r.block}, r.id, r.bytes);  // one block a row
+    const auto bytes = g.build();
+    const GgufFile f(bytes.data(), bytes.size(), "blocks.gguf");
+    const std::vector<float> got = f.dequantize(*f.find_tensor("t"));
+    REQUIRE(got.size() == r.values.size());
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) differ += got[i] != r.values[i];
+    CHECK(differ == 0);
+  }
+  // Every block type the reader decodes is in the fixture (the plain F32/F16/BF16 aside).
+  for (const char* name : {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"})
+    CHECK(std::count(covered.begin(), covered.end(), name) == 1);
+  CHECK(ggml_decoded_type_names() == "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16");
+}
+
+TEST_CASE("GGUF: a file of K-quants and Q5_0 (as a Q4_K_M file mixes them) loads; native holds those matrices in fp32, "
+          "exactly", "[gguf][native]") {
+  // K-quant rows are 256 values, so dim 256; llama.cpp falls back to Q5_0 for rows that are not
+  // (here the 512-wide FFN's down projection stays Q6_K, the LM head Q5_0 as a small model's would be).
+  TinyModel m(256, 512, 40);
+  m.metadata();
+  const auto type_of = [](const std::string& name) {
+    if (name == "blk.0.attn_v.weight" || name == "blk.0.ffn_down.weight") return GgmlType::Q6_K;
+    if (name == "blk.0.attn_k.weight") return GgmlType::Q5_K;
+    if (name == "blk.0.attn_output.weight") return GgmlType::Q3_K;
+    if (name == "blk.0.ffn_up.weight") return GgmlType::Q2_K;
+    if (name == "output.weight") return GgmlType::Q5_0;
+    return GgmlType::Q4_K;  // attn_q, ffn_gate
+  };
+  m.tensors(type_of);
+  const auto bytes = m.g.build();
+  const GgufFile f(bytes.data(), bytes.size(), "kquants.gguf");
+  const Weights w = load_gguf(f);
+  const auto values = [&](const std::string& name, std::size_t n) {
+    return reference_blocks(static_cast<std::uint32_t>(type_of(name)), n).second;
+  };
+  const LayerWeights& L = w.layers[0];
+  CHECK(L.wq == values("blk.0.attn_q.weight", 256 * 256));
+  CHECK(L.wk == values("blk.0.attn_k.weight", 256 * 128));
+  CHECK(L.wv == values("blk.0.attn_v.weight", 256 * 128));
+  CHECK(L.wo == values("blk.0.attn_output.weight", 256 * 256));
+  CHECK(L.w1 == values("blk.0.ffn_gate.weight", 256 * 512));
+  CHECK(L.w2 == values("blk.0.ffn_down.weight", 512 * 256));
+  CHECK(L.w3 == values("blk.0.ffn_up.weight", 256 * 512));
+  CHECK(w.classifier == values("output.weight", 256 * 40));
+  // No kernel reads these encodings: dtype native holds every one of them in fp32, so it runs the
+  // fp32 pass bit for bit, and says so in its bytes (32 bits a weight).
+  CpuBackend native(load_gguf(f, true), "native"), fp32(load_gguf(f), "fp32");
+  CHECK(native.bits_per_weight() == 32.0);
+  const std::vector<int> toks = {1, 7, 3, 22, 9, 4, 39};
+  CHECK(test::all_logits(native, toks) == test::all_logits(fp32, toks));
+}
+
 TEST_CASE("GGUF: a llama file maps to Weights tensor by tensor", "[gguf]") {
   TinyModel m;
   m.metadata();
@@ -443,11 +558,12 @@ TEST_CASE("GGUF: truncated and malformed files are clear errors naming the file 
   other.tensors();
   CHECK_THAT(error_of(other.g.build()), Catch::Contains("architecture \"gpt2\" is not supported"));
 
-  TinyModel q4k;  // a type the reader knows but does not dequantise
-  q4k.metadata();
-  q4k.g.tensor("token_embd.weight", {256, 10}, 12, std::vector<std::uint8_t>(144 * 10));
-  CHECK_THAT(error_of(q4k.g.build()), Catch::Contains("token_embd.weight") && Catch::Contains("Q4_K") &&
-                                          Catch::Contains("not supported"));
+  TinyModel q8k;  // a type the reader knows but does not decode (ggml's intermediate Q8_K)
+  q8k.metadata();
+  q8k.g.tensor("token_embd.weight", {256, 10}, 15, std::vector<std::uint8_t>(292 * 10));
+  CHECK_THAT(error_of(q8k.g.build()), Catch::Contains("token_embd.weight") && Catch::Contains("Q8_K") &&
+                                          Catch::Contains("not supported; supported: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
+                                                          "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16"));
 
   TinyModel unknown;
   unknown.metadata();

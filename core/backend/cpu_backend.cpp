@@ -61,8 +61,13 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(std::initializer_list<StoredMa
     rows += p->rows;
     same = same && p->ggml_type == first.ggml_type;
   }
+  // The encodings with a kernel of their own; the rest (Q5_0, Q5_1, the K-quants) are held in
+  // fp32, exactly, as is a fused matrix whose parts differ (a Q4_1 K beside a Q8_0 V): one
+  // matrix holds one encoding. bits_per_weight shows what was held.
+  const bool has_kernel = type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16 ||
+                          type == GgmlType::Q8_0 || type == GgmlType::Q4_0 || type == GgmlType::Q4_1;
   Matrix m;
-  if (!same) {  // e.g. a Q4_1 K beside a Q8_0 V: one fused matrix holds one encoding, so fp32 (exact)
+  if (!same || !has_kernel) {
     m.f32.resize(rows * in);
     float* dst = m.f32.data();
     for (StoredMatrix* p : parts) {

@@ -24,31 +24,6 @@ constexpr std::uint32_t kMagic = 0x46554747;  // "GGUF" little-endian
 constexpr std::uint64_t kMaxDims = 4;          // GGML_MAX_DIMS
 constexpr int kMaxArrayDepth = 4;
 
-struct TypeTraits {
-  std::uint32_t id;
-  const char* name;
-  std::uint64_t block;       // elements per block
-  std::uint64_t block_bytes;
-  bool supported;            // dequantised by this reader
-};
-
-// ggml's type table for the types whose layout is stable; unsupported ones are listed so that
-// the error can name them.
-constexpr TypeTraits kTypes[] = {
-    {0, "F32", 1, 4, true},        {1, "F16", 1, 2, true},       {2, "Q4_0", 32, 18, true},
-    {3, "Q4_1", 32, 20, true},     {6, "Q5_0", 32, 22, false},   {7, "Q5_1", 32, 24, false},
-    {8, "Q8_0", 32, 34, true},     {9, "Q8_1", 32, 36, false},   {10, "Q2_K", 256, 84, false},
-    {11, "Q3_K", 256, 110, false}, {12, "Q4_K", 256, 144, false}, {13, "Q5_K", 256, 176, false},
-    {14, "Q6_K", 256, 210, false}, {15, "Q8_K", 256, 292, false}, {24, "I8", 1, 1, false},
-    {25, "I16", 1, 2, false},      {26, "I32", 1, 4, false},      {27, "I64", 1, 8, false},
-    {28, "F64", 1, 8, false},      {30, "BF16", 1, 2, true},
-};
-
-const TypeTraits* traits(std::uint32_t type) {
-  for (const auto& t : kTypes)
-    if (t.id == type) return &t;
-  return nullptr;
-}
 
 const char* value_type_name(std::uint32_t t) {
   static const char* names[] = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32",
@@ -192,91 +167,6 @@ void read_value(Cursor& c, std::uint32_t t, const std::string& field, GgufValue&
 
 }  // namespace
 
-std::string ggml_type_name(std::uint32_t type) {
-  if (const auto* t = traits(type)) return t->name;
-  return fmt::format("type {}", type);
-}
-
-float fp16_to_float(std::uint16_t h) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000) << 16;
-  std::uint32_t exp = (h >> 10) & 0x1F;
-  std::uint32_t mant = h & 0x3FF;
-  std::uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      exp = 127 - 15 + 1;
-      while ((mant & 0x400) == 0) {
-        mant <<= 1;
-        --exp;
-      }
-      mant &= 0x3FF;
-      bits = sign | (exp << 23) | (mant << 13);
-    }
-  } else if (exp == 0x1F) {
-    bits = sign | 0x7F800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-float bf16_to_float(std::uint16_t h) {
-  const std::uint32_t bits = static_cast<std::uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-void dequantize_row(std::uint32_t type, const std::uint8_t* src, float* dst, std::size_t n) {
-  const auto u16 = [](const std::uint8_t* p) {
-    std::uint16_t v;
-    std::memcpy(&v, p, 2);
-    return v;
-  };
-  switch (static_cast<GgmlType>(type)) {
-    case GgmlType::F32: std::memcpy(dst, src, n * sizeof(float)); return;
-    case GgmlType::F16:
-      for (std::size_t i = 0; i < n; ++i) dst[i] = fp16_to_float(u16(src + 2 * i));
-      return;
-    case GgmlType::BF16:
-      for (std::size_t i = 0; i < n; ++i) dst[i] = bf16_to_float(u16(src + 2 * i));
-      return;
-    case GgmlType::Q8_0:  // block: fp16 d, int8 qs[32]; x = d * q
-      for (std::size_t b = 0; b < n / 32; ++b) {
-        const std::uint8_t* blk = src + b * 34;
-        const float d = fp16_to_float(u16(blk));
-        for (int j = 0; j < 32; ++j) dst[b * 32 + j] = d * static_cast<float>(static_cast<std::int8_t>(blk[2 + j]));
-      }
-      return;
-    case GgmlType::Q4_0:  // block: fp16 d, 16 bytes; low nibbles are x[0..15], high x[16..31]; x = d (q - 8)
-      for (std::size_t b = 0; b < n / 32; ++b) {
-        const std::uint8_t* blk = src + b * 18;
-        const float d = fp16_to_float(u16(blk));
-        for (int j = 0; j < 16; ++j) {
-          dst[b * 32 + j] = d * static_cast<float>((blk[2 + j] & 0x0F) - 8);
-          dst[b * 32 + j + 16] = d * static_cast<float>((blk[2 + j] >> 4) - 8);
-        }
-      }
-      return;
-    case GgmlType::Q4_1:  // block: fp16 d, fp16 m, 16 bytes; x = d q + m
-      for (std::size_t b = 0; b < n / 32; ++b) {
-        const std::uint8_t* blk = src + b * 20;
-        const float d = fp16_to_float(u16(blk)), m = fp16_to_float(u16(blk + 2));
-        for (int j = 0; j < 16; ++j) {
-          dst[b * 32 + j] = static_cast<float>(blk[4 + j] & 0x0F) * d + m;
-          dst[b * 32 + j + 16] = static_cast<float>(blk[4 + j] >> 4) * d + m;
-        }
-      }
-      return;
-  }
-  throw GgufError(fmt::format("tensor type {} is not supported; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1",
-                              ggml_type_name(type)));
-}
-
 GgufFile::GgufFile(const std::string& path) : path_(path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw GgufError(fmt::format("{}: cannot open GGUF file: {}", path, std::strerror(errno)));
@@ -362,7 +252,7 @@ void GgufFile::parse() {
       t.n_elements *= ne;
     }
     t.type = c.get<std::uint32_t>(f + ".type");
-    const TypeTraits* tt = traits(t.type);
+    const GgmlTypeTraits* tt = ggml_type_traits(t.type);
     if (!tt) c.fail(f + ".type", fmt::format("unknown ggml tensor type {}", t.type));
     if (t.dims[0] % tt->block != 0)
       c.fail(f + ".dims[0]", fmt::format("row length {} is not a multiple of {}'s block size {}", t.dims[0], tt->name, tt->block));
@@ -467,11 +357,10 @@ const std::uint8_t* GgufFile::tensor_data(const GgufTensorInfo& t) const {
 }
 
 std::vector<float> GgufFile::dequantize(const GgufTensorInfo& t) const {
-  const TypeTraits* tt = traits(t.type);
-  if (!tt || !tt->supported)
-    throw GgufError(fmt::format("{}: tensor {} has type {}, which is not supported; supported: F32, F16, BF16, "
-                                "Q8_0, Q4_0, Q4_1",
-                                path_, t.name, ggml_type_name(t.type)));
+  const GgmlTypeTraits* tt = ggml_type_traits(t.type);
+  if (!tt || !tt->decoded)
+    throw GgufError(fmt::format("{}: tensor {} has type {}, which is not supported; supported: {}", path_, t.name,
+                                ggml_type_name(t.type), ggml_decoded_type_names()));
   std::vector<float> out(static_cast<std::size_t>(t.n_elements));
   const std::uint8_t* src = tensor_data(t);
   // Rows are independent: split the blocks among threads.
@@ -561,9 +450,9 @@ Weights load_gguf(const GgufFile& f, bool keep_stored) {
   const auto get = [&](const std::string& name, std::vector<std::uint64_t> dims) {
     const GgufTensorInfo* t = f.find_tensor(name);
     if (!t) throw GgufError(fmt::format("{}: tensor {} is missing", f.path(), name));
-    if (const TypeTraits* tt = traits(t->type); !tt || !tt->supported)
-      throw GgufError(fmt::format("{}: tensor {} has type {}, which is not supported; supported: F32, F16, BF16, "
-                                  "Q8_0, Q4_0, Q4_1", f.path(), name, ggml_type_name(t->type)));
+    if (const GgmlTypeTraits* tt = ggml_type_traits(t->type); !tt || !tt->decoded)
+      throw GgufError(fmt::format("{}: tensor {} has type {}, which is not supported; supported: {}", f.path(), name,
+                                  ggml_type_name(t->type), ggml_decoded_type_names()));
     if (t->dims != dims)
       throw GgufError(fmt::format("{}: tensor {} has shape [{}], expected [{}]", f.path(), name, fmt::join(t->dims, ", "),
                                   fmt::join(dims, ", ")));

@@ -1,6 +1,7 @@
 #pragma once
 // A GGUF (v2/v3) reader for llama-architecture checkpoints: metadata, tensor infos, alignment,
-// and tensors dequantised to fp32 (F32, F16, BF16, Q8_0, Q4_0, Q4_1).
+// and tensors dequantised to fp32 (every type ggml_blocks.hpp decodes: F32, F16, BF16, Q4_0, Q4_1,
+// Q5_0, Q5_1, Q8_0 and the K-quants Q2_K to Q6_K).
 //
 // The file is memory-mapped. Every offset, count and size read from it is bounds-checked: a
 // truncated or malformed file throws GgufError naming the file and the field, never reads out of
@@ -15,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "model/ggml_blocks.hpp"
 #include "model/shape.hpp"
 
 namespace ablate {
@@ -31,10 +33,6 @@ enum class GgufType : std::uint32_t {
   U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, Bool = 7, String = 8, Array = 9, U64 = 10,
   I64 = 11, F64 = 12,
 };
-
-// ggml tensor types this reader dequantises (others are named in the error).
-enum class GgmlType : std::uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, BF16 = 30 };
-std::string ggml_type_name(std::uint32_t type);
 
 // One metadata value. Scalars: integers in i/u (both set when representable), floats in f,
 // strings in s. Arrays: elem_type, count, and the elements in ints / floats / strs by kind
@@ -110,12 +108,6 @@ class GgufFile {
   std::vector<GgufTensorInfo> tensors_;
   std::map<std::string, std::size_t> tensor_index_;
 };
-
-// fp16 / bf16 bit patterns to float.
-float fp16_to_float(std::uint16_t h);
-float bf16_to_float(std::uint16_t h);
-// Dequantises n elements (a multiple of the type's block size) of `type` from src into dst.
-void dequantize_row(std::uint32_t type, const std::uint8_t* src, float* dst, std::size_t n);
 
 // The model shape from a llama- or qwen2-architecture GGUF's metadata (name = the file's stem).
 ModelShape gguf_shape(const GgufFile& f);

@@ -1,0 +1,275 @@
+#include "model/ggml_blocks.hpp"
+
+#include <cstring>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+namespace ablate {
+
+namespace {
+
+// ggml's type table for the types whose layout is stable; the ones not decoded are listed so
+// that an error can name them.
+constexpr GgmlTypeTraits kTypes[] = {
+    {0, "F32", 1, 4, true},       {1, "F16", 1, 2, true},        {2, "Q4_0", 32, 18, true},
+    {3, "Q4_1", 32, 20, true},    {6, "Q5_0", 32, 22, true},     {7, "Q5_1", 32, 24, true},
+    {8, "Q8_0", 32, 34, true},    {9, "Q8_1", 32, 36, false},    {10, "Q2_K", 256, 84, true},
+    {11, "Q3_K", 256, 110, true}, {12, "Q4_K", 256, 144, true},  {13, "Q5_K", 256, 176, true},
+    {14, "Q6_K", 256, 210, true}, {15, "Q8_K", 256, 292, false}, {24, "I8", 1, 1, false},
+    {25, "I16", 1, 2, false},     {26, "I32", 1, 4, false},      {27, "I64", 1, 8, false},
+    {28, "F64", 1, 8, false},     {30, "BF16", 1, 2, true},
+};
+
+std::uint16_t u16(const std::uint8_t* p) {
+  std::uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+float half(const std::uint8_t* p) { return fp16_to_float(u16(p)); }
+
+// The block decoders, one per type; each writes the block's `block` values to y. The formulas,
+// and the order of their float operations, are ggml's dequantize_row_* (ggml-quants.c).
+
+void q8_0(const std::uint8_t* b, float* y) {  // fp16 d, int8 q[32]: x = d q
+  const float d = half(b);
+  for (int j = 0; j < 32; ++j) y[j] = d * static_cast<float>(static_cast<std::int8_t>(b[2 + j]));
+}
+
+void q4_0(const std::uint8_t* b, float* y) {  // fp16 d, 16 bytes: low nibbles x[0..15], high x[16..31]; x = d (q - 8)
+  const float d = half(b);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * static_cast<float>((b[2 + j] & 0x0F) - 8);
+    y[j + 16] = d * static_cast<float>((b[2 + j] >> 4) - 8);
+  }
+}
+
+void q4_1(const std::uint8_t* b, float* y) {  // fp16 d, fp16 m, 16 bytes: x = d q + m
+  const float d = half(b), m = half(b + 2);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = static_cast<float>(b[4 + j] & 0x0F) * d + m;
+    y[j + 16] = static_cast<float>(b[4 + j] >> 4) * d + m;
+  }
+}
+
+// Q5_0 / Q5_1: as Q4_0 / Q4_1 with a fifth bit for each value in the 32-bit word qh.
+void q5_0(const std::uint8_t* b, float* y) {  // fp16 d, u32 qh, 16 bytes: x = d (q - 16)
+  const float d = half(b);
+  std::uint32_t qh;
+  std::memcpy(&qh, b + 2, 4);
+  for (int j = 0; j < 16; ++j) {
+    const int lo = (b[6 + j] & 0x0F) | static_cast<int>(((qh >> j) << 4) & 0x10);
+    const int hi = (b[6 + j] >> 4) | static_cast<int>((qh >> (j + 12)) & 0x10);
+    y[j] = static_cast<float>(lo - 16) * d;
+    y[j + 16] = static_cast<float>(hi - 16) * d;
+  }
+}
+
+void q5_1(const std::uint8_t* b, float* y) {  // fp16 d, fp16 m, u32 qh, 16 bytes: x = d q + m
+  const float d = half(b), m = half(b + 2);
+  std::uint32_t qh;
+  std::memcpy(&qh, b + 4, 4);
+  for (int j = 0; j < 16; ++j) {
+    const int lo = (b[8 + j] & 0x0F) | static_cast<int>(((qh >> j) << 4) & 0x10);
+    const int hi = (b[8 + j] >> 4) | static_cast<int>((qh >> (j + 12)) & 0x10);
+    y[j] = static_cast<float>(lo) * d + m;
+    y[j + 16] = static_cast<float>(hi) * d + m;
+  }
+}
+
+// The K-quants: 256-value super-blocks of 16 or 32-value sub-blocks, each with its own scale
+// (and min), the scales themselves quantized against the super-block's fp16 d (and dmin).
+
+// Q2_K: u8 scales[16] (low nibble scale, high nibble min), 2-bit q[256] in 64 bytes, fp16 d, dmin.
+void q2_k(const std::uint8_t* b, float* y) {
+  const std::uint8_t* scales = b;
+  const std::uint8_t* q = b + 16;
+  const float d = half(b + 80), dmin = half(b + 82);
+  int is = 0;
+  for (int n = 0; n < 256; n += 128, q += 32) {
+    for (int shift = 0; shift < 8; shift += 2) {
+      for (int half16 = 0; half16 < 2; ++half16) {
+        const std::uint8_t sc = scales[is++];
+        const float dl = d * static_cast<float>(sc & 0xF), ml = dmin * static_cast<float>(sc >> 4);
+        for (int l = 0; l < 16; ++l) *y++ = dl * static_cast<float>((q[l + 16 * half16] >> shift) & 3) - ml;
+      }
+    }
+  }
+}
+
+// Q3_K: hmask[32] (the third bit), 2-bit q in 64 bytes, 16 6-bit scales packed in 12 bytes, fp16 d.
+void q3_k(const std::uint8_t* b, float* y) {
+  const std::uint8_t* hm = b;
+  const std::uint8_t* q = b + 32;
+  const float d_all = half(b + 108);
+  // Unpack the 6-bit scales: low 4 bits from bytes 0..7, high 2 bits from bytes 8..11.
+  std::int8_t scales[16];
+  for (int i = 0; i < 16; ++i) {
+    const int low = i < 8 ? b[96 + i] & 0xF : b[96 + i - 8] >> 4;
+    const int high = (b[96 + 8 + i % 4] >> (2 * (i / 4))) & 3;
+    scales[i] = static_cast<std::int8_t>((low | (high << 4)) - 32);
+  }
+  int is = 0;
+  std::uint8_t m = 1;
+  for (int n = 0; n < 256; n += 128, q += 32) {
+    for (int shift = 0; shift < 8; shift += 2, m = static_cast<std::uint8_t>(m << 1)) {
+      for (int half16 = 0; half16 < 2; ++half16) {
+        const float dl = d_all * static_cast<float>(scales[is++]);
+        for (int l = 16 * half16; l < 16 * half16 + 16; ++l)
+          *y++ = dl * static_cast<float>(((q[l] >> shift) & 3) - ((hm[l] & m) ? 0 : 4));
+      }
+    }
+  }
+}
+
+// Q4_K and Q5_K: 8 sub-blocks of 32, each with a 6-bit scale and a 6-bit min, packed in 12 bytes.
+void scale_min_k4(int j, const std::uint8_t* q, float& sc, float& m) {
+  if (j < 4) {
+    sc = static_cast<float>(q[j] & 63);
+    m = static_cast<float>(q[j + 4] & 63);
+  } else {
+    sc = static_cast<float>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    m = static_cast<float>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
+// Q4_K: fp16 d, fp16 dmin, scales[12], 4-bit q[256] in 128 bytes: x = d sc q - dmin m.
+void q4_k(const std::uint8_t* b, float* y) {
+  const float d = half(b), dmin = half(b + 2);
+  const std::uint8_t* scales = b + 4;
+  const std::uint8_t* q = b + 16;
+  for (int is = 0; is < 8; is += 2, q += 32) {
+    float sc, m;
+    scale_min_k4(is, scales, sc, m);
+    const float d1 = d * sc, m1 = dmin * m;
+    scale_min_k4(is + 1, scales, sc, m);
+    const float d2 = d * sc, m2 = dmin * m;
+    for (int l = 0; l < 32; ++l) *y++ = d1 * static_cast<float>(q[l] & 0xF) - m1;
+    for (int l = 0; l < 32; ++l) *y++ = d2 * static_cast<float>(q[l] >> 4) - m2;
+  }
+}
+
+// Q5_K: as Q4_K plus qh[32], the fifth bits: x = d sc q - dmin m.
+void q5_k(const std::uint8_t* b, float* y) {
+  const float d = half(b), dmin = half(b + 2);
+  const std::uint8_t* scales = b + 4;
+  const std::uint8_t* qh = b + 16;
+  const std::uint8_t* ql = b + 48;
+  std::uint8_t u1 = 1, u2 = 2;
+  for (int is = 0; is < 8; is += 2, ql += 32, u1 = static_cast<std::uint8_t>(u1 << 2), u2 = static_cast<std::uint8_t>(u2 << 2)) {
+    float sc, m;
+    scale_min_k4(is, scales, sc, m);
+    const float d1 = d * sc, m1 = dmin * m;
+    scale_min_k4(is + 1, scales, sc, m);
+    const float d2 = d * sc, m2 = dmin * m;
+    for (int l = 0; l < 32; ++l) *y++ = d1 * static_cast<float>((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
+    for (int l = 0; l < 32; ++l) *y++ = d2 * static_cast<float>((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+  }
+}
+
+// Q6_K: low 4 bits ql[128], high 2 bits qh[64], int8 scales[16] (one per 16 values), fp16 d:
+// x = d scale (q - 32).
+void q6_k(const std::uint8_t* b, float* y) {
+  const std::uint8_t* ql = b;
+  const std::uint8_t* qh = b + 128;
+  const auto* sc = reinterpret_cast<const std::int8_t*>(b + 192);
+  const float d = half(b + 208);
+  for (int n = 0; n < 256; n += 128, y += 128, ql += 64, qh += 32, sc += 8) {
+    for (int l = 0; l < 32; ++l) {
+      const int is = l / 16;
+      const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+      const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+      const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+      const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+      y[l] = d * static_cast<float>(sc[is + 0]) * static_cast<float>(q1);
+      y[l + 32] = d * static_cast<float>(sc[is + 2]) * static_cast<float>(q2);
+      y[l + 64] = d * static_cast<float>(sc[is + 4]) * static_cast<float>(q3);
+      y[l + 96] = d * static_cast<float>(sc[is + 6]) * static_cast<float>(q4);
+    }
+  }
+}
+
+}  // namespace
+
+const GgmlTypeTraits* ggml_type_traits(std::uint32_t type) {
+  for (const auto& t : kTypes)
+    if (t.id == type) return &t;
+  return nullptr;
+}
+
+std::string ggml_type_name(std::uint32_t type) {
+  if (const auto* t = ggml_type_traits(type)) return t->name;
+  return fmt::format("type {}", type);
+}
+
+std::string ggml_decoded_type_names() {
+  std::string s;
+  for (const auto& t : kTypes)
+    if (t.decoded) s += (s.empty() ? "" : ", ") + std::string(t.name);
+  return s;
+}
+
+float fp16_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000) << 16;
+  std::uint32_t exp = (h >> 10) & 0x1F;
+  std::uint32_t mant = h & 0x3FF;
+  std::uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      exp = 127 - 15 + 1;
+      while ((mant & 0x400) == 0) {
+        mant <<= 1;
+        --exp;
+      }
+      mant &= 0x3FF;
+      bits = sign | (exp << 23) | (mant << 13);
+    }
+  } else if (exp == 0x1F) {
+    bits = sign | 0x7F800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+float bf16_to_float(std::uint16_t h) {
+  const std::uint32_t bits = static_cast<std::uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+void dequantize_row(std::uint32_t type, const std::uint8_t* src, float* dst, std::size_t n) {
+  using Block = void (*)(const std::uint8_t*, float*);
+  const auto blocks = [&](Block decode, std::size_t block, std::size_t bytes) {
+    for (std::size_t b = 0; b < n / block; ++b) decode(src + b * bytes, dst + b * block);
+  };
+  switch (static_cast<GgmlType>(type)) {
+    case GgmlType::F32: std::memcpy(dst, src, n * sizeof(float)); return;
+    case GgmlType::F16:
+      for (std::size_t i = 0; i < n; ++i) dst[i] = fp16_to_float(u16(src + 2 * i));
+      return;
+    case GgmlType::BF16:
+      for (std::size_t i = 0; i < n; ++i) dst[i] = bf16_to_float(u16(src + 2 * i));
+      return;
+    case GgmlType::Q8_0: return blocks(q8_0, 32, 34);
+    case GgmlType::Q4_0: return blocks(q4_0, 32, 18);
+    case GgmlType::Q4_1: return blocks(q4_1, 32, 20);
+    case GgmlType::Q5_0: return blocks(q5_0, 32, 22);
+    case GgmlType::Q5_1: return blocks(q5_1, 32, 24);
+    case GgmlType::Q2_K: return blocks(q2_k, 256, 84);
+    case GgmlType::Q3_K: return blocks(q3_k, 256, 110);
+    case GgmlType::Q4_K: return blocks(q4_k, 256, 144);
+    case GgmlType::Q5_K: return blocks(q5_k, 256, 176);
+    case GgmlType::Q6_K: return blocks(q6_k, 256, 210);
+  }
+  throw std::invalid_argument(fmt::format("tensor type {} is not supported; supported: {}", ggml_type_name(type),
+                                          ggml_decoded_type_names()));
+}
+
+}  // namespace ablate
