@@ -12,6 +12,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdlib>
 #include <memory>
 #include <numeric>
@@ -93,6 +94,7 @@ struct MatmulCopies {
   std::vector<cpu::Half> f16;
   std::vector<cpu::PackedQ8_0> q8;
   std::vector<cpu::PackedQ4_1> q4;
+  std::vector<cpu::PackedQ4_0> q40;
   MatmulCopies(int dtype, int in, int out) : wn(std::size_t(in) * out) {
     count = std::max<std::size_t>(1, arena().floats / wn);
     const float* w = arena().slice(wn, 0);
@@ -109,7 +111,15 @@ struct MatmulCopies {
     } else if (dtype == 3) {
       q8.assign(count, cpu::pack_q8_0(cpu::quantize_q8_0(w, out, in), out, in));
     } else if (dtype == 4) {
-      q4.assign(count, cpu::pack_q4_1(cpu::quantize_q4_1(w, out, in), out, in));
+      q4.assign(count, cpu::pack_q4(cpu::quantize_q4_1(w, out, in), out, in));
+    } else if (dtype == 5) {  // the Q4_1 blocks without their offsets: Q4_0's bytes (the timing needs no Q4_0 rounding)
+      std::vector<cpu::BlockQ4_0> blocks;
+      for (const cpu::BlockQ4_1& b : cpu::quantize_q4_1(w, out, in)) {
+        cpu::BlockQ4_0 z{b.d, {}};
+        std::memcpy(z.qs, b.qs, sizeof z.qs);
+        blocks.push_back(z);
+      }
+      q40.assign(count, cpu::pack_q4(blocks, out, in));
     }
   }
 };
@@ -128,13 +138,15 @@ void BM_Matmul(benchmark::State& state) {
       case 1: cpu::matmul(y.data(), x.data(), copies.bf16.data() + c * wn, rows, in, out); break;
       case 2: cpu::matmul(y.data(), x.data(), copies.f16.data() + c * wn, rows, in, out); break;
       case 3: cpu::matmul(y.data(), x.data(), copies.q8[c], rows, in, out); break;
-      default: cpu::matmul(y.data(), x.data(), copies.q4[c], rows, in, out); break;
+      case 4: cpu::matmul(y.data(), x.data(), copies.q4[c], rows, in, out); break;
+      default: cpu::matmul(y.data(), x.data(), copies.q40[c], rows, in, out); break;
     }
     benchmark::DoNotOptimize(y.data());
   }
   const double bytes = dtype == 0   ? 4.0 * wn
                        : dtype == 3 ? double(copies.q8[0].bytes())
                        : dtype == 4 ? double(copies.q4[0].bytes())
+                       : dtype == 5 ? double(copies.q40[0].bytes())
                                     : 2.0 * wn;
   set_rate_counters(state, bytes, 2.0 * rows * wn, bw);
 }
@@ -236,10 +248,10 @@ void BM_AttentionNaive(benchmark::State& state) {
 }
 
 void matmul_args(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0, 4 Q4_1 (native)
+  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0, 4 Q4_1, 5 Q4_0 (native)
   const std::pair<int, int> shapes[] = {{kDim, kDim}, {kDim, kKvDim}, {kDim, kHidden}, {kHidden, kDim}, {kDim, kVocab}};
   for (int rows : {1, 5, 16})
-    for (int dtype = 0; dtype < 5; ++dtype)
+    for (int dtype = 0; dtype < 6; ++dtype)
       if (rows != 5 || dtype == 0)
         for (auto [in, out] : shapes) b->Args({rows, in, out, dtype});
 }

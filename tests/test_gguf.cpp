@@ -491,7 +491,7 @@ TEST_CASE("dtype native: a GGUF's F32, F16 and Q8_0 matrices run as stored, bit 
   }
 }
 
-TEST_CASE("dtype native: Q4_1 and Q4_0 matrices as Q4_1 blocks, a fused matrix of mixed types in fp32, near the fp32 pass",
+TEST_CASE("dtype native: Q4_1 and Q4_0 matrices in their own blocks, a fused matrix of mixed types in fp32, near the fp32 pass",
           "[gguf][native]") {
   TinyModel m(32, 64, 40);
   m.metadata();
@@ -503,9 +503,9 @@ TEST_CASE("dtype native: Q4_1 and Q4_0 matrices as Q4_1 blocks, a fused matrix o
   const auto bytes = m.g.build();
   const GgufFile f(bytes.data(), bytes.size(), "native4.gguf");
   CpuBackend native(load_gguf(f, true), "native"), fp32(load_gguf(f), "fp32");
-  // [wq; wk; wv] mixes Q4_0 and Q4_1: fp32. wo (Q4_0) 32 rows of one 20-byte block as Q4_1; [w1; w3]
-  // 128 rows of one; w2 32 rows of two; the LM head 40 rows of one 34-byte Q8_0 block.
-  CHECK(native.matrix_bytes() == 64 * 32 * 4 + 32 * 20 + 128 * 20 + 32 * 2 * 20 + 40 * 34);
+  // [wq; wk; wv] mixes Q4_0 and Q4_1: fp32. wo (Q4_0) 32 rows of one 18-byte block; [w1; w3] (Q4_1)
+  // 128 rows of one 20-byte block; w2 32 rows of two; the LM head 40 rows of one 34-byte Q8_0 block.
+  CHECK(native.matrix_bytes() == 64 * 32 * 4 + 32 * 18 + 128 * 20 + 32 * 2 * 20 + 40 * 34);
   CHECK(native.bits_per_weight() == Approx(8.0 * native.matrix_bytes() / (64 * 32 + 32 * 32 + 128 * 32 + 32 * 64 + 40 * 32)));
   const std::vector<int> toks = {1, 7, 3, 22, 9, 4, 39};
   const auto a = test::all_logits(native, toks), b = test::all_logits(fp32, toks);

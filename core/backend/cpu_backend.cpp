@@ -100,15 +100,13 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(std::initializer_list<StoredMa
     case GgmlType::Q4_1: {
       std::vector<cpu::BlockQ4_1> blocks;
       as(blocks);
-      m.q4 = cpu::pack_q4_1(blocks, out, cols);
+      m.q4 = cpu::pack_q4(blocks, out, cols);
       break;
     }
     case GgmlType::Q4_0: {
       std::vector<cpu::BlockQ4_0> blocks;
       as(blocks);
-      std::vector<cpu::BlockQ4_1> q41(blocks.size());
-      std::transform(blocks.begin(), blocks.end(), q41.begin(), cpu::q4_0_as_q4_1);
-      m.q4 = cpu::pack_q4_1(q41, out, cols);
+      m.q40 = cpu::pack_q4(blocks, out, cols);
       break;
     }
     default:
@@ -123,6 +121,7 @@ void CpuBackend::Matrix::matmul(float* y, const float* x, int rows, int in, int 
   if (!bf16.empty()) return cpu::matmul(y, x, bf16.data(), rows, in, out);
   if (!q8.empty()) return cpu::matmul(y, x, q8, rows, in, out);
   if (!q4.empty()) return cpu::matmul(y, x, q4, rows, in, out);
+  if (!q40.empty()) return cpu::matmul(y, x, q40, rows, in, out);
   cpu::matmul(y, x, f16.data(), rows, in, out);
 }
 

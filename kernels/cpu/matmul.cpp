@@ -178,14 +178,19 @@ void matmul_block(float* y, const BlockQ8_0* x, const PackedQ8_0* w, int rows, i
   }
 }
 
-// ---- Q4_1 x Q8_0 (dtype native on a GGUF's Q4_1 / Q4_0 tensors) -------------------------------
+// ---- Q4_1 / Q4_0 x Q8_0 (dtype native on a GGUF's Q4_1 / Q4_0 tensors) -------------------------
 // Per block pair, sum_i (d_w q_w + m_w) d_x q_x = d_w d_x sum(q_w q_x) + m_w (d_x sum(q_x)): the
 // int8 products summed exactly in int32, then the two scalings (llama.cpp's Q4_1 x Q8_1 product;
-// x's d_x sum(q_x) per block is computed once per call). Unsigned 4-bit w goes straight into
-// vpmaddubsw: each pair sum is at most 2 * 15 * 127 = 3810 in magnitude, so a block's 8 of them
-// add up in int16 (at most 30480) before one vpmaddwd.
-template <int R>
-void group_q4q8(float* y, const Q8Rows& x, const BlockQ4_1x8* g, int nb, int out, int o, int r0) {
+// x's d_x sum(q_x) per block is computed once per call; Q4_0's m_w is -8 d_w). Unsigned 4-bit w
+// goes straight into vpmaddubsw: each pair sum is at most 2 * 15 * 127 = 3810 in magnitude, so a
+// block's 8 of them add up in int16 (at most 30480) before one vpmaddwd.
+inline __m256 group_offsets(const BlockQ4_1x8& g, __m256) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g.m)));
+}
+inline __m256 group_offsets(const BlockQ4_0x8&, __m256 dw) { return _mm256_mul_ps(dw, _mm256_set1_ps(-8.0f)); }
+
+template <int R, class Group>
+void group_q4q8(float* y, const Q8Rows& x, const Group* g, int nb, int out, int o, int r0) {
   const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
   __m256 acc[R];
 #pragma GCC unroll 4
@@ -196,7 +201,7 @@ void group_q4q8(float* y, const Q8Rows& x, const BlockQ4_1x8* g, int nb, int out
     __m256i sum[R];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) sum[r] = _mm256_setzero_si256();
-    // 2 KiB ahead into L2, as group_q8q8 (160-byte group blocks: 3 cache lines a block).
+    // 2 KiB ahead into L2, as group_q8q8 (144- or 160-byte group blocks: 3 cache lines a block).
     for (int c = 0; c < 3; ++c) _mm_prefetch(reinterpret_cast<const char*>(&g[b]) + 2048 + 64 * c, _MM_HINT_T1);
 #pragma GCC unroll 4
     for (int k = 0; k < 4; ++k) {
@@ -212,7 +217,7 @@ void group_q4q8(float* y, const Q8Rows& x, const BlockQ4_1x8* g, int nb, int out
       }
     }
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].d)));
-    const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].m)));
+    const __m256 mw = group_offsets(g[b], dw);
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum[r], ones));
@@ -224,9 +229,9 @@ void group_q4q8(float* y, const Q8Rows& x, const BlockQ4_1x8* g, int nb, int out
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + std::size_t(r0 + r) * out + o, acc[r]);
 }
 
-// One plain row of w (PackedQ4_1's last out % 8 rows) x R rows of x from r0.
-template <int R>
-void row_q4q8(float* y, const Q8Rows& x, const BlockQ4_1* wr, int nb, int out, int o, int r0) {
+// One plain row of w (PackedQ4's last out % 8 rows) x R rows of x from r0.
+template <int R, class Block>
+void row_q4q8(float* y, const Q8Rows& x, const Block* wr, int nb, int out, int o, int r0) {
   const __m256i ones = _mm256_set1_epi16(1);
   const __m128i low = _mm_set1_epi8(0x0F);
   __m256 acc[R];
@@ -238,7 +243,7 @@ void row_q4q8(float* y, const Q8Rows& x, const BlockQ4_1* wr, int nb, int out, i
   for (int b = 0; b < nb; ++b) {
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[b].qs));
     const __m256i wq = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low), _mm_and_si128(v, low));  // values 0..31
-    const float dw = _cvtsh_ss(wr[b].d.bits), mw = _cvtsh_ss(wr[b].m.bits);
+    const float dw = _cvtsh_ss(wr[b].d.bits), mw = q4_offset(wr[b]);
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       const BlockQ8_0& xb = xr[std::size_t(r) * nb + b];
@@ -252,15 +257,16 @@ void row_q4q8(float* y, const Q8Rows& x, const BlockQ4_1* wr, int nb, int out, i
 }
 
 // Columns [o0, o1) of y; o0 is a multiple of 8.
-void matmul_block(float* y, const Q8Rows* x, const PackedQ4_1* w, int rows, int in, int out, int o0, int o1) {
+template <class Block>
+void matmul_block(float* y, const Q8Rows* x, const PackedQ4<Block>* w, int rows, int in, int out, int o0, int o1) {
   const int nb = in / kQ8Block, full = out / 8 * 8;
   int o = o0;
   for (; o + 8 <= std::min(o1, full); o += 8) {
-    const BlockQ4_1x8* g = w->groups.data() + std::size_t(o / 8) * nb;
+    const auto* g = w->groups.data() + std::size_t(o / 8) * nb;
     over_rows(rows, [&]<int R>(int r0) { group_q4q8<R>(y, *x, g, nb, out, o, r0); });
   }
   for (; o < o1; ++o) {
-    const BlockQ4_1* wr = w->tail.data() + std::size_t(o - full) * nb;
+    const Block* wr = w->tail.data() + std::size_t(o - full) * nb;
     over_rows(rows, [&]<int R>(int r0) { row_q4q8<R>(y, *x, wr, nb, out, o, r0); });
   }
 }
@@ -612,20 +618,21 @@ void widen_rows(float* dst, const PackedQ8_0* w, int in, int p0, int p1) {
     for (int b = 0; b < nb; ++b) widen_block(dst + b * kQ8Block, w->block(o, b), std::min(kQ8Block, in - b * kQ8Block));
 }
 
-void widen_rows(float* dst, const PackedQ4_1* w, int in, int p0, int p1) {
+template <class Block>
+void widen_rows(float* dst, const PackedQ4<Block>* w, int in, int p0, int p1) {
   const int nb = in / kQ8Block;
   for (int o = p0; o < p1; ++o, dst += in)
     for (int b = 0; b < nb; ++b) {
-      const BlockQ4_1 blk = w->block(o, b);
-      for (int i = 0; i < kQ8Block; ++i) dst[b * kQ8Block + i] = q4_1_value(blk, i);
+      const Block blk = w->block(o, b);
+      for (int i = 0; i < kQ8Block; ++i) dst[b * kQ8Block + i] = q4_value(blk, i);
     }
 }
 
 template <class W>
 void matmul_block(float* y, const float* x, const W* w, int rows, int in, int out, int o0, int o1) {
 #if defined(ABLATE_FEW_ROWS)
-  // (Q8_0 and Q4_1 with few rows multiply int8 inputs: matmul_block on Q8_0 x, above.)
-  if constexpr (!std::is_same_v<W, PackedQ8_0> && !std::is_same_v<W, PackedQ4_1>)
+  // (Q8_0, Q4_1 and Q4_0 with few rows multiply int8 inputs: matmul_block on Q8_0 x, above.)
+  if constexpr (!std::is_same_v<W, PackedQ8_0> && !std::is_same_v<W, PackedQ4_1> && !std::is_same_v<W, PackedQ4_0>)
     if (rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
 #endif
   constexpr int kPanel = 64;  // rows of w widened at once: 64 x in floats stay in L2
@@ -757,8 +764,10 @@ void matmul(float* y, const float* x, const PackedQ8_0& w, int rows, int in, int
   matmul_any(y, xr.data(), &w, rows, in, out);
 }
 
-void matmul(float* y, const float* x, const PackedQ4_1& w, int rows, int in, int out) {
-  if (w.in != in || w.out != out) throw std::invalid_argument("matmul: the Q4_1 matrix is not [out][in]");
+namespace {
+template <class Block>
+void matmul_q4(float* y, const float* x, const PackedQ4<Block>& w, int rows, int in, int out) {
+  if (w.in != in || w.out != out) throw std::invalid_argument("matmul: the 4-bit matrix is not [out][in]");
   thread_local std::vector<BlockQ8_0> xq;
   const int nb = in / kQ8Block;
   xq.resize(std::size_t(rows) * nb);
@@ -782,5 +791,9 @@ void matmul(float* y, const float* x, const PackedQ4_1& w, int rows, int in, int
   widen_rows(xr.data(), xq.data(), in, 0, rows);
   matmul_any(y, xr.data(), &w, rows, in, out);
 }
+}  // namespace
+
+void matmul(float* y, const float* x, const PackedQ4_1& w, int rows, int in, int out) { matmul_q4(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedQ4_0& w, int rows, int in, int out) { matmul_q4(y, x, w, rows, in, out); }
 
 }  // namespace ablate::cpu

@@ -34,23 +34,27 @@ std::vector<BlockQ4_1> quantize_q4_1(const float* w, int rows, int in) {
   return out;
 }
 
-PackedQ4_1 pack_q4_1(const std::vector<BlockQ4_1>& blocks, int out, int in) {
+template <class Block>
+PackedQ4<Block> pack_q4(const std::vector<Block>& blocks, int out, int in) {
   if (in <= 0 || in % kQ8Block != 0 || out < 0 || blocks.size() != std::size_t(out) * std::size_t(in / kQ8Block))
-    throw std::invalid_argument("pack_q4_1: " + std::to_string(blocks.size()) + " blocks are not " + std::to_string(out) +
+    throw std::invalid_argument("pack_q4: " + std::to_string(blocks.size()) + " blocks are not " + std::to_string(out) +
                                 " rows of " + std::to_string(in) + " values (a positive multiple of 32)");
-  PackedQ4_1 p;
+  PackedQ4<Block> p;
   p.out = out, p.in = in;
   const int nb = in / kQ8Block, full = out / 8 * 8;
   p.groups.resize(std::size_t(full / 8) * nb);
   for (int o = 0; o < full; ++o)
     for (int b = 0; b < nb; ++b) {
-      const BlockQ4_1& src = blocks[std::size_t(o) * nb + b];
-      BlockQ4_1x8& g = p.groups[std::size_t(o / 8) * nb + b];
-      g.d[o % 8] = src.d, g.m[o % 8] = src.m;
+      const Block& src = blocks[std::size_t(o) * nb + b];
+      auto& g = p.groups[std::size_t(o / 8) * nb + b];
+      g.d[o % 8] = src.d;
+      if constexpr (std::is_same_v<Block, BlockQ4_1>) g.m[o % 8] = src.m;
       for (int i = 0; i < 16; ++i) g.qs[q8_0x8_index(o % 8, i)] = src.qs[i];
     }
   p.tail.assign(blocks.begin() + std::ptrdiff_t(std::size_t(full) * nb), blocks.end());
   return p;
 }
+template PackedQ4_1 pack_q4(const std::vector<BlockQ4_1>&, int, int);
+template PackedQ4_0 pack_q4(const std::vector<BlockQ4_0>&, int, int);
 
 }  // namespace ablate::cpu

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+#include <type_traits>
 
 #include "cpu/half.hpp"
 
@@ -106,8 +107,8 @@ inline PackedQ8_0 pack_q8_0(const std::vector<BlockQ8_0>& blocks, int out, int i
 // ---- Q4_1 and Q4_0 (dtype native: a GGUF file's own 4-bit blocks) ----------------------------
 // ggml's block_q4_1: 32 values as unsigned 4-bit q, value = d * q + m (d * q exact in fp32, one
 // rounding for + m, as ggml dequantizes); byte i holds value i in its low nibble and value i + 16
-// in its high one. block_q4_0 is the same with m = -8 d (value = d (q - 8)); q4_0_as_q4_1 rewrites
-// it so, exactly, and one kernel serves both (2 more bytes a block: 20 instead of 18).
+// in its high one. block_q4_0 is the same without m: value = d (q - 8), which is d q + m with
+// m = -8 d exactly, so one kernel serves both, each held in its own 20 or 18 bytes a block.
 struct BlockQ4_1 {
   Half d, m;
   std::uint8_t qs[16];
@@ -119,7 +120,11 @@ struct BlockQ4_0 {
 static_assert(sizeof(BlockQ4_1) == 20 && sizeof(BlockQ4_0) == 18, "Q4_1 / Q4_0 blocks are 20 / 18 bytes, as in GGUF");
 
 inline int q4_nibble(const std::uint8_t* qs, int i) { return i < 16 ? qs[i] & 0x0F : qs[i - 16] >> 4; }
-inline float q4_1_value(const BlockQ4_1& b, int i) { return float(q4_nibble(b.qs, i)) * to_float(b.d) + to_float(b.m); }
+// A block's offset m: value i = d * q_i + m.
+inline float q4_offset(const BlockQ4_1& b) { return to_float(b.m); }
+inline float q4_offset(const BlockQ4_0& b) { return -8.0f * to_float(b.d); }
+template <class Block>
+float q4_value(const Block& b, int i) { return float(q4_nibble(b.qs, i)) * to_float(b.d) + q4_offset(b); }
 
 // rows x in values (in a multiple of 32) as Q4_1 blocks by ggml's rule: per block d = (max - min) / 15,
 // m = min, q = min(15, int((x - min) / d + 0.5)) (the benchmarks' and tests' Q4_1 matrices).
@@ -128,7 +133,7 @@ std::vector<BlockQ4_1> quantize_q4_1(const float* w, int rows, int in);
 // Throws std::invalid_argument when -8 d does not fit in fp16 (|d| >= 8188, no real checkpoint's).
 BlockQ4_1 q4_0_as_q4_1(const BlockQ4_0& b);
 
-// Q4_1 rows as the CPU matmul holds them, PackedQ8_0's design for 4-bit blocks: whole groups of 8
+// 4-bit rows as the CPU matmul holds them, PackedQ8_0's design for 4-bit blocks: whole groups of 8
 // rows interleaved block by block, the last out % 8 rows as plain blocks. In a group block, the
 // 32-byte chunk k holds bytes 4k..4k+3 of each of the 8 rows' blocks, so its low nibbles are those
 // rows' values 4k..4k+3 and its high nibbles values 16+4k..16+4k+3: unsigned 4-bit values go
@@ -137,28 +142,41 @@ struct BlockQ4_1x8 {
   Half d[8], m[8];          // row j's scale and offset
   std::uint8_t qs[8 * 16];  // qs[q8_0x8_index(j, i)]: byte i (< 16) of row j's block
 };
-static_assert(sizeof(BlockQ4_1x8) == 8 * sizeof(BlockQ4_1), "a group block holds 8 blocks' bytes");
+struct BlockQ4_0x8 {
+  Half d[8];
+  std::uint8_t qs[8 * 16];
+};
+static_assert(sizeof(BlockQ4_1x8) == 8 * sizeof(BlockQ4_1) && sizeof(BlockQ4_0x8) == 8 * sizeof(BlockQ4_0),
+              "a group block holds 8 blocks' bytes");
 
-struct PackedQ4_1 {
-  int out = 0, in = 0;  // in: a multiple of 32 (GGUF stores whole blocks)
-  std::vector<BlockQ4_1x8> groups;  // [out / 8][in / 32]
-  std::vector<BlockQ4_1> tail;      // [out % 8][in / 32]
+template <class Block>
+struct PackedQ4 {
+  using Group = std::conditional_t<std::is_same_v<Block, BlockQ4_1>, BlockQ4_1x8, BlockQ4_0x8>;
+  int out = 0, in = 0;       // in: a multiple of 32 (GGUF stores whole blocks)
+  std::vector<Group> groups; // [out / 8][in / 32]
+  std::vector<Block> tail;   // [out % 8][in / 32]
   bool empty() const { return groups.empty() && tail.empty(); }
-  std::size_t bytes() const { return groups.size() * sizeof(BlockQ4_1x8) + tail.size() * sizeof(BlockQ4_1); }
-  BlockQ4_1 block(int o, int b) const {
+  std::size_t bytes() const { return groups.size() * sizeof(Group) + tail.size() * sizeof(Block); }
+  Block block(int o, int b) const {
     const int nb = in / kQ8Block, full = out / 8 * 8;
     if (o >= full) return tail[std::size_t(o - full) * nb + b];
-    const BlockQ4_1x8& g = groups[std::size_t(o / 8) * nb + b];
-    BlockQ4_1 r{};
-    r.d = g.d[o % 8], r.m = g.m[o % 8];
+    const Group& g = groups[std::size_t(o / 8) * nb + b];
+    Block r{};
+    r.d = g.d[o % 8];
+    if constexpr (std::is_same_v<Block, BlockQ4_1>) r.m = g.m[o % 8];
     for (int i = 0; i < 16; ++i) r.qs[i] = g.qs[q8_0x8_index(o % 8, i)];
     return r;
   }
 };
+using PackedQ4_1 = PackedQ4<BlockQ4_1>;
+using PackedQ4_0 = PackedQ4<BlockQ4_0>;
 
-// blocks: [out][in / 32], row-major, as a GGUF Q4_1 tensor lies. Throws std::invalid_argument
-// unless in is a positive multiple of 32 and blocks.size() == out * in / 32.
-PackedQ4_1 pack_q4_1(const std::vector<BlockQ4_1>& blocks, int out, int in);
+// blocks: [out][in / 32], row-major, as a GGUF Q4_1 or Q4_0 tensor lies. Throws
+// std::invalid_argument unless in is a positive multiple of 32 and blocks.size() == out * in / 32.
+template <class Block>
+PackedQ4<Block> pack_q4(const std::vector<Block>& blocks, int out, int in);
+extern template PackedQ4_1 pack_q4(const std::vector<BlockQ4_1>&, int, int);
+extern template PackedQ4_0 pack_q4(const std::vector<BlockQ4_0>&, int, int);
 
 // ---- fp8 e4m3 (OCP "E4M3FN": bias 7, no infinities, S.1111.111 is NaN, largest 448) --------------
 struct Fp8E4M3 {

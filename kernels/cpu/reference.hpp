@@ -55,20 +55,22 @@ inline void matmul(float* y, const float* x, const cpu::BlockQ8_0* w, int rows, 
     }
 }
 
-// w as Q4_1 blocks ([out][in / 32]): x's rows quantized to Q8_0 blocks, then per block pair
-// d_w d_x sum(q_w q_x) + m_w d_x sum(q_x) (cpu::matmul's Q4_1 x Q8_0 products).
-inline void matmul(float* y, const float* x, const cpu::BlockQ4_1* w, int rows, int in, int out) {
+// w as Q4_1 or Q4_0 blocks ([out][in / 32]): x's rows quantized to Q8_0 blocks, then per block
+// pair d_w d_x sum(q_w q_x) + m_w d_x sum(q_x), Q4_0's m_w being -8 d_w (cpu::matmul's products).
+template <class Block>
+  requires std::is_same_v<Block, cpu::BlockQ4_1> || std::is_same_v<Block, cpu::BlockQ4_0>
+void matmul(float* y, const float* x, const Block* w, int rows, int in, int out) {
   const int nb = in / cpu::kQ8Block;
   const std::vector<cpu::BlockQ8_0> xq = cpu::quantize_q8_0(x, rows, in);
   for (int r = 0; r < rows; ++r)
     for (int o = 0; o < out; ++o) {
       double acc = 0.0;
       for (int b = 0; b < nb; ++b) {
-        const cpu::BlockQ4_1& wb = w[std::size_t(o) * nb + b];
+        const Block& wb = w[std::size_t(o) * nb + b];
         const cpu::BlockQ8_0& xb = xq[std::size_t(r) * nb + b];
         long dot = 0, sum = 0;
         for (int i = 0; i < cpu::kQ8Block; ++i) dot += long(cpu::q4_nibble(wb.qs, i)) * xb.qs[i], sum += xb.qs[i];
-        acc += (double(dot) * cpu::to_float(wb.d) + double(sum) * cpu::to_float(wb.m)) * cpu::to_float(xb.d);
+        acc += (double(dot) * cpu::to_float(wb.d) + double(sum) * cpu::q4_offset(wb)) * cpu::to_float(xb.d);
       }
       y[std::size_t(r) * out + o] = float(acc);
     }
