@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -729,24 +730,22 @@ TEST_CASE("SmolLM2: BPE token ids match Hugging Face tokenizers, and round-trip"
 // observed difference is 6.4e-5 (2026-11-26), the bound leaves a 30x margin.
 constexpr double kLogitTol = 2e-3;
 
-TEST_CASE("SmolLM2: greedy ids and top-5 logits match the numpy reference", "[gguf][smollm2][golden]") {
-  if (!have_smollm2()) return;
+// Teacher-forced over each of the reference's cases (prompt + its greedy continuation, one pass):
+// the CPU backend's argmax and top-5 logits at every generated step; returns the largest logit
+// difference.
+double check_against_reference(const Weights& w, const YAML::Node& fx) {
   const OneThread one_thread;
-  const auto t0 = std::chrono::steady_clock::now();
-  const auto secs = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
-  CpuBackend be(smollm2_weights());
-  const double load_s = secs();
+  CpuBackend be(w);
   const ModelShape& s = be.shape();
   NaiveAttention att;
-  const YAML::Node fx = fixture();
   double worst = 0;
   int seq = 0;
   for (const auto& c : fx["cases"]) {
     const auto prompt = as_vec<int>(c["prompt_ids"]);
     const auto gen = as_vec<int>(c["greedy_ids"]);
     INFO("prompt: \"" << c["prompt"].as<std::string>() << "\"");
-    // Teacher-forced: prompt + the reference continuation in one pass; the logits at the last
-    // prompt position and at each generated token predict the next reference token.
+    // The logits at the last prompt position and at each generated token predict the next
+    // reference token.
     std::vector<int> toks = prompt;
     toks.insert(toks.end(), gen.begin(), gen.end() - 1);
     const int n = static_cast<int>(toks.size());
@@ -773,8 +772,31 @@ TEST_CASE("SmolLM2: greedy ids and top-5 logits match the numpy reference", "[gg
     }
     ++seq;
   }
+  return worst;
+}
+
+TEST_CASE("SmolLM2: greedy ids and top-5 logits match the numpy reference", "[gguf][smollm2][golden]") {
+  if (!have_smollm2()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto secs = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  const Weights& w = smollm2_weights();
+  const double load_s = secs();
+  const double worst = check_against_reference(w, fixture());
   WARN("SmolLM2 vs numpy reference: max |logit difference| over top-5 = " << worst << " (tolerance " << kLogitTol
        << "); load " << load_s << " s, forward passes " << secs() - load_s << " s");
+}
+
+TEST_CASE("SmolLM2 requantized by llama.cpp: greedy ids and top-5 logits match its numpy reference", "[gguf][smollm2][requant]") {
+  // Real files of the types llama.cpp's quantizer writes (Q4_K_M: Q5_0, Q8_0, Q4_K, Q6_K), made by
+  // experiments/requant_smollm2.py, their references by make_smollm2_fixture.py; neither is in CI.
+  const char* gguf = std::getenv("ABLATE_REQUANT_GGUF");
+  const char* reference = std::getenv("ABLATE_REQUANT_REFERENCE");
+  if (!gguf || !reference) {
+    WARN("SKIPPED: set ABLATE_REQUANT_GGUF and ABLATE_REQUANT_REFERENCE (experiments/requant_smollm2.py says how)");
+    return;
+  }
+  const double worst = check_against_reference(load_gguf(gguf), YAML::LoadFile(reference));
+  WARN(gguf << " vs its numpy reference: max |logit difference| over top-5 = " << worst << " (tolerance " << kLogitTol << ")");
 }
 
 TEST_CASE("SmolLM2: incremental greedy decoding through the engine reproduces the reference", "[gguf][smollm2][engine]") {
