@@ -94,7 +94,7 @@ struct MatmulCopies {
   std::vector<cpu::Half> f16;
   std::vector<cpu::PackedQ8_0> q8;
   std::vector<cpu::PackedQ4_1> q4;
-  std::vector<cpu::PackedQ4_0> q40;
+  std::vector<cpu::PackedQ4_0> q40;  // the Q4_1 blocks without their offsets: Q4_0's bytes (the timing needs no Q4_0 rounding)
   MatmulCopies(int dtype, int in, int out) : wn(std::size_t(in) * out) {
     count = std::max<std::size_t>(1, arena().floats / wn);
     const float* w = arena().slice(wn, 0);
@@ -111,15 +111,15 @@ struct MatmulCopies {
     } else if (dtype == 3) {
       q8.assign(count, cpu::pack_q8_0(cpu::quantize_q8_0(w, out, in), out, in));
     } else if (dtype == 4) {
-      q4.assign(count, cpu::pack_q4(cpu::quantize_q4_1(w, out, in), out, in));
-    } else if (dtype == 5) {  // the Q4_1 blocks without their offsets: Q4_0's bytes (the timing needs no Q4_0 rounding)
+      q4.assign(count, cpu::pack_nibbles(cpu::quantize_q4_1(w, out, in), out, in));
+    } else if (dtype == 5) {
       std::vector<cpu::BlockQ4_0> blocks;
       for (const cpu::BlockQ4_1& b : cpu::quantize_q4_1(w, out, in)) {
         cpu::BlockQ4_0 z{b.d, {}};
         std::memcpy(z.qs, b.qs, sizeof z.qs);
         blocks.push_back(z);
       }
-      q40.assign(count, cpu::pack_q4(blocks, out, in));
+      q40.assign(count, cpu::pack_nibbles(blocks, out, in));
     }
   }
 };

@@ -399,10 +399,9 @@ TEST_CASE("GGUF: every block type decodes as PyPI gguf's numpy decoder does (tes
   CHECK(ggml_decoded_type_names() == "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16");
 }
 
-TEST_CASE("GGUF: a file of K-quants and Q5_0 (as a Q4_K_M file mixes them) loads; native holds those matrices in fp32, "
-          "exactly", "[gguf][native]") {
-  // K-quant rows are 256 values, so dim 256; llama.cpp falls back to Q5_0 for rows that are not
-  // (here the 512-wide FFN's down projection stays Q6_K, the LM head Q5_0 as a small model's would be).
+TEST_CASE("GGUF: a file of K-quants loads value for value; native holds those matrices in fp32, exactly", "[gguf][native]") {
+  // K-quant rows are 256 values, so dim 256 (llama.cpp falls back to Q5_0, Q5_1 or Q8_0 for rows
+  // that are not: real files mix them, as experiments/requant_smollm2.py's show).
   TinyModel m(256, 512, 40);
   m.metadata();
   const auto type_of = [](const std::string& name) {
@@ -410,7 +409,7 @@ TEST_CASE("GGUF: a file of K-quants and Q5_0 (as a Q4_K_M file mixes them) loads
     if (name == "blk.0.attn_k.weight") return GgmlType::Q5_K;
     if (name == "blk.0.attn_output.weight") return GgmlType::Q3_K;
     if (name == "blk.0.ffn_up.weight") return GgmlType::Q2_K;
-    if (name == "output.weight") return GgmlType::Q5_0;
+    if (name == "output.weight") return GgmlType::Q6_K;
     return GgmlType::Q4_K;  // attn_q, ffn_gate
   };
   m.tensors(type_of);
@@ -492,21 +491,24 @@ TEST_CASE("dtype native: a GGUF's F32, F16 and Q8_0 matrices run as stored, bit 
   }
 }
 
-TEST_CASE("dtype native: Q4_1 and Q4_0 matrices in their own blocks, a fused matrix of mixed types in fp32, near the fp32 pass",
+TEST_CASE("dtype native: Q4_0, Q5_0 and Q5_1 matrices in their own blocks, a fused matrix of mixed types in fp32, near the fp32 pass",
           "[gguf][native]") {
   TinyModel m(32, 64, 40);
   m.metadata();
   m.tensors([](const std::string& name) {
     if (name == "blk.0.attn_q.weight" || name == "blk.0.attn_output.weight") return GgmlType::Q4_0;
+    if (name == "blk.0.ffn_gate.weight" || name == "blk.0.ffn_up.weight") return GgmlType::Q5_0;
+    if (name == "blk.0.ffn_down.weight") return GgmlType::Q5_1;
     if (name == "output.weight") return GgmlType::Q8_0;
-    return GgmlType::Q4_1;
+    return GgmlType::Q4_1;  // attn_k, attn_v
   });
   const auto bytes = m.g.build();
   const GgufFile f(bytes.data(), bytes.size(), "native4.gguf");
   CpuBackend native(load_gguf(f, true), "native"), fp32(load_gguf(f), "fp32");
-  // [wq; wk; wv] mixes Q4_0 and Q4_1: fp32. wo (Q4_0) 32 rows of one 18-byte block; [w1; w3] (Q4_1)
-  // 128 rows of one 20-byte block; w2 32 rows of two; the LM head 40 rows of one 34-byte Q8_0 block.
-  CHECK(native.matrix_bytes() == 64 * 32 * 4 + 32 * 18 + 128 * 20 + 32 * 2 * 20 + 40 * 34);
+  // [wq; wk; wv] mixes Q4_0 and Q4_1: fp32. wo (Q4_0) 32 rows of one 18-byte block; [w1; w3] (Q5_0)
+  // 128 rows of one 22-byte block; w2 (Q5_1) 32 rows of two 24-byte ones; the LM head 40 rows of one
+  // 34-byte Q8_0 block.
+  CHECK(native.matrix_bytes() == 64 * 32 * 4 + 32 * 18 + 128 * 22 + 32 * 2 * 24 + 40 * 34);
   CHECK(native.bits_per_weight() == Approx(8.0 * native.matrix_bytes() / (64 * 32 + 32 * 32 + 128 * 32 + 32 * 64 + 40 * 32)));
   const std::vector<int> toks = {1, 7, 3, 22, 9, 4, 39};
   const auto a = test::all_logits(native, toks), b = test::all_logits(fp32, toks);

@@ -141,39 +141,43 @@ std::vector<cpu::BlockQ4_1> random_q4_1(int out, int in, std::mt19937& rng) {
   }
   return w;
 }
-// The same with Q4_0 blocks (scale only).
-std::vector<cpu::BlockQ4_0> random_q4_0(int out, int in, std::mt19937& rng) {
-  std::vector<cpu::BlockQ4_0> w;
-  for (const cpu::BlockQ4_1& b : random_q4_1(out, in, rng)) {
-    cpu::BlockQ4_0 z{b.d, {}};
-    std::memcpy(z.qs, b.qs, sizeof z.qs);
-    w.push_back(z);
-  }
-  return w;
-}
+// The same nibbles and scales in another of the 4- and 5-bit block types (random fifth bits).
 template <class Block>
 std::vector<Block> random_q4(int out, int in, std::mt19937& rng) {
-  if constexpr (std::is_same_v<Block, cpu::BlockQ4_1>) return random_q4_1(out, in, rng);
-  else return random_q4_0(out, in, rng);
+  if constexpr (std::is_same_v<Block, cpu::BlockQ4_1>) {
+    return random_q4_1(out, in, rng);
+  } else {
+    std::vector<Block> w;
+    for (const cpu::BlockQ4_1& b : random_q4_1(out, in, rng)) {
+      Block z{};
+      z.d = b.d;
+      if constexpr (cpu::kHasOffset<Block>) z.m = b.m;
+      std::memcpy(z.qs, b.qs, sizeof z.qs);
+      if constexpr (cpu::kFiveBit<Block>)
+        for (auto& h : z.qh) h = static_cast<std::uint8_t>(rng());
+      w.push_back(z);
+    }
+    return w;
+  }
 }
 }  // namespace
 
-TEMPLATE_TEST_CASE("Q4_1 and Q4_0 blocks: pack_q4 keeps every block, in the file's own bytes", "[precision][q4_1]",
-                   cpu::BlockQ4_1, cpu::BlockQ4_0) {
+TEMPLATE_TEST_CASE("Q4_0, Q4_1, Q5_0, Q5_1 blocks: pack_nibbles keeps every block, in the file's own bytes", "[precision][q4_1]",
+                   cpu::BlockQ4_0, cpu::BlockQ4_1, cpu::BlockQ5_0, cpu::BlockQ5_1) {
   std::mt19937 rng(31);
   for (int out : {1, 7, 8, 9, 24, 29})
     for (int in : {32, 96}) {
       INFO("out=" << out << " in=" << in);
       const auto q = random_q4<TestType>(out, in, rng);
-      const cpu::PackedQ4<TestType> p = cpu::pack_q4(q, out, in);
-      CHECK(p.bytes() == q.size() * sizeof(TestType));  // 20 or 18 bytes a block
+      const cpu::PackedNibbles<TestType> p = cpu::pack_nibbles(q, out, in);
+      CHECK(p.bytes() == q.size() * sizeof(TestType));  // 18, 20, 22 or 24 bytes a block
       for (int o = 0; o < out; ++o)
         for (int b = 0; b < in / 32; ++b) {
           const TestType got = p.block(o, b);
           CHECK(std::memcmp(&got, &q[std::size_t(o) * (in / 32) + b], sizeof got) == 0);
         }
     }
-  CHECK_THROWS_WITH(cpu::pack_q4(std::vector<TestType>(3), 1, 96 + 16), Catch::Contains("positive multiple of 32"));
+  CHECK_THROWS_WITH(cpu::pack_nibbles(std::vector<TestType>(3), 1, 96 + 16), Catch::Contains("positive multiple of 32"));
 }
 
 TEST_CASE("Q4_1 blocks: quantize_q4_1 within ggml's bound; Q4_0 as Q4_1 keeps every value", "[precision][q4_1]") {
@@ -185,7 +189,7 @@ TEST_CASE("Q4_1 blocks: quantize_q4_1 within ggml's bound; Q4_0 as Q4_1 keeps ev
   for (std::size_t i = 0; i < x.size(); ++i) {
     const cpu::BlockQ4_1& b = q[i / 32];
     const float d = cpu::to_float(b.d), m = cpu::to_float(b.m);
-    CHECK(std::abs(x[i] - cpu::q4_value(b, int(i % 32))) <= 0.5f * d + 15.0f * d * 0x1p-11f + std::abs(m) * 0x1p-11f + 1e-6f);
+    CHECK(std::abs(x[i] - cpu::nibble_value(b, int(i % 32))) <= 0.5f * d + 15.0f * d * 0x1p-11f + std::abs(m) * 0x1p-11f + 1e-6f);
   }
   CHECK_THROWS_WITH(cpu::quantize_q4_1(x.data(), 1, 48), Catch::Contains("multiple of 32"));
   // Every Q4_0 block of a few scales: the Q4_1 form gives ggml's Q4_0 values bit for bit.
@@ -199,15 +203,15 @@ TEST_CASE("Q4_1 blocks: quantize_q4_1 within ggml's bound; Q4_0 as Q4_1 keeps ev
     float want[32];
     dequantize_row(static_cast<std::uint32_t>(GgmlType::Q4_0), raw, want, 32);
     const cpu::BlockQ4_1 b1 = cpu::q4_0_as_q4_1(b0);
-    for (int i = 0; i < 32; ++i) CHECK(cpu::q4_value(b1, i) == want[i]);
-    for (int i = 0; i < 32; ++i) CHECK(cpu::q4_value(b0, i) == want[i]);
+    for (int i = 0; i < 32; ++i) CHECK(cpu::nibble_value(b1, i) == want[i]);
+    for (int i = 0; i < 32; ++i) CHECK(cpu::nibble_value(b0, i) == want[i]);
   }
   cpu::BlockQ4_0 huge{cpu::to_half(9000.0f), {}};
   CHECK_THROWS_WITH(cpu::q4_0_as_q4_1(huge), Catch::Contains("|d| < 8188"));
 }
 
-TEMPLATE_TEST_CASE("matmul with Q4_1 or Q4_0 weights matches the scalar reference on the same blocks",
-                   "[precision][q4_1][matmul]", cpu::BlockQ4_1, cpu::BlockQ4_0) {
+TEMPLATE_TEST_CASE("matmul with Q4_0, Q4_1, Q5_0 or Q5_1 weights matches the scalar reference on the same blocks",
+                   "[precision][q4_1][matmul]", cpu::BlockQ4_0, cpu::BlockQ4_1, cpu::BlockQ5_0, cpu::BlockQ5_1) {
   std::mt19937 rng(32);
   const std::pair<int, int> shapes[] = {{32, 1}, {64, 13}, {96, 65}, {576, 193}, {1536, 64}, {576, 1537}};
   for (int rows : {1, 2, 3, 4, 5, 16, 17, 70})  // GEMV, the few-rows tiles and tails, then the widened-panel GEMM
@@ -216,13 +220,13 @@ TEMPLATE_TEST_CASE("matmul with Q4_1 or Q4_0 weights matches the scalar referenc
       const auto x = random_vec(std::size_t(rows) * in, rng);
       const auto q = random_q4<TestType>(out, in, rng);
       std::vector<float> y(std::size_t(rows) * out), yr(y.size());
-      cpu::matmul(y.data(), x.data(), cpu::pack_q4(q, out, in), rows, in, out);
+      cpu::matmul(y.data(), x.data(), cpu::pack_nibbles(q, out, in), rows, in, out);
       if constexpr (std::is_same_v<TestType, cpu::BlockQ4_0>) {
         // Q4_0's m = -8 d is exact, so its 18-byte blocks give what the same blocks as Q4_1 give, bit for bit.
         std::vector<cpu::BlockQ4_1> q41(q.size());
         std::transform(q.begin(), q.end(), q41.begin(), cpu::q4_0_as_q4_1);
         std::vector<float> y41(y.size());
-        cpu::matmul(y41.data(), x.data(), cpu::pack_q4(q41, out, in), rows, in, out);
+        cpu::matmul(y41.data(), x.data(), cpu::pack_nibbles(q41, out, in), rows, in, out);
         CHECK(y41 == y);
       }
       ref::matmul(yr.data(), x.data(), q.data(), rows, in, out);
@@ -235,14 +239,14 @@ TEMPLATE_TEST_CASE("matmul with Q4_1 or Q4_0 weights matches the scalar referenc
         for (int o = 0; o < out; ++o) {
           double mag = 0.0;
           for (int i = 0; i < in; ++i)
-            mag += std::abs(double(cpu::q8_0_value(&xq[std::size_t(r) * nb], i)) * cpu::q4_value(q[std::size_t(o) * nb + i / 32], i % 32));
+            mag += std::abs(double(cpu::q8_0_value(&xq[std::size_t(r) * nb], i)) * cpu::nibble_value(q[std::size_t(o) * nb + i / 32], i % 32));
           const std::size_t k = std::size_t(r) * out + o;
           worst = std::max(worst, std::abs(double(y[k]) - yr[k]) / std::max(mag, 1e-30));
         }
       CHECK(worst < 1e-5);
     }
   CHECK_THROWS_AS(cpu::matmul(std::vector<float>(64).data(), std::vector<float>(64).data(),
-                              cpu::pack_q4(random_q4<TestType>(2, 32, rng), 2, 32), 1, 64, 2),
+                              cpu::pack_nibbles(random_q4<TestType>(2, 32, rng), 2, 32), 1, 64, 2),
                   std::invalid_argument);
 }
 

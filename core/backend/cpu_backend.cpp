@@ -61,11 +61,11 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(std::initializer_list<StoredMa
     rows += p->rows;
     same = same && p->ggml_type == first.ggml_type;
   }
-  // The encodings with a kernel of their own; the rest (Q5_0, Q5_1, the K-quants) are held in
+  // The encodings with a kernel of their own; the rest (the K-quants) are held in
   // fp32, exactly, as is a fused matrix whose parts differ (a Q4_1 K beside a Q8_0 V): one
   // matrix holds one encoding. bits_per_weight shows what was held.
-  const bool has_kernel = type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16 ||
-                          type == GgmlType::Q8_0 || type == GgmlType::Q4_0 || type == GgmlType::Q4_1;
+  const bool has_kernel = type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16 || type == GgmlType::Q8_0 ||
+                          type == GgmlType::Q4_0 || type == GgmlType::Q4_1 || type == GgmlType::Q5_0 || type == GgmlType::Q5_1;
   Matrix m;
   if (!same || !has_kernel) {
     m.f32.resize(rows * in);
@@ -87,6 +87,11 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(std::initializer_list<StoredMa
     std::memcpy(v.data(), bytes.data(), v.size() * sizeof(T));
   };
   const int out = static_cast<int>(rows), cols = static_cast<int>(in);
+  const auto packed = [&]<class Block>(Block) {  // the blocks, of the type given, packed
+    std::vector<Block> blocks;
+    as(blocks);
+    return cpu::pack_nibbles(blocks, out, cols);
+  };
   switch (type) {
     case GgmlType::F32: as(m.f32); break;
     case GgmlType::F16: as(m.f16); break;
@@ -97,18 +102,10 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(std::initializer_list<StoredMa
       m.q8 = cpu::pack_q8_0(blocks, out, cols);
       break;
     }
-    case GgmlType::Q4_1: {
-      std::vector<cpu::BlockQ4_1> blocks;
-      as(blocks);
-      m.q4 = cpu::pack_q4(blocks, out, cols);
-      break;
-    }
-    case GgmlType::Q4_0: {
-      std::vector<cpu::BlockQ4_0> blocks;
-      as(blocks);
-      m.q40 = cpu::pack_q4(blocks, out, cols);
-      break;
-    }
+    case GgmlType::Q4_0: m.q4_0 = packed(cpu::BlockQ4_0{}); break;
+    case GgmlType::Q4_1: m.q4_1 = packed(cpu::BlockQ4_1{}); break;
+    case GgmlType::Q5_0: m.q5_0 = packed(cpu::BlockQ5_0{}); break;
+    case GgmlType::Q5_1: m.q5_1 = packed(cpu::BlockQ5_1{}); break;
     default:
       throw std::invalid_argument("cpu backend: dtype native cannot hold a " + ggml_type_name(first.ggml_type) + " matrix");
   }
@@ -120,8 +117,10 @@ void CpuBackend::Matrix::matmul(float* y, const float* x, int rows, int in, int 
   if (!f32.empty()) return cpu::matmul(y, x, f32.data(), rows, in, out);
   if (!bf16.empty()) return cpu::matmul(y, x, bf16.data(), rows, in, out);
   if (!q8.empty()) return cpu::matmul(y, x, q8, rows, in, out);
-  if (!q4.empty()) return cpu::matmul(y, x, q4, rows, in, out);
-  if (!q40.empty()) return cpu::matmul(y, x, q40, rows, in, out);
+  if (!q4_0.empty()) return cpu::matmul(y, x, q4_0, rows, in, out);
+  if (!q4_1.empty()) return cpu::matmul(y, x, q4_1, rows, in, out);
+  if (!q5_0.empty()) return cpu::matmul(y, x, q5_0, rows, in, out);
+  if (!q5_1.empty()) return cpu::matmul(y, x, q5_1, rows, in, out);
   cpu::matmul(y, x, f16.data(), rows, in, out);
 }
 

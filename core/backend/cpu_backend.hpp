@@ -50,12 +50,16 @@ class CpuBackend final : public Backend {
     std::vector<cpu::Bf16> bf16;
     std::vector<cpu::Half> f16;
     cpu::PackedQ8_0 q8;  // Q8_0 blocks (values and their fp16 scales), rows interleaved 8 at a time
-    cpu::PackedQ4_1 q4;   // Q4_1 blocks (dtype native), interleaved likewise
-    cpu::PackedQ4_0 q40;  // Q4_0 blocks (dtype native), interleaved likewise
+    // dtype native: a GGUF's Q4_0, Q4_1, Q5_0 or Q5_1 blocks, interleaved likewise
+    cpu::PackedQ4_0 q4_0;
+    cpu::PackedQ4_1 q4_1;
+    cpu::PackedQ5_0 q5_0;
+    cpu::PackedQ5_1 q5_1;
     const float* view = nullptr;
     void matmul(float* y, const float* x, int rows, int in, int out) const;
     std::size_t bytes() const {
-      return f32.size() * 4 + (bf16.size() + f16.size()) * 2 + q8.bytes() + q4.bytes() + q40.bytes();
+      return f32.size() * 4 + (bf16.size() + f16.size()) * 2 + q8.bytes() + q4_0.bytes() + q4_1.bytes() + q5_0.bytes() +
+             q5_1.bytes();
     }
   };
   // w is [w.size() / in][in].

@@ -29,12 +29,15 @@ void round_to_bf16(Bf16* dst, const float* src, std::size_t n);
 // (quantize_q8_0_rows), each block pair's 32 int8 products summed exactly, times the two blocks'
 // scales, fp32 sums. Throws std::invalid_argument if w is not [out][in].
 void matmul(float* y, const float* x, const PackedQ8_0& w, int rows, int in, int out);
-// w as Q4_1 or Q4_0 blocks (pack_q4; dtype native on a GGUF's Q4_1 or Q4_0 tensors), 0.625 or
-// 0.5625 bytes a weight: x's rows quantized to Q8_0 blocks as for Q8_0 weights, each block pair's
-// int8 products summed exactly, times d_w d_x, plus m_w (Q4_0: -8 d_w) times d_x sum(q_x); fp32
-// sums. in must be a multiple of 32. Throws std::invalid_argument if w is not [out][in].
+// w as Q4_0, Q4_1, Q5_0 or Q5_1 blocks (pack_nibbles; dtype native on a GGUF's tensors of those
+// types), 0.5625 to 0.75 bytes a weight: x's rows quantized to Q8_0 blocks as for Q8_0 weights, each
+// block pair's int8 products summed exactly, times d_w d_x, plus m_w (Q4_0: -8 d_w, Q5_0: -16 d_w)
+// times d_x sum(q_x); fp32 sums. in must be a multiple of 32. Throws std::invalid_argument if w is
+// not [out][in].
 void matmul(float* y, const float* x, const PackedQ4_1& w, int rows, int in, int out);
 void matmul(float* y, const float* x, const PackedQ4_0& w, int rows, int in, int out);
+void matmul(float* y, const float* x, const PackedQ5_0& w, int rows, int in, int out);
+void matmul(float* y, const float* x, const PackedQ5_1& w, int rows, int in, int out);
 // rows x in floats as rows x q8_0_blocks_per_row(in) blocks: the bytes of quant.hpp's
 // quantize_q8_0 (vectorised where the CPU has AVX2).
 void quantize_q8_0_rows(BlockQ8_0* dst, const float* x, int rows, int in);

@@ -178,19 +178,28 @@ void matmul_block(float* y, const BlockQ8_0* x, const PackedQ8_0* w, int rows, i
   }
 }
 
-// ---- Q4_1 / Q4_0 x Q8_0 (dtype native on a GGUF's Q4_1 / Q4_0 tensors) -------------------------
+// ---- Q4_0, Q4_1, Q5_0, Q5_1 x Q8_0 (dtype native on a GGUF's 4- and 5-bit blocks) ------------
 // Per block pair, sum_i (d_w q_w + m_w) d_x q_x = d_w d_x sum(q_w q_x) + m_w (d_x sum(q_x)): the
 // int8 products summed exactly in int32, then the two scalings (llama.cpp's Q4_1 x Q8_1 product;
-// x's d_x sum(q_x) per block is computed once per call; Q4_0's m_w is -8 d_w). Unsigned 4-bit w
-// goes straight into vpmaddubsw: each pair sum is at most 2 * 15 * 127 = 3810 in magnitude, so a
-// block's 8 of them add up in int16 (at most 30480) before one vpmaddwd.
-inline __m256 group_offsets(const BlockQ4_1x8& g, __m256) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g.m)));
-}
-inline __m256 group_offsets(const BlockQ4_0x8&, __m256 dw) { return _mm256_mul_ps(dw, _mm256_set1_ps(-8.0f)); }
+// x's d_x sum(q_x) per block is computed once per call; Q4_0's m_w is -8 d_w, Q5_0's -16 d_w).
+// Unsigned w goes straight into vpmaddubsw: a pair sum is at most 2 * 15 * 127 = 3810 for 4-bit q,
+// so a block's 8 of them add up in int16 (at most 30480) before one vpmaddwd; 5-bit q (at most
+// 7874 a pair) widen to int32 every 4 pair sums.
+inline __m256 group_offsets(const GroupQ4_1& g, __m256) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g.m))); }
+inline __m256 group_offsets(const GroupQ5_1& g, __m256) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g.m))); }
+inline __m256 group_offsets(const GroupQ4_0&, __m256 dw) { return _mm256_mul_ps(dw, _mm256_set1_ps(-8.0f)); }
+inline __m256 group_offsets(const GroupQ5_0&, __m256 dw) { return _mm256_mul_ps(dw, _mm256_set1_ps(-16.0f)); }
 
-template <int R, class Group>
-void group_q4q8(float* y, const Q8Rows& x, const Group* g, int nb, int out, int o, int r0) {
+// Byte i of the result is 0x10 where bit i of `bits` is set, else 0: Q5's fifth bits in place.
+inline __m256i fifth_bits(std::uint32_t bits) {
+  const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)),  // byte i <- byte i / 8 of bits
+                                             _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+  const __m256i select = _mm256_set1_epi64x(std::int64_t(0x8040201008040201));  // byte i: bit i % 8
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select), _mm256_set1_epi8(0x10));
+}
+
+template <int R, class Block>
+void group_nibbles_q8(float* y, const Q8Rows& x, const typename GroupOf<Block>::type* g, int nb, int out, int o, int r0) {
   const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
   __m256 acc[R];
 #pragma GCC unroll 4
@@ -198,15 +207,19 @@ void group_q4q8(float* y, const Q8Rows& x, const Group* g, int nb, int out, int 
   const BlockQ8_0* xr = x.q + std::size_t(r0) * nb;
   const float* sr = x.s + std::size_t(r0) * nb;
   for (int b = 0; b < nb; ++b) {
-    __m256i sum[R];
+    __m256i sum[R], wide[R];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) sum[r] = _mm256_setzero_si256();
-    // 2 KiB ahead into L2, as group_q8q8 (144- or 160-byte group blocks: 3 cache lines a block).
+    for (int r = 0; r < R; ++r) sum[r] = wide[r] = _mm256_setzero_si256();
+    // 2 KiB ahead into L2, as group_q8q8 (144- to 192-byte group blocks: 3 cache lines a block).
     for (int c = 0; c < 3; ++c) _mm_prefetch(reinterpret_cast<const char*>(&g[b]) + 2048 + 64 * c, _MM_HINT_T1);
 #pragma GCC unroll 4
     for (int k = 0; k < 4; ++k) {
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g[b].qs + 32 * k));
-      const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+      __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+      if constexpr (kFiveBit<Block>) {
+        lo = _mm256_or_si256(lo, fifth_bits(g[b].qh[k]));
+        hi = _mm256_or_si256(hi, fifth_bits(g[b].qh[4 + k]));
+      }
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
         std::int32_t xlo, xhi;
@@ -214,13 +227,17 @@ void group_q4q8(float* y, const Q8Rows& x, const Group* g, int nb, int out, int 
         std::memcpy(&xhi, xr[std::size_t(r) * nb + b].qs + 16 + 4 * k, 4);
         sum[r] = _mm256_add_epi16(sum[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xlo)),
                                                            _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xhi))));
+        if (kFiveBit<Block> && k % 2 == 1) {  // 4 pair sums of 5-bit q: at most 31496, then to int32
+          wide[r] = _mm256_add_epi32(wide[r], _mm256_madd_epi16(sum[r], ones));
+          sum[r] = _mm256_setzero_si256();
+        }
       }
     }
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].d)));
     const __m256 mw = group_offsets(g[b], dw);
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum[r], ones));
+      const __m256 dot = _mm256_cvtepi32_ps(kFiveBit<Block> ? wide[r] : _mm256_madd_epi16(sum[r], ones));
       acc[r] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, _mm256_set1_ps(q8_d(xr[std::size_t(r) * nb + b]))), acc[r]);
       acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sr[std::size_t(r) * nb + b]), acc[r]);
     }
@@ -229,9 +246,9 @@ void group_q4q8(float* y, const Q8Rows& x, const Group* g, int nb, int out, int 
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + std::size_t(r0 + r) * out + o, acc[r]);
 }
 
-// One plain row of w (PackedQ4's last out % 8 rows) x R rows of x from r0.
+// One plain row of w (PackedNibbles' last out % 8 rows) x R rows of x from r0.
 template <int R, class Block>
-void row_q4q8(float* y, const Q8Rows& x, const Block* wr, int nb, int out, int o, int r0) {
+void row_nibbles_q8(float* y, const Q8Rows& x, const Block* wr, int nb, int out, int o, int r0) {
   const __m256i ones = _mm256_set1_epi16(1);
   const __m128i low = _mm_set1_epi8(0x0F);
   __m256 acc[R];
@@ -242,8 +259,13 @@ void row_q4q8(float* y, const Q8Rows& x, const Block* wr, int nb, int out, int o
   const float* sr = x.s + std::size_t(r0) * nb;
   for (int b = 0; b < nb; ++b) {
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[b].qs));
-    const __m256i wq = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low), _mm_and_si128(v, low));  // values 0..31
-    const float dw = _cvtsh_ss(wr[b].d.bits), mw = q4_offset(wr[b]);
+    __m256i wq = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low), _mm_and_si128(v, low));  // values 0..31
+    if constexpr (kFiveBit<Block>) {
+      std::uint32_t qh;
+      std::memcpy(&qh, wr[b].qh, 4);
+      wq = _mm256_or_si256(wq, fifth_bits(qh));
+    }
+    const float dw = _cvtsh_ss(wr[b].d.bits), mw = nibble_offset(wr[b]);
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       const BlockQ8_0& xb = xr[std::size_t(r) * nb + b];
@@ -258,16 +280,16 @@ void row_q4q8(float* y, const Q8Rows& x, const Block* wr, int nb, int out, int o
 
 // Columns [o0, o1) of y; o0 is a multiple of 8.
 template <class Block>
-void matmul_block(float* y, const Q8Rows* x, const PackedQ4<Block>* w, int rows, int in, int out, int o0, int o1) {
+void matmul_block(float* y, const Q8Rows* x, const PackedNibbles<Block>* w, int rows, int in, int out, int o0, int o1) {
   const int nb = in / kQ8Block, full = out / 8 * 8;
   int o = o0;
   for (; o + 8 <= std::min(o1, full); o += 8) {
     const auto* g = w->groups.data() + std::size_t(o / 8) * nb;
-    over_rows(rows, [&]<int R>(int r0) { group_q4q8<R>(y, *x, g, nb, out, o, r0); });
+    over_rows(rows, [&]<int R>(int r0) { group_nibbles_q8<R, Block>(y, *x, g, nb, out, o, r0); });
   }
   for (; o < o1; ++o) {
     const Block* wr = w->tail.data() + std::size_t(o - full) * nb;
-    over_rows(rows, [&]<int R>(int r0) { row_q4q8<R>(y, *x, wr, nb, out, o, r0); });
+    over_rows(rows, [&]<int R>(int r0) { row_nibbles_q8<R>(y, *x, wr, nb, out, o, r0); });
   }
 }
 
@@ -619,20 +641,21 @@ void widen_rows(float* dst, const PackedQ8_0* w, int in, int p0, int p1) {
 }
 
 template <class Block>
-void widen_rows(float* dst, const PackedQ4<Block>* w, int in, int p0, int p1) {
+void widen_rows(float* dst, const PackedNibbles<Block>* w, int in, int p0, int p1) {
   const int nb = in / kQ8Block;
   for (int o = p0; o < p1; ++o, dst += in)
     for (int b = 0; b < nb; ++b) {
       const Block blk = w->block(o, b);
-      for (int i = 0; i < kQ8Block; ++i) dst[b * kQ8Block + i] = q4_value(blk, i);
+      for (int i = 0; i < kQ8Block; ++i) dst[b * kQ8Block + i] = nibble_value(blk, i);
     }
 }
 
 template <class W>
 void matmul_block(float* y, const float* x, const W* w, int rows, int in, int out, int o0, int o1) {
 #if defined(ABLATE_FEW_ROWS)
-  // (Q8_0, Q4_1 and Q4_0 with few rows multiply int8 inputs: matmul_block on Q8_0 x, above.)
-  if constexpr (!std::is_same_v<W, PackedQ8_0> && !std::is_same_v<W, PackedQ4_1> && !std::is_same_v<W, PackedQ4_0>)
+  // (Q8_0 and the 4- and 5-bit blocks with few rows multiply int8 inputs: matmul_block on Q8_0 x, above.)
+  if constexpr (!std::is_same_v<W, PackedQ8_0> && !std::is_same_v<W, PackedQ4_1> && !std::is_same_v<W, PackedQ4_0> &&
+                !std::is_same_v<W, PackedQ5_0> && !std::is_same_v<W, PackedQ5_1>)
     if (rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
 #endif
   constexpr int kPanel = 64;  // rows of w widened at once: 64 x in floats stay in L2
@@ -766,8 +789,8 @@ void matmul(float* y, const float* x, const PackedQ8_0& w, int rows, int in, int
 
 namespace {
 template <class Block>
-void matmul_q4(float* y, const float* x, const PackedQ4<Block>& w, int rows, int in, int out) {
-  if (w.in != in || w.out != out) throw std::invalid_argument("matmul: the 4-bit matrix is not [out][in]");
+void matmul_nibbles(float* y, const float* x, const PackedNibbles<Block>& w, int rows, int in, int out) {
+  if (w.in != in || w.out != out) throw std::invalid_argument("matmul: the 4- or 5-bit matrix is not [out][in]");
   thread_local std::vector<BlockQ8_0> xq;
   const int nb = in / kQ8Block;
   xq.resize(std::size_t(rows) * nb);
@@ -793,7 +816,9 @@ void matmul_q4(float* y, const float* x, const PackedQ4<Block>& w, int rows, int
 }
 }  // namespace
 
-void matmul(float* y, const float* x, const PackedQ4_1& w, int rows, int in, int out) { matmul_q4(y, x, w, rows, in, out); }
-void matmul(float* y, const float* x, const PackedQ4_0& w, int rows, int in, int out) { matmul_q4(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedQ4_1& w, int rows, int in, int out) { matmul_nibbles(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedQ4_0& w, int rows, int in, int out) { matmul_nibbles(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedQ5_0& w, int rows, int in, int out) { matmul_nibbles(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedQ5_1& w, int rows, int in, int out) { matmul_nibbles(y, x, w, rows, in, out); }
 
 }  // namespace ablate::cpu

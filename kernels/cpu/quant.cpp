@@ -34,12 +34,25 @@ std::vector<BlockQ4_1> quantize_q4_1(const float* w, int rows, int in) {
   return out;
 }
 
+namespace {
+// Where value i (< 32) of row j's block lies in a group block: its chunk k, its position p in the
+// chunk, and whether it is a high nibble.
+struct NibblePlace {
+  int k, p;
+  bool high;
+};
+NibblePlace nibble_place(int j, int i) {
+  const int byte = i % 16;  // values i and i + 16 share byte i
+  return {byte / 4, 4 * j + byte % 4, i >= 16};
+}
+}  // namespace
+
 template <class Block>
-PackedQ4<Block> pack_q4(const std::vector<Block>& blocks, int out, int in) {
+PackedNibbles<Block> pack_nibbles(const std::vector<Block>& blocks, int out, int in) {
   if (in <= 0 || in % kQ8Block != 0 || out < 0 || blocks.size() != std::size_t(out) * std::size_t(in / kQ8Block))
-    throw std::invalid_argument("pack_q4: " + std::to_string(blocks.size()) + " blocks are not " + std::to_string(out) +
+    throw std::invalid_argument("pack_nibbles: " + std::to_string(blocks.size()) + " blocks are not " + std::to_string(out) +
                                 " rows of " + std::to_string(in) + " values (a positive multiple of 32)");
-  PackedQ4<Block> p;
+  PackedNibbles<Block> p;
   p.out = out, p.in = in;
   const int nb = in / kQ8Block, full = out / 8 * 8;
   p.groups.resize(std::size_t(full / 8) * nb);
@@ -47,14 +60,52 @@ PackedQ4<Block> pack_q4(const std::vector<Block>& blocks, int out, int in) {
     for (int b = 0; b < nb; ++b) {
       const Block& src = blocks[std::size_t(o) * nb + b];
       auto& g = p.groups[std::size_t(o / 8) * nb + b];
-      g.d[o % 8] = src.d;
-      if constexpr (std::is_same_v<Block, BlockQ4_1>) g.m[o % 8] = src.m;
-      for (int i = 0; i < 16; ++i) g.qs[q8_0x8_index(o % 8, i)] = src.qs[i];
+      const int j = o % 8;
+      g.d[j] = src.d;
+      if constexpr (kHasOffset<Block>) g.m[j] = src.m;
+      for (int i = 0; i < 16; ++i) g.qs[q8_0x8_index(j, i)] = src.qs[i];
+      if constexpr (kFiveBit<Block>) {
+        std::uint32_t qh;
+        std::memcpy(&qh, src.qh, 4);
+        for (int i = 0; i < kQ8Block; ++i) {
+          const NibblePlace at = nibble_place(j, i);
+          const std::uint32_t bit = std::uint32_t{1} << at.p;
+          std::uint32_t& word = g.qh[at.high ? 4 + at.k : at.k];
+          word = (qh >> i & 1u) ? word | bit : word & ~bit;
+        }
+      }
     }
   p.tail.assign(blocks.begin() + std::ptrdiff_t(std::size_t(full) * nb), blocks.end());
   return p;
 }
-template PackedQ4_1 pack_q4(const std::vector<BlockQ4_1>&, int, int);
-template PackedQ4_0 pack_q4(const std::vector<BlockQ4_0>&, int, int);
+
+template <class Block>
+Block PackedNibbles<Block>::block(int o, int b) const {
+  const int nb = in / kQ8Block, full = out / 8 * 8;
+  if (o >= full) return tail[std::size_t(o - full) * nb + b];
+  const Group& g = groups[std::size_t(o / 8) * nb + b];
+  const int j = o % 8;
+  Block r{};
+  r.d = g.d[j];
+  if constexpr (kHasOffset<Block>) r.m = g.m[j];
+  for (int i = 0; i < 16; ++i) r.qs[i] = g.qs[q8_0x8_index(j, i)];
+  if constexpr (kFiveBit<Block>) {
+    std::uint32_t qh = 0;
+    for (int i = 0; i < kQ8Block; ++i) {
+      const NibblePlace at = nibble_place(j, i);
+      qh |= (g.qh[at.high ? 4 + at.k : at.k] >> at.p & 1u) << i;
+    }
+    std::memcpy(r.qh, &qh, 4);
+  }
+  return r;
+}
+
+#define ABLATE_NIBBLE_TYPES(X) X(BlockQ4_0) X(BlockQ4_1) X(BlockQ5_0) X(BlockQ5_1)
+#define ABLATE_INSTANTIATE(B)                                                              \
+  template PackedNibbles<B> pack_nibbles(const std::vector<B>&, int, int);                 \
+  template B PackedNibbles<B>::block(int, int) const;
+ABLATE_NIBBLE_TYPES(ABLATE_INSTANTIATE)
+#undef ABLATE_INSTANTIATE
+#undef ABLATE_NIBBLE_TYPES
 
 }  // namespace ablate::cpu

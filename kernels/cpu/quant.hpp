@@ -104,27 +104,56 @@ inline PackedQ8_0 pack_q8_0(const std::vector<BlockQ8_0>& blocks, int out, int i
   return p;
 }
 
-// ---- Q4_1 and Q4_0 (dtype native: a GGUF file's own 4-bit blocks) ----------------------------
-// ggml's block_q4_1: 32 values as unsigned 4-bit q, value = d * q + m (d * q exact in fp32, one
-// rounding for + m, as ggml dequantizes); byte i holds value i in its low nibble and value i + 16
-// in its high one. block_q4_0 is the same without m: value = d (q - 8), which is d q + m with
-// m = -8 d exactly, so one kernel serves both, each held in its own 20 or 18 bytes a block.
-struct BlockQ4_1 {
-  Half d, m;
-  std::uint8_t qs[16];
-};
+// ---- Q4_0, Q4_1, Q5_0, Q5_1 (dtype native: a GGUF file's own 4- and 5-bit blocks) ---------------
+// ggml's 32-value blocks of unsigned q: byte i of qs holds q_i's low 4 bits in its low nibble and
+// q_{i+16}'s in its high one; Q5's 32-bit qh holds bit 4 of q_i in bit i. The value is d * q + m
+// (d * q exact in fp32, one rounding for + m, as ggml dequantizes), where Q4_0 and Q5_0 have no m
+// of their own: their value d (q - 8) or d (q - 16) is d q + m with m = -8 d or -16 d, exactly. So
+// one kernel serves all four, each held in its own 18, 20, 22 or 24 bytes a block.
 struct BlockQ4_0 {
   Half d;
   std::uint8_t qs[16];
 };
-static_assert(sizeof(BlockQ4_1) == 20 && sizeof(BlockQ4_0) == 18, "Q4_1 / Q4_0 blocks are 20 / 18 bytes, as in GGUF");
+struct BlockQ4_1 {
+  Half d, m;
+  std::uint8_t qs[16];
+};
+struct BlockQ5_0 {
+  Half d;
+  std::uint8_t qh[4];
+  std::uint8_t qs[16];
+};
+struct BlockQ5_1 {
+  Half d, m;
+  std::uint8_t qh[4];
+  std::uint8_t qs[16];
+};
+static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24,
+              "the blocks are 18, 20, 22 and 24 bytes, as in GGUF");
+template <class Block>
+inline constexpr bool kHasOffset = std::is_same_v<Block, BlockQ4_1> || std::is_same_v<Block, BlockQ5_1>;
+template <class Block>
+inline constexpr bool kFiveBit = std::is_same_v<Block, BlockQ5_0> || std::is_same_v<Block, BlockQ5_1>;
 
 inline int q4_nibble(const std::uint8_t* qs, int i) { return i < 16 ? qs[i] & 0x0F : qs[i - 16] >> 4; }
-// A block's offset m: value i = d * q_i + m.
-inline float q4_offset(const BlockQ4_1& b) { return to_float(b.m); }
-inline float q4_offset(const BlockQ4_0& b) { return -8.0f * to_float(b.d); }
 template <class Block>
-float q4_value(const Block& b, int i) { return float(q4_nibble(b.qs, i)) * to_float(b.d) + q4_offset(b); }
+int block_q(const Block& b, int i) {
+  if constexpr (kFiveBit<Block>) {
+    std::uint32_t qh;
+    std::memcpy(&qh, b.qh, 4);
+    return q4_nibble(b.qs, i) | int((qh >> i) & 1u) << 4;
+  } else {
+    return q4_nibble(b.qs, i);
+  }
+}
+// A block's offset m: value i = d * q_i + m.
+template <class Block>
+float nibble_offset(const Block& b) {
+  if constexpr (kHasOffset<Block>) return to_float(b.m);
+  else return (kFiveBit<Block> ? -16.0f : -8.0f) * to_float(b.d);
+}
+template <class Block>
+float nibble_value(const Block& b, int i) { return float(block_q(b, i)) * to_float(b.d) + nibble_offset(b); }
 
 // rows x in values (in a multiple of 32) as Q4_1 blocks by ggml's rule: per block d = (max - min) / 15,
 // m = min, q = min(15, int((x - min) / d + 0.5)) (the benchmarks' and tests' Q4_1 matrices).
@@ -133,50 +162,59 @@ std::vector<BlockQ4_1> quantize_q4_1(const float* w, int rows, int in);
 // Throws std::invalid_argument when -8 d does not fit in fp16 (|d| >= 8188, no real checkpoint's).
 BlockQ4_1 q4_0_as_q4_1(const BlockQ4_0& b);
 
-// 4-bit rows as the CPU matmul holds them, PackedQ8_0's design for 4-bit blocks: whole groups of 8
-// rows interleaved block by block, the last out % 8 rows as plain blocks. In a group block, the
-// 32-byte chunk k holds bytes 4k..4k+3 of each of the 8 rows' blocks, so its low nibbles are those
-// rows' values 4k..4k+3 and its high nibbles values 16+4k..16+4k+3: unsigned 4-bit values go
-// straight into vpmaddubsw against x's int8 values broadcast to all 8 lanes.
-struct BlockQ4_1x8 {
-  Half d[8], m[8];          // row j's scale and offset
+// Rows of these blocks as the CPU matmul holds them, PackedQ8_0's design: whole groups of 8 rows
+// interleaved block by block, the last out % 8 rows as plain blocks. In a group block, the 32-byte
+// chunk k holds bytes 4k..4k+3 of each of the 8 rows' blocks (position 4 j + t: row j, byte 4k + t),
+// so its low nibbles are those rows' values 4k..4k+3 and its high nibbles values 16+4k..16+4k+3:
+// unsigned values go straight into vpmaddubsw against x's int8 values broadcast to all 8 lanes.
+// Q5's fifth bits follow the same order: bit p of qh[k] (qh[4 + k]) is bit 4 of the value whose low
+// bits are the low (high) nibble at position p of chunk k.
+struct GroupQ4_0 {
+  Half d[8];                // row j's scale
   std::uint8_t qs[8 * 16];  // qs[q8_0x8_index(j, i)]: byte i (< 16) of row j's block
 };
-struct BlockQ4_0x8 {
-  Half d[8];
+struct GroupQ4_1 {
+  Half d[8], m[8];          // row j's scale and offset
   std::uint8_t qs[8 * 16];
 };
-static_assert(sizeof(BlockQ4_1x8) == 8 * sizeof(BlockQ4_1) && sizeof(BlockQ4_0x8) == 8 * sizeof(BlockQ4_0),
+struct GroupQ5_0 {
+  Half d[8];
+  std::uint32_t qh[8];      // fifth bits: [k] for chunk k's low nibbles, [4 + k] for its high ones
+  std::uint8_t qs[8 * 16];
+};
+struct GroupQ5_1 {
+  Half d[8], m[8];
+  std::uint32_t qh[8];
+  std::uint8_t qs[8 * 16];
+};
+template <class Block> struct GroupOf;
+template <> struct GroupOf<BlockQ4_0> { using type = GroupQ4_0; };
+template <> struct GroupOf<BlockQ4_1> { using type = GroupQ4_1; };
+template <> struct GroupOf<BlockQ5_0> { using type = GroupQ5_0; };
+template <> struct GroupOf<BlockQ5_1> { using type = GroupQ5_1; };
+static_assert(sizeof(GroupQ4_0) == 8 * sizeof(BlockQ4_0) && sizeof(GroupQ4_1) == 8 * sizeof(BlockQ4_1) &&
+                  sizeof(GroupQ5_0) == 8 * sizeof(BlockQ5_0) && sizeof(GroupQ5_1) == 8 * sizeof(BlockQ5_1),
               "a group block holds 8 blocks' bytes");
 
 template <class Block>
-struct PackedQ4 {
-  using Group = std::conditional_t<std::is_same_v<Block, BlockQ4_1>, BlockQ4_1x8, BlockQ4_0x8>;
+struct PackedNibbles {
+  using Group = typename GroupOf<Block>::type;
   int out = 0, in = 0;       // in: a multiple of 32 (GGUF stores whole blocks)
   std::vector<Group> groups; // [out / 8][in / 32]
   std::vector<Block> tail;   // [out % 8][in / 32]
   bool empty() const { return groups.empty() && tail.empty(); }
   std::size_t bytes() const { return groups.size() * sizeof(Group) + tail.size() * sizeof(Block); }
-  Block block(int o, int b) const {
-    const int nb = in / kQ8Block, full = out / 8 * 8;
-    if (o >= full) return tail[std::size_t(o - full) * nb + b];
-    const Group& g = groups[std::size_t(o / 8) * nb + b];
-    Block r{};
-    r.d = g.d[o % 8];
-    if constexpr (std::is_same_v<Block, BlockQ4_1>) r.m = g.m[o % 8];
-    for (int i = 0; i < 16; ++i) r.qs[i] = g.qs[q8_0x8_index(o % 8, i)];
-    return r;
-  }
+  Block block(int o, int b) const;  // row o's block b, as the file had it
 };
-using PackedQ4_1 = PackedQ4<BlockQ4_1>;
-using PackedQ4_0 = PackedQ4<BlockQ4_0>;
+using PackedQ4_0 = PackedNibbles<BlockQ4_0>;
+using PackedQ4_1 = PackedNibbles<BlockQ4_1>;
+using PackedQ5_0 = PackedNibbles<BlockQ5_0>;
+using PackedQ5_1 = PackedNibbles<BlockQ5_1>;
 
-// blocks: [out][in / 32], row-major, as a GGUF Q4_1 or Q4_0 tensor lies. Throws
+// blocks: [out][in / 32], row-major, as a GGUF tensor of that type lies. Throws
 // std::invalid_argument unless in is a positive multiple of 32 and blocks.size() == out * in / 32.
 template <class Block>
-PackedQ4<Block> pack_q4(const std::vector<Block>& blocks, int out, int in);
-extern template PackedQ4_1 pack_q4(const std::vector<BlockQ4_1>&, int, int);
-extern template PackedQ4_0 pack_q4(const std::vector<BlockQ4_0>&, int, int);
+PackedNibbles<Block> pack_nibbles(const std::vector<Block>& blocks, int out, int in);
 
 // ---- fp8 e4m3 (OCP "E4M3FN": bias 7, no infinities, S.1111.111 is NaN, largest 448) --------------
 struct Fp8E4M3 {

@@ -55,10 +55,12 @@ inline void matmul(float* y, const float* x, const cpu::BlockQ8_0* w, int rows, 
     }
 }
 
-// w as Q4_1 or Q4_0 blocks ([out][in / 32]): x's rows quantized to Q8_0 blocks, then per block
-// pair d_w d_x sum(q_w q_x) + m_w d_x sum(q_x), Q4_0's m_w being -8 d_w (cpu::matmul's products).
+// w as Q4_0, Q4_1, Q5_0 or Q5_1 blocks ([out][in / 32]): x's rows quantized to Q8_0 blocks, then
+// per block pair d_w d_x sum(q_w q_x) + m_w d_x sum(q_x), Q4_0's m_w being -8 d_w and Q5_0's -16 d_w
+// (cpu::matmul's products).
 template <class Block>
-  requires std::is_same_v<Block, cpu::BlockQ4_1> || std::is_same_v<Block, cpu::BlockQ4_0>
+  requires std::is_same_v<Block, cpu::BlockQ4_0> || std::is_same_v<Block, cpu::BlockQ4_1> ||
+           std::is_same_v<Block, cpu::BlockQ5_0> || std::is_same_v<Block, cpu::BlockQ5_1>
 void matmul(float* y, const float* x, const Block* w, int rows, int in, int out) {
   const int nb = in / cpu::kQ8Block;
   const std::vector<cpu::BlockQ8_0> xq = cpu::quantize_q8_0(x, rows, in);
@@ -69,8 +71,8 @@ void matmul(float* y, const float* x, const Block* w, int rows, int in, int out)
         const Block& wb = w[std::size_t(o) * nb + b];
         const cpu::BlockQ8_0& xb = xq[std::size_t(r) * nb + b];
         long dot = 0, sum = 0;
-        for (int i = 0; i < cpu::kQ8Block; ++i) dot += long(cpu::q4_nibble(wb.qs, i)) * xb.qs[i], sum += xb.qs[i];
-        acc += (double(dot) * cpu::to_float(wb.d) + double(sum) * cpu::q4_offset(wb)) * cpu::to_float(xb.d);
+        for (int i = 0; i < cpu::kQ8Block; ++i) dot += long(cpu::block_q(wb, i)) * xb.qs[i], sum += xb.qs[i];
+        acc += (double(dot) * cpu::to_float(wb.d) + double(sum) * cpu::nibble_offset(wb)) * cpu::to_float(xb.d);
       }
       y[std::size_t(r) * out + o] = float(acc);
     }
