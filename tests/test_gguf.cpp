@@ -399,7 +399,8 @@ TEST_CASE("GGUF: every block type decodes as PyPI gguf's numpy decoder does (tes
   CHECK(ggml_decoded_type_names() == "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16");
 }
 
-TEST_CASE("GGUF: a file of K-quants loads value for value; native holds those matrices in fp32, exactly", "[gguf][native]") {
+TEST_CASE("GGUF: a file of K-quants loads value for value; native runs Q4_K in its blocks, the others in fp32, exactly",
+          "[gguf][native]") {
   // K-quant rows are 256 values, so dim 256 (llama.cpp falls back to Q5_0, Q5_1 or Q8_0 for rows
   // that are not: real files mix them, as experiments/requant_smollm2.py's show).
   TinyModel m(256, 512, 40);
@@ -408,9 +409,8 @@ TEST_CASE("GGUF: a file of K-quants loads value for value; native holds those ma
     if (name == "blk.0.attn_v.weight" || name == "blk.0.ffn_down.weight") return GgmlType::Q6_K;
     if (name == "blk.0.attn_k.weight") return GgmlType::Q5_K;
     if (name == "blk.0.attn_output.weight") return GgmlType::Q3_K;
-    if (name == "blk.0.ffn_up.weight") return GgmlType::Q2_K;
-    if (name == "output.weight") return GgmlType::Q6_K;
-    return GgmlType::Q4_K;  // attn_q, ffn_gate
+    if (name == "output.weight") return GgmlType::Q2_K;
+    return GgmlType::Q4_K;  // attn_q, ffn_gate, ffn_up
   };
   m.tensors(type_of);
   const auto bytes = m.g.build();
@@ -428,12 +428,19 @@ TEST_CASE("GGUF: a file of K-quants loads value for value; native holds those ma
   CHECK(L.w2 == values("blk.0.ffn_down.weight", 512 * 256));
   CHECK(L.w3 == values("blk.0.ffn_up.weight", 256 * 512));
   CHECK(w.classifier == values("output.weight", 256 * 40));
-  // No kernel reads these encodings: dtype native holds every one of them in fp32, so it runs the
-  // fp32 pass bit for bit, and says so in its bytes (32 bits a weight).
+  // Native: [w1; w3] in Q4_K's blocks (1024 rows of one 148-byte block), the rest in fp32: [wq; wk;
+  // wv] mixes types, and Q3_K, Q6_K and Q2_K have no kernel here.
   CpuBackend native(load_gguf(f, true), "native"), fp32(load_gguf(f), "fp32");
-  CHECK(native.bits_per_weight() == 32.0);
+  CHECK(native.matrix_bytes() == 4 * (512 * 256 + 256 * 256 + 256 * 512 + 40 * 256) + 1024 * 148);
   const std::vector<int> toks = {1, 7, 3, 22, 9, 4, 39};
-  CHECK(test::all_logits(native, toks) == test::all_logits(fp32, toks));
+  const auto a = test::all_logits(native, toks), b = test::all_logits(fp32, toks);
+  double scale = 0;
+  for (float v : b) scale = std::max(scale, double(std::abs(v)));
+  // The same weight values; native rounds the FFN's input to Q8_0 blocks, as for Q4_1 below (here
+  // the FFN moves these logits little: measured 3e-7 of their largest).
+  const double diff = test::max_abs_diff(a, b);
+  CHECK(diff < 0.05 * scale);
+  WARN("native (Q4_K FFN) vs fp32 of the same values: max |logit difference| " << diff << " of max |logit| " << scale);
 }
 
 TEST_CASE("GGUF: a llama file maps to Weights tensor by tensor", "[gguf]") {

@@ -105,20 +105,12 @@ void scale_min_k4(int j, const std::uint8_t* q, float& sc, float& m) {
   }
 }
 
-// Q4_K: fp16 d, fp16 dmin, scales[12], 4-bit q[256] in 128 bytes: x = d sc q - dmin m.
+// Q4_K: fp16 d, fp16 dmin, scales[12], 4-bit q[256] in 128 bytes: x = d sc q - dmin m; the CPU
+// kernels' own q4_k_value (cpu/quant.hpp), so the fixture test checks theirs too.
 void q4_k(const std::uint8_t* b, float* y) {
-  const float d = half(b), dmin = half(b + 2);
-  const std::uint8_t* scales = b + 4;
-  const std::uint8_t* q = b + 16;
-  for (int is = 0; is < 8; is += 2, q += 32) {
-    float sc, m;
-    scale_min_k4(is, scales, sc, m);
-    const float d1 = d * sc, m1 = dmin * m;
-    scale_min_k4(is + 1, scales, sc, m);
-    const float d2 = d * sc, m2 = dmin * m;
-    for (int l = 0; l < 32; ++l) *y++ = d1 * static_cast<float>(q[l] & 0xF) - m1;
-    for (int l = 0; l < 32; ++l) *y++ = d2 * static_cast<float>(q[l] >> 4) - m2;
-  }
+  cpu::BlockQ4_K blk;
+  std::memcpy(&blk, b, sizeof blk);
+  for (int i = 0; i < 256; ++i) y[i] = cpu::q4_k_value(blk, i);
 }
 
 // Q5_K: as Q4_K plus qh[32], the fifth bits: x = d sc q - dmin m.

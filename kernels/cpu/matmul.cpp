@@ -198,47 +198,59 @@ inline __m256i fifth_bits(std::uint32_t bits) {
   return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select), _mm256_set1_epi8(0x10));
 }
 
+// The exact int32 dot products of one group block's 8 rows (qs: 128 bytes in chunk order; Five:
+// plus qh's fifth bits) with R rows of x's blocks, xb[r * x_stride]: lane j of dot[r] is row j's.
+template <int R, bool Five>
+[[gnu::always_inline]] inline void group_dots(__m256i* dot, const std::uint8_t* qs, const std::uint32_t* qh, const BlockQ8_0* xb,
+                                              std::size_t x_stride) {
+  const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
+  __m256i sum[R], wide[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) sum[r] = wide[r] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * k));
+    __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    if constexpr (Five) {
+      lo = _mm256_or_si256(lo, fifth_bits(qh[k]));
+      hi = _mm256_or_si256(hi, fifth_bits(qh[4 + k]));
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      std::int32_t xlo, xhi;
+      std::memcpy(&xlo, xb[std::size_t(r) * x_stride].qs + 4 * k, 4);
+      std::memcpy(&xhi, xb[std::size_t(r) * x_stride].qs + 16 + 4 * k, 4);
+      sum[r] = _mm256_add_epi16(sum[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xlo)),
+                                                         _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xhi))));
+      if (Five && k % 2 == 1) {  // 4 pair sums of 5-bit q: at most 31496, then to int32
+        wide[r] = _mm256_add_epi32(wide[r], _mm256_madd_epi16(sum[r], ones));
+        sum[r] = _mm256_setzero_si256();
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) dot[r] = Five ? wide[r] : _mm256_madd_epi16(sum[r], ones);
+}
+
 template <int R, class Block>
 void group_nibbles_q8(float* y, const Q8Rows& x, const typename GroupOf<Block>::type* g, int nb, int out, int o, int r0) {
-  const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
   __m256 acc[R];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const BlockQ8_0* xr = x.q + std::size_t(r0) * nb;
   const float* sr = x.s + std::size_t(r0) * nb;
   for (int b = 0; b < nb; ++b) {
-    __m256i sum[R], wide[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) sum[r] = wide[r] = _mm256_setzero_si256();
     // 2 KiB ahead into L2, as group_q8q8 (144- to 192-byte group blocks: 3 cache lines a block).
     for (int c = 0; c < 3; ++c) _mm_prefetch(reinterpret_cast<const char*>(&g[b]) + 2048 + 64 * c, _MM_HINT_T1);
-#pragma GCC unroll 4
-    for (int k = 0; k < 4; ++k) {
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g[b].qs + 32 * k));
-      __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-      if constexpr (kFiveBit<Block>) {
-        lo = _mm256_or_si256(lo, fifth_bits(g[b].qh[k]));
-        hi = _mm256_or_si256(hi, fifth_bits(g[b].qh[4 + k]));
-      }
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) {
-        std::int32_t xlo, xhi;
-        std::memcpy(&xlo, xr[std::size_t(r) * nb + b].qs + 4 * k, 4);
-        std::memcpy(&xhi, xr[std::size_t(r) * nb + b].qs + 16 + 4 * k, 4);
-        sum[r] = _mm256_add_epi16(sum[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xlo)),
-                                                           _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xhi))));
-        if (kFiveBit<Block> && k % 2 == 1) {  // 4 pair sums of 5-bit q: at most 31496, then to int32
-          wide[r] = _mm256_add_epi32(wide[r], _mm256_madd_epi16(sum[r], ones));
-          sum[r] = _mm256_setzero_si256();
-        }
-      }
-    }
+    const std::uint32_t* qh = nullptr;
+    if constexpr (kFiveBit<Block>) qh = g[b].qh;
+    __m256i dot[R];
+    group_dots<R, kFiveBit<Block>>(dot, g[b].qs, qh, xr + b, std::size_t(nb));
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].d)));
     const __m256 mw = group_offsets(g[b], dw);
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      const __m256 dot = _mm256_cvtepi32_ps(kFiveBit<Block> ? wide[r] : _mm256_madd_epi16(sum[r], ones));
-      acc[r] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, _mm256_set1_ps(q8_d(xr[std::size_t(r) * nb + b]))), acc[r]);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), _mm256_mul_ps(dw, _mm256_set1_ps(q8_d(xr[std::size_t(r) * nb + b]))), acc[r]);
       acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sr[std::size_t(r) * nb + b]), acc[r]);
     }
   }
@@ -290,6 +302,60 @@ void matmul_block(float* y, const Q8Rows* x, const PackedNibbles<Block>* w, int 
   for (; o < o1; ++o) {
     const Block* wr = w->tail.data() + std::size_t(o - full) * nb;
     over_rows(rows, [&]<int R>(int r0) { row_nibbles_q8<R>(y, *x, wr, nb, out, o, r0); });
+  }
+}
+
+// ---- Q4_K x Q8_0 (dtype native on a GGUF's Q4_K tensors) ---------------------------------------
+// Each 32-value sub-block s is a Q4_1 block with scale d sc_s and offset -dmin m_s (both exact in
+// fp32, ggml's own d1 and m1), against x's Q8_0 block at the same place: group_dots' int32 sums,
+// then the two scalings.
+inline __m256 bytes_as_floats(const std::uint8_t* p) {  // 8 unsigned bytes as 8 floats
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+template <int R>
+void group_q4k_q8(float* y, const Q8Rows& x, const GroupQ4_K* g, int nbk, int out, int o, int r0) {
+  const int nb = nbk * 8;  // x's Q8_0 blocks a row
+  __m256 acc[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const BlockQ8_0* xr = x.q + std::size_t(r0) * nb;
+  const float* sr = x.s + std::size_t(r0) * nb;
+  for (int b = 0; b < nbk; ++b) {
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].d)));
+    const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].dmin)));
+    for (int s = 0; s < 8; ++s) {
+      for (int c = 0; c < 2; ++c) _mm_prefetch(reinterpret_cast<const char*>(g[b].qs[s]) + 2048 + 64 * c, _MM_HINT_T1);
+      const int xb = 8 * b + s;
+      __m256i dot[R];
+      group_dots<R, false>(dot, g[b].qs[s], nullptr, xr + xb, std::size_t(nb));
+      const __m256 dw = _mm256_mul_ps(d, bytes_as_floats(g[b].sc[s])), mw = _mm256_mul_ps(dmin, bytes_as_floats(g[b].m[s]));
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), _mm256_mul_ps(dw, _mm256_set1_ps(q8_d(xr[std::size_t(r) * nb + xb]))), acc[r]);
+        acc[r] = _mm256_fnmadd_ps(mw, _mm256_set1_ps(sr[std::size_t(r) * nb + xb]), acc[r]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + std::size_t(r0 + r) * out + o, acc[r]);
+}
+
+// Columns [o0, o1) of y; o0 is a multiple of 8. A last group of fewer than 8 rows goes through a
+// scratch row of 8.
+void matmul_block(float* y, const Q8Rows* x, const PackedQ4_K* w, int rows, int in, int out, int o0, int o1) {
+  const int nbk = in / kQ4KBlock;
+  for (int o = o0; o < o1; o += 8) {
+    const GroupQ4_K* g = w->groups.data() + std::size_t(o / 8) * nbk;
+    if (o + 8 <= out) {
+      over_rows(rows, [&]<int R>(int r0) { group_q4k_q8<R>(y, *x, g, nbk, out, o, r0); });
+      continue;
+    }
+    thread_local std::vector<float> part;
+    part.resize(std::size_t(rows) * 8);
+    over_rows(rows, [&]<int R>(int r0) { group_q4k_q8<R>(part.data(), *x, g, nbk, 8, 0, r0); });
+    for (int r = 0; r < rows; ++r)
+      for (int j = 0; j < out - o; ++j) y[std::size_t(r) * out + o + j] = part[std::size_t(r) * 8 + j];
   }
 }
 
@@ -650,12 +716,17 @@ void widen_rows(float* dst, const PackedNibbles<Block>* w, int in, int p0, int p
     }
 }
 
+void widen_rows(float* dst, const PackedQ4_K* w, int in, int p0, int p1) {
+  for (int o = p0; o < p1; ++o, dst += in)
+    for (int b = 0; b < in / kQ4KBlock; ++b) w->values(o, b, dst + b * kQ4KBlock);
+}
+
 template <class W>
 void matmul_block(float* y, const float* x, const W* w, int rows, int in, int out, int o0, int o1) {
 #if defined(ABLATE_FEW_ROWS)
   // (Q8_0 and the 4- and 5-bit blocks with few rows multiply int8 inputs: matmul_block on Q8_0 x, above.)
   if constexpr (!std::is_same_v<W, PackedQ8_0> && !std::is_same_v<W, PackedQ4_1> && !std::is_same_v<W, PackedQ4_0> &&
-                !std::is_same_v<W, PackedQ5_0> && !std::is_same_v<W, PackedQ5_1>)
+                !std::is_same_v<W, PackedQ5_0> && !std::is_same_v<W, PackedQ5_1> && !std::is_same_v<W, PackedQ4_K>)
     if (rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
 #endif
   constexpr int kPanel = 64;  // rows of w widened at once: 64 x in floats stay in L2
@@ -788,8 +859,9 @@ void matmul(float* y, const float* x, const PackedQ8_0& w, int rows, int in, int
 }
 
 namespace {
-template <class Block>
-void matmul_nibbles(float* y, const float* x, const PackedNibbles<Block>& w, int rows, int in, int out) {
+// Weights of 4 or 5 bits (PackedNibbles, PackedQ4_K) times x's rows as Q8_0 blocks.
+template <class W>
+void matmul_low_bit(float* y, const float* x, const W& w, int rows, int in, int out) {
   if (w.in != in || w.out != out) throw std::invalid_argument("matmul: the 4- or 5-bit matrix is not [out][in]");
   thread_local std::vector<BlockQ8_0> xq;
   const int nb = in / kQ8Block;
@@ -816,9 +888,10 @@ void matmul_nibbles(float* y, const float* x, const PackedNibbles<Block>& w, int
 }
 }  // namespace
 
-void matmul(float* y, const float* x, const PackedQ4_1& w, int rows, int in, int out) { matmul_nibbles(y, x, w, rows, in, out); }
-void matmul(float* y, const float* x, const PackedQ4_0& w, int rows, int in, int out) { matmul_nibbles(y, x, w, rows, in, out); }
-void matmul(float* y, const float* x, const PackedQ5_0& w, int rows, int in, int out) { matmul_nibbles(y, x, w, rows, in, out); }
-void matmul(float* y, const float* x, const PackedQ5_1& w, int rows, int in, int out) { matmul_nibbles(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedQ4_1& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedQ4_0& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedQ5_0& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedQ5_1& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedQ4_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 
 }  // namespace ablate::cpu

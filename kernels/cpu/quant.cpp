@@ -108,4 +108,41 @@ ABLATE_NIBBLE_TYPES(ABLATE_INSTANTIATE)
 #undef ABLATE_INSTANTIATE
 #undef ABLATE_NIBBLE_TYPES
 
+PackedQ4_K pack_q4_k(const std::vector<BlockQ4_K>& blocks, int out, int in) {
+  if (in <= 0 || in % kQ4KBlock != 0 || out < 0 || blocks.size() != std::size_t(out) * std::size_t(in / kQ4KBlock))
+    throw std::invalid_argument("pack_q4_k: " + std::to_string(blocks.size()) + " blocks are not " + std::to_string(out) +
+                                " rows of " + std::to_string(in) + " values (a positive multiple of 256)");
+  PackedQ4_K p;
+  p.out = out, p.in = in;
+  const int nb = in / kQ4KBlock;
+  p.groups.resize(std::size_t((out + 7) / 8) * nb);  // value-initialized: the padding rows are zero
+  for (int o = 0; o < out; ++o)
+    for (int b = 0; b < nb; ++b) {
+      const BlockQ4_K& src = blocks[std::size_t(o) * nb + b];
+      GroupQ4_K& g = p.groups[std::size_t(o / 8) * nb + b];
+      const int j = o % 8;
+      g.d[j] = src.d, g.dmin[j] = src.dmin;
+      for (int s = 0; s < 8; ++s) {
+        int sc, m;
+        q4_k_scale_min(src, s, sc, m);
+        g.sc[s][j] = std::uint8_t(sc), g.m[s][j] = std::uint8_t(m);
+        for (int i = 0; i < 16; ++i)  // as a Q4_1 block: byte i holds values i and i + 16
+          g.qs[s][q8_0x8_index(j, i)] = std::uint8_t(q4_k_q(src, 32 * s + i) | q4_k_q(src, 32 * s + i + 16) << 4);
+      }
+    }
+  return p;
+}
+
+void PackedQ4_K::values(int o, int b, float* dst) const {
+  const GroupQ4_K& g = groups[std::size_t(o / 8) * (in / kQ4KBlock) + b];
+  const int j = o % 8;
+  const float d = to_float(g.d[j]), dmin = to_float(g.dmin[j]);
+  for (int s = 0; s < 8; ++s)
+    for (int i = 0; i < 32; ++i) {
+      const std::uint8_t byte = g.qs[s][q8_0x8_index(j, i % 16)];
+      const int q = i < 16 ? byte & 0x0F : byte >> 4;
+      dst[32 * s + i] = d * float(g.sc[s][j]) * float(q) - dmin * float(g.m[s][j]);
+    }
+}
+
 }  // namespace ablate::cpu

@@ -216,6 +216,64 @@ using PackedQ5_1 = PackedNibbles<BlockQ5_1>;
 template <class Block>
 PackedNibbles<Block> pack_nibbles(const std::vector<Block>& blocks, int out, int in);
 
+// ---- Q4_K (dtype native: the K-quant most of a Q4_K_M file's matrices are in) ------------------
+// ggml's block_q4_K: 256 values in 8 sub-blocks of 32, value = d sc_s q - dmin m_s with 4-bit q,
+// the sub-block's 6-bit scale sc_s and min m_s packed in 12 bytes, d and dmin fp16. Bytes 32c..32c+31
+// of qs hold sub-block 2c's values in their low nibbles and sub-block 2c+1's in their high ones.
+struct BlockQ4_K {
+  Half d, dmin;
+  std::uint8_t scales[12];
+  std::uint8_t qs[128];
+};
+static_assert(sizeof(BlockQ4_K) == 144, "Q4_K blocks are 144 bytes, as in GGUF");
+inline constexpr int kQ4KBlock = 256;
+
+// Sub-block s's 6-bit scale and min (ggml's get_scale_min_k4).
+inline void q4_k_scale_min(const BlockQ4_K& b, int s, int& sc, int& m) {
+  const std::uint8_t* q = b.scales;
+  if (s < 4) {
+    sc = q[s] & 63, m = q[s + 4] & 63;
+  } else {
+    sc = (q[s + 4] & 0xF) | ((q[s - 4] >> 6) << 4);
+    m = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
+  }
+}
+inline int q4_k_q(const BlockQ4_K& b, int i) {  // value i's 4-bit q
+  const std::uint8_t byte = b.qs[32 * (i / 64) + i % 32];
+  return (i % 64) < 32 ? byte & 0x0F : byte >> 4;
+}
+// Value i as ggml dequantizes it: (d sc) q - (dmin m), each product rounded once in fp32.
+inline float q4_k_value(const BlockQ4_K& b, int i) {
+  int sc, m;
+  q4_k_scale_min(b, i / 32, sc, m);
+  return to_float(b.d) * float(sc) * float(q4_k_q(b, i)) - to_float(b.dmin) * float(m);
+}
+
+// Q4_K rows as the CPU matmul holds them: 8 rows a group, each super-block's 8 sub-blocks in the
+// 4-bit groups' chunk order (qs[s] as GroupQ4_1's qs, for sub-block s), the 6-bit scales and mins
+// unpacked to a byte each so that 8 rows' of them load at once (148 bytes a row's block instead of
+// 144). A last group of fewer than 8 rows is padded with zero blocks.
+struct GroupQ4_K {
+  Half d[8], dmin[8];         // row j's super-block scales
+  std::uint8_t sc[8][8];      // [s][j]: sub-block s's scale, row j
+  std::uint8_t m[8][8];       // [s][j]: its min
+  std::uint8_t qs[8][8 * 16]; // [s][q8_0x8_index(j, i)]: byte i of row j's sub-block s, as a Q4_1 block's
+};
+static_assert(sizeof(GroupQ4_K) == 8 * 148, "a Q4_K group block is 8 rows of 148 bytes");
+
+struct PackedQ4_K {
+  int out = 0, in = 0;            // in: a multiple of 256
+  std::vector<GroupQ4_K> groups;  // [(out + 7) / 8][in / 256]
+  bool empty() const { return groups.empty(); }
+  std::size_t bytes() const { return groups.size() * sizeof(GroupQ4_K); }
+  // Row o's values [256 b, 256 b + 256), as q4_k_value gives them.
+  void values(int o, int b, float* dst) const;
+};
+
+// blocks: [out][in / 256], as a GGUF Q4_K tensor lies. Throws std::invalid_argument unless in is a
+// positive multiple of 256 and blocks.size() == out * in / 256.
+PackedQ4_K pack_q4_k(const std::vector<BlockQ4_K>& blocks, int out, int in);
+
 // ---- fp8 e4m3 (OCP "E4M3FN": bias 7, no infinities, S.1111.111 is NaN, largest 448) --------------
 struct Fp8E4M3 {
   std::uint8_t bits;
