@@ -95,6 +95,7 @@ struct MatmulCopies {
   std::vector<cpu::PackedQ8_0> q8;
   std::vector<cpu::PackedQ4_1> q4;
   std::vector<cpu::PackedQ4_0> q40;  // the Q4_1 blocks without their offsets: Q4_0's bytes (the timing needs no Q4_0 rounding)
+  std::vector<cpu::PackedQ4_K> q4k;  // the Q4_1 nibbles as Q4_K sub-blocks, random 6-bit scales (timing only)
   MatmulCopies(int dtype, int in, int out) : wn(std::size_t(in) * out) {
     count = std::max<std::size_t>(1, arena().floats / wn);
     const float* w = arena().slice(wn, 0);
@@ -120,6 +121,15 @@ struct MatmulCopies {
         blocks.push_back(z);
       }
       q40.assign(count, cpu::pack_nibbles(blocks, out, in));
+    } else if (dtype == 6) {
+      const auto q41 = cpu::quantize_q4_1(w, out, in);
+      std::vector<cpu::BlockQ4_K> blocks(q41.size() / 8);
+      for (std::size_t b = 0; b < blocks.size(); ++b) {
+        blocks[b].d = q41[8 * b].d, blocks[b].dmin = q41[8 * b].d;
+        for (int i = 0; i < 12; ++i) blocks[b].scales[i] = std::uint8_t(37 * i + 11);
+        for (int i = 0; i < 128; ++i) blocks[b].qs[i] = q41[8 * b + i / 16].qs[i % 16];
+      }
+      q4k.assign(count, cpu::pack_q4_k(blocks, out, in));
     }
   }
 };
@@ -139,7 +149,8 @@ void BM_Matmul(benchmark::State& state) {
       case 2: cpu::matmul(y.data(), x.data(), copies.f16.data() + c * wn, rows, in, out); break;
       case 3: cpu::matmul(y.data(), x.data(), copies.q8[c], rows, in, out); break;
       case 4: cpu::matmul(y.data(), x.data(), copies.q4[c], rows, in, out); break;
-      default: cpu::matmul(y.data(), x.data(), copies.q40[c], rows, in, out); break;
+      case 5: cpu::matmul(y.data(), x.data(), copies.q40[c], rows, in, out); break;
+      default: cpu::matmul(y.data(), x.data(), copies.q4k[c], rows, in, out); break;
     }
     benchmark::DoNotOptimize(y.data());
   }
@@ -147,6 +158,7 @@ void BM_Matmul(benchmark::State& state) {
                        : dtype == 3 ? double(copies.q8[0].bytes())
                        : dtype == 4 ? double(copies.q4[0].bytes())
                        : dtype == 5 ? double(copies.q40[0].bytes())
+                       : dtype == 6 ? double(copies.q4k[0].bytes())
                                     : 2.0 * wn;
   set_rate_counters(state, bytes, 2.0 * rows * wn, bw);
 }
@@ -248,12 +260,13 @@ void BM_AttentionNaive(benchmark::State& state) {
 }
 
 void matmul_args(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0, 4 Q4_1, 5 Q4_0 (native)
+  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0, 4 Q4_1, 5 Q4_0, 6 Q4_K (native)
   const std::pair<int, int> shapes[] = {{kDim, kDim}, {kDim, kKvDim}, {kDim, kHidden}, {kHidden, kDim}, {kDim, kVocab}};
   for (int rows : {1, 5, 16})
-    for (int dtype = 0; dtype < 6; ++dtype)
+    for (int dtype = 0; dtype < 7; ++dtype)
       if (rows != 5 || dtype == 0)
-        for (auto [in, out] : shapes) b->Args({rows, in, out, dtype});
+        for (auto [in, out] : shapes)
+          if (dtype != 6 || in % 256 == 0) b->Args({rows, in, out, dtype});  // Q4_K rows are 256 values
 }
 
 void attention_args(benchmark::internal::Benchmark* b) {
