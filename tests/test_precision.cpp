@@ -251,50 +251,60 @@ TEMPLATE_TEST_CASE("matmul with Q4_0, Q4_1, Q5_0 or Q5_1 weights matches the sca
 }
 
 namespace {
-// out x in / 256 Q4_K blocks of random bytes, with finite fp16 scales (a GGUF tensor's shape).
-std::vector<cpu::BlockQ4_K> random_q4_k(int out, int in, std::mt19937& rng) {
+// out x in / 256 Q4_K or Q6_K blocks of random bytes, with finite fp16 scales (a GGUF tensor's shape).
+template <class Block>
+std::vector<Block> random_k(int out, int in, std::mt19937& rng) {
   std::uniform_int_distribution<int> byte(0, 255);
   std::uniform_real_distribution<float> d(0.0005f, 0.02f);
-  std::vector<cpu::BlockQ4_K> w(std::size_t(out) * (in / 256));
+  std::vector<Block> w(std::size_t(out) * (in / 256));
   for (auto& b : w) {
-    b.d = cpu::to_half(d(rng)), b.dmin = cpu::to_half(d(rng));
-    for (auto& q : b.scales) q = static_cast<std::uint8_t>(byte(rng));
-    for (auto& q : b.qs) q = static_cast<std::uint8_t>(byte(rng));
+    auto* raw = reinterpret_cast<std::uint8_t*>(&b);
+    for (std::size_t i = 0; i < sizeof b; ++i) raw[i] = static_cast<std::uint8_t>(byte(rng));
+    b.d = cpu::to_half(d(rng));
+    if constexpr (std::is_same_v<Block, cpu::BlockQ4_K>) b.dmin = cpu::to_half(d(rng));
   }
   return w;
 }
+template <class Block> constexpr GgmlType kType = std::is_same_v<Block, cpu::BlockQ4_K> ? GgmlType::Q4_K : GgmlType::Q6_K;
+inline cpu::PackedQ4_K pack_k(const std::vector<cpu::BlockQ4_K>& q, int out, int in) { return cpu::pack_q4_k(q, out, in); }
+inline cpu::PackedQ6_K pack_k(const std::vector<cpu::BlockQ6_K>& q, int out, int in) { return cpu::pack_q6_k(q, out, in); }
+inline float k_value(const cpu::BlockQ4_K& b, int i) { return cpu::q4_k_value(b, i); }
+inline float k_value(const cpu::BlockQ6_K& b, int i) { return cpu::q6_k_value(b, i); }
 }  // namespace
 
-TEST_CASE("Q4_K blocks: pack_q4_k keeps every value as ggml decodes it", "[precision][q4_k]") {
+TEMPLATE_TEST_CASE("Q4_K and Q6_K blocks: packed, they keep every value as ggml decodes it", "[precision][q4_k]",
+                   cpu::BlockQ4_K, cpu::BlockQ6_K) {
   std::mt19937 rng(41);
   for (int out : {1, 7, 8, 9, 29})
     for (int in : {256, 768}) {
       INFO("out=" << out << " in=" << in);
-      const auto q = random_q4_k(out, in, rng);
-      const cpu::PackedQ4_K p = cpu::pack_q4_k(q, out, in);
-      CHECK(p.bytes() == std::size_t((out + 7) / 8) * (in / 256) * 8 * 148);  // 148 bytes a row's block, whole groups
+      const auto q = random_k<TestType>(out, in, rng);
+      const auto p = pack_k(q, out, in);
+      // 148 bytes a row's Q4_K block (its 6-bit scales unpacked), 210 a Q6_K one; whole groups of 8 rows.
+      CHECK(p.bytes() == std::size_t((out + 7) / 8) * (in / 256) * 8 * (std::is_same_v<TestType, cpu::BlockQ4_K> ? 148 : 210));
       std::vector<float> want(256), got(256);
       for (int o = 0; o < out; ++o)
         for (int b = 0; b < in / 256; ++b) {
-          dequantize_row(static_cast<std::uint32_t>(GgmlType::Q4_K), reinterpret_cast<const std::uint8_t*>(&q[std::size_t(o) * (in / 256) + b]),
-                         want.data(), 256);
+          dequantize_row(static_cast<std::uint32_t>(kType<TestType>),
+                         reinterpret_cast<const std::uint8_t*>(&q[std::size_t(o) * (in / 256) + b]), want.data(), 256);
           p.values(o, b, got.data());
           CHECK(got == want);
         }
     }
-  CHECK_THROWS_WITH(cpu::pack_q4_k(std::vector<cpu::BlockQ4_K>(3), 1, 512 + 32), Catch::Contains("positive multiple of 256"));
+  CHECK_THROWS_WITH(pack_k(std::vector<TestType>(3), 1, 512 + 32), Catch::Contains("positive multiple of 256"));
 }
 
-TEST_CASE("matmul with Q4_K weights matches the scalar reference on the same blocks", "[precision][q4_k][matmul]") {
+TEMPLATE_TEST_CASE("matmul with Q4_K or Q6_K weights matches the scalar reference on the same blocks", "[precision][q4_k][matmul]",
+                   cpu::BlockQ4_K, cpu::BlockQ6_K) {
   std::mt19937 rng(42);
   const std::pair<int, int> shapes[] = {{256, 1}, {256, 13}, {512, 65}, {1536, 64}, {768, 77}};
   for (int rows : {1, 2, 3, 4, 5, 16, 17, 70})  // GEMV, the few-rows tiles and tails, then the widened-panel GEMM
     for (auto [in, out] : shapes) {
       INFO("rows=" << rows << " in=" << in << " out=" << out);
       const auto x = random_vec(std::size_t(rows) * in, rng);
-      const auto q = random_q4_k(out, in, rng);
+      const auto q = random_k<TestType>(out, in, rng);
       std::vector<float> y(std::size_t(rows) * out, -1.0f), yr(y.size());
-      cpu::matmul(y.data(), x.data(), cpu::pack_q4_k(q, out, in), rows, in, out);
+      cpu::matmul(y.data(), x.data(), pack_k(q, out, in), rows, in, out);
       ref::matmul(yr.data(), x.data(), q.data(), rows, in, out);
       // The same int8 products summed exactly on both sides; the fp32 scalings and summation order
       // differ, so the fp32 matmul's bound applies, relative to the sum of |terms|.
@@ -305,14 +315,14 @@ TEST_CASE("matmul with Q4_K weights matches the scalar reference on the same blo
         for (int o = 0; o < out; ++o) {
           double mag = 0.0;
           for (int i = 0; i < in; ++i)
-            mag += std::abs(double(cpu::q8_0_value(&xq[std::size_t(r) * nb], i)) * cpu::q4_k_value(q[std::size_t(o) * nbk + i / 256], i % 256));
+            mag += std::abs(double(cpu::q8_0_value(&xq[std::size_t(r) * nb], i)) * k_value(q[std::size_t(o) * nbk + i / 256], i % 256));
           const std::size_t k = std::size_t(r) * out + o;
           worst = std::max(worst, std::abs(double(y[k]) - yr[k]) / std::max(mag, 1e-30));
         }
       CHECK(worst < 1e-5);
     }
   CHECK_THROWS_AS(cpu::matmul(std::vector<float>(512).data(), std::vector<float>(512).data(),
-                              cpu::pack_q4_k(random_q4_k(2, 256, rng), 2, 256), 1, 512, 2),
+                              pack_k(random_k<TestType>(2, 256, rng), 2, 256), 1, 512, 2),
                   std::invalid_argument);
 }
 

@@ -61,12 +61,12 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(std::initializer_list<StoredMa
     rows += p->rows;
     same = same && p->ggml_type == first.ggml_type;
   }
-  // The encodings with a kernel of their own; the rest (the K-quants but Q4_K) are held in
+  // The encodings with a kernel of their own; the rest (Q2_K, Q3_K, Q5_K) are held in
   // fp32, exactly, as is a fused matrix whose parts differ (a Q4_1 K beside a Q8_0 V): one
   // matrix holds one encoding. bits_per_weight shows what was held.
   const bool has_kernel = type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16 || type == GgmlType::Q8_0 ||
                           type == GgmlType::Q4_0 || type == GgmlType::Q4_1 || type == GgmlType::Q5_0 || type == GgmlType::Q5_1 ||
-                          type == GgmlType::Q4_K;
+                          type == GgmlType::Q4_K || type == GgmlType::Q6_K;
   Matrix m;
   if (!same || !has_kernel) {
     m.f32.resize(rows * in);
@@ -113,6 +113,12 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(std::initializer_list<StoredMa
       m.q4_k = cpu::pack_q4_k(blocks, out, cols);
       break;
     }
+    case GgmlType::Q6_K: {
+      std::vector<cpu::BlockQ6_K> blocks;
+      as(blocks);
+      m.q6_k = cpu::pack_q6_k(blocks, out, cols);
+      break;
+    }
     default:
       throw std::invalid_argument("cpu backend: dtype native cannot hold a " + ggml_type_name(first.ggml_type) + " matrix");
   }
@@ -129,6 +135,7 @@ void CpuBackend::Matrix::matmul(float* y, const float* x, int rows, int in, int 
   if (!q5_0.empty()) return cpu::matmul(y, x, q5_0, rows, in, out);
   if (!q5_1.empty()) return cpu::matmul(y, x, q5_1, rows, in, out);
   if (!q4_k.empty()) return cpu::matmul(y, x, q4_k, rows, in, out);
+  if (!q6_k.empty()) return cpu::matmul(y, x, q6_k, rows, in, out);
   cpu::matmul(y, x, f16.data(), rows, in, out);
 }
 

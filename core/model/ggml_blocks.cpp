@@ -132,25 +132,11 @@ void q5_k(const std::uint8_t* b, float* y) {
 }
 
 // Q6_K: low 4 bits ql[128], high 2 bits qh[64], int8 scales[16] (one per 16 values), fp16 d:
-// x = d scale (q - 32).
+// x = d scale (q - 32); the CPU kernels' own q6_k_value (cpu/quant.hpp).
 void q6_k(const std::uint8_t* b, float* y) {
-  const std::uint8_t* ql = b;
-  const std::uint8_t* qh = b + 128;
-  const auto* sc = reinterpret_cast<const std::int8_t*>(b + 192);
-  const float d = half(b + 208);
-  for (int n = 0; n < 256; n += 128, y += 128, ql += 64, qh += 32, sc += 8) {
-    for (int l = 0; l < 32; ++l) {
-      const int is = l / 16;
-      const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-      const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-      const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-      const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-      y[l] = d * static_cast<float>(sc[is + 0]) * static_cast<float>(q1);
-      y[l + 32] = d * static_cast<float>(sc[is + 2]) * static_cast<float>(q2);
-      y[l + 64] = d * static_cast<float>(sc[is + 4]) * static_cast<float>(q3);
-      y[l + 96] = d * static_cast<float>(sc[is + 6]) * static_cast<float>(q4);
-    }
-  }
+  cpu::BlockQ6_K blk;
+  std::memcpy(&blk, b, sizeof blk);
+  for (int i = 0; i < 256; ++i) y[i] = cpu::q6_k_value(blk, i);
 }
 
 }  // namespace

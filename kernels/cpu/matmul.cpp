@@ -190,13 +190,15 @@ inline __m256 group_offsets(const GroupQ5_1& g, __m256) { return _mm256_cvtph_ps
 inline __m256 group_offsets(const GroupQ4_0&, __m256 dw) { return _mm256_mul_ps(dw, _mm256_set1_ps(-8.0f)); }
 inline __m256 group_offsets(const GroupQ5_0&, __m256 dw) { return _mm256_mul_ps(dw, _mm256_set1_ps(-16.0f)); }
 
-// Byte i of the result is 0x10 where bit i of `bits` is set, else 0: Q5's fifth bits in place.
-inline __m256i fifth_bits(std::uint32_t bits) {
+// Byte i of the result is `value` where bit i of `bits` is set, else 0: Q5's fifth bits (0x10),
+// Q6_K's fifth and sixth (0x10, 0x20) in place.
+inline __m256i bit_bytes(std::uint32_t bits, char value) {
   const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)),  // byte i <- byte i / 8 of bits
                                              _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
   const __m256i select = _mm256_set1_epi64x(std::int64_t(0x8040201008040201));  // byte i: bit i % 8
-  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select), _mm256_set1_epi8(0x10));
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select), _mm256_set1_epi8(value));
 }
+inline __m256i fifth_bits(std::uint32_t bits) { return bit_bytes(bits, 0x10); }
 
 // The exact int32 dot products of one group block's 8 rows (qs: 128 bytes in chunk order; Five:
 // plus qh's fifth bits) with R rows of x's blocks, xb[r * x_stride]: lane j of dot[r] is row j's.
@@ -354,6 +356,76 @@ void matmul_block(float* y, const Q8Rows* x, const PackedQ4_K* w, int rows, int 
     thread_local std::vector<float> part;
     part.resize(std::size_t(rows) * 8);
     over_rows(rows, [&]<int R>(int r0) { group_q4k_q8<R>(part.data(), *x, g, nbk, 8, 0, r0); });
+    for (int r = 0; r < rows; ++r)
+      for (int j = 0; j < out - o; ++j) y[std::size_t(r) * out + o + j] = part[std::size_t(r) * 8 + j];
+  }
+}
+
+// ---- Q6_K x Q8_0 (dtype native on a GGUF's Q6_K tensors) ---------------------------------------
+// Per 32-value sub-block against x's Q8_0 block there: its low 16 values have one scale, its high
+// 16 another, and a chunk's low nibbles are low values, its high nibbles high ones, so the two
+// halves' int sums stay apart. q - 32 in [-32, 31]: vpmaddubsw(q, x) - vpmaddubsw(32, x) is exact
+// in int16 (at most 8128 a pair, 32512 over the 4 chunks), then one vpmaddwd for each half.
+template <int R>
+void group_q6k_q8(float* y, const Q8Rows& x, const GroupQ6_K* g, int nbk, int out, int o, int r0) {
+  const int nb = nbk * 8;
+  const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F), m32 = _mm256_set1_epi8(32);
+  __m256 acc[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const BlockQ8_0* xr = x.q + std::size_t(r0) * nb;
+  for (int b = 0; b < nbk; ++b) {
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].d)));
+    for (int s = 0; s < 8; ++s) {
+      for (int c = 0; c < 3; ++c) _mm_prefetch(reinterpret_cast<const char*>(g[b].qs[s]) + 2048 + 64 * c, _MM_HINT_T1);
+      const int xb = 8 * b + s;
+      __m256i sum_lo[R], sum_hi[R];
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) sum_lo[r] = sum_hi[r] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g[b].qs[s] + 32 * k));
+        const std::uint32_t* h = g[b].qh[s] + 4 * k;
+        const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), _mm256_or_si256(bit_bytes(h[0], 0x10), bit_bytes(h[1], 0x20)));
+        const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low),
+                                           _mm256_or_si256(bit_bytes(h[2], 0x10), bit_bytes(h[3], 0x20)));
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+          std::int32_t xlo, xhi;
+          std::memcpy(&xlo, xr[std::size_t(r) * nb + xb].qs + 4 * k, 4);
+          std::memcpy(&xhi, xr[std::size_t(r) * nb + xb].qs + 16 + 4 * k, 4);
+          const __m256i bl = _mm256_set1_epi32(xlo), bh = _mm256_set1_epi32(xhi);
+          sum_lo[r] = _mm256_add_epi16(sum_lo[r], _mm256_sub_epi16(_mm256_maddubs_epi16(lo, bl), _mm256_maddubs_epi16(m32, bl)));
+          sum_hi[r] = _mm256_add_epi16(sum_hi[r], _mm256_sub_epi16(_mm256_maddubs_epi16(hi, bh), _mm256_maddubs_epi16(m32, bh)));
+        }
+      }
+      const auto scales = [&](int gidx) {  // 8 rows' int8 scales of 16-value group gidx, times d
+        return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g[b].sc[gidx])))));
+      };
+      const __m256 dlo = scales(2 * s), dhi = scales(2 * s + 1);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const __m256 dx = _mm256_set1_ps(q8_d(xr[std::size_t(r) * nb + xb]));
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sum_lo[r], ones)), _mm256_mul_ps(dlo, dx), acc[r]);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sum_hi[r], ones)), _mm256_mul_ps(dhi, dx), acc[r]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + std::size_t(r0 + r) * out + o, acc[r]);
+}
+
+void matmul_block(float* y, const Q8Rows* x, const PackedQ6_K* w, int rows, int in, int out, int o0, int o1) {
+  const int nbk = in / kQ4KBlock;
+  for (int o = o0; o < o1; o += 8) {
+    const GroupQ6_K* g = w->groups.data() + std::size_t(o / 8) * nbk;
+    if (o + 8 <= out) {
+      over_rows(rows, [&]<int R>(int r0) { group_q6k_q8<R>(y, *x, g, nbk, out, o, r0); });
+      continue;
+    }
+    thread_local std::vector<float> part;
+    part.resize(std::size_t(rows) * 8);
+    over_rows(rows, [&]<int R>(int r0) { group_q6k_q8<R>(part.data(), *x, g, nbk, 8, 0, r0); });
     for (int r = 0; r < rows; ++r)
       for (int j = 0; j < out - o; ++j) y[std::size_t(r) * out + o + j] = part[std::size_t(r) * 8 + j];
   }
@@ -716,7 +788,9 @@ void widen_rows(float* dst, const PackedNibbles<Block>* w, int in, int p0, int p
     }
 }
 
-void widen_rows(float* dst, const PackedQ4_K* w, int in, int p0, int p1) {
+template <class W>
+  requires std::is_same_v<W, PackedQ4_K> || std::is_same_v<W, PackedQ6_K>
+void widen_rows(float* dst, const W* w, int in, int p0, int p1) {
   for (int o = p0; o < p1; ++o, dst += in)
     for (int b = 0; b < in / kQ4KBlock; ++b) w->values(o, b, dst + b * kQ4KBlock);
 }
@@ -726,7 +800,8 @@ void matmul_block(float* y, const float* x, const W* w, int rows, int in, int ou
 #if defined(ABLATE_FEW_ROWS)
   // (Q8_0 and the 4- and 5-bit blocks with few rows multiply int8 inputs: matmul_block on Q8_0 x, above.)
   if constexpr (!std::is_same_v<W, PackedQ8_0> && !std::is_same_v<W, PackedQ4_1> && !std::is_same_v<W, PackedQ4_0> &&
-                !std::is_same_v<W, PackedQ5_0> && !std::is_same_v<W, PackedQ5_1> && !std::is_same_v<W, PackedQ4_K>)
+                !std::is_same_v<W, PackedQ5_0> && !std::is_same_v<W, PackedQ5_1> && !std::is_same_v<W, PackedQ4_K> &&
+                !std::is_same_v<W, PackedQ6_K>)
     if (rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
 #endif
   constexpr int kPanel = 64;  // rows of w widened at once: 64 x in floats stay in L2
@@ -859,10 +934,10 @@ void matmul(float* y, const float* x, const PackedQ8_0& w, int rows, int in, int
 }
 
 namespace {
-// Weights of 4 or 5 bits (PackedNibbles, PackedQ4_K) times x's rows as Q8_0 blocks.
+// Weights of 4 to 6 bits (PackedNibbles, PackedQ4_K, PackedQ6_K) times x's rows as Q8_0 blocks.
 template <class W>
 void matmul_low_bit(float* y, const float* x, const W& w, int rows, int in, int out) {
-  if (w.in != in || w.out != out) throw std::invalid_argument("matmul: the 4- or 5-bit matrix is not [out][in]");
+  if (w.in != in || w.out != out) throw std::invalid_argument("matmul: the 4- to 6-bit matrix is not [out][in]");
   thread_local std::vector<BlockQ8_0> xq;
   const int nb = in / kQ8Block;
   xq.resize(std::size_t(rows) * nb);
@@ -893,5 +968,6 @@ void matmul(float* y, const float* x, const PackedQ4_0& w, int rows, int in, int
 void matmul(float* y, const float* x, const PackedQ5_0& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const PackedQ5_1& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const PackedQ4_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedQ6_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 
 }  // namespace ablate::cpu

@@ -145,4 +145,46 @@ void PackedQ4_K::values(int o, int b, float* dst) const {
     }
 }
 
+PackedQ6_K pack_q6_k(const std::vector<BlockQ6_K>& blocks, int out, int in) {
+  if (in <= 0 || in % kQ4KBlock != 0 || out < 0 || blocks.size() != std::size_t(out) * std::size_t(in / kQ4KBlock))
+    throw std::invalid_argument("pack_q6_k: " + std::to_string(blocks.size()) + " blocks are not " + std::to_string(out) +
+                                " rows of " + std::to_string(in) + " values (a positive multiple of 256)");
+  PackedQ6_K p;
+  p.out = out, p.in = in;
+  const int nb = in / kQ4KBlock;
+  p.groups.resize(std::size_t((out + 7) / 8) * nb);  // value-initialized: the padding rows are zero
+  for (int o = 0; o < out; ++o)
+    for (int b = 0; b < nb; ++b) {
+      const BlockQ6_K& src = blocks[std::size_t(o) * nb + b];
+      GroupQ6_K& g = p.groups[std::size_t(o / 8) * nb + b];
+      const int j = o % 8;
+      g.d[j] = src.d;
+      for (int i = 0; i < 16; ++i) g.sc[i][j] = src.scales[i];
+      for (int s = 0; s < 8; ++s)
+        for (int i = 0; i < kQ8Block; ++i) {
+          const int q = q6_k_q(src, 32 * s + i);
+          const NibblePlace at = nibble_place(j, i);
+          std::uint8_t& byte = g.qs[s][q8_0x8_index(j, i % 16)];
+          byte = std::uint8_t(at.high ? (byte & 0x0F) | (q & 0x0F) << 4 : (byte & 0xF0) | (q & 0x0F));
+          for (int bit = 0; bit < 2; ++bit)
+            if (q >> (4 + bit) & 1) g.qh[s][4 * at.k + 2 * at.high + bit] |= std::uint32_t{1} << at.p;
+        }
+    }
+  return p;
+}
+
+void PackedQ6_K::values(int o, int b, float* dst) const {
+  const GroupQ6_K& g = groups[std::size_t(o / 8) * (in / kQ4KBlock) + b];
+  const int j = o % 8;
+  const float d = to_float(g.d[j]);
+  for (int s = 0; s < 8; ++s)
+    for (int i = 0; i < kQ8Block; ++i) {
+      const NibblePlace at = nibble_place(j, i);
+      const std::uint8_t byte = g.qs[s][q8_0x8_index(j, i % 16)];
+      int q = at.high ? byte >> 4 : byte & 0x0F;
+      for (int bit = 0; bit < 2; ++bit) q |= int(g.qh[s][4 * at.k + 2 * at.high + bit] >> at.p & 1u) << (4 + bit);
+      dst[32 * s + i] = d * float(g.sc[(32 * s + i) / 16][j]) * float(q - 32);
+    }
+}
+
 }  // namespace ablate::cpu

@@ -274,6 +274,52 @@ struct PackedQ4_K {
 // positive multiple of 256 and blocks.size() == out * in / 256.
 PackedQ4_K pack_q4_k(const std::vector<BlockQ4_K>& blocks, int out, int in);
 
+// ---- Q6_K (dtype native: the K-quant of a Q4_K_M file's attn_v and half its ffn_down) ------------
+// ggml's block_q6_K: 256 values, value = d sc_g (q - 32) with 6-bit q (low 4 bits in ql, high 2 in
+// qh) and an int8 scale sc_g for each 16 values, d fp16.
+struct BlockQ6_K {
+  std::uint8_t ql[128];
+  std::uint8_t qh[64];
+  std::int8_t scales[16];
+  Half d;
+};
+static_assert(sizeof(BlockQ6_K) == 210, "Q6_K blocks are 210 bytes, as in GGUF");
+
+inline int q6_k_q(const BlockQ6_K& b, int i) {  // value i's 6-bit q (0..63)
+  const int h = i / 128, quarter = (i % 128) / 32, l = i % 32;
+  const std::uint8_t lo = b.ql[64 * h + l + 32 * (quarter & 1)];
+  return (quarter >= 2 ? lo >> 4 : lo & 0x0F) | ((b.qh[32 * h + l] >> (2 * quarter)) & 3) << 4;
+}
+// Value i as ggml dequantizes it: (d sc) (q - 32), each product rounded once in fp32.
+inline float q6_k_value(const BlockQ6_K& b, int i) {
+  return to_float(b.d) * float(b.scales[i / 16]) * float(q6_k_q(b, i) - 32);
+}
+
+// Q6_K rows as the CPU matmul holds them: 8 rows a group; each 32-value sub-block's low 4 bits in
+// the 4-bit groups' chunk order (qs[s]), its bits 4 and 5 as 32-bit words in the same order
+// (qh[s][4 k + 0, 1]: chunk k's low nibbles' bit 4, bit 5; [4 k + 2, 3]: its high nibbles'), and
+// the 16 scales of 8 rows together: 210 bytes a row's block, as in the file.
+struct GroupQ6_K {
+  Half d[8];                   // row j's super-block scale
+  std::int8_t sc[16][8];       // [g][j]: the scale of values 16 g..16 g + 15, row j
+  std::uint32_t qh[8][16];     // [s][...]: sub-block s's high bits, as above
+  std::uint8_t qs[8][8 * 16];  // [s][q8_0x8_index(j, i)]: values i and i + 16's low bits, row j
+};
+static_assert(sizeof(GroupQ6_K) == 8 * 210, "a Q6_K group block is 8 rows of 210 bytes");
+
+struct PackedQ6_K {
+  int out = 0, in = 0;            // in: a multiple of 256
+  std::vector<GroupQ6_K> groups;  // [(out + 7) / 8][in / 256]; a last group padded with zero rows
+  bool empty() const { return groups.empty(); }
+  std::size_t bytes() const { return groups.size() * sizeof(GroupQ6_K); }
+  // Row o's values [256 b, 256 b + 256), as q6_k_value gives them.
+  void values(int o, int b, float* dst) const;
+};
+
+// blocks: [out][in / 256], as a GGUF Q6_K tensor lies. Throws std::invalid_argument unless in is a
+// positive multiple of 256 and blocks.size() == out * in / 256.
+PackedQ6_K pack_q6_k(const std::vector<BlockQ6_K>& blocks, int out, int in);
+
 // ---- fp8 e4m3 (OCP "E4M3FN": bias 7, no infinities, S.1111.111 is NaN, largest 448) --------------
 struct Fp8E4M3 {
   std::uint8_t bits;

@@ -101,6 +101,27 @@ inline void matmul(float* y, const float* x, const cpu::BlockQ4_K* w, int rows, 
     }
 }
 
+// w as Q6_K blocks ([out][in / 256]): x's rows quantized to Q8_0 blocks, then per 16 values
+// d sc_g d_x sum((q_w - 32) q_x) (cpu::matmul's products).
+inline void matmul(float* y, const float* x, const cpu::BlockQ6_K* w, int rows, int in, int out) {
+  const int nb = in / cpu::kQ8Block, nbk = in / cpu::kQ4KBlock;
+  const std::vector<cpu::BlockQ8_0> xq = cpu::quantize_q8_0(x, rows, in);
+  for (int r = 0; r < rows; ++r)
+    for (int o = 0; o < out; ++o) {
+      double acc = 0.0;
+      for (int b = 0; b < nbk; ++b) {
+        const cpu::BlockQ6_K& wb = w[std::size_t(o) * nbk + b];
+        for (int g = 0; g < 16; ++g) {
+          const cpu::BlockQ8_0& xb = xq[std::size_t(r) * nb + 8 * b + g / 2];
+          long dot = 0;
+          for (int i = 0; i < 16; ++i) dot += long(cpu::q6_k_q(wb, 16 * g + i) - 32) * xb.qs[16 * (g % 2) + i];
+          acc += double(dot) * cpu::to_float(wb.d) * wb.scales[g] * cpu::to_float(xb.d);
+        }
+      }
+      y[std::size_t(r) * out + o] = float(acc);
+    }
+}
+
 inline void rmsnorm(float* out, const float* x, const float* weight, int rows, int dim, float eps) {
   for (int r = 0; r < rows; ++r) {
     const float* xr = x + std::size_t(r) * dim;
