@@ -429,10 +429,12 @@ TEST_CASE("GGUF: a file of K-quants loads value for value; native runs Q4_K and 
   CHECK(L.w3 == values("blk.0.ffn_up.weight", 256 * 512));
   CHECK(w.classifier == values("output.weight", 256 * 40));
   // Native: [w1; w3] in Q4_K's blocks (1024 rows of one 148-byte block), w2 in Q6_K's (256 rows of
-  // two 210-byte blocks), the rest in fp32, exactly: [wq; wk; wv] mixes types, and Q3_K and Q2_K
-  // have no kernel here.
+  // two 210-byte blocks); [wq; wk; wv] mixes types, so it is held as its parts: wq Q4_K (256 rows of
+  // 148 bytes), wk Q5_K in fp32 (no kernel here), wv Q6_K (128 rows of 210); wo (Q3_K) and the LM
+  // head (Q2_K) in fp32, exactly.
   CpuBackend native(load_gguf(f, true), "native"), fp32(load_gguf(f), "fp32");
-  CHECK(native.matrix_bytes() == 4 * (512 * 256 + 256 * 256 + 40 * 256) + 1024 * 148 + 256 * 2 * 210);
+  CHECK(native.matrix_bytes() ==
+        4 * (128 * 256 + 256 * 256 + 40 * 256) + 1024 * 148 + 256 * 2 * 210 + 256 * 148 + 128 * 210);
   const std::vector<int> toks = {1, 7, 3, 22, 9, 4, 39};
   const auto a = test::all_logits(native, toks), b = test::all_logits(fp32, toks);
   double scale = 0;
@@ -499,7 +501,7 @@ TEST_CASE("dtype native: a GGUF's F32, F16 and Q8_0 matrices run as stored, bit 
   }
 }
 
-TEST_CASE("dtype native: Q4_0, Q5_0 and Q5_1 matrices in their own blocks, a fused matrix of mixed types in fp32, near the fp32 pass",
+TEST_CASE("dtype native: Q4_0, Q5_0 and Q5_1 matrices in their own blocks, a fused matrix of mixed types as its parts, near fp32",
           "[gguf][native]") {
   TinyModel m(32, 64, 40);
   m.metadata();
@@ -513,10 +515,11 @@ TEST_CASE("dtype native: Q4_0, Q5_0 and Q5_1 matrices in their own blocks, a fus
   const auto bytes = m.g.build();
   const GgufFile f(bytes.data(), bytes.size(), "native4.gguf");
   CpuBackend native(load_gguf(f, true), "native"), fp32(load_gguf(f), "fp32");
-  // [wq; wk; wv] mixes Q4_0 and Q4_1: fp32. wo (Q4_0) 32 rows of one 18-byte block; [w1; w3] (Q5_0)
-  // 128 rows of one 22-byte block; w2 (Q5_1) 32 rows of two 24-byte ones; the LM head 40 rows of one
-  // 34-byte Q8_0 block.
-  CHECK(native.matrix_bytes() == 64 * 32 * 4 + 32 * 18 + 128 * 22 + 32 * 2 * 24 + 40 * 34);
+  // [wq; wk; wv] mixes Q4_0 and Q4_1: held as wq (Q4_0, 32 rows of one 18-byte block) and [wk; wv]
+  // (Q4_1, 32 rows of one 20-byte block). wo (Q4_0) 32 rows of 18 bytes; [w1; w3] (Q5_0) 128 rows of
+  // one 22-byte block; w2 (Q5_1) 32 rows of two 24-byte ones; the LM head 40 rows of one 34-byte
+  // Q8_0 block.
+  CHECK(native.matrix_bytes() == 32 * 18 + 32 * 20 + 32 * 18 + 128 * 22 + 32 * 2 * 24 + 40 * 34);
   CHECK(native.bits_per_weight() == Approx(8.0 * native.matrix_bytes() / (64 * 32 + 32 * 32 + 128 * 32 + 32 * 64 + 40 * 32)));
   const std::vector<int> toks = {1, 7, 3, 22, 9, 4, 39};
   const auto a = test::all_logits(native, toks), b = test::all_logits(fp32, toks);

@@ -50,7 +50,7 @@ CpuBackend::Matrix CpuBackend::make_matrix(std::vector<float>&& w, int in, const
   return m;
 }
 
-CpuBackend::Matrix CpuBackend::make_stored_matrix(std::initializer_list<StoredMatrix*> parts) {
+CpuBackend::Matrix CpuBackend::make_stored_matrix(const std::vector<StoredMatrix*>& parts) {
   const StoredMatrix& first = **parts.begin();
   const auto type = static_cast<GgmlType>(first.ggml_type);
   const std::size_t in = first.cols;
@@ -61,14 +61,25 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(std::initializer_list<StoredMa
     rows += p->rows;
     same = same && p->ggml_type == first.ggml_type;
   }
-  // The encodings with a kernel of their own; the rest (Q2_K, Q3_K, Q5_K) are held in
-  // fp32, exactly, as is a fused matrix whose parts differ (a Q4_1 K beside a Q8_0 V): one
-  // matrix holds one encoding. bits_per_weight shows what was held.
+  Matrix m;
+  if (!same) {  // e.g. Q5_0 Q and K beside a Q8_0 V: each run of one type its own matrix
+    for (std::size_t i = 0; i < parts.size();) {
+      std::size_t j = i + 1;
+      while (j < parts.size() && parts[j]->ggml_type == parts[i]->ggml_type) ++j;
+      int part_rows = 0;
+      for (std::size_t k = i; k < j; ++k) part_rows += static_cast<int>(parts[k]->rows);
+      m.parts.push_back(make_stored_matrix(std::vector<StoredMatrix*>(parts.begin() + std::ptrdiff_t(i), parts.begin() + std::ptrdiff_t(j))));
+      m.part_rows.push_back(part_rows);
+      i = j;
+    }
+    return m;
+  }
+  // The encodings with a kernel of their own; the rest (Q2_K, Q3_K, Q5_K) are held in fp32,
+  // exactly. bits_per_weight shows what was held.
   const bool has_kernel = type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16 || type == GgmlType::Q8_0 ||
                           type == GgmlType::Q4_0 || type == GgmlType::Q4_1 || type == GgmlType::Q5_0 || type == GgmlType::Q5_1 ||
                           type == GgmlType::Q4_K || type == GgmlType::Q6_K;
-  Matrix m;
-  if (!same || !has_kernel) {
+  if (!has_kernel) {
     m.f32.resize(rows * in);
     float* dst = m.f32.data();
     for (StoredMatrix* p : parts) {
@@ -126,6 +137,19 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(std::initializer_list<StoredMa
 }
 
 void CpuBackend::Matrix::matmul(float* y, const float* x, int rows, int in, int out) const {
+  if (!parts.empty()) {  // each part's columns of y, through a scratch [rows][part rows]
+    thread_local std::vector<float> part_y;
+    int o = 0;
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+      const int n = part_rows[i];
+      part_y.resize(std::size_t(rows) * n);
+      parts[i].matmul(part_y.data(), x, rows, in, n);
+      for (int r = 0; r < rows; ++r)
+        std::copy_n(part_y.data() + std::size_t(r) * n, n, y + std::size_t(r) * out + o);
+      o += n;
+    }
+    return;
+  }
   if (view) return cpu::matmul(y, x, view, rows, in, out);
   if (!f32.empty()) return cpu::matmul(y, x, f32.data(), rows, in, out);
   if (!bf16.empty()) return cpu::matmul(y, x, bf16.data(), rows, in, out);

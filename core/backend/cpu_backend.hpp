@@ -58,16 +58,25 @@ class CpuBackend final : public Backend {
     cpu::PackedQ4_K q4_k;  // and its Q4_K and Q6_K blocks, 8 rows a group
     cpu::PackedQ6_K q6_k;
     const float* view = nullptr;
+    // dtype native, a fused matrix whose parts differ in encoding: its runs of same-type rows, each
+    // held as the file has it (part_rows[i] rows each), one matmul apiece.
+    std::vector<Matrix> parts;
+    std::vector<int> part_rows;
     void matmul(float* y, const float* x, int rows, int in, int out) const;
+    std::size_t parts_bytes() const {
+      std::size_t n = 0;
+      for (const Matrix& p : parts) n += p.bytes();
+      return n;
+    }
     std::size_t bytes() const {
       return f32.size() * 4 + (bf16.size() + f16.size()) * 2 + q8.bytes() + q4_0.bytes() + q4_1.bytes() + q5_0.bytes() +
-             q5_1.bytes() + q4_k.bytes() + q6_k.bytes();
+             q5_1.bytes() + q4_k.bytes() + q6_k.bytes() + parts_bytes();
     }
   };
   // w is [w.size() / in][in].
   static Matrix make_matrix(std::vector<float>&& w, int in, const std::string& dtype);
   // dtype native: the parts' rows, in order, as one matrix (their bytes are freed).
-  static Matrix make_stored_matrix(std::initializer_list<StoredMatrix*> parts);
+  static Matrix make_stored_matrix(const std::vector<StoredMatrix*>& parts);
   struct FusedLayer {
     Matrix wqkv, wo, w13, w2;
   };
