@@ -190,15 +190,13 @@ inline __m256 group_offsets(const GroupQ5_1& g, __m256) { return _mm256_cvtph_ps
 inline __m256 group_offsets(const GroupQ4_0&, __m256 dw) { return _mm256_mul_ps(dw, _mm256_set1_ps(-8.0f)); }
 inline __m256 group_offsets(const GroupQ5_0&, __m256 dw) { return _mm256_mul_ps(dw, _mm256_set1_ps(-16.0f)); }
 
-// Byte i of the result is `value` where bit i of `bits` is set, else 0: Q5's fifth bits (0x10),
-// Q6_K's fifth and sixth (0x10, 0x20) in place.
-inline __m256i bit_bytes(std::uint32_t bits, char value) {
+// Byte i of the result is 0x10 where bit i of `bits` is set, else 0: Q5's fifth bits in place.
+inline __m256i fifth_bits(std::uint32_t bits) {
   const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)),  // byte i <- byte i / 8 of bits
                                              _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
   const __m256i select = _mm256_set1_epi64x(std::int64_t(0x8040201008040201));  // byte i: bit i % 8
-  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select), _mm256_set1_epi8(value));
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select), _mm256_set1_epi8(0x10));
 }
-inline __m256i fifth_bits(std::uint32_t bits) { return bit_bytes(bits, 0x10); }
 
 // The exact int32 dot products of one group block's 8 rows (qs: 128 bytes in chunk order; Five:
 // plus qh's fifth bits) with R rows of x's blocks, xb[r * x_stride]: lane j of dot[r] is row j's.
@@ -369,7 +367,7 @@ void matmul_block(float* y, const Q8Rows* x, const PackedQ4_K* w, int rows, int 
 template <int R>
 void group_q6k_q8(float* y, const Q8Rows& x, const GroupQ6_K* g, int nbk, int out, int o, int r0) {
   const int nb = nbk * 8;
-  const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F), m32 = _mm256_set1_epi8(32);
+  const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F), top = _mm256_set1_epi8(0x30), m32 = _mm256_set1_epi8(32);
   __m256 acc[R];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
@@ -385,10 +383,11 @@ void group_q6k_q8(float* y, const Q8Rows& x, const GroupQ6_K* g, int nbk, int ou
 #pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g[b].qs[s] + 32 * k));
-        const std::uint32_t* h = g[b].qh[s] + 4 * k;
-        const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), _mm256_or_si256(bit_bytes(h[0], 0x10), bit_bytes(h[1], 0x20)));
-        const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low),
-                                           _mm256_or_si256(bit_bytes(h[2], 0x10), bit_bytes(h[3], 0x20)));
+        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g[b].qh[s][k % 2]));
+        // The top 2 bits to bits 4-5 (16-bit shifts: the mask drops what crosses a byte).
+        const __m256i hlo = k < 2 ? _mm256_slli_epi16(h, 4) : h, hhi = k < 2 ? _mm256_slli_epi16(h, 2) : _mm256_srli_epi16(h, 2);
+        const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), _mm256_and_si256(hlo, top));
+        const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), _mm256_and_si256(hhi, top));
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r) {
           std::int32_t xlo, xhi;

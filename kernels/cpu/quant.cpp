@@ -166,8 +166,7 @@ PackedQ6_K pack_q6_k(const std::vector<BlockQ6_K>& blocks, int out, int in) {
           const NibblePlace at = nibble_place(j, i);
           std::uint8_t& byte = g.qs[s][q8_0x8_index(j, i % 16)];
           byte = std::uint8_t(at.high ? (byte & 0x0F) | (q & 0x0F) << 4 : (byte & 0xF0) | (q & 0x0F));
-          for (int bit = 0; bit < 2; ++bit)
-            if (q >> (4 + bit) & 1) g.qh[s][4 * at.k + 2 * at.high + bit] |= std::uint32_t{1} << at.p;
+          g.qh[s][at.k % 2][at.p] |= std::uint8_t((q >> 4) << (4 * (at.k / 2) + 2 * at.high));
         }
     }
   return p;
@@ -182,7 +181,7 @@ void PackedQ6_K::values(int o, int b, float* dst) const {
       const NibblePlace at = nibble_place(j, i);
       const std::uint8_t byte = g.qs[s][q8_0x8_index(j, i % 16)];
       int q = at.high ? byte >> 4 : byte & 0x0F;
-      for (int bit = 0; bit < 2; ++bit) q |= int(g.qh[s][4 * at.k + 2 * at.high + bit] >> at.p & 1u) << (4 + bit);
+      q |= (g.qh[s][at.k % 2][at.p] >> (4 * (at.k / 2) + 2 * at.high) & 3) << 4;
       dst[32 * s + i] = d * float(g.sc[(32 * s + i) / 16][j]) * float(q - 32);
     }
 }

@@ -296,13 +296,13 @@ inline float q6_k_value(const BlockQ6_K& b, int i) {
 }
 
 // Q6_K rows as the CPU matmul holds them: 8 rows a group; each 32-value sub-block's low 4 bits in
-// the 4-bit groups' chunk order (qs[s]), its bits 4 and 5 as 32-bit words in the same order
-// (qh[s][4 k + 0, 1]: chunk k's low nibbles' bit 4, bit 5; [4 k + 2, 3]: its high nibbles'), and
-// the 16 scales of 8 rows together: 210 bytes a row's block, as in the file.
+// the 4-bit groups' chunk order (qs[s]), its top 2 bits at the same positions of 2 more 32-byte
+// chunks (qh[s][k % 2][p], bits 4 (k / 2) + 2 h: chunk k's low (h = 0) or high (h = 1) nibble at
+// position p), and the 16 scales of 8 rows together: 210 bytes a row's block, as in the file.
 struct GroupQ6_K {
   Half d[8];                   // row j's super-block scale
   std::int8_t sc[16][8];       // [g][j]: the scale of values 16 g..16 g + 15, row j
-  std::uint32_t qh[8][16];     // [s][...]: sub-block s's high bits, as above
+  std::uint8_t qh[8][2][32];   // [s][k % 2][p]: sub-block s's top bits, as above
   std::uint8_t qs[8][8 * 16];  // [s][q8_0x8_index(j, i)]: values i and i + 16's low bits, row j
 };
 static_assert(sizeof(GroupQ6_K) == 8 * 210, "a Q6_K group block is 8 rows of 210 bytes");
