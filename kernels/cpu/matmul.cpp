@@ -314,7 +314,7 @@ inline __m256 bytes_as_floats(const std::uint8_t* p) {  // 8 unsigned bytes as 8
 }
 
 template <int R>
-void group_q4k_q8(float* y, const Q8Rows& x, const GroupQ4_K* g, int nbk, int out, int o, int r0) {
+void group_k_q8(float* y, const Q8Rows& x, const GroupQ4_K* g, int nbk, int out, int o, int r0) {
   const int nb = nbk * 8;  // x's Q8_0 blocks a row
   __m256 acc[R];
 #pragma GCC unroll 4
@@ -341,19 +341,21 @@ void group_q4k_q8(float* y, const Q8Rows& x, const GroupQ4_K* g, int nbk, int ou
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + std::size_t(r0 + r) * out + o, acc[r]);
 }
 
-// Columns [o0, o1) of y; o0 is a multiple of 8. A last group of fewer than 8 rows goes through a
-// scratch row of 8.
-void matmul_block(float* y, const Q8Rows* x, const PackedQ4_K* w, int rows, int in, int out, int o0, int o1) {
+// Columns [o0, o1) of y for the K-quants' 8-row groups (PackedQ4_K, PackedQ6_K); o0 is a multiple
+// of 8. A last group of fewer than 8 rows goes through a scratch row of 8.
+template <class W>
+  requires std::is_same_v<W, PackedQ4_K> || std::is_same_v<W, PackedQ6_K>
+void matmul_block(float* y, const Q8Rows* x, const W* w, int rows, int in, int out, int o0, int o1) {
   const int nbk = in / kQ4KBlock;
   for (int o = o0; o < o1; o += 8) {
-    const GroupQ4_K* g = w->groups.data() + std::size_t(o / 8) * nbk;
+    const auto* g = w->groups.data() + std::size_t(o / 8) * nbk;
     if (o + 8 <= out) {
-      over_rows(rows, [&]<int R>(int r0) { group_q4k_q8<R>(y, *x, g, nbk, out, o, r0); });
+      over_rows(rows, [&]<int R>(int r0) { group_k_q8<R>(y, *x, g, nbk, out, o, r0); });
       continue;
     }
     thread_local std::vector<float> part;
     part.resize(std::size_t(rows) * 8);
-    over_rows(rows, [&]<int R>(int r0) { group_q4k_q8<R>(part.data(), *x, g, nbk, 8, 0, r0); });
+    over_rows(rows, [&]<int R>(int r0) { group_k_q8<R>(part.data(), *x, g, nbk, 8, 0, r0); });
     for (int r = 0; r < rows; ++r)
       for (int j = 0; j < out - o; ++j) y[std::size_t(r) * out + o + j] = part[std::size_t(r) * 8 + j];
   }
@@ -365,7 +367,7 @@ void matmul_block(float* y, const Q8Rows* x, const PackedQ4_K* w, int rows, int 
 // halves' int sums stay apart. q - 32 in [-32, 31]: vpmaddubsw(q, x) - vpmaddubsw(32, x) is exact
 // in int16 (at most 8128 a pair, 32512 over the 4 chunks), then one vpmaddwd for each half.
 template <int R>
-void group_q6k_q8(float* y, const Q8Rows& x, const GroupQ6_K* g, int nbk, int out, int o, int r0) {
+void group_k_q8(float* y, const Q8Rows& x, const GroupQ6_K* g, int nbk, int out, int o, int r0) {
   const int nb = nbk * 8;
   const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F), top = _mm256_set1_epi8(0x30), m32 = _mm256_set1_epi8(32);
   __m256 acc[R];
@@ -414,21 +416,6 @@ void group_q6k_q8(float* y, const Q8Rows& x, const GroupQ6_K* g, int nbk, int ou
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + std::size_t(r0 + r) * out + o, acc[r]);
 }
 
-void matmul_block(float* y, const Q8Rows* x, const PackedQ6_K* w, int rows, int in, int out, int o0, int o1) {
-  const int nbk = in / kQ4KBlock;
-  for (int o = o0; o < o1; o += 8) {
-    const GroupQ6_K* g = w->groups.data() + std::size_t(o / 8) * nbk;
-    if (o + 8 <= out) {
-      over_rows(rows, [&]<int R>(int r0) { group_q6k_q8<R>(y, *x, g, nbk, out, o, r0); });
-      continue;
-    }
-    thread_local std::vector<float> part;
-    part.resize(std::size_t(rows) * 8);
-    over_rows(rows, [&]<int R>(int r0) { group_q6k_q8<R>(part.data(), *x, g, nbk, 8, 0, r0); });
-    for (int r = 0; r < rows; ++r)
-      for (int j = 0; j < out - o; ++j) y[std::size_t(r) * out + o + j] = part[std::size_t(r) * 8 + j];
-  }
-}
 
 // Rows of x as Q8_0 blocks, 8 lanes at a time with quantize_q8_0_block's arithmetic (the same
 // division by the fp16-rounded scale, round to nearest even), so the same bytes; a partial last
