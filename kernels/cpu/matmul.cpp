@@ -930,9 +930,10 @@ void matmul_low_bit(float* y, const float* x, const W& w, int rows, int in, int 
   quantize_q8_0_rows(xq.data(), x, rows, in);
 #if defined(ABLATE_Q8_INT8)
   if (rows <= kFewRows) {
-    thread_local std::vector<float> xs;  // d * sum(q) of each of x's blocks
+    thread_local std::vector<float> xs;  // d * sum(q) of each of x's blocks (what an offset m multiplies)
     xs.resize(xq.size());
-    for (std::size_t i = 0; i < xq.size(); ++i) {
+    constexpr bool kOffsets = !std::is_same_v<W, PackedQ6_K>;  // Q6_K's -32 lives in its int sums
+    for (std::size_t i = 0; kOffsets && i < xq.size(); ++i) {
       int sum = 0;
       for (int v : xq[i].qs) sum += v;
       xs[i] = to_float(xq[i].d) * float(sum);
