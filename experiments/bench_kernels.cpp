@@ -19,6 +19,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/kernels.hpp"
@@ -97,6 +98,19 @@ struct MatmulCopies {
   std::vector<cpu::PackedQ4_0> q40;  // the Q4_1 blocks without their offsets: Q4_0's bytes (the timing needs no Q4_0 rounding)
   std::vector<cpu::PackedQ4_K> q4k;  // the Q4_1 nibbles as Q4_K sub-blocks, random 6-bit scales (timing only)
   std::vector<cpu::PackedQ6_K> q6k;  // Q6_K blocks of patterned bytes (timing only)
+  std::vector<cpu::PackedQ5_K> q5k;  // Q5_K blocks likewise
+  // out x in / 256 K-quant blocks of patterned bytes with small fp16 scales (timing only).
+  template <class Block>
+  static std::vector<Block> patterned(int out, int in) {
+    std::vector<Block> blocks(std::size_t(out) * (in / 256));
+    for (std::size_t b = 0; b < blocks.size(); ++b) {
+      auto* raw = reinterpret_cast<std::uint8_t*>(&blocks[b]);
+      for (std::size_t i = 0; i < sizeof blocks[b]; ++i) raw[i] = std::uint8_t(131 * (b + i) + 7);
+      blocks[b].d = cpu::to_half(0.001f);
+      if constexpr (!std::is_same_v<Block, cpu::BlockQ6_K>) blocks[b].dmin = cpu::to_half(0.001f);
+    }
+    return blocks;
+  }
   MatmulCopies(int dtype, int in, int out) : wn(std::size_t(in) * out) {
     count = std::max<std::size_t>(1, arena().floats / wn);
     const float* w = arena().slice(wn, 0);
@@ -132,13 +146,9 @@ struct MatmulCopies {
       }
       q4k.assign(count, cpu::pack_q4_k(blocks, out, in));
     } else if (dtype == 7) {
-      std::vector<cpu::BlockQ6_K> blocks(std::size_t(out) * (in / 256));
-      for (std::size_t b = 0; b < blocks.size(); ++b) {
-        auto* raw = reinterpret_cast<std::uint8_t*>(&blocks[b]);
-        for (std::size_t i = 0; i < sizeof blocks[b]; ++i) raw[i] = std::uint8_t(131 * (b + i) + 7);
-        blocks[b].d = cpu::to_half(0.001f);
-      }
-      q6k.assign(count, cpu::pack_q6_k(blocks, out, in));
+      q6k.assign(count, cpu::pack_q6_k(patterned<cpu::BlockQ6_K>(out, in), out, in));
+    } else if (dtype == 8) {
+      q5k.assign(count, cpu::pack_q5_k(patterned<cpu::BlockQ5_K>(out, in), out, in));
     }
   }
 };
@@ -160,7 +170,8 @@ void BM_Matmul(benchmark::State& state) {
       case 4: cpu::matmul(y.data(), x.data(), copies.q4[c], rows, in, out); break;
       case 5: cpu::matmul(y.data(), x.data(), copies.q40[c], rows, in, out); break;
       case 6: cpu::matmul(y.data(), x.data(), copies.q4k[c], rows, in, out); break;
-      default: cpu::matmul(y.data(), x.data(), copies.q6k[c], rows, in, out); break;
+      case 7: cpu::matmul(y.data(), x.data(), copies.q6k[c], rows, in, out); break;
+      default: cpu::matmul(y.data(), x.data(), copies.q5k[c], rows, in, out); break;
     }
     benchmark::DoNotOptimize(y.data());
   }
@@ -170,6 +181,7 @@ void BM_Matmul(benchmark::State& state) {
                        : dtype == 5 ? double(copies.q40[0].bytes())
                        : dtype == 6 ? double(copies.q4k[0].bytes())
                        : dtype == 7 ? double(copies.q6k[0].bytes())
+                       : dtype == 8 ? double(copies.q5k[0].bytes())
                                     : 2.0 * wn;
   set_rate_counters(state, bytes, 2.0 * rows * wn, bw);
 }
@@ -271,10 +283,10 @@ void BM_AttentionNaive(benchmark::State& state) {
 }
 
 void matmul_args(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0, 4 Q4_1, 5 Q4_0, 6 Q4_K, 7 Q6_K (native)
+  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0, 4 Q4_1, 5 Q4_0, 6 Q4_K, 7 Q6_K, 8 Q5_K (native)
   const std::pair<int, int> shapes[] = {{kDim, kDim}, {kDim, kKvDim}, {kDim, kHidden}, {kHidden, kDim}, {kDim, kVocab}};
   for (int rows : {1, 5, 16})
-    for (int dtype = 0; dtype < 8; ++dtype)
+    for (int dtype = 0; dtype < 9; ++dtype)
       if (rows != 5 || dtype == 0)
         for (auto [in, out] : shapes)
           if (dtype < 6 || in % 256 == 0) b->Args({rows, in, out, dtype});  // K-quant rows are 256 values

@@ -251,7 +251,7 @@ TEMPLATE_TEST_CASE("matmul with Q4_0, Q4_1, Q5_0 or Q5_1 weights matches the sca
 }
 
 namespace {
-// out x in / 256 Q4_K or Q6_K blocks of random bytes, with finite fp16 scales (a GGUF tensor's shape).
+// out x in / 256 K-quant blocks of random bytes, with finite fp16 scales (a GGUF tensor's shape).
 template <class Block>
 std::vector<Block> random_k(int out, int in, std::mt19937& rng) {
   std::uniform_int_distribution<int> byte(0, 255);
@@ -261,31 +261,48 @@ std::vector<Block> random_k(int out, int in, std::mt19937& rng) {
     auto* raw = reinterpret_cast<std::uint8_t*>(&b);
     for (std::size_t i = 0; i < sizeof b; ++i) raw[i] = static_cast<std::uint8_t>(byte(rng));
     b.d = cpu::to_half(d(rng));
-    if constexpr (std::is_same_v<Block, cpu::BlockQ4_K>) b.dmin = cpu::to_half(d(rng));
+    if constexpr (!std::is_same_v<Block, cpu::BlockQ6_K>) b.dmin = cpu::to_half(d(rng));
   }
   return w;
 }
-template <class Block> constexpr GgmlType kType = std::is_same_v<Block, cpu::BlockQ4_K> ? GgmlType::Q4_K : GgmlType::Q6_K;
-inline cpu::PackedQ4_K pack_k(const std::vector<cpu::BlockQ4_K>& q, int out, int in) { return cpu::pack_q4_k(q, out, in); }
-inline cpu::PackedQ6_K pack_k(const std::vector<cpu::BlockQ6_K>& q, int out, int in) { return cpu::pack_q6_k(q, out, in); }
-inline float k_value(const cpu::BlockQ4_K& b, int i) { return cpu::q4_k_value(b, i); }
+// Each K-quant's type, packing, value function and bytes a row's block as held.
+template <class Block> struct KQuant;
+template <> struct KQuant<cpu::BlockQ4_K> {
+  static constexpr GgmlType type = GgmlType::Q4_K;
+  static constexpr std::size_t row_bytes = 148;  // its 6-bit scales unpacked
+  static cpu::PackedQ4_K pack(const std::vector<cpu::BlockQ4_K>& q, int out, int in) { return cpu::pack_q4_k(q, out, in); }
+};
+template <> struct KQuant<cpu::BlockQ5_K> {
+  static constexpr GgmlType type = GgmlType::Q5_K;
+  static constexpr std::size_t row_bytes = 180;
+  static cpu::PackedQ5_K pack(const std::vector<cpu::BlockQ5_K>& q, int out, int in) { return cpu::pack_q5_k(q, out, in); }
+};
+template <> struct KQuant<cpu::BlockQ6_K> {
+  static constexpr GgmlType type = GgmlType::Q6_K;
+  static constexpr std::size_t row_bytes = 210;  // as in the file
+  static cpu::PackedQ6_K pack(const std::vector<cpu::BlockQ6_K>& q, int out, int in) { return cpu::pack_q6_k(q, out, in); }
+};
+template <class Block>
+auto pack_k(const std::vector<Block>& q, int out, int in) { return KQuant<Block>::pack(q, out, in); }
+inline float k_value(const cpu::BlockQ4_K& b, int i) { return cpu::k4_value(b, i); }
+inline float k_value(const cpu::BlockQ5_K& b, int i) { return cpu::k4_value(b, i); }
 inline float k_value(const cpu::BlockQ6_K& b, int i) { return cpu::q6_k_value(b, i); }
 }  // namespace
 
-TEMPLATE_TEST_CASE("Q4_K and Q6_K blocks: packed, they keep every value as ggml decodes it", "[precision][q4_k]",
-                   cpu::BlockQ4_K, cpu::BlockQ6_K) {
+TEMPLATE_TEST_CASE("K-quant blocks: packed, they keep every value as ggml decodes it", "[precision][q4_k]",
+                   cpu::BlockQ4_K, cpu::BlockQ5_K, cpu::BlockQ6_K) {
   std::mt19937 rng(41);
   for (int out : {1, 7, 8, 9, 29})
     for (int in : {256, 768}) {
       INFO("out=" << out << " in=" << in);
       const auto q = random_k<TestType>(out, in, rng);
       const auto p = pack_k(q, out, in);
-      // 148 bytes a row's Q4_K block (its 6-bit scales unpacked), 210 a Q6_K one; whole groups of 8 rows.
-      CHECK(p.bytes() == std::size_t((out + 7) / 8) * (in / 256) * 8 * (std::is_same_v<TestType, cpu::BlockQ4_K> ? 148 : 210));
+      // Whole groups of 8 rows.
+      CHECK(p.bytes() == std::size_t((out + 7) / 8) * (in / 256) * 8 * KQuant<TestType>::row_bytes);
       std::vector<float> want(256), got(256);
       for (int o = 0; o < out; ++o)
         for (int b = 0; b < in / 256; ++b) {
-          dequantize_row(static_cast<std::uint32_t>(kType<TestType>),
+          dequantize_row(static_cast<std::uint32_t>(KQuant<TestType>::type),
                          reinterpret_cast<const std::uint8_t*>(&q[std::size_t(o) * (in / 256) + b]), want.data(), 256);
           p.values(o, b, got.data());
           CHECK(got == want);
@@ -294,8 +311,8 @@ TEMPLATE_TEST_CASE("Q4_K and Q6_K blocks: packed, they keep every value as ggml 
   CHECK_THROWS_WITH(pack_k(std::vector<TestType>(3), 1, 512 + 32), Catch::Contains("positive multiple of 256"));
 }
 
-TEMPLATE_TEST_CASE("matmul with Q4_K or Q6_K weights matches the scalar reference on the same blocks", "[precision][q4_k][matmul]",
-                   cpu::BlockQ4_K, cpu::BlockQ6_K) {
+TEMPLATE_TEST_CASE("matmul with K-quant weights matches the scalar reference on the same blocks", "[precision][q4_k][matmul]",
+                   cpu::BlockQ4_K, cpu::BlockQ5_K, cpu::BlockQ6_K) {
   std::mt19937 rng(42);
   const std::pair<int, int> shapes[] = {{256, 1}, {256, 13}, {512, 65}, {1536, 64}, {768, 77}};
   for (int rows : {1, 2, 3, 4, 5, 16, 17, 70})  // GEMV, the few-rows tiles and tails, then the widened-panel GEMM

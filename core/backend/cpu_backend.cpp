@@ -74,11 +74,11 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(const std::vector<StoredMatrix
     }
     return m;
   }
-  // The encodings with a kernel of their own; the rest (Q2_K, Q3_K, Q5_K) are held in fp32,
-  // exactly. bits_per_weight shows what was held.
+  // The encodings with a kernel of their own; the rest (Q2_K, Q3_K) are held in fp32, exactly.
+  // bits_per_weight shows what was held.
   const bool has_kernel = type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16 || type == GgmlType::Q8_0 ||
                           type == GgmlType::Q4_0 || type == GgmlType::Q4_1 || type == GgmlType::Q5_0 || type == GgmlType::Q5_1 ||
-                          type == GgmlType::Q4_K || type == GgmlType::Q6_K;
+                          type == GgmlType::Q4_K || type == GgmlType::Q5_K || type == GgmlType::Q6_K;
   if (!has_kernel) {
     m.f32.resize(rows * in);
     float* dst = m.f32.data();
@@ -94,42 +94,24 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(const std::vector<StoredMatrix
     bytes.insert(bytes.end(), p->bytes.begin(), p->bytes.end());
     std::vector<std::uint8_t>().swap(p->bytes);
   }
-  const auto as = [&]<class T>(std::vector<T>& v) {
-    v.resize(bytes.size() / sizeof(T));
+  const auto as = [&]<class T>(T) {  // the bytes as T's
+    std::vector<T> v(bytes.size() / sizeof(T));
     std::memcpy(v.data(), bytes.data(), v.size() * sizeof(T));
+    return v;
   };
   const int out = static_cast<int>(rows), cols = static_cast<int>(in);
-  const auto packed = [&]<class Block>(Block) {  // the blocks, of the type given, packed
-    std::vector<Block> blocks;
-    as(blocks);
-    return cpu::pack_nibbles(blocks, out, cols);
-  };
   switch (type) {
-    case GgmlType::F32: as(m.f32); break;
-    case GgmlType::F16: as(m.f16); break;
-    case GgmlType::BF16: as(m.bf16); break;
-    case GgmlType::Q8_0: {
-      std::vector<cpu::BlockQ8_0> blocks;
-      as(blocks);
-      m.q8 = cpu::pack_q8_0(blocks, out, cols);
-      break;
-    }
-    case GgmlType::Q4_0: m.q4_0 = packed(cpu::BlockQ4_0{}); break;
-    case GgmlType::Q4_1: m.q4_1 = packed(cpu::BlockQ4_1{}); break;
-    case GgmlType::Q5_0: m.q5_0 = packed(cpu::BlockQ5_0{}); break;
-    case GgmlType::Q5_1: m.q5_1 = packed(cpu::BlockQ5_1{}); break;
-    case GgmlType::Q4_K: {
-      std::vector<cpu::BlockQ4_K> blocks;
-      as(blocks);
-      m.q4_k = cpu::pack_q4_k(blocks, out, cols);
-      break;
-    }
-    case GgmlType::Q6_K: {
-      std::vector<cpu::BlockQ6_K> blocks;
-      as(blocks);
-      m.q6_k = cpu::pack_q6_k(blocks, out, cols);
-      break;
-    }
+    case GgmlType::F32: m.f32 = as(float{}); break;
+    case GgmlType::F16: m.f16 = as(cpu::Half{}); break;
+    case GgmlType::BF16: m.bf16 = as(cpu::Bf16{}); break;
+    case GgmlType::Q8_0: m.q8 = cpu::pack_q8_0(as(cpu::BlockQ8_0{}), out, cols); break;
+    case GgmlType::Q4_0: m.q4_0 = cpu::pack_nibbles(as(cpu::BlockQ4_0{}), out, cols); break;
+    case GgmlType::Q4_1: m.q4_1 = cpu::pack_nibbles(as(cpu::BlockQ4_1{}), out, cols); break;
+    case GgmlType::Q5_0: m.q5_0 = cpu::pack_nibbles(as(cpu::BlockQ5_0{}), out, cols); break;
+    case GgmlType::Q5_1: m.q5_1 = cpu::pack_nibbles(as(cpu::BlockQ5_1{}), out, cols); break;
+    case GgmlType::Q4_K: m.q4_k = cpu::pack_q4_k(as(cpu::BlockQ4_K{}), out, cols); break;
+    case GgmlType::Q5_K: m.q5_k = cpu::pack_q5_k(as(cpu::BlockQ5_K{}), out, cols); break;
+    case GgmlType::Q6_K: m.q6_k = cpu::pack_q6_k(as(cpu::BlockQ6_K{}), out, cols); break;
     default:
       throw std::invalid_argument("cpu backend: dtype native cannot hold a " + ggml_type_name(first.ggml_type) + " matrix");
   }
@@ -159,6 +141,7 @@ void CpuBackend::Matrix::matmul(float* y, const float* x, int rows, int in, int 
   if (!q5_0.empty()) return cpu::matmul(y, x, q5_0, rows, in, out);
   if (!q5_1.empty()) return cpu::matmul(y, x, q5_1, rows, in, out);
   if (!q4_k.empty()) return cpu::matmul(y, x, q4_k, rows, in, out);
+  if (!q5_k.empty()) return cpu::matmul(y, x, q5_k, rows, in, out);
   if (!q6_k.empty()) return cpu::matmul(y, x, q6_k, rows, in, out);
   cpu::matmul(y, x, f16.data(), rows, in, out);
 }

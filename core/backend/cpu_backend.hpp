@@ -55,7 +55,8 @@ class CpuBackend final : public Backend {
     cpu::PackedQ4_1 q4_1;
     cpu::PackedQ5_0 q5_0;
     cpu::PackedQ5_1 q5_1;
-    cpu::PackedQ4_K q4_k;  // and its Q4_K and Q6_K blocks, 8 rows a group
+    cpu::PackedQ4_K q4_k;  // and its Q4_K, Q5_K and Q6_K blocks, 8 rows a group
+    cpu::PackedQ5_K q5_k;
     cpu::PackedQ6_K q6_k;
     const float* view = nullptr;
     // dtype native, a fused matrix whose parts differ in encoding: its runs of same-type rows, each
@@ -70,7 +71,7 @@ class CpuBackend final : public Backend {
     }
     std::size_t bytes() const {
       return f32.size() * 4 + (bf16.size() + f16.size()) * 2 + q8.bytes() + q4_0.bytes() + q4_1.bytes() + q5_0.bytes() +
-             q5_1.bytes() + q4_k.bytes() + q6_k.bytes() + parts_bytes();
+             q5_1.bytes() + q4_k.bytes() + q5_k.bytes() + q6_k.bytes() + parts_bytes();
     }
   };
   // w is [w.size() / in][in].

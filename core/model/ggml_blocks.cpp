@@ -94,41 +94,14 @@ void q3_k(const std::uint8_t* b, float* y) {
   }
 }
 
-// Q4_K and Q5_K: 8 sub-blocks of 32, each with a 6-bit scale and a 6-bit min, packed in 12 bytes.
-void scale_min_k4(int j, const std::uint8_t* q, float& sc, float& m) {
-  if (j < 4) {
-    sc = static_cast<float>(q[j] & 63);
-    m = static_cast<float>(q[j + 4] & 63);
-  } else {
-    sc = static_cast<float>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-    m = static_cast<float>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-  }
-}
-
-// Q4_K: fp16 d, fp16 dmin, scales[12], 4-bit q[256] in 128 bytes: x = d sc q - dmin m; the CPU
-// kernels' own q4_k_value (cpu/quant.hpp), so the fixture test checks theirs too.
-void q4_k(const std::uint8_t* b, float* y) {
-  cpu::BlockQ4_K blk;
+// Q4_K: fp16 d, fp16 dmin, scales[12] (8 sub-blocks' 6-bit scales and mins), 4-bit q[256] in 128
+// bytes: x = d sc q - dmin m; Q5_K: the same plus qh[32], the fifth bits. The CPU kernels' own
+// k4_value (cpu/quant.hpp), so the fixture test checks theirs too.
+template <class Block>
+void k4(const std::uint8_t* b, float* y) {
+  Block blk;
   std::memcpy(&blk, b, sizeof blk);
-  for (int i = 0; i < 256; ++i) y[i] = cpu::q4_k_value(blk, i);
-}
-
-// Q5_K: as Q4_K plus qh[32], the fifth bits: x = d sc q - dmin m.
-void q5_k(const std::uint8_t* b, float* y) {
-  const float d = half(b), dmin = half(b + 2);
-  const std::uint8_t* scales = b + 4;
-  const std::uint8_t* qh = b + 16;
-  const std::uint8_t* ql = b + 48;
-  std::uint8_t u1 = 1, u2 = 2;
-  for (int is = 0; is < 8; is += 2, ql += 32, u1 = static_cast<std::uint8_t>(u1 << 2), u2 = static_cast<std::uint8_t>(u2 << 2)) {
-    float sc, m;
-    scale_min_k4(is, scales, sc, m);
-    const float d1 = d * sc, m1 = dmin * m;
-    scale_min_k4(is + 1, scales, sc, m);
-    const float d2 = d * sc, m2 = dmin * m;
-    for (int l = 0; l < 32; ++l) *y++ = d1 * static_cast<float>((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
-    for (int l = 0; l < 32; ++l) *y++ = d2 * static_cast<float>((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
-  }
+  for (int i = 0; i < 256; ++i) y[i] = cpu::k4_value(blk, i);
 }
 
 // Q6_K: low 4 bits ql[128], high 2 bits qh[64], int8 scales[16] (one per 16 values), fp16 d:
@@ -213,8 +186,8 @@ void dequantize_row(std::uint32_t type, const std::uint8_t* src, float* dst, std
     case GgmlType::Q5_1: return blocks(nibbles<cpu::BlockQ5_1>, 32, 24);
     case GgmlType::Q2_K: return blocks(q2_k, 256, 84);
     case GgmlType::Q3_K: return blocks(q3_k, 256, 110);
-    case GgmlType::Q4_K: return blocks(q4_k, 256, 144);
-    case GgmlType::Q5_K: return blocks(q5_k, 256, 176);
+    case GgmlType::Q4_K: return blocks(k4<cpu::BlockQ4_K>, 256, 144);
+    case GgmlType::Q5_K: return blocks(k4<cpu::BlockQ5_K>, 256, 176);
     case GgmlType::Q6_K: return blocks(q6_k, 256, 210);
   }
   throw std::invalid_argument(fmt::format("tensor type {} is not supported; supported: {}", ggml_type_name(type),

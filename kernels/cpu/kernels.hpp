@@ -42,6 +42,8 @@ void matmul(float* y, const float* x, const PackedQ5_1& w, int rows, int in, int
 // 32-value sub-block as a Q4_1 block (scale d sc_s, offset -dmin m_s) times x's Q8_0 block there.
 // in must be a multiple of 256. Throws std::invalid_argument if w is not [out][in].
 void matmul(float* y, const float* x, const PackedQ4_K& w, int rows, int in, int out);
+// w as Q5_K blocks (pack_q5_k), 0.70 bytes a weight: as Q4_K, each sub-block a Q5_1 block.
+void matmul(float* y, const float* x, const PackedQ5_K& w, int rows, int in, int out);
 // w as Q6_K blocks (pack_q6_k), 0.82 bytes a weight: each 32-value sub-block's two 16-value halves,
 // d sc_g times the exact int sums of (q - 32) q_x, times d_x. The same contract as above.
 void matmul(float* y, const float* x, const PackedQ6_K& w, int rows, int in, int out);

@@ -62,6 +62,10 @@ template <class Tile>
   }
 }
 
+// The K-quants' packed matrices: 256-value super-blocks, 8 rows a group.
+template <class W>
+constexpr bool kKQuant = std::is_same_v<W, PackedQ4_K> || std::is_same_v<W, PackedQ5_K> || std::is_same_v<W, PackedQ6_K>;
+
 // x's rows as Q8_0 blocks, and each block's d * sum(q): what a Q4_1 block's offset m multiplies
 // (ggml's block_q8_1 carries the same sum).
 struct Q8Rows {
@@ -305,16 +309,18 @@ void matmul_block(float* y, const Q8Rows* x, const PackedNibbles<Block>* w, int 
   }
 }
 
-// ---- Q4_K x Q8_0 (dtype native on a GGUF's Q4_K tensors) ---------------------------------------
-// Each 32-value sub-block s is a Q4_1 block with scale d sc_s and offset -dmin m_s (both exact in
-// fp32, ggml's own d1 and m1), against x's Q8_0 block at the same place: group_dots' int32 sums,
-// then the two scalings.
+// ---- Q4_K, Q5_K x Q8_0 (dtype native on a GGUF's Q4_K and Q5_K tensors) -------------------------
+// Each 32-value sub-block s is a Q4_1 (Q5_1) block with scale d sc_s and offset -dmin m_s (both
+// exact in fp32, ggml's own d1 and m1), against x's Q8_0 block at the same place: group_dots' int32
+// sums, then the two scalings.
 inline __m256 bytes_as_floats(const std::uint8_t* p) {  // 8 unsigned bytes as 8 floats
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 
-template <int R>
-void group_k_q8(float* y, const Q8Rows& x, const GroupQ4_K* g, int nbk, int out, int o, int r0) {
+template <int R, class G>
+  requires std::is_same_v<G, GroupQ4_K> || std::is_same_v<G, GroupQ5_K>
+void group_k_q8(float* y, const Q8Rows& x, const G* g, int nbk, int out, int o, int r0) {
+  constexpr bool kFive = std::is_same_v<G, GroupQ5_K>;
   const int nb = nbk * 8;  // x's Q8_0 blocks a row
   __m256 acc[R];
 #pragma GCC unroll 4
@@ -326,9 +332,12 @@ void group_k_q8(float* y, const Q8Rows& x, const GroupQ4_K* g, int nbk, int out,
     const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].dmin)));
     for (int s = 0; s < 8; ++s) {
       for (int c = 0; c < 2; ++c) _mm_prefetch(reinterpret_cast<const char*>(g[b].qs[s]) + 2048 + 64 * c, _MM_HINT_T1);
+      if constexpr (kFive) _mm_prefetch(reinterpret_cast<const char*>(g[b].qh[s]) + 2048, _MM_HINT_T1);
       const int xb = 8 * b + s;
+      const std::uint32_t* qh = nullptr;
+      if constexpr (kFive) qh = g[b].qh[s];
       __m256i dot[R];
-      group_dots<R, false>(dot, g[b].qs[s], nullptr, xr + xb, std::size_t(nb));
+      group_dots<R, kFive>(dot, g[b].qs[s], qh, xr + xb, std::size_t(nb));
       const __m256 dw = _mm256_mul_ps(d, bytes_as_floats(g[b].sc[s])), mw = _mm256_mul_ps(dmin, bytes_as_floats(g[b].m[s]));
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
@@ -341,10 +350,10 @@ void group_k_q8(float* y, const Q8Rows& x, const GroupQ4_K* g, int nbk, int out,
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + std::size_t(r0 + r) * out + o, acc[r]);
 }
 
-// Columns [o0, o1) of y for the K-quants' 8-row groups (PackedQ4_K, PackedQ6_K); o0 is a multiple
-// of 8. A last group of fewer than 8 rows goes through a scratch row of 8.
+// Columns [o0, o1) of y for the K-quants' 8-row groups (PackedQ4_K, PackedQ5_K, PackedQ6_K); o0 is
+// a multiple of 8. A last group of fewer than 8 rows goes through a scratch row of 8.
 template <class W>
-  requires std::is_same_v<W, PackedQ4_K> || std::is_same_v<W, PackedQ6_K>
+  requires kKQuant<W>
 void matmul_block(float* y, const Q8Rows* x, const W* w, int rows, int in, int out, int o0, int o1) {
   const int nbk = in / kQ4KBlock;
   for (int o = o0; o < o1; o += 8) {
@@ -775,7 +784,7 @@ void widen_rows(float* dst, const PackedNibbles<Block>* w, int in, int p0, int p
 }
 
 template <class W>
-  requires std::is_same_v<W, PackedQ4_K> || std::is_same_v<W, PackedQ6_K>
+  requires kKQuant<W>
 void widen_rows(float* dst, const W* w, int in, int p0, int p1) {
   for (int o = p0; o < p1; ++o, dst += in)
     for (int b = 0; b < in / kQ4KBlock; ++b) w->values(o, b, dst + b * kQ4KBlock);
@@ -786,8 +795,7 @@ void matmul_block(float* y, const float* x, const W* w, int rows, int in, int ou
 #if defined(ABLATE_FEW_ROWS)
   // (Q8_0 and the 4- and 5-bit blocks with few rows multiply int8 inputs: matmul_block on Q8_0 x, above.)
   if constexpr (!std::is_same_v<W, PackedQ8_0> && !std::is_same_v<W, PackedQ4_1> && !std::is_same_v<W, PackedQ4_0> &&
-                !std::is_same_v<W, PackedQ5_0> && !std::is_same_v<W, PackedQ5_1> && !std::is_same_v<W, PackedQ4_K> &&
-                !std::is_same_v<W, PackedQ6_K>)
+                !std::is_same_v<W, PackedQ5_0> && !std::is_same_v<W, PackedQ5_1> && !kKQuant<W>)
     if (rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
 #endif
   constexpr int kPanel = 64;  // rows of w widened at once: 64 x in floats stay in L2
@@ -920,7 +928,7 @@ void matmul(float* y, const float* x, const PackedQ8_0& w, int rows, int in, int
 }
 
 namespace {
-// Weights of 4 to 6 bits (PackedNibbles, PackedQ4_K, PackedQ6_K) times x's rows as Q8_0 blocks.
+// Weights of 4 to 6 bits (PackedNibbles, PackedQ4_K, PackedQ5_K, PackedQ6_K) times x's rows as Q8_0 blocks.
 template <class W>
 void matmul_low_bit(float* y, const float* x, const W& w, int rows, int in, int out) {
   if (w.in != in || w.out != out) throw std::invalid_argument("matmul: the 4- to 6-bit matrix is not [out][in]");
@@ -955,6 +963,7 @@ void matmul(float* y, const float* x, const PackedQ4_0& w, int rows, int in, int
 void matmul(float* y, const float* x, const PackedQ5_0& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const PackedQ5_1& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const PackedQ4_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedQ5_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const PackedQ6_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 
 }  // namespace ablate::cpu

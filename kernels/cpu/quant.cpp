@@ -108,47 +108,76 @@ ABLATE_NIBBLE_TYPES(ABLATE_INSTANTIATE)
 #undef ABLATE_INSTANTIATE
 #undef ABLATE_NIBBLE_TYPES
 
-PackedQ4_K pack_q4_k(const std::vector<BlockQ4_K>& blocks, int out, int in) {
-  if (in <= 0 || in % kQ4KBlock != 0 || out < 0 || blocks.size() != std::size_t(out) * std::size_t(in / kQ4KBlock))
-    throw std::invalid_argument("pack_q4_k: " + std::to_string(blocks.size()) + " blocks are not " + std::to_string(out) +
+namespace {
+void check_k_shape(const char* what, std::size_t blocks, int out, int in) {
+  if (in <= 0 || in % kQ4KBlock != 0 || out < 0 || blocks != std::size_t(out) * std::size_t(in / kQ4KBlock))
+    throw std::invalid_argument(std::string(what) + ": " + std::to_string(blocks) + " blocks are not " + std::to_string(out) +
                                 " rows of " + std::to_string(in) + " values (a positive multiple of 256)");
-  PackedQ4_K p;
+}
+
+// Q4_K and Q5_K: each sub-block as a Q4_1 (Q5_1) block of the 4-bit (5-bit) groups.
+template <class Group, class Block>
+PackedK<Group> pack_k4(const std::vector<Block>& blocks, int out, int in) {
+  PackedK<Group> p;
   p.out = out, p.in = in;
   const int nb = in / kQ4KBlock;
   p.groups.resize(std::size_t((out + 7) / 8) * nb);  // value-initialized: the padding rows are zero
   for (int o = 0; o < out; ++o)
     for (int b = 0; b < nb; ++b) {
-      const BlockQ4_K& src = blocks[std::size_t(o) * nb + b];
-      GroupQ4_K& g = p.groups[std::size_t(o / 8) * nb + b];
+      const Block& src = blocks[std::size_t(o) * nb + b];
+      Group& g = p.groups[std::size_t(o / 8) * nb + b];
       const int j = o % 8;
       g.d[j] = src.d, g.dmin[j] = src.dmin;
       for (int s = 0; s < 8; ++s) {
         int sc, m;
-        q4_k_scale_min(src, s, sc, m);
+        k4_scale_min(src.scales, s, sc, m);
         g.sc[s][j] = std::uint8_t(sc), g.m[s][j] = std::uint8_t(m);
-        for (int i = 0; i < 16; ++i)  // as a Q4_1 block: byte i holds values i and i + 16
-          g.qs[s][q8_0x8_index(j, i)] = std::uint8_t(q4_k_q(src, 32 * s + i) | q4_k_q(src, 32 * s + i + 16) << 4);
+        for (int i = 0; i < kQ8Block; ++i) {
+          const int q = k4_q(src, 32 * s + i);
+          const NibblePlace at = nibble_place(j, i);
+          std::uint8_t& byte = g.qs[s][q8_0x8_index(j, i % 16)];  // as a Q4_1 block: values i and i + 16
+          byte = std::uint8_t(at.high ? (byte & 0x0F) | (q & 0x0F) << 4 : (byte & 0xF0) | (q & 0x0F));
+          if constexpr (kK4FiveBit<Block>) g.qh[s][at.high ? 4 + at.k : at.k] |= std::uint32_t(q >> 4) << at.p;
+        }
       }
     }
   return p;
 }
 
-void PackedQ4_K::values(int o, int b, float* dst) const {
-  const GroupQ4_K& g = groups[std::size_t(o / 8) * (in / kQ4KBlock) + b];
-  const int j = o % 8;
+template <class Group>
+void k4_values(const Group& g, int j, float* dst) {
   const float d = to_float(g.d[j]), dmin = to_float(g.dmin[j]);
   for (int s = 0; s < 8; ++s)
-    for (int i = 0; i < 32; ++i) {
+    for (int i = 0; i < kQ8Block; ++i) {
+      const NibblePlace at = nibble_place(j, i);
       const std::uint8_t byte = g.qs[s][q8_0x8_index(j, i % 16)];
-      const int q = i < 16 ? byte & 0x0F : byte >> 4;
+      int q = at.high ? byte >> 4 : byte & 0x0F;
+      if constexpr (std::is_same_v<Group, GroupQ5_K>) q |= int(g.qh[s][at.high ? 4 + at.k : at.k] >> at.p & 1u) << 4;
       dst[32 * s + i] = d * float(g.sc[s][j]) * float(q) - dmin * float(g.m[s][j]);
     }
 }
+}  // namespace
+
+PackedQ4_K pack_q4_k(const std::vector<BlockQ4_K>& blocks, int out, int in) {
+  check_k_shape("pack_q4_k", blocks.size(), out, in);
+  return pack_k4<GroupQ4_K>(blocks, out, in);
+}
+PackedQ5_K pack_q5_k(const std::vector<BlockQ5_K>& blocks, int out, int in) {
+  check_k_shape("pack_q5_k", blocks.size(), out, in);
+  return pack_k4<GroupQ5_K>(blocks, out, in);
+}
+
+template <>
+void PackedQ4_K::values(int o, int b, float* dst) const {
+  k4_values(groups[std::size_t(o / 8) * (in / kQ4KBlock) + b], o % 8, dst);
+}
+template <>
+void PackedQ5_K::values(int o, int b, float* dst) const {
+  k4_values(groups[std::size_t(o / 8) * (in / kQ4KBlock) + b], o % 8, dst);
+}
 
 PackedQ6_K pack_q6_k(const std::vector<BlockQ6_K>& blocks, int out, int in) {
-  if (in <= 0 || in % kQ4KBlock != 0 || out < 0 || blocks.size() != std::size_t(out) * std::size_t(in / kQ4KBlock))
-    throw std::invalid_argument("pack_q6_k: " + std::to_string(blocks.size()) + " blocks are not " + std::to_string(out) +
-                                " rows of " + std::to_string(in) + " values (a positive multiple of 256)");
+  check_k_shape("pack_q6_k", blocks.size(), out, in);
   PackedQ6_K p;
   p.out = out, p.in = in;
   const int nb = in / kQ4KBlock;
@@ -172,6 +201,7 @@ PackedQ6_K pack_q6_k(const std::vector<BlockQ6_K>& blocks, int out, int in) {
   return p;
 }
 
+template <>
 void PackedQ6_K::values(int o, int b, float* dst) const {
   const GroupQ6_K& g = groups[std::size_t(o / 8) * (in / kQ4KBlock) + b];
   const int j = o % 8;

@@ -216,21 +216,29 @@ using PackedQ5_1 = PackedNibbles<BlockQ5_1>;
 template <class Block>
 PackedNibbles<Block> pack_nibbles(const std::vector<Block>& blocks, int out, int in);
 
-// ---- Q4_K (dtype native: the K-quant most of a Q4_K_M file's matrices are in) ------------------
+// ---- Q4_K and Q5_K (dtype native: the K-quants of Q4_K_M and Q5_K_M files' matrices) ------------
 // ggml's block_q4_K: 256 values in 8 sub-blocks of 32, value = d sc_s q - dmin m_s with 4-bit q,
 // the sub-block's 6-bit scale sc_s and min m_s packed in 12 bytes, d and dmin fp16. Bytes 32c..32c+31
 // of qs hold sub-block 2c's values in their low nibbles and sub-block 2c+1's in their high ones.
+// block_q5_K is the same plus qh: bit s of qh[l] is bit 4 of value l of sub-block s.
 struct BlockQ4_K {
   Half d, dmin;
   std::uint8_t scales[12];
   std::uint8_t qs[128];
 };
-static_assert(sizeof(BlockQ4_K) == 144, "Q4_K blocks are 144 bytes, as in GGUF");
-inline constexpr int kQ4KBlock = 256;
+struct BlockQ5_K {
+  Half d, dmin;
+  std::uint8_t scales[12];
+  std::uint8_t qh[32];
+  std::uint8_t qs[128];
+};
+static_assert(sizeof(BlockQ4_K) == 144 && sizeof(BlockQ5_K) == 176, "Q4_K and Q5_K blocks are 144 and 176 bytes, as in GGUF");
+inline constexpr int kQ4KBlock = 256;  // values a K-quant super-block holds
+template <class Block>
+inline constexpr bool kK4FiveBit = std::is_same_v<Block, BlockQ5_K>;
 
-// Sub-block s's 6-bit scale and min (ggml's get_scale_min_k4).
-inline void q4_k_scale_min(const BlockQ4_K& b, int s, int& sc, int& m) {
-  const std::uint8_t* q = b.scales;
+// Sub-block s's 6-bit scale and min from the 12 packed bytes (ggml's get_scale_min_k4).
+inline void k4_scale_min(const std::uint8_t* q, int s, int& sc, int& m) {
   if (s < 4) {
     sc = q[s] & 63, m = q[s + 4] & 63;
   } else {
@@ -238,41 +246,61 @@ inline void q4_k_scale_min(const BlockQ4_K& b, int s, int& sc, int& m) {
     m = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
   }
 }
-inline int q4_k_q(const BlockQ4_K& b, int i) {  // value i's 4-bit q
+// Value i's q: 4 bits (Q4_K), 5 (Q5_K).
+template <class Block>
+int k4_q(const Block& b, int i) {
   const std::uint8_t byte = b.qs[32 * (i / 64) + i % 32];
-  return (i % 64) < 32 ? byte & 0x0F : byte >> 4;
+  const int low = (i % 64) < 32 ? byte & 0x0F : byte >> 4;
+  if constexpr (kK4FiveBit<Block>) return low | ((b.qh[i % 32] >> (i / 32)) & 1) << 4;
+  else return low;
 }
 // Value i as ggml dequantizes it: (d sc) q - (dmin m), each product rounded once in fp32.
-inline float q4_k_value(const BlockQ4_K& b, int i) {
+template <class Block>
+float k4_value(const Block& b, int i) {
   int sc, m;
-  q4_k_scale_min(b, i / 32, sc, m);
-  return to_float(b.d) * float(sc) * float(q4_k_q(b, i)) - to_float(b.dmin) * float(m);
+  k4_scale_min(b.scales, i / 32, sc, m);
+  return to_float(b.d) * float(sc) * float(k4_q(b, i)) - to_float(b.dmin) * float(m);
 }
 
-// Q4_K rows as the CPU matmul holds them: 8 rows a group, each super-block's 8 sub-blocks in the
-// 4-bit groups' chunk order (qs[s] as GroupQ4_1's qs, for sub-block s), the 6-bit scales and mins
-// unpacked to a byte each so that 8 rows' of them load at once (148 bytes a row's block instead of
-// 144). A last group of fewer than 8 rows is padded with zero blocks.
+// Q4_K (Q5_K) rows as the CPU matmul holds them: 8 rows a group, each super-block's 8 sub-blocks in
+// the 4-bit (5-bit) groups' chunk order (qs[s] as GroupQ4_1's qs, qh[s] as GroupQ5_1's, for
+// sub-block s), the 6-bit scales and mins unpacked to a byte each so that 8 rows' of them load at
+// once: 148 (180) bytes a row's block instead of 144 (176). A last group of fewer than 8 rows is
+// padded with zero blocks.
 struct GroupQ4_K {
   Half d[8], dmin[8];         // row j's super-block scales
   std::uint8_t sc[8][8];      // [s][j]: sub-block s's scale, row j
   std::uint8_t m[8][8];       // [s][j]: its min
   std::uint8_t qs[8][8 * 16]; // [s][q8_0x8_index(j, i)]: byte i of row j's sub-block s, as a Q4_1 block's
 };
-static_assert(sizeof(GroupQ4_K) == 8 * 148, "a Q4_K group block is 8 rows of 148 bytes");
+struct GroupQ5_K {
+  Half d[8], dmin[8];
+  std::uint8_t sc[8][8];
+  std::uint8_t m[8][8];
+  std::uint32_t qh[8][8];     // [s]: sub-block s's fifth bits, as GroupQ5_1's qh
+  std::uint8_t qs[8][8 * 16];
+};
+static_assert(sizeof(GroupQ4_K) == 8 * 148 && sizeof(GroupQ5_K) == 8 * 180, "Q4_K and Q5_K group blocks are 8 rows of 148 and 180 bytes");
 
-struct PackedQ4_K {
-  int out = 0, in = 0;            // in: a multiple of 256
-  std::vector<GroupQ4_K> groups;  // [(out + 7) / 8][in / 256]
+// The K-quants' rows held 8 a group (GroupQ4_K, GroupQ5_K, GroupQ6_K).
+template <class Group>
+struct PackedK {
+  int out = 0, in = 0;        // in: a multiple of 256
+  std::vector<Group> groups;  // [(out + 7) / 8][in / 256]; a last group padded with zero rows
   bool empty() const { return groups.empty(); }
-  std::size_t bytes() const { return groups.size() * sizeof(GroupQ4_K); }
-  // Row o's values [256 b, 256 b + 256), as q4_k_value gives them.
+  std::size_t bytes() const { return groups.size() * sizeof(Group); }
+  // Row o's values [256 b, 256 b + 256), as ggml dequantizes them.
   void values(int o, int b, float* dst) const;
 };
+using PackedQ4_K = PackedK<GroupQ4_K>;
+using PackedQ5_K = PackedK<GroupQ5_K>;
+template <> void PackedQ4_K::values(int o, int b, float* dst) const;
+template <> void PackedQ5_K::values(int o, int b, float* dst) const;
 
-// blocks: [out][in / 256], as a GGUF Q4_K tensor lies. Throws std::invalid_argument unless in is a
-// positive multiple of 256 and blocks.size() == out * in / 256.
+// blocks: [out][in / 256], as a GGUF Q4_K (Q5_K) tensor lies. Throws std::invalid_argument unless in
+// is a positive multiple of 256 and blocks.size() == out * in / 256.
 PackedQ4_K pack_q4_k(const std::vector<BlockQ4_K>& blocks, int out, int in);
+PackedQ5_K pack_q5_k(const std::vector<BlockQ5_K>& blocks, int out, int in);
 
 // ---- Q6_K (dtype native: the K-quant of a Q4_K_M file's attn_v and half its ffn_down) ------------
 // ggml's block_q6_K: 256 values, value = d sc_g (q - 32) with 6-bit q (low 4 bits in ql, high 2 in
@@ -307,14 +335,8 @@ struct GroupQ6_K {
 };
 static_assert(sizeof(GroupQ6_K) == 8 * 210, "a Q6_K group block is 8 rows of 210 bytes");
 
-struct PackedQ6_K {
-  int out = 0, in = 0;            // in: a multiple of 256
-  std::vector<GroupQ6_K> groups;  // [(out + 7) / 8][in / 256]; a last group padded with zero rows
-  bool empty() const { return groups.empty(); }
-  std::size_t bytes() const { return groups.size() * sizeof(GroupQ6_K); }
-  // Row o's values [256 b, 256 b + 256), as q6_k_value gives them.
-  void values(int o, int b, float* dst) const;
-};
+using PackedQ6_K = PackedK<GroupQ6_K>;
+template <> void PackedQ6_K::values(int o, int b, float* dst) const;
 
 // blocks: [out][in / 256], as a GGUF Q6_K tensor lies. Throws std::invalid_argument unless in is a
 // positive multiple of 256 and blocks.size() == out * in / 256.

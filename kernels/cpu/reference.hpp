@@ -78,22 +78,24 @@ void matmul(float* y, const float* x, const Block* w, int rows, int in, int out)
     }
 }
 
-// w as Q4_K blocks ([out][in / 256]): x's rows quantized to Q8_0 blocks, then per 32-value
+// w as Q4_K or Q5_K blocks ([out][in / 256]): x's rows quantized to Q8_0 blocks, then per 32-value
 // sub-block s and x's block there d_x (d sc_s sum(q_w q_x) - dmin m_s sum(q_x)) (cpu::matmul's products).
-inline void matmul(float* y, const float* x, const cpu::BlockQ4_K* w, int rows, int in, int out) {
+template <class Block>
+  requires std::is_same_v<Block, cpu::BlockQ4_K> || std::is_same_v<Block, cpu::BlockQ5_K>
+void matmul(float* y, const float* x, const Block* w, int rows, int in, int out) {
   const int nb = in / cpu::kQ8Block, nbk = in / cpu::kQ4KBlock;
   const std::vector<cpu::BlockQ8_0> xq = cpu::quantize_q8_0(x, rows, in);
   for (int r = 0; r < rows; ++r)
     for (int o = 0; o < out; ++o) {
       double acc = 0.0;
       for (int b = 0; b < nbk; ++b) {
-        const cpu::BlockQ4_K& wb = w[std::size_t(o) * nbk + b];
+        const Block& wb = w[std::size_t(o) * nbk + b];
         for (int s = 0; s < 8; ++s) {
           int sc, m;
-          cpu::q4_k_scale_min(wb, s, sc, m);
+          cpu::k4_scale_min(wb.scales, s, sc, m);
           const cpu::BlockQ8_0& xb = xq[std::size_t(r) * nb + 8 * b + s];
           long dot = 0, sum = 0;
-          for (int i = 0; i < cpu::kQ8Block; ++i) dot += long(cpu::q4_k_q(wb, 32 * s + i)) * xb.qs[i], sum += xb.qs[i];
+          for (int i = 0; i < cpu::kQ8Block; ++i) dot += long(cpu::k4_q(wb, 32 * s + i)) * xb.qs[i], sum += xb.qs[i];
           acc += (double(dot) * cpu::to_float(wb.d) * sc - double(sum) * cpu::to_float(wb.dmin) * m) * cpu::to_float(xb.d);
         }
       }
