@@ -202,13 +202,21 @@ inline __m256i fifth_bits(std::uint32_t bits) {
   return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select), _mm256_set1_epi8(0x10));
 }
 
+// Byte i of the result is 0x10 where bit `bit` (constant after inlining) of byte i of h is set:
+// a 5-bit group's fifth bits in place (16-bit shifts; the mask drops what crosses a byte).
+[[gnu::always_inline]] inline __m256i fifth_bit_at(__m256i h, int bit) {
+  const __m256i at4 = bit < 4 ? _mm256_slli_epi16(h, 4 - bit) : _mm256_srli_epi16(h, bit - 4);
+  return _mm256_and_si256(at4, _mm256_set1_epi8(0x10));
+}
+
 // The exact int32 dot products of one group block's 8 rows (qs: 128 bytes in chunk order; Five:
 // plus qh's fifth bits) with R rows of x's blocks, xb[r * x_stride]: lane j of dot[r] is row j's.
 template <int R, bool Five>
-[[gnu::always_inline]] inline void group_dots(__m256i* dot, const std::uint8_t* qs, const std::uint32_t* qh, const BlockQ8_0* xb,
+[[gnu::always_inline]] inline void group_dots(__m256i* dot, const std::uint8_t* qs, const std::uint8_t* qh, const BlockQ8_0* xb,
                                               std::size_t x_stride) {
   const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
-  __m256i sum[R], wide[R];
+  __m256i sum[R], wide[R], h = _mm256_setzero_si256();
+  if constexpr (Five) h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) sum[r] = wide[r] = _mm256_setzero_si256();
 #pragma GCC unroll 4
@@ -216,8 +224,8 @@ template <int R, bool Five>
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * k));
     __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
     if constexpr (Five) {
-      lo = _mm256_or_si256(lo, fifth_bits(qh[k]));
-      hi = _mm256_or_si256(hi, fifth_bits(qh[4 + k]));
+      lo = _mm256_or_si256(lo, fifth_bit_at(h, 2 * k));
+      hi = _mm256_or_si256(hi, fifth_bit_at(h, 2 * k + 1));
     }
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
@@ -246,7 +254,7 @@ void group_nibbles_q8(float* y, const Q8Rows& x, const typename GroupOf<Block>::
   for (int b = 0; b < nb; ++b) {
     // 2 KiB ahead into L2, as group_q8q8 (144- to 192-byte group blocks: 3 cache lines a block).
     for (int c = 0; c < 3; ++c) _mm_prefetch(reinterpret_cast<const char*>(&g[b]) + 2048 + 64 * c, _MM_HINT_T1);
-    const std::uint32_t* qh = nullptr;
+    const std::uint8_t* qh = nullptr;
     if constexpr (kFiveBit<Block>) qh = g[b].qh;
     __m256i dot[R];
     group_dots<R, kFiveBit<Block>>(dot, g[b].qs, qh, xr + b, std::size_t(nb));
@@ -334,7 +342,7 @@ void group_k_q8(float* y, const Q8Rows& x, const G* g, int nbk, int out, int o, 
       for (int c = 0; c < 2; ++c) _mm_prefetch(reinterpret_cast<const char*>(g[b].qs[s]) + 2048 + 64 * c, _MM_HINT_T1);
       if constexpr (kFive) _mm_prefetch(reinterpret_cast<const char*>(g[b].qh[s]) + 2048, _MM_HINT_T1);
       const int xb = 8 * b + s;
-      const std::uint32_t* qh = nullptr;
+      const std::uint8_t* qh = nullptr;
       if constexpr (kFive) qh = g[b].qh[s];
       __m256i dot[R];
       group_dots<R, kFive>(dot, g[b].qs[s], qh, xr + xb, std::size_t(nb));

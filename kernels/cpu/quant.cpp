@@ -45,6 +45,8 @@ NibblePlace nibble_place(int j, int i) {
   const int byte = i % 16;  // values i and i + 16 share byte i
   return {byte / 4, 4 * j + byte % 4, i >= 16};
 }
+// The bit of a group's qh[p] that holds that value's fifth bit (the 5-bit groups).
+int fifth_bit(NibblePlace at) { return 2 * at.k + at.high; }
 }  // namespace
 
 template <class Block>
@@ -69,9 +71,7 @@ PackedNibbles<Block> pack_nibbles(const std::vector<Block>& blocks, int out, int
         std::memcpy(&qh, src.qh, 4);
         for (int i = 0; i < kQ8Block; ++i) {
           const NibblePlace at = nibble_place(j, i);
-          const std::uint32_t bit = std::uint32_t{1} << at.p;
-          std::uint32_t& word = g.qh[at.high ? 4 + at.k : at.k];
-          word = (qh >> i & 1u) ? word | bit : word & ~bit;
+          g.qh[at.p] |= std::uint8_t((qh >> i & 1u) << fifth_bit(at));
         }
       }
     }
@@ -93,7 +93,7 @@ Block PackedNibbles<Block>::block(int o, int b) const {
     std::uint32_t qh = 0;
     for (int i = 0; i < kQ8Block; ++i) {
       const NibblePlace at = nibble_place(j, i);
-      qh |= (g.qh[at.high ? 4 + at.k : at.k] >> at.p & 1u) << i;
+      qh |= std::uint32_t(g.qh[at.p] >> fifth_bit(at) & 1u) << i;
     }
     std::memcpy(r.qh, &qh, 4);
   }
@@ -137,7 +137,7 @@ PackedK<Group> pack_k4(const std::vector<Block>& blocks, int out, int in) {
           const NibblePlace at = nibble_place(j, i);
           std::uint8_t& byte = g.qs[s][q8_0x8_index(j, i % 16)];  // as a Q4_1 block: values i and i + 16
           byte = std::uint8_t(at.high ? (byte & 0x0F) | (q & 0x0F) << 4 : (byte & 0xF0) | (q & 0x0F));
-          if constexpr (kK4FiveBit<Block>) g.qh[s][at.high ? 4 + at.k : at.k] |= std::uint32_t(q >> 4) << at.p;
+          if constexpr (kK4FiveBit<Block>) g.qh[s][at.p] |= std::uint8_t((q >> 4) << fifth_bit(at));
         }
       }
     }
@@ -152,7 +152,7 @@ void k4_values(const Group& g, int j, float* dst) {
       const NibblePlace at = nibble_place(j, i);
       const std::uint8_t byte = g.qs[s][q8_0x8_index(j, i % 16)];
       int q = at.high ? byte >> 4 : byte & 0x0F;
-      if constexpr (std::is_same_v<Group, GroupQ5_K>) q |= int(g.qh[s][at.high ? 4 + at.k : at.k] >> at.p & 1u) << 4;
+      if constexpr (std::is_same_v<Group, GroupQ5_K>) q |= (g.qh[s][at.p] >> fifth_bit(at) & 1) << 4;
       dst[32 * s + i] = d * float(g.sc[s][j]) * float(q) - dmin * float(g.m[s][j]);
     }
 }

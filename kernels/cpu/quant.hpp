@@ -167,8 +167,9 @@ BlockQ4_1 q4_0_as_q4_1(const BlockQ4_0& b);
 // chunk k holds bytes 4k..4k+3 of each of the 8 rows' blocks (position 4 j + t: row j, byte 4k + t),
 // so its low nibbles are those rows' values 4k..4k+3 and its high nibbles values 16+4k..16+4k+3:
 // unsigned values go straight into vpmaddubsw against x's int8 values broadcast to all 8 lanes.
-// Q5's fifth bits follow the same order: bit p of qh[k] (qh[4 + k]) is bit 4 of the value whose low
-// bits are the low (high) nibble at position p of chunk k.
+// Q5's fifth bits lie at the same positions, one byte for the 8 nibbles there: bit 2k (2k + 1) of
+// qh[p] is bit 4 of the value whose low bits are the low (high) nibble at position p of chunk k, so
+// one 32-byte load holds the block's fifth bits and a shift and a mask put a chunk's in place.
 struct GroupQ4_0 {
   Half d[8];                // row j's scale
   std::uint8_t qs[8 * 16];  // qs[q8_0x8_index(j, i)]: byte i (< 16) of row j's block
@@ -179,12 +180,12 @@ struct GroupQ4_1 {
 };
 struct GroupQ5_0 {
   Half d[8];
-  std::uint32_t qh[8];      // fifth bits: [k] for chunk k's low nibbles, [4 + k] for its high ones
+  std::uint8_t qh[32];      // fifth bits: qh[p] bit 2k (2k + 1): chunk k's low (high) nibble at p
   std::uint8_t qs[8 * 16];
 };
 struct GroupQ5_1 {
   Half d[8], m[8];
-  std::uint32_t qh[8];
+  std::uint8_t qh[32];
   std::uint8_t qs[8 * 16];
 };
 template <class Block> struct GroupOf;
@@ -277,7 +278,7 @@ struct GroupQ5_K {
   Half d[8], dmin[8];
   std::uint8_t sc[8][8];
   std::uint8_t m[8][8];
-  std::uint32_t qh[8][8];     // [s]: sub-block s's fifth bits, as GroupQ5_1's qh
+  std::uint8_t qh[8][32];     // [s]: sub-block s's fifth bits, as GroupQ5_1's qh
   std::uint8_t qs[8][8 * 16];
 };
 static_assert(sizeof(GroupQ4_K) == 8 * 148 && sizeof(GroupQ5_K) == 8 * 180, "Q4_K and Q5_K group blocks are 8 rows of 148 and 180 bytes");
