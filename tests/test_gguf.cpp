@@ -394,9 +394,9 @@ TEST_CASE("GGUF: every block type decodes as PyPI gguf's numpy decoder does (tes
     CHECK(differ == 0);
   }
   // Every block type the reader decodes is in the fixture (the plain F32/F16/BF16 aside).
-  for (const char* name : {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"})
+  for (const char* name : {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"})
     CHECK(std::count(covered.begin(), covered.end(), name) == 1);
-  CHECK(ggml_decoded_type_names() == "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16");
+  CHECK(ggml_decoded_type_names() == "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, BF16");
 }
 
 TEST_CASE("GGUF: a file of K-quants loads value for value; native runs Q4_K, Q5_K, Q6_K in their blocks, the others in fp32",
@@ -444,6 +444,41 @@ TEST_CASE("GGUF: a file of K-quants loads value for value; native runs Q4_K, Q5_
   const double diff = test::max_abs_diff(a, b);
   CHECK(diff < 0.05 * scale);
   WARN("native (Q4_K, Q5_K, Q6_K) vs fp32 of the same values: max |logit difference| " << diff << " of max |logit| " << scale);
+}
+
+TEST_CASE("GGUF: IQ4_NL and IQ4_XS load value for value; native runs them in their blocks", "[gguf][native]") {
+  TinyModel m(256, 512, 40);
+  m.metadata();
+  const auto type_of = [](const std::string& name) {
+    const bool nl = name.find("attn_q") != std::string::npos || name.find("attn_k") != std::string::npos ||
+                    name.find("attn_v") != std::string::npos || name.find("ffn_down") != std::string::npos;
+    return nl ? GgmlType::IQ4_NL : GgmlType::IQ4_XS;  // attn_output, ffn_gate, ffn_up, output: IQ4_XS
+  };
+  m.tensors(type_of);
+  const auto bytes = m.g.build();
+  const GgufFile f(bytes.data(), bytes.size(), "iq4.gguf");
+  const Weights w = load_gguf(f);
+  const auto values = [&](const std::string& name, std::size_t n) {
+    return reference_blocks(static_cast<std::uint32_t>(type_of(name)), n).second;
+  };
+  const LayerWeights& L = w.layers[0];
+  CHECK(L.wq == values("blk.0.attn_q.weight", 256 * 256));
+  CHECK(L.wv == values("blk.0.attn_v.weight", 256 * 128));
+  CHECK(L.wo == values("blk.0.attn_output.weight", 256 * 256));
+  CHECK(L.w2 == values("blk.0.ffn_down.weight", 512 * 256));
+  CHECK(L.w3 == values("blk.0.ffn_up.weight", 256 * 512));
+  CHECK(w.classifier == values("output.weight", 256 * 40));
+  // Native: [wq; wk; wv] (512 rows) and w2 (256 rows of 512) in IQ4_NL's 18-byte blocks; wo (256
+  // rows), [w1; w3] (1024 rows) and the LM head (40 rows) in IQ4_XS's, 138 bytes a row's block.
+  CpuBackend native(load_gguf(f, true), "native"), fp32(load_gguf(f), "fp32");
+  CHECK(native.matrix_bytes() == 512 * 8 * 18 + 256 * 16 * 18 + (256 + 1024 + 40) * 138);
+  const std::vector<int> toks = {1, 7, 3, 22, 9, 4, 39};
+  const auto a = test::all_logits(native, toks), b = test::all_logits(fp32, toks);
+  double scale = 0;
+  for (float v : b) scale = std::max(scale, double(std::abs(v)));
+  const double diff = test::max_abs_diff(a, b);  // the same weights; native's inputs rounded to Q8_0
+  CHECK(diff < 0.05 * scale);
+  WARN("native (IQ4_NL, IQ4_XS) vs fp32 of the same values: max |logit difference| " << diff << " of max |logit| " << scale);
 }
 
 TEST_CASE("GGUF: a llama file maps to Weights tensor by tensor", "[gguf]") {
@@ -577,7 +612,12 @@ TEST_CASE("GGUF: truncated and malformed files are clear errors naming the file 
   q8k.g.tensor("token_embd.weight", {256, 10}, 15, std::vector<std::uint8_t>(292 * 10));
   CHECK_THAT(error_of(q8k.g.build()), Catch::Contains("token_embd.weight") && Catch::Contains("Q8_K") &&
                                           Catch::Contains("not supported; supported: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
-                                                          "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16"));
+                                                          "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, BF16"));
+
+  TinyModel iq2;  // a type ggml defines but this reader does not decode: named, not numbered
+  iq2.metadata();
+  iq2.g.tensor("token_embd.weight", {256, 10}, 16, std::vector<std::uint8_t>(66 * 10));
+  CHECK_THAT(error_of(iq2.g.build()), Catch::Contains("token_embd.weight") && Catch::Contains("has type IQ2_XXS"));
 
   TinyModel unknown;
   unknown.metadata();

@@ -162,15 +162,15 @@ std::vector<Block> random_q4(int out, int in, std::mt19937& rng) {
 }
 }  // namespace
 
-TEMPLATE_TEST_CASE("Q4_0, Q4_1, Q5_0, Q5_1 blocks: pack_nibbles keeps every block, in the file's own bytes", "[precision][q4_1]",
-                   cpu::BlockQ4_0, cpu::BlockQ4_1, cpu::BlockQ5_0, cpu::BlockQ5_1) {
+TEMPLATE_TEST_CASE("32-value nibble blocks: pack_nibbles keeps every block, in the file's bytes", "[precision][q4_1]",
+                   cpu::BlockQ4_0, cpu::BlockQ4_1, cpu::BlockQ5_0, cpu::BlockQ5_1, cpu::BlockIQ4_NL) {
   std::mt19937 rng(31);
   for (int out : {1, 7, 8, 9, 24, 29})
     for (int in : {32, 96}) {
       INFO("out=" << out << " in=" << in);
       const auto q = random_q4<TestType>(out, in, rng);
       const cpu::PackedNibbles<TestType> p = cpu::pack_nibbles(q, out, in);
-      CHECK(p.bytes() == q.size() * sizeof(TestType));  // 18, 20, 22 or 24 bytes a block
+      CHECK(p.bytes() == q.size() * sizeof(TestType));  // 18, 20, 22, 24 or 18 bytes a block
       for (int o = 0; o < out; ++o)
         for (int b = 0; b < in / 32; ++b) {
           const TestType got = p.block(o, b);
@@ -210,8 +210,8 @@ TEST_CASE("Q4_1 blocks: quantize_q4_1 within ggml's bound; Q4_0 as Q4_1 keeps ev
   CHECK_THROWS_WITH(cpu::q4_0_as_q4_1(huge), Catch::Contains("|d| < 8188"));
 }
 
-TEMPLATE_TEST_CASE("matmul with Q4_0, Q4_1, Q5_0 or Q5_1 weights matches the scalar reference on the same blocks",
-                   "[precision][q4_1][matmul]", cpu::BlockQ4_0, cpu::BlockQ4_1, cpu::BlockQ5_0, cpu::BlockQ5_1) {
+TEMPLATE_TEST_CASE("matmul with 32-value nibble blocks matches the scalar reference on them",
+                   "[precision][q4_1][matmul]", cpu::BlockQ4_0, cpu::BlockQ4_1, cpu::BlockQ5_0, cpu::BlockQ5_1, cpu::BlockIQ4_NL) {
   std::mt19937 rng(32);
   const std::pair<int, int> shapes[] = {{32, 1}, {64, 13}, {96, 65}, {576, 193}, {1536, 64}, {576, 1537}};
   for (int rows : {1, 2, 3, 4, 5, 16, 17, 70})  // GEMV, the few-rows tiles and tails, then the widened-panel GEMM
@@ -251,7 +251,7 @@ TEMPLATE_TEST_CASE("matmul with Q4_0, Q4_1, Q5_0 or Q5_1 weights matches the sca
 }
 
 namespace {
-// out x in / 256 K-quant blocks of random bytes, with finite fp16 scales (a GGUF tensor's shape).
+// out x in / 256 K-quant (or IQ4_XS) blocks of random bytes, with finite fp16 scales (a GGUF tensor's shape).
 template <class Block>
 std::vector<Block> random_k(int out, int in, std::mt19937& rng) {
   std::uniform_int_distribution<int> byte(0, 255);
@@ -261,7 +261,7 @@ std::vector<Block> random_k(int out, int in, std::mt19937& rng) {
     auto* raw = reinterpret_cast<std::uint8_t*>(&b);
     for (std::size_t i = 0; i < sizeof b; ++i) raw[i] = static_cast<std::uint8_t>(byte(rng));
     b.d = cpu::to_half(d(rng));
-    if constexpr (!std::is_same_v<Block, cpu::BlockQ6_K>) b.dmin = cpu::to_half(d(rng));
+    if constexpr (requires { b.dmin; }) b.dmin = cpu::to_half(d(rng));
   }
   return w;
 }
@@ -282,15 +282,21 @@ template <> struct KQuant<cpu::BlockQ6_K> {
   static constexpr std::size_t row_bytes = 210;  // as in the file
   static cpu::PackedQ6_K pack(const std::vector<cpu::BlockQ6_K>& q, int out, int in) { return cpu::pack_q6_k(q, out, in); }
 };
+template <> struct KQuant<cpu::BlockIQ4_XS> {
+  static constexpr GgmlType type = GgmlType::IQ4_XS;
+  static constexpr std::size_t row_bytes = 138;  // its 6-bit scales unpacked
+  static cpu::PackedIQ4_XS pack(const std::vector<cpu::BlockIQ4_XS>& q, int out, int in) { return cpu::pack_iq4_xs(q, out, in); }
+};
 template <class Block>
 auto pack_k(const std::vector<Block>& q, int out, int in) { return KQuant<Block>::pack(q, out, in); }
 inline float k_value(const cpu::BlockQ4_K& b, int i) { return cpu::k4_value(b, i); }
 inline float k_value(const cpu::BlockQ5_K& b, int i) { return cpu::k4_value(b, i); }
 inline float k_value(const cpu::BlockQ6_K& b, int i) { return cpu::q6_k_value(b, i); }
+inline float k_value(const cpu::BlockIQ4_XS& b, int i) { return cpu::iq4_xs_value(b, i); }
 }  // namespace
 
-TEMPLATE_TEST_CASE("K-quant blocks: packed, they keep every value as ggml decodes it", "[precision][q4_k]",
-                   cpu::BlockQ4_K, cpu::BlockQ5_K, cpu::BlockQ6_K) {
+TEMPLATE_TEST_CASE("256-value blocks: packed, they keep every value as ggml decodes it", "[precision][q4_k]",
+                   cpu::BlockQ4_K, cpu::BlockQ5_K, cpu::BlockQ6_K, cpu::BlockIQ4_XS) {
   std::mt19937 rng(41);
   for (int out : {1, 7, 8, 9, 29})
     for (int in : {256, 768}) {
@@ -311,8 +317,8 @@ TEMPLATE_TEST_CASE("K-quant blocks: packed, they keep every value as ggml decode
   CHECK_THROWS_WITH(pack_k(std::vector<TestType>(3), 1, 512 + 32), Catch::Contains("positive multiple of 256"));
 }
 
-TEMPLATE_TEST_CASE("matmul with K-quant weights matches the scalar reference on the same blocks", "[precision][q4_k][matmul]",
-                   cpu::BlockQ4_K, cpu::BlockQ5_K, cpu::BlockQ6_K) {
+TEMPLATE_TEST_CASE("matmul with 256-value blocks matches the scalar reference on them", "[precision][q4_k][matmul]",
+                   cpu::BlockQ4_K, cpu::BlockQ5_K, cpu::BlockQ6_K, cpu::BlockIQ4_XS) {
   std::mt19937 rng(42);
   const std::pair<int, int> shapes[] = {{256, 1}, {256, 13}, {512, 65}, {1536, 64}, {768, 77}};
   for (int rows : {1, 2, 3, 4, 5, 16, 17, 70})  // GEMV, the few-rows tiles and tails, then the widened-panel GEMM

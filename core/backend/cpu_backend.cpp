@@ -78,7 +78,8 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(const std::vector<StoredMatrix
   // bits_per_weight shows what was held.
   const bool has_kernel = type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16 || type == GgmlType::Q8_0 ||
                           type == GgmlType::Q4_0 || type == GgmlType::Q4_1 || type == GgmlType::Q5_0 || type == GgmlType::Q5_1 ||
-                          type == GgmlType::Q4_K || type == GgmlType::Q5_K || type == GgmlType::Q6_K;
+                          type == GgmlType::Q4_K || type == GgmlType::Q5_K || type == GgmlType::Q6_K || type == GgmlType::IQ4_NL ||
+                          type == GgmlType::IQ4_XS;
   if (!has_kernel) {
     m.f32.resize(rows * in);
     float* dst = m.f32.data();
@@ -112,6 +113,8 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(const std::vector<StoredMatrix
     case GgmlType::Q4_K: m.q4_k = cpu::pack_q4_k(as(cpu::BlockQ4_K{}), out, cols); break;
     case GgmlType::Q5_K: m.q5_k = cpu::pack_q5_k(as(cpu::BlockQ5_K{}), out, cols); break;
     case GgmlType::Q6_K: m.q6_k = cpu::pack_q6_k(as(cpu::BlockQ6_K{}), out, cols); break;
+    case GgmlType::IQ4_NL: m.iq4_nl = cpu::pack_nibbles(as(cpu::BlockIQ4_NL{}), out, cols); break;
+    case GgmlType::IQ4_XS: m.iq4_xs = cpu::pack_iq4_xs(as(cpu::BlockIQ4_XS{}), out, cols); break;
     default:
       throw std::invalid_argument("cpu backend: dtype native cannot hold a " + ggml_type_name(first.ggml_type) + " matrix");
   }
@@ -142,6 +145,8 @@ void CpuBackend::Matrix::matmul(float* y, const float* x, int rows, int in, int 
   if (!q5_1.empty()) return cpu::matmul(y, x, q5_1, rows, in, out);
   if (!q4_k.empty()) return cpu::matmul(y, x, q4_k, rows, in, out);
   if (!q5_k.empty()) return cpu::matmul(y, x, q5_k, rows, in, out);
+  if (!iq4_nl.empty()) return cpu::matmul(y, x, iq4_nl, rows, in, out);
+  if (!iq4_xs.empty()) return cpu::matmul(y, x, iq4_xs, rows, in, out);
   if (!q6_k.empty()) return cpu::matmul(y, x, q6_k, rows, in, out);
   cpu::matmul(y, x, f16.data(), rows, in, out);
 }

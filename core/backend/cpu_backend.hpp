@@ -50,13 +50,15 @@ class CpuBackend final : public Backend {
     std::vector<cpu::Bf16> bf16;
     std::vector<cpu::Half> f16;
     cpu::PackedQ8_0 q8;  // Q8_0 blocks (values and their fp16 scales), rows interleaved 8 at a time
-    // dtype native: a GGUF's Q4_0, Q4_1, Q5_0 or Q5_1 blocks, interleaved likewise
+    // dtype native: a GGUF's Q4_0, Q4_1, Q5_0, Q5_1 or IQ4_NL blocks, interleaved likewise
     cpu::PackedQ4_0 q4_0;
     cpu::PackedQ4_1 q4_1;
     cpu::PackedQ5_0 q5_0;
     cpu::PackedQ5_1 q5_1;
-    cpu::PackedQ4_K q4_k;  // and its Q4_K, Q5_K and Q6_K blocks, 8 rows a group
+    cpu::PackedIQ4_NL iq4_nl;
+    cpu::PackedQ4_K q4_k;  // and its Q4_K, Q5_K, IQ4_XS and Q6_K blocks, 8 rows a group
     cpu::PackedQ5_K q5_k;
+    cpu::PackedIQ4_XS iq4_xs;
     cpu::PackedQ6_K q6_k;
     const float* view = nullptr;
     // dtype native, a fused matrix whose parts differ in encoding: its runs of same-type rows, each
@@ -71,7 +73,7 @@ class CpuBackend final : public Backend {
     }
     std::size_t bytes() const {
       return f32.size() * 4 + (bf16.size() + f16.size()) * 2 + q8.bytes() + q4_0.bytes() + q4_1.bytes() + q5_0.bytes() +
-             q5_1.bytes() + q4_k.bytes() + q5_k.bytes() + q6_k.bytes() + parts_bytes();
+             q5_1.bytes() + iq4_nl.bytes() + q4_k.bytes() + q5_k.bytes() + iq4_xs.bytes() + q6_k.bytes() + parts_bytes();
     }
   };
   // w is [w.size() / in][in].

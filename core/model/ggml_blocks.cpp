@@ -18,9 +18,13 @@ constexpr GgmlTypeTraits kTypes[] = {
     {3, "Q4_1", 32, 20, true},    {6, "Q5_0", 32, 22, true},     {7, "Q5_1", 32, 24, true},
     {8, "Q8_0", 32, 34, true},    {9, "Q8_1", 32, 36, false},    {10, "Q2_K", 256, 84, true},
     {11, "Q3_K", 256, 110, true}, {12, "Q4_K", 256, 144, true},  {13, "Q5_K", 256, 176, true},
-    {14, "Q6_K", 256, 210, true}, {15, "Q8_K", 256, 292, false}, {24, "I8", 1, 1, false},
-    {25, "I16", 1, 2, false},     {26, "I32", 1, 4, false},      {27, "I64", 1, 8, false},
-    {28, "F64", 1, 8, false},     {30, "BF16", 1, 2, true},
+    {14, "Q6_K", 256, 210, true}, {15, "Q8_K", 256, 292, false}, {16, "IQ2_XXS", 256, 66, false},
+    {17, "IQ2_XS", 256, 74, false}, {18, "IQ3_XXS", 256, 98, false}, {19, "IQ1_S", 256, 50, false},
+    {20, "IQ4_NL", 32, 18, true}, {21, "IQ3_S", 256, 110, false}, {22, "IQ2_S", 256, 82, false},
+    {23, "IQ4_XS", 256, 136, true}, {24, "I8", 1, 1, false},     {25, "I16", 1, 2, false},
+    {26, "I32", 1, 4, false},     {27, "I64", 1, 8, false},      {28, "F64", 1, 8, false},
+    {29, "IQ1_M", 256, 56, false}, {30, "BF16", 1, 2, true},     {34, "TQ1_0", 256, 54, false},
+    {35, "TQ2_0", 256, 66, false},
 };
 
 std::uint16_t u16(const std::uint8_t* p) {
@@ -40,8 +44,8 @@ void q8_0(const std::uint8_t* b, float* y) {  // fp16 d, int8 q[32]: x = d q
 }
 
 // Q4_0, Q4_1, Q5_0, Q5_1: d q + m with q's fifth bit from qh (Q5) and m = -8 d, -16 d (Q4_0,
-// Q5_0: exactly ggml's d (q - 8), d (q - 16)); the CPU kernels' own value function (cpu/quant.hpp),
-// so the fixture test checks theirs too.
+// Q5_0: exactly ggml's d (q - 8), d (q - 16)); IQ4_NL: d times q's level (kvalues_iq4nl). The CPU
+// kernels' own value function (cpu/quant.hpp), so the fixture test checks theirs too.
 template <class Block>
 void nibbles(const std::uint8_t* b, float* y) {
   Block blk;
@@ -102,6 +106,14 @@ void k4(const std::uint8_t* b, float* y) {
   Block blk;
   std::memcpy(&blk, b, sizeof blk);
   for (int i = 0; i < 256; ++i) y[i] = cpu::k4_value(blk, i);
+}
+
+// IQ4_XS: fp16 d, the 8 sub-blocks' 6-bit scales ls (scales_h, scales_l), 4-bit q[256]: x = d (ls - 32)
+// times q's level; the CPU kernels' own iq4_xs_value.
+void iq4_xs(const std::uint8_t* b, float* y) {
+  cpu::BlockIQ4_XS blk;
+  std::memcpy(&blk, b, sizeof blk);
+  for (int i = 0; i < 256; ++i) y[i] = cpu::iq4_xs_value(blk, i);
 }
 
 // Q6_K: low 4 bits ql[128], high 2 bits qh[64], int8 scales[16] (one per 16 values), fp16 d:
@@ -189,6 +201,8 @@ void dequantize_row(std::uint32_t type, const std::uint8_t* src, float* dst, std
     case GgmlType::Q4_K: return blocks(k4<cpu::BlockQ4_K>, 256, 144);
     case GgmlType::Q5_K: return blocks(k4<cpu::BlockQ5_K>, 256, 176);
     case GgmlType::Q6_K: return blocks(q6_k, 256, 210);
+    case GgmlType::IQ4_NL: return blocks(nibbles<cpu::BlockIQ4_NL>, 32, 18);
+    case GgmlType::IQ4_XS: return blocks(iq4_xs, 256, 136);
   }
   throw std::invalid_argument(fmt::format("tensor type {} is not supported; supported: {}", ggml_type_name(type),
                                           ggml_decoded_type_names()));

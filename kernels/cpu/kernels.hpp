@@ -44,6 +44,11 @@ void matmul(float* y, const float* x, const PackedQ5_1& w, int rows, int in, int
 void matmul(float* y, const float* x, const PackedQ4_K& w, int rows, int in, int out);
 // w as Q5_K blocks (pack_q5_k), 0.70 bytes a weight: as Q4_K, each sub-block a Q5_1 block.
 void matmul(float* y, const float* x, const PackedQ5_K& w, int rows, int in, int out);
+// w as IQ4_NL blocks (pack_nibbles) or IQ4_XS blocks (pack_iq4_xs), 0.5625 and 0.54 bytes a
+// weight: each q's int8 level (kIQ4Levels) times x's Q8_0 values, summed exactly, times d_w d_x
+// (IQ4_XS: d (ls - 32) per 32 values). The same contract as above.
+void matmul(float* y, const float* x, const PackedIQ4_NL& w, int rows, int in, int out);
+void matmul(float* y, const float* x, const PackedIQ4_XS& w, int rows, int in, int out);
 // w as Q6_K blocks (pack_q6_k), 0.82 bytes a weight: each 32-value sub-block's two 16-value halves,
 // d sc_g times the exact int sums of (q - 32) q_x, times d_x. The same contract as above.
 void matmul(float* y, const float* x, const PackedQ6_K& w, int rows, int in, int out);

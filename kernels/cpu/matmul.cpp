@@ -64,7 +64,13 @@ template <class Tile>
 
 // The K-quants' packed matrices: 256-value super-blocks, 8 rows a group.
 template <class W>
-constexpr bool kKQuant = std::is_same_v<W, PackedQ4_K> || std::is_same_v<W, PackedQ5_K> || std::is_same_v<W, PackedQ6_K>;
+constexpr bool kKQuant = std::is_same_v<W, PackedQ4_K> || std::is_same_v<W, PackedQ5_K> || std::is_same_v<W, PackedQ6_K> ||
+                        std::is_same_v<W, PackedIQ4_XS>;
+// The 32-value blocks' packed matrices (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL).
+template <class W>
+constexpr bool kPackedNibbles = false;
+template <class Block>
+constexpr bool kPackedNibbles<PackedNibbles<Block>> = true;
 
 // x's rows as Q8_0 blocks, and each block's d * sum(q): what a Q4_1 block's offset m multiplies
 // (ggml's block_q8_1 carries the same sum).
@@ -209,39 +215,55 @@ inline __m256i fifth_bits(std::uint32_t bits) {
   return _mm256_and_si256(at4, _mm256_set1_epi8(0x10));
 }
 
-// The exact int32 dot products of one group block's 8 rows (qs: 128 bytes in chunk order; Five:
-// plus qh's fifth bits) with R rows of x's blocks, xb[r * x_stride]: lane j of dot[r] is row j's.
-template <int R, bool Five>
+// What a group's nibbles are: unsigned 4-bit q, 5-bit q with qh's fifth bits, or IQ4's levels.
+enum class Nibbles { u4, u5, iq4 };
+template <class Block>
+inline constexpr Nibbles kNibblesOf = kFiveBit<Block> ? Nibbles::u5 : kLevels<Block> ? Nibbles::iq4 : Nibbles::u4;
+
+// The exact int32 dot products of one group block's 8 rows (qs: 128 bytes in chunk order; u5: plus
+// qh's fifth bits) with R rows of x's blocks, xb[r * x_stride]: lane j of dot[r] is row j's. IQ4's
+// levels are signed: vpshufb looks 32 of them up at once, then |w| times x with w's sign, as Q8_0
+// (a pair sum reaches 32258, so each goes to int32 at once).
+template <int R, Nibbles N>
 [[gnu::always_inline]] inline void group_dots(__m256i* dot, const std::uint8_t* qs, const std::uint8_t* qh, const BlockQ8_0* xb,
                                               std::size_t x_stride) {
   const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
-  __m256i sum[R], wide[R], h = _mm256_setzero_si256();
-  if constexpr (Five) h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
+  __m256i sum[R], wide[R], h = _mm256_setzero_si256(), levels = _mm256_setzero_si256();
+  if constexpr (N == Nibbles::u5) h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
+  if constexpr (N == Nibbles::iq4) levels = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIQ4Levels)));
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) sum[r] = wide[r] = _mm256_setzero_si256();
 #pragma GCC unroll 4
   for (int k = 0; k < 4; ++k) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * k));
     __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-    if constexpr (Five) {
+    if constexpr (N == Nibbles::u5) {
       lo = _mm256_or_si256(lo, fifth_bit_at(h, 2 * k));
       hi = _mm256_or_si256(hi, fifth_bit_at(h, 2 * k + 1));
     }
+    if constexpr (N == Nibbles::iq4) lo = _mm256_shuffle_epi8(levels, lo), hi = _mm256_shuffle_epi8(levels, hi);
+    const __m256i lo_abs = N == Nibbles::iq4 ? _mm256_sign_epi8(lo, lo) : lo, hi_abs = N == Nibbles::iq4 ? _mm256_sign_epi8(hi, hi) : hi;
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       std::int32_t xlo, xhi;
       std::memcpy(&xlo, xb[std::size_t(r) * x_stride].qs + 4 * k, 4);
       std::memcpy(&xhi, xb[std::size_t(r) * x_stride].qs + 16 + 4 * k, 4);
+      if constexpr (N == Nibbles::iq4) {
+        const __m256i plo = _mm256_maddubs_epi16(lo_abs, _mm256_sign_epi8(_mm256_set1_epi32(xlo), lo));
+        const __m256i phi = _mm256_maddubs_epi16(hi_abs, _mm256_sign_epi8(_mm256_set1_epi32(xhi), hi));
+        wide[r] = _mm256_add_epi32(wide[r], _mm256_add_epi32(_mm256_madd_epi16(plo, ones), _mm256_madd_epi16(phi, ones)));
+        continue;
+      }
       sum[r] = _mm256_add_epi16(sum[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xlo)),
                                                          _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xhi))));
-      if (Five && k % 2 == 1) {  // 4 pair sums of 5-bit q: at most 31496, then to int32
+      if (N == Nibbles::u5 && k % 2 == 1) {  // 4 pair sums of 5-bit q: at most 31496, then to int32
         wide[r] = _mm256_add_epi32(wide[r], _mm256_madd_epi16(sum[r], ones));
         sum[r] = _mm256_setzero_si256();
       }
     }
   }
 #pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) dot[r] = Five ? wide[r] : _mm256_madd_epi16(sum[r], ones);
+  for (int r = 0; r < R; ++r) dot[r] = N == Nibbles::u4 ? _mm256_madd_epi16(sum[r], ones) : wide[r];
 }
 
 template <int R, class Block>
@@ -257,13 +279,12 @@ void group_nibbles_q8(float* y, const Q8Rows& x, const typename GroupOf<Block>::
     const std::uint8_t* qh = nullptr;
     if constexpr (kFiveBit<Block>) qh = g[b].qh;
     __m256i dot[R];
-    group_dots<R, kFiveBit<Block>>(dot, g[b].qs, qh, xr + b, std::size_t(nb));
+    group_dots<R, kNibblesOf<Block>>(dot, g[b].qs, qh, xr + b, std::size_t(nb));
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].d)));
-    const __m256 mw = group_offsets(g[b], dw);
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), _mm256_mul_ps(dw, _mm256_set1_ps(q8_d(xr[std::size_t(r) * nb + b]))), acc[r]);
-      acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sr[std::size_t(r) * nb + b]), acc[r]);
+      if constexpr (!kLevels<Block>) acc[r] = _mm256_fmadd_ps(group_offsets(g[b], dw), _mm256_set1_ps(sr[std::size_t(r) * nb + b]), acc[r]);
     }
   }
 #pragma GCC unroll 4
@@ -289,11 +310,14 @@ void row_nibbles_q8(float* y, const Q8Rows& x, const Block* wr, int nb, int out,
       std::memcpy(&qh, wr[b].qh, 4);
       wq = _mm256_or_si256(wq, fifth_bits(qh));
     }
+    if constexpr (kLevels<Block>)  // the signed levels: |w| times x with w's sign, as Q8_0
+      wq = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIQ4Levels))), wq);
     const float dw = _cvtsh_ss(wr[b].d.bits), mw = nibble_offset(wr[b]);
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       const BlockQ8_0& xb = xr[std::size_t(r) * nb + b];
-      const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, q8_bytes(xb)), ones));
+      const __m256 dot = kLevels<Block> ? q8_pair_sums(_mm256_sign_epi8(wq, wq), wq, q8_bytes(xb))
+                                        : _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, q8_bytes(xb)), ones));
       acc[r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dw * q8_d(xb)), acc[r]);
       offset[r] += mw * sr[std::size_t(r) * nb + b];
     }
@@ -345,13 +369,40 @@ void group_k_q8(float* y, const Q8Rows& x, const G* g, int nbk, int out, int o, 
       const std::uint8_t* qh = nullptr;
       if constexpr (kFive) qh = g[b].qh[s];
       __m256i dot[R];
-      group_dots<R, kFive>(dot, g[b].qs[s], qh, xr + xb, std::size_t(nb));
+      group_dots<R, kFive ? Nibbles::u5 : Nibbles::u4>(dot, g[b].qs[s], qh, xr + xb, std::size_t(nb));
       const __m256 dw = _mm256_mul_ps(d, bytes_as_floats(g[b].sc[s])), mw = _mm256_mul_ps(dmin, bytes_as_floats(g[b].m[s]));
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), _mm256_mul_ps(dw, _mm256_set1_ps(q8_d(xr[std::size_t(r) * nb + xb]))), acc[r]);
         acc[r] = _mm256_fnmadd_ps(mw, _mm256_set1_ps(sr[std::size_t(r) * nb + xb]), acc[r]);
       }
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + std::size_t(r0 + r) * out + o, acc[r]);
+}
+
+// ---- IQ4_XS x Q8_0 (dtype native on a GGUF's IQ4_XS tensors) ------------------------------------
+// Each 32-value sub-block s is an IQ4_NL block with scale d (ls_s - 32) (exact in fp32), against x's
+// Q8_0 block at the same place: group_dots' int32 sums of levels times x, then one scaling.
+template <int R>
+void group_k_q8(float* y, const Q8Rows& x, const GroupIQ4_XS* g, int nbk, int out, int o, int r0) {
+  const int nb = nbk * 8;
+  __m256 acc[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const BlockQ8_0* xr = x.q + std::size_t(r0) * nb;
+  for (int b = 0; b < nbk; ++b) {
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].d)));
+    for (int s = 0; s < 8; ++s) {
+      for (int c = 0; c < 2; ++c) _mm_prefetch(reinterpret_cast<const char*>(g[b].qs[s]) + 2048 + 64 * c, _MM_HINT_T1);
+      const int xb = 8 * b + s;
+      __m256i dot[R];
+      group_dots<R, Nibbles::iq4>(dot, g[b].qs[s], nullptr, xr + xb, std::size_t(nb));
+      const __m256 dw = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g[b].sc[s])))));
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r)
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), _mm256_mul_ps(dw, _mm256_set1_ps(q8_d(xr[std::size_t(r) * nb + xb]))), acc[r]);
     }
   }
 #pragma GCC unroll 4
@@ -802,8 +853,7 @@ template <class W>
 void matmul_block(float* y, const float* x, const W* w, int rows, int in, int out, int o0, int o1) {
 #if defined(ABLATE_FEW_ROWS)
   // (Q8_0 and the 4- and 5-bit blocks with few rows multiply int8 inputs: matmul_block on Q8_0 x, above.)
-  if constexpr (!std::is_same_v<W, PackedQ8_0> && !std::is_same_v<W, PackedQ4_1> && !std::is_same_v<W, PackedQ4_0> &&
-                !std::is_same_v<W, PackedQ5_0> && !std::is_same_v<W, PackedQ5_1> && !kKQuant<W>)
+  if constexpr (!std::is_same_v<W, PackedQ8_0> && !kPackedNibbles<W> && !kKQuant<W>)
     if (rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
 #endif
   constexpr int kPanel = 64;  // rows of w widened at once: 64 x in floats stay in L2
@@ -936,7 +986,7 @@ void matmul(float* y, const float* x, const PackedQ8_0& w, int rows, int in, int
 }
 
 namespace {
-// Weights of 4 to 6 bits (PackedNibbles, PackedQ4_K, PackedQ5_K, PackedQ6_K) times x's rows as Q8_0 blocks.
+// Weights of 4 to 6 bits (PackedNibbles, PackedQ4_K, PackedQ5_K, PackedIQ4_XS, PackedQ6_K) times x's rows as Q8_0 blocks.
 template <class W>
 void matmul_low_bit(float* y, const float* x, const W& w, int rows, int in, int out) {
   if (w.in != in || w.out != out) throw std::invalid_argument("matmul: the 4- to 6-bit matrix is not [out][in]");
@@ -948,7 +998,8 @@ void matmul_low_bit(float* y, const float* x, const W& w, int rows, int in, int 
   if (rows <= kFewRows) {
     thread_local std::vector<float> xs;  // d * sum(q) of each of x's blocks (what an offset m multiplies)
     xs.resize(xq.size());
-    constexpr bool kOffsets = !std::is_same_v<W, PackedQ6_K>;  // Q6_K's -32 lives in its int sums
+    // Q6_K's -32 lives in its int sums; the IQ4 levels have no offset.
+    constexpr bool kOffsets = !std::is_same_v<W, PackedQ6_K> && !std::is_same_v<W, PackedIQ4_XS> && !std::is_same_v<W, PackedIQ4_NL>;
     for (std::size_t i = 0; kOffsets && i < xq.size(); ++i) {
       int sum = 0;
       for (int v : xq[i].qs) sum += v;
@@ -972,6 +1023,8 @@ void matmul(float* y, const float* x, const PackedQ5_0& w, int rows, int in, int
 void matmul(float* y, const float* x, const PackedQ5_1& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const PackedQ4_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const PackedQ5_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedIQ4_NL& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedIQ4_XS& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const PackedQ6_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 
 }  // namespace ablate::cpu

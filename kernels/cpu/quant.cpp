@@ -47,6 +47,15 @@ NibblePlace nibble_place(int j, int i) {
 }
 // The bit of a group's qh[p] that holds that value's fifth bit (the 5-bit groups).
 int fifth_bit(NibblePlace at) { return 2 * at.k + at.high; }
+// Value i (< 32) of row j's sub-block in a group's 128 bytes of nibbles (qs), as a Q4_1 block's.
+void put_nibble(std::uint8_t* qs, int j, int i, int q) {
+  std::uint8_t& byte = qs[q8_0x8_index(j, i % 16)];
+  byte = std::uint8_t(i >= 16 ? (byte & 0x0F) | (q & 0x0F) << 4 : (byte & 0xF0) | (q & 0x0F));
+}
+int get_nibble(const std::uint8_t* qs, int j, int i) {
+  const std::uint8_t byte = qs[q8_0x8_index(j, i % 16)];
+  return i >= 16 ? byte >> 4 : byte & 0x0F;
+}
 }  // namespace
 
 template <class Block>
@@ -100,7 +109,7 @@ Block PackedNibbles<Block>::block(int o, int b) const {
   return r;
 }
 
-#define ABLATE_NIBBLE_TYPES(X) X(BlockQ4_0) X(BlockQ4_1) X(BlockQ5_0) X(BlockQ5_1)
+#define ABLATE_NIBBLE_TYPES(X) X(BlockQ4_0) X(BlockQ4_1) X(BlockQ5_0) X(BlockQ5_1) X(BlockIQ4_NL)
 #define ABLATE_INSTANTIATE(B)                                                              \
   template PackedNibbles<B> pack_nibbles(const std::vector<B>&, int, int);                 \
   template B PackedNibbles<B>::block(int, int) const;
@@ -134,10 +143,11 @@ PackedK<Group> pack_k4(const std::vector<Block>& blocks, int out, int in) {
         g.sc[s][j] = std::uint8_t(sc), g.m[s][j] = std::uint8_t(m);
         for (int i = 0; i < kQ8Block; ++i) {
           const int q = k4_q(src, 32 * s + i);
-          const NibblePlace at = nibble_place(j, i);
-          std::uint8_t& byte = g.qs[s][q8_0x8_index(j, i % 16)];  // as a Q4_1 block: values i and i + 16
-          byte = std::uint8_t(at.high ? (byte & 0x0F) | (q & 0x0F) << 4 : (byte & 0xF0) | (q & 0x0F));
-          if constexpr (kK4FiveBit<Block>) g.qh[s][at.p] |= std::uint8_t((q >> 4) << fifth_bit(at));
+          put_nibble(g.qs[s], j, i, q);
+          if constexpr (kK4FiveBit<Block>) {
+            const NibblePlace at = nibble_place(j, i);
+            g.qh[s][at.p] |= std::uint8_t((q >> 4) << fifth_bit(at));
+          }
         }
       }
     }
@@ -150,8 +160,7 @@ void k4_values(const Group& g, int j, float* dst) {
   for (int s = 0; s < 8; ++s)
     for (int i = 0; i < kQ8Block; ++i) {
       const NibblePlace at = nibble_place(j, i);
-      const std::uint8_t byte = g.qs[s][q8_0x8_index(j, i % 16)];
-      int q = at.high ? byte >> 4 : byte & 0x0F;
+      int q = get_nibble(g.qs[s], j, i);
       if constexpr (std::is_same_v<Group, GroupQ5_K>) q |= (g.qh[s][at.p] >> fifth_bit(at) & 1) << 4;
       dst[32 * s + i] = d * float(g.sc[s][j]) * float(q) - dmin * float(g.m[s][j]);
     }
@@ -176,6 +185,36 @@ void PackedQ5_K::values(int o, int b, float* dst) const {
   k4_values(groups[std::size_t(o / 8) * (in / kQ4KBlock) + b], o % 8, dst);
 }
 
+PackedIQ4_XS pack_iq4_xs(const std::vector<BlockIQ4_XS>& blocks, int out, int in) {
+  check_k_shape("pack_iq4_xs", blocks.size(), out, in);
+  PackedIQ4_XS p;
+  p.out = out, p.in = in;
+  const int nb = in / kQ4KBlock;
+  p.groups.resize(std::size_t((out + 7) / 8) * nb);  // value-initialized: the padding rows are zero
+  for (int o = 0; o < out; ++o)
+    for (int b = 0; b < nb; ++b) {
+      const BlockIQ4_XS& src = blocks[std::size_t(o) * nb + b];
+      GroupIQ4_XS& g = p.groups[std::size_t(o / 8) * nb + b];
+      const int j = o % 8;
+      g.d[j] = src.d;
+      for (int s = 0; s < 8; ++s) {
+        g.sc[s][j] = std::int8_t(iq4_xs_scale(src, s));
+        for (int i = 0; i < kQ8Block; ++i) put_nibble(g.qs[s], j, i, iq4_xs_q(src, 32 * s + i));
+      }
+    }
+  return p;
+}
+
+template <>
+void PackedIQ4_XS::values(int o, int b, float* dst) const {
+  const GroupIQ4_XS& g = groups[std::size_t(o / 8) * (in / kQ4KBlock) + b];
+  const int j = o % 8;
+  for (int s = 0; s < 8; ++s) {
+    const float dl = to_float(g.d[j]) * float(g.sc[s][j]);
+    for (int i = 0; i < kQ8Block; ++i) dst[32 * s + i] = dl * float(kIQ4Levels[get_nibble(g.qs[s], j, i)]);
+  }
+}
+
 PackedQ6_K pack_q6_k(const std::vector<BlockQ6_K>& blocks, int out, int in) {
   check_k_shape("pack_q6_k", blocks.size(), out, in);
   PackedQ6_K p;
@@ -193,8 +232,7 @@ PackedQ6_K pack_q6_k(const std::vector<BlockQ6_K>& blocks, int out, int in) {
         for (int i = 0; i < kQ8Block; ++i) {
           const int q = q6_k_q(src, 32 * s + i);
           const NibblePlace at = nibble_place(j, i);
-          std::uint8_t& byte = g.qs[s][q8_0x8_index(j, i % 16)];
-          byte = std::uint8_t(at.high ? (byte & 0x0F) | (q & 0x0F) << 4 : (byte & 0xF0) | (q & 0x0F));
+          put_nibble(g.qs[s], j, i, q);
           g.qh[s][at.k % 2][at.p] |= std::uint8_t((q >> 4) << (4 * (at.k / 2) + 2 * at.high));
         }
     }
@@ -209,8 +247,7 @@ void PackedQ6_K::values(int o, int b, float* dst) const {
   for (int s = 0; s < 8; ++s)
     for (int i = 0; i < kQ8Block; ++i) {
       const NibblePlace at = nibble_place(j, i);
-      const std::uint8_t byte = g.qs[s][q8_0x8_index(j, i % 16)];
-      int q = at.high ? byte >> 4 : byte & 0x0F;
+      int q = get_nibble(g.qs[s], j, i);
       q |= (g.qh[s][at.k % 2][at.p] >> (4 * (at.k / 2) + 2 * at.high) & 3) << 4;
       dst[32 * s + i] = d * float(g.sc[(32 * s + i) / 16][j]) * float(q - 32);
     }

@@ -128,12 +128,22 @@ struct BlockQ5_1 {
   std::uint8_t qh[4];
   std::uint8_t qs[16];
 };
-static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24,
-              "the blocks are 18, 20, 22 and 24 bytes, as in GGUF");
+// IQ4_NL: Q4_0's 18 bytes, but each 4-bit q picks one of 16 non-uniform int8 levels (ggml's
+// kvalues_iq4nl): value = d * kIQ4Levels[q], one rounding, as ggml dequantizes.
+struct BlockIQ4_NL {
+  Half d;
+  std::uint8_t qs[16];
+};
+inline constexpr std::int8_t kIQ4Levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24 &&
+                  sizeof(BlockIQ4_NL) == 18,
+              "the blocks are 18, 20, 22, 24 and 18 bytes, as in GGUF");
 template <class Block>
 inline constexpr bool kHasOffset = std::is_same_v<Block, BlockQ4_1> || std::is_same_v<Block, BlockQ5_1>;
 template <class Block>
 inline constexpr bool kFiveBit = std::is_same_v<Block, BlockQ5_0> || std::is_same_v<Block, BlockQ5_1>;
+template <class Block>
+inline constexpr bool kLevels = std::is_same_v<Block, BlockIQ4_NL>;  // q indexes kIQ4Levels
 
 inline int q4_nibble(const std::uint8_t* qs, int i) { return i < 16 ? qs[i] & 0x0F : qs[i - 16] >> 4; }
 template <class Block>
@@ -146,14 +156,24 @@ int block_q(const Block& b, int i) {
     return q4_nibble(b.qs, i);
   }
 }
-// A block's offset m: value i = d * q_i + m.
+// The integer a block's value i is d times (plus m): q, or IQ4_NL's level kIQ4Levels[q].
+template <class Block>
+int block_w(const Block& b, int i) {
+  if constexpr (kLevels<Block>) return kIQ4Levels[block_q(b, i)];
+  else return block_q(b, i);
+}
+// A block's offset m: value i = d * block_w(b, i) + m (none for IQ4_NL).
 template <class Block>
 float nibble_offset(const Block& b) {
   if constexpr (kHasOffset<Block>) return to_float(b.m);
+  else if constexpr (kLevels<Block>) return 0.0f;
   else return (kFiveBit<Block> ? -16.0f : -8.0f) * to_float(b.d);
 }
 template <class Block>
-float nibble_value(const Block& b, int i) { return float(block_q(b, i)) * to_float(b.d) + nibble_offset(b); }
+float nibble_value(const Block& b, int i) {
+  if constexpr (kLevels<Block>) return to_float(b.d) * float(block_w(b, i));
+  else return float(block_q(b, i)) * to_float(b.d) + nibble_offset(b);
+}
 
 // rows x in values (in a multiple of 32) as Q4_1 blocks by ggml's rule: per block d = (max - min) / 15,
 // m = min, q = min(15, int((x - min) / d + 0.5)) (the benchmarks' and tests' Q4_1 matrices).
@@ -188,13 +208,19 @@ struct GroupQ5_1 {
   std::uint8_t qh[32];
   std::uint8_t qs[8 * 16];
 };
+struct GroupIQ4_NL {
+  Half d[8];
+  std::uint8_t qs[8 * 16];  // as GroupQ4_0's; the kernel looks each q's level up
+};
 template <class Block> struct GroupOf;
+template <> struct GroupOf<BlockIQ4_NL> { using type = GroupIQ4_NL; };
 template <> struct GroupOf<BlockQ4_0> { using type = GroupQ4_0; };
 template <> struct GroupOf<BlockQ4_1> { using type = GroupQ4_1; };
 template <> struct GroupOf<BlockQ5_0> { using type = GroupQ5_0; };
 template <> struct GroupOf<BlockQ5_1> { using type = GroupQ5_1; };
 static_assert(sizeof(GroupQ4_0) == 8 * sizeof(BlockQ4_0) && sizeof(GroupQ4_1) == 8 * sizeof(BlockQ4_1) &&
-                  sizeof(GroupQ5_0) == 8 * sizeof(BlockQ5_0) && sizeof(GroupQ5_1) == 8 * sizeof(BlockQ5_1),
+                  sizeof(GroupQ5_0) == 8 * sizeof(BlockQ5_0) && sizeof(GroupQ5_1) == 8 * sizeof(BlockQ5_1) &&
+                  sizeof(GroupIQ4_NL) == 8 * sizeof(BlockIQ4_NL),
               "a group block holds 8 blocks' bytes");
 
 template <class Block>
@@ -211,6 +237,7 @@ using PackedQ4_0 = PackedNibbles<BlockQ4_0>;
 using PackedQ4_1 = PackedNibbles<BlockQ4_1>;
 using PackedQ5_0 = PackedNibbles<BlockQ5_0>;
 using PackedQ5_1 = PackedNibbles<BlockQ5_1>;
+using PackedIQ4_NL = PackedNibbles<BlockIQ4_NL>;
 
 // blocks: [out][in / 32], row-major, as a GGUF tensor of that type lies. Throws
 // std::invalid_argument unless in is a positive multiple of 32 and blocks.size() == out * in / 32.
@@ -283,7 +310,7 @@ struct GroupQ5_K {
 };
 static_assert(sizeof(GroupQ4_K) == 8 * 148 && sizeof(GroupQ5_K) == 8 * 180, "Q4_K and Q5_K group blocks are 8 rows of 148 and 180 bytes");
 
-// The K-quants' rows held 8 a group (GroupQ4_K, GroupQ5_K, GroupQ6_K).
+// The 256-value super-blocks' rows held 8 a group (GroupQ4_K, GroupQ5_K, GroupIQ4_XS, GroupQ6_K).
 template <class Group>
 struct PackedK {
   int out = 0, in = 0;        // in: a multiple of 256
@@ -302,6 +329,42 @@ template <> void PackedQ5_K::values(int o, int b, float* dst) const;
 // is a positive multiple of 256 and blocks.size() == out * in / 256.
 PackedQ4_K pack_q4_k(const std::vector<BlockQ4_K>& blocks, int out, int in);
 PackedQ5_K pack_q5_k(const std::vector<BlockQ5_K>& blocks, int out, int in);
+
+// ---- IQ4_XS (dtype native: the 4.25-bit type of IQ4_XS files) -----------------------------------
+// ggml's block_iq4_xs: 256 values in 8 sub-blocks of 32, value = (d (ls_s - 32)) kIQ4Levels[q] with
+// 4-bit q (sub-block s's 16 bytes at qs[16 s], values i and i + 16 in byte i as a Q4_0 block's) and a
+// 6-bit ls_s (low 4 bits in scales_l, high 2 in scales_h).
+struct BlockIQ4_XS {
+  Half d;
+  std::uint16_t scales_h;
+  std::uint8_t scales_l[4];
+  std::uint8_t qs[128];
+};
+static_assert(sizeof(BlockIQ4_XS) == 136, "IQ4_XS blocks are 136 bytes, as in GGUF");
+inline int iq4_xs_scale(const BlockIQ4_XS& b, int s) {  // ls_s - 32
+  return (((b.scales_l[s / 2] >> (4 * (s % 2))) & 0xF) | (((b.scales_h >> (2 * s)) & 3) << 4)) - 32;
+}
+inline int iq4_xs_q(const BlockIQ4_XS& b, int i) { return q4_nibble(b.qs + 16 * (i / 32), i % 32); }
+// Value i as ggml dequantizes it: dl = d (ls - 32), then dl times the level, each rounded once.
+inline float iq4_xs_value(const BlockIQ4_XS& b, int i) {
+  const float dl = to_float(b.d) * float(iq4_xs_scale(b, i / 32));
+  return dl * float(kIQ4Levels[iq4_xs_q(b, i)]);
+}
+
+// IQ4_XS rows as the CPU matmul holds them: 8 rows a group, each sub-block's q in the 4-bit groups'
+// chunk order (qs[s]), its scale ls - 32 unpacked to an int8 so that 8 rows' load at once: 138 bytes
+// a row's block instead of 136.
+struct GroupIQ4_XS {
+  Half d[8];                   // row j's super-block scale
+  std::int8_t sc[8][8];        // [s][j]: ls_s - 32, row j
+  std::uint8_t qs[8][8 * 16];  // [s][q8_0x8_index(j, i)]: byte i of row j's sub-block s
+};
+static_assert(sizeof(GroupIQ4_XS) == 8 * 138, "an IQ4_XS group block is 8 rows of 138 bytes");
+using PackedIQ4_XS = PackedK<GroupIQ4_XS>;
+template <> void PackedIQ4_XS::values(int o, int b, float* dst) const;
+
+// blocks: [out][in / 256], as a GGUF IQ4_XS tensor lies; the same contract as pack_q4_k.
+PackedIQ4_XS pack_iq4_xs(const std::vector<BlockIQ4_XS>& blocks, int out, int in);
 
 // ---- Q6_K (dtype native: the K-quant of a Q4_K_M file's attn_v and half its ffn_down) ------------
 // ggml's block_q6_K: 256 values, value = d sc_g (q - 32) with 6-bit q (low 4 bits in ql, high 2 in

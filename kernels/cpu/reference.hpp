@@ -55,12 +55,12 @@ inline void matmul(float* y, const float* x, const cpu::BlockQ8_0* w, int rows, 
     }
 }
 
-// w as Q4_0, Q4_1, Q5_0 or Q5_1 blocks ([out][in / 32]): x's rows quantized to Q8_0 blocks, then
-// per block pair d_w d_x sum(q_w q_x) + m_w d_x sum(q_x), Q4_0's m_w being -8 d_w and Q5_0's -16 d_w
-// (cpu::matmul's products).
+// w as Q4_0, Q4_1, Q5_0, Q5_1 or IQ4_NL blocks ([out][in / 32]): x's rows quantized to Q8_0 blocks,
+// then per block pair d_w d_x sum(w_w q_x) + m_w d_x sum(q_x) with w_w = q_w (IQ4_NL: q_w's level,
+// no m_w), Q4_0's m_w being -8 d_w and Q5_0's -16 d_w (cpu::matmul's products).
 template <class Block>
   requires std::is_same_v<Block, cpu::BlockQ4_0> || std::is_same_v<Block, cpu::BlockQ4_1> ||
-           std::is_same_v<Block, cpu::BlockQ5_0> || std::is_same_v<Block, cpu::BlockQ5_1>
+           std::is_same_v<Block, cpu::BlockQ5_0> || std::is_same_v<Block, cpu::BlockQ5_1> || std::is_same_v<Block, cpu::BlockIQ4_NL>
 void matmul(float* y, const float* x, const Block* w, int rows, int in, int out) {
   const int nb = in / cpu::kQ8Block;
   const std::vector<cpu::BlockQ8_0> xq = cpu::quantize_q8_0(x, rows, in);
@@ -71,7 +71,7 @@ void matmul(float* y, const float* x, const Block* w, int rows, int in, int out)
         const Block& wb = w[std::size_t(o) * nb + b];
         const cpu::BlockQ8_0& xb = xq[std::size_t(r) * nb + b];
         long dot = 0, sum = 0;
-        for (int i = 0; i < cpu::kQ8Block; ++i) dot += long(cpu::block_q(wb, i)) * xb.qs[i], sum += xb.qs[i];
+        for (int i = 0; i < cpu::kQ8Block; ++i) dot += long(cpu::block_w(wb, i)) * xb.qs[i], sum += xb.qs[i];
         acc += (double(dot) * cpu::to_float(wb.d) + double(sum) * cpu::nibble_offset(wb)) * cpu::to_float(xb.d);
       }
       y[std::size_t(r) * out + o] = float(acc);
@@ -97,6 +97,27 @@ void matmul(float* y, const float* x, const Block* w, int rows, int in, int out)
           long dot = 0, sum = 0;
           for (int i = 0; i < cpu::kQ8Block; ++i) dot += long(cpu::k4_q(wb, 32 * s + i)) * xb.qs[i], sum += xb.qs[i];
           acc += (double(dot) * cpu::to_float(wb.d) * sc - double(sum) * cpu::to_float(wb.dmin) * m) * cpu::to_float(xb.d);
+        }
+      }
+      y[std::size_t(r) * out + o] = float(acc);
+    }
+}
+
+// w as IQ4_XS blocks ([out][in / 256]): x's rows quantized to Q8_0 blocks, then per 32-value sub-block
+// s d (ls_s - 32) d_x sum(level(q_w) q_x) (cpu::matmul's products).
+inline void matmul(float* y, const float* x, const cpu::BlockIQ4_XS* w, int rows, int in, int out) {
+  const int nb = in / cpu::kQ8Block, nbk = in / cpu::kQ4KBlock;
+  const std::vector<cpu::BlockQ8_0> xq = cpu::quantize_q8_0(x, rows, in);
+  for (int r = 0; r < rows; ++r)
+    for (int o = 0; o < out; ++o) {
+      double acc = 0.0;
+      for (int b = 0; b < nbk; ++b) {
+        const cpu::BlockIQ4_XS& wb = w[std::size_t(o) * nbk + b];
+        for (int s = 0; s < 8; ++s) {
+          const cpu::BlockQ8_0& xb = xq[std::size_t(r) * nb + 8 * b + s];
+          long dot = 0;
+          for (int i = 0; i < cpu::kQ8Block; ++i) dot += long(cpu::kIQ4Levels[cpu::iq4_xs_q(wb, 32 * s + i)]) * xb.qs[i];
+          acc += double(dot) * cpu::to_float(wb.d) * cpu::iq4_xs_scale(wb, s) * cpu::to_float(xb.d);
         }
       }
       y[std::size_t(r) * out + o] = float(acc);
