@@ -99,6 +99,8 @@ struct MatmulCopies {
   std::vector<cpu::PackedQ4_K> q4k;  // the Q4_1 nibbles as Q4_K sub-blocks, random 6-bit scales (timing only)
   std::vector<cpu::PackedQ6_K> q6k;  // Q6_K blocks of patterned bytes (timing only)
   std::vector<cpu::PackedQ5_K> q5k;  // Q5_K blocks likewise
+  std::vector<cpu::PackedIQ4_XS> iq4xs;  // IQ4_XS blocks likewise
+  std::vector<cpu::PackedIQ4_NL> iq4nl;  // the Q4_1 nibbles as IQ4_NL blocks (timing only)
   // out x in / 256 K-quant blocks of patterned bytes with small fp16 scales (timing only).
   template <class Block>
   static std::vector<Block> patterned(int out, int in) {
@@ -107,7 +109,7 @@ struct MatmulCopies {
       auto* raw = reinterpret_cast<std::uint8_t*>(&blocks[b]);
       for (std::size_t i = 0; i < sizeof blocks[b]; ++i) raw[i] = std::uint8_t(131 * (b + i) + 7);
       blocks[b].d = cpu::to_half(0.001f);
-      if constexpr (!std::is_same_v<Block, cpu::BlockQ6_K>) blocks[b].dmin = cpu::to_half(0.001f);
+      if constexpr (requires { blocks[b].dmin; }) blocks[b].dmin = cpu::to_half(0.001f);
     }
     return blocks;
   }
@@ -149,6 +151,16 @@ struct MatmulCopies {
       q6k.assign(count, cpu::pack_q6_k(patterned<cpu::BlockQ6_K>(out, in), out, in));
     } else if (dtype == 8) {
       q5k.assign(count, cpu::pack_q5_k(patterned<cpu::BlockQ5_K>(out, in), out, in));
+    } else if (dtype == 9) {
+      iq4xs.assign(count, cpu::pack_iq4_xs(patterned<cpu::BlockIQ4_XS>(out, in), out, in));
+    } else if (dtype == 10) {
+      std::vector<cpu::BlockIQ4_NL> blocks;
+      for (const cpu::BlockQ4_1& b : cpu::quantize_q4_1(w, out, in)) {
+        cpu::BlockIQ4_NL z{b.d, {}};
+        std::memcpy(z.qs, b.qs, sizeof z.qs);
+        blocks.push_back(z);
+      }
+      iq4nl.assign(count, cpu::pack_nibbles(blocks, out, in));
     }
   }
 };
@@ -171,7 +183,9 @@ void BM_Matmul(benchmark::State& state) {
       case 5: cpu::matmul(y.data(), x.data(), copies.q40[c], rows, in, out); break;
       case 6: cpu::matmul(y.data(), x.data(), copies.q4k[c], rows, in, out); break;
       case 7: cpu::matmul(y.data(), x.data(), copies.q6k[c], rows, in, out); break;
-      default: cpu::matmul(y.data(), x.data(), copies.q5k[c], rows, in, out); break;
+      case 8: cpu::matmul(y.data(), x.data(), copies.q5k[c], rows, in, out); break;
+      case 9: cpu::matmul(y.data(), x.data(), copies.iq4xs[c], rows, in, out); break;
+      default: cpu::matmul(y.data(), x.data(), copies.iq4nl[c], rows, in, out); break;
     }
     benchmark::DoNotOptimize(y.data());
   }
@@ -182,6 +196,8 @@ void BM_Matmul(benchmark::State& state) {
                        : dtype == 6 ? double(copies.q4k[0].bytes())
                        : dtype == 7 ? double(copies.q6k[0].bytes())
                        : dtype == 8 ? double(copies.q5k[0].bytes())
+                       : dtype == 9 ? double(copies.iq4xs[0].bytes())
+                       : dtype == 10 ? double(copies.iq4nl[0].bytes())
                                     : 2.0 * wn;
   set_rate_counters(state, bytes, 2.0 * rows * wn, bw);
 }
@@ -283,13 +299,13 @@ void BM_AttentionNaive(benchmark::State& state) {
 }
 
 void matmul_args(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0, 4 Q4_1, 5 Q4_0, 6 Q4_K, 7 Q6_K, 8 Q5_K (native)
+  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0, 4 Q4_1, 5 Q4_0, 6 Q4_K, 7 Q6_K, 8 Q5_K, 9 IQ4_XS, 10 IQ4_NL (native)
   const std::pair<int, int> shapes[] = {{kDim, kDim}, {kDim, kKvDim}, {kDim, kHidden}, {kHidden, kDim}, {kDim, kVocab}};
   for (int rows : {1, 5, 16})
-    for (int dtype = 0; dtype < 9; ++dtype)
+    for (int dtype = 0; dtype < 11; ++dtype)
       if (rows != 5 || dtype == 0)
         for (auto [in, out] : shapes)
-          if (dtype < 6 || in % 256 == 0) b->Args({rows, in, out, dtype});  // K-quant rows are 256 values
+          if (dtype < 6 || dtype == 10 || in % 256 == 0) b->Args({rows, in, out, dtype});  // K-quant rows are 256 values
 }
 
 void attention_args(benchmark::internal::Benchmark* b) {
