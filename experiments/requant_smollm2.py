@@ -2,7 +2,7 @@
 """Requantizes models/SmolLM2-135M-Instruct.Q4_1.gguf with llama.cpp's own quantizer into
 models/SmolLM2-135M-Instruct.<TYPE>.requant.gguf (git-ignored): real files of the tensor types
 llama.cpp writes (Q4_K_M: Q5_0, Q8_0, Q4_K and Q6_K on this model, whose 576-wide rows are not
-multiples of 256; Q5_K_M: Q5_1 and Q6_K; Q3_K_M: Q3_K, IQ4_NL, Q4_K, Q5_K...), for checking
+multiples of 256; Q5_K_M: Q5_1, Q5_K and Q6_K; IQ4_XS: IQ4_NL and IQ4_XS; ...), for checking
 ablate's loader and `dtype: native` against them. Requantizing from 4 bits loses quality: these
 files test decoding, not the model.
 
