@@ -101,6 +101,8 @@ struct MatmulCopies {
   std::vector<cpu::PackedQ5_K> q5k;  // Q5_K blocks likewise
   std::vector<cpu::PackedIQ4_XS> iq4xs;  // IQ4_XS blocks likewise
   std::vector<cpu::PackedIQ4_NL> iq4nl;  // the Q4_1 nibbles as IQ4_NL blocks (timing only)
+  std::vector<cpu::PackedQ3_K> q3k;  // Q3_K, Q2_K blocks of patterned bytes
+  std::vector<cpu::PackedQ2_K> q2k;
   // out x in / 256 K-quant blocks of patterned bytes with small fp16 scales (timing only).
   template <class Block>
   static std::vector<Block> patterned(int out, int in) {
@@ -161,6 +163,10 @@ struct MatmulCopies {
         blocks.push_back(z);
       }
       iq4nl.assign(count, cpu::pack_nibbles(blocks, out, in));
+    } else if (dtype == 11) {
+      q3k.assign(count, cpu::pack_q3_k(patterned<cpu::BlockQ3_K>(out, in), out, in));
+    } else if (dtype == 12) {
+      q2k.assign(count, cpu::pack_q2_k(patterned<cpu::BlockQ2_K>(out, in), out, in));
     }
   }
 };
@@ -185,7 +191,9 @@ void BM_Matmul(benchmark::State& state) {
       case 7: cpu::matmul(y.data(), x.data(), copies.q6k[c], rows, in, out); break;
       case 8: cpu::matmul(y.data(), x.data(), copies.q5k[c], rows, in, out); break;
       case 9: cpu::matmul(y.data(), x.data(), copies.iq4xs[c], rows, in, out); break;
-      default: cpu::matmul(y.data(), x.data(), copies.iq4nl[c], rows, in, out); break;
+      case 10: cpu::matmul(y.data(), x.data(), copies.iq4nl[c], rows, in, out); break;
+      case 11: cpu::matmul(y.data(), x.data(), copies.q3k[c], rows, in, out); break;
+      default: cpu::matmul(y.data(), x.data(), copies.q2k[c], rows, in, out); break;
     }
     benchmark::DoNotOptimize(y.data());
   }
@@ -198,6 +206,8 @@ void BM_Matmul(benchmark::State& state) {
                        : dtype == 8 ? double(copies.q5k[0].bytes())
                        : dtype == 9 ? double(copies.iq4xs[0].bytes())
                        : dtype == 10 ? double(copies.iq4nl[0].bytes())
+                       : dtype == 11 ? double(copies.q3k[0].bytes())
+                       : dtype == 12 ? double(copies.q2k[0].bytes())
                                     : 2.0 * wn;
   set_rate_counters(state, bytes, 2.0 * rows * wn, bw);
 }
@@ -299,10 +309,10 @@ void BM_AttentionNaive(benchmark::State& state) {
 }
 
 void matmul_args(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0, 4 Q4_1, 5 Q4_0, 6 Q4_K, 7 Q6_K, 8 Q5_K, 9 IQ4_XS, 10 IQ4_NL (native)
+  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0, 4 Q4_1, 5 Q4_0, 6 Q4_K, 7 Q6_K, 8 Q5_K, 9 IQ4_XS, 10 IQ4_NL, 11 Q3_K, 12 Q2_K (native)
   const std::pair<int, int> shapes[] = {{kDim, kDim}, {kDim, kKvDim}, {kDim, kHidden}, {kHidden, kDim}, {kDim, kVocab}};
   for (int rows : {1, 5, 16})
-    for (int dtype = 0; dtype < 11; ++dtype)
+    for (int dtype = 0; dtype < 13; ++dtype)
       if (rows != 5 || dtype == 0)
         for (auto [in, out] : shapes)
           if (dtype < 6 || dtype == 10 || in % 256 == 0) b->Args({rows, in, out, dtype});  // K-quant rows are 256 values

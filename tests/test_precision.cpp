@@ -287,16 +287,28 @@ template <> struct KQuant<cpu::BlockIQ4_XS> {
   static constexpr std::size_t row_bytes = 138;  // its 6-bit scales unpacked
   static cpu::PackedIQ4_XS pack(const std::vector<cpu::BlockIQ4_XS>& q, int out, int in) { return cpu::pack_iq4_xs(q, out, in); }
 };
+template <> struct KQuant<cpu::BlockQ3_K> {
+  static constexpr GgmlType type = GgmlType::Q3_K;
+  static constexpr std::size_t row_bytes = 114;  // its scales unpacked to a byte each
+  static cpu::PackedQ3_K pack(const std::vector<cpu::BlockQ3_K>& q, int out, int in) { return cpu::pack_q3_k(q, out, in); }
+};
+template <> struct KQuant<cpu::BlockQ2_K> {
+  static constexpr GgmlType type = GgmlType::Q2_K;
+  static constexpr std::size_t row_bytes = 84;  // as in the file
+  static cpu::PackedQ2_K pack(const std::vector<cpu::BlockQ2_K>& q, int out, int in) { return cpu::pack_q2_k(q, out, in); }
+};
 template <class Block>
 auto pack_k(const std::vector<Block>& q, int out, int in) { return KQuant<Block>::pack(q, out, in); }
 inline float k_value(const cpu::BlockQ4_K& b, int i) { return cpu::k4_value(b, i); }
 inline float k_value(const cpu::BlockQ5_K& b, int i) { return cpu::k4_value(b, i); }
 inline float k_value(const cpu::BlockQ6_K& b, int i) { return cpu::q6_k_value(b, i); }
 inline float k_value(const cpu::BlockIQ4_XS& b, int i) { return cpu::iq4_xs_value(b, i); }
+inline float k_value(const cpu::BlockQ3_K& b, int i) { return cpu::q3_k_value(b, i); }
+inline float k_value(const cpu::BlockQ2_K& b, int i) { return cpu::q2_k_value(b, i); }
 }  // namespace
 
 TEMPLATE_TEST_CASE("256-value blocks: packed, they keep every value as ggml decodes it", "[precision][q4_k]",
-                   cpu::BlockQ4_K, cpu::BlockQ5_K, cpu::BlockQ6_K, cpu::BlockIQ4_XS) {
+                   cpu::BlockQ2_K, cpu::BlockQ3_K, cpu::BlockQ4_K, cpu::BlockQ5_K, cpu::BlockQ6_K, cpu::BlockIQ4_XS) {
   std::mt19937 rng(41);
   for (int out : {1, 7, 8, 9, 29})
     for (int in : {256, 768}) {
@@ -318,7 +330,7 @@ TEMPLATE_TEST_CASE("256-value blocks: packed, they keep every value as ggml deco
 }
 
 TEMPLATE_TEST_CASE("matmul with 256-value blocks matches the scalar reference on them", "[precision][q4_k][matmul]",
-                   cpu::BlockQ4_K, cpu::BlockQ5_K, cpu::BlockQ6_K, cpu::BlockIQ4_XS) {
+                   cpu::BlockQ2_K, cpu::BlockQ3_K, cpu::BlockQ4_K, cpu::BlockQ5_K, cpu::BlockQ6_K, cpu::BlockIQ4_XS) {
   std::mt19937 rng(42);
   const std::pair<int, int> shapes[] = {{256, 1}, {256, 13}, {512, 65}, {1536, 64}, {768, 77}};
   for (int rows : {1, 2, 3, 4, 5, 16, 17, 70})  // GEMV, the few-rows tiles and tails, then the widened-panel GEMM

@@ -74,22 +74,6 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(const std::vector<StoredMatrix
     }
     return m;
   }
-  // The encodings with a kernel of their own; the rest (Q2_K, Q3_K) are held in fp32, exactly.
-  // bits_per_weight shows what was held.
-  const bool has_kernel = type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16 || type == GgmlType::Q8_0 ||
-                          type == GgmlType::Q4_0 || type == GgmlType::Q4_1 || type == GgmlType::Q5_0 || type == GgmlType::Q5_1 ||
-                          type == GgmlType::Q4_K || type == GgmlType::Q5_K || type == GgmlType::Q6_K || type == GgmlType::IQ4_NL ||
-                          type == GgmlType::IQ4_XS;
-  if (!has_kernel) {
-    m.f32.resize(rows * in);
-    float* dst = m.f32.data();
-    for (StoredMatrix* p : parts) {
-      dequantize_row(p->ggml_type, p->bytes.data(), dst, p->rows * p->cols);
-      dst += p->rows * p->cols;
-      std::vector<std::uint8_t>().swap(p->bytes);
-    }
-    return m;
-  }
   std::vector<std::uint8_t> bytes;
   for (StoredMatrix* p : parts) {
     bytes.insert(bytes.end(), p->bytes.begin(), p->bytes.end());
@@ -110,6 +94,8 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(const std::vector<StoredMatrix
     case GgmlType::Q4_1: m.q4_1 = cpu::pack_nibbles(as(cpu::BlockQ4_1{}), out, cols); break;
     case GgmlType::Q5_0: m.q5_0 = cpu::pack_nibbles(as(cpu::BlockQ5_0{}), out, cols); break;
     case GgmlType::Q5_1: m.q5_1 = cpu::pack_nibbles(as(cpu::BlockQ5_1{}), out, cols); break;
+    case GgmlType::Q2_K: m.q2_k = cpu::pack_q2_k(as(cpu::BlockQ2_K{}), out, cols); break;
+    case GgmlType::Q3_K: m.q3_k = cpu::pack_q3_k(as(cpu::BlockQ3_K{}), out, cols); break;
     case GgmlType::Q4_K: m.q4_k = cpu::pack_q4_k(as(cpu::BlockQ4_K{}), out, cols); break;
     case GgmlType::Q5_K: m.q5_k = cpu::pack_q5_k(as(cpu::BlockQ5_K{}), out, cols); break;
     case GgmlType::Q6_K: m.q6_k = cpu::pack_q6_k(as(cpu::BlockQ6_K{}), out, cols); break;
@@ -145,6 +131,8 @@ void CpuBackend::Matrix::matmul(float* y, const float* x, int rows, int in, int 
   if (!q5_1.empty()) return cpu::matmul(y, x, q5_1, rows, in, out);
   if (!q4_k.empty()) return cpu::matmul(y, x, q4_k, rows, in, out);
   if (!q5_k.empty()) return cpu::matmul(y, x, q5_k, rows, in, out);
+  if (!q2_k.empty()) return cpu::matmul(y, x, q2_k, rows, in, out);
+  if (!q3_k.empty()) return cpu::matmul(y, x, q3_k, rows, in, out);
   if (!iq4_nl.empty()) return cpu::matmul(y, x, iq4_nl, rows, in, out);
   if (!iq4_xs.empty()) return cpu::matmul(y, x, iq4_xs, rows, in, out);
   if (!q6_k.empty()) return cpu::matmul(y, x, q6_k, rows, in, out);

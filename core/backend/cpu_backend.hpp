@@ -56,10 +56,12 @@ class CpuBackend final : public Backend {
     cpu::PackedQ5_0 q5_0;
     cpu::PackedQ5_1 q5_1;
     cpu::PackedIQ4_NL iq4_nl;
-    cpu::PackedQ4_K q4_k;  // and its Q4_K, Q5_K, IQ4_XS and Q6_K blocks, 8 rows a group
+    cpu::PackedQ2_K q2_k;  // and its K-quant and IQ4_XS blocks, 8 rows a group
+    cpu::PackedQ3_K q3_k;
+    cpu::PackedQ4_K q4_k;
     cpu::PackedQ5_K q5_k;
-    cpu::PackedIQ4_XS iq4_xs;
     cpu::PackedQ6_K q6_k;
+    cpu::PackedIQ4_XS iq4_xs;
     const float* view = nullptr;
     // dtype native, a fused matrix whose parts differ in encoding: its runs of same-type rows, each
     // held as the file has it (part_rows[i] rows each), one matmul apiece.
@@ -73,7 +75,8 @@ class CpuBackend final : public Backend {
     }
     std::size_t bytes() const {
       return f32.size() * 4 + (bf16.size() + f16.size()) * 2 + q8.bytes() + q4_0.bytes() + q4_1.bytes() + q5_0.bytes() +
-             q5_1.bytes() + iq4_nl.bytes() + q4_k.bytes() + q5_k.bytes() + iq4_xs.bytes() + q6_k.bytes() + parts_bytes();
+             q5_1.bytes() + iq4_nl.bytes() + q2_k.bytes() + q3_k.bytes() + q4_k.bytes() + q5_k.bytes() + q6_k.bytes() +
+             iq4_xs.bytes() + parts_bytes();
     }
   };
   // w is [w.size() / in][in].

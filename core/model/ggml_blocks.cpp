@@ -53,75 +53,24 @@ void nibbles(const std::uint8_t* b, float* y) {
   for (int i = 0; i < 32; ++i) y[i] = cpu::nibble_value(blk, i);
 }
 
-// The K-quants: 256-value super-blocks of 16 or 32-value sub-blocks, each with its own scale
-// (and min), the scales themselves quantized against the super-block's fp16 d (and dmin).
-
-// Q2_K: u8 scales[16] (low nibble scale, high nibble min), 2-bit q[256] in 64 bytes, fp16 d, dmin.
-void q2_k(const std::uint8_t* b, float* y) {
-  const std::uint8_t* scales = b;
-  const std::uint8_t* q = b + 16;
-  const float d = half(b + 80), dmin = half(b + 82);
-  int is = 0;
-  for (int n = 0; n < 256; n += 128, q += 32) {
-    for (int shift = 0; shift < 8; shift += 2) {
-      for (int half16 = 0; half16 < 2; ++half16) {
-        const std::uint8_t sc = scales[is++];
-        const float dl = d * static_cast<float>(sc & 0xF), ml = dmin * static_cast<float>(sc >> 4);
-        for (int l = 0; l < 16; ++l) *y++ = dl * static_cast<float>((q[l + 16 * half16] >> shift) & 3) - ml;
-      }
-    }
-  }
-}
-
-// Q3_K: hmask[32] (the third bit), 2-bit q in 64 bytes, 16 6-bit scales packed in 12 bytes, fp16 d.
-void q3_k(const std::uint8_t* b, float* y) {
-  const std::uint8_t* hm = b;
-  const std::uint8_t* q = b + 32;
-  const float d_all = half(b + 108);
-  // Unpack the 6-bit scales: low 4 bits from bytes 0..7, high 2 bits from bytes 8..11.
-  std::int8_t scales[16];
-  for (int i = 0; i < 16; ++i) {
-    const int low = i < 8 ? b[96 + i] & 0xF : b[96 + i - 8] >> 4;
-    const int high = (b[96 + 8 + i % 4] >> (2 * (i / 4))) & 3;
-    scales[i] = static_cast<std::int8_t>((low | (high << 4)) - 32);
-  }
-  int is = 0;
-  std::uint8_t m = 1;
-  for (int n = 0; n < 256; n += 128, q += 32) {
-    for (int shift = 0; shift < 8; shift += 2, m = static_cast<std::uint8_t>(m << 1)) {
-      for (int half16 = 0; half16 < 2; ++half16) {
-        const float dl = d_all * static_cast<float>(scales[is++]);
-        for (int l = 16 * half16; l < 16 * half16 + 16; ++l)
-          *y++ = dl * static_cast<float>(((q[l] >> shift) & 3) - ((hm[l] & m) ? 0 : 4));
-      }
-    }
-  }
-}
-
-// Q4_K: fp16 d, fp16 dmin, scales[12] (8 sub-blocks' 6-bit scales and mins), 4-bit q[256] in 128
-// bytes: x = d sc q - dmin m; Q5_K: the same plus qh[32], the fifth bits. The CPU kernels' own
-// k4_value (cpu/quant.hpp), so the fixture test checks theirs too.
-template <class Block>
-void k4(const std::uint8_t* b, float* y) {
+// The K-quants and IQ4_XS: 256-value super-blocks of 16 or 32-value sub-blocks, each with its own
+// scale (and min), the scales themselves quantized against the super-block's fp16 d (and dmin).
+// Each decoded by the CPU kernels' own value function (cpu/quant.hpp), so the fixture test checks
+// theirs too:
+// - Q2_K: u8 scales[16] (low nibble scale, high nibble min), 2-bit q[256] in 64 bytes, fp16 d, dmin:
+//   x = d sc q - dmin m;
+// - Q3_K: hmask[32] (the third bit), 2-bit q in 64 bytes, 16 6-bit scales in 12 bytes, fp16 d:
+//   x = d sc (q - 4);
+// - Q4_K: fp16 d, dmin, 8 sub-blocks' 6-bit scales and mins in 12 bytes, 4-bit q[256]:
+//   x = d sc q - dmin m; Q5_K: the same plus qh[32], the fifth bits;
+// - IQ4_XS: fp16 d, 8 6-bit scales ls (scales_h, scales_l), 4-bit q[256]: x = d (ls - 32) level(q);
+// - Q6_K: low 4 bits ql[128], high 2 bits qh[64], int8 scales[16] (one per 16 values), fp16 d:
+//   x = d scale (q - 32).
+template <class Block, float (*Value)(const Block&, int)>
+void k_block(const std::uint8_t* b, float* y) {
   Block blk;
   std::memcpy(&blk, b, sizeof blk);
-  for (int i = 0; i < 256; ++i) y[i] = cpu::k4_value(blk, i);
-}
-
-// IQ4_XS: fp16 d, the 8 sub-blocks' 6-bit scales ls (scales_h, scales_l), 4-bit q[256]: x = d (ls - 32)
-// times q's level; the CPU kernels' own iq4_xs_value.
-void iq4_xs(const std::uint8_t* b, float* y) {
-  cpu::BlockIQ4_XS blk;
-  std::memcpy(&blk, b, sizeof blk);
-  for (int i = 0; i < 256; ++i) y[i] = cpu::iq4_xs_value(blk, i);
-}
-
-// Q6_K: low 4 bits ql[128], high 2 bits qh[64], int8 scales[16] (one per 16 values), fp16 d:
-// x = d scale (q - 32); the CPU kernels' own q6_k_value (cpu/quant.hpp).
-void q6_k(const std::uint8_t* b, float* y) {
-  cpu::BlockQ6_K blk;
-  std::memcpy(&blk, b, sizeof blk);
-  for (int i = 0; i < 256; ++i) y[i] = cpu::q6_k_value(blk, i);
+  for (int i = 0; i < 256; ++i) y[i] = Value(blk, i);
 }
 
 }  // namespace
@@ -196,13 +145,13 @@ void dequantize_row(std::uint32_t type, const std::uint8_t* src, float* dst, std
     case GgmlType::Q4_1: return blocks(nibbles<cpu::BlockQ4_1>, 32, 20);
     case GgmlType::Q5_0: return blocks(nibbles<cpu::BlockQ5_0>, 32, 22);
     case GgmlType::Q5_1: return blocks(nibbles<cpu::BlockQ5_1>, 32, 24);
-    case GgmlType::Q2_K: return blocks(q2_k, 256, 84);
-    case GgmlType::Q3_K: return blocks(q3_k, 256, 110);
-    case GgmlType::Q4_K: return blocks(k4<cpu::BlockQ4_K>, 256, 144);
-    case GgmlType::Q5_K: return blocks(k4<cpu::BlockQ5_K>, 256, 176);
-    case GgmlType::Q6_K: return blocks(q6_k, 256, 210);
+    case GgmlType::Q2_K: return blocks(k_block<cpu::BlockQ2_K, cpu::q2_k_value>, 256, 84);
+    case GgmlType::Q3_K: return blocks(k_block<cpu::BlockQ3_K, cpu::q3_k_value>, 256, 110);
+    case GgmlType::Q4_K: return blocks(k_block<cpu::BlockQ4_K, cpu::k4_value<cpu::BlockQ4_K>>, 256, 144);
+    case GgmlType::Q5_K: return blocks(k_block<cpu::BlockQ5_K, cpu::k4_value<cpu::BlockQ5_K>>, 256, 176);
+    case GgmlType::Q6_K: return blocks(k_block<cpu::BlockQ6_K, cpu::q6_k_value>, 256, 210);
     case GgmlType::IQ4_NL: return blocks(nibbles<cpu::BlockIQ4_NL>, 32, 18);
-    case GgmlType::IQ4_XS: return blocks(iq4_xs, 256, 136);
+    case GgmlType::IQ4_XS: return blocks(k_block<cpu::BlockIQ4_XS, cpu::iq4_xs_value>, 256, 136);
   }
   throw std::invalid_argument(fmt::format("tensor type {} is not supported; supported: {}", ggml_type_name(type),
                                           ggml_decoded_type_names()));

@@ -49,6 +49,10 @@ void matmul(float* y, const float* x, const PackedQ5_K& w, int rows, int in, int
 // (IQ4_XS: d (ls - 32) per 32 values). The same contract as above.
 void matmul(float* y, const float* x, const PackedIQ4_NL& w, int rows, int in, int out);
 void matmul(float* y, const float* x, const PackedIQ4_XS& w, int rows, int in, int out);
+// w as Q3_K or Q2_K blocks (pack_q3_k, pack_q2_k), 0.45 and 0.33 bytes a weight: as Q6_K, each
+// 16 values' int sums (Q3_K: of (q - 4) q_x; Q2_K: of q q_x, less dmin m_g times d_x sum(q_x) there).
+void matmul(float* y, const float* x, const PackedQ3_K& w, int rows, int in, int out);
+void matmul(float* y, const float* x, const PackedQ2_K& w, int rows, int in, int out);
 // w as Q6_K blocks (pack_q6_k), 0.82 bytes a weight: each 32-value sub-block's two 16-value halves,
 // d sc_g times the exact int sums of (q - 32) q_x, times d_x. The same contract as above.
 void matmul(float* y, const float* x, const PackedQ6_K& w, int rows, int in, int out);

@@ -65,7 +65,7 @@ template <class Tile>
 // The K-quants' packed matrices: 256-value super-blocks, 8 rows a group.
 template <class W>
 constexpr bool kKQuant = std::is_same_v<W, PackedQ4_K> || std::is_same_v<W, PackedQ5_K> || std::is_same_v<W, PackedQ6_K> ||
-                        std::is_same_v<W, PackedIQ4_XS>;
+                        std::is_same_v<W, PackedIQ4_XS> || std::is_same_v<W, PackedQ3_K> || std::is_same_v<W, PackedQ2_K>;
 // The 32-value blocks' packed matrices (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL).
 template <class W>
 constexpr bool kPackedNibbles = false;
@@ -77,6 +77,7 @@ constexpr bool kPackedNibbles<PackedNibbles<Block>> = true;
 struct Q8Rows {
   const BlockQ8_0* q;
   const float* s;
+  const float* s16 = nullptr;  // Q2_K: d * sum(q) over each block's two halves of 16 ([block][2])
 };
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -208,11 +209,12 @@ inline __m256i fifth_bits(std::uint32_t bits) {
   return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select), _mm256_set1_epi8(0x10));
 }
 
-// Byte i of the result is 0x10 where bit `bit` (constant after inlining) of byte i of h is set:
-// a 5-bit group's fifth bits in place (16-bit shifts; the mask drops what crosses a byte).
-[[gnu::always_inline]] inline __m256i fifth_bit_at(__m256i h, int bit) {
-  const __m256i at4 = bit < 4 ? _mm256_slli_epi16(h, 4 - bit) : _mm256_srli_epi16(h, bit - 4);
-  return _mm256_and_si256(at4, _mm256_set1_epi8(0x10));
+// Byte i of the result has bit `to` set where bit `from` (both constant after inlining) of byte i
+// of h is set, and no other: a 5-bit group's fifth bits (to 4), Q3_K's third bits (to 2) in place
+// (16-bit shifts; the mask drops what crosses a byte).
+[[gnu::always_inline]] inline __m256i bit_at(__m256i h, int from, int to) {
+  const __m256i moved = from < to ? _mm256_slli_epi16(h, to - from) : _mm256_srli_epi16(h, from - to);
+  return _mm256_and_si256(moved, _mm256_set1_epi8(static_cast<char>(1 << to)));
 }
 
 // What a group's nibbles are: unsigned 4-bit q, 5-bit q with qh's fifth bits, or IQ4's levels.
@@ -238,8 +240,8 @@ template <int R, Nibbles N>
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * k));
     __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
     if constexpr (N == Nibbles::u5) {
-      lo = _mm256_or_si256(lo, fifth_bit_at(h, 2 * k));
-      hi = _mm256_or_si256(hi, fifth_bit_at(h, 2 * k + 1));
+      lo = _mm256_or_si256(lo, bit_at(h, 2 * k, 4));
+      hi = _mm256_or_si256(hi, bit_at(h, 2 * k + 1, 4));
     }
     if constexpr (N == Nibbles::iq4) lo = _mm256_shuffle_epi8(levels, lo), hi = _mm256_shuffle_epi8(levels, hi);
     const __m256i lo_abs = N == Nibbles::iq4 ? _mm256_sign_epi8(lo, lo) : lo, hi_abs = N == Nibbles::iq4 ? _mm256_sign_epi8(hi, hi) : hi;
@@ -429,54 +431,108 @@ void matmul_block(float* y, const Q8Rows* x, const W* w, int rows, int in, int o
   }
 }
 
-// ---- Q6_K x Q8_0 (dtype native on a GGUF's Q6_K tensors) ---------------------------------------
+// ---- Q6_K, Q3_K, Q2_K x Q8_0 (dtype native on a GGUF's tensors of those types) -------------------
 // Per 32-value sub-block against x's Q8_0 block there: its low 16 values have one scale, its high
-// 16 another, and a chunk's low nibbles are low values, its high nibbles high ones, so the two
-// halves' int sums stay apart. q - 32 in [-32, 31]: vpmaddubsw(q, x) - vpmaddubsw(32, x) is exact
-// in int16 (at most 8128 a pair, 32512 over the 4 chunks), then one vpmaddwd for each half.
-template <int R>
-void group_k_q8(float* y, const Q8Rows& x, const GroupQ6_K* g, int nbk, int out, int o, int r0) {
+// 16 another, and a chunk's low nibble places hold low values, its high ones high values, so the
+// two halves' int sums stay apart. Q6_K's q - 32 in [-32, 31]: vpmaddubsw(q, x) - vpmaddubsw(32, x)
+// is exact in int16 (at most 8128 a pair, 32512 over the 4 chunks), then one vpmaddwd for each
+// half; Q3_K's q - 4 the same way; Q2_K's q has no offset in the int sums but a min for each half,
+// dmin m_g times d_x sum(q_x) over those 16 values (x.s16).
+template <class G>
+constexpr int kQOffset = std::is_same_v<G, GroupQ6_K> ? 32 : std::is_same_v<G, GroupQ3_K> ? 4 : 0;
+
+// Sub-block s's chunk k as unsigned q: lo at its low-nibble places, hi at its high ones.
+[[gnu::always_inline]] inline void chunk_q(const GroupQ6_K& g, int s, int k, __m256i& lo, __m256i& hi) {
+  const __m256i low = _mm256_set1_epi8(0x0F), top = _mm256_set1_epi8(0x30);
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.qs[s] + 32 * k));
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.qh[s][k % 2]));
+  // The top 2 bits to bits 4-5 (16-bit shifts: the mask drops what crosses a byte).
+  const __m256i hlo = k < 2 ? _mm256_slli_epi16(h, 4) : h, hhi = k < 2 ? _mm256_slli_epi16(h, 2) : _mm256_srli_epi16(h, 2);
+  lo = _mm256_or_si256(_mm256_and_si256(v, low), _mm256_and_si256(hlo, top));
+  hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), _mm256_and_si256(hhi, top));
+}
+[[gnu::always_inline]] inline void low_bits(const std::uint8_t (*ql)[32], int k, __m256i& lo, __m256i& hi) {
+  const __m256i three = _mm256_set1_epi8(3), l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql[k % 2]));
+  lo = _mm256_and_si256(_mm256_srli_epi16(l, 4 * (k / 2)), three);
+  hi = _mm256_and_si256(_mm256_srli_epi16(l, 4 * (k / 2) + 2), three);
+}
+[[gnu::always_inline]] inline void chunk_q(const GroupQ3_K& g, int s, int k, __m256i& lo, __m256i& hi) {
+  low_bits(g.ql[s], k, lo, hi);
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.qh[s]));
+  lo = _mm256_or_si256(lo, bit_at(h, 2 * k, 2));
+  hi = _mm256_or_si256(hi, bit_at(h, 2 * k + 1, 2));
+}
+[[gnu::always_inline]] inline void chunk_q(const GroupQ2_K& g, int s, int k, __m256i& lo, __m256i& hi) { low_bits(g.ql[s], k, lo, hi); }
+
+// 8 rows' scales of 16-value group gi, times d (Q2_K: the low nibbles of sm).
+inline __m256 group_scales(const GroupQ6_K& g, int gi, __m256 d) {
+  return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g.sc[gi])))));
+}
+inline __m256 group_scales(const GroupQ3_K& g, int gi, __m256 d) {
+  return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g.sc[gi])))));
+}
+inline __m256i q2_k_sm(const GroupQ2_K& g, int gi) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g.sm[gi]))); }
+inline __m256 group_scales(const GroupQ2_K& g, int gi, __m256 d) {
+  return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_and_si256(q2_k_sm(g, gi), _mm256_set1_epi32(0xF))));
+}
+
+template <int R, class G>
+  requires std::is_same_v<G, GroupQ6_K> || std::is_same_v<G, GroupQ3_K> || std::is_same_v<G, GroupQ2_K>
+void group_k_q8(float* y, const Q8Rows& x, const G* g, int nbk, int out, int o, int r0) {
+  constexpr bool kMins = std::is_same_v<G, GroupQ2_K>;
   const int nb = nbk * 8;
-  const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F), top = _mm256_set1_epi8(0x30), m32 = _mm256_set1_epi8(32);
+  const __m256i ones = _mm256_set1_epi16(1), offset = _mm256_set1_epi8(kQOffset<G>);
   __m256 acc[R];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const BlockQ8_0* xr = x.q + std::size_t(r0) * nb;
   for (int b = 0; b < nbk; ++b) {
     const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].d)));
+    __m256 dmin = _mm256_setzero_ps();
+    if constexpr (kMins) dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].dmin)));
     for (int s = 0; s < 8; ++s) {
-      for (int c = 0; c < 3; ++c) _mm_prefetch(reinterpret_cast<const char*>(g[b].qs[s]) + 2048 + 64 * c, _MM_HINT_T1);
+      // 2 KiB ahead into L2, as group_q8q8 (the 32-value sub-blocks' bytes of 8 rows).
+      for (int c = 0; c < int(sizeof(G) / 8 / 64); ++c)
+        _mm_prefetch(reinterpret_cast<const char*>(&g[b]) + sizeof(G) / 8 * s + 2048 + 64 * c, _MM_HINT_T1);
       const int xb = 8 * b + s;
       __m256i sum_lo[R], sum_hi[R];
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) sum_lo[r] = sum_hi[r] = _mm256_setzero_si256();
 #pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g[b].qs[s] + 32 * k));
-        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g[b].qh[s][k % 2]));
-        // The top 2 bits to bits 4-5 (16-bit shifts: the mask drops what crosses a byte).
-        const __m256i hlo = k < 2 ? _mm256_slli_epi16(h, 4) : h, hhi = k < 2 ? _mm256_slli_epi16(h, 2) : _mm256_srli_epi16(h, 2);
-        const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), _mm256_and_si256(hlo, top));
-        const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), _mm256_and_si256(hhi, top));
+        __m256i lo, hi;
+        chunk_q(g[b], s, k, lo, hi);
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r) {
           std::int32_t xlo, xhi;
           std::memcpy(&xlo, xr[std::size_t(r) * nb + xb].qs + 4 * k, 4);
           std::memcpy(&xhi, xr[std::size_t(r) * nb + xb].qs + 16 + 4 * k, 4);
           const __m256i bl = _mm256_set1_epi32(xlo), bh = _mm256_set1_epi32(xhi);
-          sum_lo[r] = _mm256_add_epi16(sum_lo[r], _mm256_sub_epi16(_mm256_maddubs_epi16(lo, bl), _mm256_maddubs_epi16(m32, bl)));
-          sum_hi[r] = _mm256_add_epi16(sum_hi[r], _mm256_sub_epi16(_mm256_maddubs_epi16(hi, bh), _mm256_maddubs_epi16(m32, bh)));
+          __m256i plo = _mm256_maddubs_epi16(lo, bl), phi = _mm256_maddubs_epi16(hi, bh);
+          if constexpr (kQOffset<G> != 0) {
+            plo = _mm256_sub_epi16(plo, _mm256_maddubs_epi16(offset, bl));
+            phi = _mm256_sub_epi16(phi, _mm256_maddubs_epi16(offset, bh));
+          }
+          sum_lo[r] = _mm256_add_epi16(sum_lo[r], plo);
+          sum_hi[r] = _mm256_add_epi16(sum_hi[r], phi);
         }
       }
-      const auto scales = [&](int gidx) {  // 8 rows' int8 scales of 16-value group gidx, times d
-        return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g[b].sc[gidx])))));
-      };
-      const __m256 dlo = scales(2 * s), dhi = scales(2 * s + 1);
+      const __m256 dlo = group_scales(g[b], 2 * s, d), dhi = group_scales(g[b], 2 * s + 1, d);
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
         const __m256 dx = _mm256_set1_ps(q8_d(xr[std::size_t(r) * nb + xb]));
         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sum_lo[r], ones)), _mm256_mul_ps(dlo, dx), acc[r]);
         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sum_hi[r], ones)), _mm256_mul_ps(dhi, dx), acc[r]);
+      }
+      if constexpr (kMins) {
+        const auto mins = [&](int gi) { return _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_srli_epi32(q2_k_sm(g[b], gi), 4))); };
+        const __m256 mlo = mins(2 * s), mhi = mins(2 * s + 1);
+        const float* s16 = x.s16 + (std::size_t(r0) * nb + xb) * 2;
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+          acc[r] = _mm256_fnmadd_ps(mlo, _mm256_set1_ps(s16[std::size_t(r) * nb * 2]), acc[r]);
+          acc[r] = _mm256_fnmadd_ps(mhi, _mm256_set1_ps(s16[std::size_t(r) * nb * 2 + 1]), acc[r]);
+        }
       }
     }
   }
@@ -986,7 +1042,7 @@ void matmul(float* y, const float* x, const PackedQ8_0& w, int rows, int in, int
 }
 
 namespace {
-// Weights of 4 to 6 bits (PackedNibbles, PackedQ4_K, PackedQ5_K, PackedIQ4_XS, PackedQ6_K) times x's rows as Q8_0 blocks.
+// Weights of 2 to 6 bits (PackedNibbles, the K-quants, PackedIQ4_XS) times x's rows as Q8_0 blocks.
 template <class W>
 void matmul_low_bit(float* y, const float* x, const W& w, int rows, int in, int out) {
   if (w.in != in || w.out != out) throw std::invalid_argument("matmul: the 4- to 6-bit matrix is not [out][in]");
@@ -998,14 +1054,28 @@ void matmul_low_bit(float* y, const float* x, const W& w, int rows, int in, int 
   if (rows <= kFewRows) {
     thread_local std::vector<float> xs;  // d * sum(q) of each of x's blocks (what an offset m multiplies)
     xs.resize(xq.size());
-    // Q6_K's -32 lives in its int sums; the IQ4 levels have no offset.
-    constexpr bool kOffsets = !std::is_same_v<W, PackedQ6_K> && !std::is_same_v<W, PackedIQ4_XS> && !std::is_same_v<W, PackedIQ4_NL>;
-    for (std::size_t i = 0; kOffsets && i < xq.size(); ++i) {
-      int sum = 0;
-      for (int v : xq[i].qs) sum += v;
-      xs[i] = to_float(xq[i].d) * float(sum);
+    // The offsets and mins these multiply: Q4_0..Q5_1's, Q4_K's and Q5_K's a block, Q2_K's a half
+    // block (Q6_K's and Q3_K's offsets live in their int sums; the IQ4 levels have none).
+    constexpr bool kOffsets =
+        (kPackedNibbles<W> && !std::is_same_v<W, PackedIQ4_NL>) || std::is_same_v<W, PackedQ4_K> || std::is_same_v<W, PackedQ5_K>;
+    constexpr bool kHalves = std::is_same_v<W, PackedQ2_K>;
+    if constexpr (kOffsets)
+      for (std::size_t i = 0; i < xq.size(); ++i) {
+        int sum = 0;
+        for (int v : xq[i].qs) sum += v;
+        xs[i] = to_float(xq[i].d) * float(sum);
+      }
+    thread_local std::vector<float> xs16;
+    if constexpr (kHalves) {
+      xs16.resize(2 * xq.size());
+      for (std::size_t i = 0; i < xq.size(); ++i)
+        for (int h = 0; h < 2; ++h) {
+          int sum = 0;
+          for (int v = 0; v < 16; ++v) sum += xq[i].qs[16 * h + v];
+          xs16[2 * i + h] = to_float(xq[i].d) * float(sum);
+        }
     }
-    const Q8Rows xr{xq.data(), xs.data()};
+    const Q8Rows xr{xq.data(), xs.data(), kHalves ? xs16.data() : nullptr};
     return matmul_any(y, &xr, &w, rows, in, out);
   }
 #endif
@@ -1025,6 +1095,8 @@ void matmul(float* y, const float* x, const PackedQ4_K& w, int rows, int in, int
 void matmul(float* y, const float* x, const PackedQ5_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const PackedIQ4_NL& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const PackedIQ4_XS& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedQ3_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
+void matmul(float* y, const float* x, const PackedQ2_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const PackedQ6_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 
 }  // namespace ablate::cpu

@@ -215,6 +215,84 @@ void PackedIQ4_XS::values(int o, int b, float* dst) const {
   }
 }
 
+namespace {
+// Value i (< 32) of row j's sub-block: its 2 low bits into a group's ql[2][32], its third into qh[32].
+void put_low_bits(std::uint8_t (*ql)[32], int j, int i, int q) {
+  const NibblePlace at = nibble_place(j, i);
+  ql[at.k % 2][at.p] |= std::uint8_t((q & 3) << (4 * (at.k / 2) + 2 * at.high));
+}
+int get_low_bits(const std::uint8_t (*ql)[32], int j, int i) {
+  const NibblePlace at = nibble_place(j, i);
+  return ql[at.k % 2][at.p] >> (4 * (at.k / 2) + 2 * at.high) & 3;
+}
+}  // namespace
+
+PackedQ3_K pack_q3_k(const std::vector<BlockQ3_K>& blocks, int out, int in) {
+  check_k_shape("pack_q3_k", blocks.size(), out, in);
+  PackedQ3_K p;
+  p.out = out, p.in = in;
+  const int nb = in / kQ4KBlock;
+  p.groups.resize(std::size_t((out + 7) / 8) * nb);  // value-initialized: the padding rows are zero
+  for (int o = 0; o < out; ++o)
+    for (int b = 0; b < nb; ++b) {
+      const BlockQ3_K& src = blocks[std::size_t(o) * nb + b];
+      GroupQ3_K& g = p.groups[std::size_t(o / 8) * nb + b];
+      const int j = o % 8;
+      g.d[j] = src.d;
+      for (int gi = 0; gi < 16; ++gi) g.sc[gi][j] = std::int8_t(q3_k_scale(src, gi));
+      for (int s = 0; s < 8; ++s)
+        for (int i = 0; i < kQ8Block; ++i) {
+          const int q = q3_k_q(src, 32 * s + i);
+          put_low_bits(g.ql[s], j, i, q);
+          const NibblePlace at = nibble_place(j, i);
+          g.qh[s][at.p] |= std::uint8_t((q >> 2) << fifth_bit(at));
+        }
+    }
+  return p;
+}
+
+template <>
+void PackedQ3_K::values(int o, int b, float* dst) const {
+  const GroupQ3_K& g = groups[std::size_t(o / 8) * (in / kQ4KBlock) + b];
+  const int j = o % 8;
+  for (int s = 0; s < 8; ++s)
+    for (int i = 0; i < kQ8Block; ++i) {
+      const NibblePlace at = nibble_place(j, i);
+      const int q = get_low_bits(g.ql[s], j, i) | (g.qh[s][at.p] >> fifth_bit(at) & 1) << 2;
+      dst[32 * s + i] = to_float(g.d[j]) * float(g.sc[(32 * s + i) / 16][j]) * float(q - 4);
+    }
+}
+
+PackedQ2_K pack_q2_k(const std::vector<BlockQ2_K>& blocks, int out, int in) {
+  check_k_shape("pack_q2_k", blocks.size(), out, in);
+  PackedQ2_K p;
+  p.out = out, p.in = in;
+  const int nb = in / kQ4KBlock;
+  p.groups.resize(std::size_t((out + 7) / 8) * nb);
+  for (int o = 0; o < out; ++o)
+    for (int b = 0; b < nb; ++b) {
+      const BlockQ2_K& src = blocks[std::size_t(o) * nb + b];
+      GroupQ2_K& g = p.groups[std::size_t(o / 8) * nb + b];
+      const int j = o % 8;
+      g.d[j] = src.d, g.dmin[j] = src.dmin;
+      for (int gi = 0; gi < 16; ++gi) g.sm[gi][j] = src.scales[gi];
+      for (int s = 0; s < 8; ++s)
+        for (int i = 0; i < kQ8Block; ++i) put_low_bits(g.ql[s], j, i, q2_k_q(src, 32 * s + i));
+    }
+  return p;
+}
+
+template <>
+void PackedQ2_K::values(int o, int b, float* dst) const {
+  const GroupQ2_K& g = groups[std::size_t(o / 8) * (in / kQ4KBlock) + b];
+  const int j = o % 8;
+  for (int s = 0; s < 8; ++s)
+    for (int i = 0; i < kQ8Block; ++i) {
+      const int sm = g.sm[(32 * s + i) / 16][j];
+      dst[32 * s + i] = to_float(g.d[j]) * float(sm & 0xF) * float(get_low_bits(g.ql[s], j, i)) - to_float(g.dmin[j]) * float(sm >> 4);
+    }
+}
+
 PackedQ6_K pack_q6_k(const std::vector<BlockQ6_K>& blocks, int out, int in) {
   check_k_shape("pack_q6_k", blocks.size(), out, in);
   PackedQ6_K p;

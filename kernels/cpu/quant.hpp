@@ -406,6 +406,68 @@ template <> void PackedQ6_K::values(int o, int b, float* dst) const;
 // positive multiple of 256 and blocks.size() == out * in / 256.
 PackedQ6_K pack_q6_k(const std::vector<BlockQ6_K>& blocks, int out, int in);
 
+// ---- Q3_K and Q2_K (dtype native: the K-quants of Q3_K_* and Q2_K files) -------------------------
+// 256 values, 16 scales, one for each 16 values. Value i's 2 low bits are bits 2j..2j+1 of
+// qs[32 (i / 128) + i % 32] with j = (i % 128) / 32. ggml's block_q3_K: value = (d sc_g) (q - 4)
+// with 3-bit q (third bit: bit 4 (i / 128) + j of hmask[i % 32]) and 6-bit sc_g - 32 (low 4 bits in
+// scales[0..7], high 2 in scales[8..11]). block_q2_K: value = (d sc_g) q - (dmin m_g) with 2-bit q
+// and 4-bit sc_g, m_g (low and high nibble of scales[g]).
+struct BlockQ3_K {
+  std::uint8_t hmask[32];
+  std::uint8_t qs[64];
+  std::uint8_t scales[12];
+  Half d;
+};
+struct BlockQ2_K {
+  std::uint8_t scales[16];
+  std::uint8_t qs[64];
+  Half d, dmin;
+};
+static_assert(sizeof(BlockQ3_K) == 110 && sizeof(BlockQ2_K) == 84, "Q3_K and Q2_K blocks are 110 and 84 bytes, as in GGUF");
+
+inline int k2_low_bits(const std::uint8_t* qs, int i) { return (qs[32 * (i / 128) + i % 32] >> (2 * ((i % 128) / 32))) & 3; }
+inline int q3_k_q(const BlockQ3_K& b, int i) {  // 0..7: value i is d sc (q - 4)
+  return k2_low_bits(b.qs, i) | ((b.hmask[i % 32] >> (4 * (i / 128) + (i % 128) / 32)) & 1) << 2;
+}
+inline int q3_k_scale(const BlockQ3_K& b, int g) {  // sc_g: -32..31
+  const int low = g < 8 ? b.scales[g] & 0xF : b.scales[g - 8] >> 4;
+  return (low | ((b.scales[8 + g % 4] >> (2 * (g / 4))) & 3) << 4) - 32;
+}
+// Value i as ggml dequantizes it: (d sc) (q - 4), each product rounded once in fp32.
+inline float q3_k_value(const BlockQ3_K& b, int i) { return to_float(b.d) * float(q3_k_scale(b, i / 16)) * float(q3_k_q(b, i) - 4); }
+inline int q2_k_q(const BlockQ2_K& b, int i) { return k2_low_bits(b.qs, i); }
+// Value i as ggml dequantizes it: (d sc) q - (dmin m), each product rounded once in fp32.
+inline float q2_k_value(const BlockQ2_K& b, int i) {
+  const int sm = b.scales[i / 16];
+  return to_float(b.d) * float(sm & 0xF) * float(q2_k_q(b, i)) - to_float(b.dmin) * float(sm >> 4);
+}
+
+// Q3_K (Q2_K) rows as the CPU matmul holds them: 8 rows a group; each 32-value sub-block's 2 low
+// bits at the 4-bit groups' positions in 2 chunks of 32 bytes (ql[s][k % 2][p], bits 4 (k / 2) + 2 h:
+// chunk k's low (h = 0) or high (h = 1) value at position p, as GroupQ6_K's top bits), Q3_K's third
+// bits as Q5's fifth bits (qh[s][p], bit 2k + h), the 16 scales of 8 rows together: 114 (84) bytes
+// a row's block instead of 110 (84).
+struct GroupQ3_K {
+  Half d[8];
+  std::int8_t sc[16][8];       // [g][j]: sc_g of row j
+  std::uint8_t ql[8][2][32];
+  std::uint8_t qh[8][32];
+};
+struct GroupQ2_K {
+  Half d[8], dmin[8];
+  std::uint8_t sm[16][8];      // [g][j]: row j's scales[g] (sc_g low nibble, m_g high)
+  std::uint8_t ql[8][2][32];
+};
+static_assert(sizeof(GroupQ3_K) == 8 * 114 && sizeof(GroupQ2_K) == 8 * 84, "Q3_K and Q2_K group blocks are 8 rows of 114 and 84 bytes");
+using PackedQ3_K = PackedK<GroupQ3_K>;
+using PackedQ2_K = PackedK<GroupQ2_K>;
+template <> void PackedQ3_K::values(int o, int b, float* dst) const;
+template <> void PackedQ2_K::values(int o, int b, float* dst) const;
+
+// blocks: [out][in / 256], as a GGUF Q3_K (Q2_K) tensor lies; the same contract as pack_q4_k.
+PackedQ3_K pack_q3_k(const std::vector<BlockQ3_K>& blocks, int out, int in);
+PackedQ2_K pack_q2_k(const std::vector<BlockQ2_K>& blocks, int out, int in);
+
 // ---- fp8 e4m3 (OCP "E4M3FN": bias 7, no infinities, S.1111.111 is NaN, largest 448) --------------
 struct Fp8E4M3 {
   std::uint8_t bits;

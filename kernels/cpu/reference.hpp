@@ -124,6 +124,39 @@ inline void matmul(float* y, const float* x, const cpu::BlockIQ4_XS* w, int rows
     }
 }
 
+// w as Q3_K or Q2_K blocks ([out][in / 256]): x's rows quantized to Q8_0 blocks, then per 16 values
+// g d_x (d sc_g sum((q_w - 4) q_x)) (Q3_K) or d_x (d sc_g sum(q_w q_x) - dmin m_g sum(q_x)) (Q2_K)
+// (cpu::matmul's products).
+template <class Block>
+  requires std::is_same_v<Block, cpu::BlockQ3_K> || std::is_same_v<Block, cpu::BlockQ2_K>
+void matmul(float* y, const float* x, const Block* w, int rows, int in, int out) {
+  constexpr bool kQ3 = std::is_same_v<Block, cpu::BlockQ3_K>;
+  const int nb = in / cpu::kQ8Block, nbk = in / cpu::kQ4KBlock;
+  const std::vector<cpu::BlockQ8_0> xq = cpu::quantize_q8_0(x, rows, in);
+  for (int r = 0; r < rows; ++r)
+    for (int o = 0; o < out; ++o) {
+      double acc = 0.0;
+      for (int b = 0; b < nbk; ++b) {
+        const Block& wb = w[std::size_t(o) * nbk + b];
+        for (int g = 0; g < 16; ++g) {
+          const cpu::BlockQ8_0& xb = xq[std::size_t(r) * nb + 8 * b + g / 2];
+          long dot = 0, sum = 0;
+          for (int i = 0; i < 16; ++i) {
+            const int qx = xb.qs[16 * (g % 2) + i];
+            if constexpr (kQ3) dot += long(cpu::q3_k_q(wb, 16 * g + i) - 4) * qx;
+            else dot += long(cpu::q2_k_q(wb, 16 * g + i)) * qx;
+            sum += qx;
+          }
+          if constexpr (kQ3) acc += double(dot) * cpu::to_float(wb.d) * cpu::q3_k_scale(wb, g) * cpu::to_float(xb.d);
+          else
+            acc += (double(dot) * cpu::to_float(wb.d) * (wb.scales[g] & 0xF) - double(sum) * cpu::to_float(wb.dmin) * (wb.scales[g] >> 4)) *
+                   cpu::to_float(xb.d);
+        }
+      }
+      y[std::size_t(r) * out + o] = float(acc);
+    }
+}
+
 // w as Q6_K blocks ([out][in / 256]): x's rows quantized to Q8_0 blocks, then per 16 values
 // d sc_g d_x sum((q_w - 32) q_x) (cpu::matmul's products).
 inline void matmul(float* y, const float* x, const cpu::BlockQ6_K* w, int rows, int in, int out) {
