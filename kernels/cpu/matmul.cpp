@@ -343,18 +343,26 @@ void matmul_block(float* y, const Q8Rows* x, const PackedNibbles<Block>* w, int 
   }
 }
 
-// ---- Q4_K, Q5_K x Q8_0 (dtype native on a GGUF's Q4_K and Q5_K tensors) -------------------------
+// ---- Q4_K, Q5_K, IQ4_XS x Q8_0 (dtype native on a GGUF's tensors of those types) ----------------
 // Each 32-value sub-block s is a Q4_1 (Q5_1) block with scale d sc_s and offset -dmin m_s (both
-// exact in fp32, ggml's own d1 and m1), against x's Q8_0 block at the same place: group_dots' int32
-// sums, then the two scalings.
+// exact in fp32, ggml's own d1 and m1), or an IQ4_NL block with scale d (ls_s - 32), against x's
+// Q8_0 block at the same place: group_dots' int32 sums, then the scalings.
 inline __m256 bytes_as_floats(const std::uint8_t* p) {  // 8 unsigned bytes as 8 floats
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
+inline __m256 bytes_as_floats(const std::int8_t* p) {  // 8 signed bytes as 8 floats
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+inline __m256 sub_block_scales(const GroupQ4_K& g, int s, __m256 d) { return _mm256_mul_ps(d, bytes_as_floats(g.sc[s])); }
+inline __m256 sub_block_scales(const GroupQ5_K& g, int s, __m256 d) { return _mm256_mul_ps(d, bytes_as_floats(g.sc[s])); }
+inline __m256 sub_block_scales(const GroupIQ4_XS& g, int s, __m256 d) { return _mm256_mul_ps(d, bytes_as_floats(g.sc[s])); }
 
 template <int R, class G>
-  requires std::is_same_v<G, GroupQ4_K> || std::is_same_v<G, GroupQ5_K>
+  requires std::is_same_v<G, GroupQ4_K> || std::is_same_v<G, GroupQ5_K> || std::is_same_v<G, GroupIQ4_XS>
 void group_k_q8(float* y, const Q8Rows& x, const G* g, int nbk, int out, int o, int r0) {
-  constexpr bool kFive = std::is_same_v<G, GroupQ5_K>;
+  constexpr bool kFive = std::is_same_v<G, GroupQ5_K>, kMins = !std::is_same_v<G, GroupIQ4_XS>;
+  constexpr Nibbles kKind = kFive ? Nibbles::u5 : kMins ? Nibbles::u4 : Nibbles::iq4;
   const int nb = nbk * 8;  // x's Q8_0 blocks a row
   __m256 acc[R];
 #pragma GCC unroll 4
@@ -363,48 +371,27 @@ void group_k_q8(float* y, const Q8Rows& x, const G* g, int nbk, int out, int o, 
   const float* sr = x.s + std::size_t(r0) * nb;
   for (int b = 0; b < nbk; ++b) {
     const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].d)));
-    const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].dmin)));
+    __m256 dmin = _mm256_setzero_ps();
+    if constexpr (kMins) dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].dmin)));
     for (int s = 0; s < 8; ++s) {
       for (int c = 0; c < 2; ++c) _mm_prefetch(reinterpret_cast<const char*>(g[b].qs[s]) + 2048 + 64 * c, _MM_HINT_T1);
-      if constexpr (kFive) _mm_prefetch(reinterpret_cast<const char*>(g[b].qh[s]) + 2048, _MM_HINT_T1);
-      const int xb = 8 * b + s;
       const std::uint8_t* qh = nullptr;
-      if constexpr (kFive) qh = g[b].qh[s];
-      __m256i dot[R];
-      group_dots<R, kFive ? Nibbles::u5 : Nibbles::u4>(dot, g[b].qs[s], qh, xr + xb, std::size_t(nb));
-      const __m256 dw = _mm256_mul_ps(d, bytes_as_floats(g[b].sc[s])), mw = _mm256_mul_ps(dmin, bytes_as_floats(g[b].m[s]));
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) {
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), _mm256_mul_ps(dw, _mm256_set1_ps(q8_d(xr[std::size_t(r) * nb + xb]))), acc[r]);
-        acc[r] = _mm256_fnmadd_ps(mw, _mm256_set1_ps(sr[std::size_t(r) * nb + xb]), acc[r]);
+      if constexpr (kFive) {
+        _mm_prefetch(reinterpret_cast<const char*>(g[b].qh[s]) + 2048, _MM_HINT_T1);
+        qh = g[b].qh[s];
       }
-    }
-  }
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + std::size_t(r0 + r) * out + o, acc[r]);
-}
-
-// ---- IQ4_XS x Q8_0 (dtype native on a GGUF's IQ4_XS tensors) ------------------------------------
-// Each 32-value sub-block s is an IQ4_NL block with scale d (ls_s - 32) (exact in fp32), against x's
-// Q8_0 block at the same place: group_dots' int32 sums of levels times x, then one scaling.
-template <int R>
-void group_k_q8(float* y, const Q8Rows& x, const GroupIQ4_XS* g, int nbk, int out, int o, int r0) {
-  const int nb = nbk * 8;
-  __m256 acc[R];
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  const BlockQ8_0* xr = x.q + std::size_t(r0) * nb;
-  for (int b = 0; b < nbk; ++b) {
-    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].d)));
-    for (int s = 0; s < 8; ++s) {
-      for (int c = 0; c < 2; ++c) _mm_prefetch(reinterpret_cast<const char*>(g[b].qs[s]) + 2048 + 64 * c, _MM_HINT_T1);
       const int xb = 8 * b + s;
       __m256i dot[R];
-      group_dots<R, Nibbles::iq4>(dot, g[b].qs[s], nullptr, xr + xb, std::size_t(nb));
-      const __m256 dw = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g[b].sc[s])))));
+      group_dots<R, kKind>(dot, g[b].qs[s], qh, xr + xb, std::size_t(nb));
+      const __m256 dw = sub_block_scales(g[b], s, d);
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r)
         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), _mm256_mul_ps(dw, _mm256_set1_ps(q8_d(xr[std::size_t(r) * nb + xb]))), acc[r]);
+      if constexpr (kMins) {
+        const __m256 mw = _mm256_mul_ps(dmin, bytes_as_floats(g[b].m[s]));
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) acc[r] = _mm256_fnmadd_ps(mw, _mm256_set1_ps(sr[std::size_t(r) * nb + xb]), acc[r]);
+      }
     }
   }
 #pragma GCC unroll 4
@@ -465,12 +452,8 @@ constexpr int kQOffset = std::is_same_v<G, GroupQ6_K> ? 32 : std::is_same_v<G, G
 [[gnu::always_inline]] inline void chunk_q(const GroupQ2_K& g, int s, int k, __m256i& lo, __m256i& hi) { low_bits(g.ql[s], k, lo, hi); }
 
 // 8 rows' scales of 16-value group gi, times d (Q2_K: the low nibbles of sm).
-inline __m256 group_scales(const GroupQ6_K& g, int gi, __m256 d) {
-  return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g.sc[gi])))));
-}
-inline __m256 group_scales(const GroupQ3_K& g, int gi, __m256 d) {
-  return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g.sc[gi])))));
-}
+inline __m256 group_scales(const GroupQ6_K& g, int gi, __m256 d) { return _mm256_mul_ps(d, bytes_as_floats(g.sc[gi])); }
+inline __m256 group_scales(const GroupQ3_K& g, int gi, __m256 d) { return _mm256_mul_ps(d, bytes_as_floats(g.sc[gi])); }
 inline __m256i q2_k_sm(const GroupQ2_K& g, int gi) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g.sm[gi]))); }
 inline __m256 group_scales(const GroupQ2_K& g, int gi, __m256 d) {
   return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_and_si256(q2_k_sm(g, gi), _mm256_set1_epi32(0xF))));
