@@ -118,40 +118,55 @@ ABLATE_NIBBLE_TYPES(ABLATE_INSTANTIATE)
 #undef ABLATE_NIBBLE_TYPES
 
 namespace {
-void check_k_shape(const char* what, std::size_t blocks, int out, int in) {
-  if (in <= 0 || in % kQ4KBlock != 0 || out < 0 || blocks != std::size_t(out) * std::size_t(in / kQ4KBlock))
-    throw std::invalid_argument(std::string(what) + ": " + std::to_string(blocks) + " blocks are not " + std::to_string(out) +
-                                " rows of " + std::to_string(in) + " values (a positive multiple of 256)");
+// Value i (< 32) of row j's sub-block: 2 of its bits (Q3_K's and Q2_K's low bits, Q6_K's top bits)
+// into a group's two-chunk array ql[2][32], and back.
+void put_two_bits(std::uint8_t (*ql)[32], int j, int i, int q) {
+  const NibblePlace at = nibble_place(j, i);
+  ql[at.k % 2][at.p] |= std::uint8_t((q & 3) << (4 * (at.k / 2) + 2 * at.high));
+}
+int get_two_bits(const std::uint8_t (*ql)[32], int j, int i) {
+  const NibblePlace at = nibble_place(j, i);
+  return ql[at.k % 2][at.p] >> (4 * (at.k / 2) + 2 * at.high) & 3;
+}
+// One bit of value i at a group's bit plane qh[32] (Q5's fifth bits, Q3_K's third), and back.
+void put_bit(std::uint8_t* qh, int j, int i, int bit) {
+  const NibblePlace at = nibble_place(j, i);
+  qh[at.p] |= std::uint8_t((bit & 1) << fifth_bit(at));
+}
+int get_bit(const std::uint8_t* qh, int j, int i) {
+  const NibblePlace at = nibble_place(j, i);
+  return qh[at.p] >> fifth_bit(at) & 1;
 }
 
-// Q4_K and Q5_K: each sub-block as a Q4_1 (Q5_1) block of the 4-bit (5-bit) groups.
-template <class Group, class Block>
-PackedK<Group> pack_k4(const std::vector<Block>& blocks, int out, int in) {
+// The 256-value blocks packed 8 rows a group: fill(src, group, j) writes row j of a group block.
+template <class Group, class Block, class Fill>
+PackedK<Group> pack_groups(const char* what, const std::vector<Block>& blocks, int out, int in, Fill fill) {
+  if (in <= 0 || in % kQ4KBlock != 0 || out < 0 || blocks.size() != std::size_t(out) * std::size_t(in / kQ4KBlock))
+    throw std::invalid_argument(std::string(what) + ": " + std::to_string(blocks.size()) + " blocks are not " + std::to_string(out) +
+                                " rows of " + std::to_string(in) + " values (a positive multiple of 256)");
   PackedK<Group> p;
   p.out = out, p.in = in;
   const int nb = in / kQ4KBlock;
   p.groups.resize(std::size_t((out + 7) / 8) * nb);  // value-initialized: the padding rows are zero
   for (int o = 0; o < out; ++o)
-    for (int b = 0; b < nb; ++b) {
-      const Block& src = blocks[std::size_t(o) * nb + b];
-      Group& g = p.groups[std::size_t(o / 8) * nb + b];
-      const int j = o % 8;
-      g.d[j] = src.d, g.dmin[j] = src.dmin;
-      for (int s = 0; s < 8; ++s) {
-        int sc, m;
-        k4_scale_min(src.scales, s, sc, m);
-        g.sc[s][j] = std::uint8_t(sc), g.m[s][j] = std::uint8_t(m);
-        for (int i = 0; i < kQ8Block; ++i) {
-          const int q = k4_q(src, 32 * s + i);
-          put_nibble(g.qs[s], j, i, q);
-          if constexpr (kK4FiveBit<Block>) {
-            const NibblePlace at = nibble_place(j, i);
-            g.qh[s][at.p] |= std::uint8_t((q >> 4) << fifth_bit(at));
-          }
-        }
-      }
-    }
+    for (int b = 0; b < nb; ++b) fill(blocks[std::size_t(o) * nb + b], p.groups[std::size_t(o / 8) * nb + b], o % 8);
   return p;
+}
+
+// Q4_K and Q5_K: each sub-block as a Q4_1 (Q5_1) block of the 4-bit (5-bit) groups.
+template <class Group, class Block>
+void fill_k4(const Block& src, Group& g, int j) {
+  g.d[j] = src.d, g.dmin[j] = src.dmin;
+  for (int s = 0; s < 8; ++s) {
+    int sc, m;
+    k4_scale_min(src.scales, s, sc, m);
+    g.sc[s][j] = std::uint8_t(sc), g.m[s][j] = std::uint8_t(m);
+    for (int i = 0; i < kQ8Block; ++i) {
+      const int q = k4_q(src, 32 * s + i);
+      put_nibble(g.qs[s], j, i, q);
+      if constexpr (kK4FiveBit<Block>) put_bit(g.qh[s], j, i, q >> 4);
+    }
+  }
 }
 
 template <class Group>
@@ -159,23 +174,19 @@ void k4_values(const Group& g, int j, float* dst) {
   const float d = to_float(g.d[j]), dmin = to_float(g.dmin[j]);
   for (int s = 0; s < 8; ++s)
     for (int i = 0; i < kQ8Block; ++i) {
-      const NibblePlace at = nibble_place(j, i);
       int q = get_nibble(g.qs[s], j, i);
-      if constexpr (std::is_same_v<Group, GroupQ5_K>) q |= (g.qh[s][at.p] >> fifth_bit(at) & 1) << 4;
+      if constexpr (std::is_same_v<Group, GroupQ5_K>) q |= get_bit(g.qh[s], j, i) << 4;
       dst[32 * s + i] = d * float(g.sc[s][j]) * float(q) - dmin * float(g.m[s][j]);
     }
 }
 }  // namespace
 
 PackedQ4_K pack_q4_k(const std::vector<BlockQ4_K>& blocks, int out, int in) {
-  check_k_shape("pack_q4_k", blocks.size(), out, in);
-  return pack_k4<GroupQ4_K>(blocks, out, in);
+  return pack_groups<GroupQ4_K>("pack_q4_k", blocks, out, in, fill_k4<GroupQ4_K, BlockQ4_K>);
 }
 PackedQ5_K pack_q5_k(const std::vector<BlockQ5_K>& blocks, int out, int in) {
-  check_k_shape("pack_q5_k", blocks.size(), out, in);
-  return pack_k4<GroupQ5_K>(blocks, out, in);
+  return pack_groups<GroupQ5_K>("pack_q5_k", blocks, out, in, fill_k4<GroupQ5_K, BlockQ5_K>);
 }
-
 template <>
 void PackedQ4_K::values(int o, int b, float* dst) const {
   k4_values(groups[std::size_t(o / 8) * (in / kQ4KBlock) + b], o % 8, dst);
@@ -186,25 +197,14 @@ void PackedQ5_K::values(int o, int b, float* dst) const {
 }
 
 PackedIQ4_XS pack_iq4_xs(const std::vector<BlockIQ4_XS>& blocks, int out, int in) {
-  check_k_shape("pack_iq4_xs", blocks.size(), out, in);
-  PackedIQ4_XS p;
-  p.out = out, p.in = in;
-  const int nb = in / kQ4KBlock;
-  p.groups.resize(std::size_t((out + 7) / 8) * nb);  // value-initialized: the padding rows are zero
-  for (int o = 0; o < out; ++o)
-    for (int b = 0; b < nb; ++b) {
-      const BlockIQ4_XS& src = blocks[std::size_t(o) * nb + b];
-      GroupIQ4_XS& g = p.groups[std::size_t(o / 8) * nb + b];
-      const int j = o % 8;
-      g.d[j] = src.d;
-      for (int s = 0; s < 8; ++s) {
-        g.sc[s][j] = std::int8_t(iq4_xs_scale(src, s));
-        for (int i = 0; i < kQ8Block; ++i) put_nibble(g.qs[s], j, i, iq4_xs_q(src, 32 * s + i));
-      }
+  return pack_groups<GroupIQ4_XS>("pack_iq4_xs", blocks, out, in, [](const BlockIQ4_XS& src, GroupIQ4_XS& g, int j) {
+    g.d[j] = src.d;
+    for (int s = 0; s < 8; ++s) {
+      g.sc[s][j] = std::int8_t(iq4_xs_scale(src, s));
+      for (int i = 0; i < kQ8Block; ++i) put_nibble(g.qs[s], j, i, iq4_xs_q(src, 32 * s + i));
     }
-  return p;
+  });
 }
-
 template <>
 void PackedIQ4_XS::values(int o, int b, float* dst) const {
   const GroupIQ4_XS& g = groups[std::size_t(o / 8) * (in / kQ4KBlock) + b];
@@ -215,73 +215,37 @@ void PackedIQ4_XS::values(int o, int b, float* dst) const {
   }
 }
 
-namespace {
-// Value i (< 32) of row j's sub-block: its 2 low bits into a group's ql[2][32], its third into qh[32].
-void put_low_bits(std::uint8_t (*ql)[32], int j, int i, int q) {
-  const NibblePlace at = nibble_place(j, i);
-  ql[at.k % 2][at.p] |= std::uint8_t((q & 3) << (4 * (at.k / 2) + 2 * at.high));
-}
-int get_low_bits(const std::uint8_t (*ql)[32], int j, int i) {
-  const NibblePlace at = nibble_place(j, i);
-  return ql[at.k % 2][at.p] >> (4 * (at.k / 2) + 2 * at.high) & 3;
-}
-}  // namespace
-
 PackedQ3_K pack_q3_k(const std::vector<BlockQ3_K>& blocks, int out, int in) {
-  check_k_shape("pack_q3_k", blocks.size(), out, in);
-  PackedQ3_K p;
-  p.out = out, p.in = in;
-  const int nb = in / kQ4KBlock;
-  p.groups.resize(std::size_t((out + 7) / 8) * nb);  // value-initialized: the padding rows are zero
-  for (int o = 0; o < out; ++o)
-    for (int b = 0; b < nb; ++b) {
-      const BlockQ3_K& src = blocks[std::size_t(o) * nb + b];
-      GroupQ3_K& g = p.groups[std::size_t(o / 8) * nb + b];
-      const int j = o % 8;
-      g.d[j] = src.d;
-      for (int gi = 0; gi < 16; ++gi) g.sc[gi][j] = std::int8_t(q3_k_scale(src, gi));
-      for (int s = 0; s < 8; ++s)
-        for (int i = 0; i < kQ8Block; ++i) {
-          const int q = q3_k_q(src, 32 * s + i);
-          put_low_bits(g.ql[s], j, i, q);
-          const NibblePlace at = nibble_place(j, i);
-          g.qh[s][at.p] |= std::uint8_t((q >> 2) << fifth_bit(at));
-        }
-    }
-  return p;
+  return pack_groups<GroupQ3_K>("pack_q3_k", blocks, out, in, [](const BlockQ3_K& src, GroupQ3_K& g, int j) {
+    g.d[j] = src.d;
+    for (int gi = 0; gi < 16; ++gi) g.sc[gi][j] = std::int8_t(q3_k_scale(src, gi));
+    for (int s = 0; s < 8; ++s)
+      for (int i = 0; i < kQ8Block; ++i) {
+        const int q = q3_k_q(src, 32 * s + i);
+        put_two_bits(g.ql[s], j, i, q);
+        put_bit(g.qh[s], j, i, q >> 2);
+      }
+  });
 }
-
 template <>
 void PackedQ3_K::values(int o, int b, float* dst) const {
   const GroupQ3_K& g = groups[std::size_t(o / 8) * (in / kQ4KBlock) + b];
   const int j = o % 8;
   for (int s = 0; s < 8; ++s)
     for (int i = 0; i < kQ8Block; ++i) {
-      const NibblePlace at = nibble_place(j, i);
-      const int q = get_low_bits(g.ql[s], j, i) | (g.qh[s][at.p] >> fifth_bit(at) & 1) << 2;
+      const int q = get_two_bits(g.ql[s], j, i) | get_bit(g.qh[s], j, i) << 2;
       dst[32 * s + i] = to_float(g.d[j]) * float(g.sc[(32 * s + i) / 16][j]) * float(q - 4);
     }
 }
 
 PackedQ2_K pack_q2_k(const std::vector<BlockQ2_K>& blocks, int out, int in) {
-  check_k_shape("pack_q2_k", blocks.size(), out, in);
-  PackedQ2_K p;
-  p.out = out, p.in = in;
-  const int nb = in / kQ4KBlock;
-  p.groups.resize(std::size_t((out + 7) / 8) * nb);
-  for (int o = 0; o < out; ++o)
-    for (int b = 0; b < nb; ++b) {
-      const BlockQ2_K& src = blocks[std::size_t(o) * nb + b];
-      GroupQ2_K& g = p.groups[std::size_t(o / 8) * nb + b];
-      const int j = o % 8;
-      g.d[j] = src.d, g.dmin[j] = src.dmin;
-      for (int gi = 0; gi < 16; ++gi) g.sm[gi][j] = src.scales[gi];
-      for (int s = 0; s < 8; ++s)
-        for (int i = 0; i < kQ8Block; ++i) put_low_bits(g.ql[s], j, i, q2_k_q(src, 32 * s + i));
-    }
-  return p;
+  return pack_groups<GroupQ2_K>("pack_q2_k", blocks, out, in, [](const BlockQ2_K& src, GroupQ2_K& g, int j) {
+    g.d[j] = src.d, g.dmin[j] = src.dmin;
+    for (int gi = 0; gi < 16; ++gi) g.sm[gi][j] = src.scales[gi];
+    for (int s = 0; s < 8; ++s)
+      for (int i = 0; i < kQ8Block; ++i) put_two_bits(g.ql[s], j, i, q2_k_q(src, 32 * s + i));
+  });
 }
-
 template <>
 void PackedQ2_K::values(int o, int b, float* dst) const {
   const GroupQ2_K& g = groups[std::size_t(o / 8) * (in / kQ4KBlock) + b];
@@ -289,45 +253,30 @@ void PackedQ2_K::values(int o, int b, float* dst) const {
   for (int s = 0; s < 8; ++s)
     for (int i = 0; i < kQ8Block; ++i) {
       const int sm = g.sm[(32 * s + i) / 16][j];
-      dst[32 * s + i] = to_float(g.d[j]) * float(sm & 0xF) * float(get_low_bits(g.ql[s], j, i)) - to_float(g.dmin[j]) * float(sm >> 4);
+      dst[32 * s + i] = to_float(g.d[j]) * float(sm & 0xF) * float(get_two_bits(g.ql[s], j, i)) - to_float(g.dmin[j]) * float(sm >> 4);
     }
 }
 
 PackedQ6_K pack_q6_k(const std::vector<BlockQ6_K>& blocks, int out, int in) {
-  check_k_shape("pack_q6_k", blocks.size(), out, in);
-  PackedQ6_K p;
-  p.out = out, p.in = in;
-  const int nb = in / kQ4KBlock;
-  p.groups.resize(std::size_t((out + 7) / 8) * nb);  // value-initialized: the padding rows are zero
-  for (int o = 0; o < out; ++o)
-    for (int b = 0; b < nb; ++b) {
-      const BlockQ6_K& src = blocks[std::size_t(o) * nb + b];
-      GroupQ6_K& g = p.groups[std::size_t(o / 8) * nb + b];
-      const int j = o % 8;
-      g.d[j] = src.d;
-      for (int i = 0; i < 16; ++i) g.sc[i][j] = src.scales[i];
-      for (int s = 0; s < 8; ++s)
-        for (int i = 0; i < kQ8Block; ++i) {
-          const int q = q6_k_q(src, 32 * s + i);
-          const NibblePlace at = nibble_place(j, i);
-          put_nibble(g.qs[s], j, i, q);
-          g.qh[s][at.k % 2][at.p] |= std::uint8_t((q >> 4) << (4 * (at.k / 2) + 2 * at.high));
-        }
-    }
-  return p;
+  return pack_groups<GroupQ6_K>("pack_q6_k", blocks, out, in, [](const BlockQ6_K& src, GroupQ6_K& g, int j) {
+    g.d[j] = src.d;
+    for (int gi = 0; gi < 16; ++gi) g.sc[gi][j] = src.scales[gi];
+    for (int s = 0; s < 8; ++s)
+      for (int i = 0; i < kQ8Block; ++i) {
+        const int q = q6_k_q(src, 32 * s + i);
+        put_nibble(g.qs[s], j, i, q);
+        put_two_bits(g.qh[s], j, i, q >> 4);
+      }
+  });
 }
-
 template <>
 void PackedQ6_K::values(int o, int b, float* dst) const {
   const GroupQ6_K& g = groups[std::size_t(o / 8) * (in / kQ4KBlock) + b];
   const int j = o % 8;
-  const float d = to_float(g.d[j]);
   for (int s = 0; s < 8; ++s)
     for (int i = 0; i < kQ8Block; ++i) {
-      const NibblePlace at = nibble_place(j, i);
-      int q = get_nibble(g.qs[s], j, i);
-      q |= (g.qh[s][at.k % 2][at.p] >> (4 * (at.k / 2) + 2 * at.high) & 3) << 4;
-      dst[32 * s + i] = d * float(g.sc[(32 * s + i) / 16][j]) * float(q - 32);
+      const int q = get_nibble(g.qs[s], j, i) | get_two_bits(g.qh[s], j, i) << 4;
+      dst[32 * s + i] = to_float(g.d[j]) * float(g.sc[(32 * s + i) / 16][j]) * float(q - 32);
     }
 }
 
