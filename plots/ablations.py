@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """The figures of README's "What the ablations show", from the committed reference CSVs
 (results/reference/batching/, batching_rate/, kv/, prefix/, precision/, precision_kv/,
-precision_grid/). A point's repeats are drawn as their median with its 95 % bootstrap interval
+precision_grid/, gguf_types/). A point's repeats are drawn as their median with its 95 % bootstrap interval
 (plots/stats.py; the precision_grid heatmaps show medians only, the README table the intervals). Writes small PNGs
 into --out DIR (default plots/out/, untracked); --committed writes the README's committed plots/*.png.
 Run with Debian's python3 (python3-matplotlib, python3-pandas):
   /usr/bin/python3 plots/ablations.py               # -> plots/out/*.png
   /usr/bin/python3 plots/ablations.py --committed   # regenerates plots/batching_*.png, kv_*_per_layout.png,
                                                     # prefix_cache.png, precision_weights.png, precision_kv.png,
-                                                    # precision_grid.png"""
+                                                    # precision_grid.png, gguf_types.png"""
 import argparse
 import os
 import sys
@@ -255,6 +255,43 @@ def precision_grid_figure():
     save(fig, "precision_grid")
 
 
+def gguf_types_figure():
+    """Per llama.cpp file type: native's output throughput (and fp32's) against the bits a weight
+    native holds, and the file's perplexity on the prompts."""
+    df = read("gguf_types", "summary.csv").sort_values(["point", "repeat"])
+    df["file"] = df["model.gguf"].str.extract(r"Instruct\.(\w+?)(?:\.requant)?\.gguf$", expand=False)
+    order = list(dict.fromkeys(df["file"]))
+    native, fp32 = df[df["dtype"] == "native"], df[df["dtype"] == "fp32"]
+    g = per_point(native, "output_throughput", ["file"]).set_index("file").loc[order].reset_index()
+    f = per_point(fp32, "output_throughput", ["file"]).set_index("file").loc[order].reset_index()
+    bits = native.groupby("file")["bits_per_weight"].median().loc[order]
+    ppl = fp32.groupby("file")["perplexity"].median().loc[order]
+    kl = native.groupby("file")["quality_kl"].median().loc[order]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    ax = axes[0]
+    ax.errorbar(bits, g["centre"], yerr=[g["centre"] - g["lo"], g["hi"] - g["centre"]], marker="o", color="tab:red",
+                linestyle="none", capsize=3, label="native (the file's blocks)")
+    base = float(fp32["output_throughput"].median())
+    ax.axhline(base, color="black", linestyle="--", linewidth=1)
+    ax.text(bits.min(), base, f" fp32 (each file dequantized at load, 32 bits): {base:.0f} tok/s", va="bottom", fontsize=7)
+    for i, (name, x, y) in enumerate(zip(order, bits, g["centre"])):
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 8 if i % 2 else -12), fontsize=7)
+    ax.set_ylim(0, g["hi"].max() * 1.15)
+    ax.set_xlabel("bits a weight as native holds them (matrices, LM head included)")
+    ax.set_ylabel("output tokens/s, batch 1")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"Speed against size ({n_text(g)})", fontsize=9)
+    ax = axes[1]
+    ax.bar(order, ppl, color="tab:gray")
+    for i, (p_, k) in enumerate(zip(ppl, kl)):
+        ax.text(i, p_, f"{p_:.0f}\nKL {k:.1e}", ha="center", va="bottom", fontsize=6)
+    ax.set_ylabel("perplexity on the prompts (fp32)")
+    ax.tick_params(axis="x", labelsize=7, rotation=30)
+    ax.set_title("Each file's own quality; KL: native from the same file in fp32", fontsize=9)
+    fig.suptitle("llama.cpp's file types, real SmolLM2-135M requantized from its Q4_1 file (CPU, one thread)", fontsize=9)
+    save(fig, "gguf_types")
+
+
 def main(argv):
     global OUT
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -271,6 +308,7 @@ def main(argv):
     precision_weights_figure()
     precision_kv_figure()
     precision_grid_figure()
+    gguf_types_figure()
 
 
 if __name__ == "__main__":
