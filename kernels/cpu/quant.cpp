@@ -56,6 +56,26 @@ int get_nibble(const std::uint8_t* qs, int j, int i) {
   const std::uint8_t byte = qs[q8_0x8_index(j, i % 16)];
   return i >= 16 ? byte >> 4 : byte & 0x0F;
 }
+// Value i (< 32) of row j's sub-block: 2 of its bits (Q3_K's and Q2_K's low bits, Q6_K's top bits)
+// into a group's two-chunk array ql[2][32], and back.
+void put_two_bits(std::uint8_t (*ql)[32], int j, int i, int q) {
+  const NibblePlace at = nibble_place(j, i);
+  ql[at.k % 2][at.p] |= std::uint8_t((q & 3) << (4 * (at.k / 2) + 2 * at.high));
+}
+int get_two_bits(const std::uint8_t (*ql)[32], int j, int i) {
+  const NibblePlace at = nibble_place(j, i);
+  return ql[at.k % 2][at.p] >> (4 * (at.k / 2) + 2 * at.high) & 3;
+}
+// One bit of value i at a group's bit plane qh[32] (Q5's fifth bits, Q3_K's third), and back.
+void put_bit(std::uint8_t* qh, int j, int i, int bit) {
+  const NibblePlace at = nibble_place(j, i);
+  qh[at.p] |= std::uint8_t((bit & 1) << fifth_bit(at));
+}
+int get_bit(const std::uint8_t* qh, int j, int i) {
+  const NibblePlace at = nibble_place(j, i);
+  return qh[at.p] >> fifth_bit(at) & 1;
+}
+
 }  // namespace
 
 template <class Block>
@@ -78,10 +98,7 @@ PackedNibbles<Block> pack_nibbles(const std::vector<Block>& blocks, int out, int
       if constexpr (kFiveBit<Block>) {
         std::uint32_t qh;
         std::memcpy(&qh, src.qh, 4);
-        for (int i = 0; i < kQ8Block; ++i) {
-          const NibblePlace at = nibble_place(j, i);
-          g.qh[at.p] |= std::uint8_t((qh >> i & 1u) << fifth_bit(at));
-        }
+        for (int i = 0; i < kQ8Block; ++i) put_bit(g.qh, j, i, int(qh >> i & 1u));
       }
     }
   p.tail.assign(blocks.begin() + std::ptrdiff_t(std::size_t(full) * nb), blocks.end());
@@ -100,10 +117,7 @@ Block PackedNibbles<Block>::block(int o, int b) const {
   for (int i = 0; i < 16; ++i) r.qs[i] = g.qs[q8_0x8_index(j, i)];
   if constexpr (kFiveBit<Block>) {
     std::uint32_t qh = 0;
-    for (int i = 0; i < kQ8Block; ++i) {
-      const NibblePlace at = nibble_place(j, i);
-      qh |= std::uint32_t(g.qh[at.p] >> fifth_bit(at) & 1u) << i;
-    }
+    for (int i = 0; i < kQ8Block; ++i) qh |= std::uint32_t(get_bit(g.qh, j, i)) << i;
     std::memcpy(r.qh, &qh, 4);
   }
   return r;
@@ -118,26 +132,6 @@ ABLATE_NIBBLE_TYPES(ABLATE_INSTANTIATE)
 #undef ABLATE_NIBBLE_TYPES
 
 namespace {
-// Value i (< 32) of row j's sub-block: 2 of its bits (Q3_K's and Q2_K's low bits, Q6_K's top bits)
-// into a group's two-chunk array ql[2][32], and back.
-void put_two_bits(std::uint8_t (*ql)[32], int j, int i, int q) {
-  const NibblePlace at = nibble_place(j, i);
-  ql[at.k % 2][at.p] |= std::uint8_t((q & 3) << (4 * (at.k / 2) + 2 * at.high));
-}
-int get_two_bits(const std::uint8_t (*ql)[32], int j, int i) {
-  const NibblePlace at = nibble_place(j, i);
-  return ql[at.k % 2][at.p] >> (4 * (at.k / 2) + 2 * at.high) & 3;
-}
-// One bit of value i at a group's bit plane qh[32] (Q5's fifth bits, Q3_K's third), and back.
-void put_bit(std::uint8_t* qh, int j, int i, int bit) {
-  const NibblePlace at = nibble_place(j, i);
-  qh[at.p] |= std::uint8_t((bit & 1) << fifth_bit(at));
-}
-int get_bit(const std::uint8_t* qh, int j, int i) {
-  const NibblePlace at = nibble_place(j, i);
-  return qh[at.p] >> fifth_bit(at) & 1;
-}
-
 // The 256-value blocks packed 8 rows a group: fill(src, group, j) writes row j of a group block.
 template <class Group, class Block, class Fill>
 PackedK<Group> pack_groups(const char* what, const std::vector<Block>& blocks, int out, int in, Fill fill) {
