@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <random>
 #include <sstream>
 
@@ -394,9 +395,13 @@ TEST_CASE("GGUF: every block type decodes as PyPI gguf's numpy decoder does (tes
     CHECK(differ == 0);
   }
   // Every block type the reader decodes is in the fixture (the plain F32/F16/BF16 aside).
-  for (const char* name : {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"})
+  for (const char* name : {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ2_XXS",
+                           "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "IQ1_M", "TQ1_0", "TQ2_0",
+                           "MXFP4", "NVFP4"})
     CHECK(std::count(covered.begin(), covered.end(), name) == 1);
-  CHECK(ggml_decoded_type_names() == "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, BF16");
+  CHECK(ggml_decoded_type_names() ==
+        "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S, IQ4_NL, "
+        "IQ3_S, IQ2_S, IQ4_XS, IQ1_M, BF16, TQ1_0, TQ2_0, MXFP4, NVFP4");
 }
 
 TEST_CASE("GGUF: a file of K-quants loads value for value; native runs each in its own blocks",
@@ -479,6 +484,53 @@ TEST_CASE("GGUF: IQ4_NL and IQ4_XS load value for value; native runs them in the
   const double diff = test::max_abs_diff(a, b);  // the same weights; native's inputs rounded to Q8_0
   CHECK(diff < 0.05 * scale);
   WARN("native (IQ4_NL, IQ4_XS) vs fp32 of the same values: max |logit difference| " << diff << " of max |logit| " << scale);
+}
+
+TEST_CASE("GGUF: the IQ1-IQ3, TQ and FP4 types load value for value; native names the tensor it cannot hold", "[gguf][native]") {
+  // Two files that between them hold every type decoded without a native kernel.
+  const std::vector<std::map<std::string, GgmlType>> files = {
+      {{"attn_q", GgmlType::IQ2_XXS}, {"attn_k", GgmlType::IQ2_XS}, {"attn_v", GgmlType::IQ2_S}, {"attn_output", GgmlType::IQ3_XXS},
+       {"ffn_gate", GgmlType::IQ3_S}, {"ffn_up", GgmlType::IQ1_S}, {"ffn_down", GgmlType::IQ1_M}, {"output", GgmlType::TQ1_0}},
+      {{"attn_q", GgmlType::TQ2_0}, {"attn_k", GgmlType::MXFP4}, {"attn_v", GgmlType::NVFP4}, {"attn_output", GgmlType::MXFP4},
+       {"ffn_gate", GgmlType::NVFP4}, {"ffn_up", GgmlType::TQ2_0}, {"ffn_down", GgmlType::MXFP4}, {"output", GgmlType::NVFP4}}};
+  for (const auto& types : files) {
+    TinyModel m(256, 512, 40);
+    m.metadata();
+    const auto type_of = [&](const std::string& name) {
+      for (const auto& [part, type] : types)
+        if (name.find(part + ".weight") != std::string::npos) return type;
+      throw std::logic_error("no type for " + name);
+    };
+    m.tensors(type_of);
+    const auto bytes = m.g.build();
+    const GgufFile f(bytes.data(), bytes.size(), "low_bit.gguf");
+    const Weights w = load_gguf(f);
+    const auto values = [&](const std::string& name, std::size_t n) {
+      return reference_blocks(static_cast<std::uint32_t>(type_of(name)), n).second;
+    };
+    const LayerWeights& L = w.layers[0];
+    CHECK(L.wq == values("blk.0.attn_q.weight", 256 * 256));
+    CHECK(L.wk == values("blk.0.attn_k.weight", 256 * 128));
+    CHECK(L.wv == values("blk.0.attn_v.weight", 256 * 128));
+    CHECK(L.wo == values("blk.0.attn_output.weight", 256 * 256));
+    CHECK(L.w1 == values("blk.0.ffn_gate.weight", 256 * 512));
+    CHECK(L.w3 == values("blk.0.ffn_up.weight", 256 * 512));
+    CHECK(L.w2 == values("blk.0.ffn_down.weight", 512 * 256));
+    CHECK(w.classifier == values("output.weight", 256 * 40));
+    // Converted at load, they run as any other weights do.
+    CpuBackend q8(load_gguf(f), "q8_0");
+    const auto logits = test::all_logits(q8, {1, 7, 3});
+    CHECK(std::all_of(logits.begin(), logits.end(), [](float v) { return std::isfinite(v); }));
+    // Native holds none of them: the error names the file, the tensor, its type and what converts it.
+    std::string err;
+    try {
+      CpuBackend native(load_gguf(f, true), "native");
+    } catch (const std::invalid_argument& e) {
+      err = e.what();
+    }
+    CHECK_THAT(err, Catch::Contains("low_bit.gguf: tensor blk.0.attn_q.weight has type " + ggml_type_name(std::uint32_t(type_of("attn_q.weight")))) &&
+                        Catch::Contains("dtype native cannot hold") && Catch::Contains("dtype fp32, bf16, fp16 or q8_0 converts it"));
+  }
 }
 
 TEST_CASE("GGUF: a llama file maps to Weights tensor by tensor", "[gguf]") {
@@ -612,12 +664,12 @@ TEST_CASE("GGUF: truncated and malformed files are clear errors naming the file 
   q8k.g.tensor("token_embd.weight", {256, 10}, 15, std::vector<std::uint8_t>(292 * 10));
   CHECK_THAT(error_of(q8k.g.build()), Catch::Contains("token_embd.weight") && Catch::Contains("Q8_K") &&
                                           Catch::Contains("not supported; supported: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
-                                                          "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, BF16"));
+                                                          "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ2_XXS,") && Catch::Contains("NVFP4"));
 
-  TinyModel iq2;  // a type ggml defines but this reader does not decode: named, not numbered
-  iq2.metadata();
-  iq2.g.tensor("token_embd.weight", {256, 10}, 16, std::vector<std::uint8_t>(66 * 10));
-  CHECK_THAT(error_of(iq2.g.build()), Catch::Contains("token_embd.weight") && Catch::Contains("has type IQ2_XXS"));
+  TinyModel q1;  // a type ggml defines but this reader does not decode (no outside decoder to check one against): named
+  q1.metadata();
+  q1.g.tensor("token_embd.weight", {256, 10}, 41, std::vector<std::uint8_t>(2 * 18 * 10));
+  CHECK_THAT(error_of(q1.g.build()), Catch::Contains("token_embd.weight") && Catch::Contains("has type Q1_0"));
 
   TinyModel unknown;
   unknown.metadata();

@@ -6,6 +6,8 @@
 #include <fstream>
 #include <stdexcept>
 
+#include <fmt/format.h>
+
 #include "attention/attention.hpp"
 #include "cpu/kernels.hpp"
 #include "base/nvtx.hpp"
@@ -101,8 +103,11 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(const std::vector<StoredMatrix
     case GgmlType::Q6_K: m.q6_k = cpu::pack_q6_k(as(cpu::BlockQ6_K{}), out, cols); break;
     case GgmlType::IQ4_NL: m.iq4_nl = cpu::pack_nibbles(as(cpu::BlockIQ4_NL{}), out, cols); break;
     case GgmlType::IQ4_XS: m.iq4_xs = cpu::pack_iq4_xs(as(cpu::BlockIQ4_XS{}), out, cols); break;
-    default:
-      throw std::invalid_argument("cpu backend: dtype native cannot hold a " + ggml_type_name(first.ggml_type) + " matrix");
+    default:  // the IQ1-IQ3, TQ and FP4 types: decoded at load, but no kernel reads their blocks
+      throw std::invalid_argument(fmt::format(
+          "{} has type {}, which dtype native cannot hold on the cpu backend (native types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, "
+          "Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS); dtype fp32, bf16, fp16 or q8_0 converts it at load",
+          first.source, ggml_type_name(first.ggml_type)));
   }
   return m;
 }

@@ -469,6 +469,7 @@ Weights load_gguf(const GgufFile& f, bool keep_stored) {
       if (rope_heads) fp32 = interleave_rope_rows(fp32, rope_heads, s.head_dim(), dims[0]);
       return;
     }
+    stored.source = fmt::format("{}: tensor {}", f.path(), name);
     stored.ggml_type = t->type;
     stored.cols = dims[0], stored.rows = dims[1];
     const std::uint8_t* src = f.tensor_data(*t);

@@ -205,6 +205,7 @@ class HfTensors {
   StoredMatrix stored(const std::string& name, const std::vector<std::uint64_t>& shape, const std::string& why) const {
     const auto [file, t] = checked(name, shape, why);
     StoredMatrix m;
+    m.source = name;
     m.ggml_type = static_cast<std::uint32_t>(t->dtype == "F32" ? GgmlType::F32 : t->dtype == "F16" ? GgmlType::F16 : GgmlType::BF16);
     m.rows = static_cast<std::size_t>(shape[0]), m.cols = static_cast<std::size_t>(shape[1]);
     m.bytes.assign(file->data(*t), file->data(*t) + (t->end - t->begin));

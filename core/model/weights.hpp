@@ -16,6 +16,7 @@ struct ModelConfig;
 // values in that type's encoding, row after row (whole blocks a row). Empty unless the model was
 // loaded with keep_stored; the matching fp32 matrix is then left empty.
 struct StoredMatrix {
+  std::string source;  // "FILE: tensor NAME", for errors
   std::uint32_t ggml_type = 0;
   std::size_t rows = 0, cols = 0;
   std::vector<std::uint8_t> bytes;
