@@ -8,11 +8,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
+#include <stdexcept>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "backend/cpu_backend.hpp"
 #include "cpu/kernels.hpp"
 #include "model/ggml_blocks.hpp"
 #include "model/gguf.hpp"
@@ -20,31 +21,20 @@
 using namespace ablate;
 
 namespace {
-template <class Block>
-std::vector<Block> blocks_of(const GgufFile& f, const GgufTensorInfo& t, std::size_t n) {
-  std::vector<Block> b(n);
-  std::memcpy(b.data(), f.tensor_data(t), n * sizeof(Block));
-  return b;
-}
-
-// y = x W^T through the native kernel for the tensor's type; false for a type without one.
+// y = x W^T through the kernel dtype native runs the tensor with (CpuBackend::make_stored_matrix);
+// false for F32/F16/BF16 (whose inputs are not rounded to Q8_0) and for a type native cannot hold.
 bool native_matmul(const GgufFile& f, const GgufTensorInfo& t, const float* x, float* y, int rows, int in, int out) {
-  const std::size_t n32 = std::size_t(out) * in / 32, n256 = std::size_t(out) * in / 256;
-  switch (static_cast<GgmlType>(t.type)) {
-    case GgmlType::Q8_0: cpu::matmul(y, x, cpu::pack_q8_0(blocks_of<cpu::BlockQ8_0>(f, t, n32), out, in), rows, in, out); return true;
-    case GgmlType::Q4_0: cpu::matmul(y, x, cpu::pack_nibbles(blocks_of<cpu::BlockQ4_0>(f, t, n32), out, in), rows, in, out); return true;
-    case GgmlType::Q4_1: cpu::matmul(y, x, cpu::pack_nibbles(blocks_of<cpu::BlockQ4_1>(f, t, n32), out, in), rows, in, out); return true;
-    case GgmlType::Q5_0: cpu::matmul(y, x, cpu::pack_nibbles(blocks_of<cpu::BlockQ5_0>(f, t, n32), out, in), rows, in, out); return true;
-    case GgmlType::Q5_1: cpu::matmul(y, x, cpu::pack_nibbles(blocks_of<cpu::BlockQ5_1>(f, t, n32), out, in), rows, in, out); return true;
-    case GgmlType::IQ4_NL: cpu::matmul(y, x, cpu::pack_nibbles(blocks_of<cpu::BlockIQ4_NL>(f, t, n32), out, in), rows, in, out); return true;
-    case GgmlType::Q2_K: cpu::matmul(y, x, cpu::pack_q2_k(blocks_of<cpu::BlockQ2_K>(f, t, n256), out, in), rows, in, out); return true;
-    case GgmlType::Q3_K: cpu::matmul(y, x, cpu::pack_q3_k(blocks_of<cpu::BlockQ3_K>(f, t, n256), out, in), rows, in, out); return true;
-    case GgmlType::Q4_K: cpu::matmul(y, x, cpu::pack_q4_k(blocks_of<cpu::BlockQ4_K>(f, t, n256), out, in), rows, in, out); return true;
-    case GgmlType::Q5_K: cpu::matmul(y, x, cpu::pack_q5_k(blocks_of<cpu::BlockQ5_K>(f, t, n256), out, in), rows, in, out); return true;
-    case GgmlType::Q6_K: cpu::matmul(y, x, cpu::pack_q6_k(blocks_of<cpu::BlockQ6_K>(f, t, n256), out, in), rows, in, out); return true;
-    case GgmlType::IQ4_XS: cpu::matmul(y, x, cpu::pack_iq4_xs(blocks_of<cpu::BlockIQ4_XS>(f, t, n256), out, in), rows, in, out); return true;
-    default: return false;
+  const auto type = static_cast<GgmlType>(t.type);
+  if (type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16) return false;
+  StoredMatrix m{t.name, t.type, std::size_t(out), std::size_t(in), {}};
+  m.bytes.assign(f.tensor_data(t), f.tensor_data(t) + t.n_bytes);
+  try {
+    CpuBackend::make_stored_matrix({&m}).matmul(y, x, rows, in, out);
+  } catch (const std::invalid_argument& e) {
+    std::printf("%-28s %-7s skipped: %s\n", t.name.c_str(), ggml_type_name(t.type).c_str(), "no native kernel");
+    return false;
   }
+  return true;
 }
 }  // namespace
 

@@ -2,7 +2,7 @@
 // The CPU backend: the whole Llama forward pass in the spirit of llama2.c's run.c, over a ragged
 // batch (all tokens of all chunks go through each matmul together). Activations, norms and the
 // embedding table are fp32; the matrices are held in the run's `dtype` (fp32, bf16, fp16 or Q8_0
-// blocks, or a GGUF's own Q4_1 / Q4_0 / Q8_0 blocks at dtype native) and multiplied as cpu::matmul defines for each (16-bit widened as read, bf16 times
+// blocks, or a GGUF's own blocks at dtype native) and multiplied as cpu::matmul defines for each (16-bit widened as read, bf16 times
 // bf16-rounded inputs, Q8_0 times Q8_0-quantized inputs), fp32 sums; K/V are stored in `kv.dtype`
 // and widened as attention reads them.
 #include <initializer_list>
@@ -19,9 +19,8 @@ namespace ablate {
 class CpuBackend final : public Backend {
  public:
   // dtype: "fp32" (default), "bf16", "fp16" or "q8_0", the matrices' storage, or "native": each
-  // matrix as the GGUF file stores it (weights from load_gguf with keep_stored: F32, F16, BF16,
-  // Q8_0 kept; Q4_1 and Q4_0 as Q4_1 blocks; a fused matrix whose parts differ, fp32 of their
-  // values). kv_dtype: the KV caches' element type (kv.dtype: "fp32" = "auto", "bf16", "fp16",
+  // matrix as the file stores it (weights from load_gguf / load_hf with keep_stored; a fused matrix
+  // whose parts differ, as its runs of one type; a type without a kernel throws). kv_dtype: the KV caches' element type (kv.dtype: "fp32" = "auto", "bf16", "fp16",
   // "fp8_e4m3", "int8").
   explicit CpuBackend(Weights weights, const std::string& dtype = "fp32", const std::string& kv_dtype = "fp32");
   std::string name() const override { return "cpu"; }
@@ -39,10 +38,6 @@ class CpuBackend final : public Backend {
   const std::vector<float>& forward_layers(const ForwardBatch& batch, KvCache& kv, Attention& attention,
                                            int n_layers);
 
- private:
-  // Projections that read the same input are fused into one matrix, so a decode step streams
-  // each layer in 4 matmuls instead of 7 (fewer thread fork/joins, longer reads):
-  // wqkv = [wq; wk; wv] ([dim + 2 kv_dim][dim]) and w13 = [w1; w3] ([2 hidden][dim]).
   // One weight matrix in the run's dtype; exactly one of the stores is used (`view`: an fp32
   // matrix borrowed from w_, the tied LM head).
   struct Matrix {
@@ -81,8 +76,14 @@ class CpuBackend final : public Backend {
   };
   // w is [w.size() / in][in].
   static Matrix make_matrix(std::vector<float>&& w, int in, const std::string& dtype);
-  // dtype native: the parts' rows, in order, as one matrix (their bytes are freed).
+  // dtype native: the parts' rows, in order, as one matrix (their bytes are freed); public so that
+  // experiments/check_native runs a file's matrices through the very same kernels.
   static Matrix make_stored_matrix(const std::vector<StoredMatrix*>& parts);
+
+ private:
+  // Projections that read the same input are fused into one matrix, so a decode step streams
+  // each layer in 4 matmuls instead of 7 (fewer thread fork/joins, longer reads):
+  // wqkv = [wq; wk; wv] ([dim + 2 kv_dim][dim]) and w13 = [w1; w3] ([2 hidden][dim]).
   struct FusedLayer {
     Matrix wqkv, wo, w13, w2;
   };
