@@ -491,7 +491,7 @@ TEST_CASE("GGUF: the IQ1-IQ3, TQ and FP4 types load value for value; native name
   const std::vector<std::map<std::string, GgmlType>> files = {
       {{"attn_q", GgmlType::IQ2_XXS}, {"attn_k", GgmlType::IQ2_XS}, {"attn_v", GgmlType::IQ2_S}, {"attn_output", GgmlType::IQ3_XXS},
        {"ffn_gate", GgmlType::IQ3_S}, {"ffn_up", GgmlType::IQ1_S}, {"ffn_down", GgmlType::IQ1_M}, {"output", GgmlType::TQ1_0}},
-      {{"attn_q", GgmlType::TQ2_0}, {"attn_k", GgmlType::MXFP4}, {"attn_v", GgmlType::NVFP4}, {"attn_output", GgmlType::MXFP4},
+      {{"attn_q", GgmlType::MXFP4}, {"attn_k", GgmlType::TQ2_0}, {"attn_v", GgmlType::NVFP4}, {"attn_output", GgmlType::MXFP4},
        {"ffn_gate", GgmlType::NVFP4}, {"ffn_up", GgmlType::TQ2_0}, {"ffn_down", GgmlType::MXFP4}, {"output", GgmlType::NVFP4}}};
   for (const auto& types : files) {
     TinyModel m(256, 512, 40);
@@ -521,7 +521,7 @@ TEST_CASE("GGUF: the IQ1-IQ3, TQ and FP4 types load value for value; native name
     CpuBackend q8(load_gguf(f), "q8_0");
     const auto logits = test::all_logits(q8, {1, 7, 3});
     CHECK(std::all_of(logits.begin(), logits.end(), [](float v) { return std::isfinite(v); }));
-    // Native holds none of them: the error names the file, the tensor, its type and what converts it.
+    // Native cannot hold Q's type: the error names the file, the tensor, its type and what converts it.
     std::string err;
     try {
       CpuBackend native(load_gguf(f, true), "native");
@@ -530,6 +530,37 @@ TEST_CASE("GGUF: the IQ1-IQ3, TQ and FP4 types load value for value; native name
     }
     CHECK_THAT(err, Catch::Contains("low_bit.gguf: tensor blk.0.attn_q.weight has type " + ggml_type_name(std::uint32_t(type_of("attn_q.weight")))) &&
                         Catch::Contains("dtype native cannot hold") && Catch::Contains("dtype fp32, bf16, fp16 or q8_0 converts it"));
+  }
+}
+
+TEST_CASE("dtype native: TQ1_0 and TQ2_0 run as Q2_K blocks of unit scales and mins, the same values", "[gguf][native]") {
+  for (const GgmlType type : {GgmlType::TQ1_0, GgmlType::TQ2_0}) {
+    INFO(ggml_type_name(static_cast<std::uint32_t>(type)));
+    // One matrix of 16 rows of 512 (the fixture's blocks in turn) through the kernel native runs,
+    // against the file's values times x rounded to Q8_0 blocks in fp64, which is what the Q2_K
+    // kernel computes but for fp32 sums.
+    const int out = 16, in = 512;
+    const auto [bytes, w] = reference_blocks(static_cast<std::uint32_t>(type), std::size_t(out) * in);
+    StoredMatrix m{"t", static_cast<std::uint32_t>(type), std::size_t(out), std::size_t(in), bytes};
+    const CpuBackend::Matrix held = CpuBackend::make_stored_matrix({&m});
+    CHECK(held.bytes() == std::size_t(out) * (in / 256) * 84);
+    for (const int rows : {1, 3}) {
+      std::vector<float> x(std::size_t(rows) * in), y(std::size_t(rows) * out);
+      std::mt19937 rng(7);
+      std::normal_distribution<float> normal(0.0f, 1.0f);
+      for (float& v : x) v = normal(rng);
+      held.matmul(y.data(), x.data(), rows, in, out);
+      const std::vector<cpu::BlockQ8_0> xq = cpu::quantize_q8_0(x.data(), rows, in);
+      double worst = 0, scale = 0;
+      for (int r = 0; r < rows; ++r)
+        for (int o = 0; o < out; ++o) {
+          double exact = 0;
+          for (int i = 0; i < in; ++i) exact += double(w[std::size_t(o) * in + i]) * cpu::q8_0_value(&xq[std::size_t(r) * (in / 32)], i);
+          worst = std::max(worst, std::abs(y[std::size_t(r) * out + o] - exact));
+          scale = std::max(scale, std::abs(exact));
+        }
+      CHECK(worst <= 1e-5 * scale);  // fp32 sums of 512 products
+    }
   }
 }
 

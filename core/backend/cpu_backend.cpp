@@ -12,6 +12,7 @@
 #include "cpu/kernels.hpp"
 #include "base/nvtx.hpp"
 #include "kv/kv_cache.hpp"
+#include "model/ggml_blocks.hpp"
 #include "model/gguf.hpp"
 
 namespace ablate {
@@ -26,6 +27,29 @@ std::vector<float> stack_rows(std::initializer_list<std::vector<float>*> parts) 
   for (auto* p : parts) {
     out.insert(out.end(), p->begin(), p->end());
     std::vector<float>().swap(*p);
+  }
+  return out;
+}
+// A ternary matrix (TQ1_0, TQ2_0: x = d (t - 1), t in 0..2, one fp16 d per 256 values, at byte
+// d_at of each block) as Q2_K blocks with every sub-block's scale and min 1 and dmin = d: Q2_K's
+// d sc q - dmin m is then d t - d, the same value exactly, and the Q2_K kernel runs it (84 bytes a
+// block: TQ2_0 holds 66, TQ1_0 54).
+std::vector<cpu::BlockQ2_K> ternary_as_q2_k(const StoredMatrix& m, std::size_t block_bytes, std::size_t d_at) {
+  const std::size_t n = m.rows * m.cols;
+  std::vector<float> v(n);
+  dequantize_row(m.ggml_type, m.bytes.data(), v.data(), n);
+  std::vector<cpu::BlockQ2_K> out(n / 256);
+  for (std::size_t b = 0; b < out.size(); ++b) {
+    cpu::BlockQ2_K& q = out[b];
+    std::memcpy(&q.d, m.bytes.data() + b * block_bytes + d_at, sizeof q.d);
+    q.dmin = q.d;
+    std::fill(std::begin(q.scales), std::end(q.scales), std::uint8_t{0x11});
+    std::fill(std::begin(q.qs), std::end(q.qs), std::uint8_t{0});
+    const float d = cpu::to_float(q.d);
+    for (int i = 0; i < 256; ++i) {  // t - 1 = v / d exactly (0 when d is)
+      const int t = d == 0.0f ? 1 : static_cast<int>(std::lround(v[b * 256 + i] / d)) + 1;
+      q.qs[32 * (i / 128) + i % 32] |= static_cast<std::uint8_t>(t << (2 * ((i % 128) / 32)));
+    }
   }
   return out;
 }
@@ -103,10 +127,17 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(const std::vector<StoredMatrix
     case GgmlType::Q6_K: m.q6_k = cpu::pack_q6_k(as(cpu::BlockQ6_K{}), out, cols); break;
     case GgmlType::IQ4_NL: m.iq4_nl = cpu::pack_nibbles(as(cpu::BlockIQ4_NL{}), out, cols); break;
     case GgmlType::IQ4_XS: m.iq4_xs = cpu::pack_iq4_xs(as(cpu::BlockIQ4_XS{}), out, cols); break;
-    default:  // the IQ1-IQ3, TQ and FP4 types: decoded at load, but no kernel reads their blocks
+    case GgmlType::TQ1_0:
+    case GgmlType::TQ2_0: {
+      StoredMatrix all{first.source, first.ggml_type, rows, in, std::move(bytes)};
+      const bool tq1 = type == GgmlType::TQ1_0;
+      m.q2_k = cpu::pack_q2_k(ternary_as_q2_k(all, tq1 ? 54 : 66, tq1 ? 52 : 64), out, cols);
+      break;
+    }
+    default:  // the IQ1-IQ3 and FP4 types: decoded at load, but no kernel reads their blocks
       throw std::invalid_argument(fmt::format(
           "{} has type {}, which dtype native cannot hold on the cpu backend (native types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, "
-          "Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS); dtype fp32, bf16, fp16 or q8_0 converts it at load",
+          "Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, and TQ1_0/TQ2_0 as Q2_K); dtype fp32, bf16, fp16 or q8_0 converts it at load",
           first.source, ggml_type_name(first.ggml_type)));
   }
   return m;
