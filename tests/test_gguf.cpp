@@ -486,8 +486,9 @@ TEST_CASE("GGUF: IQ4_NL and IQ4_XS load value for value; native runs them in the
   WARN("native (IQ4_NL, IQ4_XS) vs fp32 of the same values: max |logit difference| " << diff << " of max |logit| " << scale);
 }
 
-TEST_CASE("GGUF: the IQ1-IQ3, TQ and FP4 types load value for value; native names the tensor it cannot hold", "[gguf][native]") {
-  // Two files that between them hold every type decoded without a native kernel.
+TEST_CASE("GGUF: the IQ1-IQ3, TQ and FP4 types load value for value; native runs the lattice and ternary ones, names the tensor it cannot hold",
+          "[gguf][native]") {
+  // Two files that between them hold every type these cover: the first all natively held, the second not.
   const std::vector<std::map<std::string, GgmlType>> files = {
       {{"attn_q", GgmlType::IQ2_XXS}, {"attn_k", GgmlType::IQ2_XS}, {"attn_v", GgmlType::IQ2_S}, {"attn_output", GgmlType::IQ3_XXS},
        {"ffn_gate", GgmlType::IQ3_S}, {"ffn_up", GgmlType::IQ1_S}, {"ffn_down", GgmlType::IQ1_M}, {"output", GgmlType::TQ1_0}},
@@ -521,6 +522,19 @@ TEST_CASE("GGUF: the IQ1-IQ3, TQ and FP4 types load value for value; native name
     CpuBackend q8(load_gguf(f), "q8_0");
     const auto logits = test::all_logits(q8, {1, 7, 3});
     CHECK(std::all_of(logits.begin(), logits.end(), [](float v) { return std::isfinite(v); }));
+    if (types.at("attn_q") == GgmlType::IQ2_XXS) {
+      // Native holds the lattice types in the file's own bytes, TQ1_0 as Q2_K (84 bytes a block).
+      CpuBackend native(load_gguf(f, true), "native"), fp32(load_gguf(f), "fp32");
+      CHECK(native.matrix_bytes() == 256 * 66 + 128 * 74 + 128 * 82 + 256 * 98 + 512 * 110 + 512 * 50 + 256 * 2 * 56 + 40 * 84);
+      const std::vector<int> toks = {1, 7, 3, 22, 9};
+      const auto a = test::all_logits(native, toks), b = test::all_logits(fp32, toks);
+      double scale = 0;
+      for (float v : b) scale = std::max(scale, double(std::abs(v)));
+      const double diff = test::max_abs_diff(a, b);  // the same weights; native's inputs rounded to Q8_0
+      CHECK(diff < 0.05 * scale);
+      WARN("native (IQ1_S..IQ3_S, TQ1_0) vs fp32 of the same values: max |logit difference| " << diff << " of max |logit| " << scale);
+      continue;
+    }
     // Native cannot hold Q's type: the error names the file, the tensor, its type and what converts it.
     std::string err;
     try {
@@ -533,18 +547,23 @@ TEST_CASE("GGUF: the IQ1-IQ3, TQ and FP4 types load value for value; native name
   }
 }
 
-TEST_CASE("dtype native: TQ1_0 and TQ2_0 run as Q2_K blocks of unit scales and mins, the same values", "[gguf][native]") {
-  for (const GgmlType type : {GgmlType::TQ1_0, GgmlType::TQ2_0}) {
+TEST_CASE("dtype native: the lattice types in their own blocks, TQ1_0 and TQ2_0 as Q2_K of unit scales, against fp64 W x^",
+          "[gguf][native]") {
+  // type: bytes a 256-value block as native holds it (the lattice types: the file's)
+  const std::vector<std::pair<GgmlType, std::size_t>> types = {
+      {GgmlType::TQ1_0, 84},   {GgmlType::TQ2_0, 84},   {GgmlType::IQ2_XXS, 66}, {GgmlType::IQ2_XS, 74}, {GgmlType::IQ2_S, 82},
+      {GgmlType::IQ3_XXS, 98}, {GgmlType::IQ3_S, 110}, {GgmlType::IQ1_S, 50},   {GgmlType::IQ1_M, 56}};
+  for (const auto& [type, block_bytes] : types) {
     INFO(ggml_type_name(static_cast<std::uint32_t>(type)));
-    // One matrix of 16 rows of 512 (the fixture's blocks in turn) through the kernel native runs,
-    // against the file's values times x rounded to Q8_0 blocks in fp64, which is what the Q2_K
-    // kernel computes but for fp32 sums.
-    const int out = 16, in = 512;
+    // One matrix of 24 rows of 512 (the fixture's blocks in turn) through the kernel native runs,
+    // against the file's values times x rounded to Q8_0 blocks in fp64, which is what the kernels
+    // compute but for fp32 sums: 1 and 3 rows (the int8 kernels), 17 (the widened-panel GEMM).
+    const int out = 24, in = 512;
     const auto [bytes, w] = reference_blocks(static_cast<std::uint32_t>(type), std::size_t(out) * in);
     StoredMatrix m{"t", static_cast<std::uint32_t>(type), std::size_t(out), std::size_t(in), bytes};
     const CpuBackend::Matrix held = CpuBackend::make_stored_matrix({&m});
-    CHECK(held.bytes() == std::size_t(out) * (in / 256) * 84);
-    for (const int rows : {1, 3}) {
+    CHECK(held.bytes() == std::size_t(out) * (in / 256) * block_bytes);
+    for (const int rows : {1, 3, 17}) {
       std::vector<float> x(std::size_t(rows) * in), y(std::size_t(rows) * out);
       std::mt19937 rng(7);
       std::normal_distribution<float> normal(0.0f, 1.0f);

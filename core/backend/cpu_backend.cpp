@@ -127,6 +127,13 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(const std::vector<StoredMatrix
     case GgmlType::Q6_K: m.q6_k = cpu::pack_q6_k(as(cpu::BlockQ6_K{}), out, cols); break;
     case GgmlType::IQ4_NL: m.iq4_nl = cpu::pack_nibbles(as(cpu::BlockIQ4_NL{}), out, cols); break;
     case GgmlType::IQ4_XS: m.iq4_xs = cpu::pack_iq4_xs(as(cpu::BlockIQ4_XS{}), out, cols); break;
+    case GgmlType::IQ2_XXS: m.lattice = cpu::make_lattice_matrix(cpu::LatticeType::IQ2_XXS, std::move(bytes), out, cols); break;
+    case GgmlType::IQ2_XS: m.lattice = cpu::make_lattice_matrix(cpu::LatticeType::IQ2_XS, std::move(bytes), out, cols); break;
+    case GgmlType::IQ2_S: m.lattice = cpu::make_lattice_matrix(cpu::LatticeType::IQ2_S, std::move(bytes), out, cols); break;
+    case GgmlType::IQ3_XXS: m.lattice = cpu::make_lattice_matrix(cpu::LatticeType::IQ3_XXS, std::move(bytes), out, cols); break;
+    case GgmlType::IQ3_S: m.lattice = cpu::make_lattice_matrix(cpu::LatticeType::IQ3_S, std::move(bytes), out, cols); break;
+    case GgmlType::IQ1_S: m.lattice = cpu::make_lattice_matrix(cpu::LatticeType::IQ1_S, std::move(bytes), out, cols); break;
+    case GgmlType::IQ1_M: m.lattice = cpu::make_lattice_matrix(cpu::LatticeType::IQ1_M, std::move(bytes), out, cols); break;
     case GgmlType::TQ1_0:
     case GgmlType::TQ2_0: {
       StoredMatrix all{first.source, first.ggml_type, rows, in, std::move(bytes)};
@@ -134,10 +141,10 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(const std::vector<StoredMatrix
       m.q2_k = cpu::pack_q2_k(ternary_as_q2_k(all, tq1 ? 54 : 66, tq1 ? 52 : 64), out, cols);
       break;
     }
-    default:  // the IQ1-IQ3 and FP4 types: decoded at load, but no kernel reads their blocks
+    default:  // MXFP4, NVFP4: decoded at load, but no kernel reads their blocks
       throw std::invalid_argument(fmt::format(
           "{} has type {}, which dtype native cannot hold on the cpu backend (native types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, "
-          "Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, and TQ1_0/TQ2_0 as Q2_K); dtype fp32, bf16, fp16 or q8_0 converts it at load",
+          "Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, and TQ1_0/TQ2_0 as Q2_K); dtype fp32, bf16, fp16 or q8_0 converts it at load",
           first.source, ggml_type_name(first.ggml_type)));
   }
   return m;
@@ -171,6 +178,7 @@ void CpuBackend::Matrix::matmul(float* y, const float* x, int rows, int in, int 
   if (!q3_k.empty()) return cpu::matmul(y, x, q3_k, rows, in, out);
   if (!iq4_nl.empty()) return cpu::matmul(y, x, iq4_nl, rows, in, out);
   if (!iq4_xs.empty()) return cpu::matmul(y, x, iq4_xs, rows, in, out);
+  if (!lattice.empty()) return cpu::matmul(y, x, lattice, rows, in, out);
   if (!q6_k.empty()) return cpu::matmul(y, x, q6_k, rows, in, out);
   cpu::matmul(y, x, f16.data(), rows, in, out);
 }

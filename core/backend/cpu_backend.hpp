@@ -11,6 +11,7 @@
 
 #include "backend/backend.hpp"
 #include "cpu/half.hpp"
+#include "cpu/lattice.hpp"
 #include "cpu/quant.hpp"
 #include "model/weights.hpp"
 
@@ -57,6 +58,7 @@ class CpuBackend final : public Backend {
     cpu::PackedQ5_K q5_k;
     cpu::PackedQ6_K q6_k;
     cpu::PackedIQ4_XS iq4_xs;
+    cpu::LatticeMatrix lattice;  // and its IQ1_S..IQ3_S blocks, as the file holds them
     const float* view = nullptr;
     // dtype native, a fused matrix whose parts differ in encoding: its runs of same-type rows, each
     // held as the file has it (part_rows[i] rows each), one matmul apiece.
@@ -71,7 +73,7 @@ class CpuBackend final : public Backend {
     std::size_t bytes() const {
       return f32.size() * 4 + (bf16.size() + f16.size()) * 2 + q8.bytes() + q4_0.bytes() + q4_1.bytes() + q5_0.bytes() +
              q5_1.bytes() + iq4_nl.bytes() + q2_k.bytes() + q3_k.bytes() + q4_k.bytes() + q5_k.bytes() + q6_k.bytes() +
-             iq4_xs.bytes() + parts_bytes();
+             iq4_xs.bytes() + lattice.bytes_size() + parts_bytes();
     }
   };
   // w is [w.size() / in][in].

@@ -111,7 +111,7 @@ const std::vector<Rule>& rules() {
                "too, as a tensor-core GEMM, fp16 widens the weights as read; norms, embeddings and the residual "
                "stream stay fp32); q8_0: 32-value int8 blocks with an fp16 scale, times each matmul's input "
                "quantized the same way (int8 x int8 products, as llama.cpp; cpu only); native: each matrix as "
-               "the checkpoint file stores it (a GGUF's Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS blocks, TQ1_0/TQ2_0 as Q2_K, "
+               "the checkpoint file stores it (a GGUF's Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ1_S..IQ4_XS blocks, TQ1_0/TQ2_0 as Q2_K, "
                "times Q8_0-quantized inputs; F16, BF16, F32 tensors as above; model.source gguf or hf, cpu only)"),
         plain("quality", Kind::Bool, F(quality),
               "also measure output quality against an fp32 CPU reference of the model: quality_kl, quality_top1 "

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "cpu/lattice.hpp"
 #include "cpu/quant.hpp"
 
 namespace ablate {
@@ -33,12 +34,6 @@ constexpr GgmlTypeTraits kTypes[] = {
 std::uint16_t u16(const std::uint8_t* p) {
   std::uint16_t v;
   std::memcpy(&v, p, 2);
-  return v;
-}
-
-std::uint32_t u32(const std::uint8_t* p) {
-  std::uint32_t v;
-  std::memcpy(&v, p, 4);
   return v;
 }
 
@@ -82,124 +77,14 @@ void k_block(const std::uint8_t* b, float* y) {
   for (int i = 0; i < 256; ++i) y[i] = Value(blk, i);
 }
 
-// The IQ1, IQ2 and IQ3 types: each 8 (IQ3: 4) values are one point of a fixed lattice, stored as its
-// index, times a sub-block scale, with the signs apart (IQ1: no signs, a shift delta instead). The
-// lattices are constants of the formats (iq_grids.inc); a point's byte j is its value j.
-#include "model/iq_grids.inc"
-
-int grid_value(std::uint64_t point, int j) { return static_cast<std::int8_t>(point >> (8 * j)); }
-// IQ2_XXS/IQ2_XS/IQ3_XXS keep 7 sign bits of each 8 values; the 8th makes the count of minus signs
-// even (ggml's ksigns_iq2xs table).
-unsigned even_signs(unsigned seven) { return seven | (std::popcount(seven) & 1u) << 7; }
-float sign(unsigned signs, int j) { return (signs >> j) & 1u ? -1.0f : 1.0f; }
-
-// 8 values of grid point `point` times db with the sign bits `signs`.
-void grid8(float* y, std::uint64_t point, unsigned signs, float db) {
-  for (int j = 0; j < 8; ++j) y[j] = db * static_cast<float>(grid_value(point, j)) * sign(signs, j);
-}
-
-// IQ2_XXS (66 bytes): fp16 d, then per 32 values two u32: four 8-bit grid indices; 4 x 7 sign bits
-// and a 4-bit scale ls: x = d (0.5 + ls) / 4 grid.
-void iq2_xxs(const std::uint8_t* b, float* y) {
-  const float d = half(b);
-  for (int ib = 0; ib < 8; ++ib, y += 32) {
-    const std::uint8_t* q = b + 2 + 8 * ib;
-    const std::uint32_t aux = u32(q + 4);
-    const float db = d * (0.5f + static_cast<float>(aux >> 28)) * 0.25f;
-    for (int l = 0; l < 4; ++l) grid8(y + 8 * l, kIq2xxsGrid[q[l]], even_signs((aux >> (7 * l)) & 127), db);
-  }
-}
-
-// IQ2_XS (74 bytes): fp16 d, u16 qs[32] (9-bit grid index, 7 sign bits), 4-bit scales for each 16
-// values: x = d (0.5 + ls) / 4 grid.
-void iq2_xs(const std::uint8_t* b, float* y) {
-  const float d = half(b);
-  const std::uint8_t* scales = b + 66;
-  for (int ib = 0; ib < 8; ++ib, y += 32)
-    for (int l = 0; l < 4; ++l) {
-      const unsigned q = u16(b + 2 + 2 * (4 * ib + l));
-      const float db = d * (0.5f + static_cast<float>((scales[ib] >> (4 * (l / 2))) & 15)) * 0.25f;
-      grid8(y + 8 * l, kIq2xsGrid[q & 511], even_signs(q >> 9), db);
-    }
-}
-
-// IQ2_S (82 bytes): fp16 d, 32 grid indices' low bytes, 32 bytes of signs (all 8 stored), qh[8] (the
-// indices' 2 high bits), 4-bit scales for each 16 values: x = d (0.5 + ls) / 4 grid.
-void iq2_s(const std::uint8_t* b, float* y) {
-  const float d = half(b);
-  const std::uint8_t *qs = b + 2, *signs = b + 34, *qh = b + 66, *scales = b + 74;
-  for (int ib = 0; ib < 8; ++ib, y += 32)
-    for (int l = 0; l < 4; ++l) {
-      const unsigned index = qs[4 * ib + l] | ((qh[ib] >> (2 * l)) & 3u) << 8;
-      const float db = d * (0.5f + static_cast<float>((scales[ib] >> (4 * (l / 2))) & 15)) * 0.25f;
-      grid8(y + 8 * l, kIq2sGrid[index], signs[4 * ib + l], db);
-    }
-}
-
-// 8 values of two 4-value IQ3 points.
-void grid4x2(float* y, std::uint32_t a, std::uint32_t b, unsigned signs, float db) {
-  grid8(y, a | static_cast<std::uint64_t>(b) << 32, signs, db);
-}
-
-// IQ3_XXS (98 bytes): fp16 d, 64 8-bit grid indices (4-value points), then per 32 values a u32 of
-// 4 x 7 sign bits and a 4-bit scale: x = d (0.5 + ls) / 2 grid.
-void iq3_xxs(const std::uint8_t* b, float* y) {
-  const float d = half(b);
-  const std::uint8_t* qs = b + 2;
-  for (int ib = 0; ib < 8; ++ib, y += 32) {
-    const std::uint32_t aux = u32(b + 66 + 4 * ib);
-    const float db = d * (0.5f + static_cast<float>(aux >> 28)) * 0.5f;
-    for (int l = 0; l < 4; ++l)
-      grid4x2(y + 8 * l, kIq3xxsGrid[qs[8 * ib + 2 * l]], kIq3xxsGrid[qs[8 * ib + 2 * l + 1]], even_signs((aux >> (7 * l)) & 127), db);
-  }
-}
-
-// IQ3_S (110 bytes): fp16 d, 64 grid indices' low bytes, qh[8] (their 9th bits), 32 bytes of signs,
-// 4-bit scales for each 32 values: x = d (1 + 2 ls) grid.
-void iq3_s(const std::uint8_t* b, float* y) {
-  const float d = half(b);
-  const std::uint8_t *qs = b + 2, *qh = b + 66, *signs = b + 74, *scales = b + 106;
-  for (int ib = 0; ib < 8; ++ib, y += 32) {
-    const float db = d * static_cast<float>(1 + 2 * ((scales[ib / 2] >> (4 * (ib % 2))) & 15));
-    for (int l = 0; l < 4; ++l) {
-      const auto index = [&](int k) { return qs[8 * ib + k] | ((qh[ib] >> k) & 1u) << 8; };
-      grid4x2(y + 8 * l, kIq3sGrid[index(2 * l)], kIq3sGrid[index(2 * l + 1)], signs[4 * ib + l], db);
-    }
-  }
-}
-
-// 8 values of IQ1 grid point `point` (values -1, 0, 1) shifted by delta, times dl.
-void iq1_grid8(float* y, std::uint64_t point, float delta, float dl) {
-  for (int j = 0; j < 8; ++j) y[j] = dl * (static_cast<float>(grid_value(point, j)) + delta);
-}
-constexpr float kIq1Delta = 0.125f;
-
-// IQ1_S (50 bytes): fp16 d, 32 grid indices' low bytes, then per 32 values a u16: four 3-bit high
-// parts of the indices, a 3-bit scale ls and the delta's sign: x = d (2 ls + 1) (grid +- 1/8).
-void iq1_s(const std::uint8_t* b, float* y) {
-  const float d = half(b);
-  for (int ib = 0; ib < 8; ++ib, y += 32) {
-    const unsigned qh = u16(b + 34 + 2 * ib);
-    const float dl = d * static_cast<float>(2 * ((qh >> 12) & 7) + 1);
-    const float delta = qh & 0x8000 ? -kIq1Delta : kIq1Delta;
-    for (int l = 0; l < 4; ++l) iq1_grid8(y + 8 * l, kIq1sGrid[b[2 + 4 * ib + l] | ((qh >> (3 * l)) & 7u) << 8], delta, dl);
-  }
-}
-
-// IQ1_M (56 bytes): 32 grid indices' low bytes, qh[16] (a nibble an index: 3 high bits and the
-// delta's sign), 4 u16 of 3-bit scales (one for each 16 values) whose top nibbles together are
-// the fp16 d: x = d (2 ls + 1) (grid +- 1/8).
-void iq1_m(const std::uint8_t* b, float* y) {
-  const std::uint8_t *qs = b, *qh = b + 32;
-  std::uint16_t sc[4];
-  for (int i = 0; i < 4; ++i) sc[i] = u16(b + 48 + 2 * i);
-  const float d = fp16_to_float(static_cast<std::uint16_t>((sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) | (sc[3] & 0xF000)));
-  for (int ib = 0; ib < 8; ++ib, y += 32)
-    for (int l = 0; l < 4; ++l) {
-      const unsigned ls = (sc[ib / 2] >> (6 * (ib % 2) + 3 * (l / 2))) & 7;
-      const unsigned h = (qh[2 * ib + l / 2] >> (4 * (l % 2))) & 15;
-      iq1_grid8(y + 8 * l, kIq1sGrid[qs[4 * ib + l] | (h & 7u) << 8], h & 8 ? -kIq1Delta : kIq1Delta, d * static_cast<float>(2 * ls + 1));
-    }
+// The lattice types IQ1_S..IQ3_S (x = scale times a lattice point's values, with signs or IQ1's
+// +-1/8): the CPU kernels' own description of a sub-block (cpu/lattice.hpp), so the fixture test
+// checks theirs too.
+template <class Block>
+void lattice(const std::uint8_t* b, float* y) {
+  Block blk;
+  std::memcpy(&blk, b, sizeof blk);
+  cpu::lattice_values(blk, y);
 }
 
 // TQ1_0 (54 bytes): ternary values packed 5 (the last 16: 4) to a byte in base 3, each byte scaled
@@ -333,13 +218,13 @@ void dequantize_row(std::uint32_t type, const std::uint8_t* src, float* dst, std
     case GgmlType::Q6_K: return blocks(k_block<cpu::BlockQ6_K, cpu::q6_k_value>, 256, 210);
     case GgmlType::IQ4_NL: return blocks(nibbles<cpu::BlockIQ4_NL>, 32, 18);
     case GgmlType::IQ4_XS: return blocks(k_block<cpu::BlockIQ4_XS, cpu::iq4_xs_value>, 256, 136);
-    case GgmlType::IQ2_XXS: return blocks(iq2_xxs, 256, 66);
-    case GgmlType::IQ2_XS: return blocks(iq2_xs, 256, 74);
-    case GgmlType::IQ2_S: return blocks(iq2_s, 256, 82);
-    case GgmlType::IQ3_XXS: return blocks(iq3_xxs, 256, 98);
-    case GgmlType::IQ3_S: return blocks(iq3_s, 256, 110);
-    case GgmlType::IQ1_S: return blocks(iq1_s, 256, 50);
-    case GgmlType::IQ1_M: return blocks(iq1_m, 256, 56);
+    case GgmlType::IQ2_XXS: return blocks(lattice<cpu::BlockIQ2_XXS>, 256, 66);
+    case GgmlType::IQ2_XS: return blocks(lattice<cpu::BlockIQ2_XS>, 256, 74);
+    case GgmlType::IQ2_S: return blocks(lattice<cpu::BlockIQ2_S>, 256, 82);
+    case GgmlType::IQ3_XXS: return blocks(lattice<cpu::BlockIQ3_XXS>, 256, 98);
+    case GgmlType::IQ3_S: return blocks(lattice<cpu::BlockIQ3_S>, 256, 110);
+    case GgmlType::IQ1_S: return blocks(lattice<cpu::BlockIQ1_S>, 256, 50);
+    case GgmlType::IQ1_M: return blocks(lattice<cpu::BlockIQ1_M>, 256, 56);
     case GgmlType::TQ1_0: return blocks(tq1_0, 256, 54);
     case GgmlType::TQ2_0: return blocks(tq2_0, 256, 66);
     case GgmlType::MXFP4: return blocks(mxfp4, 32, 17);

@@ -5,6 +5,7 @@
 
 #include "cpu/attention.hpp"
 #include "cpu/half.hpp"
+#include "cpu/lattice.hpp"
 #include "cpu/quant.hpp"
 
 namespace ablate::cpu {
@@ -56,6 +57,11 @@ void matmul(float* y, const float* x, const PackedQ2_K& w, int rows, int in, int
 // w as Q6_K blocks (pack_q6_k), 0.82 bytes a weight: each 32-value sub-block's two 16-value halves,
 // d sc_g times the exact int sums of (q - 32) q_x, times d_x. The same contract as above.
 void matmul(float* y, const float* x, const PackedQ6_K& w, int rows, int in, int out);
+// w as one of the lattice types IQ1_S..IQ3_S in the file's own blocks (make_lattice_matrix), 1.56 to
+// 3.44 bits a weight: each 32-value sub-block expanded to its integers (lattice.hpp) and multiplied
+// by x's Q8_0 block there as Q8_0 is, exact int sums times the half's scale and d_x. The same
+// contract as above.
+void matmul(float* y, const float* x, const LatticeMatrix& w, int rows, int in, int out);
 // rows x in floats as rows x q8_0_blocks_per_row(in) blocks: the bytes of quant.hpp's
 // quantize_q8_0 (vectorised where the CPU has AVX2).
 void quantize_q8_0_rows(BlockQ8_0* dst, const float* x, int rows, int in);

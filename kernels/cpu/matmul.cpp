@@ -888,11 +888,79 @@ void widen_rows(float* dst, const W* w, int in, int p0, int p1) {
     for (int b = 0; b < in / kQ4KBlock; ++b) w->values(o, b, dst + b * kQ4KBlock);
 }
 
+// ---- The lattice types IQ1_S..IQ3_S (dtype native): the file's own blocks, a row at a time -----
+void widen_rows(float* dst, const LatticeMatrix* w, int in, int p0, int p1) {
+  for (int o = p0; o < p1; ++o, dst += in)
+    for (int b = 0; b < in / 256; ++b) lattice_row_values(*w, o, b, dst + 256 * b);
+}
+
+#if defined(ABLATE_Q8_INT8)
+// lattice_ints, 32 bytes at once: the 4 points' bytes side by side (IQ1: times 8, plus the
+// deltas), then sign bit i of the sub-block spread to byte i's mask and applied as (v ^ m) - m.
+inline __m256i lattice_ints8(const LatticeSub& u) {
+  __m256i v = _mm256_setr_epi64x(static_cast<long long>(u.point[0]), static_cast<long long>(u.point[1]),
+                                 static_cast<long long>(u.point[2]), static_cast<long long>(u.point[3]));
+  if (u.times == 8) {
+    v = _mm256_add_epi8(v, v);
+    v = _mm256_add_epi8(v, v);
+    v = _mm256_add_epi8(v, v);
+    const auto rep = [](std::int8_t d) { return static_cast<long long>(std::uint8_t(d) * 0x0101010101010101ull); };
+    v = _mm256_add_epi8(v, _mm256_setr_epi64x(rep(u.delta[0]), rep(u.delta[1]), rep(u.delta[2]), rep(u.delta[3])));
+  }
+  // Each 128-bit lane holds the 4 sign bytes; lane 0 spreads bytes 0 and 1, lane 1 bytes 2 and 3.
+  const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(u.signs)),
+                                             _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                                              2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+  const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ull));
+  const __m256i neg = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+  return _mm256_sub_epi8(_mm256_xor_si256(v, neg), neg);
+}
+
+// Rows [o0, o1) of w times `rows` rows of x: each sub-block expanded once, then its 32 integers
+// times each x row's Q8_0 block there, summed exactly as Q8_0 x Q8_0 is (|w| <= 62, so vpmaddubsw
+// stays below 2 * 62 * 127), then times the half's scale and d_x.
+template <class Block>
+void lattice_rows(float* y, const Q8Rows& x, const LatticeMatrix& w, int rows, int out, int o0, int o1) {
+  const int nb = w.in / 256, nbx = w.in / kQ8Block;
+  for (int o = o0; o < o1; ++o) {
+    __m256 acc[kFewRows];
+    for (int r = 0; r < rows; ++r) acc[r] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; ++b) {
+      Block blk;
+      std::memcpy(&blk, w.bytes.data() + (std::size_t(o) * nb + b) * sizeof(Block), sizeof blk);
+      for (int s = 0; s < 8; ++s) {
+        const LatticeSub u = lattice_sub(blk, s);
+        const __m256i wv = lattice_ints8(u);
+        const __m256i wa = _mm256_sign_epi8(wv, wv);
+        const __m256 sc = _mm256_setr_ps(u.scale[0], u.scale[0], u.scale[0], u.scale[0], u.scale[1], u.scale[1], u.scale[1], u.scale[1]);
+        for (int r = 0; r < rows; ++r) {
+          const BlockQ8_0& xb = x.q[std::size_t(r) * nbx + 8 * b + s];
+          acc[r] = _mm256_fmadd_ps(q8_pair_sums(wa, wv, q8_bytes(xb)), _mm256_mul_ps(sc, _mm256_set1_ps(q8_d(xb))), acc[r]);
+        }
+      }
+    }
+    for (int r = 0; r < rows; ++r) y[std::size_t(r) * out + o] = hsum8(acc[r]);
+  }
+}
+
+void matmul_block(float* y, const Q8Rows* x, const LatticeMatrix* w, int rows, int, int out, int o0, int o1) {
+  switch (w->type) {
+    case LatticeType::IQ2_XXS: return lattice_rows<BlockIQ2_XXS>(y, *x, *w, rows, out, o0, o1);
+    case LatticeType::IQ2_XS: return lattice_rows<BlockIQ2_XS>(y, *x, *w, rows, out, o0, o1);
+    case LatticeType::IQ2_S: return lattice_rows<BlockIQ2_S>(y, *x, *w, rows, out, o0, o1);
+    case LatticeType::IQ3_XXS: return lattice_rows<BlockIQ3_XXS>(y, *x, *w, rows, out, o0, o1);
+    case LatticeType::IQ3_S: return lattice_rows<BlockIQ3_S>(y, *x, *w, rows, out, o0, o1);
+    case LatticeType::IQ1_S: return lattice_rows<BlockIQ1_S>(y, *x, *w, rows, out, o0, o1);
+    case LatticeType::IQ1_M: return lattice_rows<BlockIQ1_M>(y, *x, *w, rows, out, o0, o1);
+  }
+}
+#endif
+
 template <class W>
 void matmul_block(float* y, const float* x, const W* w, int rows, int in, int out, int o0, int o1) {
 #if defined(ABLATE_FEW_ROWS)
   // (Q8_0 and the 4- and 5-bit blocks with few rows multiply int8 inputs: matmul_block on Q8_0 x, above.)
-  if constexpr (!std::is_same_v<W, PackedQ8_0> && !kPackedNibbles<W> && !kKQuant<W>)
+  if constexpr (!std::is_same_v<W, PackedQ8_0> && !kPackedNibbles<W> && !kKQuant<W> && !std::is_same_v<W, LatticeMatrix>)
     if (rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
 #endif
   constexpr int kPanel = 64;  // rows of w widened at once: 64 x in floats stay in L2
@@ -1081,5 +1149,23 @@ void matmul(float* y, const float* x, const PackedIQ4_XS& w, int rows, int in, i
 void matmul(float* y, const float* x, const PackedQ3_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const PackedQ2_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const PackedQ6_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
+
+void matmul(float* y, const float* x, const LatticeMatrix& w, int rows, int in, int out) {
+  if (w.in != in || w.out != out) throw std::invalid_argument("matmul: the lattice matrix is not [out][in]");
+  thread_local std::vector<BlockQ8_0> xq;
+  xq.resize(std::size_t(rows) * (in / kQ8Block));
+  quantize_q8_0_rows(xq.data(), x, rows, in);
+#if defined(ABLATE_Q8_INT8)
+  if (rows <= kFewRows) {
+    const Q8Rows xr{xq.data(), nullptr};
+    return matmul_any(y, &xr, &w, rows, in, out);
+  }
+#endif
+  // Many rows (prefill), or no AVX2: the widened-panel GEMM on x's blocks dequantized, as Q8_0.
+  thread_local std::vector<float> xr;
+  xr.resize(std::size_t(rows) * in);
+  widen_rows(xr.data(), xq.data(), in, 0, rows);
+  matmul_any(y, xr.data(), &w, rows, in, out);
+}
 
 }  // namespace ablate::cpu
