@@ -103,6 +103,7 @@ struct MatmulCopies {
   std::vector<cpu::PackedIQ4_NL> iq4nl;  // the Q4_1 nibbles as IQ4_NL blocks (timing only)
   std::vector<cpu::PackedQ3_K> q3k;  // Q3_K, Q2_K blocks of patterned bytes
   std::vector<cpu::PackedQ2_K> q2k;
+  std::vector<cpu::LatticeMatrix> lattice;  // IQ3_S, IQ2_XXS, IQ1_S blocks of patterned bytes
   // out x in / 256 K-quant blocks of patterned bytes with small fp16 scales (timing only).
   template <class Block>
   static std::vector<Block> patterned(int out, int in) {
@@ -167,6 +168,14 @@ struct MatmulCopies {
       q3k.assign(count, cpu::pack_q3_k(patterned<cpu::BlockQ3_K>(out, in), out, in));
     } else if (dtype == 12) {
       q2k.assign(count, cpu::pack_q2_k(patterned<cpu::BlockQ2_K>(out, in), out, in));
+    } else if (dtype >= 13) {
+      const auto bytes_of = [](const auto& blocks) {
+        const auto* p = reinterpret_cast<const std::uint8_t*>(blocks.data());
+        return std::vector<std::uint8_t>(p, p + blocks.size() * sizeof(blocks[0]));
+      };
+      lattice.assign(count, dtype == 13   ? cpu::make_lattice_matrix(cpu::LatticeType::IQ3_S, bytes_of(patterned<cpu::BlockIQ3_S>(out, in)), out, in)
+                            : dtype == 14 ? cpu::make_lattice_matrix(cpu::LatticeType::IQ2_XXS, bytes_of(patterned<cpu::BlockIQ2_XXS>(out, in)), out, in)
+                                          : cpu::make_lattice_matrix(cpu::LatticeType::IQ1_S, bytes_of(patterned<cpu::BlockIQ1_S>(out, in)), out, in));
     }
   }
 };
@@ -193,7 +202,8 @@ void BM_Matmul(benchmark::State& state) {
       case 9: cpu::matmul(y.data(), x.data(), copies.iq4xs[c], rows, in, out); break;
       case 10: cpu::matmul(y.data(), x.data(), copies.iq4nl[c], rows, in, out); break;
       case 11: cpu::matmul(y.data(), x.data(), copies.q3k[c], rows, in, out); break;
-      default: cpu::matmul(y.data(), x.data(), copies.q2k[c], rows, in, out); break;
+      case 12: cpu::matmul(y.data(), x.data(), copies.q2k[c], rows, in, out); break;
+      default: cpu::matmul(y.data(), x.data(), copies.lattice[c], rows, in, out); break;
     }
     benchmark::DoNotOptimize(y.data());
   }
@@ -208,6 +218,7 @@ void BM_Matmul(benchmark::State& state) {
                        : dtype == 10 ? double(copies.iq4nl[0].bytes())
                        : dtype == 11 ? double(copies.q3k[0].bytes())
                        : dtype == 12 ? double(copies.q2k[0].bytes())
+                       : dtype >= 13 ? double(copies.lattice[0].bytes_size())
                                     : 2.0 * wn;
   set_rate_counters(state, bytes, 2.0 * rows * wn, bw);
 }
@@ -309,10 +320,10 @@ void BM_AttentionNaive(benchmark::State& state) {
 }
 
 void matmul_args(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0, 4 Q4_1, 5 Q4_0, 6 Q4_K, 7 Q6_K, 8 Q5_K, 9 IQ4_XS, 10 IQ4_NL, 11 Q3_K, 12 Q2_K (native)
+  b->ArgNames({"rows", "in", "out", "dtype"});  // dtype 0 fp32, 1 bf16, 2 fp16, 3 q8_0, 4 Q4_1, 5 Q4_0, 6 Q4_K, 7 Q6_K, 8 Q5_K, 9 IQ4_XS, 10 IQ4_NL, 11 Q3_K, 12 Q2_K, 13 IQ3_S, 14 IQ2_XXS, 15 IQ1_S (native)
   const std::pair<int, int> shapes[] = {{kDim, kDim}, {kDim, kKvDim}, {kDim, kHidden}, {kHidden, kDim}, {kDim, kVocab}};
   for (int rows : {1, 5, 16})
-    for (int dtype = 0; dtype < 13; ++dtype)
+    for (int dtype = 0; dtype < 16; ++dtype)
       if (rows != 5 || dtype == 0)
         for (auto [in, out] : shapes)
           if (dtype < 6 || dtype == 10 || in % 256 == 0) b->Args({rows, in, out, dtype});  // K-quant rows are 256 values
