@@ -5,6 +5,7 @@
 // scale for each 16 or 32 values. Every sub-block is read through one description (LatticeSub), so
 // one decoder and one kernel serve all seven types: its 32 values are scale[half] times small
 // integers w (|w| <= 62), which an int8 dot product with x's Q8_0 block sums exactly.
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -85,7 +86,7 @@ inline std::uint32_t u32_at(const std::uint8_t* p) {
 inline unsigned u16_at(const std::uint8_t* p) { return unsigned(p[0]) | unsigned(p[1]) << 8; }
 // IQ2_XXS, IQ2_XS, IQ3_XXS keep 7 sign bits of each 8 values; the 8th makes the count of minus
 // signs even (ggml's ksigns_iq2xs).
-inline std::uint32_t even_signs(unsigned seven) { return seven | (__builtin_popcount(seven) & 1u) << 7; }
+inline std::uint32_t even_signs(unsigned seven) { return seven | (std::popcount(seven) & 1u) << 7; }
 inline std::uint64_t pair(std::uint32_t a, std::uint32_t b) { return a | std::uint64_t(b) << 32; }
 }  // namespace lattice_detail
 
