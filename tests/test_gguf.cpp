@@ -404,6 +404,23 @@ TEST_CASE("GGUF: every block type decodes as PyPI gguf's numpy decoder does (tes
         "IQ3_S, IQ2_S, IQ4_XS, IQ1_M, BF16, TQ1_0, TQ2_0, MXFP4, NVFP4");
 }
 
+// Every matrix of a TinyModel(256, 512, 40) file whose tensors type_of typed (with the reference
+// fixture's blocks, encode's default) loads as the fixture's values of its type.
+void check_reference_values(const Weights& w, const std::function<GgmlType(const std::string&)>& type_of) {
+  const auto values = [&](const std::string& name, std::size_t n) {
+    return reference_blocks(static_cast<std::uint32_t>(type_of(name)), n).second;
+  };
+  const LayerWeights& L = w.layers[0];
+  CHECK(L.wq == values("blk.0.attn_q.weight", 256 * 256));
+  CHECK(L.wk == values("blk.0.attn_k.weight", 256 * 128));
+  CHECK(L.wv == values("blk.0.attn_v.weight", 256 * 128));
+  CHECK(L.wo == values("blk.0.attn_output.weight", 256 * 256));
+  CHECK(L.w1 == values("blk.0.ffn_gate.weight", 256 * 512));
+  CHECK(L.w2 == values("blk.0.ffn_down.weight", 512 * 256));
+  CHECK(L.w3 == values("blk.0.ffn_up.weight", 256 * 512));
+  CHECK(w.classifier == values("output.weight", 256 * 40));
+}
+
 TEST_CASE("GGUF: a file of K-quants loads value for value; native runs each in its own blocks",
           "[gguf][native]") {
   // K-quant rows are 256 values, so dim 256 (llama.cpp falls back to Q5_0, Q5_1 or Q8_0 for rows
@@ -420,19 +437,7 @@ TEST_CASE("GGUF: a file of K-quants loads value for value; native runs each in i
   m.tensors(type_of);
   const auto bytes = m.g.build();
   const GgufFile f(bytes.data(), bytes.size(), "kquants.gguf");
-  const Weights w = load_gguf(f);
-  const auto values = [&](const std::string& name, std::size_t n) {
-    return reference_blocks(static_cast<std::uint32_t>(type_of(name)), n).second;
-  };
-  const LayerWeights& L = w.layers[0];
-  CHECK(L.wq == values("blk.0.attn_q.weight", 256 * 256));
-  CHECK(L.wk == values("blk.0.attn_k.weight", 256 * 128));
-  CHECK(L.wv == values("blk.0.attn_v.weight", 256 * 128));
-  CHECK(L.wo == values("blk.0.attn_output.weight", 256 * 256));
-  CHECK(L.w1 == values("blk.0.ffn_gate.weight", 256 * 512));
-  CHECK(L.w2 == values("blk.0.ffn_down.weight", 512 * 256));
-  CHECK(L.w3 == values("blk.0.ffn_up.weight", 256 * 512));
-  CHECK(w.classifier == values("output.weight", 256 * 40));
+  check_reference_values(load_gguf(f), type_of);
   // Native: [w1; w3] in Q4_K's blocks (1024 rows of one 148-byte block), w2 in Q6_K's (256 rows of
   // two 210-byte blocks); [wq; wk; wv] mixes types, so it is held as its parts: wq Q4_K (256 rows of
   // 148 bytes), wk Q5_K (128 rows of 180), wv Q6_K (128 rows of 210); wo in Q3_K's (256 rows of 114)
@@ -462,17 +467,7 @@ TEST_CASE("GGUF: IQ4_NL and IQ4_XS load value for value; native runs them in the
   m.tensors(type_of);
   const auto bytes = m.g.build();
   const GgufFile f(bytes.data(), bytes.size(), "iq4.gguf");
-  const Weights w = load_gguf(f);
-  const auto values = [&](const std::string& name, std::size_t n) {
-    return reference_blocks(static_cast<std::uint32_t>(type_of(name)), n).second;
-  };
-  const LayerWeights& L = w.layers[0];
-  CHECK(L.wq == values("blk.0.attn_q.weight", 256 * 256));
-  CHECK(L.wv == values("blk.0.attn_v.weight", 256 * 128));
-  CHECK(L.wo == values("blk.0.attn_output.weight", 256 * 256));
-  CHECK(L.w2 == values("blk.0.ffn_down.weight", 512 * 256));
-  CHECK(L.w3 == values("blk.0.ffn_up.weight", 256 * 512));
-  CHECK(w.classifier == values("output.weight", 256 * 40));
+  check_reference_values(load_gguf(f), type_of);
   // Native: [wq; wk; wv] (512 rows) and w2 (256 rows of 512) in IQ4_NL's 18-byte blocks; wo (256
   // rows), [w1; w3] (1024 rows) and the LM head (40 rows) in IQ4_XS's, 138 bytes a row's block.
   CpuBackend native(load_gguf(f, true), "native"), fp32(load_gguf(f), "fp32");
@@ -505,19 +500,7 @@ TEST_CASE("GGUF: the IQ1-IQ3, TQ and FP4 types load value for value; native runs
     m.tensors(type_of);
     const auto bytes = m.g.build();
     const GgufFile f(bytes.data(), bytes.size(), "low_bit.gguf");
-    const Weights w = load_gguf(f);
-    const auto values = [&](const std::string& name, std::size_t n) {
-      return reference_blocks(static_cast<std::uint32_t>(type_of(name)), n).second;
-    };
-    const LayerWeights& L = w.layers[0];
-    CHECK(L.wq == values("blk.0.attn_q.weight", 256 * 256));
-    CHECK(L.wk == values("blk.0.attn_k.weight", 256 * 128));
-    CHECK(L.wv == values("blk.0.attn_v.weight", 256 * 128));
-    CHECK(L.wo == values("blk.0.attn_output.weight", 256 * 256));
-    CHECK(L.w1 == values("blk.0.ffn_gate.weight", 256 * 512));
-    CHECK(L.w3 == values("blk.0.ffn_up.weight", 256 * 512));
-    CHECK(L.w2 == values("blk.0.ffn_down.weight", 512 * 256));
-    CHECK(w.classifier == values("output.weight", 256 * 40));
+    check_reference_values(load_gguf(f), type_of);
     // Converted at load, they run as any other weights do.
     CpuBackend q8(load_gguf(f), "q8_0");
     const auto logits = test::all_logits(q8, {1, 7, 3});

@@ -1093,10 +1093,10 @@ void matmul(float* y, const float* x, const PackedQ8_0& w, int rows, int in, int
 }
 
 namespace {
-// Weights of 2 to 6 bits (PackedNibbles, the K-quants, PackedIQ4_XS) times x's rows as Q8_0 blocks.
+// Weights of 1.5 to 6 bits (PackedNibbles, the K-quants, PackedIQ4_XS, LatticeMatrix) times x's rows as Q8_0 blocks.
 template <class W>
 void matmul_low_bit(float* y, const float* x, const W& w, int rows, int in, int out) {
-  if (w.in != in || w.out != out) throw std::invalid_argument("matmul: the 4- to 6-bit matrix is not [out][in]");
+  if (w.in != in || w.out != out) throw std::invalid_argument("matmul: the 1- to 6-bit matrix is not [out][in]");
   thread_local std::vector<BlockQ8_0> xq;
   const int nb = in / kQ8Block;
   xq.resize(std::size_t(rows) * nb);
@@ -1150,22 +1150,6 @@ void matmul(float* y, const float* x, const PackedQ3_K& w, int rows, int in, int
 void matmul(float* y, const float* x, const PackedQ2_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 void matmul(float* y, const float* x, const PackedQ6_K& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 
-void matmul(float* y, const float* x, const LatticeMatrix& w, int rows, int in, int out) {
-  if (w.in != in || w.out != out) throw std::invalid_argument("matmul: the lattice matrix is not [out][in]");
-  thread_local std::vector<BlockQ8_0> xq;
-  xq.resize(std::size_t(rows) * (in / kQ8Block));
-  quantize_q8_0_rows(xq.data(), x, rows, in);
-#if defined(ABLATE_Q8_INT8)
-  if (rows <= kFewRows) {
-    const Q8Rows xr{xq.data(), nullptr};
-    return matmul_any(y, &xr, &w, rows, in, out);
-  }
-#endif
-  // Many rows (prefill), or no AVX2: the widened-panel GEMM on x's blocks dequantized, as Q8_0.
-  thread_local std::vector<float> xr;
-  xr.resize(std::size_t(rows) * in);
-  widen_rows(xr.data(), xq.data(), in, 0, rows);
-  matmul_any(y, xr.data(), &w, rows, in, out);
-}
+void matmul(float* y, const float* x, const LatticeMatrix& w, int rows, int in, int out) { matmul_low_bit(y, x, w, rows, in, out); }
 
 }  // namespace ablate::cpu
