@@ -286,6 +286,8 @@ def gguf_types_figure():
     for i, (p_, k) in enumerate(zip(ppl, kl)):
         ax.text(i, p_, f"{p_:.0f}\nKL {k:.1e}", ha="center", va="bottom", fontsize=6)
     ax.set_ylabel("perplexity on the prompts (fp32)")
+    if ppl.max() > 20 * ppl.min():  # a spoilt file (TQ2_0's ternary matrices) beside good ones
+        ax.set_yscale("log")
     ax.tick_params(axis="x", labelsize=7, rotation=30)
     ax.set_title("Each file's own quality; KL: native from the same file in fp32", fontsize=9)
     fig.suptitle("llama.cpp's file types, real SmolLM2-135M requantized from its Q4_1 file (CPU, one thread)", fontsize=9)
