@@ -30,18 +30,24 @@ std::vector<float> stack_rows(std::initializer_list<std::vector<float>*> parts) 
   }
   return out;
 }
-// A ternary matrix (TQ1_0, TQ2_0: x = d (t - 1), t in 0..2, one fp16 d per 256 values, at byte
-// d_at of each block) as Q2_K blocks with every sub-block's scale and min 1 and dmin = d: Q2_K's
+static_assert(int(cpu::LatticeType::IQ2_XXS) == int(GgmlType::IQ2_XXS) && int(cpu::LatticeType::IQ2_XS) == int(GgmlType::IQ2_XS) &&
+                  int(cpu::LatticeType::IQ2_S) == int(GgmlType::IQ2_S) && int(cpu::LatticeType::IQ3_XXS) == int(GgmlType::IQ3_XXS) &&
+                  int(cpu::LatticeType::IQ3_S) == int(GgmlType::IQ3_S) && int(cpu::LatticeType::IQ1_S) == int(GgmlType::IQ1_S) &&
+                  int(cpu::LatticeType::IQ1_M) == int(GgmlType::IQ1_M),
+              "a lattice type's value is its ggml type id");
+
+// A ternary matrix (TQ1_0, TQ2_0: x = d (t - 1), t in 0..2, one fp16 d per 256 values, the last 2
+// bytes of each block) as Q2_K blocks with every sub-block's scale and min 1 and dmin = d: Q2_K's
 // d sc q - dmin m is then d t - d, the same value exactly, and the Q2_K kernel runs it (84 bytes a
 // block: TQ2_0 holds 66, TQ1_0 54).
-std::vector<cpu::BlockQ2_K> ternary_as_q2_k(const StoredMatrix& m, std::size_t block_bytes, std::size_t d_at) {
-  const std::size_t n = m.rows * m.cols;
+std::vector<cpu::BlockQ2_K> ternary_as_q2_k(std::uint32_t type, const std::vector<std::uint8_t>& bytes, std::size_t n) {
+  const std::size_t block_bytes = static_cast<GgmlType>(type) == GgmlType::TQ1_0 ? 54 : 66;
   std::vector<float> v(n);
-  dequantize_row(m.ggml_type, m.bytes.data(), v.data(), n);
+  dequantize_row(type, bytes.data(), v.data(), n);
   std::vector<cpu::BlockQ2_K> out(n / 256);
   for (std::size_t b = 0; b < out.size(); ++b) {
     cpu::BlockQ2_K& q = out[b];
-    std::memcpy(&q.d, m.bytes.data() + b * block_bytes + d_at, sizeof q.d);
+    std::memcpy(&q.d, bytes.data() + (b + 1) * block_bytes - sizeof q.d, sizeof q.d);
     q.dmin = q.d;
     std::fill(std::begin(q.scales), std::end(q.scales), std::uint8_t{0x11});
     std::fill(std::begin(q.qs), std::end(q.qs), std::uint8_t{0});
@@ -127,20 +133,15 @@ CpuBackend::Matrix CpuBackend::make_stored_matrix(const std::vector<StoredMatrix
     case GgmlType::Q6_K: m.q6_k = cpu::pack_q6_k(as(cpu::BlockQ6_K{}), out, cols); break;
     case GgmlType::IQ4_NL: m.iq4_nl = cpu::pack_nibbles(as(cpu::BlockIQ4_NL{}), out, cols); break;
     case GgmlType::IQ4_XS: m.iq4_xs = cpu::pack_iq4_xs(as(cpu::BlockIQ4_XS{}), out, cols); break;
-    case GgmlType::IQ2_XXS: m.lattice = cpu::make_lattice_matrix(cpu::LatticeType::IQ2_XXS, std::move(bytes), out, cols); break;
-    case GgmlType::IQ2_XS: m.lattice = cpu::make_lattice_matrix(cpu::LatticeType::IQ2_XS, std::move(bytes), out, cols); break;
-    case GgmlType::IQ2_S: m.lattice = cpu::make_lattice_matrix(cpu::LatticeType::IQ2_S, std::move(bytes), out, cols); break;
-    case GgmlType::IQ3_XXS: m.lattice = cpu::make_lattice_matrix(cpu::LatticeType::IQ3_XXS, std::move(bytes), out, cols); break;
-    case GgmlType::IQ3_S: m.lattice = cpu::make_lattice_matrix(cpu::LatticeType::IQ3_S, std::move(bytes), out, cols); break;
-    case GgmlType::IQ1_S: m.lattice = cpu::make_lattice_matrix(cpu::LatticeType::IQ1_S, std::move(bytes), out, cols); break;
-    case GgmlType::IQ1_M: m.lattice = cpu::make_lattice_matrix(cpu::LatticeType::IQ1_M, std::move(bytes), out, cols); break;
+    case GgmlType::IQ2_XXS:
+    case GgmlType::IQ2_XS:
+    case GgmlType::IQ2_S:
+    case GgmlType::IQ3_XXS:
+    case GgmlType::IQ3_S:
+    case GgmlType::IQ1_S:
+    case GgmlType::IQ1_M: m.lattice = cpu::make_lattice_matrix(static_cast<cpu::LatticeType>(type), std::move(bytes), out, cols); break;
     case GgmlType::TQ1_0:
-    case GgmlType::TQ2_0: {
-      StoredMatrix all{first.source, first.ggml_type, rows, in, std::move(bytes)};
-      const bool tq1 = type == GgmlType::TQ1_0;
-      m.q2_k = cpu::pack_q2_k(ternary_as_q2_k(all, tq1 ? 54 : 66, tq1 ? 52 : 64), out, cols);
-      break;
-    }
+    case GgmlType::TQ2_0: m.q2_k = cpu::pack_q2_k(ternary_as_q2_k(first.ggml_type, bytes, rows * in), out, cols); break;
     default:  // MXFP4, NVFP4: decoded at load, but no kernel reads their blocks
       throw std::invalid_argument(fmt::format(
           "{} has type {}, which dtype native cannot hold on the cpu backend (native types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, "

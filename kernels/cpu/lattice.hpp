@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include "cpu/half.hpp"
@@ -191,7 +192,22 @@ void lattice_values(const Block& b, float* y) {
 
 // A matrix of one lattice type in the file's own blocks ([out][in / 256], row-major), which the
 // kernels read as stored: 2.06 (IQ2_XXS) to 3.44 (IQ3_S) bits a weight.
-enum class LatticeType { IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M };
+// (Its values are ggml's type ids, so a GGUF tensor's type converts to it directly.)
+enum class LatticeType { IQ2_XXS = 16, IQ2_XS = 17, IQ3_XXS = 18, IQ1_S = 19, IQ3_S = 21, IQ2_S = 22, IQ1_M = 29 };
+// f(Block{}) for the block type of `type`: the one place a LatticeType becomes its block.
+template <class F>
+decltype(auto) with_lattice_block(LatticeType type, F&& f) {
+  switch (type) {
+    case LatticeType::IQ2_XXS: return f(BlockIQ2_XXS{});
+    case LatticeType::IQ2_XS: return f(BlockIQ2_XS{});
+    case LatticeType::IQ2_S: return f(BlockIQ2_S{});
+    case LatticeType::IQ3_XXS: return f(BlockIQ3_XXS{});
+    case LatticeType::IQ3_S: return f(BlockIQ3_S{});
+    case LatticeType::IQ1_S: return f(BlockIQ1_S{});
+    case LatticeType::IQ1_M: return f(BlockIQ1_M{});
+  }
+  throw std::invalid_argument("unknown lattice type");
+}
 struct LatticeMatrix {
   LatticeType type = LatticeType::IQ2_XXS;
   int out = 0, in = 0;  // in: a multiple of 256

@@ -944,15 +944,7 @@ void lattice_rows(float* y, const Q8Rows& x, const LatticeMatrix& w, int rows, i
 }
 
 void matmul_block(float* y, const Q8Rows* x, const LatticeMatrix* w, int rows, int, int out, int o0, int o1) {
-  switch (w->type) {
-    case LatticeType::IQ2_XXS: return lattice_rows<BlockIQ2_XXS>(y, *x, *w, rows, out, o0, o1);
-    case LatticeType::IQ2_XS: return lattice_rows<BlockIQ2_XS>(y, *x, *w, rows, out, o0, o1);
-    case LatticeType::IQ2_S: return lattice_rows<BlockIQ2_S>(y, *x, *w, rows, out, o0, o1);
-    case LatticeType::IQ3_XXS: return lattice_rows<BlockIQ3_XXS>(y, *x, *w, rows, out, o0, o1);
-    case LatticeType::IQ3_S: return lattice_rows<BlockIQ3_S>(y, *x, *w, rows, out, o0, o1);
-    case LatticeType::IQ1_S: return lattice_rows<BlockIQ1_S>(y, *x, *w, rows, out, o0, o1);
-    case LatticeType::IQ1_M: return lattice_rows<BlockIQ1_M>(y, *x, *w, rows, out, o0, o1);
-  }
+  with_lattice_block(w->type, [&](auto blk) { lattice_rows<decltype(blk)>(y, *x, *w, rows, out, o0, o1); });
 }
 #endif
 
