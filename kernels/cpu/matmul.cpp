@@ -110,8 +110,24 @@ inline float hmax8(__m256 v) {
 // never saturates; vpmaddwd then sums quads.
 inline __m256i q8_bytes(const BlockQ8_0& b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs)); }
 inline float q8_d(const BlockQ8_0& b) { return _cvtsh_ss(b.d.bits); }
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+constexpr bool kVnni = true;
+#else
+constexpr bool kVnni = false;
+#endif
+// acc + the sums of 4 adjacent u8 x s8 products, per int32 lane. With AVX-512 VNNI one vpdpbusd;
+// otherwise vpmaddubsw's pair sums (which must not saturate: the callers' operands keep them
+// within int16, as above) then vpmaddwd. The same exact int32 either way, so every host computes
+// the same bits.
+inline __m256i dot4(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, u, s);  // no int16 step: nothing can saturate
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
 inline __m256 q8_pair_sums(__m256i w_abs, __m256i w, __m256i x) {  // 8 lanes of 4 products each, as fp32
-  return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1)));
+  return _mm256_cvtepi32_ps(dot4(_mm256_setzero_si256(), w_abs, _mm256_sign_epi8(x, w)));
 }
 
 // Eight rows of w (one group of PackedQ8_0) x R rows of x from r0: lane j of acc[r] is
@@ -120,7 +136,6 @@ inline __m256 q8_pair_sums(__m256i w_abs, __m256i w, __m256i x) {  // 8 lanes of
 // 8 * 4 * 128 * 127 in magnitude: exact) before the one conversion and the 8 rows' scales.
 template <int R>
 void group_q8q8(float* y, const BlockQ8_0* x, const BlockQ8_0x8* g, int nb, int out, int o, int r0) {
-  const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[R];  // as dot_tile: no helpers take their address
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
@@ -142,8 +157,7 @@ void group_q8q8(float* y, const BlockQ8_0* x, const BlockQ8_0x8* g, int nb, int 
       for (int r = 0; r < R; ++r) {
         std::int32_t x4;
         std::memcpy(&x4, xr[std::size_t(r) * nb + b].qs + 4 * k, 4);
-        const __m256i p = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(_mm256_set1_epi32(x4), wq));
-        sum[r] = _mm256_add_epi32(sum[r], _mm256_madd_epi16(p, ones));
+        sum[r] = dot4(sum[r], wa, _mm256_sign_epi8(_mm256_set1_epi32(x4), wq));
       }
     }
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].d)));
@@ -251,9 +265,12 @@ template <int R, Nibbles N>
       std::memcpy(&xlo, xb[std::size_t(r) * x_stride].qs + 4 * k, 4);
       std::memcpy(&xhi, xb[std::size_t(r) * x_stride].qs + 16 + 4 * k, 4);
       if constexpr (N == Nibbles::iq4) {
-        const __m256i plo = _mm256_maddubs_epi16(lo_abs, _mm256_sign_epi8(_mm256_set1_epi32(xlo), lo));
-        const __m256i phi = _mm256_maddubs_epi16(hi_abs, _mm256_sign_epi8(_mm256_set1_epi32(xhi), hi));
-        wide[r] = _mm256_add_epi32(wide[r], _mm256_add_epi32(_mm256_madd_epi16(plo, ones), _mm256_madd_epi16(phi, ones)));
+        wide[r] = dot4(dot4(wide[r], lo_abs, _mm256_sign_epi8(_mm256_set1_epi32(xlo), lo)), hi_abs,
+                       _mm256_sign_epi8(_mm256_set1_epi32(xhi), hi));
+        continue;
+      }
+      if constexpr (kVnni) {  // straight to int32; the int16 sums below only save vpmaddwd's
+        wide[r] = dot4(dot4(wide[r], lo, _mm256_set1_epi32(xlo)), hi, _mm256_set1_epi32(xhi));
         continue;
       }
       sum[r] = _mm256_add_epi16(sum[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xlo)),
@@ -265,7 +282,7 @@ template <int R, Nibbles N>
     }
   }
 #pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) dot[r] = N == Nibbles::u4 ? _mm256_madd_epi16(sum[r], ones) : wide[r];
+  for (int r = 0; r < R; ++r) dot[r] = N == Nibbles::u4 && !kVnni ? _mm256_madd_epi16(sum[r], ones) : wide[r];
 }
 
 template <int R, class Block>
@@ -296,7 +313,6 @@ void group_nibbles_q8(float* y, const Q8Rows& x, const typename GroupOf<Block>::
 // One plain row of w (PackedNibbles' last out % 8 rows) x R rows of x from r0.
 template <int R, class Block>
 void row_nibbles_q8(float* y, const Q8Rows& x, const Block* wr, int nb, int out, int o, int r0) {
-  const __m256i ones = _mm256_set1_epi16(1);
   const __m128i low = _mm_set1_epi8(0x0F);
   __m256 acc[R];
   float offset[R];
@@ -319,7 +335,7 @@ void row_nibbles_q8(float* y, const Q8Rows& x, const Block* wr, int nb, int out,
     for (int r = 0; r < R; ++r) {
       const BlockQ8_0& xb = xr[std::size_t(r) * nb + b];
       const __m256 dot = kLevels<Block> ? q8_pair_sums(_mm256_sign_epi8(wq, wq), wq, q8_bytes(xb))
-                                        : _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, q8_bytes(xb)), ones));
+                                        : _mm256_cvtepi32_ps(dot4(_mm256_setzero_si256(), wq, q8_bytes(xb)));
       acc[r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dw * q8_d(xb)), acc[r]);
       offset[r] += mw * sr[std::size_t(r) * nb + b];
     }
@@ -478,9 +494,9 @@ void group_k_q8(float* y, const Q8Rows& x, const G* g, int nbk, int out, int o, 
       for (int c = 0; c < int(sizeof(G) / 8 / 64); ++c)
         _mm_prefetch(reinterpret_cast<const char*>(&g[b]) + sizeof(G) / 8 * s + 2048 + 64 * c, _MM_HINT_T1);
       const int xb = 8 * b + s;
-      __m256i sum_lo[R], sum_hi[R];
+      __m256i sum_lo[R], sum_hi[R], off_lo[R], off_hi[R];
 #pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) sum_lo[r] = sum_hi[r] = _mm256_setzero_si256();
+      for (int r = 0; r < R; ++r) sum_lo[r] = sum_hi[r] = off_lo[r] = off_hi[r] = _mm256_setzero_si256();
 #pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) {
         __m256i lo, hi;
@@ -491,6 +507,15 @@ void group_k_q8(float* y, const Q8Rows& x, const G* g, int nbk, int out, int o, 
           std::memcpy(&xlo, xr[std::size_t(r) * nb + xb].qs + 4 * k, 4);
           std::memcpy(&xhi, xr[std::size_t(r) * nb + xb].qs + 16 + 4 * k, 4);
           const __m256i bl = _mm256_set1_epi32(xlo), bh = _mm256_set1_epi32(xhi);
+          if constexpr (kVnni) {  // int32 sums at once: q x and offset x apart, subtracted at the end
+            sum_lo[r] = dot4(sum_lo[r], lo, bl);
+            sum_hi[r] = dot4(sum_hi[r], hi, bh);
+            if constexpr (kQOffset<G> != 0) {
+              off_lo[r] = dot4(off_lo[r], offset, bl);
+              off_hi[r] = dot4(off_hi[r], offset, bh);
+            }
+            continue;
+          }
           __m256i plo = _mm256_maddubs_epi16(lo, bl), phi = _mm256_maddubs_epi16(hi, bh);
           if constexpr (kQOffset<G> != 0) {
             plo = _mm256_sub_epi16(plo, _mm256_maddubs_epi16(offset, bl));
@@ -504,8 +529,10 @@ void group_k_q8(float* y, const Q8Rows& x, const G* g, int nbk, int out, int o, 
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
         const __m256 dx = _mm256_set1_ps(q8_d(xr[std::size_t(r) * nb + xb]));
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sum_lo[r], ones)), _mm256_mul_ps(dlo, dx), acc[r]);
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sum_hi[r], ones)), _mm256_mul_ps(dhi, dx), acc[r]);
+        const __m256i ilo = kVnni ? _mm256_sub_epi32(sum_lo[r], off_lo[r]) : _mm256_madd_epi16(sum_lo[r], ones);
+        const __m256i ihi = kVnni ? _mm256_sub_epi32(sum_hi[r], off_hi[r]) : _mm256_madd_epi16(sum_hi[r], ones);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ilo), _mm256_mul_ps(dlo, dx), acc[r]);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ihi), _mm256_mul_ps(dhi, dx), acc[r]);
       }
       if constexpr (kMins) {
         const auto mins = [&](int gi) { return _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_srli_epi32(q2_k_sm(g[b], gi), 4))); };
