@@ -162,7 +162,7 @@ TEST_CASE("round_to_bf16 gives to_bf16's bits: ties to even, NaN quieted with it
 TEST_CASE("matmul with bf16 and fp16 weights matches the scalar reference on the same weights", "[kernels][matmul][half]") {
   std::mt19937 rng(11);
   const std::pair<int, int> shapes[] = {{1, 1}, {7, 13}, {33, 65}, {576, 193}, {129, 1001}, {576, 1537}};
-  for (int rows : {1, 2, 3, 4, 5, 16, 17, 70})  // few-rows kernels, then the widened-panel GEMM
+  for (int rows : {1, 2, 3, 4, 5, 16, 17, 70})  // few-rows kernels, then the GEMM (bf16 with vdpbf16ps: panels of w, tiles of 16 rows)
     for (auto [in, out] : shapes) {
       INFO("rows=" << rows << " in=" << in << " out=" << out);
       auto x = random_vec(std::size_t(rows) * in, rng), w = random_vec(std::size_t(out) * in, rng);

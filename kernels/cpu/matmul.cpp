@@ -141,9 +141,11 @@ void group_q8q8(float* y, const BlockQ8_0* x, const BlockQ8_0x8* g, int nb, int 
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const BlockQ8_0* xr = x + std::size_t(r0) * nb;
   for (int b = 0; b < nb; ++b) {
-    __m256i sum[R];
+    // Two chains of sums, even and odd chunks: vpdpbusd's latency (~4 cycles) on one chain of 8
+    // would bound a one-row product below the memory's speed.
+    __m256i sum[R][2];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) sum[r] = _mm256_setzero_si256();
+    for (int r = 0; r < R; ++r) sum[r][0] = sum[r][1] = _mm256_setzero_si256();
     // The stream 2 KiB (7.5 group blocks) ahead into L2: the decode step streams ~120 matrices of
     // 0.1-2 MB, each a fresh start for the hardware prefetcher (bench_kernels BM_Matmul rows 1
     // dtype 3 on Zen 3, medians of 4 alternating runs: 0.61 -> 0.70 of the roofline at 576 x 576,
@@ -157,13 +159,14 @@ void group_q8q8(float* y, const BlockQ8_0* x, const BlockQ8_0x8* g, int nb, int 
       for (int r = 0; r < R; ++r) {
         std::int32_t x4;
         std::memcpy(&x4, xr[std::size_t(r) * nb + b].qs + 4 * k, 4);
-        sum[r] = dot4(sum[r], wa, _mm256_sign_epi8(_mm256_set1_epi32(x4), wq));
+        sum[r][k % 2] = dot4(sum[r][k % 2], wa, _mm256_sign_epi8(_mm256_set1_epi32(x4), wq));
       }
     }
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].d)));
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[r]), _mm256_mul_ps(dw, _mm256_set1_ps(q8_d(xr[std::size_t(r) * nb + b]))), acc[r]);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(sum[r][0], sum[r][1])),
+                               _mm256_mul_ps(dw, _mm256_set1_ps(q8_d(xr[std::size_t(r) * nb + b]))), acc[r]);
   }
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + std::size_t(r0 + r) * out + o, acc[r]);
@@ -244,11 +247,12 @@ template <int R, Nibbles N>
 [[gnu::always_inline]] inline void group_dots(__m256i* dot, const std::uint8_t* qs, const std::uint8_t* qh, const BlockQ8_0* xb,
                                               std::size_t x_stride) {
   const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
-  __m256i sum[R], wide[R], h = _mm256_setzero_si256(), levels = _mm256_setzero_si256();
+  // wide: int32 sums, lo and hi chunks on two chains (vpdpbusd's latency, as group_q8q8).
+  __m256i sum[R], wide[R], wide_hi[R], h = _mm256_setzero_si256(), levels = _mm256_setzero_si256();
   if constexpr (N == Nibbles::u5) h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
   if constexpr (N == Nibbles::iq4) levels = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIQ4Levels)));
 #pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) sum[r] = wide[r] = _mm256_setzero_si256();
+  for (int r = 0; r < R; ++r) sum[r] = wide[r] = wide_hi[r] = _mm256_setzero_si256();
 #pragma GCC unroll 4
   for (int k = 0; k < 4; ++k) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * k));
@@ -265,12 +269,13 @@ template <int R, Nibbles N>
       std::memcpy(&xlo, xb[std::size_t(r) * x_stride].qs + 4 * k, 4);
       std::memcpy(&xhi, xb[std::size_t(r) * x_stride].qs + 16 + 4 * k, 4);
       if constexpr (N == Nibbles::iq4) {
-        wide[r] = dot4(dot4(wide[r], lo_abs, _mm256_sign_epi8(_mm256_set1_epi32(xlo), lo)), hi_abs,
-                       _mm256_sign_epi8(_mm256_set1_epi32(xhi), hi));
+        wide[r] = dot4(wide[r], lo_abs, _mm256_sign_epi8(_mm256_set1_epi32(xlo), lo));
+        wide_hi[r] = dot4(wide_hi[r], hi_abs, _mm256_sign_epi8(_mm256_set1_epi32(xhi), hi));
         continue;
       }
       if constexpr (kVnni) {  // straight to int32; the int16 sums below only save vpmaddwd's
-        wide[r] = dot4(dot4(wide[r], lo, _mm256_set1_epi32(xlo)), hi, _mm256_set1_epi32(xhi));
+        wide[r] = dot4(wide[r], lo, _mm256_set1_epi32(xlo));
+        wide_hi[r] = dot4(wide_hi[r], hi, _mm256_set1_epi32(xhi));
         continue;
       }
       sum[r] = _mm256_add_epi16(sum[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xlo)),
@@ -282,7 +287,7 @@ template <int R, Nibbles N>
     }
   }
 #pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) dot[r] = N == Nibbles::u4 && !kVnni ? _mm256_madd_epi16(sum[r], ones) : wide[r];
+  for (int r = 0; r < R; ++r) dot[r] = N == Nibbles::u4 && !kVnni ? _mm256_madd_epi16(sum[r], ones) : _mm256_add_epi32(wide[r], wide_hi[r]);
 }
 
 template <int R, class Block>
@@ -994,10 +999,17 @@ void matmul_block(float* y, const float* x, const W* w, int rows, int in, int ou
 }
 
 #if defined(ABLATE_DPBF16)
-// bf16 inputs, few rows: vdpbf16ps (larger products take the widened-panel GEMM on rounded fp32
-// inputs, the same products).
+// bf16 inputs: vdpbf16ps at any number of rows. Many rows (prefill) go past a panel of w that
+// stays in L2 (64 rows: 72 KiB at 576 inputs) in tiles of kFewRows, so w is read from memory once
+// and no fp32 copy of it or of x is made: the widened-panel fp32 GEMM the other hosts take costs
+// that widening and repacks x for every panel, which made a bf16 prefill slower than fp32.
 void matmul_block(float* y, const Bf16* x, const Bf16* w, int rows, int in, int out, int o0, int o1) {
-  few_rows_block(y, x, w, rows, in, out, o0, o1);
+  if (rows <= kFewRows) return few_rows_block(y, x, w, rows, in, out, o0, o1);
+  constexpr int kPanel = 64;
+  for (int p0 = o0; p0 < o1; p0 += kPanel)
+    for (int r0 = 0; r0 < rows; r0 += kFewRows)
+      few_rows_block(y + std::size_t(r0) * out, x + std::size_t(r0) * in, w, std::min(kFewRows, rows - r0), in, out, p0,
+                     std::min(o1, p0 + kPanel));
 }
 #endif
 
@@ -1067,12 +1079,13 @@ void matmul(float* y, const float* x, const Bf16* w, int rows, int in, int out) 
   xb.resize(n);
   round_to_bf16(xb.data(), x, n);
 #if defined(ABLATE_DPBF16)
-  if (rows <= kFewRows) return matmul_any(y, xb.data(), w, rows, in, out);
-#endif
+  matmul_any(y, xb.data(), w, rows, in, out);
+#else  // the rounded inputs widened again: fp32 kernels on the same (exact) products
   thread_local std::vector<float> xr;
   xr.resize(n);
   for (std::size_t i = 0; i < n; ++i) xr[i] = to_float(xb[i]);
   matmul_any(y, xr.data(), w, rows, in, out);
+#endif
 }
 void matmul(float* y, const float* x, const Half* w, int rows, int in, int out) { matmul_any(y, x, w, rows, in, out); }
 const char* kernel_isa() {
