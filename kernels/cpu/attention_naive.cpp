@@ -22,6 +22,11 @@ using StridedMap = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
 using ConstStridedMap = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
 
 constexpr int kRowBlock = 64;  // score rows per block (fastest of 64/128/256 on 16-token pages)
+// Up to this many rows (a decode step's G query heads of one KV head), each row is a matrix-vector
+// product (as flash attention's single rows): Eigen's GEMM packs both operands first, which for
+// 3 x 64 by 64 x 64 costs more than the multiplication (perf: gemm_pack_lhs 12 % of a batch-16
+// decode step, the GEMM kernel itself 2 %).
+constexpr int kGemvRows = 8;
 
 // One KV head of one problem: its G query heads stacked as R = n_q * G rows (row i*G + j is
 // query i of head g*G + j), so each key page feeds one GEMM for the whole group.
@@ -55,7 +60,12 @@ void attend_group(const AttentionProblem& p, int g, float* ws) {
     // S = Q K^T, one column block per page (per kKvDecodeRows keys of a page when widened).
     for (int p0 = 0, n = 0; p0 < L; p0 += n) {
       n = kv_run(kv, p0, L - p0);
-      StridedMap(sb + p0, rb, n, Eigen::OuterStride<>(L)).noalias() = q * page(false, p0, n).transpose();
+      StridedMap sp(sb + p0, rb, n, Eigen::OuterStride<>(L));
+      const ConstStridedMap keys = page(false, p0, n);
+      if (rb <= kGemvRows)
+        for (int r = 0; r < rb; ++r) sp.row(r).noalias() = q.row(r) * keys.transpose();
+      else
+        sp.noalias() = q * keys.transpose();
     }
 
     // Causal row softmax of scale * S; masked entries become exact zeros for the PV product.
@@ -72,7 +82,11 @@ void attend_group(const AttentionProblem& p, int g, float* ws) {
     o.setZero();
     for (int p0 = 0, n = 0; p0 < L; p0 += n) {
       n = kv_run(kv, p0, L - p0);
-      o.noalias() += ConstStridedMap(sb + p0, rb, n, Eigen::OuterStride<>(L)) * page(true, p0, n);
+      const ConstStridedMap pb(sb + p0, rb, n, Eigen::OuterStride<>(L)), values = page(true, p0, n);
+      if (rb <= kGemvRows)
+        for (int r = 0; r < rb; ++r) o.row(r).noalias() += pb.row(r) * values;
+      else
+        o.noalias() += pb * values;
     }
   }
 
