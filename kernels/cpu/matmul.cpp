@@ -108,6 +108,21 @@ inline float hmax8(__m256 v) {
 // no signed x signed byte product, so |w| (unsigned) times x with w's sign: vpmaddubsw sums pairs,
 // at most 2 * 128 * 127 < 2^15 in magnitude (x is within +-127; a file's w may hold -128), so it
 // never saturates; vpmaddwd then sums quads.
+// Software prefetch of the weight stream into L2, kPrefetchAhead bytes ahead: the decode step
+// streams ~120 matrices of 0.1-2 MB, each a fresh start for the hardware prefetcher. On Zen 3
+// (AVX2) 2 KiB ahead helped (bench_kernels BM_Matmul rows 1 dtype 3, medians of 4 alternating
+// runs: 0.61 -> 0.70 of the roofline at 576 x 576, 0.76 -> 0.81 at 576 x 1536); on Zen 4 (AVX-512)
+// it hurts (3 alternating runs, no prefetch against 2 KiB: 576 x 49152 Q8_0 772 against 1084 us,
+// Q4_1 406 against 610 us; 576 x 576 alike), so builds for AVX-512 hosts leave it to the hardware.
+#if defined(__AVX512F__)
+constexpr int kPrefetchAhead = 0;
+#else
+constexpr int kPrefetchAhead = 2048;
+#endif
+inline void prefetch_ahead(const void* p, int lines) {
+  if constexpr (kPrefetchAhead > 0)
+    for (int c = 0; c < lines; ++c) _mm_prefetch(static_cast<const char*>(p) + kPrefetchAhead + 64 * c, _MM_HINT_T1);
+}
 inline __m256i q8_bytes(const BlockQ8_0& b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs)); }
 inline float q8_d(const BlockQ8_0& b) { return _cvtsh_ss(b.d.bits); }
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
@@ -146,11 +161,7 @@ void group_q8q8(float* y, const BlockQ8_0* x, const BlockQ8_0x8* g, int nb, int 
     __m256i sum[R][2];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) sum[r][0] = sum[r][1] = _mm256_setzero_si256();
-    // The stream 2 KiB (7.5 group blocks) ahead into L2: the decode step streams ~120 matrices of
-    // 0.1-2 MB, each a fresh start for the hardware prefetcher (bench_kernels BM_Matmul rows 1
-    // dtype 3 on Zen 3, medians of 4 alternating runs: 0.61 -> 0.70 of the roofline at 576 x 576,
-    // 0.76 -> 0.81 at 576 x 1536; no change at 576 x 49152).
-    for (int c = 0; c < 5; ++c) _mm_prefetch(reinterpret_cast<const char*>(&g[b]) + 2048 + 64 * c, _MM_HINT_T1);
+    prefetch_ahead(&g[b], 5);  // a 288-byte group block: 5 cache lines
 #pragma GCC unroll 8
     for (int k = 0; k < 8; ++k) {
       const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g[b].qs + 32 * k));
@@ -298,8 +309,7 @@ void group_nibbles_q8(float* y, const Q8Rows& x, const typename GroupOf<Block>::
   const BlockQ8_0* xr = x.q + std::size_t(r0) * nb;
   const float* sr = x.s + std::size_t(r0) * nb;
   for (int b = 0; b < nb; ++b) {
-    // 2 KiB ahead into L2, as group_q8q8 (144- to 192-byte group blocks: 3 cache lines a block).
-    for (int c = 0; c < 3; ++c) _mm_prefetch(reinterpret_cast<const char*>(&g[b]) + 2048 + 64 * c, _MM_HINT_T1);
+    prefetch_ahead(&g[b], 3);  // 144- to 192-byte group blocks: 3 cache lines
     const std::uint8_t* qh = nullptr;
     if constexpr (kFiveBit<Block>) qh = g[b].qh;
     __m256i dot[R];
@@ -395,10 +405,10 @@ void group_k_q8(float* y, const Q8Rows& x, const G* g, int nbk, int out, int o, 
     __m256 dmin = _mm256_setzero_ps();
     if constexpr (kMins) dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].dmin)));
     for (int s = 0; s < 8; ++s) {
-      for (int c = 0; c < 2; ++c) _mm_prefetch(reinterpret_cast<const char*>(g[b].qs[s]) + 2048 + 64 * c, _MM_HINT_T1);
+      prefetch_ahead(g[b].qs[s], 2);
       const std::uint8_t* qh = nullptr;
       if constexpr (kFive) {
-        _mm_prefetch(reinterpret_cast<const char*>(g[b].qh[s]) + 2048, _MM_HINT_T1);
+        prefetch_ahead(g[b].qh[s], 1);
         qh = g[b].qh[s];
       }
       const int xb = 8 * b + s;
@@ -495,9 +505,7 @@ void group_k_q8(float* y, const Q8Rows& x, const G* g, int nbk, int out, int o, 
     __m256 dmin = _mm256_setzero_ps();
     if constexpr (kMins) dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g[b].dmin)));
     for (int s = 0; s < 8; ++s) {
-      // 2 KiB ahead into L2, as group_q8q8 (the 32-value sub-blocks' bytes of 8 rows).
-      for (int c = 0; c < int(sizeof(G) / 8 / 64); ++c)
-        _mm_prefetch(reinterpret_cast<const char*>(&g[b]) + sizeof(G) / 8 * s + 2048 + 64 * c, _MM_HINT_T1);
+      prefetch_ahead(reinterpret_cast<const char*>(&g[b]) + sizeof(G) / 8 * s, int(sizeof(G) / 8 / 64));  // sub-block s's bytes
       const int xb = 8 * b + s;
       __m256i sum_lo[R], sum_hi[R], off_lo[R], off_hi[R];
 #pragma GCC unroll 4
