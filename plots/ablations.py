@@ -7,7 +7,7 @@ into --out DIR (default plots/out/, untracked); --committed writes the README's 
 Run with Debian's python3 (python3-matplotlib, python3-pandas):
   /usr/bin/python3 plots/ablations.py               # -> plots/out/*.png
   /usr/bin/python3 plots/ablations.py --committed   # regenerates plots/batching_*.png, kv_*_per_layout.png,
-                                                    # prefix_cache.png, precision_weights.png, precision_kv.png,
+                                                    # prefix_cache.png, precision_weights{,_avx512-bf16}.png, precision_kv.png,
                                                     # precision_grid.png, gguf_types.png"""
 import argparse
 import os
@@ -41,6 +41,16 @@ def read(*parts):
     if not os.path.exists(path):
         sys.exit(f"ablations.py: missing {path}")
     return pd.read_csv(path)
+
+
+def device_of(folder):
+    """The `device` line of a reference run's provenance.yaml (e.g. "AMD EPYC (avx2 kernels)")."""
+    path = os.path.join(REF, folder, "provenance.yaml")
+    with open(path) as f:
+        for line in f:
+            if line.startswith("device:"):
+                return line.split(":", 1)[1].strip().strip('"')
+    sys.exit(f"ablations.py: no device line in {path}")
 
 
 def save(fig, name):
@@ -179,9 +189,11 @@ def prefix_figure():
     save(fig, "prefix_cache")
 
 
-def precision_weights_figure():
-    """Output throughput against the KL divergence from fp32, per weight dtype and batch."""
-    df = read("precision", "summary.csv").sort_values(["point", "repeat"])
+def precision_weights_figure(folder="precision", name="precision_weights"):
+    """Output throughput against the KL divergence from fp32, per weight dtype and batch (one host's
+    run: the CPU kernels differ by instruction set, so each host kind has its own folder)."""
+    df = read(folder, "summary.csv").sort_values(["point", "repeat"])
+    device = device_of(folder)
     fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
     markers = {1: "o", 8: "s"}
     colors = {"fp32": "black", "bf16": "tab:blue", "fp16": "tab:green", "q8_0": "tab:orange", "native": "tab:red"}
@@ -195,8 +207,8 @@ def precision_weights_figure():
     ax.set_xlabel("KL divergence from fp32 (nats; fp32 drawn at 1e-8)")
     ax.set_ylabel("output tokens/s")
     ax.legend(fontsize=7)
-    ax.set_title(f"Weight precision: speed against quality ({n_text(g)})", fontsize=9)
-    save(fig, "precision_weights")
+    ax.set_title(f"Weight precision: speed against quality\n{device} ({n_text(g)})", fontsize=9)
+    save(fig, name)
 
 
 def precision_kv_figure():
@@ -308,6 +320,7 @@ def main(argv):
     rate_figures()
     prefix_figure()
     precision_weights_figure()
+    precision_weights_figure("precision_avx512-bf16", "precision_weights_avx512-bf16")
     precision_kv_figure()
     precision_grid_figure()
     gguf_types_figure()

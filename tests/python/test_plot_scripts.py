@@ -21,7 +21,8 @@ FIGURE_SCRIPTS = {  # script -> committed figures it can regenerate
     "attention.py": ["attention_prefill.png", "attention_prefill.pdf"],
     "ablations.py": ["batching_offline.png", "batching_throughput_vs_rate.png", "batching_latency_vs_rate.png",
                      "kv_waste_per_layout.png", "kv_concurrency_per_layout.png", "prefix_cache.png",
-                     "precision_weights.png", "precision_kv.png", "precision_grid.png", "gguf_types.png"],
+                     "precision_weights.png", "precision_weights_avx512-bf16.png", "precision_kv.png", "precision_grid.png",
+                     "gguf_types.png"],
     "gpu_attention.py": ["gpu_attention.png"],
     "speculative.py": ["speculative.png", "speculative.pdf"],
 }
