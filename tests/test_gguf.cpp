@@ -878,7 +878,11 @@ double check_against_reference(const Weights& w, const YAML::Node& fx) {
   NaiveAttention att;
   double worst = 0;
   int seq = 0;
+  // A reference without cases (an empty file: its script failed) must not pass by comparing nothing.
+  REQUIRE(fx["cases"].IsSequence());
+  REQUIRE(fx["cases"].size() > 0);
   for (const auto& c : fx["cases"]) {
+    REQUIRE(c["greedy_ids"].size() > 0);
     const auto prompt = as_vec<int>(c["prompt_ids"]);
     const auto gen = as_vec<int>(c["greedy_ids"]);
     INFO("prompt: \"" << c["prompt"].as<std::string>() << "\"");
@@ -933,6 +937,7 @@ TEST_CASE("SmolLM2 requantized by llama.cpp: greedy ids and top-5 logits match i
     WARN("SKIPPED: set ABLATE_REQUANT_GGUF and ABLATE_REQUANT_REFERENCE (experiments/requant_smollm2.py says how)");
     return;
   }
+  INFO("reference: " << reference);
   const double worst = check_against_reference(load_gguf(gguf), YAML::LoadFile(reference));
   WARN(gguf << " vs its numpy reference: max |logit difference| over top-5 = " << worst << " (tolerance " << kLogitTol << ")");
 }
