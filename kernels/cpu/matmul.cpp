@@ -102,12 +102,6 @@ inline float hmax8(__m256 v) {
   return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
 }
 
-// ---- Q8_0 x Q8_0 (dtype q8_0; AVX2, so also what AVX-512 CPUs run) ---------------------------
-// Both operands are blocks of 32 int8 values with an fp16 scale: a block pair's 32 products are
-// summed exactly in int32, then times d_w * d_x (exact in fp32: two 11-bit significands). AVX2 has
-// no signed x signed byte product, so |w| (unsigned) times x with w's sign: vpmaddubsw sums pairs,
-// at most 2 * 128 * 127 < 2^15 in magnitude (x is within +-127; a file's w may hold -128), so it
-// never saturates; vpmaddwd then sums quads.
 // Software prefetch of the weight stream into L2, kPrefetchAhead bytes ahead: the decode step
 // streams ~120 matrices of 0.1-2 MB, each a fresh start for the hardware prefetcher. On Zen 3
 // (AVX2) 2 KiB ahead helped (bench_kernels BM_Matmul rows 1 dtype 3, medians of 4 alternating
@@ -123,6 +117,13 @@ inline void prefetch_ahead(const void* p, int lines) {
   if constexpr (kPrefetchAhead > 0)
     for (int c = 0; c < lines; ++c) _mm_prefetch(static_cast<const char*>(p) + kPrefetchAhead + 64 * c, _MM_HINT_T1);
 }
+
+// ---- Q8_0 x Q8_0 (dtype q8_0; AVX2, and vpdpbusd where the CPU has AVX-512 VNNI: dot4) ---
+// Both operands are blocks of 32 int8 values with an fp16 scale: a block pair's 32 products are
+// summed exactly in int32, then times d_w * d_x (exact in fp32: two 11-bit significands). AVX2 has
+// no signed x signed byte product, so |w| (unsigned) times x with w's sign: vpmaddubsw sums pairs,
+// at most 2 * 128 * 127 < 2^15 in magnitude (x is within +-127; a file's w may hold -128), so it
+// never saturates; vpmaddwd then sums quads.
 inline __m256i q8_bytes(const BlockQ8_0& b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs)); }
 inline float q8_d(const BlockQ8_0& b) { return _cvtsh_ss(b.d.bits); }
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
