@@ -127,6 +127,7 @@ inline void prefetch_ahead(const void* p, int lines) {
 inline __m256i q8_bytes(const BlockQ8_0& b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs)); }
 inline float q8_d(const BlockQ8_0& b) { return _cvtsh_ss(b.d.bits); }
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define ABLATE_VNNI 1
 constexpr bool kVnni = true;
 #else
 constexpr bool kVnni = false;
@@ -136,7 +137,7 @@ constexpr bool kVnni = false;
 // within int16, as above) then vpmaddwd. The same exact int32 either way, so every host computes
 // the same bits.
 inline __m256i dot4(__m256i acc, __m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#if defined(ABLATE_VNNI)
   return _mm256_dpbusd_epi32(acc, u, s);  // no int16 step: nothing can saturate
 #else
   return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
